@@ -1,0 +1,54 @@
+# One place for every developer and CI command. Every target installs what it needs, idempotently.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+NODE_STAMP := node_modules/.installed-$(shell cat package.json | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: setup run cost test test-unit test-integration lint fmt bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+# Node tooling (Pyodide for the Worker's runtime tests). Needs node and npm on PATH.
+$(NODE_STAMP): package.json
+	@command -v npm >/dev/null || { echo "npm is required (apt-get install nodejs npm)"; exit 1; }
+	@npm install --no-audit --no-fund --loglevel=error
+	@rm -f node_modules/.installed-*
+	@touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP)
+
+## The main command: what a newcomer runs first.
+run: setup
+	$(VENV)/bin/splitrelay cost
+
+cost: setup
+	$(VENV)/bin/splitrelay cost
+
+## All tiers: unit, real-WebRTC integration on loopback, end to end.
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy edge relay scripts tests
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

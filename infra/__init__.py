@@ -1,0 +1,1 @@
+"""Pulumi program that provisions the Cloudflare edge and the regional relay fleet."""

@@ -1,0 +1,321 @@
+"""Every contact relay/media has with aiortc's and aioice's private internals, in one place.
+
+aiortc has no public API for encoded media, port ranges or loopback candidates, so the fast path
+borrows its SRTP sessions and ICE socket and the peer set-up patches candidate gathering. These are
+pinned to exact versions (pyproject.toml); ``check_static`` and ``check_peer`` say what no longer
+matches, and tests/integration/test_aiortc_internals.py fails loudly on an upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib.metadata
+import inspect
+import ipaddress
+import random
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+import pylibsrtp
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+
+PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+UPGRADE_MESSAGE = (
+    "aiortc upgraded: re-verify relay/media against the new aiortc/aioice source "
+    "(relay/media/aiortc_internals.py lists every private contact), then update PINNED_VERSIONS"
+)
+
+Address = tuple[str, int]
+DatagramHandler = Callable[[bytes, Address], None]
+
+
+class InternalsChanged(RuntimeError):
+    """A private aiortc/aioice attribute no longer has the shape relay/media relies on."""
+
+
+def _changed(what: str) -> InternalsChanged:
+    return InternalsChanged(f"{what}. {UPGRADE_MESSAGE}")
+
+
+# --- candidate gathering: host addresses and port range ------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GatherScope:
+    addresses: tuple[str, ...] | None
+    port_range: tuple[int, int] | None
+
+
+# Set around setLocalDescription(); aiortc gathers in tasks created there, which copy the context, so
+# the policy applies to that peer connection only and never leaks to concurrent ones.
+_GATHER_SCOPE: ContextVar[_GatherScope | None] = ContextVar("splitrelay_gather_scope", default=None)
+# A reload of this module must not take its own hook for aioice's function.
+_ORIGINAL_GET_HOST_ADDRESSES: Callable[[bool, bool], list[str]] = getattr(
+    aioice.ice.get_host_addresses, "splitrelay_original", aioice.ice.get_host_addresses
+)
+_LOOP_MARK = "_splitrelay_port_range_installed"
+
+
+def _scoped_get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    scope = _GATHER_SCOPE.get()
+    if scope is None or scope.addresses is None:
+        return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
+    out = []
+    for address in scope.addresses:
+        version = ipaddress.ip_address(address).version
+        if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
+            out.append(address)
+    return out
+
+
+_scoped_get_host_addresses.splitrelay_original = _ORIGINAL_GET_HOST_ADDRESSES  # type: ignore[attr-defined]
+
+
+def _install_host_address_hook() -> None:
+    if aioice.ice.get_host_addresses is not _scoped_get_host_addresses:
+        current = aioice.ice.get_host_addresses
+        if getattr(current, "splitrelay_original", current) is not _ORIGINAL_GET_HOST_ADDRESSES:
+            raise _changed("aioice.ice.get_host_addresses was replaced by someone else")
+        aioice.ice.get_host_addresses = _scoped_get_host_addresses
+
+
+def _install_port_range_hook(loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap the loop's create_datagram_endpoint, which aioice calls with ``local_addr=(address, 0)``."""
+    if getattr(loop, _LOOP_MARK, False):
+        return
+    original = loop.create_datagram_endpoint
+
+    async def create_datagram_endpoint(*args: Any, **kwargs: Any) -> Any:
+        scope = _GATHER_SCOPE.get()
+        local_addr = kwargs.get("local_addr")
+        if scope is None or scope.port_range is None or local_addr is None or local_addr[1] != 0:
+            return await original(*args, **kwargs)
+        low, high = scope.port_range
+        count = high - low + 1
+        start = random.randrange(count)
+        for i in range(count):
+            kwargs["local_addr"] = (local_addr[0], low + (start + i) % count)
+            try:
+                return await original(*args, **kwargs)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in port_range {low}-{high} on {local_addr[0]}")
+
+    setattr(loop, "create_datagram_endpoint", create_datagram_endpoint)  # noqa: B010 (method override)
+    setattr(loop, _LOOP_MARK, True)
+
+
+@contextlib.contextmanager
+def gathering_scope(addresses: tuple[str, ...] | None, port_range: tuple[int, int] | None) -> Iterator[None]:
+    """Apply a host-address list and a UDP port range to the candidates gathered inside this block."""
+    _install_host_address_hook()
+    if port_range is not None:
+        _install_port_range_hook(asyncio.get_running_loop())
+    token = _GATHER_SCOPE.set(_GatherScope(addresses, port_range))
+    try:
+        yield
+    finally:
+        _GATHER_SCOPE.reset(token)
+
+
+# --- aiortc's own RTCP loops ---------------------------------------------------------------------
+
+
+def silence_rtcp(transceiver: RTCRtpTransceiver) -> None:
+    """Replace the sender's and receiver's RTCP loops with idle ones, before the connection starts them.
+
+    aiortc's idle sender would report zero packets for the SSRC the fast path sends on, and its BYE on
+    stop would end the stream; the fast path sends the real reports instead.
+    """
+    for owner in (transceiver.sender, transceiver.receiver):
+        prefix = "_RTCRtpSender" if isinstance(owner, RTCRtpSender) else "_RTCRtpReceiver"
+        started = getattr(owner, f"{prefix}__rtcp_started", None)
+        exited = getattr(owner, f"{prefix}__rtcp_exited", None)
+        task = getattr(owner, f"{prefix}__rtcp_task", "missing")
+        if (
+            not isinstance(started, asyncio.Event)
+            or not isinstance(exited, asyncio.Event)
+            or task == "missing"
+        ):
+            raise _changed(f"{type(owner).__name__} no longer has __rtcp_started/__rtcp_exited/__rtcp_task")
+        if task is not None:
+            raise RuntimeError(f"{type(owner).__name__}: RTCP already running; silence it before connecting")
+        setattr(owner, "_run_rtcp", _idle_rtcp(started, exited))  # noqa: B010 (shadows the method)
+
+
+def _idle_rtcp(started: asyncio.Event, exited: asyncio.Event) -> Callable[[], Any]:
+    async def run_rtcp() -> None:
+        started.set()
+        try:
+            await asyncio.get_running_loop().create_future()  # until stop() cancels it
+        finally:
+            exited.set()
+
+    run_rtcp.splitrelay_idle = True  # type: ignore[attr-defined]
+    return run_rtcp
+
+
+def rtcp_silenced(transceiver: RTCRtpTransceiver) -> bool:
+    return all(
+        getattr(getattr(owner, "_run_rtcp", None), "splitrelay_idle", False)
+        for owner in (transceiver.sender, transceiver.receiver)
+    )
+
+
+# --- SRTP sessions and the ICE socket ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SrtpLink:
+    """What the fast path borrows from a connected peer: the SRTP sessions and the nominated socket."""
+
+    protocol: asyncio.DatagramProtocol
+    transport: asyncio.DatagramTransport
+    remote_addr: Address
+    rx: pylibsrtp.Session
+    tx: pylibsrtp.Session
+
+
+def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
+    """The one (BUNDLE) DTLS transport that carries every transceiver of ``pc``."""
+    transports = {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}
+    if len(transports) != 1:
+        raise ValueError(f"peer connection: expected one bundled DTLS transport, found {len(transports)}")
+    (dtls,) = transports.values()
+    return dtls
+
+
+def srtp_link(dtls: RTCDtlsTransport) -> SrtpLink:
+    if dtls.state != "connected":
+        raise RuntimeError(f"DTLS transport is {dtls.state!r}: the fast path attaches once it is 'connected'")
+    rx = getattr(dtls, "_rx_srtp", None)
+    tx = getattr(dtls, "_tx_srtp", None)
+    if not isinstance(rx, pylibsrtp.Session) or not isinstance(tx, pylibsrtp.Session):
+        raise _changed("RTCDtlsTransport._rx_srtp/_tx_srtp are not pylibsrtp.Session")
+    connection = getattr(dtls.transport, "_connection", None)
+    nominated = getattr(connection, "_nominated", None)
+    if not isinstance(connection, aioice.ice.Connection) or not isinstance(nominated, dict):
+        raise _changed("RTCIceTransport._connection._nominated is missing")
+    pair = nominated.get(1)
+    if pair is None:
+        raise RuntimeError("ICE has no nominated candidate pair for component 1")
+    protocol = getattr(pair, "protocol", None)
+    remote_addr = getattr(pair, "remote_addr", None)
+    transport = getattr(protocol, "transport", None)
+    if (
+        not isinstance(protocol, asyncio.DatagramProtocol)
+        or transport is None
+        or not isinstance(remote_addr, tuple)
+    ):
+        raise _changed("aioice CandidatePair.protocol/.remote_addr/.protocol.transport changed")
+    return SrtpLink(protocol, transport, remote_addr, rx, tx)
+
+
+def hook_datagrams(protocol: asyncio.DatagramProtocol, handler: DatagramHandler) -> DatagramHandler:
+    """Route every datagram of the ICE socket to ``handler``; returns aioice's handler for the rest.
+
+    An instance attribute shadows the method: asyncio (and uvloop, and aioice's TURN client) look the
+    method up on each datagram.
+    """
+    if "datagram_received" in vars(protocol):
+        raise RuntimeError("the ICE socket already has a datagram hook (one fast path per connection)")
+    original: DatagramHandler = protocol.datagram_received
+    setattr(protocol, "datagram_received", handler)  # noqa: B010 (shadows the method)
+    return original
+
+
+def unhook_datagrams(protocol: asyncio.DatagramProtocol, handler: DatagramHandler) -> None:
+    if vars(protocol).get("datagram_received") is handler:
+        del protocol.datagram_received
+
+
+# --- upgrade checks ------------------------------------------------------------------------------
+
+
+def installed_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in PINNED_VERSIONS}
+
+
+def _source_has(owner: type, name: str, *needles: str) -> list[str]:
+    """Which of ``needles`` the source of ``owner.name`` no longer contains."""
+    label = f"{owner.__module__}.{owner.__qualname__}.{name}"
+    try:
+        source = inspect.getsource(getattr(owner, name))
+    except (AttributeError, OSError, TypeError):
+        return [f"{label}: source unavailable"]
+    return [f"{label} no longer contains {n!r}" for n in needles if n not in source]
+
+
+def check_static() -> list[str]:
+    """What no longer matches in the installed aiortc/aioice, without a connection; [] when all is well."""
+    problems = [
+        f"{name} {have} installed, {want} pinned"
+        for name, want in PINNED_VERSIONS.items()
+        if (have := installed_versions()[name]) != want
+    ]
+    params = list(inspect.signature(_ORIGINAL_GET_HOST_ADDRESSES).parameters)
+    if params != ["use_ipv4", "use_ipv6"]:
+        problems.append(f"aioice.ice.get_host_addresses parameters are {params}")
+    problems += _source_has(aioice.ice.Connection, "gather_candidates", "get_host_addresses(")
+    problems += _source_has(
+        aioice.ice.Connection,
+        "get_component_candidates",
+        "loop.create_datagram_endpoint(",
+        "local_addr=(address, 0)",
+        "asyncio.get_running_loop()",
+    )
+    problems += _source_has(aioice.ice.Connection, "__init__", "self._nominated")
+    problems += _source_has(aioice.ice.CandidatePair, "__init__", "self.protocol = protocol")
+    if not isinstance(inspect.getattr_static(aioice.ice.CandidatePair, "remote_addr"), property):
+        problems.append("aioice CandidatePair.remote_addr is no longer a property")
+    problems += _source_has(aioice.ice.StunProtocol, "datagram_received", "self.receiver.data_received(")
+    problems += _source_has(RTCDtlsTransport, "__init__", "self._rx_srtp", "self._tx_srtp")
+    problems += _source_has(
+        RTCDtlsTransport, "_recv_next", "self._rx_srtp.unprotect", "self.transport._recv()"
+    )
+    problems += _source_has(RTCDtlsTransport, "_send_rtp", "self._tx_srtp.protect")
+    for cls, entry in ((RTCRtpSender, "send"), (RTCRtpReceiver, "receive")):
+        problems += _source_has(
+            cls, "__init__", "self.__rtcp_started", "self.__rtcp_exited", "self.__rtcp_task"
+        )
+        problems += _source_has(cls, "stop", "self.__rtcp_started.wait()", "self.__rtcp_exited.wait()")
+        problems += _source_has(cls, entry, "self._run_rtcp()")
+        if not inspect.iscoroutinefunction(getattr(cls, "_run_rtcp", None)):
+            problems.append(f"{cls.__name__}._run_rtcp is no longer a coroutine function")
+    return problems
+
+
+def check_peer(pc: RTCPeerConnection) -> list[str]:
+    """What no longer matches on a live peer connection (new or connected); [] when all is well."""
+    problems: list[str] = []
+    for transceiver in pc.getTransceivers():
+        for owner in (transceiver.sender, transceiver.receiver):
+            prefix = "_RTCRtpSender" if isinstance(owner, RTCRtpSender) else "_RTCRtpReceiver"
+            for name in ("__rtcp_started", "__rtcp_exited"):
+                if not isinstance(getattr(owner, prefix + name, None), asyncio.Event):
+                    problems.append(f"{type(owner).__name__}.{name} is not an asyncio.Event")
+            if not hasattr(owner, prefix + "__rtcp_task"):
+                problems.append(f"{type(owner).__name__}.__rtcp_task is missing")
+    try:
+        dtls = dtls_transport(pc)
+    except ValueError as exc:
+        return [*problems, str(exc)]
+    if not hasattr(dtls, "_rx_srtp") or not hasattr(dtls, "_tx_srtp"):
+        problems.append("RTCDtlsTransport has no _rx_srtp/_tx_srtp")
+    if not isinstance(getattr(dtls.transport, "_connection", None), aioice.ice.Connection):
+        problems.append("RTCIceTransport._connection is not an aioice Connection")
+    if dtls.state == "connected":
+        try:
+            link = srtp_link(dtls)
+        except (InternalsChanged, RuntimeError) as exc:
+            problems.append(str(exc))
+        else:
+            if not callable(getattr(link.transport, "sendto", None)):
+                problems.append("the nominated pair's transport has no sendto()")
+    return problems

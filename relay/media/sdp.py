@@ -1,0 +1,254 @@
+"""What the fast path needs from an SDP offer/answer: codecs, header extension ids, SSRCs, directions.
+
+Read from the descriptions themselves (public on every peer connection) rather than from aiortc's
+private transceiver state, so the same code serves a browser's, the Cloudflare SFU's and aiortc's SDP.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True)
+class Codec:
+    payload_type: int
+    name: str
+    clock_rate: int
+    channels: int
+    fmtp: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MediaSection:
+    kind: str
+    mid: str | None
+    direction: str
+    codecs: tuple[Codec, ...]
+    extensions: Mapping[str, int]
+    """Header extension URI -> id."""
+    ssrcs: tuple[int, ...]
+    cname: str | None
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """The negotiated parameters of one audio m-section, from the relay's side."""
+
+    mid: str
+    payload_type: int
+    clock_rate: int
+    channels: int
+    ssrc: int
+    """Our outbound SSRC, as announced in our own description."""
+    cname: str
+    remote_ssrcs: tuple[int, ...]
+    audio_level_id: int | None
+    mid_ext_id: int | None
+    sends: bool
+    receives: bool
+
+
+def _lines(sdp: str) -> list[str]:
+    return [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
+
+
+def parse_media_sections(sdp: str) -> list[MediaSection]:
+    """The m-sections of an SDP, in order. Raises ValueError naming the malformed line."""
+    sections: list[MediaSection] = []
+    session_direction = "sendrecv"
+    current: dict[str, object] | None = None
+
+    def finish() -> None:
+        if current is not None:
+            sections.append(_section(current))
+
+    for line in _lines(sdp):
+        if line.startswith("m="):
+            finish()
+            parts = line[2:].split()
+            if len(parts) < 3:
+                raise ValueError(f"SDP: malformed media line {line!r}")
+            current = {
+                "kind": parts[0],
+                "direction": session_direction,
+                "mid": None,
+                "rtpmap": {},
+                "fmtp": {},
+                "extensions": {},
+                "ssrcs": [],
+                "cname": None,
+                "formats": parts[3:],
+            }
+            continue
+        if not line.startswith("a="):
+            continue
+        attr, _, value = line[2:].partition(":")
+        if current is None:
+            if attr in DIRECTIONS:
+                session_direction = attr
+            continue
+        try:
+            _apply_attribute(current, attr, value)
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"SDP: malformed attribute line {line!r}") from exc
+    finish()
+    return sections
+
+
+def _apply_attribute(current: dict[str, object], attr: str, value: str) -> None:
+    if attr in DIRECTIONS:
+        current["direction"] = attr
+    elif attr == "mid":
+        current["mid"] = value.strip()
+    elif attr == "rtpmap":
+        pt, _, enc = value.partition(" ")
+        bits = enc.strip().split("/")
+        rtpmap = current["rtpmap"]
+        assert isinstance(rtpmap, dict)
+        rtpmap[int(pt)] = (bits[0], int(bits[1]), int(bits[2]) if len(bits) > 2 else 1)
+    elif attr == "fmtp":
+        pt, _, params = value.partition(" ")
+        fmtp = current["fmtp"]
+        assert isinstance(fmtp, dict)
+        fmtp[int(pt)] = _parse_fmtp(params)
+    elif attr == "extmap":
+        ident, _, rest = value.partition(" ")
+        uri = rest.split()[0]
+        extensions = current["extensions"]
+        assert isinstance(extensions, dict)
+        extensions[uri] = int(ident.split("/")[0])
+    elif attr == "ssrc":
+        ident, _, rest = value.partition(" ")
+        ssrc = int(ident)
+        ssrcs = current["ssrcs"]
+        assert isinstance(ssrcs, list)
+        if ssrc not in ssrcs:
+            ssrcs.append(ssrc)
+        if rest.startswith("cname:") and current["cname"] is None:
+            current["cname"] = rest[len("cname:") :].strip()
+
+
+def _parse_fmtp(params: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in params.split(";"):
+        key, eq, val = item.strip().partition("=")
+        if key:
+            out[key] = val if eq else ""
+    return out
+
+
+def _section(raw: dict[str, object]) -> MediaSection:
+    rtpmap = raw["rtpmap"]
+    fmtp = raw["fmtp"]
+    formats = raw["formats"]
+    assert isinstance(rtpmap, dict) and isinstance(fmtp, dict) and isinstance(formats, list)
+    codecs = []
+    for fmt in formats:
+        if fmt.isdigit() and int(fmt) in rtpmap:
+            name, rate, channels = rtpmap[int(fmt)]
+            codecs.append(Codec(int(fmt), name, rate, channels, fmtp.get(int(fmt), {})))
+    mid = raw["mid"]
+    cname = raw["cname"]
+    extensions = raw["extensions"]
+    ssrcs = raw["ssrcs"]
+    assert isinstance(extensions, dict) and isinstance(ssrcs, list)
+    return MediaSection(
+        kind=str(raw["kind"]),
+        mid=mid if isinstance(mid, str) else None,
+        direction=str(raw["direction"]),
+        codecs=tuple(codecs),
+        extensions=dict(extensions),
+        ssrcs=tuple(ssrcs),
+        cname=cname if isinstance(cname, str) else None,
+    )
+
+
+def check_fmtp(params: Mapping[str, int | str]) -> None:
+    """Reject fmtp names/values that would break the SDP line (``;``, spaces, newlines)."""
+    for key, val in params.items():
+        if not _TOKEN.match(key):
+            raise ValueError(f"fmtp parameter name {key!r} must match {_TOKEN.pattern}")
+        if not _TOKEN.match(str(val)):
+            raise ValueError(f"fmtp parameter {key}: value {val!r} must match {_TOKEN.pattern}")
+
+
+def set_codec_fmtp(sdp: str, codec_name: str, params: Mapping[str, int | str]) -> str:
+    """Merge ``params`` into the fmtp line of every payload type of ``codec_name`` (e.g. opus).
+
+    aiortc's Opus carries no fmtp; ``useinbandfec=1`` tells the browser that we can take in-band FEC.
+    """
+    check_fmtp(params)
+    lines = _lines(sdp)
+    targets: set[int] = set()
+    for line in lines:
+        if line.startswith("a=rtpmap:"):
+            pt, _, enc = line[len("a=rtpmap:") :].partition(" ")
+            if enc.split("/")[0].lower() == codec_name.lower():
+                targets.add(int(pt))
+    out: list[str] = []
+    existing: dict[int, dict[str, str]] = {}
+    for line in lines:
+        if line.startswith("a=fmtp:"):
+            pt, _, rest = line[len("a=fmtp:") :].partition(" ")
+            if int(pt) in targets:
+                existing[int(pt)] = _parse_fmtp(rest)
+    for line in lines:
+        if line.startswith("a=fmtp:") and int(line[len("a=fmtp:") :].partition(" ")[0]) in targets:
+            continue
+        out.append(line)
+        if line.startswith("a=rtpmap:"):
+            pt_text = line[len("a=rtpmap:") :].partition(" ")[0]
+            if int(pt_text) in targets:
+                merged = dict(existing.get(int(pt_text), {}))
+                merged.update({k: str(v) for k, v in params.items()})
+                joined = ";".join(f"{k}={v}" if v != "" else k for k, v in merged.items())
+                out.append(f"a=fmtp:{pt_text} {joined}")
+    return "\r\n".join(out) + "\r\n"
+
+
+def negotiated_audio_streams(
+    local_sdp: str, remote_sdp: str, *, local_is_answer: bool, codec_name: str = "opus"
+) -> list[StreamParams]:
+    """The audio streams both sides agreed on, with payload type and extension ids from the answer."""
+    local = parse_media_sections(local_sdp)
+    remote = parse_media_sections(remote_sdp)
+    if len(local) != len(remote):
+        raise ValueError(f"SDP: local has {len(local)} m-sections, remote has {len(remote)}; they must match")
+    out: list[StreamParams] = []
+    for index, (mine, theirs) in enumerate(zip(local, remote, strict=True)):
+        if mine.kind != "audio":
+            continue
+        answer = mine if local_is_answer else theirs
+        codec = next((c for c in answer.codecs if c.name.lower() == codec_name.lower()), None)
+        if codec is None:
+            raise ValueError(f"SDP: audio m-section {index} has no {codec_name} codec in the answer")
+        if not mine.ssrcs or mine.cname is None:
+            raise ValueError(
+                f"SDP: audio m-section {index} of the local description has no a=ssrc with cname"
+            )
+        mid = mine.mid if mine.mid is not None else str(index)
+        out.append(
+            StreamParams(
+                mid=mid,
+                payload_type=codec.payload_type,
+                clock_rate=codec.clock_rate,
+                channels=codec.channels,
+                ssrc=mine.ssrcs[0],
+                cname=mine.cname,
+                remote_ssrcs=theirs.ssrcs,
+                audio_level_id=answer.extensions.get(AUDIO_LEVEL_URI),
+                mid_ext_id=answer.extensions.get(MID_URI),
+                sends=mine.direction in ("sendrecv", "sendonly")
+                and theirs.direction in ("sendrecv", "recvonly"),
+                receives=mine.direction in ("sendrecv", "recvonly")
+                and theirs.direction in ("sendrecv", "sendonly"),
+            )
+        )
+    return out

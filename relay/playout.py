@@ -1,0 +1,181 @@
+"""Outbound playout for one call: paces inference's audio onto the caller's RTP timeline.
+
+Inference may send a reply faster than real time (TTS bursts). The relay keeps a timeline clock: a
+frame is sent as soon as the timeline is no more than `lead` ahead of the wall clock, so frames that
+arrive in real time leave at once (no added latency) and bursts are spread at 20 ms per frame. What
+is still queued can be dropped at once on barge-in; what was already sent is at most `lead` ahead.
+This is pacing, not a jitter buffer: nothing waits for late frames, nothing is reordered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+FRAME_NS = 20_000_000
+SAMPLES_PER_FRAME = 960  # 20 ms at 48 kHz
+CLOCK_RATE = 48_000
+DEFAULT_LEAD_MS = 60
+DEFAULT_TAIL_MS = 120
+MAX_QUEUE_FRAMES = 3_000  # one minute of audio: inference cannot grow the queue without bound
+
+SendFrame = Callable[[bytes, int, bool], object]
+"""(payload, rtp_timestamp, marker) -> sent on the fast path."""
+MarkReached = Callable[[str, int], object]
+"""(mark name, rtp timestamp) -> inference is told playout reached the mark."""
+
+
+@dataclass(slots=True)
+class _Frame:
+    payload: bytes
+    seq: int
+    arrival_ns: int
+
+
+@dataclass(slots=True)
+class _Mark:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInReport:
+    """What the caller actually heard of the current response when they spoke over it."""
+
+    played_samples: int
+    dropped_frames: int
+    response_seq: int
+
+
+class Playout:
+    """The pacing queue and RTP timeline of one outbound stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        send: SendFrame,
+        mark_reached: MarkReached,
+        schedule: Callable[[float, Callable[[], None]], object],
+        *,
+        lead_ms: int = DEFAULT_LEAD_MS,
+        tail_ms: int = DEFAULT_TAIL_MS,
+        rtp_timestamp_base: int = 0,
+        clock: Callable[[], int] = time.perf_counter_ns,
+        observe_dwell_ns: Callable[[int], object] = lambda _ns: None,
+    ) -> None:
+        if not 0 <= lead_ms <= 1000:
+            raise ValueError(f"playout lead must be 0..1000 ms, got {lead_ms}")
+        self._send = send
+        self._mark_reached = mark_reached
+        self._schedule = schedule
+        self._clock = clock
+        self._observe = observe_dwell_ns
+        self.lead_ns = lead_ms * 1_000_000
+        self.tail_ns = tail_ms * 1_000_000
+        self._queue: deque[_Frame | _Mark] = deque()
+        self._queued_frames = 0
+        self._t0 = clock()
+        self._ts0 = rtp_timestamp_base
+        self._timeline_ns = self._t0  # wall time at which the next frame would play
+        self._timer_pending = False
+        self._new_spurt = True
+        self.response_frames = 0
+        self.response_seq = 0
+        self.frames_sent = 0
+        self.frames_dropped_full = 0
+        self.closed = False
+
+    # -- input from inference --------------------------------------------------------------------
+
+    def push_frame(self, payload: bytes, seq: int, marker: bool) -> None:
+        """Queue one frame; a marker starts a new response (its played position counts from zero)."""
+        if self.closed:
+            return
+        if self._queued_frames >= MAX_QUEUE_FRAMES:
+            self.frames_dropped_full += 1
+            return
+        if marker:
+            self._queue.append(_Mark(""))  # response boundary: resets the played counter when reached
+        self._queue.append(_Frame(payload, seq, self._clock()))
+        self._queued_frames += 1
+        self.pump()
+
+    def push_mark(self, name: str) -> None:
+        """Queue a mark: inference is told when playout reaches this point."""
+        if self.closed:
+            return
+        self._queue.append(_Mark(name))
+        self.pump()
+
+    # -- pacing ----------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send every queued frame whose timeline slot is within `lead` of now; schedule the rest."""
+        if self._timer_pending or self.closed:
+            return
+        now = self._clock()
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            if isinstance(item, _Mark):
+                queue.popleft()
+                if item.name:
+                    self._mark_reached(item.name, self._timestamp_at(self._timeline_ns))
+                else:
+                    self.response_frames = 0
+                continue
+            if self._timeline_ns < now:  # the stream went idle: a new talk spurt starts now
+                self._timeline_ns = now
+                self._new_spurt = True
+            if self._timeline_ns - now > self.lead_ns:
+                self._timer_pending = True
+                self._schedule((self._timeline_ns - self.lead_ns - now) / 1e9, self._on_timer)
+                return
+            queue.popleft()
+            self._queued_frames -= 1
+            due = self._timeline_ns - self.lead_ns
+            self._send(item.payload, self._timestamp_at(self._timeline_ns), self._new_spurt)
+            self._observe(self._clock() - max(item.arrival_ns, due))
+            self._new_spurt = False
+            self._timeline_ns += FRAME_NS
+            self.frames_sent += 1
+            self.response_frames += 1
+            self.response_seq = item.seq
+
+    def _on_timer(self) -> None:
+        self._timer_pending = False
+        self.pump()
+
+    def _timestamp_at(self, t_ns: int) -> int:
+        return (self._ts0 + (t_ns - self._t0) * CLOCK_RATE // 1_000_000_000) & 0xFFFFFFFF
+
+    # -- state for barge-in ----------------------------------------------------------------------
+
+    @property
+    def queued_frames(self) -> int:
+        return self._queued_frames
+
+    def playing(self) -> bool:
+        """True while the caller may still be hearing assistant audio (queued, or sent and not yet played)."""
+        return self._queued_frames > 0 or self._timeline_ns + self.tail_ns > self._clock()
+
+    def flush(self) -> tuple[int, list[str]]:
+        """Drop everything queued; return (frames dropped, names of marks that will never play)."""
+        dropped = self._queued_frames
+        marks = [item.name for item in self._queue if isinstance(item, _Mark) and item.name]
+        self._queue.clear()
+        self._queued_frames = 0
+        return dropped, marks
+
+    def barge_in(self) -> tuple[BargeInReport, list[str]]:
+        """Flush and report how much of the current response the caller heard."""
+        now = self._clock()
+        ahead_ns = max(0, self._timeline_ns - now)
+        played = max(0, self.response_frames * SAMPLES_PER_FRAME - ahead_ns * CLOCK_RATE // 1_000_000_000)
+        dropped, marks = self.flush()
+        return BargeInReport(played, dropped, self.response_seq), marks
+
+    def close(self) -> None:
+        self.closed = True
+        self._queue.clear()
+        self._queued_frames = 0

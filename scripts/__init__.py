@@ -1,0 +1,1 @@
+"""Operator CLIs behind the `splitrelay` console script."""

@@ -1,0 +1,106 @@
+"""Tripwire for an aiortc/aioice upgrade: the exact versions and every private contact of relay/media.
+
+If this fails after a dependency change, do not patch the test: re-read the new aiortc/aioice source
+against relay/media/aiortc_internals.py, fix what moved, then bump PINNED_VERSIONS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pylibsrtp
+import pytest
+from aiortc import RTCPeerConnection
+
+from relay.media import aiortc_internals
+from relay.media.aiortc_internals import UPGRADE_MESSAGE, check_peer, check_static
+from tests.integration.conftest import VoicePair
+
+pytestmark = pytest.mark.integration
+
+
+def test_pinned_versions_are_installed() -> None:
+    installed = aiortc_internals.installed_versions()
+    assert installed == aiortc_internals.PINNED_VERSIONS, f"{UPGRADE_MESSAGE}: installed {installed}"
+
+
+def test_static_contacts_still_match() -> None:
+    problems = check_static()
+    assert problems == [], f"{UPGRADE_MESSAGE}:\n" + "\n".join(problems)
+
+
+def test_the_check_detects_a_version_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tripwire itself must be able to fire."""
+    monkeypatch.setitem(aiortc_internals.PINNED_VERSIONS, "aiortc", "0.0.0")
+    assert any("aiortc 1.16.0 installed, 0.0.0 pinned" in p for p in check_static())
+
+
+def test_the_check_detects_a_moved_attribute(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc import RTCDtlsTransport
+
+    def recv_next_without_srtp(self: RTCDtlsTransport) -> None:
+        """Stands in for an upgraded aiortc whose receive loop changed."""
+
+    monkeypatch.setattr(RTCDtlsTransport, "_recv_next", recv_next_without_srtp)
+    assert any(
+        "RTCDtlsTransport._recv_next no longer contains 'self._rx_srtp.unprotect'" in p
+        for p in check_static()
+    )
+
+
+async def test_new_peer_has_the_rtcp_internals() -> None:
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio")
+        problems = check_peer(pc)
+        assert problems == [], f"{UPGRADE_MESSAGE}:\n" + "\n".join(problems)
+    finally:
+        await pc.close()
+
+
+async def test_connected_peer_exposes_srtp_sessions_and_the_nominated_socket(voice_pair: VoicePair) -> None:
+    for peer in (voice_pair.client, voice_pair.relay):
+        problems = check_peer(peer.pc)
+        assert problems == [], f"{UPGRADE_MESSAGE}:\n" + "\n".join(problems)
+        assert aiortc_internals.rtcp_silenced(peer.transceiver)
+        link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(peer.pc))
+        assert isinstance(link.rx, pylibsrtp.Session) and isinstance(link.tx, pylibsrtp.Session)
+        assert callable(link.transport.sendto) and not link.transport.is_closing()
+        assert link.remote_addr[0] == "127.0.0.1"
+
+
+async def test_silenced_rtcp_loops_start_and_stop_like_aiortcs(voice_pair: VoicePair) -> None:
+    """aiortc's stop() waits on the started/exited events: the idle replacement must set both."""
+    sender = voice_pair.relay.transceiver.sender
+    started = getattr(sender, "_RTCRtpSender__rtcp_started")  # noqa: B009 (the private contact under test)
+    exited = getattr(sender, "_RTCRtpSender__rtcp_exited")  # noqa: B009
+    async with asyncio.timeout(5):
+        await started.wait()
+    assert not exited.is_set()
+    async with asyncio.timeout(5):
+        await voice_pair.relay.close()
+    assert exited.is_set()
+
+
+async def test_datagram_hook_round_trip(voice_pair: VoicePair) -> None:
+    link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(voice_pair.relay.pc))
+    seen: list[bytes] = []
+
+    def handler(data: bytes, addr: tuple[str, int]) -> None:
+        seen.append(data)
+
+    original = aiortc_internals.hook_datagrams(link.protocol, handler)
+    try:
+        with pytest.raises(RuntimeError, match="already has a datagram hook"):
+            aiortc_internals.hook_datagrams(link.protocol, handler)
+        link.protocol.datagram_received(b"\x80\x6f probe", ("127.0.0.1", 9))
+        assert seen == [b"\x80\x6f probe"]
+        assert callable(original)
+    finally:
+        aiortc_internals.unhook_datagrams(link.protocol, handler)
+    assert "datagram_received" not in vars(link.protocol)
+
+
+async def test_rtcp_cannot_be_silenced_once_running(voice_pair: VoicePair) -> None:
+    with pytest.raises(RuntimeError, match="RTCP already running"):
+        aiortc_internals.silence_rtcp(voice_pair.relay.transceiver)

@@ -1,0 +1,144 @@
+"""Outbound playout: real-time frames leave at once, bursts are paced, barge-in flushes and reports."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from relay.playout import FRAME_NS, MAX_QUEUE_FRAMES, SAMPLES_PER_FRAME, Playout
+
+
+class Harness:
+    """A Playout driven by a manual clock and a manual timer list."""
+
+    def __init__(self, lead_ms: int = 60, tail_ms: int = 120) -> None:
+        self.now = 1_000_000_000
+        self.sent: list[tuple[bytes, int, bool, int]] = []
+        self.marks: list[tuple[str, int]] = []
+        self.timers: list[tuple[int, Callable[[], None]]] = []
+        self.dwell: list[int] = []
+        self.p = Playout(
+            lambda payload, ts, marker: self.sent.append((payload, ts, marker, self.now)),
+            lambda name, ts: self.marks.append((name, ts)),
+            lambda delay, fn: self.timers.append((self.now + int(delay * 1e9), fn)),
+            lead_ms=lead_ms,
+            tail_ms=tail_ms,
+            clock=lambda: self.now,
+            observe_dwell_ns=self.dwell.append,
+        )
+
+    def advance(self, ns: int) -> None:
+        """Move the clock, firing due timers in order (bounded: at most 10,000 timers)."""
+        end = self.now + ns
+        for _ in range(10_000):
+            due = [t for t in self.timers if t[0] <= end]
+            if not due:
+                break
+            first = min(due, key=lambda t: t[0])
+            self.timers.remove(first)
+            self.now = max(self.now, first[0])
+            first[1]()
+        self.now = end
+
+
+def test_frames_arriving_in_real_time_leave_immediately_with_contiguous_timestamps() -> None:
+    h = Harness()
+    for i in range(10):
+        h.p.push_frame(bytes([i]), seq=i, marker=i == 0)
+        h.advance(FRAME_NS)
+    assert [s[0] for s in h.sent] == [bytes([i]) for i in range(10)]
+    assert [s[3] for s in h.sent] == [1_000_000_000 + i * FRAME_NS for i in range(10)]  # sent on arrival
+    ts = [s[1] for s in h.sent]
+    assert all(b - a == SAMPLES_PER_FRAME for a, b in itertools.pairwise(ts))
+    assert [s[2] for s in h.sent] == [True] + [False] * 9  # marker only at the talk-spurt start
+    assert max(h.dwell) == 0
+
+
+def test_a_burst_is_paced_at_most_lead_ahead_of_real_time() -> None:
+    h = Harness(lead_ms=60)
+    for i in range(50):
+        h.p.push_frame(bytes([i]), seq=i, marker=False)
+    assert len(h.sent) == 4  # slots at 0, 20, 40, 60 ms are within the 60 ms lead
+    assert h.p.queued_frames == 46
+    h.advance(50 * FRAME_NS)
+    assert len(h.sent) == 50
+    for k, (_, _, _, at) in enumerate(h.sent):
+        assert at >= 1_000_000_000 + k * FRAME_NS - 60_000_000  # never more than the lead early
+    assert [s[0] for s in h.sent] == [bytes([i]) for i in range(50)]
+
+
+def test_a_gap_starts_a_new_spurt_with_marker_and_timestamps_that_follow_wall_time() -> None:
+    h = Harness()
+    h.p.push_frame(b"a", seq=0, marker=False)
+    h.advance(1_000_000_000)  # one second of silence
+    h.p.push_frame(b"b", seq=1, marker=False)
+    (_, ts_a, m_a, _), (_, ts_b, m_b, _) = h.sent
+    assert m_a and m_b
+    assert ts_b - ts_a == 48_000  # one second at 48 kHz
+
+
+def test_barge_in_flushes_the_queue_and_reports_what_was_heard() -> None:
+    h = Harness(lead_ms=60)
+    for i in range(100):
+        h.p.push_frame(b"x", seq=i, marker=i == 0)
+    h.advance(500_000_000)  # half a second of the reply has been played
+    assert h.p.playing()
+    report, marks = h.p.barge_in()
+    sent = len(h.sent)
+    assert report.dropped_frames == 100 - sent
+    assert report.response_seq == sent - 1
+    # Heard = sent minus what is still ahead of the wall clock (at most the lead plus the last frame).
+    assert (sent * SAMPLES_PER_FRAME) - 80 * 48 <= report.played_samples <= sent * SAMPLES_PER_FRAME
+    assert abs(report.played_samples - 500 * 48) <= SAMPLES_PER_FRAME
+    assert marks == []
+    h.advance(FRAME_NS * 10)
+    assert len(h.sent) == sent  # nothing more goes out after the flush
+
+
+def test_marks_are_reported_when_playout_reaches_them_and_returned_when_flushed() -> None:
+    h = Harness(lead_ms=0)
+    h.p.push_frame(b"1", seq=0, marker=True)
+    h.p.push_mark("after-1")
+    h.p.push_frame(b"2", seq=1, marker=False)
+    h.p.push_mark("after-2")
+    assert [m[0] for m in h.marks] == ["after-1"]
+    h.advance(FRAME_NS)
+    assert [m[0] for m in h.marks] == ["after-1", "after-2"]
+    h.p.push_frame(b"3", seq=2, marker=False)
+    h.p.push_frame(b"4", seq=3, marker=False)
+    h.p.push_mark("never")
+    _, flushed = h.p.flush()
+    assert flushed == ["never"]
+
+
+def test_the_marker_resets_the_played_counter_for_a_new_response() -> None:
+    h = Harness(lead_ms=0)
+    for i in range(5):
+        h.p.push_frame(b"x", seq=i, marker=i == 0)
+        h.advance(FRAME_NS)
+    h.p.push_frame(b"y", seq=5, marker=True)
+    assert h.p.response_frames == 1
+
+
+def test_queue_is_bounded() -> None:
+    h = Harness(lead_ms=0)
+    for i in range(MAX_QUEUE_FRAMES + 10):
+        h.p.push_frame(b"x", seq=i, marker=False)
+    assert len(h.sent) == 1  # the first left at once; the queue then filled to its bound
+    assert h.p.queued_frames == MAX_QUEUE_FRAMES
+    assert h.p.frames_dropped_full == 9
+
+
+def test_playing_ends_after_the_tail() -> None:
+    h = Harness(tail_ms=120)
+    h.p.push_frame(b"x", seq=0, marker=True)
+    assert h.p.playing()
+    h.advance(FRAME_NS + 121_000_000)
+    assert not h.p.playing()
+
+
+def test_lead_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"0\.\.1000 ms"):
+        Playout(lambda *a: None, lambda *a: None, lambda *a: None, lead_ms=5000)
