@@ -180,6 +180,31 @@ class SrtpLink:
     remote_addr: Address
     rx: pylibsrtp.Session
     tx: pylibsrtp.Session
+    connection: aioice.ice.Connection | None = None
+
+
+def take_queued_media(link: SrtpLink) -> list[bytes]:
+    """SRTP/SRTCP datagrams aioice queued before the hook (they arrived while DTLS was finishing).
+
+    Without this, the caller's first packets (sent the moment its side connected) would be read by
+    aiortc's own media stack and lost to us. Other queued items (DTLS, the end-of-stream None) stay.
+    """
+    queue = getattr(link.connection, "_queue", None)
+    if not isinstance(queue, asyncio.Queue):
+        if link.connection is None:
+            return []
+        raise _changed("aioice Connection._queue is no longer an asyncio.Queue")
+    media: list[bytes] = []
+    keep: list[object] = []
+    for _ in range(queue.qsize()):  # bounded by what is queued now
+        item = queue.get_nowait()
+        if isinstance(item, tuple) and isinstance(item[0], bytes) and item[0] and 127 < item[0][0] < 192:
+            media.append(item[0])
+        else:
+            keep.append(item)
+    for item in keep:
+        queue.put_nowait(item)
+    return media
 
 
 def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
@@ -214,7 +239,7 @@ def srtp_link(dtls: RTCDtlsTransport) -> SrtpLink:
         or not isinstance(remote_addr, tuple)
     ):
         raise _changed("aioice CandidatePair.protocol/.remote_addr/.protocol.transport changed")
-    return SrtpLink(protocol, transport, remote_addr, rx, tx)
+    return SrtpLink(protocol, transport, remote_addr, rx, tx, connection)
 
 
 def hook_datagrams(protocol: asyncio.DatagramProtocol, handler: DatagramHandler) -> DatagramHandler:
@@ -270,7 +295,10 @@ def check_static() -> list[str]:
         "local_addr=(address, 0)",
         "asyncio.get_running_loop()",
     )
-    problems += _source_has(aioice.ice.Connection, "__init__", "self._nominated")
+    problems += _source_has(aioice.ice.Connection, "__init__", "self._nominated", "self._queue")
+    problems += _source_has(
+        aioice.ice.Connection, "data_received", "self._queue.put_nowait((data, component))"
+    )
     problems += _source_has(aioice.ice.CandidatePair, "__init__", "self.protocol = protocol")
     if not isinstance(inspect.getattr_static(aioice.ice.CandidatePair, "remote_addr"), property):
         problems.append("aioice CandidatePair.remote_addr is no longer a property")

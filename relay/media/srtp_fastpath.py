@@ -268,6 +268,8 @@ class SrtpFastPath:
             self._datagram_received
         )  # one bound method, to unhook
         self._original = aiortc_internals.hook_datagrams(self._protocol, self._handler)
+        for data in aiortc_internals.take_queued_media(link):
+            self._datagram_received(data, self.remote_addr)
         self._rtcp_task = asyncio.get_running_loop().create_task(self._rtcp_loop())
 
     @classmethod

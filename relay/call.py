@@ -1,0 +1,329 @@
+"""One call's media pipeline: caller RTP ⇄ the SRTP fast path ⇄ the wire protocol ⇄ inference.
+
+Inbound, each caller packet is forwarded to inference on arrival (no decode, no jitter buffer) and, while
+assistant audio is playing, checked for speech so a barge-in flushes the outbound queue within one
+packet. Outbound, inference's frames go through `Playout`, which paces them onto the caller's RTP
+timeline. The call owns its peer connection, fast path and playout; the manager owns the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay import wire
+from relay.inference_link import LinkError, RelayLink
+from relay.media.peer import VoicePeer
+from relay.media.rtp import RtpPacket
+from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from relay.playout import Playout
+from relay.speech import SpeechDetector
+from relay.telemetry import CallCounters, CallSample, DwellHistogram
+
+log = logging.getLogger("splitrelay.relay.call")
+
+MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """Per-call tunables; defaults suit 20 ms Opus voice."""
+
+    connect_timeout_s: float = 10.0
+    playout_lead_ms: int = 60
+    playout_tail_ms: int = 120
+    barge_in_threshold_dbov: float = -40.0
+    barge_in_packets: int = 1
+    """Consecutive speech packets that count as a barge-in (1 = within one packet)."""
+    fast_path: FastPathConfig = field(default_factory=FastPathConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.barge_in_packets <= 50:
+            raise ValueError(f"barge_in_packets must be 1..50, got {self.barge_in_packets}")
+        if not 0 < self.connect_timeout_s <= 120:
+            raise ValueError(f"connect_timeout_s must be in (0, 120], got {self.connect_timeout_s}")
+
+
+class SequenceUnwrapper:
+    """Extends 16-bit RTP sequence numbers to a count from the call's first packet (RFC 3550 A.1)."""
+
+    __slots__ = ("_ext", "_last")
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._ext = 0
+
+    def extend(self, seq: int) -> int:
+        if self._last is None:
+            self._last = seq
+            return 0
+        delta = (seq - self._last) & 0xFFFF
+        if delta < 0x8000:
+            self._ext += delta
+            self._last = seq
+            return self._ext
+        return self._ext - (0x10000 - delta)  # a late packet: behind the newest, no state change
+
+
+class Call:
+    """A live call. Build with a negotiated `VoicePeer`, then `await start()`; `close()` is idempotent."""
+
+    def __init__(
+        self,
+        call_id: str,
+        mode: str,
+        peer: VoicePeer,
+        link: RelayLink,
+        *,
+        config: CallConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        on_closed: Callable[[Call], object] = lambda _c: None,
+    ) -> None:
+        self.call_id = call_id
+        self.mode = mode
+        self.peer = peer
+        self.link = link
+        self.config = config or CallConfig()
+        self.metadata = metadata or {}
+        self._on_closed = on_closed
+        self.state = "connecting"
+        self.created_at = time.time()
+        self._t0 = time.perf_counter()
+        self.counters = CallCounters()
+        self.dwell_in = DwellHistogram()
+        self.dwell_out = DwellHistogram()
+        self.fast_path: SrtpFastPath | None = None
+        self.wire_id: int | None = None
+        self.close_reason: str | None = None
+        self.early_packets = 0
+        self._early: list[RtpPacket] = []
+        self._seq = SequenceUnwrapper()
+        self._ts0: int | None = None
+        self._speech_run = 0
+        self._detector = SpeechDetector(self.config.barge_in_threshold_dbov)
+        loop = asyncio.get_running_loop()
+        self.playout = Playout(
+            self._send_frame,
+            self._mark_reached,
+            loop.call_later,
+            lead_ms=self.config.playout_lead_ms,
+            tail_ms=self.config.playout_tail_ms,
+            observe_dwell_ns=self.dwell_out.observe_ns,
+        )
+        self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect media and open the call at inference, in parallel; raise (and close) on failure.
+
+        The fast path is attached inside the connection-state callback, before the event loop can hand
+        aiortc a single media packet; packets that arrive before inference acknowledged the call wait in
+        a small bounded buffer (set-up only, never during the call).
+        """
+        pc = self.peer.pc
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            self._on_connection_state()
+            self.wire_id = await self.link.start_call(
+                self.call_id, self, metadata=dict(self.metadata, mode=self.mode)
+            )
+            early, self._early = self._early, []
+            for pkt in early:
+                self._on_rtp(pkt)
+            await self.peer.wait_connected(within=self.config.connect_timeout_s)
+            if self.fast_path is None:
+                raise ConnectionError("peer connected but the fast path did not attach")
+        except (LinkError, ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+            await self.close(f"setup failed: {exc}")
+            raise
+        self.state = "live"
+        self.counters.setup_ms = (time.perf_counter() - self._t0) * 1000
+
+    def _on_connection_state(self) -> None:
+        state = self.peer.pc.connectionState
+        if state == "connected" and self.fast_path is None and self.state != "closed":
+            self.fast_path = SrtpFastPath.attach(
+                self.peer.pc, self._on_rtp, self.config.fast_path, on_bye=self._on_bye
+            )
+        elif state in ("failed", "closed") and self.state == "live":
+            self.schedule_close(f"peer connection {state}")
+
+    def _on_bye(self, _ssrc: int) -> None:
+        self.schedule_close("caller sent RTCP BYE")
+
+    def schedule_close(self, reason: str) -> None:
+        if self._close_task is None and self.state != "closed":
+            self._close_task = asyncio.get_running_loop().create_task(self._close_quietly(reason))
+
+    async def _close_quietly(self, reason: str) -> None:
+        await self.close(reason)
+
+    async def close(self, reason: str) -> dict[str, Any]:
+        """End the call everywhere (inference, fast path, peer) and return its summary. Idempotent."""
+        if self.state == "closed":
+            return self.summary()
+        self.state = "closed"
+        self.close_reason = reason
+        self.playout.close()
+        if self.wire_id is not None:
+            with contextlib.suppress(LinkError, wire.WireError):
+                await self.link.end_call(
+                    self.wire_id, "caller_hangup" if "edge" in reason else "relay_closed"
+                )
+        if self.fast_path is not None:
+            await self.fast_path.close()
+        await self.peer.close()
+        summary = self.summary()
+        log.info("call ended %s", _json(summary))
+        self._closed.set()
+        self._on_closed(self)
+        return summary
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- inbound: caller → inference -------------------------------------------------------------
+
+    def _on_rtp(self, pkt: RtpPacket) -> None:
+        counters = self.counters
+        counters.packets_in += 1
+        counters.bytes_in += len(pkt.payload)
+        wire_id = self.wire_id
+        if wire_id is None:
+            if len(self._early) < MAX_EARLY_PACKETS and self.state == "connecting":
+                counters.packets_in -= 1  # counted again when flushed
+                counters.bytes_in -= len(pkt.payload)
+                self._early.append(pkt)
+            else:
+                self.early_packets += 1
+            return
+        if self._ts0 is None:
+            self._ts0 = pkt.timestamp
+        level = pkt.audio_level
+        flags = wire.audio_in_flags(marker=pkt.marker, level=level, voice=pkt.voice and level is not None)
+        timestamp = (pkt.timestamp - self._ts0) & 0xFFFFFFFF
+        if self.link.send_audio_in(
+            wire_id, self._seq.extend(pkt.sequence) & 0xFFFFFFFF, timestamp, pkt.payload, flags
+        ):
+            counters.packets_to_inference += 1
+        if pkt.arrival_ns:
+            self.dwell_in.observe_ns(time.perf_counter_ns() - pkt.arrival_ns)
+        if self.playout.playing():
+            if self._detector.is_speech(pkt.payload, level, pkt.voice):
+                self._speech_run += 1
+                if self._speech_run >= self.config.barge_in_packets:
+                    self._barge_in(timestamp)
+            else:
+                self._speech_run = 0
+        else:
+            self._speech_run = 0
+
+    def _barge_in(self, timestamp: int) -> None:
+        self._speech_run = 0
+        report, marks = self.playout.barge_in()
+        self.counters.barge_ins += 1
+        self.counters.frames_dropped_barge_in += report.dropped_frames
+        if self.wire_id is not None:
+            self.link.send_barge_in(
+                self.wire_id,
+                played_samples=report.played_samples,
+                dropped_frames=report.dropped_frames,
+                response_seq=report.response_seq,
+                timestamp=timestamp,
+            )
+            for name in marks:
+                self.link.send_mark(self.wire_id, name, 0)
+
+    # -- outbound: inference → caller (CallSink) -------------------------------------------------
+
+    def on_audio_out(self, seq: int, timestamp: int, payload: bytes, marker: bool) -> None:
+        self.counters.frames_from_inference += 1
+        self.playout.push_frame(payload, seq, marker)
+
+    def on_mark(self, name: str, timestamp: int) -> None:
+        self.playout.push_mark(name)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        log.debug("event from inference on %s: %s", self.call_id, event.get("type"))
+
+    def on_clear(self, timestamp: int) -> None:
+        _, marks = self.playout.flush()
+        if self.wire_id is not None:
+            for name in marks:
+                self.link.send_mark(self.wire_id, name, 0)
+
+    def on_call_end(self, reason: str) -> None:
+        self.wire_id = None  # inference already knows; do not send it CALL_END back
+        self.schedule_close(f"inference ended the call: {reason}")
+
+    def _send_frame(self, payload: bytes, timestamp: int, marker: bool) -> None:
+        fp = self.fast_path
+        if fp is None or fp.closed:
+            return
+        if fp.send(payload, timestamp, marker=marker):
+            self.counters.packets_out += 1
+            self.counters.bytes_out += len(payload)
+
+    def _mark_reached(self, name: str, timestamp: int) -> None:
+        if self.wire_id is not None:
+            self.link.send_mark(self.wire_id, name, timestamp)
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def sample(self) -> CallSample:
+        stats = self.fast_path.stats() if self.fast_path else None
+        return CallSample(
+            counters=self.counters,
+            dwell_in=self.dwell_in,
+            dwell_out=self.dwell_out,
+            lost=stats.lost_in if stats else 0,
+            jitter_ms=stats.jitter_in_ms if stats else None,
+            rtt_ms=stats.rtt_ms if stats else None,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The call's telemetry as JSON-able data: logged at hang-up, served by the control API."""
+        stats = self.fast_path.stats() if self.fast_path else None
+        c = self.counters
+        return {
+            "call_id": self.call_id,
+            "mode": self.mode,
+            "state": self.state,
+            "close_reason": self.close_reason,
+            "setup_ms": round(c.setup_ms, 2),
+            "duration_s": round(time.time() - self.created_at, 3),
+            "packets_in": c.packets_in,
+            "bytes_in": c.bytes_in,
+            "packets_out": c.packets_out,
+            "bytes_out": c.bytes_out,
+            "packets_to_inference": c.packets_to_inference,
+            "frames_from_inference": c.frames_from_inference,
+            "barge_ins": c.barge_ins,
+            "frames_dropped_barge_in": c.frames_dropped_barge_in,
+            "lost_in": stats.lost_in if stats else 0,
+            "jitter_in_ms": round(stats.jitter_in_ms, 2) if stats else None,
+            "lost_out": stats.lost_out if stats else 0,
+            "jitter_out_ms": round(stats.jitter_out_ms, 2) if stats else None,
+            "rtt_ms": round(stats.rtt_ms, 2) if stats and stats.rtt_ms is not None else None,
+            "undecryptable": stats.undecryptable if stats else 0,
+            "dwell_in_p50_ms": _round(self.dwell_in.quantile_ms(0.5)),
+            "dwell_in_p99_ms": _round(self.dwell_in.quantile_ms(0.99)),
+            "dwell_out_p50_ms": _round(self.dwell_out.quantile_ms(0.5)),
+            "dwell_out_p99_ms": _round(self.dwell_out.quantile_ms(0.99)),
+        }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def _json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,234 @@
+"""The relay's control API: attach, close, list and inspect calls, health, readiness, drain, metrics.
+
+Every route except /healthz, /readyz and /metrics requires an edge signature (edge/signing.py).
+The API is thin: it validates and authenticates, then hands the call to a `CallBackend`, which is the
+in-process call manager or the pool of per-core worker processes (relay/workers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge.signing import SignatureError, Verifier
+
+log = logging.getLogger("splitrelay.relay.control")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_SDP_CHARS = 32 * 1024
+CALL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class SessionDescription(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["offer", "answer"]
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+
+
+class SfuAttach(BaseModel):
+    """Where the caller's mic track lives on the SFU, so the relay can pull it."""
+
+    model_config = ConfigDict(extra="forbid")
+    caller_session_id: str = Field(min_length=1, max_length=128)
+    caller_track_name: str = Field(min_length=1, max_length=128)
+
+
+class AttachRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Field(pattern=CALL_ID_PATTERN)
+    mode: Literal["direct", "sfu"]
+    offer: SessionDescription | None = None
+    sfu: SfuAttach | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def check_mode(self) -> None:
+        if self.mode == "direct" and (self.offer is None or self.offer.type != "offer"):
+            raise ValueError("mode 'direct' needs 'offer' with type 'offer'")
+        if self.mode == "sfu" and self.sfu is None:
+            raise ValueError("mode 'sfu' needs 'sfu' with caller_session_id and caller_track_name")
+
+
+class AttachResult(BaseModel):
+    call_id: str
+    mode: str
+    answer: SessionDescription | None = None
+    sfu_session_id: str | None = None
+    sfu_track_name: str | None = None
+    setup_ms: float
+
+
+class CallBackend(Protocol):
+    """What the control API needs from whoever owns the calls."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def attach(self, request: AttachRequest) -> AttachResult: ...
+
+    async def close(self, call_id: str, reason: str) -> dict[str, Any] | None: ...
+
+    async def list_calls(self) -> list[dict[str, Any]]: ...
+
+    async def get_call(self, call_id: str) -> dict[str, Any] | None: ...
+
+    async def drain(self) -> int: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+
+class AttachRefused(Exception):
+    """The backend cannot take this call; `status` says why (409 duplicate, 400 bad SDP, 503 draining)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+
+
+UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class SignatureMiddleware:
+    """Pure ASGI middleware: bounds the body, verifies the edge signature, then replays the body.
+
+    Pure ASGI (not BaseHTTPMiddleware) so the body read for the signature can be handed on intact.
+    """
+
+    def __init__(self, app: ASGIApp, verifier: Verifier) -> None:
+        self.app = app
+        self.verifier = verifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNSIGNED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _error(413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")(
+                scope, receive, send
+            )
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await _error(413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")(
+                    scope, receive, send
+                )
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        query = scope.get("query_string", b"").decode("latin-1")
+        path = scope["path"] + (f"?{query}" if query else "")
+        try:
+            self.verifier.verify(scope["method"], path, body, headers)
+        except SignatureError as exc:
+            log.info("rejected control request %s %s: %s", scope["method"], scope["path"], exc)
+            await _error(401, "unauthorized", str(exc))(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(backend: CallBackend, verifier: Verifier) -> FastAPI:
+    """Build the control API around a backend and a signature verifier."""
+    app = FastAPI(title="splitrelay relay control API", version="1", docs_url=None, redoc_url=None)
+
+    app.add_middleware(SignatureMiddleware, verifier=verifier)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return _error(400, "invalid_request", f"{field}: {first.get('msg')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if backend.draining:
+            return JSONResponse(status_code=503, content={"status": "draining"})
+        return JSONResponse(content={"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(content=await backend.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/calls", status_code=201)
+    async def attach(request: Request) -> JSONResponse:
+        try:
+            attach_request = AttachRequest.model_validate_json(await request.body())
+            attach_request.check_mode()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "body"
+            return _error(400, "invalid_request", f"{field}: {first['msg']}")
+        except ValueError as exc:
+            return _error(400, "invalid_request", str(exc))
+        if backend.draining:
+            return _error(503, "draining", "relay is draining and takes no new calls")
+        try:
+            result = await backend.attach(attach_request)
+        except AttachRefused as exc:
+            return _error(exc.status, "attach_refused", exc.message)
+        return JSONResponse(status_code=201, content=json.loads(result.model_dump_json(exclude_none=True)))
+
+    @app.get("/v1/calls")
+    async def list_calls() -> dict[str, Any]:
+        return {"calls": await backend.list_calls()}
+
+    @app.get("/v1/calls/{call_id}")
+    async def get_call(call_id: str) -> dict[str, Any]:
+        info = await backend.get_call(call_id)
+        if info is None:
+            raise HTTPException(status_code=404, detail=f"no call {call_id[:64]!r} on this relay")
+        return info
+
+    @app.delete("/v1/calls/{call_id}")
+    async def close_call(call_id: str) -> dict[str, Any]:
+        summary = await backend.close(call_id, "closed by edge")
+        # Idempotent: closing a call that is already gone is not an error.
+        return {"call_id": call_id, "closed": summary is not None, "summary": summary}
+
+    @app.post("/v1/drain")
+    async def drain() -> dict[str, Any]:
+        remaining = await backend.drain()
+        return {"draining": True, "live_calls": remaining}
+
+    return app

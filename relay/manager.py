@@ -1,0 +1,159 @@
+"""The in-process call manager: the `CallBackend` one relay process serves its calls from.
+
+It builds each call's peer (direct: answer the caller's offer; SFU: see relay/sfu_attach.py), starts the
+call in the background so the answer goes back at once, tracks live calls, drains, and exports
+telemetry. One manager per process; relay/workers.py runs one per core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from relay.call import Call, CallConfig
+from relay.control import AttachRefused, AttachRequest, AttachResult, SessionDescription
+from relay.inference_link import RelayLink
+from relay.media.peer import VoicePeer, VoicePeerConfig
+from relay.sfu_attach import SfuAttacher
+from relay.telemetry import RelayCollector
+
+log = logging.getLogger("splitrelay.relay.manager")
+
+MAX_CALLS_DEFAULT = 1_000
+
+
+class CallManager:
+    """Owns the live calls of one relay process."""
+
+    def __init__(
+        self,
+        link: RelayLink,
+        *,
+        peer_config: VoicePeerConfig | None = None,
+        call_config: CallConfig | None = None,
+        sfu: SfuAttacher | None = None,
+        max_calls: int = MAX_CALLS_DEFAULT,
+        process: str = "0",
+    ) -> None:
+        self.link = link
+        self.peer_config = peer_config or VoicePeerConfig()
+        self.call_config = call_config or CallConfig()
+        self.sfu = sfu
+        self.max_calls = max_calls
+        self.calls: dict[str, Call] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self.collector = RelayCollector(lambda: [c.sample() for c in self.calls.values()], process)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def attach(self, request: AttachRequest) -> AttachResult:
+        if request.call_id in self.calls:
+            raise AttachRefused(409, f"call {request.call_id!r} is already attached to this relay")
+        if len(self.calls) >= self.max_calls:
+            raise AttachRefused(503, f"relay is full: {self.max_calls} live calls (max_calls)")
+        started = time.perf_counter()
+        peer = VoicePeer(self.peer_config)
+        result: AttachResult
+        try:
+            if request.mode == "direct":
+                assert request.offer is not None  # checked by AttachRequest.check_mode
+                answer = await peer.accept_offer(request.offer.sdp)
+                result = AttachResult(
+                    call_id=request.call_id,
+                    mode="direct",
+                    answer=SessionDescription(type="answer", sdp=answer),
+                    setup_ms=0.0,
+                )
+            else:
+                if self.sfu is None:
+                    raise AttachRefused(400, "mode 'sfu': this relay has no SFU configured (--sfu-url)")
+                assert request.sfu is not None
+                session_id, track_name = await self.sfu.attach(
+                    peer, request.call_id, request.sfu.caller_session_id, request.sfu.caller_track_name
+                )
+                result = AttachResult(
+                    call_id=request.call_id,
+                    mode="sfu",
+                    sfu_session_id=session_id,
+                    sfu_track_name=track_name,
+                    setup_ms=0.0,
+                )
+        except AttachRefused:
+            await peer.close()
+            raise
+        except ValueError as exc:
+            await peer.close()
+            raise AttachRefused(400, f"offer: {exc}") from None
+        except Exception as exc:
+            await peer.close()
+            log.warning("attach of %s failed: %s", request.call_id, exc)
+            raise AttachRefused(502, f"attach failed: {type(exc).__name__}: {exc}") from None
+        call = Call(
+            request.call_id,
+            request.mode,
+            peer,
+            self.link,
+            config=self.call_config,
+            metadata=request.metadata,
+            on_closed=self._forget,
+        )
+        self.calls[request.call_id] = call
+        task = asyncio.get_running_loop().create_task(self._run(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        result.setup_ms = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    async def _run(self, call: Call) -> None:
+        try:
+            await call.start()
+        except Exception as exc:  # start() closed the call already; the reason is in its summary
+            log.info("call %s did not start: %s", call.call_id, exc)
+            return
+        self.collector.record_setup(call.counters.setup_ms)
+
+    def _forget(self, call: Call) -> None:
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+            self.collector.record_ended(call.sample())
+        if self.sfu is not None:
+            task = asyncio.get_running_loop().create_task(self.sfu.detach(call.call_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self, call_id: str, reason: str) -> dict[str, Any] | None:
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        return await call.close(reason)
+
+    async def list_calls(self) -> list[dict[str, Any]]:
+        return [c.summary() for c in self.calls.values()]
+
+    async def get_call(self, call_id: str) -> dict[str, Any] | None:
+        call = self.calls.get(call_id)
+        return None if call is None else call.summary()
+
+    async def drain(self) -> int:
+        """Take no new calls; live calls finish on their own. Returns how many are still live."""
+        self._draining = True
+        return len(self.calls)
+
+    async def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def shutdown(self) -> None:
+        """Close every call and wait for background work, bounded in time."""
+        self._draining = True
+        await asyncio.gather(*(c.close("relay shutting down") for c in list(self.calls.values())))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)

@@ -1,0 +1,152 @@
+"""Assembles one relay process: the inference link, the call manager, the control API over uvicorn.
+
+`RelayServer` is what `splitrelay relay serve` runs and what the tests start on loopback; it binds its
+own socket (port 0 = any free port) so callers learn the real port before serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from edge.signing import Verifier
+from relay.call import CallConfig
+from relay.control import create_app
+from relay.inference_link import RelayLink
+from relay.manager import MAX_CALLS_DEFAULT, CallManager
+from relay.media.peer import CandidatePolicy, VoicePeerConfig
+from relay.sfu_attach import SfuAttacher
+from relay.sfu_client import SfuClient
+
+log = logging.getLogger("splitrelay.relay.server")
+
+
+@dataclass(frozen=True)
+class SfuSettings:
+    base_url: str
+    app_id: str
+    app_secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Everything one relay process needs; secrets are excluded from repr."""
+
+    signing_keys: dict[str, bytes] = field(repr=False)
+    inference: tuple[str, int] = ("127.0.0.1", 7000)
+    host: str = "127.0.0.1"
+    port: int = 8700
+    candidates: CandidatePolicy = field(default_factory=CandidatePolicy)
+    call: CallConfig = field(default_factory=CallConfig)
+    sfu: SfuSettings | None = None
+    max_calls: int = MAX_CALLS_DEFAULT
+    process: str = "0"
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """Bind the control API's listening socket ourselves, so port 0 yields a known port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"control API: cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that embeds it decides how to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RelayServer:
+    """One relay process. `await start()`, read `.port`, then `await stop()` (or use `async with`)."""
+
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.link = RelayLink(settings.inference)
+        self._sfu_client: SfuClient | None = None
+        self.manager: CallManager | None = None
+        self._server: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.link.start()
+        attacher = None
+        if s.sfu is not None:
+            self._sfu_client = SfuClient(s.sfu.base_url, s.sfu.app_id, s.sfu.app_secret)
+            attacher = SfuAttacher(self._sfu_client)
+        self.manager = CallManager(
+            self.link,
+            peer_config=VoicePeerConfig(candidates=s.candidates),
+            call_config=s.call,
+            sfu=attacher,
+            max_calls=s.max_calls,
+            process=s.process,
+        )
+        app = create_app(self.manager, Verifier(keys=s.signing_keys))
+        self._sock = bind_tcp(s.host, s.port)
+        self.port = int(self._sock.getsockname()[1])
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        self._server = _QuietServer(config)
+        self._serve_task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
+        for _ in range(500):  # bounded: 5 s
+            if self._server.started or self._serve_task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not self._server.started:
+            await self.stop()
+            raise RuntimeError(f"control API did not start on {s.host}:{self.port}")
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Close every call, stop serving, release the sockets. Idempotent."""
+        if self.manager is not None:
+            await self.manager.shutdown()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._serve_task, timeout=5)
+            self._serve_task = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._sfu_client is not None:
+            await self._sfu_client.aclose()
+            self._sfu_client = None
+        await self.link.close()
+
+    async def __aenter__(self) -> RelayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

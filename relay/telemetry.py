@@ -1,0 +1,179 @@
+"""Relay telemetry: cheap per-packet counters, exported to Prometheus only when scraped.
+
+The per-packet path records into plain integer arrays (a few hundred nanoseconds); a custom
+Prometheus collector turns them into metric families at scrape time, so a relay carrying hundreds of
+calls pays nothing for metrics between scrapes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+# Dwell buckets in microseconds: 5 µs .. 100 ms, roughly logarithmic.
+DWELL_BUCKETS_US: tuple[int, ...] = (
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 100_000,
+)  # fmt: skip
+
+
+class DwellHistogram:
+    """Fixed-bucket histogram of in-relay dwell times, with percentile estimates by interpolation."""
+
+    __slots__ = ("_counts", "count", "max_ns", "sum_ns")
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(DWELL_BUCKETS_US) + 1)
+        self.count = 0
+        self.sum_ns = 0
+        self.max_ns = 0
+
+    def observe_ns(self, ns: int) -> None:
+        self._counts[bisect.bisect_left(DWELL_BUCKETS_US, ns // 1000)] += 1
+        self.count += 1
+        self.sum_ns += ns
+        if ns > self.max_ns:
+            self.max_ns = ns
+
+    def merge(self, other: DwellHistogram) -> None:
+        for i, c in enumerate(other._counts):
+            self._counts[i] += c
+        self.count += other.count
+        self.sum_ns += other.sum_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+
+    def quantile_ms(self, q: float) -> float | None:
+        """Estimate the q-quantile (0..1) in milliseconds; None when nothing was observed."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        seen = 0
+        lower = 0.0
+        for i, c in enumerate(self._counts):
+            upper = DWELL_BUCKETS_US[i] if i < len(DWELL_BUCKETS_US) else self.max_ns / 1000
+            if c and seen + c >= rank:
+                frac = (rank - seen) / c
+                return (lower + (min(upper, self.max_ns / 1000) - lower) * frac) / 1000
+            seen += c
+            lower = float(upper)
+        return self.max_ns / 1e6
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs in seconds, as Prometheus histograms want them."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, c in zip(DWELL_BUCKETS_US, self._counts, strict=False):
+            total += c
+            out.append((repr(bound / 1e6), float(total)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+@dataclass(slots=True)
+class CallCounters:
+    """Per-call packet accounting, owned by the call and read by the collector and the hang-up summary."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    packets_to_inference: int = 0
+    frames_from_inference: int = 0
+    frames_dropped_barge_in: int = 0
+    barge_ins: int = 0
+    setup_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallSample:
+    """What the collector needs to know of one live call at scrape time."""
+
+    counters: CallCounters
+    dwell_in: DwellHistogram
+    dwell_out: DwellHistogram
+    lost: int
+    jitter_ms: float | None
+    rtt_ms: float | None
+
+
+class RelayCollector(Collector):
+    """Prometheus collector over the live calls plus totals kept for calls that have ended."""
+
+    def __init__(self, live_calls: Callable[[], Iterable[CallSample]], process: str = "0") -> None:
+        self._live_calls = live_calls
+        self._process = process
+        self.ended_calls = 0
+        self.ended_counters = CallCounters()
+        self.ended_dwell_in = DwellHistogram()
+        self.ended_dwell_out = DwellHistogram()
+        self.setup_ms_sum = 0.0
+        self.setups = 0
+
+    def record_ended(self, sample: CallSample) -> None:
+        self.ended_calls += 1
+        for name in CallCounters.__slots__:
+            if name != "setup_ms":
+                setattr(
+                    self.ended_counters,
+                    name,
+                    getattr(self.ended_counters, name) + getattr(sample.counters, name),
+                )
+        self.ended_dwell_in.merge(sample.dwell_in)
+        self.ended_dwell_out.merge(sample.dwell_out)
+
+    def record_setup(self, setup_ms: float) -> None:
+        self.setups += 1
+        self.setup_ms_sum += setup_ms
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        labels = ["process"]
+        live = list(self._live_calls())
+        totals = CallCounters(**{n: getattr(self.ended_counters, n) for n in CallCounters.__slots__})
+        dwell_in, dwell_out = DwellHistogram(), DwellHistogram()
+        dwell_in.merge(self.ended_dwell_in)
+        dwell_out.merge(self.ended_dwell_out)
+        for s in live:
+            for name in CallCounters.__slots__:
+                if name != "setup_ms":
+                    setattr(totals, name, getattr(totals, name) + getattr(s.counters, name))
+            dwell_in.merge(s.dwell_in)
+            dwell_out.merge(s.dwell_out)
+
+        g = GaugeMetricFamily("splitrelay_calls_live", "Calls currently attached", labels=labels)
+        g.add_metric([self._process], len(live))
+        yield g
+        c = CounterMetricFamily("splitrelay_calls_ended", "Calls that have ended", labels=labels)
+        c.add_metric([self._process], self.ended_calls)
+        yield c
+        for name, help_text in (
+            ("packets_in", "RTP packets received from callers"),
+            ("bytes_in", "RTP payload bytes received from callers"),
+            ("packets_out", "RTP packets sent to callers"),
+            ("bytes_out", "RTP payload bytes sent to callers"),
+            ("packets_to_inference", "Audio frames forwarded to inference"),
+            ("frames_from_inference", "Audio frames received from inference"),
+            ("frames_dropped_barge_in", "Queued assistant frames dropped on barge-in"),
+            ("barge_ins", "Barge-ins detected"),
+        ):
+            fam = CounterMetricFamily(f"splitrelay_{name}", help_text, labels=labels)
+            fam.add_metric([self._process], getattr(totals, name))
+            yield fam
+        lost = GaugeMetricFamily(
+            "splitrelay_live_packets_lost", "Packets lost on live calls (RTCP)", labels=labels
+        )
+        lost.add_metric([self._process], sum(s.lost for s in live))
+        yield lost
+        for direction, hist in (("in", dwell_in), ("out", dwell_out)):
+            h = HistogramMetricFamily(
+                f"splitrelay_dwell_{direction}_seconds",
+                f"Time a packet spends inside the relay ({direction}bound)",
+                labels=labels,
+            )
+            h.add_metric([self._process], hist.buckets(), hist.sum_ns / 1e9)
+            yield h
+        setup = CounterMetricFamily("splitrelay_setup_seconds", "Call setup time (sum)", labels=labels)
+        setup.add_metric([self._process], self.setup_ms_sum / 1000)
+        yield setup

@@ -1,0 +1,31 @@
+"""The `splitrelay` console script: one entry point, one sub-command group per job.
+
+Each group lives in its own module and imports its heavy dependencies (aiortc, matplotlib, boto3)
+inside its commands, so `splitrelay --help` and `splitrelay cost` start fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="splitrelay",
+    help="Low-latency voice AI on Cloudflare's edge plus a regional relay next to your GPUs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Sub-command groups (one line each; keep this list sorted by name).
+# -- groups --
+app.add_typer(__import__("scripts.agent_cli", fromlist=["app"]).app, name="agent")
+app.add_typer(__import__("scripts.cost.cli", fromlist=["cost_app"]).cost_app, name="cost")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

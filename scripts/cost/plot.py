@@ -1,0 +1,66 @@
+"""Log-log plot of monthly cost against minutes, break-even points marked (PNG or SVG bytes).
+
+matplotlib is imported here, lazily, so `splitrelay cost` without --plot starts fast.
+"""
+
+from __future__ import annotations
+
+import io
+
+from scripts.cost.render import minutes_label, money
+from scripts.cost.report import Report
+from scripts.cost.solve import SWEEP_HIGH, SWEEP_LOW
+
+_POINTS = 240
+
+
+def plot(report: Report, fmt: str) -> bytes:
+    """The figure as `fmt` ("png" or "svg") bytes; options that cost $0 cannot sit on a log axis
+    and are named in the legend title instead."""
+    from matplotlib import rc_context
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    minutes = [SWEEP_LOW * (SWEEP_HIGH / SWEEP_LOW) ** (i / (_POINTS - 1)) for i in range(_POINTS)]
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    free: list[str] = []
+    colours: dict[str, str] = {}
+    for model in report.models:
+        costs = [model.monthly_cost(report.traffic.at(m), report.prices).total_usd for m in minutes]
+        if min(costs) <= 0:
+            free.append(model.label)
+            continue
+        custom = model.kind == "custom"
+        (line,) = axes.plot(
+            minutes, costs, "-" if custom else "--", linewidth=2 if custom else 1.5, label=model.label
+        )
+        colours[model.name] = to_hex(line.get_color())
+    for be in report.break_evens:
+        hosted = report.model(be.hosted).label
+        for c in be.crossings:
+            side = "cheaper" if c.custom_cheaper_above else "dearer"
+            axes.plot(
+                [c.minutes],
+                [c.custom_usd],
+                "o",
+                color=colours.get(be.hosted, "black"),
+                markeredgecolor="black",
+                markersize=7,
+                label=f"custom {side} than {hosted} above {minutes_label(c.minutes)} min "
+                f"({money(c.custom_usd)})",
+            )
+    axes.axvline(report.traffic.minutes, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("call-minutes per month")
+    axes.set_ylabel("monthly cost (USD)")
+    axes.set_title("Transport cost: custom split edge against hosted edges (dots: break-even)")
+    axes.grid(True, which="major", alpha=0.3)
+    title = f"$0 (not drawn): {', '.join(free)}" if free else None
+    axes.legend(title=title, fontsize=8, title_fontsize=8, loc="upper left")
+    buffer = io.BytesIO()
+    # Real <text> in SVG (searchable, smaller); no timestamp, so the same report gives the same file.
+    with rc_context({"svg.fonttype": "none"}):
+        figure.savefig(buffer, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
+    return buffer.getvalue()

@@ -1,0 +1,165 @@
+"""Every option's monthly cost, hand-computed from the catalogue at a few volumes.
+
+Defaults: 3-minute calls, busy hour 10%, Opus 32 kbps + 50 B x 50 packets/s = 390,000 B = 0.00039 GB
+per minute each way; relay m7g.large $0.0816/h, 400 calls/core x 2 cores, headroom 1.5, >= 2 per
+region x 2 regions; 730 h a month. If a catalogue price changes, these expectations must be redone
+by hand: that is the point of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scripts.cost.breakdown import CostModel, Metered, Stepped, Tier
+from scripts.cost.catalogue import PriceBook, load_catalogue
+from scripts.cost.custom import MEASURED_CALLS_PER_CORE, Fleet, SplitEdge
+from scripts.cost.errors import CostInputError
+from scripts.cost.hosted import CloudflareRealtimeKit, GenericPerMinuteEdge, HostedRealtimeAPI, LiveKitCloud
+from scripts.cost.traffic import Traffic
+
+CENT = 0.005
+
+
+@pytest.fixture(scope="module")
+def book() -> PriceBook:
+    return load_catalogue()
+
+
+def total(model: CostModel, minutes: float, book: PriceBook) -> float:
+    return model.monthly_cost(Traffic(minutes), book).total_usd
+
+
+def items(model: CostModel, minutes: float, book: PriceBook) -> dict[str, float]:
+    return {i.label: i.usd for i in model.monthly_cost(Traffic(minutes), book).items}
+
+
+def test_livekit_by_hand(book: PriceBook) -> None:
+    # 1M min: plan $50 + 2 x 1e6 connection-min x $0.0005 + 2 x 390 GB x $0.12.
+    assert total(LiveKitCloud(), 1e6, book) == pytest.approx(50 + 1000 + 93.60, abs=CENT)
+    # 10k min: $50 + $10 + 7.8 GB x $0.12.
+    assert total(LiveKitCloud(), 1e4, book) == pytest.approx(50 + 10 + 0.936, abs=CENT)
+    # Agent hosting adds 1e6 agent-session minutes x $0.01.
+    assert total(LiveKitCloud(agents=True), 1e6, book) == pytest.approx(1143.60 + 10_000, abs=CENT)
+    assert items(LiveKitCloud(), 1e6, book)["Downstream data"] == pytest.approx(93.60)
+
+
+def test_realtimekit_by_hand(book: PriceBook) -> None:
+    for minutes in (1e4, 1e6, 1e9):
+        # Two audio-only participants per call-minute at $0.0005.
+        assert total(CloudflareRealtimeKit(), minutes, book) == pytest.approx(minutes * 2 * 0.0005, abs=CENT)
+
+
+def test_hosted_realtime_api_by_hand(book: PriceBook) -> None:
+    assert total(HostedRealtimeAPI(), 1e6, book) == 0
+    # Input: 10 tokens/s x 50% x 60 s = 300 tokens per minute -> 3e8 tokens x $32/M = $9,600.
+    # Output: 20 tokens/s x 50% x 60 s = 600 tokens per minute -> 6e8 tokens x $64/M = $38,400.
+    with_model = items(HostedRealtimeAPI(with_model=True), 1e6, book)
+    assert with_model["Model audio input tokens"] == pytest.approx(9_600)
+    assert with_model["Model audio output tokens"] == pytest.approx(38_400)
+    assert with_model["Transport (bundled)"] == 0
+
+
+def test_generic_edge_by_hand(book: PriceBook) -> None:
+    assert total(GenericPerMinuteEdge(0.002, "Daily"), 1e6, book) == pytest.approx(4_000)
+    with pytest.raises(CostInputError, match=r"--generic-rate: must be in \[0, 1\]"):
+        GenericPerMinuteEdge(2.0)
+
+
+def test_custom_edge_at_one_million_by_hand(book: PriceBook) -> None:
+    lines = items(SplitEdge(), 1e6, book)
+    # 333,333 calls: 1.33M Workers requests (< 10M free), 13.3M CPU-ms (< 30M), exactly 1M DO
+    # requests (= 1M free), 85,333 GB-s (< 400k), 780 GB SFU egress (< 1,000 GB free): all $0.
+    for free in (
+        "Workers requests",
+        "Workers CPU time",
+        "Durable Objects requests",
+        "Durable Objects duration",
+    ):
+        assert lines[free] == pytest.approx(0, abs=1e-9)
+    assert lines["Realtime SFU + TURN egress"] == 0
+    assert lines["Workers Paid plan"] == 5
+    # Peak 54.8 calls, 27.4 per region x 1.5 / 800 -> 1, but at least 2 per region: 4 x 730 h x $0.0816.
+    assert lines["Relay fleet"] == pytest.approx(4 * 730 * 0.0816)
+    # 390 GB relay -> SFU, 100 GB free, 290 GB x $0.09.
+    assert lines["AWS data transfer out"] == pytest.approx(26.10)
+    assert lines["Global Accelerator"] == pytest.approx(730 * 0.025)
+    assert lines["Global Accelerator DT-Premium"] == pytest.approx(390 * 0.015)
+    assert total(SplitEdge(), 1e6, book) == pytest.approx(293.472, abs=CENT)
+
+
+def test_custom_edge_at_one_hundred_million_by_hand(book: PriceBook) -> None:
+    lines = items(SplitEdge(), 1e8, book)
+    assert lines["Workers requests"] == pytest.approx(
+        (133_333_333.33 - 10e6) * 0.30 / 1e6, abs=CENT
+    )  # $37.00
+    assert lines["Workers CPU time"] == pytest.approx(
+        (1_333_333_333.3 - 30e6) * 0.02 / 1e6, abs=CENT
+    )  # $26.07
+    assert lines["Durable Objects requests"] == pytest.approx((100e6 - 1e6) * 0.15 / 1e6, abs=CENT)  # $14.85
+    # 33.3M calls x 2 s x 0.128 GB = 8.53M GB-s, 400k free, $12.50 per million.
+    assert lines["Durable Objects duration"] == pytest.approx((8_533_333.33 - 400e3) * 12.5 / 1e6, abs=CENT)
+    # 78,000 GB on both legs, 1,000 free, $0.05.
+    assert lines["Realtime SFU + TURN egress"] == pytest.approx(77_000 * 0.05)
+    # Peak 5,479 calls; per region 2,740 x 1.5 / 800 = 5.14 -> 6; 12 instances x 730 h x $0.0816.
+    assert lines["Relay fleet"] == pytest.approx(12 * 730 * 0.0816)
+    # 39,000 GB out, 100 free: 10,240 GB x $0.09 + 28,660 GB x $0.085.
+    assert lines["AWS data transfer out"] == pytest.approx(10_240 * 0.09 + 28_660 * 0.085)
+    assert lines["Global Accelerator DT-Premium"] == pytest.approx(39_000 * 0.015)
+    assert total(SplitEdge(), 1e8, book) == pytest.approx(8_710.349, abs=CENT)
+
+
+def test_custom_edge_options_by_hand(book: PriceBook) -> None:
+    base = total(SplitEdge(), 1e6, book)
+    assert total(SplitEdge(Fleet(engineering_usd=10_000)), 1e6, book) == pytest.approx(base + 10_000)
+    no_ga = items(SplitEdge(Fleet(accelerators=0)), 1e6, book)
+    assert "Global Accelerator" not in no_ga and "Global Accelerator DT-Premium" not in no_ga
+    # Three regions at the redundancy floor: 6 instances.
+    assert items(SplitEdge(Fleet(regions=3)), 1e6, book)["Relay fleet"] == pytest.approx(6 * 730 * 0.0816)
+    assert MEASURED_CALLS_PER_CORE == 400
+
+
+def test_relay_step_lands_exactly_on_capacity() -> None:
+    # 1 unit per 100 minutes per group: at 300 minutes exactly 3 units, just above it 4.
+    fleet = Stepped(
+        "r",
+        "instance-hours",
+        groups=2,
+        minimum=1,
+        per_minute=0.01,
+        hours=730,
+        price_per_hour=1.0,
+        detail="",
+        price_keys=(),
+    )
+    assert fleet.count(300.0) == 6
+    assert fleet.count(300.0 * (1 + 1e-9)) == 8
+    assert fleet.count(50.0) == 2  # the minimum per group
+    assert fleet.breakpoints(50, 500).points == (100.0, 200.0, 300.0, 400.0)
+
+
+def test_metered_tiers_and_free_allowance() -> None:
+    tiers = (Tier(10, 2.0), Tier(math.inf, 1.0))
+    egress = Metered("e", "GB", per_minute=1.0, tiers=tiers, detail="", price_keys=(), included=5)
+    assert egress.line_item(5).usd == 0
+    assert egress.line_item(10).usd == 10  # 5 billable x $2
+    assert egress.line_item(25).usd == 10 * 2 + 10 * 1
+    assert egress.breakpoints(0, 100).points == (5.0, 15.0)
+
+
+def test_custom_breakpoints_include_free_tiers_and_relay_steps(book: PriceBook) -> None:
+    points = SplitEdge().breakpoints(Traffic(1e6), book, 1e4, 1e9)
+    assert points.complete
+    assert any(p == pytest.approx(1000 / 0.00078) for p in points.points)  # SFU's 1,000 GB
+    assert any(p == pytest.approx(100 / 0.00039) for p in points.points)  # AWS's 100 GB
+    step = 2 * 800 / 1.5 / (0.1 / (730 / 24 * 60))  # per-region capacity x regions / peak per minute
+    assert any(p == pytest.approx(2 * step) for p in points.points)
+
+
+def test_line_items_add_up(book: PriceBook) -> None:
+    for model in (SplitEdge(), LiveKitCloud(agents=True), CloudflareRealtimeKit(), HostedRealtimeAPI(True)):
+        breakdown = model.monthly_cost(Traffic(3e7), book)
+        assert breakdown.total_usd == pytest.approx(sum(i.usd for i in breakdown.items))
+        assert breakdown.per_1000_minutes == pytest.approx(breakdown.total_usd / 3e4)
+        assert all(i.usd >= 0 and i.quantity >= 0 for i in breakdown.items)
