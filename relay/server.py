@@ -12,6 +12,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -72,6 +73,43 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+class ControlServer:
+    """uvicorn serving one ASGI app on a socket we bound ourselves; shared by relay and supervisor."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self._sock = bind_tcp(host, port)
+        self.host = host
+        self.port = int(self._sock.getsockname()[1])
+        self._server = _QuietServer(
+            uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
+        for _ in range(500):  # bounded: 5 s
+            if self._server.started or self._task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not self._server.started:
+            await self.stop()
+            raise RuntimeError(f"control API did not start on {self.url}")
+
+    async def stop(self) -> None:
+        """Stop serving and release the socket. Idempotent."""
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout=5)
+            self._task = None
+        self._sock.close()
+
+
 class RelayServer:
     """One relay process. `await start()`, read `.port`, then `await stop()` (or use `async with`)."""
 
@@ -80,9 +118,7 @@ class RelayServer:
         self.link = RelayLink(settings.inference)
         self._sfu_client: SfuClient | None = None
         self.manager: CallManager | None = None
-        self._server: uvicorn.Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
+        self._control: ControlServer | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -100,38 +136,28 @@ class RelayServer:
             max_calls=s.max_calls,
             process=s.process,
         )
-        app = create_app(self.manager, Verifier(keys=s.signing_keys))
-        self._sock = bind_tcp(s.host, s.port)
-        self.port = int(self._sock.getsockname()[1])
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-        self._server = _QuietServer(config)
-        self._serve_task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
-        for _ in range(500):  # bounded: 5 s
-            if self._server.started or self._serve_task.done():
-                break
-            await asyncio.sleep(0.01)
-        if not self._server.started:
+        try:
+            self._control = ControlServer(
+                create_app(self.manager, Verifier(keys=s.signing_keys)), s.host, s.port
+            )
+            self.port = self._control.port
+            await self._control.start()
+        except BaseException:
             await self.stop()
-            raise RuntimeError(f"control API did not start on {s.host}:{self.port}")
+            raise
 
     @property
     def url(self) -> str:
-        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        return f"http://{host}:{self.port}"
+        assert self._control is not None, "start() the relay first"
+        return self._control.url
 
     async def stop(self) -> None:
         """Close every call, stop serving, release the sockets. Idempotent."""
         if self.manager is not None:
             await self.manager.shutdown()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._serve_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._serve_task, timeout=5)
-            self._serve_task = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
         if self._sfu_client is not None:
             await self._sfu_client.aclose()
             self._sfu_client = None
@@ -143,10 +169,3 @@ class RelayServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()

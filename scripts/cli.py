@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from scripts.agent_cli import app as agent_app
+from scripts.cost.cli import cost_app
+from scripts.relay_cli import app as relay_app
+
 app = typer.Typer(
     name="splitrelay",
     help="Low-latency voice AI on Cloudflare's edge plus a regional relay next to your GPUs.",
@@ -18,8 +22,9 @@ app = typer.Typer(
 
 # Sub-command groups (one line each; keep this list sorted by name).
 # -- groups --
-app.add_typer(__import__("scripts.agent_cli", fromlist=["app"]).app, name="agent")
-app.add_typer(__import__("scripts.cost.cli", fromlist=["cost_app"]).cost_app, name="cost")
+app.add_typer(agent_app, name="agent")
+app.add_typer(cost_app, name="cost")
+app.add_typer(relay_app, name="relay")
 
 
 def main() -> None:

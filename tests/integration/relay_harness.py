@@ -30,9 +30,9 @@ FRAME_TS = 960
 
 
 @dataclass
-class RelayStack:
-    relay: RelayServer
-    inference: InferenceServer
+class SignedApi:
+    """Signed requests to a relay's control API, as the edge sends them."""
+
     http: httpx.AsyncClient
 
     async def request(
@@ -43,6 +43,12 @@ class RelayStack:
         if sign:
             headers.update(sign_headers(key, method, path, content))
         return await self.http.request(method, path, content=content, headers=headers)
+
+
+@dataclass
+class RelayStack(SignedApi):
+    relay: RelayServer
+    inference: InferenceServer
 
 
 @asynccontextmanager
@@ -62,7 +68,7 @@ async def relay_stack(
             call=call or CallConfig(fast_path=FastPathConfig(rtcp_interval=0.2)),
         )
         async with RelayServer(settings) as relay, httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
-            yield RelayStack(relay, inference, http)
+            yield RelayStack(http, relay, inference)
 
 
 @dataclass
@@ -75,7 +81,7 @@ class Caller:
     _ts: int = 0
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def attach(self, stack: RelayStack, call_id: str) -> dict[str, Any]:
+    async def attach(self, stack: SignedApi, call_id: str) -> dict[str, Any]:
         offer = await self.peer.create_offer()
         response = await stack.request(
             "POST",

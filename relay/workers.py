@@ -1,0 +1,290 @@
+"""Scale-out on one host: one relay process per core, each owning its calls.
+
+The supervisor serves the public control API (edge signatures are checked there) and hands each call to
+one worker process: the least loaded, by live calls. Workers are ordinary relay processes
+(`RelayServer`) on loopback ports, pinned to a core each, reached over HTTP with requests re-signed by
+a per-run internal key. The supervisor remembers which worker owns which call, so close and inspect
+go straight to it; metrics are merged from every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import select
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from edge.signing import sign_headers
+from relay.control import AttachRefused, AttachRequest, AttachResult
+
+log = logging.getLogger("splitrelay.relay.workers")
+
+INTERNAL_KEY_ENV = "SPLITRELAY_WORKER_KEY"
+WORKER_CONFIG_ENV = "SPLITRELAY_WORKER_CONFIG"
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Worker:
+    index: int
+    process: subprocess.Popen[bytes]
+    url: str
+    calls: set[str] = field(default_factory=set)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+class WorkerPool:
+    """A `CallBackend` that spreads calls over worker processes (see the module docstring)."""
+
+    def __init__(self, workers: list[Worker], internal_key: bytes) -> None:
+        self.workers = workers
+        self._key = internal_key
+        self._owner: dict[str, Worker] = {}
+        self._draining = False
+        self._http = httpx.AsyncClient(timeout=15)
+
+    def __repr__(self) -> str:
+        return f"WorkerPool(workers={len(self.workers)})"
+
+    @property
+    def draining(self) -> bool:
+        return self._draining or not any(w.alive for w in self.workers)
+
+    async def _request(self, worker: Worker, method: str, path: str, body: bytes = b"") -> httpx.Response:
+        headers = sign_headers(self._key, method, path, body)
+        headers["content-type"] = "application/json"
+        return await self._http.request(method, worker.url + path, content=body, headers=headers)
+
+    def pick(self) -> Worker:
+        """The live worker with the fewest calls (ties: lowest index)."""
+        alive = [w for w in self.workers if w.alive]
+        if not alive:
+            raise AttachRefused(503, "no relay worker process is running")
+        return min(alive, key=lambda w: (len(w.calls), w.index))
+
+    async def attach(self, request: AttachRequest) -> AttachResult:
+        if request.call_id in self._owner:
+            raise AttachRefused(409, f"call {request.call_id!r} is already attached to this relay")
+        worker = self.pick()
+        worker.calls.add(request.call_id)
+        self._owner[request.call_id] = worker
+        try:
+            response = await self._request(worker, "POST", "/v1/calls", request.model_dump_json().encode())
+        except httpx.HTTPError as exc:
+            self._forget(request.call_id)
+            raise AttachRefused(502, f"worker {worker.index} unreachable: {type(exc).__name__}") from None
+        if response.status_code != 201:
+            self._forget(request.call_id)
+            message = _error_message(response)
+            raise AttachRefused(response.status_code, message)
+        return AttachResult.model_validate(response.json())
+
+    def _forget(self, call_id: str) -> None:
+        worker = self._owner.pop(call_id, None)
+        if worker is not None:
+            worker.calls.discard(call_id)
+
+    async def close(self, call_id: str, reason: str) -> dict[str, Any] | None:
+        worker = self._owner.get(call_id)
+        if worker is None or not worker.alive:
+            self._forget(call_id)
+            return None
+        response = await self._request(worker, "DELETE", f"/v1/calls/{call_id}")
+        self._forget(call_id)
+        summary: dict[str, Any] | None = (
+            response.json().get("summary") if response.status_code == 200 else None
+        )
+        return summary
+
+    async def _gather(self, path: str) -> list[httpx.Response]:
+        alive = [w for w in self.workers if w.alive]
+        results = await asyncio.gather(
+            *(self._request(w, "GET", path) for w in alive), return_exceptions=True
+        )
+        return [r for r in results if isinstance(r, httpx.Response) and r.status_code == 200]
+
+    async def list_calls(self) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = []
+        for response in await self._gather("/v1/calls"):
+            calls.extend(response.json()["calls"])
+        self._reconcile({c["call_id"] for c in calls})
+        return calls
+
+    def _reconcile(self, live: set[str]) -> None:
+        """Calls that ended inside a worker (hang-up, inference) leave the owner map here."""
+        for call_id in [c for c in self._owner if c not in live]:
+            self._forget(call_id)
+
+    async def get_call(self, call_id: str) -> dict[str, Any] | None:
+        worker = self._owner.get(call_id)
+        if worker is None or not worker.alive:
+            return None
+        response = await self._request(worker, "GET", f"/v1/calls/{call_id}")
+        if response.status_code != 200:
+            self._forget(call_id)
+            return None
+        info: dict[str, Any] = response.json()
+        info["worker"] = worker.index
+        return info
+
+    async def drain(self) -> int:
+        self._draining = True
+        total = 0
+        for worker in (w for w in self.workers if w.alive):
+            response = await self._request(worker, "POST", "/v1/drain")
+            total += int(response.json().get("live_calls", 0))
+        return total
+
+    async def metrics_text(self) -> bytes:
+        texts = []
+        for worker in (w for w in self.workers if w.alive):
+            with contextlib.suppress(httpx.HTTPError):
+                response = await self._http.get(worker.url + "/metrics")
+                texts.append(response.text)
+        return merge_metrics(texts)
+
+    async def shutdown(self) -> None:
+        await self._http.aclose()
+        stop_workers(self.workers)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"worker answered {response.status_code}"
+
+
+def merge_metrics(texts: list[str]) -> bytes:
+    """Merge Prometheus text expositions whose samples differ by their `process` label."""
+    families: dict[str, tuple[str, str, list[Sample]]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            _, _, samples = families.setdefault(family.name, (family.type, family.documentation, []))
+            samples.extend(family.samples)
+    lines: list[str] = []
+    for name, (kind, doc, samples) in families.items():
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} {kind}")
+        for s in samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            lines.append(f"{s.name}{{{labels}}} {s.value!r}" if labels else f"{s.name} {s.value!r}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def spawn_workers(
+    count: int, config: dict[str, Any], internal_key: bytes, env: dict[str, str]
+) -> list[Worker]:
+    """Start `count` worker processes (pinned to cores when the OS allows) and wait for their ready lines."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    workers: list[Worker] = []
+    try:
+        for index in range(count):
+            worker_env = dict(os.environ, **env)
+            worker_env[INTERNAL_KEY_ENV] = internal_key.decode()
+            worker_env[WORKER_CONFIG_ENV] = json.dumps(dict(config, process=str(index)))
+            core = cores[index % len(cores)] if cores else None
+            process = subprocess.Popen(
+                [sys.executable, "-m", "relay.workers"],
+                stdout=subprocess.PIPE,
+                env=worker_env,
+                preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None,
+            )
+            workers.append(Worker(index, process, url=""))
+        for worker in workers:
+            worker.url = _read_ready(worker)
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def _read_ready(worker: Worker, timeout: float = READY_TIMEOUT_S) -> str:
+    """The worker's first stdout line is its JSON ready line; wait for it at most `timeout` seconds."""
+    stdout = worker.process.stdout
+    assert stdout is not None
+    readable, _, _ = select.select([stdout], [], [], timeout)
+    line = stdout.readline() if readable else b""
+    if not line:
+        code = worker.process.poll()
+        raise RuntimeError(f"relay worker {worker.index} was not ready within {timeout} s (exit code {code})")
+    return str(json.loads(line)["url"])
+
+
+def stop_workers(workers: list[Worker], timeout: float = 10.0) -> None:
+    """SIGTERM each worker by PID, then SIGKILL what is still running after `timeout`."""
+    for worker in workers:
+        if worker.alive:
+            worker.process.terminate()
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait(timeout=timeout)
+        if worker.process.stdout is not None:
+            worker.process.stdout.close()
+
+
+def new_internal_key() -> bytes:
+    return secrets.token_hex(32).encode()
+
+
+def _worker_main() -> None:
+    """Entry point of one worker process: a RelayServer on loopback, port printed as a JSON line."""
+    import signal
+
+    import uvloop
+
+    from relay.call import CallConfig
+    from relay.media.peer import CandidatePolicy
+    from relay.server import RelayServer, RelaySettings, SfuSettings
+
+    config = json.loads(os.environ[WORKER_CONFIG_ENV])
+    key = os.environ[INTERNAL_KEY_ENV].encode()
+    sfu = config.get("sfu")
+    settings = RelaySettings(
+        signing_keys={"default": key},
+        inference=(config["inference"][0], int(config["inference"][1])),
+        host="127.0.0.1",
+        port=0,
+        candidates=CandidatePolicy(
+            addresses=tuple(config["candidate_addresses"]) if config.get("candidate_addresses") else None,
+            port_range=(int(config["port_range"][0]), int(config["port_range"][1]))
+            if config.get("port_range")
+            else None,
+        ),
+        call=CallConfig(),
+        sfu=SfuSettings(sfu["base_url"], sfu["app_id"], os.environ[sfu["secret_env"]]) if sfu else None,
+        max_calls=int(config.get("max_calls", 1000)),
+        process=config["process"],
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with RelayServer(settings) as server:
+            print(json.dumps({"event": "ready", "url": server.url, "pid": os.getpid()}), flush=True)
+            await stop.wait()
+
+    uvloop.run(main())
+
+
+if __name__ == "__main__":
+    _worker_main()
