@@ -308,6 +308,7 @@ class Call:
             "frames_from_inference": c.frames_from_inference,
             "barge_ins": c.barge_ins,
             "frames_dropped_barge_in": c.frames_dropped_barge_in,
+            "speech_frames_decoded": self._detector.decoded_frames,
             "lost_in": stats.lost_in if stats else 0,
             "jitter_in_ms": round(stats.jitter_in_ms, 2) if stats else None,
             "lost_out": stats.lost_out if stats else 0,

@@ -161,6 +161,17 @@ class RelayCollector(Collector):
             fam = CounterMetricFamily(f"splitrelay_{name}", help_text, labels=labels)
             fam.add_metric([self._process], getattr(totals, name))
             yield fam
+        rtts = [s.rtt_ms for s in live if s.rtt_ms is not None]
+        rtt = GaugeMetricFamily(
+            "splitrelay_live_rtt_ms", "Mean RTCP round trip over live calls", labels=labels
+        )
+        rtt.add_metric([self._process], sum(rtts) / len(rtts) if rtts else 0.0)
+        yield rtt
+        jitter = GaugeMetricFamily(
+            "splitrelay_live_jitter_ms", "Largest inbound jitter (RTCP) over live calls", labels=labels
+        )
+        jitter.add_metric([self._process], max((s.jitter_ms or 0.0 for s in live), default=0.0))
+        yield jitter
         lost = GaugeMetricFamily(
             "splitrelay_live_packets_lost", "Packets lost on live calls (RTCP)", labels=labels
         )

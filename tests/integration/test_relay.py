@@ -90,7 +90,9 @@ async def test_loss_on_the_callers_link_never_holds_packets_back() -> None:
             await caller.close()
 
 
-async def test_barge_in_flushes_the_reply_and_tells_inference_what_was_heard() -> None:
+@pytest.mark.parametrize("with_levels", [True, False], ids=["rfc6464-level", "opus-decode"])
+async def test_barge_in_flushes_the_reply_and_tells_inference_what_was_heard(with_levels: bool) -> None:
+    """With the RFC 6464 level the relay decides from the header; without it, by decoding that frame."""
     notices: list[BargeInNotice] = []
     reply = clip((("tone", 2000),)).frames  # a long assistant reply, sent all at once (a TTS burst)
     got_first = asyncio.Event()
@@ -119,15 +121,17 @@ async def test_barge_in_flushes_the_reply_and_tells_inference_what_was_heard() -
         caller = Caller()
         try:
             await caller.attach(stack, "call-barge")
-            caller.send(quiet.frames[0], quiet.levels[0], marker=True)  # silence: wakes the agent
+            caller.send(
+                quiet.frames[0], quiet.levels[0] if with_levels else None, marker=True
+            )  # silence: wakes the agent
             await asyncio.wait_for(got_first.wait(), timeout=5)
             await caller.wait_received(10, within=5)  # ~200 ms of the reply is playing
             for _ in range(10):  # silence while listening: no barge-in
-                caller.send(quiet.frames[1], quiet.levels[1])
+                caller.send(quiet.frames[1], quiet.levels[1] if with_levels else None)
                 await asyncio.sleep(0.02)
             assert notices == []
             before = len(caller.received)
-            caller.send(loud.frames[0], loud.levels[0])  # the caller starts to speak
+            caller.send(loud.frames[0], loud.levels[0] if with_levels else None)  # the caller starts to speak
             for _ in range(100):  # bounded wait for the BARGE_IN to reach inference
                 if notices:
                     break
@@ -165,6 +169,10 @@ async def test_close_is_idempotent_and_telemetry_survives_in_metrics() -> None:
                 await asyncio.sleep(0.01)
             listed = (await stack.request("GET", "/v1/calls")).json()["calls"]
             assert [c["call_id"] for c in listed] == ["call-close"]
+            live = (await stack.http.get("/metrics")).text
+            assert 'splitrelay_calls_live{process="0"} 1.0' in live
+            assert "splitrelay_live_rtt_ms" in live and "splitrelay_live_jitter_ms" in live
+            assert "splitrelay_dwell_in_seconds_bucket" in live
             first = await stack.request("DELETE", "/v1/calls/call-close")
             assert first.status_code == 200 and first.json()["closed"] is True
             summary = first.json()["summary"]
