@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from aiortc import RTCIceServer
 
 from edge.signing import Verifier
 from relay.call import CallConfig
@@ -44,6 +45,8 @@ class RelaySettings:
     host: str = "127.0.0.1"
     port: int = 8700
     candidates: CandidatePolicy = field(default_factory=CandidatePolicy)
+    stun_urls: tuple[str, ...] = ()
+    """STUN servers: behind 1:1 NAT (an Elastic IP) they give the relay a server-reflexive candidate."""
     call: CallConfig = field(default_factory=CallConfig)
     sfu: SfuSettings | None = None
     max_calls: int = MAX_CALLS_DEFAULT
@@ -130,7 +133,9 @@ class RelayServer:
             attacher = SfuAttacher(self._sfu_client)
         self.manager = CallManager(
             self.link,
-            peer_config=VoicePeerConfig(candidates=s.candidates),
+            peer_config=VoicePeerConfig(
+                candidates=s.candidates, ice_servers=tuple(RTCIceServer(urls=u) for u in s.stun_urls)
+            ),
             call_config=s.call,
             sfu=attacher,
             max_calls=s.max_calls,

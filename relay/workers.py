@@ -268,6 +268,7 @@ def _worker_main() -> None:
             if config.get("port_range")
             else None,
         ),
+        stun_urls=tuple(config.get("stun_urls") or ()),
         call=CallConfig(),
         sfu=SfuSettings(sfu["base_url"], sfu["app_id"], os.environ[sfu["secret_env"]]) if sfu else None,
         max_calls=int(config.get("max_calls", 1000)),

@@ -46,6 +46,15 @@ def parse_port_range(value: str | None) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+def parse_stun(value: str) -> str:
+    """Only STUN here: the relay needs its public address, not a TURN relay (it has a public IP)."""
+    if not value.startswith("stun:") or len(value) > 256 or not value[5:].strip():
+        raise typer.BadParameter(
+            f"--stun: expected stun:HOST[:PORT] (at most 256 characters), got {value[:64]!r}"
+        )
+    return value
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address of the control API.")] = "127.0.0.1",
@@ -58,6 +67,10 @@ def serve(
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
     ] = None,
     port_range: Annotated[str | None, typer.Option(help="UDP port range for media, LOW-HIGH.")] = None,
+    stun: Annotated[
+        list[str] | None,
+        typer.Option(help="STUN URL for a public (server-reflexive) candidate behind NAT; repeatable."),
+    ] = None,
     sfu_url: Annotated[
         str | None, typer.Option(help="Realtime SFU API base, e.g. https://rtc.live.cloudflare.com/v1.")
     ] = None,
@@ -108,6 +121,7 @@ def serve(
         host=host,
         port=port,
         candidates=candidates,
+        stun_urls=tuple(parse_stun(u) for u in stun or ()),
         sfu=sfu,
         max_calls=max_calls,
     )
@@ -129,6 +143,7 @@ def serve(
             "candidate_addresses": list(candidates.addresses or ()),
             "port_range": list(candidates.port_range) if candidates.port_range else None,
             "max_calls": max_calls,
+            "stun_urls": list(settings.stun_urls),
             "sfu": {"base_url": sfu.base_url, "app_id": sfu.app_id, "secret_env": SFU_SECRET_ENV}
             if sfu
             else None,
