@@ -44,7 +44,7 @@ test-integration: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge relay scripts tests
+	$(VENV)/bin/mypy edge relay scripts tests sfu_emulator infra
 
 fmt: setup
 	$(VENV)/bin/ruff format .

@@ -243,14 +243,8 @@ class SrtpFastPath:
         self.max_payload = self.config.max_payload
         self._on_packet = on_packet
         self._on_bye = on_bye
-        self.outbound_streams = tuple(OutboundStream(self, s) for s in streams if s.sends)
-        self._outbound_by_ssrc = {o.ssrc: o for o in self.outbound_streams}
-        self._reporter_ssrc = streams[0].ssrc
-        self._cname = streams[0].cname
-        receiving = [s for s in streams if s.receives]
-        self._receive_pts = frozenset(s.payload_type for s in receiving)
-        self._audio_level_id = next((s.audio_level_id for s in receiving if s.audio_level_id), None)
-        self._clock_rate = receiving[0].clock_rate if receiving else streams[0].clock_rate
+        self.outbound_streams: tuple[OutboundStream, ...] = ()
+        self.update_streams(streams)
         self._inbound: dict[int, ReceptionStats] = {}
         self._sr_sent: dict[int, int] = {}
         self.closed = False
@@ -291,6 +285,26 @@ class SrtpFastPath:
                 )
         link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(pc))
         return cls(link, negotiated_streams(pc), on_packet, config, on_bye)
+
+    def update_streams(self, streams: Sequence[StreamParams]) -> None:
+        """Take a renegotiated stream set in place (no re-attach, so no packet is missed meanwhile).
+
+        Outbound streams whose (mid, SSRC) did not change are kept, with their sequence numbers and
+        sender-report counters; new ones are added, removed ones dropped.
+        """
+        if not streams:
+            raise ValueError("streams: at least one negotiated audio stream is needed")
+        kept = {(o.mid, o.ssrc): o for o in self.outbound_streams}
+        self.outbound_streams = tuple(
+            kept.get((s.mid, s.ssrc)) or OutboundStream(self, s) for s in streams if s.sends
+        )
+        self._outbound_by_ssrc = {o.ssrc: o for o in self.outbound_streams}
+        self._reporter_ssrc = streams[0].ssrc
+        self._cname = streams[0].cname
+        receiving = [s for s in streams if s.receives]
+        self._receive_pts = frozenset(s.payload_type for s in receiving)
+        self._audio_level_id = next((s.audio_level_id for s in receiving if s.audio_level_id), None)
+        self._clock_rate = receiving[0].clock_rate if receiving else streams[0].clock_rate
 
     # --- outbound ------------------------------------------------------------------------------
 

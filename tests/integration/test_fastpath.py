@@ -14,7 +14,7 @@ import uvloop
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
+from relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig, negotiated_streams
 from relay.media.rtp import RtpPacket
 from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
 from tests.integration.conftest import VoicePair, connect_stock_client, connect_voice_peers
@@ -343,3 +343,18 @@ def test_echo_under_uvloop() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert isinstance(runner.get_loop(), uvloop.Loop)
         assert runner.run(main()) == encode(tone(200))
+
+
+async def test_update_streams_keeps_unchanged_streams_and_their_numbering(voice_pair: VoicePair) -> None:
+    relay = SrtpFastPath.attach(voice_pair.relay.pc, lambda _p: None, FastPathConfig(rtcp_interval=5))
+    try:
+        (before,) = relay.outbound_streams
+        relay.send(b"\x01", 0)
+        next_sequence = before.sequence
+        relay.update_streams(negotiated_streams(voice_pair.relay.pc))  # same negotiation: nothing changes
+        (after,) = relay.outbound_streams
+        assert after is before and after.sequence == next_sequence and after.packets == 1
+        with pytest.raises(ValueError, match="at least one negotiated audio stream"):
+            relay.update_streams([])
+    finally:
+        await relay.close()

@@ -1,0 +1,224 @@
+"""Opus forwarding between sessions, without decoding: publications, subscriptions and the per-packet path.
+
+A publisher session's fast path hands each unprotected RTP packet to :meth:`Inbound.on_packet`, which
+finds the publication by SSRC and gives the packet to every subscription; a subscription rewrites SSRC
+and payload type (those of the subscriber's outbound stream), shifts the sequence number by a fixed
+offset (so the publisher's gaps stay visible to the subscriber's jitter buffer) and sends on the
+subscriber's fast path. Timestamps pass unchanged, except after a switch to another source on the same
+transceiver, when an offset keeps the subscriber's clock continuous.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.media.rtp import RtpPacket
+from relay.media.srtp_fastpath import OutboundStream
+
+DWELL_SAMPLES = 1 << 16
+OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz: the timestamp step assumed across a source switch
+
+
+class DwellRecorder:
+    """The last ``DWELL_SAMPLES`` forwarding dwell times (arrival at the emulator to send), in ns."""
+
+    __slots__ = ("count", "samples")
+
+    def __init__(self) -> None:
+        self.samples = array("q", bytes(8 * DWELL_SAMPLES))
+        self.count = 0
+
+    def record(self, dwell_ns: int) -> None:
+        self.samples[self.count & (DWELL_SAMPLES - 1)] = dwell_ns
+        self.count += 1
+
+    def percentiles(self, *quantiles: float) -> tuple[float | None, ...]:
+        """Dwell in ms at each quantile (0..1) over the retained samples; None when there are none."""
+        kept = sorted(self.samples[: min(self.count, DWELL_SAMPLES)])
+        if not kept:
+            return tuple(None for _ in quantiles)
+        return tuple(kept[min(len(kept) - 1, int(q * len(kept)))] / 1e6 for q in quantiles)
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingStats:
+    packets_in: int
+    packets_forwarded: int
+    packets_unrouted: int
+    """Received on a session but matching no publication (unknown SSRC, closed track)."""
+    send_failures: int
+    dwell_p50_ms: float | None
+    dwell_p99_ms: float | None
+    dwell_samples: int
+
+
+class Publication:
+    """A track a session publishes (location local): where its packets come from and who gets them."""
+
+    __slots__ = (
+        "active",
+        "last_media",
+        "mid",
+        "packets",
+        "session_id",
+        "ssrcs",
+        "subscriptions",
+        "track_name",
+    )
+
+    def __init__(self, session_id: str, track_name: str, mid: str, now: float) -> None:
+        self.session_id = session_id
+        self.track_name = track_name
+        self.mid = mid
+        self.ssrcs: tuple[int, ...] = ()
+        self.subscriptions: list[Subscription] = []
+        self.last_media = now
+        self.packets = 0
+        self.active = True
+
+
+class Subscription:
+    """One subscriber transceiver (session, mid) playing one publication."""
+
+    __slots__ = (
+        "last_sequence",
+        "last_timestamp",
+        "mid",
+        "packets",
+        "publication",
+        "sent_any",
+        "seq_offset",
+        "session_id",
+        "stream",
+        "ts_offset",
+    )
+
+    def __init__(self, session_id: str, mid: str, publication: Publication) -> None:
+        self.session_id = session_id
+        self.mid = mid
+        self.publication = publication
+        self.stream: OutboundStream | None = None
+        self.seq_offset: int | None = None
+        self.ts_offset = 0
+        self.sent_any = False
+        self.last_sequence = 0
+        self.last_timestamp = 0
+        self.packets = 0
+
+    def switch_to(self, publication: Publication) -> None:
+        """Play another source on the same transceiver: numbering and clock continue where they were."""
+        self.publication = publication
+        self.seq_offset = None
+
+    def forward(self, packet: RtpPacket) -> bool:
+        stream = self.stream
+        if stream is None:
+            return False
+        if self.seq_offset is None:
+            if self.sent_any:
+                self.seq_offset = (self.last_sequence + 1 - packet.sequence) & 0xFFFF
+                self.ts_offset = (self.last_timestamp + OPUS_FRAME_TICKS - packet.timestamp) & 0xFFFFFFFF
+            else:
+                self.seq_offset = (stream.sequence - packet.sequence) & 0xFFFF
+                self.ts_offset = 0
+        sequence = (packet.sequence + self.seq_offset) & 0xFFFF
+        timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
+        if not stream.send(
+            packet.payload,
+            timestamp,
+            marker=packet.marker,
+            sequence=sequence,
+            audio_level=packet.audio_level,
+            voice=packet.voice,
+        ):
+            return False
+        self.sent_any = True
+        self.last_sequence = sequence
+        self.last_timestamp = timestamp
+        self.packets += 1
+        return True
+
+
+class Forwarder:
+    """Counters and dwell shared by every session of one emulator."""
+
+    __slots__ = ("dwell", "packets_forwarded", "packets_in", "packets_unrouted", "send_failures")
+
+    def __init__(self) -> None:
+        self.dwell = DwellRecorder()
+        self.packets_in = 0
+        self.packets_forwarded = 0
+        self.packets_unrouted = 0
+        self.send_failures = 0
+
+    def reset(self) -> None:
+        """Start counting afresh (a benchmark between scenarios)."""
+        self.dwell.reset()
+        self.packets_in = self.packets_forwarded = self.packets_unrouted = self.send_failures = 0
+
+    def stats(self) -> ForwardingStats:
+        p50, p99 = self.dwell.percentiles(0.5, 0.99)
+        return ForwardingStats(
+            packets_in=self.packets_in,
+            packets_forwarded=self.packets_forwarded,
+            packets_unrouted=self.packets_unrouted,
+            send_failures=self.send_failures,
+            dwell_p50_ms=p50,
+            dwell_p99_ms=p99,
+            dwell_samples=min(self.dwell.count, DWELL_SAMPLES),
+        )
+
+
+class Inbound:
+    """The on_packet callback of one session's fast path: SSRC -> publication -> subscriptions."""
+
+    __slots__ = ("_by_ssrc", "_clock", "_forwarder", "_publications")
+
+    def __init__(self, forwarder: Forwarder, clock: Callable[[], float] = time.monotonic) -> None:
+        self._forwarder = forwarder
+        self._by_ssrc: dict[int, Publication] = {}
+        self._publications: list[Publication] = []
+        self._clock = clock
+
+    def set_publications(self, publications: list[Publication]) -> None:
+        """Route by the SSRCs each publication's m-section announced (after every negotiation)."""
+        self._publications = [p for p in publications if p.active]
+        self._by_ssrc = {ssrc: p for p in self._publications for ssrc in p.ssrcs}
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        forwarder = self._forwarder
+        forwarder.packets_in += 1
+        publication = self._by_ssrc.get(packet.ssrc)
+        if publication is None:
+            publication = self._learn(packet.ssrc)
+            if publication is None:
+                forwarder.packets_unrouted += 1
+                return
+        if not publication.active:
+            forwarder.packets_unrouted += 1
+            return
+        publication.last_media = self._clock()
+        publication.packets += 1
+        arrival = packet.arrival_ns
+        for subscription in publication.subscriptions:
+            if subscription.forward(packet):
+                forwarder.packets_forwarded += 1
+                forwarder.dwell.record(time.perf_counter_ns() - arrival)
+            elif subscription.stream is not None:
+                forwarder.send_failures += 1
+
+    def _learn(self, ssrc: int) -> Publication | None:
+        """An SDP without a=ssrc (MID-only senders): with one publication lacking SSRCs, it is that one."""
+        unknown = [p for p in self._publications if not p.ssrcs]
+        if len(unknown) != 1:
+            return None
+        publication = unknown[0]
+        publication.ssrcs = (ssrc,)
+        self._by_ssrc[ssrc] = publication
+        return publication
