@@ -11,6 +11,7 @@ import typer
 from scripts.agent_cli import app as agent_app
 from scripts.cost.cli import cost_app
 from scripts.relay_cli import app as relay_app
+from sfu_emulator.cli import app as emulator_app
 
 app = typer.Typer(
     name="splitrelay",
@@ -24,6 +25,7 @@ app = typer.Typer(
 # -- groups --
 app.add_typer(agent_app, name="agent")
 app.add_typer(cost_app, name="cost")
+app.add_typer(emulator_app, name="emulator")
 app.add_typer(relay_app, name="relay")
 
 
