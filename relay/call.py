@@ -28,6 +28,7 @@ from relay.telemetry import CallCounters, CallSample, DwellHistogram
 
 log = logging.getLogger("splitrelay.relay.call")
 
+END_CALL_WAIT_S = 0.25
 MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
 
 
@@ -166,18 +167,22 @@ class Call:
     async def _close_quietly(self, reason: str) -> None:
         await self.close(reason)
 
-    async def close(self, reason: str) -> dict[str, Any]:
-        """End the call everywhere (inference, fast path, peer) and return its summary. Idempotent."""
+    async def close(self, reason: str, *, wire_reason: str = "relay_closed") -> dict[str, Any]:
+        """End the call everywhere (inference, fast path, peer) and return its summary. Idempotent.
+
+        `reason` is for people (logs, the summary); `wire_reason` is the CALL_END reason inference gets.
+        """
         if self.state == "closed":
             return self.summary()
         self.state = "closed"
         self.close_reason = reason
         self.playout.close()
         if self.wire_id is not None:
-            with contextlib.suppress(LinkError, wire.WireError):
-                await self.link.end_call(
-                    self.wire_id, "caller_hangup" if "edge" in reason else "relay_closed"
-                )
+            # Tell inference, but do not hold the hang-up for its ACK: the link keeps retransmitting
+            # in the background (shielded) if the first datagram is lost.
+            end = self.link.end_call(self.wire_id, wire_reason)
+            with contextlib.suppress(LinkError, wire.WireError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(end), timeout=END_CALL_WAIT_S)
         if self.fast_path is not None:
             await self.fast_path.close()
         await self.peer.close()

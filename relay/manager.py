@@ -134,7 +134,7 @@ class CallManager:
         call = self.calls.get(call_id)
         if call is None:
             return None
-        return await call.close(reason)
+        return await call.close(reason, wire_reason="caller_hangup")
 
     async def list_calls(self) -> list[dict[str, Any]]:
         return [c.summary() for c in self.calls.values()]

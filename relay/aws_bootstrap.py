@@ -1,0 +1,409 @@
+"""The relay's AWS runtime on an auto-scaled instance: secrets from SSM, a stable address, self-health.
+
+`infra/` (Pulumi) writes the SSM parameters, tags a pool of Elastic IPs per region (one per relay slot,
+each with its own proxied DNS name and registry entry) and renders a systemd unit that runs this
+module. At boot an instance claims a free address of its region (an atomic EC2 call: two instances
+cannot hold one slot), registers with the slot's Global Accelerator endpoint groups when the stack
+uses them, writes the origin TLS files for nginx, and starts `splitrelay relay serve` with its secrets
+in the process environment only (`exec`: never on disk, never on the command line). A timer checks
+the relay's /healthz and tells the auto-scaling group to replace an instance whose relay is dead.
+
+Secret values never appear in errors or logs: messages name the SSM parameter, not its value.
+`python -m relay.aws_bootstrap --help` lists the sub-commands the user data calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("splitrelay.relay.aws_bootstrap")
+
+AwsClient = Any
+"""A boto3 client (ssm, ec2, autoscaling, globalaccelerator); typed loosely, boto3 builds them at run time."""
+
+# The relay CLI reads these (scripts/relay_cli.py: SIGNING_KEY_ENV, SFU_SECRET_ENV). Kept as literals so
+# the instance bootstrap does not import the CLI; tests/unit/test_aws_bootstrap.py checks they agree.
+SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
+SFU_SECRET_ENV = "SPLITRELAY_SFU_APP_SECRET"
+
+SIGNING_KEY_PARAM = "relay-signing-key"
+SFU_SECRET_PARAM = "sfu-app-secret"
+TLS_KEY_PARAM = "origin-tls-key"
+TLS_CERT_PARAM = "origin-tls-cert"
+SECRET_ENV_BY_PARAM: Mapping[str, str] = {
+    SIGNING_KEY_PARAM: SIGNING_KEY_ENV,
+    SFU_SECRET_PARAM: SFU_SECRET_ENV,
+}
+"""SSM parameter (under the stack prefix) -> environment variable of `splitrelay relay serve`."""
+
+TAG_STACK = "splitrelay:stack"
+TAG_REGION = "splitrelay:region"
+TAG_SLOT = "splitrelay:slot"
+MIN_SIGNING_KEY_BYTES = 32  # edge/signing.py MIN_KEY_BYTES; the relay refuses shorter keys at start.
+_PREFIX = re.compile(r"/[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+IMDS_URL = "http://169.254.169.254"
+
+
+class BootstrapError(Exception):
+    """The instance cannot become a working relay; the message says which parameter or resource, no value."""
+
+
+def parameter_prefix(stack: str) -> str:
+    """The SSM path every parameter of one Pulumi stack lives under (also used by infra/)."""
+    if not _NAME.fullmatch(stack):
+        raise BootstrapError(f"stack name must be 1-64 of A-Z a-z 0-9 _ . -, got {stack!r}")
+    return f"/splitrelay/{stack}"
+
+
+def slot_parameter(prefix: str, region_key: str, slot: int, leaf: str) -> str:
+    """Per-slot parameters, e.g. the Global Accelerator endpoint groups a slot's instance joins."""
+    return f"{check_prefix(prefix)}/slots/{region_key}-{slot}/{leaf}"
+
+
+def check_prefix(prefix: str) -> str:
+    if not _PREFIX.fullmatch(prefix) or len(prefix) > 900:
+        raise BootstrapError(
+            f"prefix must be an SSM path such as /splitrelay/prod (no trailing /), got {prefix!r}"
+        )
+    return prefix
+
+
+# -- secrets -----------------------------------------------------------------------------------------
+
+
+def _get_parameters(ssm: AwsClient, prefix: str, leaves: Sequence[str]) -> dict[str, str]:
+    """Values by leaf name, decrypted; every missing or empty parameter is named in one error."""
+    names = [f"{check_prefix(prefix)}/{leaf}" for leaf in leaves]
+    response = ssm.get_parameters(Names=names, WithDecryption=True)
+    missing = sorted(response.get("InvalidParameters", []))
+    values = {p["Name"]: p.get("Value", "") for p in response.get("Parameters", [])}
+    empty = sorted(name for name in names if name in values and not values[name].strip())
+    if missing or empty:
+        parts = []
+        if missing:
+            parts.append("missing SSM parameter(s): " + ", ".join(missing))
+        if empty:
+            parts.append("empty SSM parameter(s): " + ", ".join(empty))
+        raise BootstrapError("; ".join(parts) + " (run `pulumi up` for this stack, or check the IAM role)")
+    return {leaf: values[name] for leaf, name in zip(leaves, names, strict=True)}
+
+
+def load_relay_secrets(ssm: AwsClient, prefix: str) -> dict[str, str]:
+    """The relay's secrets as environment variables for `splitrelay relay serve`.
+
+    SecureString parameters are decrypted (the instance role needs ssm:GetParameters on the prefix).
+    """
+    values = _get_parameters(ssm, prefix, list(SECRET_ENV_BY_PARAM))
+    key = values[SIGNING_KEY_PARAM].strip()
+    if len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+        raise BootstrapError(
+            f"SSM parameter {prefix}/{SIGNING_KEY_PARAM}: signing key must be at least "
+            f"{MIN_SIGNING_KEY_BYTES} bytes, got {len(key.encode())}"
+        )
+    return {SECRET_ENV_BY_PARAM[leaf]: value.strip() for leaf, value in values.items()}
+
+
+def load_origin_tls(ssm: AwsClient, prefix: str) -> tuple[str, str]:
+    """(certificate PEM, private key PEM) of the Cloudflare Origin CA certificate nginx serves."""
+    values = _get_parameters(ssm, prefix, [TLS_CERT_PARAM, TLS_KEY_PARAM])
+    cert, key = values[TLS_CERT_PARAM], values[TLS_KEY_PARAM]
+    if "BEGIN CERTIFICATE" not in cert:
+        raise BootstrapError(f"SSM parameter {prefix}/{TLS_CERT_PARAM}: not a PEM certificate")
+    if "PRIVATE KEY" not in key:
+        raise BootstrapError(f"SSM parameter {prefix}/{TLS_KEY_PARAM}: not a PEM private key")
+    return cert, key
+
+
+def write_private_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write whole or not at all (temp file + rename), readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_origin_tls(ssm: AwsClient, prefix: str, directory: Path) -> tuple[Path, Path]:
+    cert, key = load_origin_tls(ssm, prefix)
+    cert_path, key_path = directory / "origin.pem", directory / "origin.key"
+    write_private_file(key_path, key, 0o600)
+    write_private_file(cert_path, cert, 0o644)
+    return cert_path, key_path
+
+
+# -- the stable address: one Elastic IP slot per instance ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    allocation_id: str
+    public_ip: str
+    slot: int
+
+
+def _slot_of(address: Mapping[str, Any]) -> int:
+    tags = {t["Key"]: t["Value"] for t in address.get("Tags", [])}
+    try:
+        return int(tags[TAG_SLOT])
+    except (KeyError, ValueError):
+        raise BootstrapError(
+            f"Elastic IP {address.get('AllocationId')} has no integer {TAG_SLOT} tag "
+            "(created outside infra/?)"
+        ) from None
+
+
+def _pool(ec2: AwsClient, stack: str, region_key: str) -> list[dict[str, Any]]:
+    response = ec2.describe_addresses(
+        Filters=[
+            {"Name": f"tag:{TAG_STACK}", "Values": [stack]},
+            {"Name": f"tag:{TAG_REGION}", "Values": [region_key]},
+        ]
+    )
+    return sorted(response.get("Addresses", []), key=_slot_of)
+
+
+def claim_elastic_ip(ec2: AwsClient, instance_id: str, stack: str, region_key: str) -> Slot:
+    """Associate the lowest free address of this stack and region with `instance_id`.
+
+    Idempotent (an instance that already holds one keeps it). AllowReassociation=False makes the claim
+    atomic: when two booting instances race for one address, AWS refuses the second and it moves on.
+    Each address is tried once, so the loop is bounded by the pool size.
+    """
+    pool = _pool(ec2, stack, region_key)
+    if not pool:
+        raise BootstrapError(
+            f"no Elastic IP tagged {TAG_STACK}={stack}, {TAG_REGION}={region_key} (run `pulumi up` first)"
+        )
+    for address in pool:
+        if address.get("InstanceId") == instance_id:
+            return Slot(address["AllocationId"], address["PublicIp"], _slot_of(address))
+    for address in pool:
+        if address.get("AssociationId"):
+            continue
+        try:
+            ec2.associate_address(
+                AllocationId=address["AllocationId"], InstanceId=instance_id, AllowReassociation=False
+            )
+        except Exception as exc:  # botocore ClientError; the code says whether someone else won the race
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("Resource.AlreadyAssociated", "InvalidAddress.InUse"):
+                log.info("address slot %s taken meanwhile, trying the next", _slot_of(address))
+                continue
+            raise
+        return Slot(address["AllocationId"], address["PublicIp"], _slot_of(address))
+    raise BootstrapError(
+        f"all {len(pool)} Elastic IPs of {stack}/{region_key} are in use: the auto-scaling group's maxCount "
+        "must not exceed the address pool (both come from the same stack setting)"
+    )
+
+
+def release_elastic_ip(ec2: AwsClient, instance_id: str, stack: str, region_key: str) -> Slot | None:
+    """Give this instance's address back to the pool (graceful stop); None if it held none."""
+    for address in _pool(ec2, stack, region_key):
+        if address.get("InstanceId") == instance_id and address.get("AssociationId"):
+            ec2.disassociate_address(AssociationId=address["AssociationId"])
+            return Slot(address["AllocationId"], address["PublicIp"], _slot_of(address))
+    return None
+
+
+# -- Global Accelerator (stableAddress: global-accelerator) -------------------------------------------
+
+
+def endpoint_groups_for(ssm: AwsClient, prefix: str, region_key: str, slot: int) -> list[str]:
+    """The slot's endpoint group ARNs, written by infra/ as a JSON list."""
+    name = slot_parameter(prefix, region_key, slot, "endpoint-groups")
+    response = ssm.get_parameters(Names=[name])
+    if response.get("InvalidParameters") or not response.get("Parameters"):
+        raise BootstrapError(f"missing SSM parameter {name} (stableAddress is global-accelerator?)")
+    try:
+        arns = json.loads(response["Parameters"][0]["Value"])
+    except json.JSONDecodeError:
+        raise BootstrapError(f"SSM parameter {name}: not a JSON list of endpoint group ARNs") from None
+    if not isinstance(arns, list) or not all(isinstance(a, str) and a.startswith("arn:") for a in arns):
+        raise BootstrapError(f"SSM parameter {name}: not a JSON list of endpoint group ARNs")
+    return arns
+
+
+def register_accelerator_endpoint(ga: AwsClient, group_arns: Sequence[str], instance_id: str) -> None:
+    """Make `instance_id` the only endpoint of each group (client IPs preserved, so the security
+    group's Cloudflare allow-list still applies). A previous holder of the slot is removed."""
+    for arn in group_arns:
+        group = ga.describe_endpoint_group(EndpointGroupArn=arn)["EndpointGroup"]
+        stale = [
+            {"EndpointId": d["EndpointId"]}
+            for d in group.get("EndpointDescriptions", [])
+            if d["EndpointId"] != instance_id
+        ]
+        if stale:
+            ga.remove_endpoints(EndpointGroupArn=arn, EndpointIdentifiers=stale)
+        if not any(d["EndpointId"] == instance_id for d in group.get("EndpointDescriptions", [])):
+            ga.add_endpoints(
+                EndpointGroupArn=arn,
+                EndpointConfigurations=[
+                    {"EndpointId": instance_id, "Weight": 128, "ClientIPPreservationEnabled": True}
+                ],
+            )
+
+
+def deregister_accelerator_endpoint(ga: AwsClient, group_arns: Sequence[str], instance_id: str) -> None:
+    for arn in group_arns:
+        group = ga.describe_endpoint_group(EndpointGroupArn=arn)["EndpointGroup"]
+        if any(d["EndpointId"] == instance_id for d in group.get("EndpointDescriptions", [])):
+            ga.remove_endpoints(EndpointGroupArn=arn, EndpointIdentifiers=[{"EndpointId": instance_id}])
+
+
+# -- health ------------------------------------------------------------------------------------------
+
+
+async def probe(client: httpx.AsyncClient, url: str, *, attempts: int = 3, interval: float = 5.0) -> bool:
+    """True as soon as one GET of `url` answers 2xx; at most `attempts` tries, `interval` s apart."""
+    if not 1 <= attempts <= 10:
+        raise ValueError(f"attempts must be 1..10, got {attempts}")
+    if not 0 <= interval <= 60:
+        raise ValueError(f"interval must be 0..60 s, got {interval}")
+    for attempt in range(attempts):
+        try:
+            response = await client.get(url, timeout=5.0)
+            if response.is_success:
+                return True
+            log.warning("health probe %s: HTTP %d", url, response.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("health probe %s: %s", url, type(exc).__name__)
+        if attempt + 1 < attempts:
+            await asyncio.sleep(interval)
+    return False
+
+
+async def check_health(
+    autoscaling: AwsClient, instance_id: str, is_healthy: Callable[[], Awaitable[bool]]
+) -> bool:
+    """One health round; a dead relay marks the instance Unhealthy so the group replaces it.
+
+    ShouldRespectGracePeriod keeps a booting instance (pip install, first start) from being killed.
+    """
+    if await is_healthy():
+        return True
+    autoscaling.set_instance_health(
+        InstanceId=instance_id, HealthStatus="Unhealthy", ShouldRespectGracePeriod=True
+    )
+    log.error(
+        "relay on %s failed its health probe: reported Unhealthy to the auto-scaling group", instance_id
+    )
+    return False
+
+
+# -- instance identity -------------------------------------------------------------------------------
+
+
+async def instance_id_from_imds(client: httpx.AsyncClient, base_url: str = IMDS_URL) -> str:
+    """The instance id over IMDSv2 (session token first; the launch template requires tokens)."""
+    token = await client.put(
+        f"{base_url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}, timeout=2.0
+    )
+    token.raise_for_status()
+    response = await client.get(
+        f"{base_url}/latest/meta-data/instance-id",
+        headers={"X-aws-ec2-metadata-token": token.text},
+        timeout=2.0,
+    )
+    response.raise_for_status()
+    instance_id = response.text.strip()
+    if not re.fullmatch(r"i-[0-9a-f]{8,17}", instance_id):
+        raise BootstrapError(f"instance metadata returned an unexpected instance id {instance_id[:40]!r}")
+    return instance_id
+
+
+# -- command line (what the user data's systemd units run) --------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m relay.aws_bootstrap", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--stack", required=True, help="Pulumi stack name (SSM prefix /splitrelay/STACK).")
+    parser.add_argument("--aws-region", required=True, help="This instance's AWS region.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser("prepare", help="Claim an address slot, join its accelerator, write TLS files.")
+    prepare.add_argument("--region-key", required=True)
+    prepare.add_argument("--tls-dir", type=Path, required=True)
+    prepare.add_argument("--accelerator", action="store_true", help="stableAddress is global-accelerator.")
+    release = sub.add_parser("release", help="Leave the accelerator and give the address back.")
+    release.add_argument("--region-key", required=True)
+    release.add_argument("--accelerator", action="store_true")
+    run = sub.add_parser("exec", help="Load secrets into the environment and exec COMMAND.")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    health = sub.add_parser("check-health", help="Probe the relay once; report Unhealthy if it is dead.")
+    health.add_argument("--url", default="http://127.0.0.1:8700/healthz")
+    health.add_argument("--attempts", type=int, default=3)
+    return parser
+
+
+async def _instance_id() -> str:
+    async with httpx.AsyncClient() as client:
+        return await instance_id_from_imds(client)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import boto3  # only on the instance; the module's functions take clients
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    prefix = parameter_prefix(args.stack)
+    session = boto3.session.Session(region_name=args.aws_region)
+    try:
+        if args.command == "exec":
+            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not command:
+                raise BootstrapError("exec: give the command after --")
+            env = {**os.environ, **load_relay_secrets(session.client("ssm"), prefix)}
+            os.execvpe(command[0], command, env)
+        instance_id = asyncio.run(_instance_id())
+        if args.command == "prepare":
+            slot = claim_elastic_ip(session.client("ec2"), instance_id, args.stack, args.region_key)
+            if args.accelerator:
+                arns = endpoint_groups_for(session.client("ssm"), prefix, args.region_key, slot.slot)
+                ga = boto3.session.Session(region_name="us-west-2").client("globalaccelerator")
+                register_accelerator_endpoint(ga, arns, instance_id)
+            write_origin_tls(session.client("ssm"), prefix, args.tls_dir)
+            print(json.dumps({"slot": slot.slot, "public_ip": slot.public_ip, "instance_id": instance_id}))
+        elif args.command == "release":
+            slot_or_none = release_elastic_ip(session.client("ec2"), instance_id, args.stack, args.region_key)
+            if args.accelerator and slot_or_none is not None:
+                arns = endpoint_groups_for(session.client("ssm"), prefix, args.region_key, slot_or_none.slot)
+                ga = boto3.session.Session(region_name="us-west-2").client("globalaccelerator")
+                deregister_accelerator_endpoint(ga, arns, instance_id)
+        elif args.command == "check-health":
+
+            async def healthy() -> bool:
+                async with httpx.AsyncClient() as client:
+                    return await probe(client, args.url, attempts=args.attempts)
+
+            ok = asyncio.run(check_health(session.client("autoscaling"), instance_id, healthy))
+            return 0 if ok else 1
+    except BootstrapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
