@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger("splitrelay.relay.call")
 
 END_CALL_WAIT_S = 0.25
 MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
+MAX_EVENTS = 64  # the most recent inference events kept per call
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Call:
         self.close_reason: str | None = None
         self.early_packets = 0
         self._early: list[RtpPacket] = []
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._seq = SequenceUnwrapper()
         self._ts0: int | None = None
         self._speech_run = 0
@@ -257,7 +260,8 @@ class Call:
         self.playout.push_mark(name)
 
     def on_event(self, event: dict[str, Any]) -> None:
-        log.debug("event from inference on %s: %s", self.call_id, event.get("type"))
+        """Keep inference's JSON events (transcripts, tool status, agent timings) for the call's record."""
+        self.events.append({"at_ms": round((time.perf_counter() - self._t0) * 1000, 3), "event": event})
 
     def on_clear(self, timestamp: int) -> None:
         _, marks = self.playout.flush()
@@ -294,7 +298,7 @@ class Call:
             rtt_ms=stats.rtt_ms if stats else None,
         )
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, with_events: bool = False) -> dict[str, Any]:
         """The call's telemetry as JSON-able data: logged at hang-up, served by the control API."""
         stats = self.fast_path.stats() if self.fast_path else None
         c = self.counters
@@ -324,7 +328,8 @@ class Call:
             "dwell_in_p99_ms": _round(self.dwell_in.quantile_ms(0.99)),
             "dwell_out_p50_ms": _round(self.dwell_out.quantile_ms(0.5)),
             "dwell_out_p99_ms": _round(self.dwell_out.quantile_ms(0.99)),
-        }
+            "events_kept": len(self.events),
+        } | ({"events": list(self.events)} if with_events else {})
 
 
 def _round(v: float | None) -> float | None:

@@ -141,7 +141,7 @@ class CallManager:
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         call = self.calls.get(call_id)
-        return None if call is None else call.summary()
+        return None if call is None else call.summary(with_events=True)
 
     async def drain(self) -> int:
         """Take no new calls; live calls finish on their own. Returns how many are still live."""

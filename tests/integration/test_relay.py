@@ -56,6 +56,9 @@ async def test_echo_through_the_relay_is_byte_identical() -> None:
             assert info["packets_to_inference"] == len(audio.frames)
             assert info["packets_out"] == len(back)
             assert info["dwell_in_p99_ms"] is not None
+            # Inference's events are kept on the call's record, e.g. the echo agent's turn timings.
+            (reply,) = [e["event"] for e in info["events"] if e["event"]["type"] == "agent.reply"]
+            assert reply["utterance_ms"] == len(back) * 20
         finally:
             await caller.close()
 
