@@ -22,7 +22,12 @@ $(NODE_STAMP): package.json
 	@rm -f node_modules/.installed-*
 	@touch $(NODE_STAMP)
 
-setup: $(STAMP) $(NODE_STAMP)
+# The real `workers` module (Cloudflare's Python Workers SDK) for the Pyodide tests of edge/entry.py.
+SDK_WHEEL := build/wheels/workers_runtime_sdk-1.9.5-py3-none-any.whl
+$(SDK_WHEEL): $(STAMP)
+	@$(PY) -m pip download -q --no-deps -d build/wheels workers-runtime-sdk==1.9.5
+
+setup: $(STAMP) $(NODE_STAMP) $(SDK_WHEEL)
 
 ## The main command: what a newcomer runs first.
 run: setup

@@ -10,6 +10,7 @@ import typer
 
 from scripts.agent_cli import app as agent_app
 from scripts.cost.cli import cost_app
+from scripts.edge_cli import edge_app, token_app
 from scripts.relay_cli import app as relay_app
 from sfu_emulator.cli import app as emulator_app
 
@@ -25,8 +26,10 @@ app = typer.Typer(
 # -- groups --
 app.add_typer(agent_app, name="agent")
 app.add_typer(cost_app, name="cost")
+app.add_typer(edge_app, name="edge")
 app.add_typer(emulator_app, name="emulator")
 app.add_typer(relay_app, name="relay")
+app.add_typer(token_app, name="token")
 
 
 def main() -> None:

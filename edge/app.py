@@ -1,0 +1,238 @@
+"""The edge's routes: tokens, ICE servers, calls. Runtime-neutral: EdgeRequest in, EdgeResponse out.
+
+The Worker (edge/entry.py) and the local adapter (edge/local.py) both build an :class:`EdgeApp` and call
+:meth:`EdgeApp.handle`; everything below is plain Python over injected I/O. Every refusal is a JSON
+error naming the field and the limit; unexpected failures are a bare 500 with no detail (the detail
+goes to the log, which never holds tokens or secrets).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from edge import tokens
+from edge.calls import CallService, Defer, Fetch, RecordClient
+from edge.config import EdgeConfig, load_config
+from edge.ratelimit import RateLimiter, limit_key
+from edge.realtime_api import SchemaError, SessionDescription
+from edge.relays import CachedRegistry, CallerLocation, Loader, NoRelayError, RegistryError, rank_relays
+from edge.web import (
+    EdgeError,
+    EdgeRequest,
+    EdgeResponse,
+    bad_request,
+    bearer_token,
+    json_response,
+    read_json_object,
+)
+
+log = logging.getLogger("splitrelay.edge")
+
+CALL_PATH: Final = re.compile(r"/v1/calls/([^/]{1,128})")
+CALL_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+ROUTES: Final = {
+    "/healthz": ("GET",),
+    "/v1/tokens": ("POST",),
+    "/v1/ice-servers": ("GET",),
+    "/v1/calls": ("POST",),
+}
+CALL_METHODS: Final = ("GET", "PATCH", "DELETE")
+
+
+@dataclass
+class EdgeApp:
+    config: EdgeConfig
+    calls: CallService
+    registry: CachedRegistry
+    ip_limiter: RateLimiter
+    token_limiter: RateLimiter
+    clock: Callable[[], float] = time.time
+
+    async def handle(self, request: EdgeRequest) -> EdgeResponse:
+        try:
+            return await self._route(request)
+        except EdgeError as exc:
+            return exc.response()
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return EdgeError(500, "internal_error", "internal error").response()
+
+    async def _route(self, request: EdgeRequest) -> EdgeResponse:
+        path = request.path
+        match = CALL_PATH.fullmatch(path)
+        allowed = ROUTES.get(path) or (CALL_METHODS if match else None)
+        if allowed is None:
+            raise EdgeError(404, "not_found", f"path: no route {path[:80]!r}")
+        if request.method not in allowed:
+            error = EdgeError(405, "method_not_allowed", f"method: {path} allows {', '.join(allowed)}")
+            response = error.response()
+            return EdgeResponse(
+                response.status, (*response.headers, ("allow", ", ".join(allowed))), response.body
+            )
+        if path == "/healthz":
+            return json_response(200, {"status": "ok"})
+        await self._limit(self.ip_limiter, "ip", request.client_ip or "unknown")
+        if path == "/v1/tokens":
+            return await self._issue_token(request)
+        handler: Callable[[EdgeRequest, tokens.Claims], Awaitable[EdgeResponse]]
+        if path == "/v1/ice-servers":
+            await self._authenticate(request, tokens.SCOPE_ICE)
+            return json_response(
+                200, {"ice_servers": await self.calls.ice_servers(), "ttl_s": self._ice_ttl()}
+            )
+        claims = await self._authenticate(request, tokens.SCOPE_CALLS)
+        if match is None:
+            return await self._create_call(request, claims)
+        call_id = match.group(1)
+        if not CALL_ID.fullmatch(call_id):
+            raise EdgeError(404, "unknown_call", "call_id: must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+        handler = {"GET": self._get_call, "PATCH": self._patch_call, "DELETE": self._delete_call}[
+            request.method
+        ]
+        return await handler(request, claims)
+
+    def _ice_ttl(self) -> int | None:
+        return self.config.turn_ttl_s if self.config.turn is not None else None
+
+    async def _limit(self, limiter: RateLimiter, kind: str, value: str) -> None:
+        if not await limiter.allow(limit_key(kind, value)):
+            raise EdgeError(
+                429, "rate_limited", f"too many requests for this {kind}; retry shortly", retry_after=10
+            )
+
+    async def _authenticate(self, request: EdgeRequest, scope: str) -> tokens.Claims:
+        token = bearer_token(request)
+        if token is None:
+            raise EdgeError(
+                401, "unauthorized", "authorization: a Bearer token is required", field="authorization"
+            )
+        try:
+            claims = tokens.verify(self.config.token_signing_key, token, clock=self.clock)
+        except tokens.TokenError as exc:
+            raise EdgeError(401, f"token_{exc.code}", exc.message, field="authorization") from None
+        if not claims.allows(scope):
+            raise EdgeError(403, "insufficient_scope", f"token scope: needs {scope!r}", field="authorization")
+        await self._limit(self.token_limiter, "token", claims.jti)
+        return claims
+
+    async def _issue_token(self, request: EdgeRequest) -> EdgeResponse:
+        expected = self.config.api_key
+        if expected is None:
+            raise EdgeError(
+                403, "token_issuance_disabled", "POST /v1/tokens is disabled: set the API_KEY secret"
+            )
+        presented = bearer_token(request)
+        if presented is None or not hmac.compare_digest(presented.encode(), expected.reveal().encode()):
+            raise EdgeError(
+                401, "unauthorized", "authorization: a valid API key is required", field="authorization"
+            )
+        doc = read_json_object(request)
+        unknown = sorted(set(doc) - {"sub", "scope", "ttl_s"})
+        if unknown:
+            raise bad_request(unknown[0][:40], "unknown field (allowed: sub, scope, ttl_s)")
+        ttl = doc.get("ttl_s", tokens.DEFAULT_TTL_S)
+        try:
+            ttl = tokens.check_ttl(ttl)
+            if ttl > self.config.token_max_ttl_s:
+                raise tokens.TokenError(
+                    "invalid_claims", f"ttl_s: must be at most {self.config.token_max_ttl_s} seconds"
+                )
+            scopes = tokens.check_scopes(doc.get("scope", tokens.SCOPE_CALLS))
+            token, claims = tokens.issue(
+                self.config.token_signing_key,
+                tokens.check_subject(doc.get("sub")),
+                scopes,
+                ttl_s=ttl,
+                now=self.clock(),
+            )
+        except tokens.TokenError as exc:
+            raise bad_request(exc.message.split(":", 1)[0], exc.message.split(": ", 1)[-1]) from None
+        return json_response(201, {"token": token, "expires_at": claims.exp, "scope": " ".join(claims.scope)})
+
+    async def _create_call(self, request: EdgeRequest, claims: tokens.Claims) -> EdgeResponse:
+        doc = read_json_object(request)
+        unknown = sorted(set(doc) - {"offer"})
+        if unknown:
+            raise bad_request(unknown[0][:40], "unknown field (allowed: offer)")
+        offer = _description(doc, "offer")
+        if offer.type.value != "offer":
+            raise bad_request("offer.type", "must be 'offer'")
+        where = CallerLocation.from_cf(request.cf)
+        try:
+            choices = rank_relays(await self.registry.get(), where)
+        except NoRelayError as exc:
+            raise EdgeError(503, "no_relay", str(exc), retry_after=5) from None
+        except RegistryError as exc:
+            raise EdgeError(503, "edge_misconfigured", f"the relay registry is invalid: {exc}") from None
+        created = await self.calls.create_call(offer.sdp, claims.sub, where, choices)
+        return json_response(201, created.to_json())
+
+    async def _owned_record(self, request: EdgeRequest, claims: tokens.Claims) -> Any:
+        call_id = request.path.rsplit("/", 1)[1]
+        record = await self.calls.get_record(call_id)
+        if record.owner != claims.sub:
+            # Not "forbidden": whether someone else's call exists is not this caller's business.
+            raise EdgeError(404, "unknown_call", f"call_id: no call {call_id!r}")
+        return record
+
+    async def _get_call(self, request: EdgeRequest, claims: tokens.Claims) -> EdgeResponse:
+        record = await self._owned_record(request, claims)
+        return json_response(200, record.public())
+
+    async def _patch_call(self, request: EdgeRequest, claims: tokens.Claims) -> EdgeResponse:
+        doc = read_json_object(request)
+        keys = sorted(set(doc))
+        if keys not in (["offer"], ["answer"]):
+            raise bad_request(
+                "body", "must hold exactly one of 'offer' (renegotiation, ICE restart) or 'answer'"
+            )
+        description = _description(doc, keys[0])
+        if description.type.value != keys[0]:
+            raise bad_request(f"{keys[0]}.type", f"must be {keys[0]!r}")
+        record = await self._owned_record(request, claims)
+        answer = await self.calls.renegotiate(record, description)
+        body: dict[str, Any] = {"call_id": record.call_id, "state": record.state}
+        if answer is not None:
+            body["answer"] = answer.to_json()
+        return json_response(200, body)
+
+    async def _delete_call(self, request: EdgeRequest, claims: tokens.Claims) -> EdgeResponse:
+        record = await self._owned_record(request, claims)
+        closed, was_open, cleanup = await self.calls.close_call(record.call_id, "closed by the caller")
+        body = {"call_id": closed.call_id, "state": closed.state, "closed_now": was_open, "cleanup": cleanup}
+        body["close_reason"] = closed.close_reason
+        return json_response(200, body)
+
+
+def _description(doc: dict[str, Any], key: str) -> SessionDescription:
+    value = doc.get(key)
+    if value is None:
+        raise bad_request(key, "is required: {'type': ..., 'sdp': ...}")
+    try:
+        return SessionDescription.from_json(value, key)
+    except SchemaError as exc:
+        raise bad_request(exc.field, exc.message) from None
+
+
+def build_app(
+    env: Mapping[str, str],
+    *,
+    fetch: Fetch,
+    records: RecordClient,
+    defer: Defer,
+    ip_limiter: RateLimiter,
+    token_limiter: RateLimiter,
+    registry_loader: Loader | None = None,
+    clock: Callable[[], float] = time.time,
+) -> EdgeApp:
+    """One app from an environment and the runtime's I/O; raises ``ConfigError`` naming a bad setting."""
+    config = load_config(env)
+    calls = CallService(config, fetch, records, defer=defer, clock=clock)
+    registry = CachedRegistry(config.relays_json, registry_loader)
+    return EdgeApp(config, calls, registry, ip_limiter, token_limiter, clock)

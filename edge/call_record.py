@@ -1,0 +1,293 @@
+"""One call's record and lifecycle: the logic of the per-call Durable Object, over injected storage.
+
+A call is ``created`` (the caller has its SDP answer, the relay is being attached), then ``connected``
+(the relay's voice is pulled into the caller's transceiver), then ``closed`` (by the caller, by a
+failure, or by the alarm that closes abandoned calls). The record holds the SFU session and track ids,
+the relay and why it was chosen, and the deadlines; the alarm fires at the next deadline. Storage is a
+small async key-value protocol, so the same class runs on a Durable Object's ``ctx.storage``
+(edge/entry.py) and in memory (edge/local.py, tests). Commands and replies are JSON-ready dicts: they
+cross the Durable Object RPC boundary as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Literal, Protocol
+
+CREATED: Final = "created"
+CONNECTED: Final = "connected"
+CLOSED: Final = "closed"
+STATES: Final = (CREATED, CONNECTED, CLOSED)
+RECORD_KEY: Final = "call"
+CALL_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # the relay's call id pattern (relay/control.py)
+MAX_ATTEMPTS_KEPT: Final = 8
+MAX_REASON_CHARS: Final = 300
+
+
+class RecordError(Exception):
+    """A command the record refuses: ``status`` 404 (no such call), 409 (wrong state) or 400 (bad command)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+
+class RecordStorage(Protocol):
+    """The slice of Durable Object storage the record uses (values are JSON text)."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def put(self, key: str, value: str) -> None: ...
+
+    async def set_alarm(self, at_ms: float) -> None: ...
+
+    async def delete_alarm(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    call_id: str
+    owner: str
+    state: str
+    created_at: float
+    setup_deadline: float  # not connected by then: abandoned
+    max_end: float  # closed at this time whatever happens
+    check_interval_s: float  # how often a connected call's SFU session is probed
+    relay: dict[str, Any] = field(default_factory=dict)
+    relay_reason: str = ""
+    relay_attempts: tuple[str, ...] = ()
+    caller: dict[str, Any] = field(default_factory=dict)  # where cf says the caller is
+    caller_session_id: str | None = None
+    caller_mid: str | None = None
+    caller_track: str = "mic"
+    relay_session_id: str | None = None
+    relay_track: str | None = None
+    pending_sfu_offer: str | None = None  # the SFU asked to renegotiate: the caller answers via PATCH
+    answered_at: float | None = None
+    connected_at: float | None = None
+    closed_at: float | None = None
+    close_reason: str | None = None
+    next_check: float | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.state != CLOSED
+
+    def public(self) -> dict[str, Any]:
+        """What the caller may see (GET /v1/calls/{id}): no SDP, no control URL."""
+        doc: dict[str, Any] = {
+            "call_id": self.call_id,
+            "state": self.state,
+            "relay": {
+                "id": self.relay.get("id"),
+                "region": self.relay.get("region"),
+                "reason": self.relay_reason,
+            },
+            "created_at": self.created_at,
+        }
+        for key in ("answered_at", "connected_at", "closed_at", "close_reason"):
+            value = getattr(self, key)
+            if value is not None:
+                doc[key] = value
+        if self.answered_at is not None and self.connected_at is not None:
+            doc["answer_to_connected_ms"] = round((self.connected_at - self.answered_at) * 1000, 1)
+        if self.relay_attempts:
+            doc["relay_attempts"] = list(self.relay_attempts)
+        if self.pending_sfu_offer is not None:
+            doc["renegotiation"] = {"offer": {"type": "offer", "sdp": self.pending_sfu_offer}}
+        return doc
+
+    def to_json(self) -> dict[str, Any]:
+        # Flat and JSON-ready already (relay and caller are small dicts of scalars): no deep copy.
+        doc = {name: getattr(self, name) for name in _FIELD_NAMES}
+        doc["relay_attempts"] = list(self.relay_attempts)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CallRecord:
+        values = {key: value for key, value in doc.items() if key in _FIELD_SET}
+        values["relay_attempts"] = tuple(values.get("relay_attempts") or ())
+        record = cls(**values)
+        if record.state not in STATES:
+            raise RecordError(500, "corrupt_record", f"state: unknown state {record.state[:20]!r}")
+        return record
+
+
+_FIELD_NAMES: Final = tuple(item.name for item in fields(CallRecord))
+_FIELD_SET: Final = frozenset(_FIELD_NAMES)
+
+# Fields an update may set, and the states each command may start from.
+UPDATABLE: Final = frozenset(
+    {
+        "caller_session_id",
+        "caller_mid",
+        "relay",
+        "relay_reason",
+        "relay_session_id",
+        "relay_track",
+        "pending_sfu_offer",
+        "answered_at",
+    }
+)
+
+
+def check_call_id(call_id: object) -> str:
+    if not isinstance(call_id, str) or not CALL_ID.fullmatch(call_id):
+        raise RecordError(
+            400, "invalid_call_id", "call_id: must be 1 to 64 characters of A-Z a-z 0-9 _ . : -"
+        )
+    return call_id
+
+
+AlarmKind = Literal["none", "close", "probe"]
+
+
+@dataclass(frozen=True)
+class AlarmAction:
+    kind: AlarmKind
+    record: CallRecord | None = None
+
+
+class CallObject:
+    """The Durable Object's logic: one record, its transitions and its alarm."""
+
+    def __init__(self, storage: RecordStorage, clock: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self.clock = clock
+
+    async def load(self) -> CallRecord | None:
+        text = await self.storage.get(RECORD_KEY)
+        return None if text is None else CallRecord.from_json(json.loads(text))
+
+    async def _save(self, record: CallRecord) -> CallRecord:
+        await self.storage.put(RECORD_KEY, json.dumps(record.to_json(), separators=(",", ":")))
+        await self._schedule(record)
+        return record
+
+    async def _schedule(self, record: CallRecord) -> None:
+        if record.state == CLOSED:
+            await self.storage.delete_alarm()
+            return
+        if record.state == CREATED:
+            due = record.setup_deadline
+        else:
+            due = min(record.max_end, record.next_check or record.max_end)
+        await self.storage.set_alarm(due * 1000.0)
+
+    async def _require(self, call_id: str) -> CallRecord:
+        record = await self.load()
+        if record is None or record.call_id != call_id:
+            raise RecordError(404, "unknown_call", f"call_id: no call {call_id!r}")
+        return record
+
+    async def dispatch(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """One command → ``{"record": ...}`` or ``{"error": ...}`` (the RPC's whole vocabulary)."""
+        try:
+            op = command.get("op")
+            call_id = check_call_id(command.get("call_id"))
+            if op == "create":
+                record = await self.create(CallRecord.from_json(command["record"]))
+            elif op == "get":
+                record = await self._require(call_id)
+            elif op == "update":
+                record = await self.update(call_id, command.get("set") or {})
+            elif op == "connect":
+                record = await self.connect(call_id, command.get("set") or {})
+            elif op == "attempt":
+                record = await self.note_attempt(call_id, str(command.get("attempt") or ""))
+            elif op == "close":
+                record, was_open = await self.close(call_id, str(command.get("reason") or "closed"))
+                return {"record": record.to_json(), "was_open": was_open}
+            else:
+                raise RecordError(
+                    400, "invalid_command", "op: must be create, get, update, connect, attempt or close"
+                )
+        except RecordError as exc:
+            return exc.to_json()
+        except (KeyError, TypeError, ValueError) as exc:
+            return RecordError(400, "invalid_command", f"bad command: {type(exc).__name__}").to_json()
+        return {"record": record.to_json()}
+
+    async def create(self, record: CallRecord) -> CallRecord:
+        check_call_id(record.call_id)
+        if await self.load() is not None:
+            raise RecordError(409, "call_exists", f"call_id: {record.call_id!r} already exists")
+        if record.state != CREATED:
+            raise RecordError(400, "invalid_command", "state: a new record starts as 'created'")
+        return await self._save(record)
+
+    def _changes(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(values) - UPDATABLE)
+        if unknown:
+            raise RecordError(400, "invalid_command", f"set: field {unknown[0][:40]!r} cannot be updated")
+        return dict(values)
+
+    async def update(self, call_id: str, values: Mapping[str, Any]) -> CallRecord:
+        record = await self._require(call_id)
+        if not record.open:
+            raise RecordError(409, "call_closed", f"call {call_id!r} is closed ({record.close_reason})")
+        return await self._save(replace(record, **self._changes(values)))
+
+    async def connect(self, call_id: str, values: Mapping[str, Any]) -> CallRecord:
+        """created → connected: the relay is attached and its voice pulled into the caller's transceiver."""
+        record = await self._require(call_id)
+        if record.state != CREATED:
+            raise RecordError(409, "call_" + record.state, f"call {call_id!r} is {record.state}, not created")
+        now = self.clock()
+        changed = replace(
+            record,
+            **self._changes(values),
+            state=CONNECTED,
+            connected_at=now,
+            next_check=now + record.check_interval_s,
+        )
+        return await self._save(changed)
+
+    async def note_attempt(self, call_id: str, attempt: str) -> CallRecord:
+        record = await self._require(call_id)
+        attempts = (*record.relay_attempts, attempt[:MAX_REASON_CHARS])[-MAX_ATTEMPTS_KEPT:]
+        return await self._save(replace(record, relay_attempts=attempts))
+
+    async def close(self, call_id: str, reason: str) -> tuple[CallRecord, bool]:
+        """→ (record, was_open). Idempotent: closing a closed call changes nothing."""
+        record = await self._require(call_id)
+        if not record.open:
+            return record, False
+        closed = replace(record, state=CLOSED, closed_at=self.clock(), close_reason=reason[:MAX_REASON_CHARS])
+        return await self._save(closed), True
+
+    async def alarm(self) -> AlarmAction:
+        """What is due now: close an abandoned or over-long call, probe a connected one, or nothing."""
+        record = await self.load()
+        if record is None or not record.open:
+            await self.storage.delete_alarm()
+            return AlarmAction("none", record)
+        now = self.clock()
+        if record.state == CREATED and now >= record.setup_deadline:
+            limit = record.setup_deadline - record.created_at
+            closed, _ = await self.close(record.call_id, f"abandoned: not connected within {limit:.0f} s")
+            return AlarmAction("close", closed)
+        if now >= record.max_end:
+            limit = record.max_end - record.created_at
+            closed, _ = await self.close(record.call_id, f"maximum call duration reached ({limit:.0f} s)")
+            return AlarmAction("close", closed)
+        if record.state == CONNECTED and record.next_check is not None and now >= record.next_check:
+            return AlarmAction("probe", record)
+        await self._schedule(record)  # woken early (or a stale alarm): set the right time again
+        return AlarmAction("none", record)
+
+    async def probed_alive(self, call_id: str) -> CallRecord:
+        """The probe found the caller still there: check again after the interval."""
+        record = await self._require(call_id)
+        if not record.open:
+            return record
+        return await self._save(replace(record, next_check=self.clock() + record.check_interval_s))

@@ -1,0 +1,519 @@
+"""Call setup and teardown at the edge: the caller's SFU session, the relay attach, the pull that wires them.
+
+One caller round trip: sessions/new, tracks/new pushing the caller's mic with its offer (bidirectional,
+so the same transceiver can later play the relay), and the SFU's answer goes straight back. The relay
+attach (a signed POST to the chosen relay, falling back down the ranked list) and the pull of the
+relay's voice into the caller's transceiver (``mid: "#mic"``, no renegotiation) run after the answer,
+in the Worker's ``waitUntil``: the relay's own pull of the caller's mic waits for the caller to connect,
+and the caller connects only once it has the answer. The call record (edge/call_record.py) follows
+each step, so an abandoned or half-built call is closed by its alarm.
+
+All I/O goes through an injected ``fetch`` (JS ``fetch`` in the Worker, httpx locally, recorded
+responses in tests and the benchmark) and an injected record client (the Durable Object's RPC, or
+in-process objects), so this module runs unchanged on CPython and Pyodide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import quote, urlsplit
+
+from edge.call_record import CREATED, CallObject, CallRecord
+from edge.config import EdgeConfig
+from edge.offer import check_offer
+from edge.realtime_api import (
+    CloseTracksRequest,
+    ErrorCode,
+    HttpRequest,
+    RenegotiateRequest,
+    ResourceStatus,
+    RetryPolicy,
+    SessionDescription,
+    SfuApiError,
+    TrackObject,
+    TracksRequest,
+    build_close_tracks,
+    build_get_session,
+    build_new_session,
+    build_new_tracks,
+    build_renegotiate,
+    clean_text,
+    mid_for_track,
+    parse_close_tracks,
+    parse_get_session,
+    parse_new_session,
+    parse_new_tracks,
+    parse_renegotiate,
+)
+from edge.relays import CallerLocation, Choice
+from edge.signing import sign_headers
+from edge.turn_api import build_generate_ice_servers, parse_generate_ice_servers
+from edge.web import EdgeError
+
+T = TypeVar("T")
+log = logging.getLogger("splitrelay.edge.calls")
+
+CALLER_TRACK: Final = "mic"
+MAX_RELAY_ATTEMPTS: Final = 3
+MAX_RESPONSE_BYTES: Final = 1 << 20
+# The caller is waiting: few, short retries (429 and 5xx only; RetryPolicy decides).
+EDGE_RETRY: Final = RetryPolicy(
+    max_attempts=3, base_delay=0.1, max_delay=1.0, max_retry_after=2.0, max_elapsed=5.0
+)
+
+
+@dataclass(frozen=True, repr=False)
+class Outbound:
+    """One outgoing HTTP request for the injected ``fetch``; repr leaves headers out (bearer, signature).
+
+    ``timeout_s`` bounds the whole exchange; the fetch adapter enforces it with the platform's own
+    timer (``AbortSignal.timeout`` in the Worker, httpx's timeout locally), which costs less CPU in
+    Pyodide than an asyncio timer per request.
+    """
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None = None
+    timeout_s: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"Outbound({self.method} {urlsplit(self.url).path})"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class FetchError(Exception):
+    """No HTTP response (DNS, connection, TLS): raised by the fetch adapters."""
+
+
+Fetch = Callable[[Outbound], Awaitable[Inbound]]
+Defer = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class RecordClient(Protocol):
+    """Sends one command to a call's record (edge/call_record.py ``CallObject.dispatch``)."""
+
+    async def send(self, call_id: str, command: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CallCreated:
+    record: CallRecord
+    answer: SessionDescription
+    ice_servers: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call_id": self.record.call_id,
+            "state": self.record.state,
+            "answer": self.answer.to_json(),
+            "ice_servers": self.ice_servers,
+            "relay": {"id": self.record.relay.get("id"), "region": self.record.relay.get("region")},
+        }
+
+
+def new_call_id() -> str:
+    return "call-" + secrets.token_hex(12)
+
+
+class CallService:
+    """Everything a call needs from the outside world, behind one object per isolate or process."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        fetch: Fetch,
+        records: RecordClient,
+        *,
+        defer: Defer,
+        clock: Callable[[], float] = time.time,
+        retry: RetryPolicy = EDGE_RETRY,
+    ) -> None:
+        self.config = config
+        self._fetch = fetch
+        self.records = records
+        self._defer = defer
+        self.clock = clock
+        self._retry = retry
+        self._rng = random.Random()
+
+    # --- I/O helpers ------------------------------------------------------------------------------
+
+    async def _send(self, request: Outbound) -> Inbound:
+        response = await self._fetch(replace(request, timeout_s=self.config.request_timeout_s))
+        if len(response.body) > MAX_RESPONSE_BYTES:
+            raise FetchError(f"response body exceeds {MAX_RESPONSE_BYTES} bytes")
+        return response
+
+    async def _api(self, request: HttpRequest, parse: Callable[[int, bytes], T]) -> T:
+        """A Realtime API call (SFU or TURN) with bounded retries on 429/5xx/no response."""
+        started = self.clock()
+        outbound = Outbound(
+            request.method, request.url(self.config.sfu_api_url), request.headers, request.body_bytes
+        )
+        for attempt in range(1, self._retry.max_attempts + 1):
+            retry_after = None
+            try:
+                response = await self._send(outbound)
+                retry_after = response.headers.get("retry-after")
+                return parse(response.status, response.body)
+            except FetchError as exc:
+                error = SfuApiError(0, ErrorCode.CONNECTION_ERROR, str(exc), True)
+            except SfuApiError as exc:
+                error = exc
+            delay = self._retry.next_delay(
+                attempts_made=attempt,
+                elapsed=self.clock() - started,
+                retryable=error.retryable,
+                rng=self._rng,
+                retry_after=retry_after,
+            )
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+        raise AssertionError("RetryPolicy.next_delay gives up at max_attempts")
+
+    async def _record(self, call_id: str, command: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.records.send(call_id, {**command, "call_id": call_id})
+        error = reply.get("error")
+        if isinstance(error, dict):
+            status = int(error.get("status", 500))
+            raise EdgeError(status, str(error.get("code", "record_error")), str(error.get("message", "")))
+        return reply
+
+    async def get_record(self, call_id: str) -> CallRecord:
+        reply = await self._record(call_id, {"op": "get"})
+        return CallRecord.from_json(reply["record"])
+
+    async def _update(self, call_id: str, op: str, values: dict[str, Any]) -> CallRecord:
+        reply = await self._record(call_id, {"op": op, "set": values})
+        return CallRecord.from_json(reply["record"])
+
+    # --- ICE servers -------------------------------------------------------------------------------
+
+    async def ice_servers(self) -> list[dict[str, Any]]:
+        """Short-lived TURN credentials (port 53 dropped), or the STUN URLs when no TURN key is set."""
+        if self.config.turn is None:
+            return [{"urls": list(self.config.stun_urls)}]
+        request = build_generate_ice_servers(self.config.turn, self.config.turn_ttl_s)
+        try:
+            servers = await self._api(request, parse_generate_ice_servers)
+        except SfuApiError as exc:
+            raise sfu_error("turn", exc) from None
+        return list(servers.without_port_53().to_json()["iceServers"])
+
+    async def _ice_servers_or_stun(self) -> list[dict[str, Any]]:
+        """For the call answer: a TURN outage must not fail a call that already has its candidates."""
+        try:
+            return await self.ice_servers()
+        except EdgeError as exc:
+            log.warning("TURN credentials unavailable, answering with STUN only: %s", exc.message)
+            return [{"urls": list(self.config.stun_urls)}]
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    async def create_call(
+        self, offer_sdp: str, owner: str, where: CallerLocation, choices: list[Choice]
+    ) -> CallCreated:
+        """Push the caller's mic with its offer, return the SFU's answer; the relay follows in background."""
+        facts = check_offer(offer_sdp)
+        call_id = new_call_id()
+        now = self.clock()
+        record = CallRecord(
+            call_id=call_id,
+            owner=owner,
+            state=CREATED,
+            created_at=now,
+            setup_deadline=now + self.config.call_setup_timeout_s,
+            max_end=now + self.config.max_call_s,
+            check_interval_s=self.config.call_check_interval_s,
+            relay=choices[0].relay.summary(),
+            relay_reason=choices[0].reason,
+            caller=where.to_json(),
+            caller_mid=facts.mid,
+        )
+        ice_task = asyncio.ensure_future(self._ice_servers_or_stun())
+        session_id: str | None = None
+        try:
+            session = await self._api(
+                build_new_session(self.config.sfu, correlation_id=call_id), parse_new_session
+            )
+            session_id = session.session_id
+            push = TracksRequest(
+                session_description=SessionDescription.offer(offer_sdp),
+                tracks=(
+                    TrackObject.local(
+                        CALLER_TRACK, mid=facts.mid, kind="audio", bidirectional_media_stream=True
+                    ),
+                ),
+            )
+            pushed = await self._api(build_new_tracks(self.config.sfu, session_id, push), parse_new_tracks)
+            pushed.raise_for_item_errors()
+            if pushed.session_description is None:
+                raise SfuApiError(200, ErrorCode.INVALID_RESPONSE, "tracks/new returned no answer", False)
+            # The record is created once there is something to clean up and before the caller hears of
+            # the call: from here on, the Durable Object's alarm owns the call's end.
+            record = replace(record, caller_session_id=session_id, answered_at=self.clock())
+            await self._record(call_id, {"op": "create", "record": record.to_json()})
+        except BaseException as exc:
+            ice_task.cancel()
+            if session_id is not None:  # an SFU session exists but no record will close it: do it now
+                await self.teardown(replace(record, caller_session_id=session_id, relay={}))
+            if isinstance(exc, SfuApiError):
+                raise sfu_error("push", exc) from None
+            raise
+        self._defer(self.attach_relay(record, choices))
+        return CallCreated(record, pushed.session_description, await ice_task)
+
+    async def attach_relay(self, record: CallRecord, choices: list[Choice]) -> None:
+        """Background: ask relays in rank order to attach, then pull the first one's voice to the caller."""
+        try:
+            await self._attach_relay(record, choices)
+        except Exception as exc:  # background work: log, close, never raise into waitUntil
+            log.warning("call %s: relay attach failed: %s", record.call_id, exc)
+            try:
+                await self.close_call(record.call_id, f"relay attach failed: {type(exc).__name__}")
+            except EdgeError as close_error:
+                log.warning("call %s: close after a failed attach failed: %s", record.call_id, close_error)
+
+    async def _attach_relay(self, record: CallRecord, choices: list[Choice]) -> Choice | None:
+        """→ the relay that took the call, or None (all refused: the call is closed)."""
+        call_id = record.call_id
+        if record.caller_session_id is None:
+            raise RuntimeError("no caller session to attach to")
+        for choice in choices[:MAX_RELAY_ATTEMPTS]:
+            try:
+                relay_session, relay_track = await self.relay_attach(choice, record)
+            except RelayError as exc:
+                try:
+                    await self._record(call_id, {"op": "attempt", "attempt": f"{choice.relay.id}: {exc}"})
+                finally:
+                    if exc.maybe_attached:
+                        await self.relay_close(choice.relay.summary(), call_id)
+                continue
+            try:
+                connected = await self._wire(record, choice, relay_session, relay_track)
+            except BaseException:
+                await self.relay_close(choice.relay.summary(), call_id)  # the record does not name it yet
+                raise
+            if not connected:
+                await self.relay_close(choice.relay.summary(), call_id)
+            return choice
+        tried = min(len(choices), MAX_RELAY_ATTEMPTS)
+        await self.close_call(call_id, f"no relay accepted the call ({tried} tried)")
+        return None
+
+    async def _wire(self, record: CallRecord, choice: Choice, relay_session: str, relay_track: str) -> bool:
+        """Pull the relay's voice into the caller's transceiver, then mark the call connected.
+
+        False when the call was closed meanwhile (the caller hung up): its SFU track is closed here."""
+        assert record.caller_session_id is not None
+        pull = TracksRequest(
+            tracks=(
+                TrackObject.remote(relay_session, relay_track, mid=mid_for_track(CALLER_TRACK), kind="audio"),
+            )
+        )
+        request = build_new_tracks(self.config.sfu, record.caller_session_id, pull)
+        pulled = await self._api(request, parse_new_tracks)
+        pulled.raise_for_item_errors()
+        values: dict[str, Any] = {
+            "relay": choice.relay.summary(),
+            "relay_reason": choice.reason,
+            "relay_session_id": relay_session,
+            "relay_track": relay_track,
+        }
+        if pulled.requires_immediate_renegotiation and pulled.session_description is not None:
+            values["pending_sfu_offer"] = pulled.session_description.sdp
+        try:
+            await self._update(record.call_id, "connect", values)
+        except EdgeError:
+            await self.teardown(replace(record, relay={}))
+            return False
+        return True
+
+    async def relay_attach(self, choice: Choice, record: CallRecord) -> tuple[str, str]:
+        """Signed POST {control_url}/v1/calls (mode sfu) → (relay session id, relay track name)."""
+        body = json.dumps(
+            {
+                "call_id": record.call_id,
+                "mode": "sfu",
+                "sfu": {"caller_session_id": record.caller_session_id, "caller_track_name": CALLER_TRACK},
+                "metadata": {"edge_relay_reason": choice.reason[:200], **record.caller},
+            },
+            separators=(",", ":"),
+        ).encode()
+        try:
+            response = await self._relay_request(choice.relay.summary(), "POST", "/v1/calls", body)
+        except FetchError as exc:
+            raise RelayError(f"no response ({clean_text(str(exc), 120)})", maybe_attached=True) from None
+        if response.status != 201:
+            raise RelayError(f"HTTP {response.status} {_relay_message(response.body)}", maybe_attached=False)
+        try:
+            doc = json.loads(response.body)
+            session_id, track = doc["sfu_session_id"], doc["sfu_track_name"]
+        except (ValueError, KeyError, TypeError):
+            raise RelayError("201 without sfu_session_id and sfu_track_name", maybe_attached=True) from None
+        if not (isinstance(session_id, str) and isinstance(track, str) and session_id and track):
+            raise RelayError(
+                "sfu_session_id and sfu_track_name must be non-empty strings", maybe_attached=True
+            )
+        return session_id, track
+
+    async def _relay_request(self, relay: Mapping[str, Any], method: str, path: str, body: bytes) -> Inbound:
+        base = str(relay["control_url"])
+        full_path = urlsplit(base).path.rstrip("/") + path
+        headers = sign_headers(
+            self.config.relay_signing_key, method, full_path, body, key_id=self.config.relay_signing_key_id
+        )
+        headers["content-type"] = "application/json"
+        return await self._send(Outbound(method, base + path, tuple(headers.items()), body))
+
+    async def relay_close(self, relay: Mapping[str, Any], call_id: str) -> str:
+        """Signed DELETE {control_url}/v1/calls/{id}: idempotent on the relay."""
+        if not relay.get("control_url"):
+            return "no relay"
+        try:
+            response = await self._relay_request(relay, "DELETE", f"/v1/calls/{quote(call_id, safe='')}", b"")
+        except FetchError as exc:
+            return f"error: {clean_text(str(exc), 120)}"
+        return "ok" if response.status == 200 else f"error: HTTP {response.status}"
+
+    # --- renegotiation, close, probe ---------------------------------------------------------------
+
+    async def renegotiate(
+        self, record: CallRecord, description: SessionDescription
+    ) -> SessionDescription | None:
+        """PATCH: the caller's new offer (ICE restart) → the SFU's answer; or the caller's answer → None."""
+        if not record.open or record.caller_session_id is None:
+            raise EdgeError(409, "call_" + record.state, f"call {record.call_id!r} is {record.state}")
+        if description.type.value == "offer":
+            check_offer(description.sdp)
+        elif record.pending_sfu_offer is None:
+            raise EdgeError(409, "no_pending_offer", "answer: the SFU has no offer waiting for an answer")
+        request = build_renegotiate(
+            self.config.sfu, record.caller_session_id, RenegotiateRequest(session_description=description)
+        )
+        try:
+            response = await self._api(request, parse_renegotiate)
+        except SfuApiError as exc:
+            raise sfu_error("renegotiate", exc) from None
+        if description.type.value == "answer":
+            await self._update(record.call_id, "update", {"pending_sfu_offer": None})
+            return None
+        if response.session_description is None:
+            raise sfu_error("renegotiate", SfuApiError(200, ErrorCode.INVALID_RESPONSE, "no answer", False))
+        return response.session_description
+
+    async def close_call(self, call_id: str, reason: str) -> tuple[CallRecord, bool, dict[str, str]]:
+        """Close the record, then the SFU track and the relay's call. Idempotent: closed stays closed."""
+        reply = await self._record(call_id, {"op": "close", "reason": reason})
+        record = CallRecord.from_json(reply["record"])
+        cleanup = await self.teardown(record) if reply.get("was_open") else {}
+        return record, bool(reply.get("was_open")), cleanup
+
+    async def teardown(self, record: CallRecord) -> dict[str, str]:
+        """Close the caller's SFU transceiver (both directions) and tell the relay; report, never raise."""
+        results: dict[str, str] = {}
+        if record.caller_session_id is not None and record.caller_mid is not None:
+            request = build_close_tracks(
+                self.config.sfu,
+                record.caller_session_id,
+                CloseTracksRequest.for_mids([record.caller_mid], force=True),
+            )
+            try:
+                closed = await self._api(request, parse_close_tracks)
+                closed.raise_for_item_errors()
+                results["sfu"] = "ok"
+            except SfuApiError as exc:
+                results["sfu"] = f"error: {exc.code}"
+        results["relay"] = await self.relay_close(record.relay, record.call_id)
+        return results
+
+    async def probe(self, record: CallRecord) -> str | None:
+        """None while the caller's SFU session and mic are alive, else why the call is abandoned."""
+        if record.caller_session_id is None:
+            return "no SFU session"
+        try:
+            state = await self._api(
+                build_get_session(self.config.sfu, record.caller_session_id), parse_get_session
+            )
+        except SfuApiError as exc:
+            if exc.status in (404, 410):
+                return f"abandoned: the caller's SFU session is gone (HTTP {exc.status})"
+            return None  # a transient error is no proof the caller left
+        for track in state.tracks:
+            if track.mid == record.caller_mid and track.track_name == record.caller_track:
+                if track.status is ResourceStatus.INACTIVE:
+                    return "abandoned: the caller's mic track is inactive on the SFU"
+                return None
+        return "abandoned: the caller's mic track is gone from the SFU session"
+
+
+async def run_alarm(obj: CallObject, service: CallService) -> str:
+    """The Durable Object alarm: close what is due (and clean up), or probe a connected call."""
+    action = await obj.alarm()
+    if action.kind == "close" and action.record is not None:
+        await service.teardown(action.record)
+        return "closed: " + (action.record.close_reason or "")
+    if action.kind == "probe" and action.record is not None:
+        why = await service.probe(action.record)
+        if why is None:
+            await obj.probed_alive(action.record.call_id)
+            return "alive"
+        record, was_open = await obj.close(action.record.call_id, why)
+        if was_open:
+            await service.teardown(record)
+        return "closed: " + why
+    return "none"
+
+
+class RelayError(Exception):
+    """The relay did not attach; ``maybe_attached`` when it may have (timeout, bad 201) and needs a DELETE."""
+
+    def __init__(self, message: str, *, maybe_attached: bool) -> None:
+        super().__init__(message)
+        self.maybe_attached = maybe_attached
+
+
+def _relay_message(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        return clean_text(str(doc["error"]["code"]), 60)
+    except (ValueError, KeyError, TypeError):
+        return f"({len(body)}-byte body)"
+
+
+def sfu_error(step: str, exc: SfuApiError) -> EdgeError:
+    """Map an SFU/TURN failure to what the caller should see: their fault (400), ours (502/503/504)."""
+    detail = f"{exc.code}: {exc.description}"
+    if (
+        step in ("push", "renegotiate")
+        and exc.status in (200, 400)
+        and exc.code != ErrorCode.INVALID_RESPONSE
+    ):
+        return EdgeError(400, "invalid_offer", f"offer.sdp: the SFU refused it ({detail})", field="offer.sdp")
+    if exc.status in (401, 403):
+        return EdgeError(
+            502, "sfu_unauthorized", "the SFU refused the edge's credentials (check SFU_APP_ID/secret)"
+        )
+    if step == "renegotiate" and exc.status in (404, 410):
+        return EdgeError(409, "session_gone", f"the call's SFU session is gone ({detail})")
+    if exc.status == 429:
+        return EdgeError(503, "sfu_busy", f"the SFU is rate limiting ({detail})", retry_after=1)
+    if exc.status == 0:
+        return EdgeError(504, "sfu_unreachable", f"no response from the SFU ({exc.description})")
+    return EdgeError(502, "sfu_error", f"the SFU failed ({'HTTP ' + str(exc.status)}, {detail})")

@@ -1,0 +1,233 @@
+"""The Cloudflare Python Worker: adapts ``workers`` Request/Response/env to edge/app.py, nothing more.
+
+wrangler uploads edge/ flat (module names relative to this file's folder: ``entry.py``, ``app.py``...),
+so in the Worker this module is the top-level ``entry`` and the ``edge`` package does not exist until
+:func:`_mount_edge_package` registers this folder as it. On CPython (tests) ``edge`` is already a
+package and nothing is mounted. Only this module imports ``workers`` and ``js``.
+
+- ``Default`` (``WorkerEntrypoint``): every request that is not a static asset.
+- ``CallRecordObject`` (``DurableObject``): one per call; its record and alarm (edge/call_record.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+
+def _mount_edge_package() -> None:
+    """Make ``import edge.x`` load the sibling modules wrangler uploaded next to this one."""
+    if "edge" in sys.modules or __package__:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "edge", os.path.join(here, "__init__.py"), submodule_search_locations=[here]
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot mount the edge package from {here}")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["edge"] = package
+    spec.loader.exec_module(package)
+
+
+_mount_edge_package()
+
+from workers import DurableObject, Response, WorkerEntrypoint  # noqa: E402
+
+from edge.app import EdgeApp, build_app  # noqa: E402
+from edge.call_record import CallObject  # noqa: E402
+from edge.calls import FetchError, Inbound, Outbound, run_alarm  # noqa: E402
+from edge.config import SECRET_NAMES, VAR_NAMES, ConfigError  # noqa: E402
+from edge.web import EdgeError, EdgeRequest, check_body_size  # noqa: E402
+
+CALLS_BINDING = "CALLS"  # Durable Object namespace (wrangler.toml)
+REGISTRY_BINDING = "RELAY_REGISTRY"  # KV namespace: key "relays" overrides the RELAYS var
+IP_LIMIT_BINDING = "IP_RATE_LIMIT"  # Rate Limiting bindings
+TOKEN_LIMIT_BINDING = "TOKEN_RATE_LIMIT"
+CF_KEYS = ("latitude", "longitude", "continent", "country", "colo", "region")
+BODY_METHODS = ("POST", "PATCH", "PUT")
+
+_current_ctx: contextvars.ContextVar[Any] = contextvars.ContextVar("ctx")
+# One app per isolate (its relay registry cache lives on); rebuilt only if the env's settings change.
+_cached: tuple[dict[str, str], EdgeApp] | None = None
+
+
+def _env_strings(env: Any) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name in (*VAR_NAMES, *SECRET_NAMES):
+        value = getattr(env, name, None)
+        if isinstance(value, str):
+            values[name] = value
+    return values
+
+
+async def _fetch(request: Outbound) -> Inbound:
+    """The platform's ``fetch``, called directly: no redirects (a bearer header must not travel), the
+    timeout as an ``AbortSignal``, only the header we read (Retry-After) brought into Python."""
+    import js
+    from pyodide.ffi import to_js
+
+    options: dict[str, Any] = {
+        "method": request.method,
+        "headers": dict(request.headers),
+        "redirect": "manual",
+        "signal": js.AbortSignal.timeout(int(request.timeout_s * 1000)),
+    }
+    if request.body is not None:
+        options["body"] = request.body.decode("utf-8")
+    try:
+        response = await js.fetch(request.url, to_js(options, dict_converter=js.Object.fromEntries))
+        payload = (await response.arrayBuffer()).to_bytes()
+    except Exception as exc:  # JsException: network failure, abort on timeout
+        raise FetchError(f"{type(exc).__name__} on {request.method} {urlsplit(request.url).path}") from None
+    retry_after = response.headers.get("retry-after")
+    headers = {} if retry_after is None else {"retry-after": str(retry_after)}
+    return Inbound(int(response.status), headers, bytes(payload))
+
+
+class _DurableRecords:
+    """Record commands as JSON over Durable Object RPC: ``stub.dispatch(text) -> text``."""
+
+    def __init__(self, namespace: Any) -> None:
+        self.namespace = namespace
+
+    async def send(self, call_id: str, command: dict[str, Any]) -> dict[str, Any]:
+        stub = self.namespace.get(self.namespace.idFromName(call_id))
+        reply = await stub.dispatch(json.dumps(command, separators=(",", ":")))
+        result: dict[str, Any] = json.loads(str(reply))
+        return result
+
+
+class _BindingLimiter:
+    """Cloudflare's Rate Limiting binding; an absent binding means no limit of that kind."""
+
+    def __init__(self, binding: Any) -> None:
+        self.binding = binding
+
+    async def allow(self, key: str) -> bool:
+        if self.binding is None:
+            return True
+        outcome = await self.binding.limit({"key": key})
+        success = outcome.get("success") if isinstance(outcome, dict) else getattr(outcome, "success", None)
+        return bool(success)
+
+
+def _defer(coro: Any) -> None:
+    """Run after the response: ``ctx.waitUntil`` keeps the isolate alive until the task is done."""
+    _current_ctx.get().waitUntil(asyncio.ensure_future(coro))
+
+
+def _app(env: Any) -> EdgeApp:
+    global _cached
+    settings = _env_strings(env)
+    if _cached is None or _cached[0] != settings:
+        kv = getattr(env, REGISTRY_BINDING, None)
+
+        async def registry_loader() -> str | None:
+            if kv is None:
+                return None
+            value = await kv.get("relays")
+            return value if isinstance(value, str) else None
+
+        app = build_app(
+            settings,
+            fetch=_fetch,
+            records=_DurableRecords(getattr(env, CALLS_BINDING)),
+            defer=_defer,
+            ip_limiter=_BindingLimiter(getattr(env, IP_LIMIT_BINDING, None)),
+            token_limiter=_BindingLimiter(getattr(env, TOKEN_LIMIT_BINDING, None)),
+            registry_loader=registry_loader,
+        )
+        _cached = (settings, app)
+    return _cached[1]
+
+
+def _cf(request: Any) -> dict[str, object]:
+    try:
+        cf = request.cf
+    except AttributeError:  # a JS undefined ``cf`` (previews, requests built by hand) raises here
+        return {}
+    if cf is None:
+        return {}
+    values: dict[str, object] = {}
+    for key in CF_KEYS:
+        value = getattr(cf, key, None)
+        if isinstance(value, str | int | float):
+            values[key] = value
+    return values
+
+
+async def _edge_request(request: Any) -> EdgeRequest:
+    js_request = request.js_object
+    method = str(js_request.method).upper()
+    headers = {str(key).lower(): str(value) for key, value in request.headers.items()}
+    body = b""
+    if method in BODY_METHODS:
+        check_body_size(headers.get("content-length"))
+        body = await request.bytes()
+    url = urlsplit(str(js_request.url))
+    return EdgeRequest(
+        method=method,
+        path=url.path,
+        query=url.query,
+        headers=headers,
+        body=bytes(body),
+        client_ip=headers.get("cf-connecting-ip", ""),
+        cf=_cf(request),
+    )
+
+
+class Default(WorkerEntrypoint):  # type: ignore[misc]
+    async def fetch(self, request: Any) -> Any:
+        _current_ctx.set(self.ctx)
+        try:
+            app = _app(self.env)
+            edge_request = await _edge_request(request)
+            response = await app.handle(edge_request)
+        except ConfigError as exc:
+            response = exc.edge_error().response()
+        except EdgeError as exc:
+            response = exc.response()
+        return Response(response.body, status=response.status, headers=list(response.headers))
+
+
+class CallRecordObject(DurableObject):  # type: ignore[misc]
+    """One call's record; its alarm closes the call when abandoned or over time."""
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self.logic = CallObject(_DurableStorage(ctx.storage))
+
+    async def dispatch(self, command: str) -> str:
+        reply = await self.logic.dispatch(json.loads(command))
+        return json.dumps(reply, separators=(",", ":"))
+
+    async def alarm(self, *_info: Any) -> None:
+        _current_ctx.set(self.ctx)
+        await run_alarm(self.logic, _app(self.env).calls)
+
+
+class _DurableStorage:
+    """``ctx.storage`` (JS Durable Object storage) as edge/call_record.py's RecordStorage."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    async def get(self, key: str) -> str | None:
+        value = await self.storage.get(key)
+        return value if isinstance(value, str) else None
+
+    async def put(self, key: str, value: str) -> None:
+        await self.storage.put(key, value)
+
+    async def set_alarm(self, at_ms: float) -> None:
+        await self.storage.setAlarm(at_ms)
+
+    async def delete_alarm(self) -> None:
+        await self.storage.deleteAlarm()

@@ -1,0 +1,77 @@
+"""The per-call Durable Object's logic (edge/call_record.py): commands, transitions, refusals, alarm time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edge.call_record import CREATED, CallObject, CallRecord
+from edge.local import MemoryStorage
+
+NOW = 1_800_000_000.0
+
+
+async def no_alarm() -> None:
+    return None
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    base = CallRecord(
+        call_id="call-1", owner="alice", state=CREATED, created_at=NOW, setup_deadline=NOW + 20,
+        max_end=NOW + 3600, check_interval_s=60,
+    )  # fmt: skip
+    return {**base.to_json(), **changes}
+
+
+@pytest.fixture
+def obj() -> CallObject:
+    return CallObject(MemoryStorage(no_alarm, lambda: NOW), lambda: NOW)
+
+
+async def test_lifecycle_and_alarm_times(obj: CallObject) -> None:
+    storage = obj.storage
+    assert isinstance(storage, MemoryStorage)
+    created = await obj.dispatch({"op": "create", "call_id": "call-1", "record": record()})
+    assert created["record"]["state"] == "created" and storage.alarm_at_ms == (NOW + 20) * 1000
+    connected = await obj.dispatch({"op": "connect", "call_id": "call-1", "set": {"relay_track": "t"}})
+    assert connected["record"]["state"] == "connected" and storage.alarm_at_ms == (NOW + 60) * 1000
+    closed = await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "bye"})
+    assert closed["was_open"] is True and storage.alarm_at_ms is None
+    again = await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "again"})
+    assert again["was_open"] is False and again["record"]["close_reason"] == "bye"
+    await storage.delete_alarm()
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "code"),
+    [
+        ({"op": "get", "call_id": "call-2"}, 404, "unknown_call"),
+        ({"op": "get", "call_id": "bad id"}, 400, "invalid_call_id"),
+        ({"op": "explode", "call_id": "call-1"}, 400, "invalid_command"),
+        ({"op": "update", "call_id": "call-1", "set": {"owner": "mallory"}}, 400, "invalid_command"),
+        ({"op": "create", "call_id": "call-1", "record": record()}, 409, "call_exists"),
+        ({"op": "create", "call_id": "call-1"}, 400, "invalid_command"),
+    ],
+)
+async def test_refusals(obj: CallObject, command: dict[str, Any], status: int, code: str) -> None:
+    await obj.dispatch({"op": "create", "call_id": "call-1", "record": record()})
+    reply = await obj.dispatch(command)
+    assert reply["error"]["status"] == status and reply["error"]["code"] == code
+    await obj.storage.delete_alarm()
+
+
+async def test_closed_calls_refuse_changes(obj: CallObject) -> None:
+    await obj.dispatch({"op": "create", "call_id": "call-1", "record": record()})
+    await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "bye"})
+    update = await obj.dispatch({"op": "update", "call_id": "call-1", "set": {"relay_track": "x"}})
+    assert update["error"]["code"] == "call_closed"
+    connect = await obj.dispatch({"op": "connect", "call_id": "call-1"})
+    assert connect["error"]["status"] == 409
+
+
+def test_public_view_hides_internals() -> None:
+    view = CallRecord.from_json(record(relay={"id": "r", "control_url": "https://secret.test"})).public()
+    assert "control_url" not in str(view) and view["relay"]["id"] == "r"
+    with pytest.raises(Exception, match="unknown state"):
+        CallRecord.from_json(record(state="zombie"))
