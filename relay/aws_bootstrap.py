@@ -376,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BootstrapError("exec: give the command after --")
             env = {**os.environ, **load_relay_secrets(session.client("ssm"), prefix)}
             os.execvpe(command[0], command, env)
+            return 0  # not reached: execvpe replaces this process
         instance_id = asyncio.run(_instance_id())
         if args.command == "prepare":
             slot = claim_elastic_ip(session.client("ec2"), instance_id, args.stack, args.region_key)

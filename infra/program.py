@@ -1,0 +1,110 @@
+"""The whole stack: settings -> Cloudflare edge -> relays in every region -> stack outputs.
+
+`infra/__main__.py` calls `run()`; tests call `build()` with settings and a wrangler.toml of their own
+under Pulumi's mocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.cost import CONFIG_NAMESPACE, cost_arguments
+from infra.edge import Edge, build_edge, worker_secrets_json, worker_vars
+from infra.relays import GA_REGION, RegionRelays, build_region, origin_tls, ssl_strict_rule
+from infra.settings import InfraConfigError, StackSettings, parse_settings
+from infra.wrangler import WorkerSpec, load_worker_spec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WRANGLER_TOML = REPO_ROOT / "wrangler.toml"
+_SCALARS = (
+    "accountId",
+    "zoneId",
+    "zoneName",
+    "hostname",
+    "packageSpec",
+    "relayPortRange",
+    "stableAddress",
+    "workerCodeOwner",
+    "edgeAttach",
+    "sfuApiUrl",
+    "relayHostPrefix",
+    "manageSslRule",
+)
+_STRUCTURED = ("regions", "allowedOrigins", "controlAllowList", "mediaAllowList")
+
+
+@dataclass
+class Stack:
+    settings: StackSettings
+    spec: WorkerSpec
+    edge: Edge
+    regions: list[RegionRelays]
+
+
+def settings_from_pulumi() -> StackSettings:
+    """The `splitrelay:` namespace of the stack config: strings as given, lists and objects from JSON."""
+    config = pulumi.Config(CONFIG_NAMESPACE)
+    raw: dict[str, Any] = {}
+    for key in _SCALARS:
+        text = config.get(key)
+        if text is not None:
+            raw[key] = text
+    for key in _STRUCTURED:
+        try:
+            value = config.get_object(key)
+        except pulumi.ConfigTypeError:
+            raise InfraConfigError(key, "must be a list or object (set it with --path or in YAML)") from None
+        if value is not None:
+            raw[key] = value
+    return parse_settings(raw, pulumi.get_stack())
+
+
+def build(settings: StackSettings, spec: WorkerSpec) -> Stack:
+    edge = build_edge(settings, spec)
+    origin = origin_tls(settings)
+    if settings.manage_ssl_rule:
+        ssl_strict_rule(settings)
+    ga_provider = (
+        aws.Provider("aws-global-accelerator", region=GA_REGION)
+        if settings.stable_address == "global-accelerator"
+        else None
+    )
+    regions = [
+        build_region(
+            settings, region, edge.relay_signing_key, edge.sfu.uid, edge.sfu.secret, origin, ga_provider
+        )
+        for region in settings.regions
+    ]
+    pulumi.export("edgeUrl", settings.edge_url)
+    pulumi.export("sfuAppId", edge.sfu.uid)
+    pulumi.export("turnKeyId", edge.turn.uid)
+    pulumi.export("kvNamespaceId", edge.kv_namespace_id)
+    pulumi.export("workerCodeOwner", settings.worker_code_owner)
+    pulumi.export("workerSecrets", worker_secrets_json(edge.env))
+    pulumi.export("workerVars", worker_vars(edge.env))
+    pulumi.export(
+        "relayEndpoints",
+        {
+            r.region.key: {
+                "awsRegion": r.region.aws_region,
+                "controlUrls": [f"https://{h}" for h in r.hostnames],
+                "addresses": [eip.public_ip for eip in r.addresses],
+                "accelerators": [a.dns_name for a in r.accelerators],
+                "autoScalingGroup": r.group.name,
+            }
+            for r in regions
+        },
+    )
+    flags, notes = cost_arguments(settings)
+    pulumi.export("costCommand", "splitrelay cost " + " ".join(flags))
+    pulumi.export("costNotes", notes)
+    return Stack(settings, spec, edge, regions)
+
+
+def run() -> None:
+    build(settings_from_pulumi(), load_worker_spec(WRANGLER_TOML))

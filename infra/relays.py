@@ -1,0 +1,434 @@
+"""AWS, per region: network, security group, SSM secrets, relay slots with stable addresses, and the
+auto-scaling group of relays; plus each slot's proxied DNS name and the shared origin certificate.
+
+A *slot* is one relay's public identity: an Elastic IP (tagged with stack, region and slot number),
+a proxied DNS name `relay-<region>-<n>.<zone>` (Workers cannot fetch IP addresses, and only port 443)
+and one entry in the relay registry. A booting instance claims the lowest free slot
+(relay/aws_bootstrap.py). With `stableAddress: global-accelerator` each slot also gets its own
+accelerator (TCP 443 and the UDP media range), whose endpoint group the slot's instance joins with
+client IPs preserved; the DNS name then points at the accelerator.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_cloudflare as cloudflare
+import pulumi_tls as tls
+
+from infra.settings import RegionSettings, StackSettings
+from infra.user_data import RelayBoot, render_user_data
+from relay.aws_bootstrap import (
+    SFU_SECRET_PARAM,
+    SIGNING_KEY_PARAM,
+    TAG_REGION,
+    TAG_SLOT,
+    TAG_STACK,
+    TLS_CERT_PARAM,
+    TLS_KEY_PARAM,
+    parameter_prefix,
+    slot_parameter,
+)
+
+CONTROL_TLS_PORT = 443
+GA_REGION = "us-west-2"  # the Global Accelerator API lives only there
+UBUNTU_AMI_PARAM = "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+
+
+@dataclass(frozen=True)
+class OriginTls:
+    certificate: pulumi.Output[str]
+    private_key: pulumi.Output[str]
+
+
+@dataclass
+class RegionRelays:
+    region: RegionSettings
+    security_group: aws.ec2.SecurityGroup
+    launch_template: aws.ec2.LaunchTemplate
+    group: aws.autoscaling.Group
+    addresses: list[aws.ec2.Eip] = field(default_factory=list)
+    accelerators: list[aws.globalaccelerator.Accelerator] = field(default_factory=list)
+    hostnames: list[str] = field(default_factory=list)
+
+
+def origin_tls(settings: StackSettings) -> OriginTls:
+    """One Cloudflare Origin CA certificate for `*.<zone>`: trusted by Cloudflare's proxy only, valid
+    15 years, and unchanged when slots are added (a new certificate would revoke the one relays use)."""
+    key = tls.PrivateKey("relay-origin-key", algorithm="ECDSA", ecdsa_curve="P256")
+    csr = tls.CertRequest(
+        "relay-origin-csr",
+        private_key_pem=key.private_key_pem,
+        subject=tls.CertRequestSubjectArgs(common_name=f"*.{settings.zone_name}", organization="splitrelay"),
+        dns_names=[f"*.{settings.zone_name}"],
+    )
+    cert = cloudflare.OriginCaCertificate(
+        "relay-origin-cert",
+        csr=csr.cert_request_pem,
+        hostnames=[f"*.{settings.zone_name}"],
+        request_type="origin-ecc",
+        requested_validity=5475,
+    )
+    # The certificate is public, but derived from the key's CSR Pulumi would keep it marked secret.
+    return OriginTls(pulumi.Output.unsecret(cert.certificate), pulumi.Output.secret(key.private_key_pem))
+
+
+def ssl_strict_rule(settings: StackSettings) -> cloudflare.Ruleset:
+    """A configuration rule: Cloudflare verifies the relays' origin certificate (Full strict) whatever
+    the zone-wide SSL mode is. A zone has one such ruleset: set manageSslRule false if yours exists."""
+    hosts = " ".join(
+        f'"{settings.relay_hostname(r, n)}"' for r in settings.regions for n in range(r.max_count)
+    )
+    return cloudflare.Ruleset(
+        "relay-ssl-strict",
+        zone_id=settings.zone_id,
+        kind="zone",
+        phase="http_config_settings",
+        name="splitrelay relays: Full (strict) TLS to origin",
+        rules=[
+            cloudflare.RulesetRuleArgs(
+                action="set_config",
+                expression=f"(http.host in {{{hosts}}})",
+                description="splitrelay relay control API",
+                action_parameters=cloudflare.RulesetRuleActionParametersArgs(ssl="strict"),
+            )
+        ],
+    )
+
+
+def _split(cidrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    v4 = [c for c in cidrs if ipaddress.ip_network(c).version == 4]
+    v6 = [c for c in cidrs if ipaddress.ip_network(c).version == 6]
+    return v4, v6
+
+
+def security_group_rules(
+    settings: StackSettings,
+) -> tuple[list[aws.ec2.SecurityGroupIngressArgs], list[aws.ec2.SecurityGroupEgressArgs]]:
+    """Ingress: HTTPS from the control allow-list, the media UDP range from the media allow-list, and
+    nothing else (no SSH: use SSM Session Manager if you must). Egress: everything, because the relay
+    needs HTTPS (SSM, PyPI, the SFU API), apt over HTTP, and UDP to the SFU and inference."""
+    control_v4, control_v6 = _split(settings.control_allow_list)
+    media_v4, media_v6 = _split(settings.media_allow_list)
+    low, high = settings.port_range
+    ingress = [
+        aws.ec2.SecurityGroupIngressArgs(
+            description="relay control API (HTTPS) from the Worker via Cloudflare",
+            protocol="tcp",
+            from_port=CONTROL_TLS_PORT,
+            to_port=CONTROL_TLS_PORT,
+            cidr_blocks=control_v4 or None,
+            ipv6_cidr_blocks=control_v6 or None,
+        ),
+        aws.ec2.SecurityGroupIngressArgs(
+            description="relay media (ICE, DTLS, SRTP)",
+            protocol="udp",
+            from_port=low,
+            to_port=high,
+            cidr_blocks=media_v4 or None,
+            ipv6_cidr_blocks=media_v6 or None,
+        ),
+    ]
+    egress = [
+        aws.ec2.SecurityGroupEgressArgs(
+            description="all outbound",
+            protocol="-1",
+            from_port=0,
+            to_port=0,
+            cidr_blocks=["0.0.0.0/0"],
+            ipv6_cidr_blocks=["::/0"],
+        )
+    ]
+    return ingress, egress
+
+
+def network(
+    region: RegionSettings, provider: aws.Provider
+) -> tuple[pulumi.Input[str], list[pulumi.Input[str]]]:
+    """The given VPC and subnets, or a new VPC with two public subnets in two availability zones."""
+    if region.vpc_id is not None:
+        return region.vpc_id, list(region.subnet_ids)
+    opts = pulumi.ResourceOptions(provider=provider)
+    name = f"relays-{region.key}"
+    vpc = aws.ec2.Vpc(
+        f"{name}-vpc",
+        cidr_block=region.vpc_cidr,
+        enable_dns_hostnames=True,
+        enable_dns_support=True,
+        tags={"Name": name},
+        opts=opts,
+    )
+    gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, opts=opts)
+    table = aws.ec2.RouteTable(
+        f"{name}-public",
+        vpc_id=vpc.id,
+        routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
+        opts=opts,
+    )
+    zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(provider=provider))
+    blocks = list(ipaddress.ip_network(region.vpc_cidr).subnets(prefixlen_diff=2))
+    subnets: list[pulumi.Input[str]] = []
+    for i, zone in enumerate(zones.names[:2]):
+        subnet = aws.ec2.Subnet(
+            f"{name}-public-{i}",
+            vpc_id=vpc.id,
+            cidr_block=str(blocks[i]),
+            availability_zone=zone,
+            map_public_ip_on_launch=True,  # outbound before the Elastic IP is claimed (pip, SSM)
+            tags={"Name": f"{name}-public-{i}"},
+            opts=opts,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-public-{i}", subnet_id=subnet.id, route_table_id=table.id, opts=opts
+        )
+        subnets.append(subnet.id)
+    return vpc.id, subnets
+
+
+def instance_role(
+    settings: StackSettings, region: RegionSettings, provider: aws.Provider
+) -> aws.iam.InstanceProfile:
+    """What aws_bootstrap needs, and no more: read this stack's parameters, claim addresses, report health."""
+    opts = pulumi.ResourceOptions(provider=provider)
+    prefix = parameter_prefix(settings.stack)
+    role = aws.iam.Role(
+        f"relay-{region.key}-role",
+        assume_role_policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "ec2.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+        opts=opts,
+    )
+    statements: list[dict[str, object]] = [
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameters", "ssm:GetParameter"],
+            "Resource": f"arn:aws:ssm:{region.aws_region}:*:parameter{prefix}/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["ec2:DescribeAddresses", "ec2:AssociateAddress", "ec2:DisassociateAddress"],
+            "Resource": "*",
+        },
+        {"Effect": "Allow", "Action": ["autoscaling:SetInstanceHealth"], "Resource": "*"},
+    ]
+    if settings.stable_address == "global-accelerator":
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "globalaccelerator:DescribeEndpointGroup",
+                    "globalaccelerator:AddEndpoints",
+                    "globalaccelerator:RemoveEndpoints",
+                ],
+                "Resource": "*",
+            }
+        )
+    aws.iam.RolePolicy(
+        f"relay-{region.key}-policy",
+        role=role.id,
+        policy=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+        opts=opts,
+    )
+    return aws.iam.InstanceProfile(f"relay-{region.key}-profile", role=role.name, opts=opts)
+
+
+def relay_parameters(
+    settings: StackSettings,
+    region: RegionSettings,
+    provider: aws.Provider,
+    relay_signing_key: pulumi.Output[str],
+    sfu_secret: pulumi.Output[str],
+    origin: OriginTls,
+) -> list[aws.ssm.Parameter]:
+    """The relay's secrets as SecureString (KMS aws/ssm) parameters; the certificate is public."""
+    prefix = parameter_prefix(settings.stack)
+    opts = pulumi.ResourceOptions(provider=provider)
+    values: list[tuple[str, pulumi.Output[str], bool]] = [
+        (SIGNING_KEY_PARAM, relay_signing_key, True),
+        (SFU_SECRET_PARAM, sfu_secret, True),
+        (TLS_KEY_PARAM, origin.private_key, True),
+        (TLS_CERT_PARAM, origin.certificate, False),
+    ]
+    parameters = []
+    for leaf, value, secret in values:
+        stored: pulumi.Output[str] = pulumi.Output.secret(value) if secret else value
+        parameters.append(
+            aws.ssm.Parameter(
+                f"relay-{region.key}-{leaf}",
+                name=f"{prefix}/{leaf}",
+                type="SecureString" if secret else "String",
+                value=stored,
+                tier="Standard",
+                opts=opts,
+            )
+        )
+    return parameters
+
+
+def slot_accelerator(
+    settings: StackSettings,
+    region: RegionSettings,
+    slot: int,
+    ga_provider: aws.Provider,
+    provider: aws.Provider,
+) -> aws.globalaccelerator.Accelerator:
+    """One accelerator per slot (a standard accelerator load-balances, and the edge must reach the
+    relay that owns a call). The slot's instance adds itself to both endpoint groups at boot."""
+    opts = pulumi.ResourceOptions(provider=ga_provider)
+    name = f"relay-{region.key}-{slot}"
+    accelerator = aws.globalaccelerator.Accelerator(
+        f"{name}-ga", name=f"{settings.stack}-{name}"[:64], ip_address_type="IPV4", enabled=True, opts=opts
+    )
+    low, high = settings.port_range
+    groups = []
+    for protocol, ports in (("TCP", (CONTROL_TLS_PORT, CONTROL_TLS_PORT)), ("UDP", (low, high))):
+        listener = aws.globalaccelerator.Listener(
+            f"{name}-ga-{protocol.lower()}",
+            accelerator_arn=accelerator.arn,
+            protocol=protocol,
+            client_affinity="SOURCE_IP",
+            port_ranges=[aws.globalaccelerator.ListenerPortRangeArgs(from_port=ports[0], to_port=ports[1])],
+            opts=opts,
+        )
+        groups.append(
+            aws.globalaccelerator.EndpointGroup(
+                f"{name}-ga-{protocol.lower()}-group",
+                listener_arn=listener.arn,
+                endpoint_group_region=region.aws_region,
+                health_check_protocol="TCP",
+                health_check_port=CONTROL_TLS_PORT,
+                opts=pulumi.ResourceOptions(provider=ga_provider, ignore_changes=["endpoint_configurations"]),
+            )
+        )
+    aws.ssm.Parameter(
+        f"{name}-endpoint-groups",
+        name=slot_parameter(parameter_prefix(settings.stack), region.key, slot, "endpoint-groups"),
+        type="String",
+        value=pulumi.Output.all(*[g.arn for g in groups]).apply(lambda arns: json.dumps(list(arns))),
+        opts=pulumi.ResourceOptions(provider=provider),
+    )
+    return accelerator
+
+
+def build_region(
+    settings: StackSettings,
+    region: RegionSettings,
+    relay_signing_key: pulumi.Output[str],
+    sfu_app_id: pulumi.Output[str],
+    sfu_secret: pulumi.Output[str],
+    origin: OriginTls,
+    ga_provider: aws.Provider | None,
+) -> RegionRelays:
+    provider = aws.Provider(f"aws-{region.key}", region=region.aws_region)
+    opts = pulumi.ResourceOptions(provider=provider)
+    vpc_id, subnet_ids = network(region, provider)
+    ingress, egress = security_group_rules(settings)
+    group_sg = aws.ec2.SecurityGroup(
+        f"relay-{region.key}-sg",
+        vpc_id=vpc_id,
+        description="splitrelay relays: HTTPS control from the allow-list, UDP media range",
+        ingress=ingress,
+        egress=egress,
+        opts=opts,
+    )
+    profile = instance_role(settings, region, provider)
+    parameters = relay_parameters(settings, region, provider, relay_signing_key, sfu_secret, origin)
+    tags = {TAG_STACK: settings.stack, TAG_REGION: region.key}
+    result_addresses: list[aws.ec2.Eip] = []
+    accelerators: list[aws.globalaccelerator.Accelerator] = []
+    hostnames: list[str] = []
+    for slot in range(region.max_count):
+        hostname = settings.relay_hostname(region, slot)
+        hostnames.append(hostname)
+        eip = aws.ec2.Eip(
+            f"relay-{region.key}-{slot}-eip", domain="vpc", tags={**tags, TAG_SLOT: str(slot)}, opts=opts
+        )
+        result_addresses.append(eip)
+        if settings.stable_address == "global-accelerator":
+            assert ga_provider is not None
+            accelerator = slot_accelerator(settings, region, slot, ga_provider, provider)
+            accelerators.append(accelerator)
+            record_type, content = "CNAME", accelerator.dns_name
+        else:
+            record_type, content = "A", eip.public_ip
+        cloudflare.DnsRecord(
+            f"relay-{region.key}-{slot}-dns",
+            zone_id=settings.zone_id,
+            name=hostname,
+            type=record_type,
+            content=content,
+            proxied=True,
+            ttl=1,
+            comment=f"splitrelay {settings.stack} relay slot {region.key}-{slot}",
+        )
+    user_data = sfu_app_id.apply(
+        lambda app_id: base64.b64encode(
+            render_user_data(
+                RelayBoot(
+                    stack=settings.stack,
+                    aws_region=region.aws_region,
+                    region_key=region.key,
+                    package_spec=settings.package_spec,
+                    inference=region.inference,
+                    port_range=settings.port_range,
+                    sfu_api_url=settings.sfu_api_url,
+                    sfu_app_id=app_id,
+                    accelerator=settings.stable_address == "global-accelerator",
+                )
+            ).encode()
+        ).decode()
+    )
+    image = region.ami or f"resolve:ssm:{UBUNTU_AMI_PARAM.format(arch=region.architecture)}"
+    template = aws.ec2.LaunchTemplate(
+        f"relay-{region.key}-lt",
+        image_id=image,
+        instance_type=region.instance_type,
+        iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+        vpc_security_group_ids=[group_sg.id],
+        user_data=user_data,
+        update_default_version=True,
+        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+        ),
+        tag_specifications=[
+            aws.ec2.LaunchTemplateTagSpecificationArgs(
+                resource_type="instance", tags={**tags, "Name": f"relay-{region.key}"}
+            )
+        ],
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=parameters),
+    )
+    group = aws.autoscaling.Group(
+        f"relay-{region.key}-asg",
+        min_size=region.min_count,
+        max_size=region.max_count,
+        desired_capacity=region.min_count,
+        vpc_zone_identifiers=subnet_ids,
+        launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+            id=template.id, version=template.latest_version.apply(str)
+        ),
+        health_check_type="EC2",
+        health_check_grace_period=600,
+        tags=[
+            aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True) for k, v in tags.items()
+        ],
+        instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+            strategy="Rolling",
+            preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(min_healthy_percentage=50),
+        ),
+        opts=opts,
+    )
+    return RegionRelays(region, group_sg, template, group, result_addresses, accelerators, hostnames)

@@ -1,0 +1,200 @@
+"""The relay instance's first-boot script (EC2 user data), rendered by a pure function.
+
+What it sets up, in boot order:
+- `splitrelay` installed with pip into /opt/splitrelay from the configured package source, and nginx;
+- `splitrelay-prepare.service` (oneshot, root): claims the region's free Elastic IP slot, joins the
+  slot's Global Accelerator endpoint groups when the stack uses them, writes the Origin CA TLS files
+  (relay/aws_bootstrap.py `prepare`); on stop it gives the slot back (`release`);
+- nginx: TLS on 443 (the only control port the security group opens) in front of the relay's
+  plain-HTTP control API on 127.0.0.1:8700;
+- `splitrelay-relay.service` (user `splitrelay`): `splitrelay relay serve --workers <cores>` wrapped by
+  `aws_bootstrap exec`, which puts the SSM secrets in the process environment only;
+- `splitrelay-health.timer`: every 30 s, `aws_bootstrap check-health` reports a dead relay to the
+  auto-scaling group, which replaces the instance.
+
+No secret is in the user data (anyone with ec2:DescribeInstanceAttribute can read it): secrets come
+from SSM at run time. Every value put into the script is validated by infra/settings.py and quoted.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from infra.settings import CONTROL_PORT
+
+VENV = "/opt/splitrelay"
+TLS_DIR = "/etc/splitrelay/tls"
+MAX_USER_DATA_BYTES = 16 * 1024  # EC2's limit, before base64
+
+
+@dataclass(frozen=True)
+class RelayBoot:
+    stack: str
+    aws_region: str
+    region_key: str
+    package_spec: str
+    inference: str
+    port_range: tuple[int, int]
+    sfu_api_url: str
+    sfu_app_id: str
+    accelerator: bool
+
+
+_UNIT_SAFE = re.compile(r"[A-Za-z0-9_.:/\[\]-]+")
+
+
+def _unit_arg(value: str, what: str) -> str:
+    """Values inside systemd ExecStart lines: no spaces, quotes, `%` specifiers or `$` expansions."""
+    if not _UNIT_SAFE.fullmatch(value):
+        raise ValueError(f"user data: {what} {value!r} has characters unsafe in a systemd unit")
+    return value
+
+
+def relay_command(boot: RelayBoot) -> list[str]:
+    """The relay's command line; PRIVATE_IP and CORES are filled in by the script at boot."""
+    low, high = boot.port_range
+    return [
+        f"{VENV}/bin/splitrelay",
+        "relay",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(CONTROL_PORT),
+        "--inference",
+        _unit_arg(boot.inference, "inference"),
+        "--candidate-address",
+        "${PRIVATE_IP}",
+        "--port-range",
+        f"{low}-{high}",
+        "--workers",
+        "${CORES}",
+        "--sfu-url",
+        _unit_arg(boot.sfu_api_url, "sfuApiUrl"),
+        "--sfu-app-id",
+        _unit_arg(boot.sfu_app_id, "SFU app id"),
+        "--json",
+    ]
+
+
+def render_user_data(boot: RelayBoot) -> str:
+    """The whole script; raises ValueError if a value is unsafe or the script exceeds EC2's 16 KB."""
+    bootstrap = (
+        f"{VENV}/bin/python -m relay.aws_bootstrap --stack {_unit_arg(boot.stack, 'stack')} "
+        f"--aws-region {_unit_arg(boot.aws_region, 'awsRegion')}"
+    )
+    region_key = _unit_arg(boot.region_key, "region key")
+    accel = " --accelerator" if boot.accelerator else ""
+    relay = " ".join(relay_command(boot))
+    script = f"""#!/bin/bash
+# splitrelay relay instance bootstrap: rendered by infra/user_data.py, do not edit on the instance.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q python3-venv nginx curl
+python3 -m venv {VENV}
+{VENV}/bin/pip install --no-cache-dir --upgrade pip
+{VENV}/bin/pip install --no-cache-dir {shlex.quote(boot.package_spec)}
+
+TOKEN=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \\
+  -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')
+PRIVATE_IP=$(curl -fsS -H "X-aws-ec2-metadata-token: $TOKEN" \\
+  http://169.254.169.254/latest/meta-data/local-ipv4)
+CORES=$(nproc)
+id splitrelay >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin splitrelay
+install -d -m 0700 {TLS_DIR}
+
+cat > /etc/systemd/system/splitrelay-prepare.service <<EOF
+[Unit]
+Description=splitrelay: claim the address slot, join the accelerator, write origin TLS files
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={bootstrap} prepare --region-key {region_key} --tls-dir {TLS_DIR}{accel}
+ExecStop={bootstrap} release --region-key {region_key}{accel}
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+cat > /etc/systemd/system/splitrelay-relay.service <<EOF
+[Unit]
+Description=splitrelay regional relay
+Requires=splitrelay-prepare.service
+After=splitrelay-prepare.service
+
+[Service]
+User=splitrelay
+ExecStart={bootstrap} exec -- {relay}
+Restart=always
+RestartSec=2
+TimeoutStopSec=30
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+cat > /etc/systemd/system/splitrelay-health.service <<EOF
+[Unit]
+Description=splitrelay: report a dead relay to the auto-scaling group
+
+[Service]
+Type=oneshot
+ExecStart={bootstrap} check-health --url http://127.0.0.1:{CONTROL_PORT}/healthz
+EOF
+
+cat > /etc/systemd/system/splitrelay-health.timer <<EOF
+[Unit]
+Description=splitrelay health probe every 30 s
+
+[Timer]
+OnBootSec=5min
+OnUnitActiveSec=30s
+
+[Install]
+WantedBy=timers.target
+EOF
+
+install -d /etc/systemd/system/nginx.service.d
+cat > /etc/systemd/system/nginx.service.d/splitrelay.conf <<EOF
+[Unit]
+Requires=splitrelay-prepare.service
+After=splitrelay-prepare.service
+EOF
+
+rm -f /etc/nginx/sites-enabled/default
+cat > /etc/nginx/sites-enabled/splitrelay.conf <<'EOF'
+# TLS for the control API (Cloudflare Origin CA certificate; Cloudflare connects in Full (strict) mode).
+server {{
+    listen 443 ssl default_server;
+    listen [::]:443 ssl default_server;
+    ssl_certificate {TLS_DIR}/origin.pem;
+    ssl_certificate_key {TLS_DIR}/origin.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    client_max_body_size 256k;
+    location / {{
+        proxy_pass http://127.0.0.1:{CONTROL_PORT};
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_read_timeout 30s;
+    }}
+}}
+EOF
+
+systemctl daemon-reload
+systemctl enable --now splitrelay-prepare.service
+systemctl enable --now splitrelay-relay.service
+systemctl enable nginx
+systemctl restart nginx
+systemctl enable --now splitrelay-health.timer
+"""
+    size = len(script.encode())
+    if size > MAX_USER_DATA_BYTES:
+        raise ValueError(f"user data is {size} bytes; EC2 allows at most {MAX_USER_DATA_BYTES}")
+    return script

@@ -1,0 +1,139 @@
+"""The relay instance's user data: what it installs and runs, checked against the real CLIs it calls."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import typer
+
+from infra.settings import CONTROL_PORT
+from infra.user_data import MAX_USER_DATA_BYTES, RelayBoot, relay_command, render_user_data
+from relay.aws_bootstrap import _parser as bootstrap_parser
+
+BOOT = RelayBoot(
+    stack="prod",
+    aws_region="us-east-1",
+    region_key="use1",
+    package_spec="splitrelay[extra]==0.1.0",
+    inference="10.0.3.7:7000",
+    port_range=(40000, 40999),
+    sfu_api_url="https://rtc.live.cloudflare.com/v1",
+    sfu_app_id="0123456789abcdef0123456789abcdef",
+    accelerator=False,
+)
+
+
+def exec_start(script: str, unit: str) -> list[str]:
+    block = script.split(f"/etc/systemd/system/{unit} <<EOF", 1)[1].split("\nEOF\n", 1)[0]
+    return [
+        line.split("=", 1)[1] for line in block.splitlines() if line.startswith(("ExecStart=", "ExecStop="))
+    ]
+
+
+def test_installs_the_configured_package_and_nginx() -> None:
+    script = render_user_data(BOOT)
+    assert script.startswith("#!/bin/bash\n")
+    assert "set -euo pipefail" in script
+    assert "/opt/splitrelay/bin/pip install --no-cache-dir 'splitrelay[extra]==0.1.0'" in script
+    assert "apt-get install -y -q python3-venv nginx curl" in script
+
+
+def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
+    (line,) = exec_start(render_user_data(BOOT), "splitrelay-relay.service")
+    argv = shlex.split(line)
+    wrapper, relay = argv[: argv.index("--") + 1], argv[argv.index("--") + 1 :]
+    assert wrapper == [
+        "/opt/splitrelay/bin/python",
+        "-m",
+        "relay.aws_bootstrap",
+        "--stack",
+        "prod",
+        "--aws-region",
+        "us-east-1",
+        "exec",
+        "--",
+    ]
+    assert relay == relay_command(BOOT)
+    opts = dict(zip(relay[3::2], relay[4::2], strict=False))
+    assert opts["--workers"] == "${CORES}"
+    assert opts["--candidate-address"] == "${PRIVATE_IP}"
+    assert opts["--port-range"] == "40000-40999"
+    assert (opts["--host"], opts["--port"]) == ("127.0.0.1", str(CONTROL_PORT))
+    assert opts["--inference"] == "10.0.3.7:7000"
+    assert opts["--sfu-app-id"] == BOOT.sfu_app_id
+
+
+def test_relay_options_exist_in_the_relay_cli() -> None:
+    """Every option the unit passes is one `splitrelay relay serve` really has."""
+    from scripts.cli import app
+
+    command = typer.main.get_command(app)
+    relay = command.commands["relay"]  # type: ignore[attr-defined]
+    serve = relay.commands["serve"] if hasattr(relay, "commands") else relay
+    assert serve.name == "serve"
+    known = {opt for param in serve.params for opt in param.opts}
+    used = [a for a in relay_command(BOOT) if a.startswith("--")]
+    assert used and set(used) <= known, set(used) - known
+
+
+def test_bootstrap_commands_parse_with_the_bootstrap_cli() -> None:
+    script = render_user_data(replace(BOOT, accelerator=True))
+    lines = [
+        *exec_start(script, "splitrelay-prepare.service"),
+        *exec_start(script, "splitrelay-health.service"),
+    ]
+    parsed = [bootstrap_parser().parse_args(shlex.split(line)[3:]) for line in lines]
+    prepare, release, health = parsed
+    assert (prepare.command, prepare.region_key, prepare.accelerator) == ("prepare", "use1", True)
+    assert str(prepare.tls_dir) == "/etc/splitrelay/tls"
+    assert (release.command, release.accelerator) == ("release", True)
+    assert health.command == "check-health" and health.url == f"http://127.0.0.1:{CONTROL_PORT}/healthz"
+    plain = render_user_data(BOOT)
+    assert "--accelerator" not in plain
+
+
+def test_nginx_terminates_tls_on_443_in_front_of_the_control_api() -> None:
+    script = render_user_data(BOOT)
+    conf = script.split("sites-enabled/splitrelay.conf <<'EOF'", 1)[1].split("\nEOF\n", 1)[0]
+    assert "listen 443 ssl default_server;" in conf
+    assert f"proxy_pass http://127.0.0.1:{CONTROL_PORT};" in conf
+    assert "ssl_certificate /etc/splitrelay/tls/origin.pem;" in conf
+    assert "$host" in conf  # quoted heredoc: nginx variables are not expanded by bash
+    assert "rm -f /etc/nginx/sites-enabled/default" in script
+
+
+def test_no_secret_travels_in_user_data() -> None:
+    script = render_user_data(BOOT)
+    assert "SIGNING_KEY" not in script and "APP_SECRET" not in script
+    assert not re.search(r"Environment(File)?=", script)
+
+
+def test_script_is_valid_bash() -> None:
+    bash = shutil.which("bash")
+    assert bash is not None
+    subprocess.run([bash, "-n"], input=render_user_data(BOOT).encode(), check=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"inference": "10.0.0.1:7000 --evil"}, "inference"),
+        ({"sfu_app_id": "abc%n"}, "SFU app id"),
+        ({"stack": "a$b"}, "stack"),
+    ],
+)
+def test_unsafe_values_are_refused(change: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        render_user_data(replace(BOOT, **change))
+
+
+def test_size_limit() -> None:
+    assert len(render_user_data(BOOT).encode()) < MAX_USER_DATA_BYTES
+    with pytest.raises(ValueError, match="at most 16384"):
+        render_user_data(replace(BOOT, package_spec="x" * 17000))
