@@ -45,6 +45,8 @@ class RelaySettings:
     host: str = "127.0.0.1"
     port: int = 8700
     candidates: CandidatePolicy = field(default_factory=CandidatePolicy)
+    public_address: str | None = None
+    """Public IPv4 mapped 1:1 onto this host (an Elastic IP), advertised to peers as a candidate."""
     stun_urls: tuple[str, ...] = ()
     """STUN servers: behind 1:1 NAT (an Elastic IP) they give the relay a server-reflexive candidate."""
     call: CallConfig = field(default_factory=CallConfig)
@@ -134,7 +136,9 @@ class RelayServer:
         self.manager = CallManager(
             self.link,
             peer_config=VoicePeerConfig(
-                candidates=s.candidates, ice_servers=tuple(RTCIceServer(urls=u) for u in s.stun_urls)
+                candidates=s.candidates,
+                ice_servers=tuple(RTCIceServer(urls=u) for u in s.stun_urls),
+                public_address=s.public_address,
             ),
             call_config=s.call,
             sfu=attacher,

@@ -78,9 +78,7 @@ class SfuAttacher:
             await peer.pc.setRemoteDescription(RTCSessionDescription(pulled.session_description.sdp, "offer"))
             answer = await peer.pc.createAnswer()
             await peer.pc.setLocalDescription(answer)
-            await self.client.renegotiate(
-                session.session_id, SessionDescription.answer(peer.pc.localDescription.sdp)
-            )
+            await self.client.renegotiate(session.session_id, SessionDescription.answer(peer.local_sdp()))
         return session.session_id, track_name
 
     async def detach(self, call_id: str) -> None:

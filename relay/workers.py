@@ -269,6 +269,7 @@ def _worker_main() -> None:
             else None,
         ),
         stun_urls=tuple(config.get("stun_urls") or ()),
+        public_address=config.get("public_address"),
         call=CallConfig(),
         sfu=SfuSettings(sfu["base_url"], sfu["app_id"], os.environ[sfu["secret_env"]]) if sfu else None,
         max_calls=int(config.get("max_calls", 1000)),

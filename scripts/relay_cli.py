@@ -67,6 +67,10 @@ def serve(
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
     ] = None,
     port_range: Annotated[str | None, typer.Option(help="UDP port range for media, LOW-HIGH.")] = None,
+    public_address: Annotated[
+        str | None,
+        typer.Option(help="Public IPv4 mapped 1:1 onto this host (e.g. an Elastic IP), advertised in ICE."),
+    ] = None,
     stun: Annotated[
         list[str] | None,
         typer.Option(help="STUN URL for a public (server-reflexive) candidate behind NAT; repeatable."),
@@ -91,7 +95,7 @@ def serve(
 ) -> None:
     """Run one relay process until SIGINT or SIGTERM; live calls are closed on the way out."""
     from edge.signing import check_key
-    from relay.media.peer import CandidatePolicy
+    from relay.media.peer import CandidatePolicy, VoicePeerConfig
     from relay.server import RelayServer, RelaySettings, SfuSettings
 
     key = read_secret(SIGNING_KEY_ENV, signing_key_file, "signing key")
@@ -99,6 +103,8 @@ def serve(
         raise typer.BadParameter(f"no signing key: set ${SIGNING_KEY_ENV} or pass --signing-key-file")
     try:
         check_key(key.encode(), "signing key")
+        if public_address is not None:
+            VoicePeerConfig(public_address=public_address)  # validates it
         candidates = CandidatePolicy(
             addresses=tuple(candidate_address) if candidate_address else None,
             port_range=parse_port_range(port_range),
@@ -122,6 +128,7 @@ def serve(
         port=port,
         candidates=candidates,
         stun_urls=tuple(parse_stun(u) for u in stun or ()),
+        public_address=public_address,
         sfu=sfu,
         max_calls=max_calls,
     )
@@ -144,6 +151,7 @@ def serve(
             "port_range": list(candidates.port_range) if candidates.port_range else None,
             "max_calls": max_calls,
             "stun_urls": list(settings.stun_urls),
+            "public_address": public_address,
             "sfu": {"base_url": sfu.base_url, "app_id": sfu.app_id, "secret_env": SFU_SECRET_ENV}
             if sfu
             else None,

@@ -31,6 +31,7 @@ from av.packet import Packet
 from relay.media import aiortc_internals
 from relay.media.sdp import (
     StreamParams,
+    advertise_public_address,
     check_fmtp,
     negotiated_audio_streams,
     parse_media_sections,
@@ -90,6 +91,12 @@ class VoicePeerConfig:
     opus_fmtp: Mapping[str, int | str] = field(default_factory=lambda: DEFAULT_OPUS_FMTP)
     own_rtcp: bool = True
     """Silence aiortc's RTCP so the fast path's reports are the only ones on our SSRC."""
+    public_address: str | None = None
+    """Public IPv4 that maps 1:1 onto this host (an Elastic IP): advertised as a srflx candidate."""
+
+    def __post_init__(self) -> None:
+        if self.public_address is not None:
+            advertise_public_address("", self.public_address)  # validates the address
 
 
 class PlaceholderAudioTrack(MediaStreamTrack):
@@ -129,7 +136,7 @@ class VoicePeer:
         await self._set_local(
             RTCSessionDescription(set_codec_fmtp(offer.sdp, "opus", self.config.opus_fmtp), "offer")
         )
-        return str(self.pc.localDescription.sdp)
+        return self.local_sdp()
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer, create and apply our answer; return the answer SDP."""
@@ -141,7 +148,14 @@ class VoicePeer:
         await self._set_local(
             RTCSessionDescription(set_codec_fmtp(answer.sdp, "opus", self.config.opus_fmtp), "answer")
         )
-        return str(self.pc.localDescription.sdp)
+        return self.local_sdp()
+
+    def local_sdp(self) -> str:
+        """Our description as the peer should see it (plus the public address, when configured)."""
+        sdp = str(self.pc.localDescription.sdp)
+        if self.config.public_address is not None:
+            sdp = advertise_public_address(sdp, self.config.public_address)
+        return sdp
 
     async def accept_answer(self, sdp: str) -> None:
         kinds = [m.kind for m in parse_media_sections(sdp)]

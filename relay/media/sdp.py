@@ -6,9 +6,12 @@ private transceiver state, so the same code serves a browser's, the Cloudflare S
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from aioice.candidate import Candidate, candidate_priority
 
 from relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
 
@@ -252,3 +255,40 @@ def negotiated_audio_streams(
             )
         )
     return out
+
+
+def advertise_public_address(sdp: str, public_ip: str) -> str:
+    """Add a server-reflexive candidate on `public_ip` for every IPv4 host candidate (1:1 NAT).
+
+    A relay on a cloud instance binds its private address; its Elastic IP maps 1:1 onto it. Telling the
+    peer about the public address up front (as LiveKit's `node_ip` or Janus' `nat_1_1_mapping` do)
+    needs no STUN round trip: checks sent to public_ip:port arrive on the same private socket.
+    """
+    try:
+        address = ipaddress.ip_address(public_ip)
+    except ValueError:
+        address = None
+    if address is None or address.version != 4 or not address.is_global:
+        raise ValueError(f"public_address: must be a globally routable IPv4 address, got {public_ip!r}")
+    lines = sdp.split("\r\n")
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        if not line.startswith("a=candidate:"):
+            continue
+        host = Candidate.from_sdp(line[len("a=candidate:") :])
+        if host.type != "host" or host.transport.lower() != "udp" or ":" in host.host:
+            continue
+        reflexive = Candidate(
+            foundation=f"{host.foundation}n",
+            component=host.component,
+            transport=host.transport,
+            priority=candidate_priority(host.component, "srflx"),
+            host=public_ip,
+            port=host.port,
+            type="srflx",
+            related_address=host.host,
+            related_port=host.port,
+        )
+        out.append("a=candidate:" + reflexive.to_sdp())
+    return "\r\n".join(out)

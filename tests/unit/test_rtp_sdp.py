@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from aioice.candidate import Candidate
 
 from relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
-from relay.media.sdp import check_fmtp, negotiated_audio_streams, parse_media_sections, set_codec_fmtp
+from relay.media.sdp import (
+    advertise_public_address,
+    check_fmtp,
+    negotiated_audio_streams,
+    parse_media_sections,
+    set_codec_fmtp,
+)
 
 # The shape of a Chrome audio offer (trimmed: no candidates), payload types and extension ids as Chrome uses.
 CHROME_OFFER = "\r\n".join(
@@ -145,3 +152,32 @@ def test_negotiation_errors() -> None:
     no_ssrc = OUR_ANSWER.replace("a=ssrc:2002 cname:relay-cname\r\n", "")
     with pytest.raises(ValueError, match="no a=ssrc with cname"):
         negotiated_audio_streams(no_ssrc, CHROME_OFFER, local_is_answer=True)
+
+
+HOST_CANDIDATES = (
+    "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    "a=candidate:abc 1 udp 2130706431 10.0.1.5 40001 typ host\r\n"
+    "a=candidate:def 1 udp 2130706431 fd00::5 40002 typ host\r\n"
+    "a=candidate:ghi 1 tcp 1518280447 10.0.1.5 9 typ host tcptype active\r\n"
+    "a=end-of-candidates\r\n"
+)
+
+
+def test_public_address_adds_one_reflexive_candidate_per_ipv4_udp_host_candidate() -> None:
+    out = advertise_public_address(HOST_CANDIDATES, "52.95.110.7")
+    added = [line for line in out.split("\r\n") if "typ srflx" in line]
+    assert len(added) == 1
+    candidate = Candidate.from_sdp(added[0][len("a=candidate:") :])
+    assert (candidate.host, candidate.port, candidate.type) == ("52.95.110.7", 40001, "srflx")
+    assert (candidate.related_address, candidate.related_port) == ("10.0.1.5", 40001)
+    assert candidate.priority < 2130706431  # below the host candidate it maps
+    assert out.split("\r\n").index(added[0]) == 3  # right after its host candidate, before the end
+    assert out.replace(added[0] + "\r\n", "") == HOST_CANDIDATES
+
+
+@pytest.mark.parametrize(
+    "bad", ["10.0.0.1", "127.0.0.1", "203.0.113.7", "100.64.0.1", "0.0.0.0", "2001:db8::1", "example.com"]
+)
+def test_public_address_must_be_a_public_ipv4(bad: str) -> None:
+    with pytest.raises(ValueError, match="public_address"):
+        advertise_public_address(HOST_CANDIDATES, bad)
