@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -314,22 +315,44 @@ async def check_health(
 # -- instance identity -------------------------------------------------------------------------------
 
 
-async def instance_id_from_imds(client: httpx.AsyncClient, base_url: str = IMDS_URL) -> str:
-    """The instance id over IMDSv2 (session token first; the launch template requires tokens)."""
+async def _imds_get(client: httpx.AsyncClient, path: str, base_url: str) -> httpx.Response:
+    """One IMDSv2 read (session token first; the launch template requires tokens)."""
     token = await client.put(
         f"{base_url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}, timeout=2.0
     )
     token.raise_for_status()
-    response = await client.get(
-        f"{base_url}/latest/meta-data/instance-id",
-        headers={"X-aws-ec2-metadata-token": token.text},
-        timeout=2.0,
+    return await client.get(
+        f"{base_url}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": token.text}, timeout=2.0
     )
+
+
+async def instance_id_from_imds(client: httpx.AsyncClient, base_url: str = IMDS_URL) -> str:
+    """The instance id from the instance metadata service."""
+    response = await _imds_get(client, "instance-id", base_url)
     response.raise_for_status()
     instance_id = response.text.strip()
     if not re.fullmatch(r"i-[0-9a-f]{8,17}", instance_id):
         raise BootstrapError(f"instance metadata returned an unexpected instance id {instance_id[:40]!r}")
     return instance_id
+
+
+async def public_ipv4_from_imds(client: httpx.AsyncClient, base_url: str = IMDS_URL) -> str | None:
+    """The instance's public IPv4 (its Elastic IP once `prepare` claimed one); None when it has none."""
+    response = await _imds_get(client, "public-ipv4", base_url)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    address = response.text.strip()
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise BootstrapError(
+            f"instance metadata returned an unexpected public-ipv4 {address[:40]!r}"
+        ) from None
+    return address
+
+
+PUBLIC_ADDRESS_ENV = "SPLITRELAY_PUBLIC_ADDRESS"
 
 
 # -- command line (what the user data's systemd units run) --------------------------------------------
@@ -362,6 +385,11 @@ async def _instance_id() -> str:
         return await instance_id_from_imds(client)
 
 
+async def _public_ipv4() -> str | None:
+    async with httpx.AsyncClient() as client:
+        return await public_ipv4_from_imds(client)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import boto3  # only on the instance; the module's functions take clients
 
@@ -375,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not command:
                 raise BootstrapError("exec: give the command after --")
             env = {**os.environ, **load_relay_secrets(session.client("ssm"), prefix)}
+            public_ip = asyncio.run(_public_ipv4())
+            if public_ip is not None:  # the relay advertises it as its 1:1 NAT address (--public-address)
+                env[PUBLIC_ADDRESS_ENV] = public_ip
             os.execvpe(command[0], command, env)
             return 0  # not reached: execvpe replaces this process
         instance_id = asyncio.run(_instance_id())

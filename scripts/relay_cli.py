@@ -69,7 +69,10 @@ def serve(
     port_range: Annotated[str | None, typer.Option(help="UDP port range for media, LOW-HIGH.")] = None,
     public_address: Annotated[
         str | None,
-        typer.Option(help="Public IPv4 mapped 1:1 onto this host (e.g. an Elastic IP), advertised in ICE."),
+        typer.Option(
+            help="Public IPv4 mapped 1:1 onto this host (e.g. an Elastic IP), advertised in ICE.",
+            envvar="SPLITRELAY_PUBLIC_ADDRESS",
+        ),
     ] = None,
     stun: Annotated[
         list[str] | None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from relay.aws_bootstrap import (
     load_relay_secrets,
     parameter_prefix,
     probe,
+    public_ipv4_from_imds,
     register_accelerator_endpoint,
     release_elastic_ip,
     slot_parameter,
@@ -381,12 +382,38 @@ def test_exec_puts_secrets_in_the_environment_only(aws: None, monkeypatch: pytes
     put(ssm, "sfu-app-secret", SFU_SECRET)
     calls: list[tuple[str, list[str], dict[str, str]]] = []
     monkeypatch.setattr("relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append((f, argv, env)))
+
+    async def public_ip() -> str:
+        return "52.95.110.7"
+
+    monkeypatch.setattr(aws_bootstrap, "_public_ipv4", public_ip)
     command = ["splitrelay", "relay", "serve", "--workers", "2"]
     assert aws_bootstrap.main(["--stack", "prod", "--aws-region", REGION, "exec", "--", *command]) == 0
     ((file, argv, env),) = calls
     assert (file, argv) == ("splitrelay", command)
     assert env[SIGNING_KEY_ENV] == SIGNING_KEY and env[SFU_SECRET_ENV] == SFU_SECRET
     assert not any(SIGNING_KEY in a or SFU_SECRET in a for a in argv)
+    # The Elastic IP reaches the relay as --public-address (through its environment variable).
+    assert env[aws_bootstrap.PUBLIC_ADDRESS_ENV] == "52.95.110.7"
+
+
+async def test_public_ipv4_over_imdsv2() -> None:
+    def imds(text: str, status: int = 200) -> Callable[[httpx.Request], httpx.Response]:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT":
+                return httpx.Response(200, text="TOKEN")
+            assert request.url.path == "/latest/meta-data/public-ipv4"
+            return httpx.Response(status, text=text)
+
+        return handler
+
+    async with client_for(imds("52.95.110.7\n")) as client:
+        assert await public_ipv4_from_imds(client, "http://imds.test") == "52.95.110.7"
+    async with client_for(imds("", 404)) as client:
+        assert await public_ipv4_from_imds(client, "http://imds.test") is None
+    async with client_for(imds("<html>")) as client:
+        with pytest.raises(BootstrapError, match="unexpected public-ipv4"):
+            await public_ipv4_from_imds(client, "http://imds.test")
 
 
 def test_prepare_claims_a_slot_and_writes_tls(
