@@ -55,13 +55,38 @@ class EdgeApp:
     clock: Callable[[], float] = time.time
 
     async def handle(self, request: EdgeRequest) -> EdgeResponse:
+        origin = request.header("origin")
+        cors = origin is not None and origin in self.config.allowed_origins
+        if request.method == "OPTIONS" and origin is not None:
+            return self._preflight(origin, cors)
         try:
-            return await self._route(request)
+            response = await self._route(request)
         except EdgeError as exc:
-            return exc.response()
+            response = exc.response()
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return EdgeError(500, "internal_error", "internal error").response()
+            response = EdgeError(500, "internal_error", "internal error").response()
+        if cors and origin is not None:
+            cors_headers = (("access-control-allow-origin", origin), ("vary", "origin"))
+            response = EdgeResponse(response.status, (*response.headers, *cors_headers), response.body)
+        return response
+
+    def _preflight(self, origin: str, allowed: bool) -> EdgeResponse:
+        """CORS preflight: only origins in ALLOWED_ORIGINS (tokens travel as bearer headers, not cookies)."""
+        if not allowed:
+            return EdgeError(
+                403, "origin_not_allowed", f"origin: {origin[:80]!r} is not in ALLOWED_ORIGINS"
+            ).response()
+        return EdgeResponse(
+            204,
+            (
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-methods", "GET, POST, PATCH, DELETE"),
+                ("access-control-allow-headers", "authorization, content-type"),
+                ("access-control-max-age", "600"),
+                ("vary", "origin"),
+            ),
+        )
 
     async def _route(self, request: EdgeRequest) -> EdgeResponse:
         path = request.path

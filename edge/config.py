@@ -7,6 +7,7 @@ never its value; secrets stay wrapped (``Secret``, or bytes that nothing prints)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -37,6 +38,7 @@ VAR_NAMES: Final = (
     "CALL_CHECK_INTERVAL_S",
     "REQUEST_TIMEOUT_S",
     "TOKEN_MAX_TTL_S",
+    "ALLOWED_ORIGINS",
 )
 
 
@@ -64,6 +66,8 @@ class EdgeConfig:
     call_check_interval_s: float = 60.0
     request_timeout_s: float = 10.0
     token_max_ttl_s: int = 3600
+    allowed_origins: tuple[str, ...] = ()
+    """Other sites' origins allowed to call this API from a browser (CORS); same-origin needs none."""
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -116,6 +120,12 @@ def load_config(env: Mapping[str, str]) -> EdgeConfig:
     for url in stun:
         if not url.startswith(("stun:", "stuns:")):
             raise ConfigError("STUN_URLS: each URL must start with stun: or stuns:")
+    origins = tuple(o for o in (env.get("ALLOWED_ORIGINS") or "").replace(",", " ").split() if o)
+    for origin in origins:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+            raise ConfigError(
+                f"ALLOWED_ORIGINS: {origin[:80]!r} is not an origin (scheme://host[:port], no path or '*')"
+            )
     key_id = env.get("RELAY_SIGNING_KEY_ID") or "default"
     if len(key_id) > 64 or not key_id.isprintable():
         raise ConfigError("RELAY_SIGNING_KEY_ID: must be at most 64 printable characters")
@@ -135,4 +145,5 @@ def load_config(env: Mapping[str, str]) -> EdgeConfig:
         call_check_interval_s=_number(env, "CALL_CHECK_INTERVAL_S", 60.0, 1.0, 3600.0),
         request_timeout_s=_number(env, "REQUEST_TIMEOUT_S", 10.0, 0.1, 60.0),
         token_max_ttl_s=int(_number(env, "TOKEN_MAX_TTL_S", 3600, 60, 24 * 3600)),
+        allowed_origins=origins,
     )

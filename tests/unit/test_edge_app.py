@@ -382,3 +382,27 @@ def test_config_errors_name_the_variable_never_the_value() -> None:
     with pytest.raises(ConfigError, match="SFU_API_URL"):
         load_config(edge_env(SFU_API_URL="ftp://x"))
     assert no_secret_in(repr(load_config(edge_env())))
+
+
+async def test_cors_only_for_allowed_origins() -> None:
+    h = Harness(dict(edge_env(), ALLOWED_ORIGINS="https://app.example.com, http://localhost:5173"))
+    allowed = {"origin": "https://app.example.com"}
+    preflight = await h.request("OPTIONS", "/v1/calls", token=None, headers=allowed)
+    assert preflight.status == 204
+    assert preflight.header("access-control-allow-origin") == "https://app.example.com"
+    assert "authorization" in (preflight.header("access-control-allow-headers") or "")
+    response = await h.request("GET", "/v1/ice-servers", headers=allowed)
+    assert (
+        response.status == 200 and response.header("access-control-allow-origin") == "https://app.example.com"
+    )
+    other = {"origin": "https://evil.example"}
+    refused = await h.request("OPTIONS", "/v1/calls", token=None, headers=other)
+    assert refused.status == 403 and "ALLOWED_ORIGINS" in refused.json()["error"]["message"]
+    response = await h.request("GET", "/v1/ice-servers", headers=other)
+    assert response.header("access-control-allow-origin") is None  # the browser blocks the read
+
+
+def test_allowed_origins_must_be_origins() -> None:
+    for bad in ("*", "https://app.example.com/path", "app.example.com"):
+        with pytest.raises(ConfigError, match="ALLOWED_ORIGINS"):
+            load_config(dict(edge_env(), ALLOWED_ORIGINS=bad))
