@@ -236,7 +236,7 @@ class Call:
 
     def _barge_in(self, timestamp: int) -> None:
         self._speech_run = 0
-        report, marks = self.playout.barge_in()
+        report = self.playout.barge_in()
         self.counters.barge_ins += 1
         self.counters.frames_dropped_barge_in += report.dropped_frames
         if self.wire_id is not None:
@@ -247,27 +247,22 @@ class Call:
                 response_seq=report.response_seq,
                 timestamp=timestamp,
             )
-            for name in marks:
-                self.link.send_mark(self.wire_id, name, 0)
 
     # -- outbound: inference → caller (CallSink) -------------------------------------------------
 
     def on_audio_out(self, seq: int, timestamp: int, payload: bytes, marker: bool) -> None:
         self.counters.frames_from_inference += 1
-        self.playout.push_frame(payload, seq, marker)
+        self.playout.push_frame(payload, seq, marker, timestamp)
 
     def on_mark(self, name: str, timestamp: int) -> None:
-        self.playout.push_mark(name)
+        self.playout.push_mark(name, timestamp)
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Keep inference's JSON events (transcripts, tool status, agent timings) for the call's record."""
         self.events.append({"at_ms": round((time.perf_counter() - self._t0) * 1000, 3), "event": event})
 
     def on_clear(self, timestamp: int) -> None:
-        _, marks = self.playout.flush()
-        if self.wire_id is not None:
-            for name in marks:
-                self.link.send_mark(self.wire_id, name, 0)
+        self.playout.clear_before(timestamp)
 
     def on_call_end(self, reason: str) -> None:
         self.wire_id = None  # inference already knows; do not send it CALL_END back
@@ -317,6 +312,8 @@ class Call:
             "frames_from_inference": c.frames_from_inference,
             "barge_ins": c.barge_ins,
             "frames_dropped_barge_in": c.frames_dropped_barge_in,
+            "frames_dropped_after_barge_in": self.playout.frames_dropped_interrupted,
+            "frames_dropped_cleared": self.playout.frames_dropped_cleared,
             "speech_frames_decoded": self._detector.decoded_frames,
             "lost_in": stats.lost_in if stats else 0,
             "jitter_in_ms": round(stats.jitter_in_ms, 2) if stats else None,
@@ -324,6 +321,9 @@ class Call:
             "jitter_out_ms": round(stats.jitter_out_ms, 2) if stats else None,
             "rtt_ms": round(stats.rtt_ms, 2) if stats and stats.rtt_ms is not None else None,
             "undecryptable": stats.undecryptable if stats else 0,
+            # AUDIO_IN timestamps are offsets from this RTP timestamp (the caller's first packet that
+            # reached the relay): with it a caller maps inference's media times onto its own timeline.
+            "rtp_timestamp_base": self._ts0,
             "dwell_in_p50_ms": _round(self.dwell_in.quantile_ms(0.5)),
             "dwell_in_p99_ms": _round(self.dwell_in.quantile_ms(0.99)),
             "dwell_out_p50_ms": _round(self.dwell_out.quantile_ms(0.5)),

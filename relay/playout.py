@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relay.wire import u32_diff
+
 FRAME_NS = 20_000_000
 SAMPLES_PER_FRAME = 960  # 20 ms at 48 kHz
 CLOCK_RATE = 48_000
@@ -31,12 +33,14 @@ MarkReached = Callable[[str, int], object]
 class _Frame:
     payload: bytes
     seq: int
+    timestamp: int  # inference's AUDIO_OUT timestamp (48 kHz), for CLEAR
     arrival_ns: int
 
 
 @dataclass(slots=True)
 class _Mark:
-    name: str
+    name: str  # "" marks a response boundary (from an AUDIO_OUT marker)
+    timestamp: int  # position in inference's outbound stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,32 +83,46 @@ class Playout:
         self._timeline_ns = self._t0  # wall time at which the next frame would play
         self._timer_pending = False
         self._new_spurt = True
+        self._interrupted = False
         self.response_frames = 0
         self.response_seq = 0
         self.frames_sent = 0
         self.frames_dropped_full = 0
+        self.frames_dropped_interrupted = 0
+        self.frames_dropped_cleared = 0
+        self._clear_before: int | None = None
         self.closed = False
 
     # -- input from inference --------------------------------------------------------------------
 
-    def push_frame(self, payload: bytes, seq: int, marker: bool) -> None:
+    def push_frame(self, payload: bytes, seq: int, marker: bool, timestamp: int = 0) -> None:
         """Queue one frame; a marker starts a new response (its played position counts from zero)."""
         if self.closed:
             return
+        if self._clear_before is not None:
+            if u32_diff(timestamp, self._clear_before) < 0:  # arrived late for a CLEAR: never play it
+                self.frames_dropped_cleared += 1
+                return
+            self._clear_before = None
+        if self._interrupted:
+            if not marker:  # late frames of the response the caller interrupted: never play them
+                self.frames_dropped_interrupted += 1
+                return
+            self._interrupted = False  # a new response starts
         if self._queued_frames >= MAX_QUEUE_FRAMES:
             self.frames_dropped_full += 1
             return
         if marker:
-            self._queue.append(_Mark(""))  # response boundary: resets the played counter when reached
-        self._queue.append(_Frame(payload, seq, self._clock()))
+            self._queue.append(_Mark("", timestamp))  # response boundary: resets the played counter
+        self._queue.append(_Frame(payload, seq, timestamp, self._clock()))
         self._queued_frames += 1
         self.pump()
 
-    def push_mark(self, name: str) -> None:
+    def push_mark(self, name: str, timestamp: int = 0) -> None:
         """Queue a mark: inference is told when playout reaches this point."""
         if self.closed:
             return
-        self._queue.append(_Mark(name))
+        self._queue.append(_Mark(name, timestamp))
         self.pump()
 
     # -- pacing ----------------------------------------------------------------------------------
@@ -156,24 +174,45 @@ class Playout:
         return self._queued_frames
 
     def playing(self) -> bool:
-        """True while the caller may still be hearing assistant audio (queued, or sent and not yet played)."""
+        """True while the caller may still be hearing assistant audio (queued, or sent and not yet played).
+
+        False right after a barge-in until the next response starts (a frame with the marker): one
+        interruption is reported once, not again for every speech packet while the tail fades.
+        """
+        if self._interrupted:
+            return False
         return self._queued_frames > 0 or self._timeline_ns + self.tail_ns > self._clock()
 
-    def flush(self) -> tuple[int, list[str]]:
-        """Drop everything queued; return (frames dropped, names of marks that will never play)."""
+    def flush(self) -> int:
+        """Drop everything queued (marks in it are never echoed); return the frames dropped."""
         dropped = self._queued_frames
-        marks = [item.name for item in self._queue if isinstance(item, _Mark) and item.name]
         self._queue.clear()
         self._queued_frames = 0
-        return dropped, marks
+        return dropped
 
-    def barge_in(self) -> tuple[BargeInReport, list[str]]:
-        """Flush and report how much of the current response the caller heard."""
+    def clear_before(self, timestamp: int) -> int:
+        """CLEAR: drop queued frames (and marks among them) before `timestamp`, and such frames that
+        arrive later; frames from `timestamp` on stay. Returns the frames dropped now."""
+        before = [i for i in self._queue if u32_diff(i.timestamp, timestamp) < 0]
+        dropped = sum(1 for i in before if isinstance(i, _Frame))
+        self._queue = deque(i for i in self._queue if u32_diff(i.timestamp, timestamp) >= 0)
+        self._queued_frames -= dropped
+        self.frames_dropped_cleared += dropped
+        self._clear_before = timestamp
+        return dropped
+
+    def barge_in(self) -> BargeInReport:
+        """Flush and report how much of the current response the caller heard.
+
+        Until inference starts a new response (an AUDIO_OUT with the marker), frames still in flight
+        from the interrupted one are dropped on arrival.
+        """
         now = self._clock()
         ahead_ns = max(0, self._timeline_ns - now)
         played = max(0, self.response_frames * SAMPLES_PER_FRAME - ahead_ns * CLOCK_RATE // 1_000_000_000)
-        dropped, marks = self.flush()
-        return BargeInReport(played, dropped, self.response_seq), marks
+        dropped = self.flush()
+        self._interrupted = True
+        return BargeInReport(played, dropped, self.response_seq)
 
     def close(self) -> None:
         self.closed = True

@@ -48,7 +48,11 @@ class SpeechDetector:
     )
 
     def __init__(
-        self, threshold_dbov: float = DEFAULT_THRESHOLD_DBOV, *, use_voice_bit: bool = True, channels: int = 1
+        self,
+        threshold_dbov: float = DEFAULT_THRESHOLD_DBOV,
+        *,
+        use_voice_bit: bool = False,
+        channels: int = 1,
     ) -> None:
         if not -127.0 <= threshold_dbov <= 0.0:
             raise ValueError(f"threshold_dbov: must be -127..0 dBov, got {threshold_dbov}")

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from relay.echo_agent import EchoAgent, EchoConfig
-from relay.inference import AudioFrame, BargeInNotice, InferenceCall
+from relay.inference import AudioFrame, BargeInNotice, InferenceCall, MarkReached
 from tests.integration.relay_harness import Caller, relay_stack
 from tests.opus_fixtures import UTTERANCE, clip
 
@@ -204,3 +204,58 @@ async def test_many_calls_at_once_each_get_their_own_echo() -> None:
                 assert _contiguous_run([p.payload for p in c.received], audio.frames) >= 0
         finally:
             await asyncio.gather(*(c.close() for c in callers))
+
+
+async def test_clear_and_marks_follow_inferences_outbound_positions() -> None:
+    """CLEAR drops what inference sent before it (queued or late), keeps what follows; marks echo once
+    playout reaches them, and a mark in cleared audio is never echoed."""
+    first = [bytes([0xF8, 1, i]) for i in range(30)]  # distinct Opus-shaped payloads
+    second = [bytes([0xF8, 2, i]) for i in range(10)]
+    reached: list[str] = []
+    done = asyncio.Event()
+    release = asyncio.Event()
+
+    async def talker(call: InferenceCall) -> None:
+        async def events() -> None:
+            async for event in call.events():
+                if isinstance(event, MarkReached):
+                    reached.append(event.name)
+                    if event.name == "end":
+                        done.set()
+
+        task = asyncio.create_task(events())
+        try:
+            async for _frame in call.frames():
+                for i, payload in enumerate(first):
+                    call.send_audio(payload, marker=i == 0)
+                    if i == 5:
+                        call.send_mark("inside-cleared")
+                call.clear()
+                for i, payload in enumerate(second):
+                    call.send_audio(payload, marker=i == 0)
+                call.send_mark("end")
+                break
+            await release.wait()  # keep the call up while the test reads the relay's record
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    quiet = clip((("silence", 20),))
+    async with relay_stack(talker) as stack:
+        caller = Caller()
+        try:
+            await caller.attach(stack, "call-clear")
+            caller.send(quiet.frames[0], quiet.levels[0], marker=True)
+            await asyncio.wait_for(done.wait(), timeout=10)
+            await asyncio.sleep(0.1)
+            got = [p.payload for p in caller.received]
+            assert got[-len(second) :] == second  # the new response plays whole, in order
+            head = got[: -len(second)]
+            assert head == first[: len(head)] and len(head) <= 5  # only what left before the CLEAR
+            assert reached == ["end"]
+            info = (await stack.request("GET", "/v1/calls/call-clear")).json()
+            assert info["frames_dropped_cleared"] == len(first) - len(head)
+        finally:
+            release.set()
+            await caller.close()

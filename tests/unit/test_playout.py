@@ -85,19 +85,18 @@ def test_barge_in_flushes_the_queue_and_reports_what_was_heard() -> None:
         h.p.push_frame(b"x", seq=i, marker=i == 0)
     h.advance(500_000_000)  # half a second of the reply has been played
     assert h.p.playing()
-    report, marks = h.p.barge_in()
+    report = h.p.barge_in()
     sent = len(h.sent)
     assert report.dropped_frames == 100 - sent
     assert report.response_seq == sent - 1
     # Heard = sent minus what is still ahead of the wall clock (at most the lead plus the last frame).
     assert (sent * SAMPLES_PER_FRAME) - 80 * 48 <= report.played_samples <= sent * SAMPLES_PER_FRAME
     assert abs(report.played_samples - 500 * 48) <= SAMPLES_PER_FRAME
-    assert marks == []
     h.advance(FRAME_NS * 10)
     assert len(h.sent) == sent  # nothing more goes out after the flush
 
 
-def test_marks_are_reported_when_playout_reaches_them_and_returned_when_flushed() -> None:
+def test_marks_are_reported_when_playout_reaches_them_and_never_when_flushed() -> None:
     h = Harness(lead_ms=0)
     h.p.push_frame(b"1", seq=0, marker=True)
     h.p.push_mark("after-1")
@@ -109,8 +108,24 @@ def test_marks_are_reported_when_playout_reaches_them_and_returned_when_flushed(
     h.p.push_frame(b"3", seq=2, marker=False)
     h.p.push_frame(b"4", seq=3, marker=False)
     h.p.push_mark("never")
-    _, flushed = h.p.flush()
-    assert flushed == ["never"]
+    assert h.p.flush() == 2  # frames 3 and 4 were waiting for their 20 ms slots
+    h.advance(FRAME_NS * 5)
+    assert [m[0] for m in h.marks] == ["after-1", "after-2"]  # a flushed mark is never echoed
+
+
+def test_clear_drops_queued_and_late_frames_before_its_timestamp_only() -> None:
+    h = Harness(lead_ms=0)
+    for i in range(5):  # timestamps 0, 960, ... 3840 (inference's outbound stream)
+        h.p.push_frame(bytes([i]), seq=i, marker=i == 0, timestamp=i * 960)
+    h.p.push_mark("at-4800", timestamp=4800)
+    assert len(h.sent) == 1 and h.p.queued_frames == 4
+    assert h.p.clear_before(2 * 960) == 1  # frame 1 dropped; 2, 3, 4 stay
+    h.p.push_frame(b"late", seq=9, marker=False, timestamp=960)  # in flight before the CLEAR
+    assert h.p.frames_dropped_cleared == 2
+    h.p.push_frame(bytes([5]), seq=5, marker=False, timestamp=5 * 960)
+    h.advance(FRAME_NS * 10)
+    assert [s[0] for s in h.sent] == [bytes([i]) for i in (0, 2, 3, 4, 5)]
+    assert [m[0] for m in h.marks] == ["at-4800"]
 
 
 def test_the_marker_resets_the_played_counter_for_a_new_response() -> None:
@@ -142,3 +157,18 @@ def test_playing_ends_after_the_tail() -> None:
 def test_lead_is_validated() -> None:
     with pytest.raises(ValueError, match=r"0\.\.1000 ms"):
         Playout(lambda *a: None, lambda *a: None, lambda *a: None, lead_ms=5000)
+
+
+def test_after_a_barge_in_nothing_is_playing_until_new_audio_goes_out() -> None:
+    h = Harness(lead_ms=60, tail_ms=120)
+    for i in range(20):
+        h.p.push_frame(b"x", seq=i, marker=i == 0)
+    h.advance(100_000_000)
+    assert h.p.playing()
+    h.p.barge_in()
+    assert not h.p.playing()  # within the tail of what was sent, but already interrupted once
+    h.p.push_frame(b"late", seq=20, marker=False)  # in flight from the interrupted response
+    assert h.p.queued_frames == 0 and h.p.frames_dropped_interrupted == 1
+    assert not h.p.playing()
+    h.p.push_frame(b"y", seq=21, marker=True)  # the next response
+    assert h.p.playing() and h.p.queued_frames + len([s for s in h.sent if s[0] == b"y"]) == 1

@@ -23,10 +23,13 @@ def test_level_path_uses_the_threshold_in_dbov() -> None:
     assert det.decoded_frames == 0  # the level path never decodes
 
 
-def test_voice_bit_is_honoured_when_set_and_can_be_ignored() -> None:
-    assert SpeechDetector(-40.0).is_speech(b"x", level=90, voice=True)
-    assert not SpeechDetector(-40.0, use_voice_bit=False).is_speech(b"x", level=90, voice=True)
-    assert SpeechDetector(-40.0, use_voice_bit=False).is_speech(b"x", level=20, voice=False)
+def test_the_level_decides_by_default_and_the_voice_bit_only_when_asked() -> None:
+    # Chromium sets V=1 on every packet (even digital silence, level 127) unless DTX is negotiated,
+    # so by default only the level counts; the V bit is opt-in for senders known to set it truthfully.
+    assert not SpeechDetector(-40.0).is_speech(b"x", level=127, voice=True)
+    assert not SpeechDetector(-40.0).is_speech(b"x", level=90, voice=True)
+    assert SpeechDetector(-40.0).is_speech(b"x", level=20, voice=False)
+    assert SpeechDetector(-40.0, use_voice_bit=True).is_speech(b"x", level=90, voice=True)
 
 
 def test_opus_path_classifies_real_frames() -> None:
