@@ -110,6 +110,8 @@ class Call:
         self._seq = SequenceUnwrapper()
         self._ts0: int | None = None
         self._speech_run = 0
+        self._playback_started = False
+        self._silence_seen = False
         self._detector = SpeechDetector(self.config.barge_in_threshold_dbov)
         loop = asyncio.get_running_loop()
         self.playout = Playout(
@@ -225,13 +227,25 @@ class Call:
         if pkt.arrival_ns:
             self.dwell_in.observe_ns(time.perf_counter_ns() - pkt.arrival_ns)
         if self.playout.playing():
-            if self._detector.is_speech(pkt.payload, level, pkt.voice):
+            self._watch_for_barge_in(pkt, level, timestamp)
+        else:
+            self._playback_started = False
+
+    def _watch_for_barge_in(self, pkt: RtpPacket, level: int | None, timestamp: int) -> None:
+        """A barge-in is the caller *starting* to speak over assistant audio: a speech onset after at
+        least one silent packet heard during playback. Someone already talking when the reply began
+        (full duplex, or a reply that starts while the caller trails off) does not interrupt it."""
+        if not self._playback_started:
+            self._playback_started = True
+            self._silence_seen = False
+            self._speech_run = 0
+        if self._detector.is_speech(pkt.payload, level, pkt.voice):
+            if self._silence_seen:
                 self._speech_run += 1
                 if self._speech_run >= self.config.barge_in_packets:
                     self._barge_in(timestamp)
-            else:
-                self._speech_run = 0
         else:
+            self._silence_seen = True
             self._speech_run = 0
 
     def _barge_in(self, timestamp: int) -> None:

@@ -166,6 +166,7 @@ class InferenceCall:
         self._events: _Channel[CallEvent] = _Channel(EVENT_QUEUE)
         self._out_seq = 0
         self._out_ts = 0
+        self._after_barge_in = False
         self._rx = 0  # datagrams received, for the idle sweep
         self._done = asyncio.Event()
         self.end_reason: str | None = None
@@ -211,10 +212,15 @@ class InferenceCall:
         """Send one 20 ms Opus frame; ``marker`` on the first frame of a response.
 
         Returns False (and sends nothing) when the call has ended. The relay paces playout, so a
-        service may send ahead of real time, within the relay's outbound queue limit.
+        service may send ahead of real time, within the relay's outbound queue limit. The first frame
+        sent after a BARGE_IN always carries the marker: it starts a new response, and the relay drops
+        frames of the interrupted response until it sees one.
         """
         if self._state.ended:
             return False
+        if self._after_barge_in:
+            marker = True
+            self._after_barge_in = False
         data = wire.encode_audio(
             MsgType.AUDIO_OUT,
             self._state.call_id,
@@ -282,6 +288,7 @@ class InferenceCall:
         if not self._server.accept_reliable(msg, self._state):
             return
         if mtype is MsgType.BARGE_IN:
+            self._after_barge_in = True
             self._events.put(BargeInNotice(msg.barge_in(), msg.timestamp))
         elif mtype is MsgType.MARK:
             self._events.put(MarkReached(msg.mark_name(), msg.timestamp))

@@ -259,3 +259,24 @@ async def test_clear_and_marks_follow_inferences_outbound_positions() -> None:
         finally:
             release.set()
             await caller.close()
+
+
+async def test_talking_through_the_reply_start_is_not_a_barge_in() -> None:
+    """Full duplex: the caller was already speaking when assistant audio began, so nothing is cut."""
+
+    async def echo_each_frame(call: InferenceCall) -> None:
+        async for frame in call.frames():
+            call.send_audio(frame.payload)
+
+    loud = clip((("tone", 600),))
+    async with relay_stack(echo_each_frame) as stack:
+        caller = Caller()
+        try:
+            await caller.attach(stack, "call-duplex")
+            await caller.speak(loud.frames, loud.levels)
+            await caller.wait_received(len(loud.frames), within=5)
+            assert [p.payload for p in caller.received] == loud.frames
+            info = (await stack.request("GET", "/v1/calls/call-duplex")).json()
+            assert info["barge_ins"] == 0
+        finally:
+            await caller.close()
