@@ -29,9 +29,10 @@ $(SDK_WHEEL): $(STAMP)
 
 setup: $(STAMP) $(NODE_STAMP) $(SDK_WHEEL)
 
-## The main command: what a newcomer runs first.
-run: setup
-	$(VENV)/bin/splitrelay cost
+## The main command: what a newcomer runs first. The local stack (Realtime emulator, edge, relay, echo
+## agent), one measured call, the latency budget, then everything stops. Python only: no node needed.
+run: $(STAMP)
+	$(VENV)/bin/splitrelay dev --call
 
 cost: setup
 	$(VENV)/bin/splitrelay cost

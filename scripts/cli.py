@@ -12,6 +12,8 @@ from scripts.agent_cli import app as agent_app
 from scripts.cost.cli import cost_app
 from scripts.edge_cli import edge_app, token_app
 from scripts.relay_cli import app as relay_app
+from scripts.stack_cli import call as call_command
+from scripts.stack_cli import dev as dev_command
 from sfu_emulator.cli import app as emulator_app
 
 app = typer.Typer(
@@ -30,6 +32,8 @@ app.add_typer(edge_app, name="edge")
 app.add_typer(emulator_app, name="emulator")
 app.add_typer(relay_app, name="relay")
 app.add_typer(token_app, name="token")
+app.command("call")(call_command)
+app.command("dev")(dev_command)
 
 
 def main() -> None:
