@@ -55,7 +55,7 @@ class RelaySettings:
     process: str = "0"
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+def bind_tcp(host: str, port: int, what: str = "control API") -> socket.socket:
     """Bind the control API's listening socket ourselves, so port 0 yields a known port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -64,7 +64,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"control API: cannot bind {host}:{port}: {exc.strerror or exc}") from None
+        raise OSError(f"{what}: cannot bind {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(512)
     sock.setblocking(False)
     return sock

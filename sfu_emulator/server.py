@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import uvicorn
 
+from relay.server import bind_tcp
 from sfu_emulator.config import EmulatorConfig
 from sfu_emulator.emulator import Emulator
 from sfu_emulator.http_api import API_PREFIX, create_app
@@ -65,13 +66,8 @@ class EmulatorServer:
 
     async def start(self) -> StartInfo:
         config = self.config
-        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = bind_tcp(config.host, config.port, "emulator API")
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((config.host, config.port))
-            sock.listen(128)
-            sock.setblocking(False)
             await self.stun.start()
             await self.emulator.start()
             server_config = uvicorn.Config(

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import av
 import numpy as np
+
+from scripts.utterance import encode_opus, frame_levels
 
 SAMPLE_RATE = 48_000
 FRAME_SAMPLES = 960
@@ -41,38 +42,12 @@ def silence(ms: int) -> np.ndarray[Any, Any]:
 
 def encode(signal: np.ndarray[Any, Any], *, bitrate: int = 32_000) -> list[bytes]:
     """Encode int16 mono PCM into one Opus packet per 20 ms frame, as WebRTC sends them."""
-    if signal.size % FRAME_SAMPLES:
-        raise ValueError(f"signal: length must be a multiple of {FRAME_SAMPLES} samples")
-    encoder: Any = av.CodecContext.create("libopus", "w")
-    encoder.sample_rate = SAMPLE_RATE
-    encoder.layout = "mono"
-    encoder.format = "s16"
-    encoder.bit_rate = bitrate
-    encoder.options = {"application": "voip"}
-    encoder.open()
-    packets: list[bytes] = []
-    for start in range(0, signal.size, FRAME_SAMPLES):
-        frame = av.AudioFrame.from_ndarray(
-            signal[None, start : start + FRAME_SAMPLES], format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = start
-        packets.extend(bytes(p) for p in encoder.encode(frame))
-    n = signal.size // FRAME_SAMPLES
-    if len(packets) != n:
-        raise AssertionError(f"libopus produced {len(packets)} packets for {n} frames")
-    return packets
+    return encode_opus(signal, bitrate)
 
 
 def rfc6464_levels(signal: np.ndarray[Any, Any]) -> list[int]:
     """Per-frame RFC 6464 audio level (0..127 -dBov) of int16 PCM, as a browser would send it."""
-    levels = []
-    for start in range(0, signal.size, FRAME_SAMPLES):
-        chunk = signal[start : start + FRAME_SAMPLES].astype(np.float64) / 32768.0
-        ms = float(np.mean(chunk * chunk))
-        dbov = -127.0 if ms <= 0 else max(-127.0, 10 * math.log10(ms))
-        levels.append(min(127, round(-dbov)))
-    return levels
+    return frame_levels(signal)
 
 
 @dataclass(frozen=True)
