@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from scripts.agent_cli import app as agent_app
+from scripts.bench_cli import app as bench_app
 from scripts.cost.cli import cost_app
 from scripts.edge_cli import edge_app, token_app
 from scripts.relay_cli import app as relay_app
@@ -27,6 +28,7 @@ app = typer.Typer(
 # Sub-command groups (one line each; keep this list sorted by name).
 # -- groups --
 app.add_typer(agent_app, name="agent")
+app.add_typer(bench_app, name="bench")
 app.add_typer(cost_app, name="cost")
 app.add_typer(edge_app, name="edge")
 app.add_typer(emulator_app, name="emulator")

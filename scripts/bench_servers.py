@@ -1,0 +1,131 @@
+"""The two servers the relay benchmark runs as child processes, both on uvloop.
+
+``echo-inference``: an inference service built on relay/inference.py that answers each AUDIO_IN at once
+with an AUDIO_OUT of the same payload, so the relay carries a full call each way and the benchmark sees
+every frame's round trip. ``udp-echo``: a bare uvloop UDP echo (``sendto(data, addr)``, nothing else),
+the baseline: what moving the same datagrams costs with no relay logic at all.
+
+Each prints one JSON ready line with its port, runs until SIGTERM/SIGINT or until its stdin closes (so
+it never outlives the benchmark), then prints a JSON stats line.
+Run: ``python -m scripts.bench_servers echo-inference|udp-echo [--listen 127.0.0.1:0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+SOCKET_BUFFER = 1 << 21  # the same 2 MiB the relay's wire socket asks for (relay/wire_endpoint.py)
+
+
+def _emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SystemExit(f"--listen: expected HOST:PORT with port 0..65535, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+async def _until_stopped() -> None:
+    """Wait for SIGTERM/SIGINT or EOF on stdin (the benchmark went away)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if not sys.stdin.isatty():
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+        async def watch_stdin() -> None:
+            while await reader.read(4096):  # bounded by the pipe: returns b"" at EOF
+                pass
+            stop.set()
+
+        watcher = asyncio.create_task(watch_stdin())
+        await stop.wait()
+        watcher.cancel()
+    else:
+        await stop.wait()
+
+
+async def echo_inference(listen: tuple[str, int], max_calls: int) -> None:
+    from relay.inference import InferenceCall, InferenceServer
+
+    async def echo(call: InferenceCall) -> None:
+        async for frame in call.frames():
+            call.send_audio(frame.payload)
+
+    # No keepalives flow before the benchmark starts sending, so the idle timeout is at its maximum.
+    server = InferenceServer(echo, listen[0], listen[1], max_calls=max_calls, idle_timeout=3600)
+    address = await server.start()
+    try:
+        _emit({"event": "ready", "port": address[1], "pid": os.getpid()})
+        await _until_stopped()
+    finally:
+        stats = server.stats.as_dict()
+        await server.close(grace=0.5)
+        _emit({"event": "stats", **stats})
+
+
+class _Echo(asyncio.DatagramProtocol):
+    __slots__ = ("datagrams", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.datagrams = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.datagrams += 1
+        self.transport.sendto(data, addr)  # type: ignore[union-attr]
+
+
+async def udp_echo(listen: tuple[str, int]) -> None:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+    transport, protocol = await loop.create_datagram_endpoint(_Echo, local_addr=listen, family=family)
+    sock = transport.get_extra_info("socket")
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    try:
+        _emit({"event": "ready", "port": transport.get_extra_info("sockname")[1], "pid": os.getpid()})
+        await _until_stopped()
+    finally:
+        transport.close()
+        _emit({"event": "stats", "datagrams": protocol.datagrams})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench_servers", description=__doc__)
+    sub = parser.add_subparsers(dest="server", required=True)
+    inf = sub.add_parser("echo-inference", help="inference that echoes every frame at once")
+    inf.add_argument("--listen", default="127.0.0.1:0")
+    inf.add_argument("--max-calls", type=int, default=1000)
+    udp = sub.add_parser("udp-echo", help="bare uvloop UDP echo (the baseline)")
+    udp.add_argument("--listen", default="127.0.0.1:0")
+    args = parser.parse_args(argv)
+    listen = _parse_listen(args.listen)
+
+    import uvloop
+
+    if args.server == "echo-inference":
+        if not 1 <= args.max_calls <= 100_000:
+            raise SystemExit(f"--max-calls: must be 1..100000, got {args.max_calls}")
+        uvloop.run(echo_inference(listen, args.max_calls))
+    else:
+        uvloop.run(udp_echo(listen))
+
+
+if __name__ == "__main__":
+    main()

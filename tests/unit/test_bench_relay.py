@@ -1,0 +1,350 @@
+"""The relay benchmark's own arithmetic: metrics, percentiles, CPU accounting, verdicts, echo matching.
+
+No network and no child processes: the end-to-end run is tests/integration/test_bench_relay.py.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import math
+import re
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from typer.testing import CliRunner
+
+from relay.telemetry import CallCounters, CallSample, DwellHistogram, RelayCollector
+from scripts import bench_load, bench_support
+from scripts.bench_cli import app
+from scripts.bench_load import EchoMatcher, Flow, drive, noise_frames
+from scripts.bench_relay import (
+    PhaseResult,
+    RelayBenchConfig,
+    Row,
+    bucket_delta,
+    fraction_at_most,
+    histogram_quantile,
+    parse_calls,
+    parse_metrics,
+    projection,
+    verdict,
+)
+
+# --- configuration errors name the field and the limit -----------------------------------------------
+
+
+def test_parse_calls_accepts_a_list() -> None:
+    assert parse_calls("100, 500,1000") == (100, 500, 1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("100,abc", "--calls: expected comma-separated whole numbers"),
+        ("0", "calls: each value must be 1..5000, got 0"),
+        ("6000", "calls: each value must be 1..5000, got 6000"),
+        (",".join(["1"] * 11), "calls: give 1..10 values, got 11"),
+    ],
+)
+def test_parse_calls_errors_name_the_field(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        parse_calls(text)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"duration": 0.5}, "duration: must be 1..600 seconds, got 0.5"),
+        ({"warmup": 121}, "warmup: must be 0..120 seconds, got 121"),
+        ({"load_procs": 17}, "load_procs: must be 0..16"),
+        ({"setup_concurrency": 0}, "setup_concurrency: must be 1..64, got 0"),
+        ({"setup_timeout": 500}, "setup_timeout: must be 1..120 seconds, got 500"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs: dict[str, float], needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        RelayBenchConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_command_reproduces_the_run() -> None:
+    config = RelayBenchConfig(calls=(100, 250), duration=15, warmup=5, setup_concurrency=8)
+    assert config.command() == (
+        "splitrelay bench relay --calls 100,250 --duration 15 --warmup 5 --setup-concurrency 8"
+    )
+
+
+def test_cli_rejects_bad_calls_before_starting_anything() -> None:
+    result = CliRunner().invoke(app, ["relay", "--calls", "100,x"])
+    assert result.exit_code == 2
+    assert "--calls" in result.output
+
+
+def test_cli_rejects_a_core_that_does_not_exist() -> None:
+    result = CliRunner().invoke(app, ["relay", "--relay-core", "4096"])
+    assert result.exit_code == 2
+    assert "relay_core: core 4096 is not usable" in result.output
+
+
+# --- the relay's /metrics ------------------------------------------------------------------------------
+
+
+def _metrics_text(dwell_us: list[int], packets_in: int) -> str:
+    """Exposition text from the relay's own collector, so a renamed metric breaks this test."""
+    counters = CallCounters(packets_in=packets_in, packets_out=packets_in - 1, barge_ins=2)
+    dwell_in, dwell_out = DwellHistogram(), DwellHistogram()
+    for us in dwell_us:
+        dwell_in.observe_ns(us * 1000)
+        dwell_out.observe_ns(us * 2000)
+    sample = CallSample(counters, dwell_in, dwell_out, lost=0, jitter_ms=None, rtt_ms=None)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(lambda: [sample]))
+    return generate_latest(registry).decode()
+
+
+def test_parse_metrics_reads_the_relay_collector() -> None:
+    metrics = parse_metrics(_metrics_text([3, 40, 40, 900, 1500], packets_in=10))
+    assert metrics.counters["packets_in"] == 10
+    assert metrics.counters["packets_out"] == 9
+    assert metrics.counters["barge_ins"] == 2
+    cumulative = dict(metrics.dwell_in)
+    assert cumulative[5e-06] == 1  # 3 µs
+    assert cumulative[5e-05] == 3  # 3 µs and two 40 µs
+    assert cumulative[0.001] == 4
+    assert cumulative[math.inf] == 5
+    assert dict(metrics.dwell_out)[0.001] == 3  # doubled: 80 µs twice and 6 µs fall below, 1.8 ms does not
+
+
+def test_parse_metrics_without_dwell_histograms_is_an_error() -> None:
+    with pytest.raises(bench_support.BenchError, match="splitrelay_dwell_in/out_seconds"):
+        parse_metrics("# nothing here\n")
+
+
+def test_bucket_delta_is_the_window() -> None:
+    start = [(0.001, 10.0), (math.inf, 12.0)]
+    end = [(0.001, 15.0), (math.inf, 20.0)]
+    assert bucket_delta(start, end) == [(0.001, 5.0), (math.inf, 8.0)]
+
+
+def test_histogram_quantile_interpolates_within_a_bucket() -> None:
+    buckets = [(0.001, 50.0), (0.002, 100.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == (0.001, False)
+    value, above = histogram_quantile(0.75, buckets)
+    assert value == pytest.approx(0.0015)
+    assert not above
+
+
+def test_histogram_quantile_above_the_top_bucket_is_flagged() -> None:
+    buckets = [(0.001, 10.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.99, buckets) == (0.001, True)
+
+
+def test_histogram_quantile_of_nothing() -> None:
+    assert histogram_quantile(0.5, [(0.001, 0.0), (math.inf, 0.0)]) == (None, False)
+
+
+def test_fraction_at_most_uses_the_bound_exactly() -> None:
+    buckets = [(0.00075, 90.0), (0.001, 99.0), (0.002, 100.0), (math.inf, 100.0)]
+    assert fraction_at_most(0.001, buckets) == 0.99
+    with pytest.raises(ValueError, match=r"no bucket bound at 0\.0015"):
+        fraction_at_most(0.0015, buckets)
+
+
+# --- CPU and kernel counters from /proc ---------------------------------------------------------------
+
+
+def test_proc_stat_line_with_a_hostile_command_name() -> None:
+    ticks = bench_support.CLOCK_TICKS
+    fields = ["S", "1", "1", "1", "0", "-1", "0", "0", "0", "0", "0", str(3 * ticks), str(ticks)]
+    line = "1234 (py) (x y) " + " ".join(fields + ["0"] * 30)
+    assert bench_support.parse_proc_stat_cpu_seconds(line) == 4.0
+
+
+def test_proc_stat_line_too_short() -> None:
+    with pytest.raises(ValueError, match="expected at least 15 fields"):
+        bench_support.parse_proc_stat_cpu_seconds("1 (x) S 1 2")
+    with pytest.raises(ValueError, match="expected at least 17 fields"):
+        bench_support.parse_proc_stat_family_seconds("1 (x) S 1 2")
+
+
+def test_family_seconds_include_reaped_children() -> None:
+    ticks = bench_support.CLOCK_TICKS
+    fields = ["S", *["0"] * 10, str(ticks), str(ticks), str(2 * ticks), str(3 * ticks)]
+    line = "99 (pytest) " + " ".join(fields + ["0"] * 30)
+    assert bench_support.parse_proc_stat_cpu_seconds(line) == 2.0
+    assert bench_support.parse_proc_stat_family_seconds(line) == 7.0
+
+
+def test_this_process_uses_cpu() -> None:
+    import os
+
+    before = bench_support.process_cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # bounded busy loop: 50 ms of CPU
+        pass
+    assert bench_support.process_cpu_seconds(os.getpid()) > before
+
+
+def test_core_times_and_udp_counters_parse() -> None:
+    ticks = bench_support.CLOCK_TICKS
+    t = ticks
+    stat = f"cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 {t} 0 {t} {2 * t} {t} 0 {t} {t} 0 0\nintr 12345\n"
+    assert bench_support.parse_core_times(stat) == {0: bench_support.CoreTimes(3.0, 1.0, 1.0, 7.0)}
+    snmp = "Udp: InDatagrams InErrors RcvbufErrors\nUdp: 10 3 2\n"
+    assert bench_support.parse_udp_counters(snmp) == {"InDatagrams": 10, "InErrors": 3, "RcvbufErrors": 2}
+    with pytest.raises(ValueError, match="no Udp header"):
+        bench_support.parse_udp_counters("Ip: 1\n")
+
+
+def test_cpu_window_in_percent_of_a_core() -> None:
+    core = bench_support.CoreTimes
+    start = bench_support.CpuSnapshot(
+        10.0,
+        {"relay": 1.0},
+        {0: core(1.0, 0.1, 0.0, 2.0)},
+        {"RcvbufErrors": 5},
+        {7: ("relay", 1.0), 8: ("pytest", 3.0), 9: ("idle", 1.0)},
+    )
+    end = bench_support.CpuSnapshot(
+        12.0,
+        {"relay": 2.5},
+        {0: core(2.0, 0.5, 0.2, 4.0)},
+        {"RcvbufErrors": 7},
+        {7: ("relay", 2.5), 8: ("pytest", 3.5), 9: ("idle", 1.001), 10: ("new", 5.0)},
+    )
+    window = bench_support.CpuWindow.between(start, end, own_pids=[7])
+    assert window.processes == {"relay": pytest.approx(75.0)}
+    assert window.core_busy == {0: pytest.approx(50.0)}
+    assert window.core_interrupts == {0: pytest.approx(20.0)}
+    assert window.core_steal == {0: pytest.approx(10.0)}
+    assert window.udp == {"RcvbufErrors": 2}
+    assert window.others == [("pytest", 8, 25.0)]  # not ours, not idle, seen at both ends
+    assert window.started == 1  # "new": too short-lived to name, but counted
+
+
+def test_all_process_times_sees_this_process() -> None:
+    import os
+
+    name, seconds = bench_support.all_process_times()[os.getpid()]
+    assert name and seconds > 0
+
+
+def test_split_cores() -> None:
+    assert bench_support.split_cores(0, [0, 1, 2]) == (frozenset({0}), frozenset({1, 2}))
+    assert bench_support.split_cores(0, [0]) == (frozenset({0}), frozenset({0}))  # shared: flagged later
+    with pytest.raises(ValueError, match=r"relay_core: core 3 is not usable here \(usable: \[0, 1\]\)"):
+        bench_support.split_cores(3, [0, 1])
+
+
+# --- verdicts -----------------------------------------------------------------------------------------
+
+
+def _phase(**changes: object) -> PhaseResult:
+    dwell = {"share_within_1ms": 1.0}
+    phase = PhaseResult(
+        subject="relay", flows=500, sent=1000, received=1000, expected=1200, sent_all=1200, send_failures=0,
+        unmatched=0, rtt_ms={"p50": 0.5, "p99": 1.0}, subject_cpu=80.0, load_cpu={"w": 50.0}, bench_cpu=1.0,
+        subject_core_busy=82.0, subject_core_interrupts=5.0, load_core_busy=60.0, load_core_interrupts=5.0,
+        steal=0.0, subject_core_others=0.0, load_core_others=0.0, others=[], others_started=0,
+        lateness_p99_ms=1.0, lateness_max_ms=2.0, kernel_udp={}, offered_datagrams_per_s=100_000,
+        window_s=15.0, pids={},
+        relay={"dwell_in": dict(dwell), "dwell_out": dict(dwell)},
+    )  # fmt: skip
+    for name, value in changes.items():
+        setattr(phase, name, value)
+    return phase
+
+
+def test_verdict_pass_fail_and_not_tested() -> None:
+    assert verdict(Row(500, relay=_phase()), 500)["status"] == "PASS"
+    lossy = verdict(Row(500, relay=_phase(received=990)), 500)
+    assert lossy["status"] == "FAIL"
+    assert lossy["reasons"] == ["lost 10 of 1000 packets"]
+    noisy = verdict(
+        Row(500, relay=_phase(received=999, noisy=["other work used 30% of the relay's core"])), 500
+    )
+    assert noisy["status"] == "FAIL"
+    assert noisy["reasons"][1].startswith("noisy run, rerun before trusting the failure")
+    slow = _phase(relay={"dwell_in": {"share_within_1ms": 0.98}, "dwell_out": {"share_within_1ms": 1.0}})
+    assert verdict(Row(500, relay=slow), 500)["reasons"] == ["dwell in: 98.00% within 1 ms"]
+    bound = verdict(Row(500, relay=_phase(load_bound=["load core(s) [1] 97% busy"], received=0)), 500)
+    assert bound["status"] == "NOT TESTED"
+    assert "load-generator bound" in bound["reasons"][0]
+    assert verdict(Row(500, error="BenchError: relay died"), 500)["status"] == "NOT TESTED"
+    assert verdict(None, 500)["reasons"] == ["no run with 500 or more calls"]
+
+
+def test_projection_fits_only_unbound_runs() -> None:
+    rows = [
+        Row(100, relay=_phase(subject_cpu=30.0)),
+        Row(200, relay=_phase(subject_cpu=50.0)),
+        Row(250, relay=_phase(subject_cpu=60.0, load_bound=["late"], received=999)),  # lost some
+        Row(300, relay=_phase(subject_cpu=70.0, load_bound=["late"], load_core_busy=95.0)),  # saturated
+        Row(400, relay=_phase(subject_cpu=90.0, load_bound=["send schedule late by 11 ms"])),  # kept
+    ]
+    fit = projection(rows)
+    assert fit is not None
+    assert fit["from_calls"] == [100, 200, 400]
+    assert fit["calls_at_100pct"] == pytest.approx(450, abs=10)
+    assert projection(rows[:1]) is None
+
+
+# --- the load generator -------------------------------------------------------------------------------
+
+
+def test_echo_matcher_counts_loss_and_round_trips() -> None:
+    rtts: array.array[int] = array.array("q")
+    matcher = EchoMatcher(rtts)
+    for k in range(5):
+        matcher.sent(k, 1000 * k, in_window=k >= 1)
+    matcher.echo(0, 500)  # warm-up frame: matched, not counted
+    matcher.echo(2, 2600)  # frame 1 never came back
+    matcher.echo(None, 2700)  # a payload never sent
+    matcher.echo(4, 4100)  # frame 3 lost too
+    assert (matcher.received_window, matcher.lost, matcher.unmatched) == (2, 2, 1)
+    assert list(rtts) == [600, 100]
+    matcher.echo(4, 4200)  # a duplicate: nothing pending matches it
+    assert matcher.unmatched == 2
+    matcher.counting = False
+    matcher.sent(5, 5000, in_window=True)
+    matcher.echo(5, 5100)  # after the drain: ignored
+    assert matcher.received_window == 2
+
+
+def test_echo_matcher_forgets_beyond_its_bound() -> None:
+    matcher = EchoMatcher(array.array("q"))
+    for k in range(bench_load.MAX_PENDING + 3):
+        matcher.sent(k % bench_load.FRAMES, k, in_window=True)
+    assert matcher.lost == 3
+
+
+class _Recorder(Flow):
+    def __init__(self, name: str, log: list[tuple[str, int, bool]]) -> None:
+        self.name = name
+        self.log = log
+
+    def send(self, k: int, in_window: bool) -> None:
+        self.log.append((self.name, k, in_window))
+        self.sent += 1
+
+
+async def test_drive_staggers_and_counts_the_window() -> None:
+    log: list[tuple[str, int, bool]] = []
+    flows = [_Recorder("a", log), _Recorder("b", log)]
+    expected, lateness = await drive(flows, time.monotonic() + 0.01, warmup=0.04, duration=0.06)
+    assert expected == 10  # 5 ticks of 20 ms, two flows
+    assert [entry[0] for entry in log[:4]] == ["a", "b", "a", "b"]  # b is 10 ms behind a
+    assert [entry[1] for entry in log if entry[0] == "a"] == [0, 1, 2, 3, 4]
+    assert [entry[2] for entry in log if entry[0] == "a"] == [False, False, True, True, True]
+    assert len(lateness) == 10
+    assert all(late >= 0 for late in lateness)
+    await asyncio.sleep(0)
+
+
+def test_noise_frames_are_distinct_and_below_the_barge_in_threshold() -> None:
+    frames = noise_frames(count=10)
+    payloads = [p for p, _ in frames]
+    assert len(set(payloads)) == 10
+    assert all(40 < len(p) < 200 for p in payloads)  # full-size frames, not DTX
+    assert all(level > 40 for _, level in frames)  # quieter than -40 dBov: no barge-in
