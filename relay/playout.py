@@ -109,12 +109,23 @@ class Playout:
                 self.frames_dropped_interrupted += 1
                 return
             self._interrupted = False  # a new response starts
+        now = self._clock()
+        if not self._queue and not self._timer_pending:
+            # The common case, real-time audio: nothing waits, so send on arrival without queueing.
+            if self._timeline_ns < now:
+                self._timeline_ns = now
+                self._new_spurt = True
+            if self._timeline_ns - now <= self.lead_ns:
+                if marker:
+                    self.response_frames = 0
+                self._send_now(payload, seq, now)
+                return
         if self._queued_frames >= MAX_QUEUE_FRAMES:
             self.frames_dropped_full += 1
             return
         if marker:
             self._queue.append(_Mark("", timestamp))  # response boundary: resets the played counter
-        self._queue.append(_Frame(payload, seq, timestamp, self._clock()))
+        self._queue.append(_Frame(payload, seq, timestamp, now))
         self._queued_frames += 1
         self.pump()
 
@@ -151,14 +162,18 @@ class Playout:
                 return
             queue.popleft()
             self._queued_frames -= 1
-            due = self._timeline_ns - self.lead_ns
-            self._send(item.payload, self._timestamp_at(self._timeline_ns), self._new_spurt)
-            self._observe(self._clock() - max(item.arrival_ns, due))
-            self._new_spurt = False
-            self._timeline_ns += FRAME_NS
-            self.frames_sent += 1
-            self.response_frames += 1
-            self.response_seq = item.seq
+            self._send_now(item.payload, item.seq, item.arrival_ns)
+
+    def _send_now(self, payload: bytes, seq: int, arrival_ns: int) -> None:
+        """Send the frame in the timeline's next slot and advance it; dwell counts from when it was due."""
+        due = self._timeline_ns - self.lead_ns
+        self._send(payload, self._timestamp_at(self._timeline_ns), self._new_spurt)
+        self._observe(self._clock() - max(arrival_ns, due))
+        self._new_spurt = False
+        self._timeline_ns += FRAME_NS
+        self.frames_sent += 1
+        self.response_frames += 1
+        self.response_seq = seq
 
     def _on_timer(self) -> None:
         self._timer_pending = False
