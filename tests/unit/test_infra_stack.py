@@ -4,8 +4,10 @@ plus the checks mocks cannot make (binding types, flags, port ranges, secret mar
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,19 @@ THREE_REGIONS = [
     region("eu-central-1", "euc1", minCount=1, maxCount=2, instanceType="c6i.large"),
     region("ap-southeast-2", "apse2", minCount=0, maxCount=1),
 ]
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi() -> Iterator[None]:
+    """Pulumi's mocks run on `asyncio.get_event_loop()`: give each test its own loop, because an
+    earlier async test in the same session (pytest-asyncio) leaves none current."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @pytest.fixture
