@@ -108,9 +108,9 @@ class EdgeApp:
         handler: Callable[[EdgeRequest, tokens.Claims], Awaitable[EdgeResponse]]
         if path == "/v1/ice-servers":
             await self._authenticate(request, tokens.SCOPE_ICE)
-            return json_response(
-                200, {"ice_servers": await self.calls.ice_servers(), "ttl_s": self._ice_ttl()}
-            )
+            ice = await self.calls.ice_servers()
+            # ttl_s: what the credentials have left (they may be shared: edge/ice.py), None for STUN.
+            return json_response(200, {"ice_servers": ice.servers, "ttl_s": ice.ttl_s(self.clock())})
         claims = await self._authenticate(request, tokens.SCOPE_CALLS)
         if match is None:
             return await self._create_call(request, claims)
@@ -121,9 +121,6 @@ class EdgeApp:
             request.method
         ]
         return await handler(request, claims)
-
-    def _ice_ttl(self) -> int | None:
-        return self.config.turn_ttl_s if self.config.turn is not None else None
 
     async def _limit(self, limiter: RateLimiter, kind: str, value: str) -> None:
         if not await limiter.allow(limit_key(kind, value)):

@@ -163,13 +163,21 @@ class CallObject:
     def __init__(self, storage: RecordStorage, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.clock = clock
+        # The record as storage holds it, once read or written here. The object is its storage's only
+        # writer (a Durable Object's storage is private to it), so later commands skip the read.
+        self._record: CallRecord | None = None
+        self._loaded = False
 
     async def load(self) -> CallRecord | None:
-        text = await self.storage.get(RECORD_KEY)
-        return None if text is None else CallRecord.from_json(json.loads(text))
+        if not self._loaded:
+            text = await self.storage.get(RECORD_KEY)
+            self._record = None if text is None else CallRecord.from_json(json.loads(text))
+            self._loaded = True
+        return self._record
 
     async def _save(self, record: CallRecord) -> CallRecord:
         await self.storage.put(RECORD_KEY, json.dumps(record.to_json(), separators=(",", ":")))
+        self._record, self._loaded = record, True
         await self._schedule(record)
         return record
 
@@ -190,7 +198,11 @@ class CallObject:
         return record
 
     async def dispatch(self, command: Mapping[str, Any]) -> dict[str, Any]:
-        """One command → ``{"record": ...}`` or ``{"error": ...}`` (the RPC's whole vocabulary)."""
+        """One command → ``{"record": ...}`` or ``{"error": ...}`` (the RPC's whole vocabulary).
+
+        ``"quiet": true`` answers ``{}`` on success instead of the record: a caller that only needs to
+        know the command took (the call setup) skips encoding and decoding the record it would drop.
+        """
         try:
             op = command.get("op")
             call_id = check_call_id(command.get("call_id"))
@@ -215,7 +227,7 @@ class CallObject:
             return exc.to_json()
         except (KeyError, TypeError, ValueError) as exc:
             return RecordError(400, "invalid_command", f"bad command: {type(exc).__name__}").to_json()
-        return {"record": record.to_json()}
+        return {} if command.get("quiet") is True else {"record": record.to_json()}
 
     async def create(self, record: CallRecord) -> CallRecord:
         check_call_id(record.call_id)

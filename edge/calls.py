@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 from edge.call_record import CREATED, CallObject, CallRecord
 from edge.config import EdgeConfig
+from edge.ice import IceServers, TurnCache
 from edge.offer import check_offer
 from edge.realtime_api import (
     CloseTracksRequest,
@@ -114,14 +115,14 @@ class RecordClient(Protocol):
 class CallCreated:
     record: CallRecord
     answer: SessionDescription
-    ice_servers: list[dict[str, Any]]
+    ice_servers: IceServers
 
     def to_json(self) -> dict[str, Any]:
         return {
             "call_id": self.record.call_id,
             "state": self.record.state,
             "answer": self.answer.to_json(),
-            "ice_servers": self.ice_servers,
+            "ice_servers": self.ice_servers.servers,
             "relay": {"id": self.record.relay.get("id"), "region": self.record.relay.get("region")},
         }
 
@@ -150,11 +151,18 @@ class CallService:
         self.clock = clock
         self._retry = retry
         self._rng = random.Random()
+        self._turn = TurnCache(config.turn_ttl_s)
+        self._stun = IceServers([{"urls": list(config.stun_urls)}])
 
     # --- I/O helpers ------------------------------------------------------------------------------
 
+    def _outbound(
+        self, method: str, url: str, headers: tuple[tuple[str, str], ...], body: bytes | None
+    ) -> Outbound:
+        return Outbound(method, url, headers, body, self.config.request_timeout_s)
+
     async def _send(self, request: Outbound) -> Inbound:
-        response = await self._fetch(replace(request, timeout_s=self.config.request_timeout_s))
+        response = await self._fetch(request)
         if len(response.body) > MAX_RESPONSE_BYTES:
             raise FetchError(f"response body exceeds {MAX_RESPONSE_BYTES} bytes")
         return response
@@ -162,7 +170,7 @@ class CallService:
     async def _api(self, request: HttpRequest, parse: Callable[[int, bytes], T]) -> T:
         """A Realtime API call (SFU or TURN) with bounded retries on 429/5xx/no response."""
         started = self.clock()
-        outbound = Outbound(
+        outbound = self._outbound(
             request.method, request.url(self.config.sfu_api_url), request.headers, request.body_bytes
         )
         for attempt in range(1, self._retry.max_attempts + 1):
@@ -199,30 +207,38 @@ class CallService:
         reply = await self._record(call_id, {"op": "get"})
         return CallRecord.from_json(reply["record"])
 
-    async def _update(self, call_id: str, op: str, values: dict[str, Any]) -> CallRecord:
-        reply = await self._record(call_id, {"op": op, "set": values})
-        return CallRecord.from_json(reply["record"])
+    async def _update(self, call_id: str, op: str, values: dict[str, Any]) -> None:
+        await self._record(call_id, {"op": op, "set": values, "quiet": True})
 
     # --- ICE servers -------------------------------------------------------------------------------
 
-    async def ice_servers(self) -> list[dict[str, Any]]:
-        """Short-lived TURN credentials (port 53 dropped), or the STUN URLs when no TURN key is set."""
+    def cached_ice_servers(self) -> IceServers | None:
+        """What a caller gets without a subrequest: STUN only, or shared TURN credentials (edge/ice.py)."""
         if self.config.turn is None:
-            return [{"urls": list(self.config.stun_urls)}]
-        request = build_generate_ice_servers(self.config.turn, self.config.turn_ttl_s)
+            return self._stun
+        return self._turn.get(self.clock())
+
+    async def ice_servers(self) -> IceServers:
+        """TURN credentials (port 53 dropped) with at least ``TURN_TTL_S`` left; STUN without a TURN key."""
+        cached = self.cached_ice_servers()
+        if cached is not None:
+            return cached
+        assert self.config.turn is not None
+        requested_at = self.clock()
+        request = build_generate_ice_servers(self.config.turn, self._turn.mint_ttl_s)
         try:
             servers = await self._api(request, parse_generate_ice_servers)
         except SfuApiError as exc:
             raise sfu_error("turn", exc) from None
-        return list(servers.without_port_53().to_json()["iceServers"])
+        return self._turn.put(list(servers.without_port_53().to_json()["iceServers"]), requested_at)
 
-    async def _ice_servers_or_stun(self) -> list[dict[str, Any]]:
+    async def _ice_servers_or_stun(self) -> IceServers:
         """For the call answer: a TURN outage must not fail a call that already has its candidates."""
         try:
             return await self.ice_servers()
         except EdgeError as exc:
             log.warning("TURN credentials unavailable, answering with STUN only: %s", exc.message)
-            return [{"urls": list(self.config.stun_urls)}]
+            return self._stun
 
     # --- setup -------------------------------------------------------------------------------------
 
@@ -233,20 +249,27 @@ class CallService:
         facts = check_offer(offer_sdp)
         call_id = new_call_id()
         now = self.clock()
-        record = CallRecord(
-            call_id=call_id,
-            owner=owner,
-            state=CREATED,
-            created_at=now,
-            setup_deadline=now + self.config.call_setup_timeout_s,
-            max_end=now + self.config.max_call_s,
-            check_interval_s=self.config.call_check_interval_s,
-            relay=choices[0].relay.summary(),
-            relay_reason=choices[0].reason,
-            caller=where.to_json(),
-            caller_mid=facts.mid,
-        )
-        ice_task = asyncio.ensure_future(self._ice_servers_or_stun())
+
+        def new_record(session: str | None, answered_at: float | None) -> CallRecord:
+            return CallRecord(
+                call_id=call_id,
+                owner=owner,
+                state=CREATED,
+                created_at=now,
+                setup_deadline=now + self.config.call_setup_timeout_s,
+                max_end=now + self.config.max_call_s,
+                check_interval_s=self.config.call_check_interval_s,
+                relay=choices[0].relay.summary(),
+                relay_reason=choices[0].reason,
+                caller=where.to_json(),
+                caller_session_id=session,
+                caller_mid=facts.mid,
+                answered_at=answered_at,
+            )
+
+        # Shared TURN credentials need no subrequest; otherwise they are minted alongside the push.
+        ice = self.cached_ice_servers()
+        ice_task = None if ice is not None else asyncio.ensure_future(self._ice_servers_or_stun())
         session_id: str | None = None
         try:
             session = await self._api(
@@ -267,17 +290,21 @@ class CallService:
                 raise SfuApiError(200, ErrorCode.INVALID_RESPONSE, "tracks/new returned no answer", False)
             # The record is created once there is something to clean up and before the caller hears of
             # the call: from here on, the Durable Object's alarm owns the call's end.
-            record = replace(record, caller_session_id=session_id, answered_at=self.clock())
-            await self._record(call_id, {"op": "create", "record": record.to_json()})
+            record = new_record(session_id, self.clock())
+            await self._record(call_id, {"op": "create", "record": record.to_json(), "quiet": True})
         except BaseException as exc:
-            ice_task.cancel()
+            if ice_task is not None:
+                ice_task.cancel()
             if session_id is not None:  # an SFU session exists but no record will close it: do it now
-                await self.teardown(replace(record, caller_session_id=session_id, relay={}))
+                await self.teardown(replace(new_record(session_id, None), relay={}))
             if isinstance(exc, SfuApiError):
                 raise sfu_error("push", exc) from None
             raise
         self._defer(self.attach_relay(record, choices))
-        return CallCreated(record, pushed.session_description, await ice_task)
+        if ice is None:
+            assert ice_task is not None
+            ice = await ice_task
+        return CallCreated(record, pushed.session_description, ice)
 
     async def attach_relay(self, record: CallRecord, choices: list[Choice]) -> None:
         """Background: ask relays in rank order to attach, then pull the first one's voice to the caller."""
@@ -380,7 +407,7 @@ class CallService:
             self.config.relay_signing_key, method, full_path, body, key_id=self.config.relay_signing_key_id
         )
         headers["content-type"] = "application/json"
-        return await self._send(Outbound(method, base + path, tuple(headers.items()), body))
+        return await self._send(self._outbound(method, base + path, tuple(headers.items()), body))
 
     async def relay_close(self, relay: Mapping[str, Any], call_id: str) -> str:
         """Signed DELETE {control_url}/v1/calls/{id}: idempotent on the relay."""

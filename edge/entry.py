@@ -38,13 +38,15 @@ def _mount_edge_package() -> None:
 
 _mount_edge_package()
 
+import js  # noqa: E402
+from pyodide.ffi import to_js  # noqa: E402
 from workers import DurableObject, Response, WorkerEntrypoint  # noqa: E402
 
 from edge.app import EdgeApp, build_app  # noqa: E402
 from edge.call_record import CallObject  # noqa: E402
 from edge.calls import FetchError, Inbound, Outbound, run_alarm  # noqa: E402
 from edge.config import SECRET_NAMES, VAR_NAMES, ConfigError  # noqa: E402
-from edge.web import EdgeError, EdgeRequest, check_body_size  # noqa: E402
+from edge.web import EdgeError, EdgeRequest, EdgeResponse, check_body_size  # noqa: E402
 
 CALLS_BINDING = "CALLS"  # Durable Object namespace (wrangler.toml)
 REGISTRY_BINDING = "RELAY_REGISTRY"  # KV namespace: key "relays" overrides the RELAYS var
@@ -52,10 +54,29 @@ IP_LIMIT_BINDING = "IP_RATE_LIMIT"  # Rate Limiting bindings
 TOKEN_LIMIT_BINDING = "TOKEN_RATE_LIMIT"
 CF_KEYS = ("latitude", "longitude", "continent", "country", "colo", "region")
 BODY_METHODS = ("POST", "PATCH", "PUT")
+_FROM_ENTRIES = js.Object.fromEntries  # Python dict -> plain JS object, for to_js
 
 _current_ctx: contextvars.ContextVar[Any] = contextvars.ContextVar("ctx")
-# One app per isolate (its relay registry cache lives on); rebuilt only if the env's settings change.
+# One app per isolate (its relay registry and TURN caches live on); rebuilt only if the env's settings
+# change. ``_cached_env`` is the JS env object it was built from: the same object means the same
+# settings, which spares reading every variable through the SDK on each request.
 _cached: tuple[dict[str, str], EdgeApp] | None = None
+_cached_env: Any = None
+
+
+def _js(wrapper: Any, attribute: str) -> Any:
+    """The JS object under one of the SDK's convenience wrappers, or the wrapper if it has none.
+
+    The SDK wraps every binding so that any Python value can be passed: each call converts its
+    arguments and result through generic RPC converters, which cost 2-3 times the call itself in
+    Pyodide. The edge passes only strings, numbers and JS objects, so it calls the JS object directly.
+    Only the instance attribute is read (never the wrapper's ``__getattr__``, which would look up a
+    binding of that name); should an SDK release rename it, the wrapper is used and still works.
+    """
+    try:
+        return object.__getattribute__(wrapper, attribute)
+    except AttributeError:
+        return wrapper
 
 
 def _env_strings(env: Any) -> dict[str, str]:
@@ -70,9 +91,6 @@ def _env_strings(env: Any) -> dict[str, str]:
 async def _fetch(request: Outbound) -> Inbound:
     """The platform's ``fetch``, called directly: no redirects (a bearer header must not travel), the
     timeout as an ``AbortSignal``, only the header we read (Retry-After) brought into Python."""
-    import js
-    from pyodide.ffi import to_js
-
     options: dict[str, Any] = {
         "method": request.method,
         "headers": dict(request.headers),
@@ -82,7 +100,7 @@ async def _fetch(request: Outbound) -> Inbound:
     if request.body is not None:
         options["body"] = request.body.decode("utf-8")
     try:
-        response = await js.fetch(request.url, to_js(options, dict_converter=js.Object.fromEntries))
+        response = await js.fetch(request.url, to_js(options, dict_converter=_FROM_ENTRIES))
         payload = (await response.arrayBuffer()).to_bytes()
     except Exception as exc:  # JsException: network failure, abort on timeout
         raise FetchError(f"{type(exc).__name__} on {request.method} {urlsplit(request.url).path}") from None
@@ -95,7 +113,7 @@ class _DurableRecords:
     """Record commands as JSON over Durable Object RPC: ``stub.dispatch(text) -> text``."""
 
     def __init__(self, namespace: Any) -> None:
-        self.namespace = namespace
+        self.namespace = _js(namespace, "_binding")
 
     async def send(self, call_id: str, command: dict[str, Any]) -> dict[str, Any]:
         stub = self.namespace.get(self.namespace.idFromName(call_id))
@@ -108,12 +126,12 @@ class _BindingLimiter:
     """Cloudflare's Rate Limiting binding; an absent binding means no limit of that kind."""
 
     def __init__(self, binding: Any) -> None:
-        self.binding = binding
+        self.binding = None if binding is None else _js(binding, "_binding")
 
     async def allow(self, key: str) -> bool:
         if self.binding is None:
             return True
-        outcome = await self.binding.limit({"key": key})
+        outcome = await self.binding.limit(to_js({"key": key}, dict_converter=_FROM_ENTRIES))
         success = outcome.get("success") if isinstance(outcome, dict) else getattr(outcome, "success", None)
         return bool(success)
 
@@ -124,8 +142,12 @@ def _defer(coro: Any) -> None:
 
 
 def _app(env: Any) -> EdgeApp:
-    global _cached
+    global _cached, _cached_env
+    js_env = _js(env, "_env")
+    if _cached is not None and js_env is not env and _same_js_object(js_env, _cached_env):
+        return _cached[1]
     settings = _env_strings(env)
+    _cached_env = js_env if js_env is not env else None
     if _cached is None or _cached[0] != settings:
         kv = getattr(env, REGISTRY_BINDING, None)
 
@@ -163,24 +185,46 @@ def _cf(request: Any) -> dict[str, object]:
     return values
 
 
+def _same_js_object(a: Any, b: Any) -> bool:
+    """JS identity of two proxies (each access makes a new proxy; ``==`` on proxies is JS ``===``)."""
+    return a is not None and b is not None and bool(a == b)
+
+
 async def _edge_request(request: Any) -> EdgeRequest:
+    # Straight from the JS Request: the SDK's ``headers`` builds an email.message per request, and its
+    # ``bytes()`` adds a coroutine layer; the Fetch API already gives lower-case names, trimmed values.
     js_request = request.js_object
     method = str(js_request.method).upper()
-    headers = {str(key).lower(): str(value) for key, value in request.headers.items()}
+    headers = {str(key): str(value) for key, value in js_request.headers}
     body = b""
     if method in BODY_METHODS:
         check_body_size(headers.get("content-length"))
-        body = await request.bytes()
+        body = (await js_request.arrayBuffer()).to_bytes()
     url = urlsplit(str(js_request.url))
     return EdgeRequest(
         method=method,
         path=url.path,
         query=url.query,
         headers=headers,
-        body=bytes(body),
+        body=body,
         client_ip=headers.get("cf-connecting-ip", ""),
         cf=_cf(request),
     )
+
+
+def _response(response: EdgeResponse) -> Any:
+    """The JS Response, built in one conversion and handed back in the SDK's wrapper.
+
+    Text, not bytes: every edge body is UTF-8 JSON, and a str crosses into JS in one copy where bytes
+    go through a buffer proxy; no body at all for a 204 (the Fetch API refuses one). The SDK's own
+    constructor would also pass the headers as a Python list for JS to iterate item by item.
+    """
+    body = response.body.decode("utf-8") if response.body else None
+    init = to_js(
+        {"status": response.status, "headers": [list(pair) for pair in response.headers]},
+        dict_converter=_FROM_ENTRIES,
+    )
+    return Response(js.Response.new(body, init))
 
 
 class Default(WorkerEntrypoint):  # type: ignore[misc]
@@ -194,7 +238,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]
             response = exc.edge_error().response()
         except EdgeError as exc:
             response = exc.response()
-        return Response(response.body, status=response.status, headers=list(response.headers))
+        return _response(response)
 
 
 class CallRecordObject(DurableObject):  # type: ignore[misc]
@@ -202,7 +246,7 @@ class CallRecordObject(DurableObject):  # type: ignore[misc]
 
     def __init__(self, ctx: Any, env: Any) -> None:
         super().__init__(ctx, env)
-        self.logic = CallObject(_DurableStorage(ctx.storage))
+        self.logic = CallObject(_DurableStorage(_js(ctx.storage, "_binding")))
 
     async def dispatch(self, command: str) -> str:
         reply = await self.logic.dispatch(json.loads(command))

@@ -276,6 +276,8 @@ class CachedRegistry:
 
     KV reads cost a subrequest; relay health changes on the scale of seconds, so a short cache per
     isolate is the right trade. A broken KV value falls back to the last good registry when there is one.
+    An unchanged text is not parsed again (the check of every field is the costly part, and it would
+    land on one caller's setup every ``ttl_s``).
     """
 
     fallback: str | None
@@ -283,6 +285,7 @@ class CachedRegistry:
     ttl_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
     _cached: tuple[Relay, ...] | None = None
+    _text: str | None = None
     _loaded_at: float = field(default=-math.inf)
 
     async def get(self) -> tuple[Relay, ...]:
@@ -297,11 +300,16 @@ class CachedRegistry:
             raise RegistryError(
                 "RELAYS: no relay registry configured (set the RELAYS var or the KV key 'relays')"
             )
+        if self._cached is not None and text == self._text:
+            self._loaded_at = now
+            return self._cached
         try:
             relays = parse_registry(text, source)
         except RegistryError:
             if self._cached is None:
                 raise
             relays = self._cached
+        else:
+            self._text = text
         self._cached, self._loaded_at = relays, now
         return relays

@@ -10,8 +10,11 @@
 //
 // Modes:
 //   node worker_host.mjs serve CONFIG.json   HTTP server on 127.0.0.1; prints {"event":"ready","url":...}
-//   node worker_host.mjs bench CONFIG.json   N call setups against recorded responses; prints JSON timings
-// CONFIG: {pyodide, bundle, wheel, assets, env, limits, recorded, iterations, imports}
+//   node worker_host.mjs bench CONFIG.json   N call setups against recorded responses; prints JSON timings:
+//     process CPU per setup, and (on alternate setups, with the meter on) how much of it was the
+//     stand-ins, the Durable Object's Python and the Worker's Python steps (scripts/bench_edge.py).
+// CONFIG: {pyodide, bundle, wheel, assets, env, limits, recorded, iterations, warmup, imports, token,
+//          profile (a file for cProfile's report of the measured setups)}
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
@@ -23,6 +26,51 @@ const config = JSON.parse(fs.readFileSync(configPath, "utf8"));
 const { loadPyodide } = await import(pathToFileURL(path.join(config.pyodide, "pyodide.mjs")).href);
 
 const BUNDLE_DIR = "/session/metadata"; // where workerd puts the Worker's modules
+
+// The bench's meter: time spent inside the host's stand-ins (JS that stands in for workerd's bindings
+// and for the upstream services), kept apart so it never counts as the Worker's CPU. ``bucket`` says
+// whose call it serves: "worker" (recorded fetch, KV, rate limits, the Durable Object stub, waitUntil)
+// or "durable_object" (the object's storage). Only the outermost stand-in call is timed (no double
+// counting when one stand-in calls another). The Python half of the meter is in the harness below.
+// The clock is the process's CPU time (getrusage, to the microsecond), not wall time: on a shared
+// machine the OS preempts the process, and wall time would charge that to whatever was running. It
+// counts all threads, so V8's background work lands in whichever bucket is open at the time.
+// ``ours`` is our code that a stand-in calls synchronously (a Durable Object's Python constructor):
+// it counts for its owner and is taken out of the stand-in's time.
+const meter = { on: false, depth: 0, standin: { worker: 0, durable_object: 0 }, ours: { durable_object: 0 }, oursTotal: 0 };
+function cpuMs() {
+  const used = process.cpuUsage();
+  return (used.user + used.system) / 1000;
+}
+function timed(bucket, fn) {
+  return function (...args) {
+    if (!meter.on || meter.depth > 0) return fn.apply(this, args);
+    meter.depth++;
+    const oursBefore = meter.oursTotal;
+    const started = cpuMs();
+    try {
+      return fn.apply(this, args);
+    } finally {
+      meter.standin[bucket] += cpuMs() - started - (meter.oursTotal - oursBefore);
+      meter.depth--;
+    }
+  };
+}
+function ours(bucket, fn) {
+  if (!meter.on) return fn();
+  const started = cpuMs();
+  try {
+    return fn();
+  } finally {
+    const used = cpuMs() - started;
+    meter.ours[bucket] += used;
+    meter.oursTotal += used;
+  }
+}
+const upstreamRequests = {}; // recorded-upstream requests by key: what the Worker actually sent
+function timeMethods(cls, bucket, names) {
+  for (const name of names) cls.prototype[name] = timed(bucket, cls.prototype[name]);
+}
 // Recorded upstream: installed before Pyodide starts, since pyodide.http binds js.fetch when imported.
 if (config.recorded) installRecorded(JSON.parse(fs.readFileSync(config.recorded, "utf8")));
 const t0 = performance.now();
@@ -40,6 +88,7 @@ sys.dont_write_bytecode = True
 `);
 py.registerJsModule("_pyodide_entrypoint_helper", entrypointHelper);
 py.registerJsModule("_cloudflare_compat_flags", compatFlags);
+py.registerJsModule("_bench_meter", { cpu_ms: cpuMs });
 
 // --- the bundle, flat, as wrangler uploads it ---------------------------------------------------------
 py.FS.mkdirTree(BUNDLE_DIR);
@@ -51,10 +100,43 @@ py.runPython(`import sys; sys.path.insert(0, "${BUNDLE_DIR}")`);
 
 // The dispatcher workerd's introspection module provides: convert args in, results out.
 const harness = py.runPython(`
+import asyncio, contextvars
 from inspect import isawaitable
 from workers import python_from_rpc, python_to_rpc, DurableObject, WorkerEntrypoint
 
+# The bench's meter, Python half: CPU time of every event-loop step (asyncio.Handle._run: a task step
+# or a callback), by whose task it is. A Durable Object's methods run as their own tasks and mark them
+# "durable_object"; everything else is the Worker's.
+from _bench_meter import cpu_ms as _cpu_ms
+_bucket = contextvars.ContextVar("meter_bucket", default="worker")
+_steps = {"worker": 0.0, "durable_object": 0.0}
+_metering = [False]
+_plain_run = asyncio.Handle._run
+
+def _metered_run(self):
+    if not _metering[0]:
+        return _plain_run(self)
+    started = _cpu_ms()
+    try:
+        return _plain_run(self)
+    finally:
+        _steps[self._context.get(_bucket, "worker")] += _cpu_ms() - started
+
+asyncio.Handle._run = _metered_run
+
+def meter(on):
+    _metering[0] = bool(on)
+
+def meter_take():
+    # CPU milliseconds of steps per bucket since the last call
+    taken = dict(_steps)
+    for name in _steps:
+        _steps[name] = 0.0
+    return taken
+
 async def call_method(inst, name, *args):
+    if isinstance(inst, DurableObject):
+        _bucket.set("durable_object")  # this task only: each call runs as its own task
     result = getattr(inst, name)(*[python_from_rpc(arg) for arg in args])
     if isawaitable(result):
         result = await result
@@ -90,11 +172,13 @@ def profile(on):
         return ""
     _profiler.disable()
     out = io.StringIO()
-    pstats.Stats(_profiler, stream=out).sort_stats("tottime").print_stats(25)
+    stats = pstats.Stats(_profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(45)
     return out.getvalue()
 
 {"call_method": call_method, "entrypoint_classes": entrypoint_classes, "reimport_seconds": reimport_seconds,
- "profile": profile}
+ "profile": profile, "meter": meter, "meter_take": meter_take}
 `);
 const callMethod = harness.get("call_method");
 
@@ -117,7 +201,9 @@ class ExecutionContext {
 async function drain(limitMs = 30000) {
   const deadline = Date.now() + limitMs;
   while (pending.size > 0 && Date.now() < deadline) {
-    await Promise.race([Promise.all([...pending]), new Promise((r) => setTimeout(r, 50))]);
+    let timer;
+    await Promise.race([Promise.all([...pending]), new Promise((r) => { timer = setTimeout(r, 50); })]);
+    clearTimeout(timer); // a timer left behind would fire in the middle of a later measured setup
   }
   return pending.size;
 }
@@ -177,13 +263,21 @@ class DurableObjectNamespace {
     let entry = this.instances.get(name);
     if (!entry) {
       entry = { alarm: () => callMethod(entry.instance, "alarm") };
-      entry.instance = main[this.className](new DurableObjectState(id, entry), env);
+      const state = new DurableObjectState(id, entry);
+      entry.instance = ours("durable_object", () => main[this.className](state, env));
       this.instances.set(name, entry);
     }
-    // The RPC stub: each public method of the Python class, called with JS values.
-    return { dispatch: (text) => callMethod(entry.instance, "dispatch", text) };
+    // The RPC stub: each public method of the Python class, called with JS values. As with workerd's
+    // RPC (the object lives in another isolate), the caller gets a promise and the object's method
+    // runs as its own task, not inline in the caller's.
+    return { dispatch: timed("worker", (text) => Promise.resolve(callMethod(entry.instance, "dispatch", text))) };
   }
 }
+timeMethods(KvNamespace, "worker", ["get", "put"]);
+timeMethods(Ratelimit, "worker", ["limit"]);
+timeMethods(DurableObjectStorage, "durable_object", ["get", "put", "delete", "getAlarm", "setAlarm", "deleteAlarm"]);
+timeMethods(DurableObjectNamespace, "worker", ["idFromName", "get"]);
+timeMethods(ExecutionContext, "worker", ["waitUntil"]);
 
 const env = { ...config.env };
 env.CALLS = new DurableObjectNamespace(config.durable_object_class || "CallRecordObject");
@@ -213,19 +307,17 @@ function installRecorded(recorded) {
   const table = new Map();
   for (const item of recorded.exchanges) {
     const key = `${item.method} ${item.key}`;
-    if (!table.has(key)) table.set(key, item);
+    if (!table.has(key)) table.set(key, { ...item, text: item.body === null ? null : JSON.stringify(item.body) });
   }
-  globalThis.fetch = async (input, init = {}) => {
+  globalThis.fetch = timed("worker", async (input, init = {}) => {
     const method = (init.method || "GET").toUpperCase();
     const key = recordedKey(method, String(input), init.body);
+    upstreamRequests[key] = (upstreamRequests[key] || 0) + 1;
     const item = table.get(key);
     if (!item) process.stderr.write(`recorded upstream: no response for ${key}\n`);
     if (!item) return new Response(JSON.stringify({ error: `no recorded response for ${key}` }), { status: 599 });
-    return new Response(item.body === null ? null : JSON.stringify(item.body), {
-      status: item.status,
-      headers: { "content-type": "application/json" },
-    });
-  };
+    return new Response(item.text, { status: item.status, headers: { "content-type": "application/json" } });
+  });
 }
 
 // --- modes ------------------------------------------------------------------------------------------
@@ -285,44 +377,86 @@ async function serve() {
   process.on("SIGINT", stop);
 }
 
+// CPU time of this (the main) thread, from the kernel's scheduler statistics (ns). The kernel brings
+// it up to date at each tick, so one reading can lag by a tick: used only summed over a whole pass.
+function mainThreadCpuMs() {
+  return Number(fs.readFileSync("/proc/thread-self/schedstat", "utf8").split(" ")[0]) / 1e6;
+}
+
 async function bench() {
   const recorded = JSON.parse(fs.readFileSync(config.recorded, "utf8"));
-  const cpuMs = [];
-  const wallMs = [];
+  const body = JSON.stringify({ offer: { type: "offer", sdp: recorded.offer } });
   const statuses = {};
-  if (config.profile) harness.get("profile")(true);
-  for (let i = 0; i < config.iterations; i++) {
+  const setMeter = harness.get("meter");
+  const takeSteps = harness.get("meter_take");
+  async function setup(metered = false) {
     const request = new Request("http://edge.test/v1/calls", {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${config.token}` },
-      body: JSON.stringify({ offer: { type: "offer", sdp: recorded.offer } }),
+      body,
     });
+    // The window: the Worker's fetch and all its waitUntil work. The caller reading the response body
+    // (the runtime streaming it out, in workerd) is outside it. The meter is on exactly as long.
+    if (metered) { setMeter(true); meter.on = true; }
     const cpu = process.cpuUsage();
     const wall = performance.now();
     const response = await workerFetch(request);
-    await response.arrayBuffer();
     await drain();
     const used = process.cpuUsage(cpu);
-    wallMs.push(performance.now() - wall);
-    cpuMs.push((used.user + used.system) / 1000);
+    const wallMs = performance.now() - wall;
+    if (metered) { meter.on = false; setMeter(false); }
+    await response.arrayBuffer();
     statuses[response.status] = (statuses[response.status] || 0) + 1;
+    return { cpu: (used.user + used.system) / 1000, wall: wallMs };
   }
-  if (config.profile) process.stderr.write(harness.get("profile")(false));
+  // Warm-up, not measured: the isolate's caches (app, registry, TURN credentials) and V8's tier-up of
+  // Pyodide's WebAssembly, which compiles hot functions on background threads for a few seconds.
+  const firstMs = [];
+  for (let i = 0; i < (config.warmup ?? 50); i++) firstMs.push((await setup()).cpu);
+  const plain = { cpu_ms: [], wall_ms: [], process_cpu_ms_total: 0, main_thread_cpu_ms_total: 0 };
+  const metered = { cpu_ms: [], worker_steps_ms: [], durable_object_ms: [], standin_worker_ms: [],
+    standin_durable_object_ms: [] };
+  if (config.profile) harness.get("profile")(true);
+  // Plain and metered setups alternate, so both passes see the same moments of a noisy machine.
+  for (let i = 0; i < config.iterations; i++) {
+    const thread = mainThreadCpuMs();
+    const one = await setup();
+    plain.main_thread_cpu_ms_total += mainThreadCpuMs() - thread;
+    plain.process_cpu_ms_total += one.cpu;
+    plain.cpu_ms.push(one.cpu);
+    plain.wall_ms.push(one.wall);
+
+    takeSteps().destroy();
+    meter.standin = { worker: 0, durable_object: 0 };
+    meter.ours = { durable_object: 0 };
+    meter.oursTotal = 0;
+    const measured = await setup(true);
+    const stepsProxy = takeSteps();
+    const steps = stepsProxy.toJs({ dict_converter: Object.fromEntries });
+    stepsProxy.destroy();
+    metered.cpu_ms.push(measured.cpu);
+    // The object's constructor runs inside a Worker step (in the namespace's get): the object's CPU.
+    metered.worker_steps_ms.push(steps.worker - meter.oursTotal);
+    metered.durable_object_ms.push(steps.durable_object + meter.ours.durable_object);
+    metered.standin_worker_ms.push(meter.standin.worker);
+    metered.standin_durable_object_ms.push(meter.standin.durable_object);
+  }
+  if (config.profile) fs.writeFileSync(config.profile, harness.get("profile")(false));
   // Floor: the same runtime and harness answering GET /healthz (routing only, no upstream, no DO).
   const floorMs = [];
   for (let i = 0; i < Math.min(config.iterations, 200); i++) {
     const cpu = process.cpuUsage();
     const response = await workerFetch(new Request("http://edge.test/healthz"));
-    await response.arrayBuffer();
     const used = process.cpuUsage(cpu);
+    await response.arrayBuffer();
     floorMs.push((used.user + used.system) / 1000);
   }
   const reimport = harness.get("reimport_seconds");
   const importMs = [];
   for (let i = 0; i < (config.imports || 20); i++) importMs.push(reimport() * 1000);
   process.stdout.write(JSON.stringify({
-    pyodide: py.version, load_ms: loadMs, first_import_ms: firstImportMs, setup_cpu_ms: cpuMs,
-    setup_wall_ms: wallMs, statuses, healthz_cpu_ms: floorMs, reimport_ms: importMs, calls: env.CALLS.instances.size,
+    pyodide: py.version, load_ms: loadMs, first_import_ms: firstImportMs, warmup_cpu_ms: firstMs, plain, metered, statuses,
+    healthz_cpu_ms: floorMs, reimport_ms: importMs, calls: env.CALLS.instances.size, upstream_requests: upstreamRequests,
   }) + "\n");
 }
 
