@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from scripts.bench_calls import calls_command
 from scripts.bench_edge import edge_command
 from sfu_emulator.bench import command as emulator_command
 
@@ -64,6 +65,7 @@ def relay(
     raise typer.Exit(run(config, json_output=json_output))
 
 
+app.command("calls")(calls_command)
 app.command("edge")(edge_command)
 app.command("emulator")(emulator_command)
 
