@@ -4,14 +4,16 @@ For each N the benchmark runs two phases back to back on the same cores:
 
 1. relay: the relay (``splitrelay relay serve``) pinned to its core; on the other core(s) an echo inference
    (scripts/bench_servers.py) and load workers (scripts/bench_load.py) whose real WebRTC callers attach
-   through the signed control API and send real Opus at 50 packets/s each way over the SRTP fast path;
+   through the signed control API and send real Opus at 50 packets/s each way over SRTP. The load side
+   is built to cost a fraction of the relay's work per packet (packets protected before the window,
+   echoes matched by their clear header and length, one in 47 authenticated; a raw echo inference);
 2. baseline: a bare uvloop UDP echo pinned to the same core, fed the same number of datagrams per second
    of the same sizes by the same workers.
 
 It reports, over a steady-state window after a warm-up: the subject's CPU (from /proc), loss, the round
 trip seen by the load generator, the relay's in-relay dwell (from its /metrics histograms), the
-load generator's own CPU, and ratios against the baseline. When the load generator is the bottleneck the
-run says so, and the floor is reported as not tested rather than passed or failed.
+load generator's own CPU (also per frame), and ratios against the baseline. When the load generator is
+the bottleneck the run says so, and the floor is reported as not tested rather than passed or failed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scripts.bench_load import DRAIN_S
+from scripts.bench_load import DRAIN_S, MAX_PREPARED
 from scripts.bench_support import (
     BenchError,
     Child,
@@ -110,6 +112,20 @@ class RelayBenchConfig:
             if value != getattr(default, name):
                 args += [flag, f"{value:g}"]
         return shlex.join(args)
+
+
+def check_prepared(config: RelayBenchConfig, load_procs: int) -> None:
+    """Relay mode builds every packet of a run before it starts: refuse, before starting anything, a run
+    whose largest N would not fit one load worker."""
+    per_worker = math.ceil(max(config.calls) / load_procs)
+    seconds = config.warmup + config.duration
+    packets = round(per_worker * seconds * 50)
+    if packets > MAX_PREPARED:
+        raise ValueError(
+            f"calls x (warmup + duration): {per_worker} calls per load worker x {seconds:g} s x 50 packets/s "
+            f"= {packets:,} packets built ahead, limit {MAX_PREPARED:,} per worker "
+            "(fewer calls, a shorter run or more --load-procs)"
+        )
 
 
 def parse_calls(text: str) -> tuple[int, ...]:
@@ -258,6 +274,9 @@ class PhaseResult:
     pids: dict[str, int]
     setup_s: float = 0.0
     """Seconds from spawning the load workers to every call (or flow) ready."""
+    load_us_per_frame: float = 0.0
+    """CPU of the load side (workers + echo inference) per caller frame in the window, in microseconds:
+    what one round trip costs the load generator."""
     load_bound: list[str] = field(default_factory=list)
     noisy: list[str] = field(default_factory=list)
     relay: dict[str, Any] = field(default_factory=dict)
@@ -319,6 +338,9 @@ def verdict(row: Row | None, n: int) -> dict[str, Any]:
         fails.append(f"lost {r.loss} of {r.sent} packets")
     if r.send_failures:
         fails.append(f"{r.send_failures} sends failed")
+    samples, authentic = r.workers.get("srtp_samples", 0), r.workers.get("srtp_samples_authentic", 0)
+    if authentic < samples:
+        fails.append(f"{samples - authentic} of {samples} sampled echoes failed SRTP authentication")
     for direction in ("in", "out"):
         share = r.relay[f"dwell_{direction}"]["share_within_1ms"]
         if share is None or share < 0.99:
@@ -394,6 +416,7 @@ async def _spawn_workers(ctx: Context, mode: str, n: int, extra: Sequence[str], 
     workers: list[Child] = []
     for i, count in enumerate(shares):
         args = _py("scripts.bench_load", "--mode", mode, "--count", str(count), *extra)
+        args += ["--warmup", f"{ctx.config.warmup!r}", "--duration", f"{ctx.config.duration!r}"]
         if mode == "relay":
             args += ["--prefix", f"{tag}-w{i}"]
         workers.append(
@@ -493,9 +516,7 @@ async def _measure(
     t0 = time.monotonic() + START_DELAY_S
     paths = [ctx.workdir / f"rtt-{tag}-{i}.npy" for i in range(len(workers))]
     for worker, path in zip(workers, paths, strict=True):
-        await worker.send(
-            {"cmd": "run", "t0": t0, "warmup": cfg.warmup, "duration": cfg.duration, "rtt_path": str(path)}
-        )
+        await worker.send({"cmd": "run", "t0": t0, "rtt_path": str(path)})
     await asyncio.sleep(max(0.0, t0 + cfg.warmup - time.monotonic()))
     m0 = await scrape() if scrape else None
     s0 = CpuSnapshot.take(pids)
@@ -557,14 +578,55 @@ def _phase_result(
         offered_datagrams_per_s=round(DATAGRAMS_PER_FRAME * sent / cpu.seconds),
         window_s=round(cpu.seconds, 3),
         pids=pids,
-        workers={k: v for r in res for k, v in r.get("extra", {}).items()},
+        workers=merge_worker_extras([r.get("extra", {}) for r in res]),
     )
+    frames = phase.sent
+    if frames:
+        load_seconds = phase.load_cpu_total / 100 * cpu.seconds
+        phase.load_us_per_frame = round(load_seconds * 1e6 / frames, 2)
     phase.load_bound = _load_bound(ctx, phase, cpu)
     if phase.subject_core_others > NOISE_LIMIT:
         phase.noisy.append(f"other work used {phase.subject_core_others:.0f}% of the {subject}'s core")
     if steal > NOISE_LIMIT:
         phase.noisy.append(f"hypervisor steal {steal:.0f}%")
     return phase
+
+
+SUMMED_EXTRAS = frozenset(
+    {
+        "lost_tracked",
+        "echoes",
+        "packets_prepared",
+        "srtp_samples",
+        "srtp_samples_authentic",
+        "srtp_samples_matched",
+        "fast_path_undecryptable",
+        "stray",
+        "rtcp_sent",
+        "rtcp_received",
+    }
+)
+
+
+WORST_EXTRAS = frozenset({"lateness_warmup_p99_ms"})
+
+
+def merge_worker_extras(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One dict for all load workers: counts are summed, lateness is the worst worker's, per-worker lists
+    (GC time, worst slots) are kept per worker, and the rest (sizes, the same in every worker) is the
+    first worker's."""
+    out: dict[str, Any] = {}
+    for extra in extras:
+        for key, value in extra.items():
+            if key in SUMMED_EXTRAS:
+                out[key] = out.get(key, 0) + int(value)
+            elif key in WORST_EXTRAS:
+                out[key] = max(out.get(key, value), value)
+            elif isinstance(value, list):
+                out.setdefault(key, []).append(value)
+            else:
+                out.setdefault(key, value)
+    return out
 
 
 def _other_work(cpu: CpuWindow, cores: frozenset[int], ours: Sequence[float]) -> float:
@@ -792,6 +854,14 @@ def _status(p: PhaseResult) -> str:
     return " | ".join(notes) or "ok"
 
 
+def _samples(p: PhaseResult) -> str:
+    w = p.workers
+    samples = int(w.get("srtp_samples", 0))
+    if not samples:
+        return "none sampled"
+    return f"{w['srtp_samples_authentic']:,} / {samples:,} ({w['srtp_samples_matched']:,})"
+
+
 def _others(p: PhaseResult) -> str:
     named = ", ".join(f"{n} {pct:.0f}%" for n, _, pct in p.others[:3])
     started = f"{p.others_started} started in the window" if p.others_started else ""
@@ -842,6 +912,10 @@ def row_table(row: Row, config: RelayBenchConfig) -> Table:
     )
     table.add_row("load generator CPU (% of one core)", _load(r), _load(b), "")
     table.add_row(
+        "load generator CPU per frame (us)", f"{r.load_us_per_frame:.1f}", f"{b.load_us_per_frame:.1f}", ""
+    )
+    table.add_row("echoes authenticated / sampled (payload matched)", _samples(r), "-", "")
+    table.add_row(
         "subject core busy (of which irq+softirq)",
         f"{r.subject_core_busy:.0f}% ({r.subject_core_interrupts:.0f}%)",
         f"{b.subject_core_busy:.0f}% ({b.subject_core_interrupts:.0f}%)",
@@ -861,7 +935,7 @@ def row_table(row: Row, config: RelayBenchConfig) -> Table:
     )
     table.add_row("other processes (>= 1% of a core)", _others(r), _others(b), "")
     table.add_row(
-        "send lateness p99 / max (ms)",
+        "send lateness in the window p99 / max (ms)",
         f"{r.lateness_p99_ms:.2f} / {r.lateness_max_ms:.1f}",
         f"{b.lateness_p99_ms:.2f} / {b.lateness_max_ms:.1f}",
         "",
@@ -882,7 +956,7 @@ def summary_table(rows: Sequence[Row]) -> Table:
     for name in (
         "calls", "CPU relay / echo (x)", "relay core busy", "lost relay / echo",
         "RTT p50 ms relay / echo (x)", "RTT p99 ms relay / echo (x)", "dwell p99 ms in / out",
-        "load gen CPU", "status",
+        "load gen CPU (us/frame)", "status",
     ):  # fmt: skip
         table.add_column(name, justify="left" if name == "status" else "right")
     for row in rows:
@@ -899,7 +973,7 @@ def summary_table(rows: Sequence[Row]) -> Table:
             f"{_ms(r.rtt_ms['p50'])} / {_ms(b.rtt_ms['p50'])} ({_x(x['rtt_p50'])})",
             f"{_ms(r.rtt_ms['p99'])} / {_ms(b.rtt_ms['p99'])} ({_x(x['rtt_p99'])})",
             f"{_ms(r.relay['dwell_in']['p99_ms'])} / {_ms(r.relay['dwell_out']['p99_ms'])}",
-            f"{r.load_cpu_total:.0f}% / {b.load_cpu_total:.0f}%",
+            f"{r.load_cpu_total:.0f}% / {b.load_cpu_total:.0f}% ({r.load_us_per_frame:.0f})",
             "load-generator bound" if r.load_bound or b.load_bound else ("noisy" if r.noisy else "ok"),
         )
     return table
@@ -907,7 +981,10 @@ def summary_table(rows: Sequence[Row]) -> Table:
 
 NOTES = (
     "Round trip: caller send -> relay -> echo inference -> relay -> caller receive, timed by the load "
-    "generator (so it includes the callers' own SRTP work and any scheduling delay on the load core). "
+    "generator (so it includes any scheduling delay on the load core). Echoes are matched to their frame "
+    "by length (each of the 50 frames has its own) without decrypting; one in 47 is unprotected with the "
+    "call's SRTP session: 'authenticated' must equal 'sampled', and 'payload matched' says the length "
+    "named the right frame. "
     "Baseline round trip: a caller-sized datagram through the echo, then a wire-sized one through it "
     "again: the same two crossings of the subject.",
     "Dwell: from the relay's splitrelay_dwell_in/out_seconds histograms, the difference between scrapes "
@@ -993,10 +1070,17 @@ async def run_async(config: RelayBenchConfig, console: Console) -> dict[str, Any
 
 
 def run(config: RelayBenchConfig, *, json_output: bool = False) -> int:
-    """Run the benchmark; 0 when every N ran (whatever the verdict), 1 when one could not run."""
+    """Run the benchmark; 0 when every N ran (whatever the verdict), 1 when one could not run, 2 when
+    the run was refused before anything started."""
     console = Console(stderr=json_output)
     if not console.is_terminal:
         console.width = 160  # logs and CI: rich would otherwise wrap the tables at 80 columns
+    try:  # the checks that need the machine, before anything starts
+        _, load_cores = split_cores(config.relay_core)
+        check_prepared(config, config.load_procs or len(load_cores))
+    except ValueError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        return 2
     result = asyncio.run(run_async(config, console))
     if json_output:
         print(json.dumps(result, indent=2))

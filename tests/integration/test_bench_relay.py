@@ -1,6 +1,7 @@
-"""Smoke run of `splitrelay bench relay`: 3 real calls for 2 s through a real relay process, and the baseline.
+"""Smoke run of `splitrelay bench relay`: 3 real calls for 2 s through a real relay process, and the baseline;
+and the raw echo inference against the relay's real wire endpoint.
 
-It checks the shape of the report and that its numbers agree with each other; it never asserts speed
+They check the shape of the report and that its numbers agree with each other; they never assert speed
 (house rule: speed is measured in benchmarks, not in timed asserts).
 """
 
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from relay import wire
+from relay.inference_link import RelayLink
+from scripts.bench_servers import RawEchoServer
 
 pytestmark = pytest.mark.integration
 
@@ -99,8 +104,18 @@ async def test_small_run_report_is_consistent() -> None:
         assert 0 <= dwell["p50_ms"] <= dwell["p99_ms"]
         assert 0 <= dwell["share_within_1ms"] <= 1
         assert dwell["bucket_bounds_us"][:3] == [5, 10, 20]
-    assert relay["workers"]["srtp_overhead"] > 0
-    assert relay["workers"]["fast_path_undecryptable"] == 0
+    # Every echo came back through the relay's strict AUDIO_OUT checks, and the sampled ones are genuine
+    # SRTP carrying the frame their length named.
+    workers = relay["workers"]
+    assert workers["srtp_overhead"] > 0
+    assert workers["fast_path_undecryptable"] == 0 and workers["stray"] == 0
+    assert workers["packets_prepared"] == relay["sent_all"]  # built ahead: exactly what was sent
+    echo = relay["relay"]["echo_inference"]
+    assert echo["garbage"] == 0 and echo["echoed"] > 0
+    assert 0 < workers["echoes"] <= echo["echoed"] <= relay["sent_all"]
+    assert workers["srtp_samples"] >= 3  # one in 47 echoes; each call echoes 150 frames
+    assert workers["srtp_samples_authentic"] == workers["srtp_samples_matched"] == workers["srtp_samples"]
+    assert workers["rtcp_sent"] > 0 and workers["rtcp_received"] > 0
 
     ratios = row["ratios"]
     assert ratios["cpu"] == pytest.approx(relay["subject_cpu"] / baseline["subject_cpu"])
@@ -136,3 +151,63 @@ async def test_bad_arguments_start_nothing() -> None:
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert "duration: must be 1..600 seconds, got 0" in stderr.decode()
+
+
+class _Sink:
+    """A relay call's sink that records the AUDIO_OUT frames the relay link accepted."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, int, bytes, bool]] = []
+        self.got = asyncio.Event()
+        self.expect = 0
+
+    def on_audio_out(self, seq: int, timestamp: int, payload: bytes, marker: bool) -> None:
+        self.frames.append((seq, timestamp, payload, marker))
+        if len(self.frames) >= self.expect:
+            self.got.set()
+
+    def on_mark(self, name: str, timestamp: int) -> None:
+        raise AssertionError(f"unexpected mark {name!r}")
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        raise AssertionError(f"unexpected event {event!r}")
+
+    def on_clear(self, timestamp: int) -> None:
+        raise AssertionError("unexpected clear")
+
+    def on_call_end(self, reason: str) -> None:
+        raise AssertionError(f"unexpected end: {reason}")
+
+
+async def test_raw_echo_passes_the_relay_links_checks() -> None:
+    """The relay's RelayLink accepts every raw AUDIO_OUT (same call id, seq, timestamp and payload; only
+    MARKER kept), and calls open and end through the SDK's reliable control path."""
+    server = RawEchoServer("127.0.0.1", 0, max_calls=4)
+    address = await server.start()
+    link = RelayLink(address, local_host="127.0.0.1")
+    await link.start()
+    sink = _Sink()
+    try:
+        call_id = await link.start_call("bench-raw-echo", sink)
+        sent = []
+        for seq in range(20):  # a talk spurt with levels and the V bit, as the relay forwards them
+            flags = wire.audio_in_flags(marker=seq == 0, level=30 + seq, voice=seq % 2 == 0)
+            payload = bytes([seq]) * (50 + seq)
+            sent.append((seq, 960 * seq, payload, seq == 0))
+            sink.expect = len(sent)
+            assert link.send_audio_in(call_id, seq, 960 * seq, payload, flags)
+            await asyncio.wait_for(sink.got.wait(), 5)
+            sink.got.clear()
+        assert sink.frames == sent
+        assert link.stats.garbage == link.stats.audio_late == link.stats.unknown_call == 0
+        assert server.echoed == 20 and server.stats.garbage == 0
+        assert await link.end_call(call_id)
+        for _ in range(100):  # bounded: the SDK ends the call on the CALL_END it acknowledged
+            if not server.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.calls
+        assert not link.send_audio_in(call_id, 20, 960 * 20, b"late")  # the call is over at the relay
+    finally:
+        await link.close()
+        await server.close(grace=0.5)

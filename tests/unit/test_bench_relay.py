@@ -10,27 +10,42 @@ import asyncio
 import math
 import re
 import time
+from typing import Any
 
+import pylibsrtp
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from typer.testing import CliRunner
 
+from relay import wire
+from relay.media.rtp import build_rtp, one_byte_extensions
 from relay.telemetry import CallCounters, CallSample, DwellHistogram, RelayCollector
 from scripts import bench_load, bench_support
 from scripts.bench_cli import app
-from scripts.bench_load import EchoMatcher, Flow, drive, noise_frames
+from scripts.bench_load import (
+    EchoCounter,
+    EchoMatcher,
+    Flow,
+    Schedule,
+    drive,
+    noise_frames,
+    rtp_header_length,
+)
 from scripts.bench_relay import (
     PhaseResult,
     RelayBenchConfig,
     Row,
     bucket_delta,
+    check_prepared,
     fraction_at_most,
     histogram_quantile,
+    merge_worker_extras,
     parse_calls,
     parse_metrics,
     projection,
     verdict,
 )
+from scripts.bench_servers import audio_out_from_audio_in
 
 # --- configuration errors name the field and the limit -----------------------------------------------
 
@@ -79,6 +94,18 @@ def test_cli_rejects_bad_calls_before_starting_anything() -> None:
     result = CliRunner().invoke(app, ["relay", "--calls", "100,x"])
     assert result.exit_code == 2
     assert "--calls" in result.output
+
+
+def test_a_run_too_long_to_build_ahead_is_refused_before_it_starts() -> None:
+    config = RelayBenchConfig(calls=(100, 1000), duration=600, warmup=120)
+    with pytest.raises(ValueError, match=re.escape("1000 calls per load worker x 720 s x 50 packets/s")):
+        check_prepared(config, load_procs=1)
+    check_prepared(config, load_procs=2)  # 500 calls per worker: 18,000,000 packets fit
+    # One load worker whatever the machine, so this can never start a real run.
+    argv = ["relay", "--calls", "1000", "--duration", "600", "--warmup", "120", "--load-procs", "1"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    assert "limit 20,000,000 per worker" in result.output
 
 
 def test_cli_rejects_a_core_that_does_not_exist() -> None:
@@ -275,6 +302,33 @@ def test_verdict_pass_fail_and_not_tested() -> None:
     assert verdict(None, 500)["reasons"] == ["no run with 500 or more calls"]
 
 
+def test_verdict_fails_on_echoes_that_are_not_genuine() -> None:
+    forged = _phase(workers={"srtp_samples": 40, "srtp_samples_authentic": 39})
+    result = verdict(Row(500, relay=forged), 500)
+    assert result["status"] == "FAIL"
+    assert result["reasons"] == ["1 of 40 sampled echoes failed SRTP authentication"]
+    genuine = _phase(workers={"srtp_samples": 40, "srtp_samples_authentic": 40})
+    assert verdict(Row(500, relay=genuine), 500)["status"] == "PASS"
+
+
+def test_worker_extras_sum_counts_and_keep_sizes() -> None:
+    merged = merge_worker_extras(
+        [
+            {"srtp_overhead": 36, "echoes": 10, "srtp_samples": 2, "gc_seconds": [0.1, 0.0, 0.0]},
+            {"srtp_overhead": 36, "echoes": 5, "srtp_samples": 1, "gc_seconds": [0.2, 0.0, 0.0]},
+            {"lateness_warmup_p99_ms": 3.5},
+            {"lateness_warmup_p99_ms": 1.5},
+        ]
+    )
+    assert merged == {
+        "srtp_overhead": 36,  # a size: the same in every worker, never summed
+        "echoes": 15,
+        "srtp_samples": 3,
+        "gc_seconds": [[0.1, 0.0, 0.0], [0.2, 0.0, 0.0]],
+        "lateness_warmup_p99_ms": 3.5,  # the worst worker's
+    }
+
+
 def test_projection_fits_only_unbound_runs() -> None:
     rows = [
         Row(100, relay=_phase(subject_cpu=30.0)),
@@ -332,19 +386,148 @@ class _Recorder(Flow):
 async def test_drive_staggers_and_counts_the_window() -> None:
     log: list[tuple[str, int, bool]] = []
     flows = [_Recorder("a", log), _Recorder("b", log)]
-    expected, lateness = await drive(flows, time.monotonic() + 0.01, warmup=0.04, duration=0.06)
+    schedule = Schedule(2, warmup=0.04, duration=0.06)
+    expected, lateness = await drive(flows, schedule, time.monotonic() + 0.01)
     assert expected == 10  # 5 ticks of 20 ms, two flows
+    assert [schedule.frames_of(i) for i in range(2)] == [5, 5]  # what relay mode builds ahead
     assert [entry[0] for entry in log[:4]] == ["a", "b", "a", "b"]  # b is 10 ms behind a
     assert [entry[1] for entry in log if entry[0] == "a"] == [0, 1, 2, 3, 4]
     assert [entry[2] for entry in log if entry[0] == "a"] == [False, False, True, True, True]
-    assert len(lateness) == 10
-    assert all(late >= 0 for late in lateness)
+    assert [index for index, _ in lateness] == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]  # one per busy slot
+    assert all(late >= 0 for _, late in lateness)
     await asyncio.sleep(0)
 
 
-def test_noise_frames_are_distinct_and_below_the_barge_in_threshold() -> None:
+def test_lateness_counts_the_window_only() -> None:
+    """A stall in the warm-up is reported apart: it must not flag the window as load-generator bound."""
+    schedule = Schedule(2, warmup=0.04, duration=0.06)  # window from slot 40
+    lateness = [(0, 0.030), (10, 0.002), (20, 0.0), (30, 0.0), (40, 0.001), (50, 0.004), (60, 0.0)]
+    result = bench_load.summarize([], 14, lateness, {"x": 1}, schedule)
+    assert result.lateness_max_ms == 4.0
+    assert result.extra["x"] == 1
+    assert result.extra["lateness_warmup_p99_ms"] == pytest.approx(29.16)
+    assert result.extra["lateness_worst"][:2] == [[0.0, 30.0], [0.05, 4.0]]
+
+
+async def test_schedule_builds_exactly_what_drive_sends() -> None:
+    """Relay mode protects every packet before the run: one too few crashes the run, one too many
+    wastes an SRTP index. An end that is not a whole tick leaves the late slots one frame short."""
+    log: list[tuple[str, int, bool]] = []
+    flows = [_Recorder(str(i), log) for i in range(7)]
+    schedule = Schedule(7, warmup=0.013, duration=0.05)  # 63 slots: 3 ticks plus 3 slots
+    expected, _ = await drive(flows, schedule, time.monotonic())
+    sent = [sum(1 for name, _, _ in log if name == str(i)) for i in range(7)]
+    assert sent == [schedule.frames_of(i) for i in range(7)] == [4, 4, 3, 3, 3, 3, 3]  # slots 0, 2 < 63 - 60
+    assert expected == len(log)
+    assert sum(Schedule(500, 5.0, 15.0).frames_of(i) for i in range(500)) == 500 * 1000
+
+
+def test_noise_frames_have_one_length_each_and_stay_below_the_barge_in_threshold() -> None:
     frames = noise_frames(count=10)
     payloads = [p for p, _ in frames]
-    assert len(set(payloads)) == 10
-    assert all(40 < len(p) < 200 for p in payloads)  # full-size frames, not DTX
+    assert [len(p) for p in payloads] == list(range(50, 60))  # CBR: full-size frames, one length each
     assert all(level > 40 for _, level in frames)  # quieter than -40 dBov: no barge-in
+    import av
+
+    decoder: Any = av.CodecContext.create("libopus", "r")
+    decoder.sample_rate = 48_000
+    decoder.layout = "mono"
+    for payload in payloads:  # each is a real 20 ms Opus frame
+        (frame,) = decoder.decode(av.Packet(payload))
+        assert frame.samples == 960
+
+
+# --- echoes identified without decrypting -------------------------------------------------------------
+
+
+def _srtp_pair(
+    profile: int = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+) -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
+    key = bytes(range(30)) if profile == pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80 else bytes(range(28))
+    tx = pylibsrtp.Session(pylibsrtp.Policy(key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+    rx = pylibsrtp.Session(pylibsrtp.Policy(key, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+    return tx, rx
+
+
+def test_rtp_header_length() -> None:
+    payload = b"\x01" * 20
+    assert rtp_header_length(build_rtp(111, 1, 960, 7, payload)) == 12
+    assert rtp_header_length(build_rtp(111, 1, 960, 7, payload, csrcs=[1, 2])) == 20
+    mid = one_byte_extensions([(4, b"0")])  # what the relay sends until the caller reports on it
+    assert rtp_header_length(build_rtp(111, 1, 960, 7, payload, extension=mid)) == 12 + len(mid)
+    assert rtp_header_length(b"\x90" + bytes(13)) == 0  # an extension header that is not there
+    assert rtp_header_length(b"\x80\x6f") == 0
+
+
+def test_echo_counter_names_frames_by_length_and_proves_a_sample() -> None:
+    """The relay renumbers and re-times what it sends (own SSRC, sequence, extension): the counter still
+    pairs every echo with the right frame from its length, and the sampled ones authenticate."""
+    frames = [(bytes([i]) * (50 + i), 60) for i in range(bench_load.FRAMES)]
+    probe, _ = _srtp_pair()
+    tag = len(probe.protect(build_rtp(111, 1, 0, 99, b"x"))) - 13  # 10 bytes for AES-CM + HMAC-SHA1-80
+    relay_tx, caller_rx = _srtp_pair()
+    rtts: array.array[int] = array.array("q")
+    matcher = EchoMatcher(rtts)
+    counter = EchoCounter(frames, tag, matcher, caller_rx.unprotect)
+    mid = one_byte_extensions([(4, b"0")])
+    sent = 3 * bench_load.SAMPLE_EVERY
+    for k in range(sent):
+        matcher.sent(k % bench_load.FRAMES, 1000 * k, in_window=True)
+    relay_seq = 40_000
+    for k in range(sent):
+        if k in (5, 6, 77):  # lost on the way
+            continue
+        payload = frames[k % bench_load.FRAMES][0]
+        echo = relay_tx.protect(
+            build_rtp(111, relay_seq, 123_456 + 960 * k, 0xABCDEF, payload, extension=mid)
+        )
+        relay_seq += 1
+        counter.echo(echo, 1000 * k + 250)
+    assert (matcher.received_window, matcher.lost, matcher.unmatched) == (sent - 3, 3, 0)
+    assert set(rtts) == {250}  # every echo was paired with its own frame
+    assert counter.echoes == sent - 3
+    assert counter.samples == (sent - 3) // bench_load.SAMPLE_EVERY == 2
+    assert counter.authentic == counter.matched == 2
+
+
+def test_echo_counter_catches_forged_and_misnamed_echoes() -> None:
+    frames = [(bytes([i]) * (50 + i), 60) for i in range(bench_load.FRAMES)]
+    relay_tx, caller_rx = _srtp_pair()
+    matcher = EchoMatcher(array.array("q"))
+    counter = EchoCounter(frames, 10, matcher, caller_rx.unprotect)
+    for k in range(2 * bench_load.SAMPLE_EVERY):
+        matcher.sent(k % bench_load.FRAMES, k, in_window=True)
+    for k in range(bench_load.SAMPLE_EVERY):
+        echo = relay_tx.protect(build_rtp(111, k, 0, 1, frames[k % bench_load.FRAMES][0]))
+        if k == bench_load.SAMPLE_EVERY - 1:
+            echo = echo[:20] + bytes([echo[20] ^ 1]) + echo[21:]  # one flipped bit: fails authentication
+        counter.echo(echo, k)
+    assert (counter.samples, counter.authentic) == (1, 0)
+    # The right length but other bytes: genuine SRTP, but not the frame its length named.
+    last = 2 * bench_load.SAMPLE_EVERY - 1
+    for k in range(bench_load.SAMPLE_EVERY, last + 1):
+        payload = frames[k % bench_load.FRAMES][0]
+        if k == last:
+            payload = bytes([200]) * len(payload)
+        counter.echo(relay_tx.protect(build_rtp(111, k, 0, 1, payload)), k)
+    assert (counter.samples, counter.authentic, counter.matched) == (2, 1, 0)
+
+
+def test_echo_counter_needs_one_length_per_frame() -> None:
+    with pytest.raises(ValueError, match="every frame needs its own length"):
+        EchoCounter([(b"ab", 60), (b"cd", 60)], 10, EchoMatcher(array.array("q")), lambda d: d)
+
+
+# --- the raw echo inference -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", [False, True])
+@pytest.mark.parametrize(("level", "voice"), [(None, False), (0, False), (127, False), (30, True)])
+def test_raw_echo_is_a_valid_audio_out(marker: bool, level: int | None, voice: bool) -> None:
+    """The rewrite must pass the relay's strict AUDIO_OUT checks (wire.decode: only MARKER allowed)."""
+    flags = wire.audio_in_flags(marker=marker, level=level, voice=voice)
+    audio_in = wire.encode_audio(wire.MsgType.AUDIO_IN, 0x1122334455667788, 4242, 96_000, b"opus", flags)
+    out = wire.decode(audio_out_from_audio_in(audio_in))
+    assert out.type is wire.MsgType.AUDIO_OUT
+    assert (out.call_id, out.seq, out.timestamp, out.payload) == (0x1122334455667788, 4242, 96_000, b"opus")
+    assert out.flags == (wire.FLAG_MARKER if marker else 0)
