@@ -5,6 +5,11 @@ raises :class:`sfu_emulator.errors.ApiError`. Per-track problems become item err
 as the spec describes; items are checked before anything changes, so a failed item leaves no trace.
 A session's operations run one at a time under its lock; the per-packet path (forwarding.py) never
 takes a lock.
+
+Reconnection: a session whose connection failed or closed keeps its tracks for the reconnect window. A
+client offer in that window (renegotiate, or tracks/new with an offer) is answered by a *fresh* peer
+connection: aiortc cannot restart ICE in place, so the whole transport (ICE and DTLS) restarts, and the
+session's publications and subscriptions are re-bound to it (docs/emulator.md, "Reconnection").
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ logger = logging.getLogger("splitrelay.sfu_emulator")
 MAX_GONE_REMEMBERED = 100_000
 MAX_WATCHDOG_TICKS = 1 << 40  # at 10 ms a tick, longer than any emulator runs
 CLOSE_TRACK_ERROR_TEXT = "Track doesn't exist or was already closed"
+OFFER_FIELD = "sessionDescription.sdp"
 
 
 @dataclass
@@ -140,15 +146,70 @@ class Session:
 
     def ensure_peer(self) -> SessionPeer:
         if self.peer is None:
-            config = self.emulator.config
-            self.peer = SessionPeer(
-                candidates=config.candidates,
-                fast_path_config=self.emulator.fast_path_config,
-                on_packet=self.inbound.on_packet,
-                on_attached=self._attached,
-                on_state=self._state_changed,
-            )
+            self.peer = self.new_peer()
         return self.peer
+
+    def new_peer(self) -> SessionPeer:
+        """A peer connection for this session; its events count only while it is ``self.peer``.
+
+        A replaced peer (after a reconnect) or a fresh one not yet adopted goes quiet, so neither can
+        unbind the subscriptions or mark the session disconnected.
+        """
+        peer: SessionPeer | None = None
+
+        def attached(fast_path: SrtpFastPath | None) -> None:
+            if peer is not None and self.peer is peer:
+                self._attached(fast_path)
+
+        def state_changed(state: str) -> None:
+            if peer is not None and self.peer is peer:
+                self._state_changed(state)
+
+        peer = SessionPeer(
+            candidates=self.emulator.config.candidates,
+            fast_path_config=self.emulator.fast_path_config,
+            on_packet=self.inbound.on_packet,
+            on_attached=attached,
+            on_state=state_changed,
+        )
+        return peer
+
+    @property
+    def resumable(self) -> bool:
+        """The connection failed or closed and the session is still within its reconnect window."""
+        return self.peer is not None and self.disconnected_since is not None and not self.ended
+
+    def carry_directions(self, fresh: SessionPeer) -> set[str]:
+        """On a fresh peer, each m-section this session had keeps the direction the SFU gave it.
+
+        Returns the mids carried over; the others are new to the session.
+        """
+        before = self.peer.transceivers() if self.peer is not None else {}
+        carried: set[str] = set()
+        for mid, transceiver in fresh.transceivers().items():
+            previous = before.get(mid)
+            if previous is not None:
+                fresh.set_direction(transceiver, previous.direction)
+                carried.add(mid)
+        return carried
+
+    async def adopt(self, fresh: SessionPeer) -> None:
+        """Make a negotiated fresh peer this session's transport; close the failed one.
+
+        Tracks on an m-section the new transport does not carry (one only in an SFU offer that was
+        never answered) end. Subscriptions get their streams when the fresh peer's fast path attaches.
+        """
+        logger.info("session %s: reconnected on a new transport", self.id)
+        old, self.peer = self.peer, fresh
+        carried = fresh.transceivers()
+        for mid in sorted({r.mid for r in self.records if r.active} | set(self.subscriptions)):
+            if mid not in carried:
+                self.close_mid(mid)
+        self._attached(fresh.fast_path)
+        if old is not None:
+            await old.close()
+        if fresh.state == "connected":
+            self._state_changed("connected")
 
     def _state_changed(self, state: str) -> None:
         if state == "connected":
@@ -162,14 +223,24 @@ class Session:
         for subscription in self.subscriptions.values():
             subscription.stream = streams.get(subscription.mid)
 
-    async def media_changed(self) -> None:
-        """After an SDP exchange: learn publishers' SSRCs, take the new streams onto the fast path."""
+    async def media_changed(self, *, new_transport: bool = False) -> None:
+        """After an SDP exchange: learn publishers' SSRCs, take the new streams onto the fast path.
+
+        A publication whose SSRCs changed is a new RTP source on the same track (a reconnected
+        client's new sender): its subscribers' numbering and clock continue where they were. After a
+        new transport without ``a=ssrc`` the source cannot be told apart, so it is taken as new too.
+        """
         if self.peer is None:
             return
         streams = {s.mid: s for s in self.peer.negotiated_streams()}
         for publication in self.publications.values():
             params = streams.get(publication.mid)
-            publication.ssrcs = params.remote_ssrcs if params is not None else ()
+            ssrcs = params.remote_ssrcs if params is not None else ()
+            known = bool(publication.ssrcs and ssrcs)
+            if ssrcs != publication.ssrcs and (new_transport or known):
+                for subscription in publication.subscriptions:
+                    subscription.switch_to(publication)
+            publication.ssrcs = ssrcs
         self.inbound.set_publications(list(self.publications.values()))
         await self.peer.refresh_fast_path()
 
@@ -411,6 +482,13 @@ class Emulator:
             if session.peer is not None:
                 await session.peer.close()
 
+    async def check_window(self, session: Session) -> None:
+        """A failed session past its reconnect window is gone (410), even before the watchdog ticks."""
+        since = session.disconnected_since
+        if since is not None and self.clock() - since >= self.config.timers.reconnect_window:
+            await self.end_session(session)
+            raise errors.session_gone(session.id)
+
     # --- lookup ----------------------------------------------------------------------------------
 
     def session(self, app_id: str, session_id: str) -> Session:
@@ -455,7 +533,7 @@ class Emulator:
             peer = session.ensure_peer()
             async with session.lock:
                 try:
-                    peer.check_offer(request.session_description.sdp, "sessionDescription.sdp")
+                    peer.check_offer(request.session_description.sdp, OFFER_FIELD)
                     for transceiver in await peer.apply_offer(request.session_description.sdp):
                         peer.set_direction(transceiver, "inactive")  # no track named yet
                     answer = SessionDescription.answer(await peer.create_answer())
@@ -466,12 +544,28 @@ class Emulator:
         return NewSessionResponse(session_id=session.id, session_description=answer)
 
     async def new_tracks(self, session: Session, request: TracksRequest) -> TracksResponse:
+        await self.check_window(session)
         async with session.lock:
             if session.ended:
                 raise errors.session_gone(session.id)
-            if request.session_description is not None:
-                return await self._tracks_with_offer(session, request, request.session_description)
-            return await self._tracks_sfu_side(session, request)
+            if request.session_description is None:
+                return await self._tracks_sfu_side(session, request)
+            return await self._answer_offer(session, request)
+
+    async def _answer_offer(self, session: Session, request: TracksRequest) -> TracksResponse:
+        """The caller's offer (naming tracks or not); on a failed session, a reconnect on a fresh peer.
+
+        A browser sends such an offer after ``restartIce()``. Every m-section the session negotiated
+        must be offered again. On any error a fresh peer is closed and the session stays as it was.
+        """
+        resuming = session.resumable
+        peer = session.new_peer() if resuming else session.ensure_peer()
+        try:
+            return await self._tracks_with_offer(session, request, peer, resuming=resuming)
+        except BaseException:
+            if resuming:
+                await peer.close()  # never adopted: the session keeps its failed peer and its window
+            raise
 
     def _check_capacity(self, session: Session, publish: int, total: int) -> None:
         limits = self.config.limits
@@ -482,10 +576,19 @@ class Emulator:
             raise ItemFailure(f"a session holds at most {limits.max_tracks_per_session} active tracks")
 
     async def _tracks_with_offer(
-        self, session: Session, request: TracksRequest, offer: SessionDescription
+        self,
+        session: Session,
+        request: TracksRequest,
+        peer: SessionPeer,
+        *,
+        resuming: bool,
     ) -> TracksResponse:
-        peer = session.ensure_peer()
-        description = peer.check_offer(offer.sdp, "sessionDescription.sdp")
+        """The caller's offer names tracks; when ``resuming``, ``peer`` is a fresh one (reconnect)."""
+        offer = request.session_description
+        assert offer is not None  # the caller checked
+        description = peer.check_offer(offer.sdp, OFFER_FIELD)
+        if resuming and session.peer is not None:
+            session.peer.check_resumes(description, OFFER_FIELD)
         offered = {m.rtp.muxId: m for m in description.media if m.kind == "audio"}
         results: list[TrackResult | None] = [None] * len(request.tracks)
         local: list[_Plan] = []
@@ -538,10 +641,11 @@ class Emulator:
             await self._wait_publishers(p.publication for p in remote if p.publication is not None)
 
         created = await peer.apply_offer(offer.sdp)
+        carried = session.carry_directions(peer) if resuming else set()
         transceivers = peer.transceivers()
         planned = {p.mid for p in local} | {p.mid for p in remote}
         for transceiver in created:
-            if transceiver.mid not in planned:
+            if transceiver.mid not in planned and transceiver.mid not in carried:
                 peer.set_direction(transceiver, "inactive")
         for plan in local:
             transceiver = transceivers[plan.mid or ""]
@@ -558,6 +662,8 @@ class Emulator:
                 )
                 peer.set_direction(transceiver, "sendrecv" if receiving else "sendonly")
         answer = SessionDescription.answer(await peer.create_answer())
+        if resuming:
+            await session.adopt(peer)
 
         for plan in local:
             session.publish(plan.track_name or "", plan.mid or "")
@@ -573,7 +679,7 @@ class Emulator:
                 session_id=plan.publication.session_id,
                 track_name=plan.publication.track_name,
             )
-        await session.media_changed()
+        await session.media_changed(new_transport=resuming)
         return TracksResponse(
             tracks=tuple(r for r in results if r is not None),
             session_description=answer,
@@ -685,6 +791,7 @@ class Emulator:
 
     async def renegotiate(self, session: Session, request: RenegotiateRequest) -> RenegotiateResponse:
         description = request.session_description
+        await self.check_window(session)
         async with session.lock:
             if session.ended:
                 raise errors.session_gone(session.id)
@@ -692,11 +799,14 @@ class Emulator:
             if peer is None:
                 raise errors.invalid_params("sessionDescription: this session has nothing to renegotiate")
             if description.type is SdpType.ANSWER:
-                peer.check_answer(description.sdp, "sessionDescription.sdp")
+                peer.check_answer(description.sdp, OFFER_FIELD)
                 await peer.apply_answer(description.sdp)
                 await session.media_changed()
                 return RenegotiateResponse()
-            peer.check_offer(description.sdp, "sessionDescription.sdp")
+            if session.resumable:
+                resumed = await self._answer_offer(session, TracksRequest(session_description=description))
+                return RenegotiateResponse(session_description=resumed.session_description)
+            peer.check_offer(description.sdp, OFFER_FIELD)
             for transceiver in await peer.apply_offer(description.sdp):
                 peer.set_direction(transceiver, "inactive")
             answer = SessionDescription.answer(await peer.create_answer())
@@ -717,7 +827,12 @@ class Emulator:
                     raise errors.invalid_params(
                         "sessionDescription: this session has no connection to renegotiate"
                     )
-                peer.check_offer(request.session_description.sdp, "sessionDescription.sdp")
+                if session.resumable:
+                    raise errors.invalid_params(
+                        "sessionDescription: this session's connection has ended; reconnect with an "
+                        "offer through renegotiate or tracks/new first"
+                    )
+                peer.check_offer(request.session_description.sdp, OFFER_FIELD)
                 for transceiver in await peer.apply_offer(request.session_description.sdp):
                     peer.set_direction(transceiver, "inactive")
                 transceivers = peer.transceivers()

@@ -3,7 +3,8 @@
 aiortc does ICE, DTLS and SDP; media moves on :class:`relay.media.srtp_fastpath.SrtpFastPath`, attached
 once the connection is up and given the new stream set in place after each negotiation.
 Descriptions from clients are checked here before aiortc sees them, so a bad SDP is refused with a
-clear error and leaves the connection as it was.
+clear error and leaves the connection as it was. aiortc has no ICE restart: a session whose connection
+failed is resumed on a fresh SessionPeer (see ``check_resumes`` and the emulator's reconnect).
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ ALLOWED_KINDS = ("audio", "application")
 
 def _mids(description: aiortc_sdp.SessionDescription | None) -> list[tuple[str, str | None]]:
     return [] if description is None else [(m.kind, m.rtp.muxId) for m in description.media]
+
+
+def _check_keeps(
+    offered: list[tuple[str, str | None]], known: list[tuple[str, str | None]], field: str
+) -> None:
+    """A client offer carries every m-section already negotiated, first and in the same order (JSEP)."""
+    for kind, mid in known:
+        if (kind, mid) not in offered:
+            raise invalid_params(
+                f"{field}: lacks the negotiated {kind} m-section mid {mid!r}; an offer must carry every "
+                f"m-section this session negotiated ({[m for _, m in known]}), in order"
+            )
+    if offered[: len(known)] != known:
+        raise invalid_params(f"{field}: must keep the negotiated m-sections {known} first and in order")
 
 
 def parse_description(sdp: str, field: str) -> aiortc_sdp.SessionDescription:
@@ -94,6 +109,8 @@ class SessionPeer:
         self._on_state = on_state
         self._refreshing = False
         self._closed = False
+        self.agreed: list[tuple[str, str | None]] = []
+        """(kind, mid) of each m-section of the last completed offer/answer, in order."""
         self._pending_attach: asyncio.Handle | None = None
         self.pc.on("connectionstatechange", self._state_changed)
 
@@ -201,15 +218,16 @@ class SessionPeer:
         if self.signaling != "stable":
             raise invalid_params(f"{field}: the SFU's offer is not answered yet (PUT renegotiate first)")
         description = parse_description(sdp, field)
-        known = (
-            _mids(aiortc_sdp.SessionDescription.parse(self.pc.localDescription.sdp))
-            if (self.pc.localDescription is not None)
-            else []
-        )
-        offered = _mids(description)
-        if offered[: len(known)] != known:
-            raise invalid_params(f"{field}: must keep the negotiated m-sections {known} in order")
+        _check_keeps(_mids(description), self.agreed, field)
         return description
+
+    def check_resumes(self, description: aiortc_sdp.SessionDescription, field: str) -> None:
+        """A reconnecting client's offer (checked by the fresh peer) carries this peer's m-sections.
+
+        Called on the failed peer, whatever its signaling state: an SFU offer left unanswered when the
+        connection failed does not count, only what both sides had agreed on.
+        """
+        _check_keeps(_mids(description), self.agreed, field)
 
     def check_answer(self, sdp: str, field: str) -> aiortc_sdp.SessionDescription:
         """A client answer to our pending offer: same m-sections, and a DTLS role of its own."""
@@ -234,6 +252,7 @@ class SessionPeer:
     async def create_answer(self) -> str:
         answer = await self.pc.createAnswer()
         await self._local(answer)
+        self._agree()
         return str(self.pc.localDescription.sdp)
 
     async def create_offer(self) -> str:
@@ -243,6 +262,11 @@ class SessionPeer:
 
     async def apply_answer(self, sdp: str) -> None:
         await self._remote(sdp, "answer")
+        self._agree()
+
+    def _agree(self) -> None:
+        """An offer/answer exchange completed: its m-sections are what a later offer must keep."""
+        self.agreed = _mids(aiortc_sdp.SessionDescription.parse(self.pc.localDescription.sdp))
 
     async def _remote(self, sdp: str, kind: str) -> None:
         try:
