@@ -23,7 +23,7 @@ from relay.inference_link import LinkError, RelayLink
 from relay.media.peer import VoicePeer
 from relay.media.rtp import RtpPacket
 from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
-from relay.playout import Playout
+from relay.playout import Playout, SharedPacer
 from relay.speech import SpeechDetector
 from relay.telemetry import CallCounters, CallSample, DwellHistogram
 
@@ -41,6 +41,8 @@ class CallConfig:
     connect_timeout_s: float = 10.0
     playout_lead_ms: int = 60
     playout_tail_ms: int = 120
+    playout_catch_up_ms: int = 200
+    """How far behind the wall clock a stalled response may fall and still catch up (see relay/playout.py)."""
     barge_in_threshold_dbov: float = -40.0
     barge_in_packets: int = 1
     """Consecutive speech packets that count as a barge-in (1 = within one packet)."""
@@ -87,6 +89,7 @@ class Call:
         config: CallConfig | None = None,
         metadata: dict[str, Any] | None = None,
         on_closed: Callable[[Call], object] = lambda _c: None,
+        pacer: SharedPacer | None = None,
     ) -> None:
         self.call_id = call_id
         self.mode = mode
@@ -117,9 +120,10 @@ class Call:
         self.playout = Playout(
             self._send_frame,
             self._mark_reached,
-            loop.call_later,
+            loop.call_later if pacer is None else pacer.schedule,
             lead_ms=self.config.playout_lead_ms,
             tail_ms=self.config.playout_tail_ms,
+            catch_up_ms=self.config.playout_catch_up_ms,
             observe_dwell_ns=self.dwell_out.observe_ns,
         )
         self._closed = asyncio.Event()
@@ -328,6 +332,7 @@ class Call:
             "frames_dropped_barge_in": c.frames_dropped_barge_in,
             "frames_dropped_after_barge_in": self.playout.frames_dropped_interrupted,
             "frames_dropped_cleared": self.playout.frames_dropped_cleared,
+            "frames_caught_up": self.playout.frames_caught_up,
             "speech_frames_decoded": self._detector.decoded_frames,
             "lost_in": stats.lost_in if stats else 0,
             "jitter_in_ms": round(stats.jitter_in_ms, 2) if stats else None,

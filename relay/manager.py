@@ -18,6 +18,7 @@ from relay.call import Call, CallConfig
 from relay.control import AttachRefused, AttachRequest, AttachResult, SessionDescription
 from relay.inference_link import RelayLink
 from relay.media.peer import VoicePeer, VoicePeerConfig
+from relay.playout import SharedPacer
 from relay.sfu_attach import SfuAttacher
 from relay.telemetry import RelayCollector
 
@@ -45,6 +46,7 @@ class CallManager:
         self.sfu = sfu
         self.max_calls = max_calls
         self.calls: dict[str, Call] = {}
+        self.pacer = SharedPacer()  # one playout timer for every call of this process
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self.collector = RelayCollector(lambda: [c.sample() for c in self.calls.values()], process)
@@ -105,6 +107,7 @@ class CallManager:
             config=self.call_config,
             metadata=request.metadata,
             on_closed=self._forget,
+            pacer=self.pacer,
         )
         self.calls[request.call_id] = call
         task = asyncio.get_running_loop().create_task(self._run(call))
@@ -157,3 +160,4 @@ class CallManager:
         await asyncio.gather(*(c.close("relay shutting down") for c in list(self.calls.values())))
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
+        self.pacer.close()

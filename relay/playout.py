@@ -5,10 +5,21 @@ frame is sent as soon as the timeline is no more than `lead` ahead of the wall c
 arrive in real time leave at once (no added latency) and bursts are spread at 20 ms per frame. What
 is still queued can be dropped at once on barge-in; what was already sent is at most `lead` ahead.
 This is pacing, not a jitter buffer: nothing waits for late frames, nothing is reordered.
+
+Late frames catch up: when the timeline fell behind the wall clock (the relay or inference stalled) and
+the next frame continues the stream (the next position, no MARKER), the timeline is kept, so what piled
+up during the stall leaves at once with contiguous RTP timestamps, and the caller's jitter buffer
+absorbs the burst. Resetting the timeline there would push the rest of the response later by the
+stall, for as long as it lasts. A new response, a gap in positions, or a stall longer than `catch_up`
+starts a new talk spurt at the wall clock instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,7 +32,10 @@ SAMPLES_PER_FRAME = 960  # 20 ms at 48 kHz
 CLOCK_RATE = 48_000
 DEFAULT_LEAD_MS = 60
 DEFAULT_TAIL_MS = 120
+DEFAULT_CATCH_UP_MS = 200
 MAX_QUEUE_FRAMES = 3_000  # one minute of audio: inference cannot grow the queue without bound
+
+logger = logging.getLogger("splitrelay.relay.playout")
 
 SendFrame = Callable[[bytes, int, bool], object]
 """(payload, rtp_timestamp, marker) -> sent on the fast path."""
@@ -35,6 +49,7 @@ class _Frame:
     seq: int
     timestamp: int  # inference's AUDIO_OUT timestamp (48 kHz), for CLEAR
     arrival_ns: int
+    continues: bool  # the next position after the frame before it, and no MARKER: may catch up
 
 
 @dataclass(slots=True)
@@ -63,12 +78,15 @@ class Playout:
         *,
         lead_ms: int = DEFAULT_LEAD_MS,
         tail_ms: int = DEFAULT_TAIL_MS,
+        catch_up_ms: int = DEFAULT_CATCH_UP_MS,
         rtp_timestamp_base: int = 0,
         clock: Callable[[], int] = time.perf_counter_ns,
         observe_dwell_ns: Callable[[int], object] = lambda _ns: None,
     ) -> None:
         if not 0 <= lead_ms <= 1000:
             raise ValueError(f"playout lead must be 0..1000 ms, got {lead_ms}")
+        if not 0 <= catch_up_ms <= 1000:
+            raise ValueError(f"playout catch_up must be 0..1000 ms, got {catch_up_ms}")
         self._send = send
         self._mark_reached = mark_reached
         self._schedule = schedule
@@ -76,6 +94,7 @@ class Playout:
         self._observe = observe_dwell_ns
         self.lead_ns = lead_ms * 1_000_000
         self.tail_ns = tail_ms * 1_000_000
+        self.catch_up_ns = catch_up_ms * 1_000_000
         self._queue: deque[_Frame | _Mark] = deque()
         self._queued_frames = 0
         self._t0 = clock()
@@ -84,12 +103,14 @@ class Playout:
         self._timer_pending = False
         self._new_spurt = True
         self._interrupted = False
+        self._next_position: int | None = None  # inference position the next frame continues from
         self.response_frames = 0
         self.response_seq = 0
         self.frames_sent = 0
         self.frames_dropped_full = 0
         self.frames_dropped_interrupted = 0
         self.frames_dropped_cleared = 0
+        self.frames_caught_up = 0
         self._clear_before: int | None = None
         self.closed = False
 
@@ -109,15 +130,16 @@ class Playout:
                 self.frames_dropped_interrupted += 1
                 return
             self._interrupted = False  # a new response starts
+        continues = not marker and timestamp == self._next_position
         now = self._clock()
         if not self._queue and not self._timer_pending:
             # The common case, real-time audio: nothing waits, so send on arrival without queueing.
             if self._timeline_ns < now:
-                self._timeline_ns = now
-                self._new_spurt = True
+                self._fell_behind(now, continues)
             if self._timeline_ns - now <= self.lead_ns:
                 if marker:
                     self.response_frames = 0
+                self._next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
                 self._send_now(payload, seq, now)
                 return
         if self._queued_frames >= MAX_QUEUE_FRAMES:
@@ -125,7 +147,8 @@ class Playout:
             return
         if marker:
             self._queue.append(_Mark("", timestamp))  # response boundary: resets the played counter
-        self._queue.append(_Frame(payload, seq, timestamp, now))
+        self._next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        self._queue.append(_Frame(payload, seq, timestamp, now, continues))
         self._queued_frames += 1
         self.pump()
 
@@ -153,9 +176,8 @@ class Playout:
                 else:
                     self.response_frames = 0
                 continue
-            if self._timeline_ns < now:  # the stream went idle: a new talk spurt starts now
-                self._timeline_ns = now
-                self._new_spurt = True
+            if self._timeline_ns < now:
+                self._fell_behind(now, item.continues)
             if self._timeline_ns - now > self.lead_ns:
                 self._timer_pending = True
                 self._schedule((self._timeline_ns - self.lead_ns - now) / 1e9, self._on_timer)
@@ -163,6 +185,14 @@ class Playout:
             queue.popleft()
             self._queued_frames -= 1
             self._send_now(item.payload, item.seq, item.arrival_ns)
+
+    def _fell_behind(self, now: int, continues: bool) -> None:
+        """The timeline is behind the wall clock: catch up (see the module docstring) or restart it."""
+        if continues and now - self._timeline_ns <= self.catch_up_ns:
+            self.frames_caught_up += 1
+            return
+        self._timeline_ns = now  # the stream went idle (or stalled too long): a new talk spurt
+        self._new_spurt = True
 
     def _send_now(self, payload: bytes, seq: int, arrival_ns: int) -> None:
         """Send the frame in the timeline's next slot and advance it; dwell counts from when it was due."""
@@ -203,6 +233,7 @@ class Playout:
         dropped = self._queued_frames
         self._queue.clear()
         self._queued_frames = 0
+        self._next_position = None  # what follows a flush never catches up over the hole
         return dropped
 
     def clear_before(self, timestamp: int) -> int:
@@ -214,6 +245,7 @@ class Playout:
         self._queued_frames -= dropped
         self.frames_dropped_cleared += dropped
         self._clear_before = timestamp
+        self._next_position = None
         return dropped
 
     def barge_in(self) -> BargeInReport:
@@ -233,3 +265,76 @@ class Playout:
         self.closed = True
         self._queue.clear()
         self._queued_frames = 0
+
+
+class SharedPacer:
+    """One event-loop timer for the paced playout of every call in a process.
+
+    A call whose playout is ahead of real time (a TTS burst) needs a wake-up every 20 ms; with a loop
+    timer per call per frame, hundreds of such calls cost a timer object and a libuv timer each time.
+    Here wake-ups wait in one heap behind one loop timer, and each firing runs every wake-up due within
+    ``early`` of now: a frame may leave up to ``early`` before its slot (harmless: it is already up to
+    `lead` ahead), never later than the loop allows. ``schedule`` has ``loop.call_later``'s shape.
+    """
+
+    def __init__(self, *, early_ms: float = 0.5) -> None:
+        if not 0 <= early_ms <= 5:
+            raise ValueError(f"pacer early must be 0..5 ms, got {early_ms}")
+        self._early = early_ms / 1000
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()  # ties fire in scheduling order, and functions are never compared
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0
+        self._firing = False
+        self.fired = 0  # loop timers that fired
+        self.ran = 0  # wake-ups run
+        self.failed = 0  # wake-ups that raised (logged once)
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once, ``delay`` seconds from now (or up to ``early`` sooner)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(0.0, delay)
+        heapq.heappush(self._heap, (due, next(self._order), fn))
+        if not self._firing and (self._timer is None or due < self._armed_for):
+            self._arm(loop, due)  # while firing, the end of _fire arms for the earliest
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_for = due
+        self._timer = loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.fired += 1
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        limit = loop.time() + self._early
+        self._firing = True
+        try:
+            for _ in range(len(heap)):  # bounded by what was scheduled before this turn
+                if not heap or heap[0][0] > limit:
+                    break
+                fn = heapq.heappop(heap)[2]
+                self.ran += 1
+                try:
+                    fn()
+                except Exception:  # one call's bug must not stall every other call's playout
+                    self.failed += 1
+                    if self.failed == 1:
+                        logger.exception("a paced playout wake-up failed (further failures only counted)")
+        finally:
+            self._firing = False
+        if heap:
+            self._arm(loop, heap[0][0])
+
+    def close(self) -> None:
+        """Forget every wake-up (the calls are closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()

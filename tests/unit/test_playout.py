@@ -172,3 +172,83 @@ def test_after_a_barge_in_nothing_is_playing_until_new_audio_goes_out() -> None:
     assert not h.p.playing()
     h.p.push_frame(b"y", seq=21, marker=True)  # the next response
     assert h.p.playing() and h.p.queued_frames + len([s for s in h.sent if s[0] == b"y"]) == 1
+
+
+def _push_positions(h: Harness, first: int, count: int, *, marker_first: bool = False) -> None:
+    for i in range(first, first + count):
+        h.p.push_frame(bytes([i % 256]), seq=i, marker=marker_first and i == first, timestamp=i * 960)
+
+
+def test_frames_held_up_by_a_stall_catch_up_at_once_on_the_same_timeline() -> None:
+    h = Harness(lead_ms=60)
+    for i in range(5):  # real time
+        _push_positions(h, i, 1, marker_first=i == 0)
+        h.advance(FRAME_NS)
+    h.advance(130_000_000)  # the relay stalls: nothing is read for 130 ms (6.5 frames' worth)
+    _push_positions(h, 5, 7)  # ... then what piled up arrives at once
+    assert len(h.sent) == 12 and h.p.queued_frames == 0  # all of it left at once: nothing queued
+    ts = [s[1] for s in h.sent]
+    assert all(b - a == SAMPLES_PER_FRAME for a, b in itertools.pairwise(ts))  # one contiguous stream
+    assert [s[2] for s in h.sent] == [True] + [False] * 11  # no new talk spurt
+    assert h.p.frames_caught_up == 7  # every one of them left behind its slot
+    h.advance(FRAME_NS)
+    _push_positions(h, 12, 1)  # and the next real-time frame is not held behind a backlog
+    assert len(h.sent) == 13 and h.p.queued_frames == 0
+
+
+def test_a_stall_with_the_old_reset_would_have_left_a_lasting_queue() -> None:
+    """The same stall without inference positions (timestamp 0 each): the timeline restarts at the
+    wall clock, the burst is paced, and every later real-time frame waits behind it."""
+    h = Harness(lead_ms=60)
+    for i in range(5):
+        h.p.push_frame(b"x", seq=i, marker=i == 0)
+        h.advance(FRAME_NS)
+    h.advance(130_000_000)
+    for i in range(5, 12):
+        h.p.push_frame(b"x", seq=i, marker=False)
+    assert h.p.queued_frames == 3 and h.p.frames_caught_up == 0
+    h.advance(FRAME_NS)
+    h.p.push_frame(b"x", seq=12, marker=False)
+    assert h.p.queued_frames == 3  # the backlog stays as long as the stream does
+
+
+def test_a_stall_longer_than_catch_up_starts_a_new_spurt_at_the_wall_clock() -> None:
+    h = Harness(lead_ms=60)
+    h.p.catch_up_ns = 100_000_000
+    _push_positions(h, 0, 1, marker_first=True)
+    h.advance(FRAME_NS + 150_000_000)  # behind by more than catch_up
+    _push_positions(h, 1, 1)
+    (_, ts0, _, _), (_, ts1, m1, _) = h.sent
+    assert m1 and ts1 - ts0 == (FRAME_NS + 150_000_000) * 48 // 1_000_000  # timestamps follow wall time
+    assert h.p.frames_caught_up == 0
+
+
+def test_a_new_response_or_a_gap_in_positions_never_catches_up() -> None:
+    h = Harness(lead_ms=60)
+    _push_positions(h, 0, 1, marker_first=True)
+    h.advance(FRAME_NS * 3)
+    _push_positions(h, 1, 1, marker_first=True)  # a new response (MARKER): a new spurt
+    h.advance(FRAME_NS * 3)
+    h.p.push_frame(b"gap", seq=2, marker=False, timestamp=10 * 960)  # positions jumped: a new spurt
+    assert [s[2] for s in h.sent] == [True, True, True]
+    assert h.p.frames_caught_up == 0
+
+
+def test_frames_after_a_flush_do_not_catch_up_over_the_hole() -> None:
+    h = Harness(lead_ms=0)
+    _push_positions(h, 0, 5, marker_first=True)  # 1 sent, 4 queued
+    assert h.p.flush() == 4
+    h.advance(FRAME_NS * 5)
+    _push_positions(h, 5, 1)  # continues the flushed positions, but after a hole
+    assert h.sent[-1][2] and h.p.frames_caught_up == 0
+
+
+def test_a_late_timer_sends_every_due_frame_without_restarting_the_timeline() -> None:
+    h = Harness(lead_ms=0)
+    _push_positions(h, 0, 10, marker_first=True)  # a burst: 1 sent, 9 paced
+    h.now += 5 * FRAME_NS + 10_000_000  # the loop stalled past the next five slots
+    h.advance(0)
+    assert len(h.sent) == 6  # the slots at 20..100 ms were due: back to back, on one timeline
+    ts = [s[1] for s in h.sent]
+    assert all(b - a == SAMPLES_PER_FRAME for a, b in itertools.pairwise(ts))
+    assert [s[2] for s in h.sent] == [True] + [False] * 5
