@@ -228,9 +228,10 @@ class Call:
             wire_id, self._seq.extend(pkt.sequence) & 0xFFFFFFFF, timestamp, pkt.payload, flags
         ):
             counters.packets_to_inference += 1
+        now = time.perf_counter_ns()
         if pkt.arrival_ns:
-            self.dwell_in.observe_ns(time.perf_counter_ns() - pkt.arrival_ns)
-        if self.playout.playing():
+            self.dwell_in.observe_ns(now - pkt.arrival_ns)
+        if self.playout.playing(now):
             self._watch_for_barge_in(pkt, level, timestamp)
         else:
             self._playback_started = False

@@ -29,6 +29,7 @@ from relay.wire_endpoint import (
 __all__ = ["CallSink", "LinkError", "RelayLink"]
 
 _AUDIO_OUT: int = MsgType.AUDIO_OUT.value
+_AUDIO_IN: int = MsgType.AUDIO_IN.value
 _AUDIO_OUT_MIN = wire.HEADER_SIZE + 1  # a header and at least one byte of Opus
 _HEADER_UNPACK = wire.HEADER.unpack_from
 
@@ -182,11 +183,11 @@ class RelayLink(WireEndpoint):
         sees upstream loss as gaps; ``timestamp`` is the RTP timestamp offset likewise.
         """
         state = self._calls.get(call_id)
-        if state is None:
+        transport = self._transport
+        if state is None or transport is None:
             return False
-        self.send_raw(
-            wire.encode_audio(MsgType.AUDIO_IN, call_id, seq, timestamp, payload, flags), state.peer
-        )
+        transport.sendto(wire.encode_audio(_AUDIO_IN, call_id, seq, timestamp, payload, flags), state.peer)
+        self.stats.datagrams_out += 1
         return True
 
     def send_barge_in(

@@ -218,7 +218,7 @@ class Playout:
     def queued_frames(self) -> int:
         return self._queued_frames
 
-    def playing(self) -> bool:
+    def playing(self, now_ns: int | None = None) -> bool:
         """True while the caller may still be hearing assistant audio (queued, or sent and not yet played).
 
         False right after a barge-in until the next response starts (a frame with the marker): one
@@ -226,7 +226,9 @@ class Playout:
         """
         if self._interrupted:
             return False
-        return self._queued_frames > 0 or self._timeline_ns + self.tail_ns > self._clock()
+        if self._queued_frames:
+            return True
+        return self._timeline_ns + self.tail_ns > (self._clock() if now_ns is None else now_ns)
 
     def flush(self) -> int:
         """Drop everything queued (marks in it are never echoed); return the frames dropped."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from collections.abc import Iterator
@@ -27,6 +28,17 @@ from relay.sfu_attach import SfuAttacher
 from relay.sfu_client import SfuClient
 
 log = logging.getLogger("splitrelay.relay.server")
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up (modules, the app) out of the collector's reach.
+
+    A full collection scans every tracked object while media waits: 18 ms for the ~90,000 objects a
+    relay holds before its first call, on top of what its calls hold. Those objects live as long as the
+    process, so they never need scanning. Call it once, in the relay's own process, when it is ready.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True)

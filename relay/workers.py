@@ -252,7 +252,7 @@ def _worker_main() -> None:
 
     from relay.call import CallConfig
     from relay.media.peer import CandidatePolicy
-    from relay.server import RelayServer, RelaySettings, SfuSettings
+    from relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
 
     config = json.loads(os.environ[WORKER_CONFIG_ENV])
     key = os.environ[INTERNAL_KEY_ENV].encode()
@@ -282,6 +282,7 @@ def _worker_main() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with RelayServer(settings) as server:
+            freeze_startup_heap()
             print(json.dumps({"event": "ready", "url": server.url, "pid": os.getpid()}), flush=True)
             await stop.wait()
 

@@ -99,7 +99,7 @@ def serve(
     """Run one relay process until SIGINT or SIGTERM; live calls are closed on the way out."""
     from edge.signing import check_key
     from relay.media.peer import CandidatePolicy, VoicePeerConfig
-    from relay.server import RelayServer, RelaySettings, SfuSettings
+    from relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
 
     key = read_secret(SIGNING_KEY_ENV, signing_key_file, "signing key")
     if key is None:
@@ -140,6 +140,7 @@ def serve(
         server = RelayServer(settings)
         await server.start()
         stack.push_async_callback(server.stop)
+        freeze_startup_heap()
         return server.url
 
     async def run_supervisor(stop: asyncio.Event) -> str:
