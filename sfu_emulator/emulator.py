@@ -309,6 +309,16 @@ class Session:
         self.bind(subscription)
         return subscription
 
+    def pulled(self, mid: str, publication: Publication) -> TrackResult:
+        """Subscribe, and the batch item that reports it."""
+        self.subscribe(mid, publication)
+        return TrackResult(
+            location=Location.REMOTE,
+            mid=mid,
+            session_id=publication.session_id,
+            track_name=publication.track_name,
+        )
+
     def drop_subscription(self, mid: str) -> None:
         subscription = self.subscriptions.pop(mid, None)
         if subscription is not None:
@@ -672,13 +682,7 @@ class Emulator:
             )
         for plan in remote:
             assert plan.publication is not None
-            session.subscribe(plan.mid or "", plan.publication)
-            results[plan.index] = TrackResult(
-                location=Location.REMOTE,
-                mid=plan.mid,
-                session_id=plan.publication.session_id,
-                track_name=plan.publication.track_name,
-            )
+            results[plan.index] = session.pulled(plan.mid or "", plan.publication)
         await session.media_changed(new_transport=resuming)
         return TracksResponse(
             tracks=tuple(r for r in results if r is not None),
@@ -763,13 +767,7 @@ class Emulator:
         for plan in remote:
             assert plan.transceiver is not None and plan.transceiver.mid is not None
             assert plan.publication is not None
-            session.subscribe(plan.transceiver.mid, plan.publication)
-            results[plan.index] = TrackResult(
-                location=Location.REMOTE,
-                mid=plan.transceiver.mid,
-                session_id=plan.publication.session_id,
-                track_name=plan.publication.track_name,
-            )
+            results[plan.index] = session.pulled(plan.transceiver.mid, plan.publication)
         if offer is None:
             session.inbound.set_publications(list(session.publications.values()))
         return TracksResponse(
@@ -887,13 +885,7 @@ class Emulator:
                 await self._wait_publishers(p.publication for p in plans if p.publication is not None)
             for plan in plans:
                 assert plan.publication is not None
-                session.subscribe(plan.mid or "", plan.publication)
-                results[plan.index] = TrackResult(
-                    location=Location.REMOTE,
-                    mid=plan.mid,
-                    session_id=plan.publication.session_id,
-                    track_name=plan.publication.track_name,
-                )
+                results[plan.index] = session.pulled(plan.mid or "", plan.publication)
             return UpdateTracksResponse(
                 tracks=tuple(r for r in results if r is not None), requires_immediate_renegotiation=False
             )

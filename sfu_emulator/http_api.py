@@ -34,7 +34,7 @@ from edge.realtime_api import (
 )
 from edge.turn_api import GenerateIceServersRequest
 from sfu_emulator import errors
-from sfu_emulator.emulator import Emulator
+from sfu_emulator.emulator import Emulator, Session
 from sfu_emulator.errors import ApiError, EmulatorCode
 from sfu_emulator.turn import TurnService
 
@@ -141,6 +141,23 @@ def create_app(emulator: Emulator, turn: TurnService) -> FastAPI:
             logger.exception("emulator request failed")
             return _error_response(errors.internal_error("the emulator failed on this request"))
 
+    async def session_operation(
+        request: Request,
+        app_id: str,
+        session_id: str,
+        parse: Callable[[object, str], M],
+        operation: Callable[[Session, M], Awaitable[JsonModel]],
+    ) -> Response:
+        """The shape of every session operation with a body: authorize, find the session, parse, run."""
+
+        async def work() -> Response:
+            authorize(request, app_id)
+            session = emulator.session(app_id, session_id)
+            body = parse_model(await read_json(request, required=True), parse)
+            return _json(await operation(session, body))
+
+        return await guarded(work)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         code = EmulatorCode.NOT_FOUND if exc.status_code == 404 else "invalid_request"
@@ -168,43 +185,27 @@ def create_app(emulator: Emulator, turn: TurnService) -> FastAPI:
 
     @app.post(f"{prefix}/{{session_id}}/tracks/new")
     async def new_tracks(request: Request, app_id: str, session_id: str) -> Response:
-        async def work() -> Response:
-            authorize(request, app_id)
-            session = emulator.session(app_id, session_id)
-            body = parse_model(await read_json(request, required=True), TracksRequest.from_json)
-            return _json(await emulator.new_tracks(session, body))
-
-        return await guarded(work)
+        return await session_operation(
+            request, app_id, session_id, TracksRequest.from_json, emulator.new_tracks
+        )
 
     @app.put(f"{prefix}/{{session_id}}/renegotiate")
     async def renegotiate(request: Request, app_id: str, session_id: str) -> Response:
-        async def work() -> Response:
-            authorize(request, app_id)
-            session = emulator.session(app_id, session_id)
-            body = parse_model(await read_json(request, required=True), RenegotiateRequest.from_json)
-            return _json(await emulator.renegotiate(session, body))
-
-        return await guarded(work)
+        return await session_operation(
+            request, app_id, session_id, RenegotiateRequest.from_json, emulator.renegotiate
+        )
 
     @app.put(f"{prefix}/{{session_id}}/tracks/close")
     async def close_tracks(request: Request, app_id: str, session_id: str) -> Response:
-        async def work() -> Response:
-            authorize(request, app_id)
-            session = emulator.session(app_id, session_id)
-            body = parse_model(await read_json(request, required=True), CloseTracksRequest.from_json)
-            return _json(await emulator.close_tracks(session, body))
-
-        return await guarded(work)
+        return await session_operation(
+            request, app_id, session_id, CloseTracksRequest.from_json, emulator.close_tracks
+        )
 
     @app.put(f"{prefix}/{{session_id}}/tracks/update")
     async def update_tracks(request: Request, app_id: str, session_id: str) -> Response:
-        async def work() -> Response:
-            authorize(request, app_id)
-            session = emulator.session(app_id, session_id)
-            body = parse_model(await read_json(request, required=True), UpdateTracksRequest.from_json)
-            return _json(await emulator.update_tracks(session, body))
-
-        return await guarded(work)
+        return await session_operation(
+            request, app_id, session_id, UpdateTracksRequest.from_json, emulator.update_tracks
+        )
 
     @app.get(f"{prefix}/{{session_id}}")
     async def get_session(request: Request, app_id: str, session_id: str) -> Response:
