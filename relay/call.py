@@ -224,14 +224,18 @@ class Call:
         level = pkt.audio_level
         flags = wire.audio_in_flags(marker=pkt.marker, level=level, voice=pkt.voice and level is not None)
         timestamp = (pkt.timestamp - self._ts0) & 0xFFFFFFFF
+        arrival = pkt.arrival_ns
         if self.link.send_audio_in(
-            wire_id, self._seq.extend(pkt.sequence) & 0xFFFFFFFF, timestamp, pkt.payload, flags
+            wire_id,
+            self._seq.extend(pkt.sequence) & 0xFFFFFFFF,
+            timestamp,
+            pkt.payload,
+            flags,
+            self.dwell_in.observe_ns if arrival else None,  # dwell ends when the batch leaves
+            arrival,
         ):
             counters.packets_to_inference += 1
-        now = time.perf_counter_ns()
-        if pkt.arrival_ns:
-            self.dwell_in.observe_ns(now - pkt.arrival_ns)
-        if self.playout.playing(now):
+        if self.playout.playing(arrival or None):
             self._watch_for_barge_in(pkt, level, timestamp)
         else:
             self._playback_started = False

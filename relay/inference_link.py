@@ -2,7 +2,8 @@
 
 The per-call pipeline (``relay/call.py``) starts a call with ``start_call`` and gets back the u64
 call id it uses on the per-packet path; ``send_audio_in`` is one struct pack, one dict lookup and
-one ``sendto``. Messages from inference are handed to the call's ``CallSink`` synchronously on the
+a place in the socket's send batch (one ``sendmmsg`` per loop turn, relay/udp_batch.py). Messages
+from inference are handed to the call's ``CallSink`` synchronously on the
 socket's callback, so sinks must be quick (queue the frame, set a flag) and must not raise.
 """
 
@@ -15,6 +16,7 @@ import socket
 from typing import Any, Protocol
 
 from relay import wire
+from relay.udp_batch import ObserveNs
 from relay.wire import BargeIn, CallStart, Message, MsgType
 from relay.wire_endpoint import (
     DEFAULT_ATTEMPTS,
@@ -176,19 +178,27 @@ class RelayLink(WireEndpoint):
             state.starting = False
         return call_id
 
-    def send_audio_in(self, call_id: int, seq: int, timestamp: int, payload: bytes, flags: int = 0) -> bool:
+    def send_audio_in(
+        self,
+        call_id: int,
+        seq: int,
+        timestamp: int,
+        payload: bytes,
+        flags: int = 0,
+        observe: ObserveNs | None = None,
+        since_ns: int = 0,
+    ) -> bool:
         """Forward one caller Opus frame; ``flags`` from ``wire.audio_in_flags``. False if the call is over.
 
         ``seq`` should follow the RTP sequence (extended, offset to the call start) so inference
-        sees upstream loss as gaps; ``timestamp`` is the RTP timestamp offset likewise.
+        sees upstream loss as gaps; ``timestamp`` is the RTP timestamp offset likewise. The frame
+        leaves in this loop turn's batch; ``observe`` gets its wait from ``since_ns`` until it left.
         """
         state = self._calls.get(call_id)
-        transport = self._transport
-        if state is None or transport is None:
+        if state is None:
             return False
-        transport.sendto(wire.encode_audio(_AUDIO_IN, call_id, seq, timestamp, payload, flags), state.peer)
-        self.stats.datagrams_out += 1
-        return True
+        data = wire.encode_audio(_AUDIO_IN, call_id, seq, timestamp, payload, flags)
+        return self.send_batched(data, state.peer, observe, since_ns)
 
     def send_barge_in(
         self, call_id: int, *, played_samples: int, dropped_frames: int, response_seq: int, timestamp: int = 0

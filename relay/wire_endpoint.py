@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, cast
 
 from relay import wire
+from relay.udp_batch import ObserveNs, SendBatch
 from relay.wire import FLAG_RELIABLE, Message, MsgType, WireError
 
 Peer = tuple[str, int]  # numeric host and port: the demultiplexing key next to call_id
@@ -128,6 +129,7 @@ class WireEndpoint(asyncio.DatagramProtocol):
         self._rto = rto
         self._attempts = attempts
         self._transport: asyncio.DatagramTransport | None = None
+        self._batch: SendBatch | None = None
         self._pending: dict[_PendingKey, _Pending] = {}
         self._recent: OrderedDict[tuple[Peer, int], None] = OrderedDict()
         self._closed = asyncio.Event()
@@ -153,9 +155,11 @@ class WireEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's selector datagram transport is not a DatagramTransport subclass, so cast.
         self._transport = cast(asyncio.DatagramTransport, transport)
+        self._batch = SendBatch(self._transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._batch = None
         self._closed.set()
 
     def error_received(self, exc: Exception) -> None:
@@ -171,6 +175,8 @@ class WireEndpoint(asyncio.DatagramProtocol):
         self._pending.clear()
         transport = self._transport
         if transport is not None:
+            if self._batch is not None:
+                self._batch.flush()
             transport.close()
             await self._closed.wait()
 
@@ -268,11 +274,34 @@ class WireEndpoint(asyncio.DatagramProtocol):
     # -- send ----------------------------------------------------------------------------------
 
     def send_raw(self, data: bytes, peer: Peer) -> None:
+        """Send one datagram now, after anything batched (datagrams leave in the order they were made)."""
         transport = self._transport
         if transport is None:
             raise LinkError("endpoint: the socket is not open")
+        batch = self._batch
+        if batch is not None and batch.queued:
+            batch.flush()
         transport.sendto(data, peer)
         self.stats.datagrams_out += 1
+
+    def send_batched(
+        self, data: bytes, peer: Peer, observe: ObserveNs | None = None, since_ns: int = 0
+    ) -> bool:
+        """Queue one datagram for this loop turn's batch (relay/udp_batch.py); False if not open.
+
+        ``observe`` gets the time from ``since_ns`` until the datagram left, for dwell telemetry.
+        """
+        batch = self._batch
+        if batch is None:
+            return False
+        batch.add(data, peer, observe, since_ns)
+        self.stats.datagrams_out += 1
+        return True
+
+    @property
+    def batch(self) -> SendBatch | None:
+        """The socket's send batch while it is open (its counters are part of the endpoint's stats)."""
+        return self._batch
 
     def send_reliable(self, msg: Message, peer: Peer) -> asyncio.Future[bool]:
         """Send ``msg`` with FLAG_RELIABLE; the future resolves True on ACK, False on give-up.
