@@ -3,8 +3,8 @@
 The per-call pipeline (``relay/call.py``) starts a call with ``start_call`` and gets back the u64
 call id it uses on the per-packet path; ``send_audio_in`` is one struct pack, one dict lookup and
 a place in the socket's send batch (one ``sendmmsg`` per loop turn, relay/udp_batch.py). Messages
-from inference are handed to the call's ``CallSink`` synchronously on the
-socket's callback, so sinks must be quick (queue the frame, set a flag) and must not raise.
+from inference are handed to the call's ``CallSink`` synchronously on the socket's callback, so
+sinks must be quick (queue the frame, set a flag) and must not raise.
 """
 
 from __future__ import annotations
