@@ -214,7 +214,8 @@ class InferenceCall:
         Returns False (and sends nothing) when the call has ended. The relay paces playout, so a
         service may send ahead of real time, within the relay's outbound queue limit. The first frame
         sent after a BARGE_IN always carries the marker: it starts a new response, and the relay drops
-        frames of the interrupted response until it sees one.
+        frames of the interrupted response until it sees one. Frames sent in one loop turn (a TTS
+        burst) leave in one ``sendmmsg`` (relay/udp_batch.py); events and marks never overtake them.
         """
         if self._state.ended:
             return False
@@ -229,7 +230,8 @@ class InferenceCall:
             payload,
             FLAG_MARKER if marker else 0,
         )
-        self._server.send_raw(data, self._state.peer)
+        if not self._server.send_batched(data, self._state.peer):
+            raise LinkError("endpoint: the socket is not open")
         self._out_seq = (self._out_seq + 1) & wire.U32
         self._out_ts = (self._out_ts + wire.FRAME_SAMPLES) & wire.U32
         return True
