@@ -29,7 +29,7 @@ import cffi
 
 logger = logging.getLogger("splitrelay.udp_batch")
 
-Peer = tuple[str, int]
+Peer = tuple[str, int]  # numeric host and port (the wire endpoints' peer key, too)
 ObserveNs = Callable[[int], object]
 """Told how long a datagram waited, in ns, from the time given to ``add`` until its batch left."""
 
@@ -172,7 +172,7 @@ class SendBatch:
     def _sendmmsg(self, data: list[bytes], peers: list[Peer]) -> int:
         ffi, libc = self._native  # type: ignore[misc]
         vec, iov, names = self._vec, self._iov, self._names
-        buffers = []  # keeps each datagram's buffer alive until the call returns
+        buffers = []  # keeps each datagram's cffi buffer alive until this method returns
         for i, (datagram, peer) in enumerate(zip(data, peers, strict=True)):
             name = names.get(peer)
             if name is None:
@@ -208,5 +208,4 @@ class SendBatch:
                 reason = errno.errorcode.get(code, str(code))
                 logger.warning("sendmmsg refused a datagram: %s (further refusals only counted)", reason)
             start += 1
-        del buffers
         return sent

@@ -18,9 +18,8 @@ from typing import Any, Final, cast
 
 from relay import wire
 from relay.udp_batch import ObserveNs, SendBatch
+from relay.udp_batch import Peer as Peer  # numeric host and port: the demultiplexing key next to call_id
 from relay.wire import FLAG_RELIABLE, Message, MsgType, WireError
-
-Peer = tuple[str, int]  # numeric host and port: the demultiplexing key next to call_id
 
 DEFAULT_RTO: Final = 0.05  # seconds before the first retransmission; doubles each attempt
 DEFAULT_ATTEMPTS: Final = 6  # 50+100+200+400+800 ms: the peer is declared gone after about 1.55 s
