@@ -2,16 +2,19 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+LAYOUT := $(PY) -c 'from splitrelay.devtools.layout import main; main()'
 NODE_STAMP := node_modules/.installed-$(shell cat package.json | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup run cost test test-unit test-integration lint fmt bench clean
+.PHONY: setup run cost test test-unit test-integration lint fmt bench clean lock
 
-$(STAMP): pyproject.toml
+# Locked versions first, then this checkout (editable: the splitrelay namespace maps onto its folders).
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev,infra]'
+	@$(PY) -m pip install -q -r requirements.lock
+	@$(PY) -m pip install -q --no-deps -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -47,10 +50,20 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
+## ruff, the import rules between layers, and mypy strict over the namespace (scripts/devtools/layout.py).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy edge relay scripts tests sfu_emulator infra
+	$(LAYOUT) check-imports
+	$(LAYOUT) mypy
+
+## Re-resolve requirements.lock from pyproject.toml in a throwaway venv (every extra).
+lock:
+	rm -rf build/lockenv && python3 -m venv build/lockenv
+	build/lockenv/bin/pip install -q --upgrade pip
+	build/lockenv/bin/pip install -q '.[dev]'
+	{ head -2 requirements.lock; build/lockenv/bin/pip freeze --exclude-editable | grep -vi '^splitrelay\|^pip==\|^setuptools=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 fmt: setup
 	$(VENV)/bin/ruff format .

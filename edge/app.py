@@ -1,6 +1,7 @@
 """The edge's routes: tokens, ICE servers, calls. Runtime-neutral: EdgeRequest in, EdgeResponse out.
 
-The Worker (edge/entry.py) and the local adapter (edge/local.py) both build an :class:`EdgeApp` and call
+The Worker (edge/entry.py) and the local adapter (scripts/devtools/local_edge.py) both build an
+:class:`EdgeApp` and call
 :meth:`EdgeApp.handle`; everything below is plain Python over injected I/O. Every refusal is a JSON
 error naming the field and the limit; unexpected failures are a bare 500 with no detail (the detail
 goes to the log, which never holds tokens or secrets).
@@ -16,13 +17,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from edge import tokens
-from edge.calls import CallService, Defer, Fetch, RecordClient
-from edge.config import EdgeConfig, load_config
-from edge.ratelimit import RateLimiter, limit_key
-from edge.realtime_api import SchemaError, SessionDescription
-from edge.relays import CachedRegistry, CallerLocation, Loader, NoRelayError, RegistryError, rank_relays
-from edge.web import (
+from splitrelay.contract.realtime_api import SchemaError, SessionDescription
+from splitrelay.edge import tokens
+from splitrelay.edge.calls import CallService, Defer, Fetch, RecordClient
+from splitrelay.edge.config import EdgeConfig, load_config
+from splitrelay.edge.ratelimit import RateLimiter, limit_key
+from splitrelay.edge.relays import (
+    CachedRegistry,
+    CallerLocation,
+    Loader,
+    NoRelayError,
+    RegistryError,
+    rank_relays,
+)
+from splitrelay.edge.web import (
     EdgeError,
     EdgeRequest,
     EdgeResponse,

@@ -5,7 +5,8 @@ A call is ``created`` (the caller has its SDP answer, the relay is being attache
 failure, or by the alarm that closes abandoned calls). The record holds the SFU session and track ids,
 the relay and why it was chosen, and the deadlines; the alarm fires at the next deadline. Storage is a
 small async key-value protocol, so the same class runs on a Durable Object's ``ctx.storage``
-(edge/entry.py) and in memory (edge/local.py, tests). Commands and replies are JSON-ready dicts: they
+(edge/entry.py) and in memory (scripts/devtools/local_edge.py, tests). Commands and replies are JSON-ready
+dicts: they
 cross the Durable Object RPC boundary as JSON text.
 """
 

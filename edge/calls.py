@@ -26,11 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
-from edge.call_record import CREATED, CallObject, CallRecord
-from edge.config import EdgeConfig
-from edge.ice import IceServers, TurnCache
-from edge.offer import check_offer
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     CloseTracksRequest,
     ErrorCode,
     HttpRequest,
@@ -54,10 +50,14 @@ from edge.realtime_api import (
     parse_new_tracks,
     parse_renegotiate,
 )
-from edge.relays import CallerLocation, Choice
-from edge.signing import sign_headers
-from edge.turn_api import build_generate_ice_servers, parse_generate_ice_servers
-from edge.web import EdgeError
+from splitrelay.contract.signing import sign_headers
+from splitrelay.contract.turn_api import build_generate_ice_servers, parse_generate_ice_servers
+from splitrelay.edge.call_record import CREATED, CallObject, CallRecord
+from splitrelay.edge.config import EdgeConfig
+from splitrelay.edge.ice import IceServers, TurnCache
+from splitrelay.edge.offer import check_offer
+from splitrelay.edge.relays import CallerLocation, Choice
+from splitrelay.edge.web import EdgeError
 
 T = TypeVar("T")
 log = logging.getLogger("splitrelay.edge.calls")

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from edge.realtime_api import API_BASE_URL, SchemaError, Secret, SfuApp, check_base_url
-from edge.signing import MIN_KEY_BYTES
-from edge.turn_api import MAX_TTL_S, MIN_TTL_S, TurnKey
-from edge.web import EdgeError
+from splitrelay.contract.realtime_api import API_BASE_URL, SchemaError, Secret, SfuApp, check_base_url
+from splitrelay.contract.signing import MIN_KEY_BYTES
+from splitrelay.contract.turn_api import MAX_TTL_S, MIN_TTL_S, TurnKey
+from splitrelay.edge.web import EdgeError
 
 DEFAULT_STUN_URLS: Final = ("stun:stun.cloudflare.com:3478",)
 SECRET_NAMES: Final = (

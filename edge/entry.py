@@ -1,9 +1,10 @@
 """The Cloudflare Python Worker: adapts ``workers`` Request/Response/env to edge/app.py, nothing more.
 
-wrangler uploads edge/ flat (module names relative to this file's folder: ``entry.py``, ``app.py``...),
-so in the Worker this module is the top-level ``entry`` and the ``edge`` package does not exist until
-:func:`_mount_edge_package` registers this folder as it. On CPython (tests) ``edge`` is already a
-package and nothing is mounted. Only this module imports ``workers`` and ``js``.
+wrangler uploads edge/ as the bundle's root (module names relative to this file's folder: ``entry.py``,
+``app.py``, ``contract/signing.py``...), so in the Worker this module is the top-level ``entry`` and the
+``splitrelay.edge`` and ``splitrelay.contract`` packages do not exist until :func:`_mount_packages`
+registers them. On CPython (tests) they are installed packages and nothing is mounted. Only this module
+imports ``workers`` and ``js``.
 
 - ``Default`` (``WorkerEntrypoint``): every request that is not a static asset.
 - ``CallRecordObject`` (``DurableObject``): one per call; its record and alarm (edge/call_record.py).
@@ -17,36 +18,46 @@ import importlib.util
 import json
 import os
 import sys
+import types
 from typing import Any
 from urllib.parse import urlsplit
 
 
-def _mount_edge_package() -> None:
-    """Make ``import edge.x`` load the sibling modules wrangler uploaded next to this one."""
-    if "edge" in sys.modules or __package__:
+def _mount_packages() -> None:
+    """Make ``import splitrelay.edge.x`` and ``splitrelay.contract.x`` load what wrangler uploaded.
+
+    wrangler uploads this folder as the bundle's root (``entry.py``, ``app.py``, ``contract/...``), so the
+    Worker has no ``splitrelay`` package: this registers an empty ``splitrelay`` and mounts this folder
+    as ``splitrelay.edge`` and ``contract/`` as ``splitrelay.contract`` (docs/edge.md, "Bundle").
+    """
+    if "splitrelay.edge" in sys.modules or __package__:
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(
-        "edge", os.path.join(here, "__init__.py"), submodule_search_locations=[here]
-    )
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot mount the edge package from {here}")
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["edge"] = package
-    spec.loader.exec_module(package)
+    root = types.ModuleType("splitrelay")
+    root.__path__ = []
+    sys.modules.setdefault("splitrelay", root)
+    for name, folder in (("splitrelay.contract", os.path.join(here, "contract")), ("splitrelay.edge", here)):
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot mount {name} from {folder}")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
 
 
-_mount_edge_package()
+_mount_packages()
 
 import js  # noqa: E402
 from pyodide.ffi import to_js  # noqa: E402
 from workers import DurableObject, Response, WorkerEntrypoint  # noqa: E402
 
-from edge.app import EdgeApp, build_app  # noqa: E402
-from edge.call_record import CallObject  # noqa: E402
-from edge.calls import FetchError, Inbound, Outbound, run_alarm  # noqa: E402
-from edge.config import SECRET_NAMES, VAR_NAMES, ConfigError  # noqa: E402
-from edge.web import EdgeError, EdgeRequest, EdgeResponse, check_body_size  # noqa: E402
+from splitrelay.edge.app import EdgeApp, build_app  # noqa: E402
+from splitrelay.edge.call_record import CallObject  # noqa: E402
+from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm  # noqa: E402
+from splitrelay.edge.config import SECRET_NAMES, VAR_NAMES, ConfigError  # noqa: E402
+from splitrelay.edge.web import EdgeError, EdgeRequest, EdgeResponse, check_body_size  # noqa: E402
 
 CALLS_BINDING = "CALLS"  # Durable Object namespace (wrangler.toml)
 REGISTRY_BINDING = "RELAY_REGISTRY"  # KV namespace: key "relays" overrides the RELAYS var

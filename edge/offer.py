@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from edge.web import EdgeError
+from splitrelay.edge.web import EdgeError
 
 MAX_SDP_CHARS: Final = 32 * 1024  # the relay's limit too (relay/control.py)
 MAX_SDP_LINES: Final = 2000

@@ -1,5 +1,5 @@
 """Pulumi entry point (`pulumi up` in infra/): everything lives in importable modules."""
 
-from infra.program import run
+from splitrelay.infra.program import run
 
 run()

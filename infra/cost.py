@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.settings import InfraConfigError, StackSettings, parse_settings
+from splitrelay.infra.settings import InfraConfigError, StackSettings, parse_settings
 
 CONFIG_NAMESPACE = "splitrelay"
 _SIZE_VCPUS = {"medium": 1, "large": 2, "xlarge": 4}
@@ -85,10 +85,11 @@ def settings_from_stack_file(path: Path) -> StackSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m infra.cost Pulumi.prod.yaml` prints the `splitrelay cost` command for that stack."""
+    """`python -m splitrelay.infra.cost Pulumi.prod.yaml` prints the `splitrelay cost` command for that
+    stack."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m infra.cost infra/Pulumi.<stack>.yaml", file=sys.stderr)
+        print("usage: python -m splitrelay.infra.cost infra/Pulumi.<stack>.yaml", file=sys.stderr)
         return 2
     try:
         settings = settings_from_stack_file(Path(args[0]))

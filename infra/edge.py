@@ -21,13 +21,13 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 import pulumi_random as random
 
-from infra.settings import StackSettings
-from infra.wrangler import WorkerSpec
+from splitrelay.infra.settings import StackSettings
+from splitrelay.infra.wrangler import WorkerSpec
 
 REGISTRY_BINDING = "RELAY_REGISTRY"
 REGISTRY_KEY = "relays"
 """edge/relays.py reads the registry document from this key of the KV namespace bound as RELAY_REGISTRY."""
-SIGNING_KEY_CHARS = 48  # edge/signing.py needs >= 32 bytes; 48 alphanumerics are ~285 bits
+SIGNING_KEY_CHARS = 48  # edge/contract/signing.py needs >= 32 bytes; 48 alphanumerics are ~285 bits
 # Stack-level values the edge reads besides wrangler.toml's vars (edge/config.py SECRET_NAMES/VAR_NAMES).
 SECRET_ENV = ("SFU_APP_SECRET", "TURN_KEY_API_TOKEN", "RELAY_SIGNING_KEY", "TOKEN_SIGNING_KEY", "API_KEY")
 PLAIN_ENV = ("SFU_APP_ID", "SFU_API_URL", "TURN_KEY_ID", "RELAYS", "ALLOWED_ORIGINS")

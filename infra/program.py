@@ -13,11 +13,11 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.cost import CONFIG_NAMESPACE, cost_arguments
-from infra.edge import Edge, build_edge, worker_secrets_json, worker_vars
-from infra.relays import GA_REGION, RegionRelays, build_region, origin_tls, ssl_strict_rule
-from infra.settings import InfraConfigError, StackSettings, parse_settings
-from infra.wrangler import WorkerSpec, load_worker_spec
+from splitrelay.infra.cost import CONFIG_NAMESPACE, cost_arguments
+from splitrelay.infra.edge import Edge, build_edge, worker_secrets_json, worker_vars
+from splitrelay.infra.relays import GA_REGION, RegionRelays, build_region, origin_tls, ssl_strict_rule
+from splitrelay.infra.settings import InfraConfigError, StackSettings, parse_settings
+from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WRANGLER_TOML = REPO_ROOT / "wrangler.toml"

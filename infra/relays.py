@@ -21,9 +21,9 @@ import pulumi_aws as aws
 import pulumi_cloudflare as cloudflare
 import pulumi_tls as tls
 
-from infra.settings import RegionSettings, StackSettings
-from infra.user_data import RelayBoot, render_user_data
-from relay.aws_bootstrap import (
+from splitrelay.infra.settings import RegionSettings, StackSettings
+from splitrelay.infra.user_data import RelayBoot, render_user_data
+from splitrelay.relay.aws_bootstrap import (
     SFU_SECRET_PARAM,
     SIGNING_KEY_PARAM,
     TAG_REGION,

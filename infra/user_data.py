@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from infra.settings import CONTROL_PORT
+from splitrelay.infra.settings import CONTROL_PORT
 
 VENV = "/opt/splitrelay"
 TLS_DIR = "/etc/splitrelay/tls"
@@ -82,7 +82,7 @@ def relay_command(boot: RelayBoot) -> list[str]:
 def render_user_data(boot: RelayBoot) -> str:
     """The whole script; raises ValueError if a value is unsafe or the script exceeds EC2's 16 KB."""
     bootstrap = (
-        f"{VENV}/bin/python -m relay.aws_bootstrap --stack {_unit_arg(boot.stack, 'stack')} "
+        f"{VENV}/bin/python -m splitrelay.relay.aws_bootstrap --stack {_unit_arg(boot.stack, 'stack')} "
         f"--aws-region {_unit_arg(boot.aws_region, 'awsRegion')}"
     )
     region_key = _unit_arg(boot.region_key, "region key")

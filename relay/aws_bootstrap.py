@@ -9,7 +9,7 @@ in the process environment only (`exec`: never on disk, never on the command lin
 the relay's /healthz and tells the auto-scaling group to replace an instance whose relay is dead.
 
 Secret values never appear in errors or logs: messages name the SSM parameter, not its value.
-`python -m relay.aws_bootstrap --help` lists the sub-commands the user data calls.
+`python -m splitrelay.relay.aws_bootstrap --help` lists the sub-commands the user data calls.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ log = logging.getLogger("splitrelay.relay.aws_bootstrap")
 AwsClient = Any
 """A boto3 client (ssm, ec2, autoscaling, globalaccelerator); typed loosely, boto3 builds them at run time."""
 
-# The relay CLI reads these (scripts/relay_cli.py: SIGNING_KEY_ENV, SFU_SECRET_ENV). Kept as literals so
+# The relay CLI reads these (scripts/cli/relay.py: SIGNING_KEY_ENV, SFU_SECRET_ENV). Kept as literals so
 # the instance bootstrap does not import the CLI; tests/unit/test_aws_bootstrap.py checks they agree.
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 SFU_SECRET_ENV = "SPLITRELAY_SFU_APP_SECRET"
@@ -53,7 +53,7 @@ SECRET_ENV_BY_PARAM: Mapping[str, str] = {
 TAG_STACK = "splitrelay:stack"
 TAG_REGION = "splitrelay:region"
 TAG_SLOT = "splitrelay:slot"
-MIN_SIGNING_KEY_BYTES = 32  # edge/signing.py MIN_KEY_BYTES; the relay refuses shorter keys at start.
+MIN_SIGNING_KEY_BYTES = 32  # edge/contract/signing.py MIN_KEY_BYTES; the relay refuses shorter keys at start.
 _PREFIX = re.compile(r"/[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 IMDS_URL = "http://169.254.169.254"
@@ -360,7 +360,7 @@ PUBLIC_ADDRESS_ENV = "SPLITRELAY_PUBLIC_ADDRESS"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m relay.aws_bootstrap", description=__doc__.splitlines()[0]
+        prog="python -m splitrelay.relay.aws_bootstrap", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--stack", required=True, help="Pulumi stack name (SSM prefix /splitrelay/STACK).")
     parser.add_argument("--aws-region", required=True, help="This instance's AWS region.")

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay import wire
-from relay.inference_link import LinkError, RelayLink
-from relay.media.peer import VoicePeer
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
-from relay.playout import Playout, SharedPacer
-from relay.speech import SpeechDetector
-from relay.telemetry import CallCounters, CallSample, DwellHistogram
+from splitrelay.inference import wire
+from splitrelay.inference.speech import SpeechDetector
+from splitrelay.relay.inference_link import LinkError, RelayLink
+from splitrelay.relay.media.peer import VoicePeer
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.playout import Playout, SharedPacer
+from splitrelay.relay.telemetry import CallCounters, CallSample, DwellHistogram
 
 log = logging.getLogger("splitrelay.relay.call")
 

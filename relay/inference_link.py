@@ -2,7 +2,7 @@
 
 The per-call pipeline (``relay/call.py``) starts a call with ``start_call`` and gets back the u64
 call id it uses on the per-packet path; ``send_audio_in`` is one struct pack, one dict lookup and
-a place in the socket's send batch (one ``sendmmsg`` per loop turn, relay/udp_batch.py). Messages
+a place in the socket's send batch (one ``sendmmsg`` per loop turn, relay/inference/udp_batch.py). Messages
 from inference are handed to the call's ``CallSink`` synchronously on the socket's callback, so
 sinks must be quick (queue the frame, set a flag) and must not raise.
 """
@@ -15,10 +15,8 @@ import secrets
 import socket
 from typing import Any, Protocol
 
-from relay import wire
-from relay.udp_batch import ObserveNs
-from relay.wire import BargeIn, CallStart, Message, MsgType
-from relay.wire_endpoint import (
+from splitrelay.inference import wire
+from splitrelay.inference.endpoint import (
     DEFAULT_ATTEMPTS,
     DEFAULT_RTO,
     CallState,
@@ -27,6 +25,8 @@ from relay.wire_endpoint import (
     WireEndpoint,
     call_end_message,
 )
+from splitrelay.inference.udp_batch import ObserveNs
+from splitrelay.inference.wire import BargeIn, CallStart, Message, MsgType
 
 __all__ = ["CallSink", "LinkError", "RelayLink"]
 

@@ -14,13 +14,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from relay.call import Call, CallConfig
-from relay.control import AttachRefused, AttachRequest, AttachResult, SessionDescription
-from relay.inference_link import RelayLink
-from relay.media.peer import VoicePeer, VoicePeerConfig
-from relay.playout import SharedPacer
-from relay.sfu_attach import SfuAttacher
-from relay.telemetry import RelayCollector
+from splitrelay.relay.call import Call, CallConfig
+from splitrelay.relay.control import AttachRefused, AttachRequest, AttachResult, SessionDescription
+from splitrelay.relay.inference_link import RelayLink
+from splitrelay.relay.media.peer import VoicePeer, VoicePeerConfig
+from splitrelay.relay.playout import SharedPacer
+from splitrelay.relay.sfu_attach import SfuAttacher
+from splitrelay.relay.telemetry import RelayCollector
 
 log = logging.getLogger("splitrelay.relay.manager")
 

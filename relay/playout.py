@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.wire import u32_diff
+from splitrelay.inference.wire import u32_diff
 
 FRAME_NS = 20_000_000
 SAMPLES_PER_FRAME = 960  # 20 ms at 48 kHz

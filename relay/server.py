@@ -18,14 +18,14 @@ from typing import Any
 import uvicorn
 from aiortc import RTCIceServer
 
-from edge.signing import Verifier
-from relay.call import CallConfig
-from relay.control import create_app
-from relay.inference_link import RelayLink
-from relay.manager import MAX_CALLS_DEFAULT, CallManager
-from relay.media.peer import CandidatePolicy, VoicePeerConfig
-from relay.sfu_attach import SfuAttacher
-from relay.sfu_client import SfuClient
+from splitrelay.contract.signing import Verifier
+from splitrelay.relay.call import CallConfig
+from splitrelay.relay.control import create_app
+from splitrelay.relay.inference_link import RelayLink
+from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
+from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig
+from splitrelay.relay.sfu_attach import SfuAttacher
+from splitrelay.relay.sfu_client import SfuClient
 
 log = logging.getLogger("splitrelay.relay.server")
 

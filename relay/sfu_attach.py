@@ -15,7 +15,7 @@ import logging
 
 from aiortc import RTCSessionDescription
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     CloseTracksRequest,
     SessionDescription,
     SfuApiError,
@@ -23,8 +23,8 @@ from edge.realtime_api import (
     TracksRequest,
     mid_for_track,
 )
-from relay.media.peer import VoicePeer
-from relay.sfu_client import SfuClient
+from splitrelay.relay.media.peer import VoicePeer
+from splitrelay.relay.sfu_client import SfuClient
 
 log = logging.getLogger("splitrelay.relay.sfu")
 

@@ -1,7 +1,7 @@
 """Async transport for the Cloudflare Realtime SFU and TURN APIs over httpx, with bounded retries.
 
-Request building, response parsing and the retry decision live in edge/realtime_api.py and
-edge/turn_api.py (shared with the Worker); this module only sends the bytes, reads a bounded body and
+Request building, response parsing and the retry decision live in edge/contract/realtime_api.py and
+edge/contract/turn_api.py (shared with the Worker); this module only sends the bytes, reads a bounded body and
 sleeps between attempts. The app secret and TURN token exist only inside the Authorization header.
 """
 
@@ -16,7 +16,7 @@ from typing import Final, Self, TypeVar
 
 import httpx
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     MAX_BODY_BYTES,
     CloseTracksRequest,
     CloseTracksResponse,
@@ -52,7 +52,7 @@ from edge.realtime_api import (
     parse_renegotiate,
     parse_update_tracks,
 )
-from edge.turn_api import (
+from splitrelay.contract.turn_api import (
     IceServersResponse,
     TurnKey,
     build_generate_ice_servers,

@@ -25,8 +25,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from edge.signing import sign_headers
-from relay.control import AttachRefused, AttachRequest, AttachResult
+from splitrelay.contract.signing import sign_headers
+from splitrelay.relay.control import AttachRefused, AttachRequest, AttachResult
 
 log = logging.getLogger("splitrelay.relay.workers")
 
@@ -199,7 +199,7 @@ def spawn_workers(
             worker_env[WORKER_CONFIG_ENV] = json.dumps(dict(config, process=str(index)))
             core = cores[index % len(cores)] if cores else None
             process = subprocess.Popen(
-                [sys.executable, "-m", "relay.workers"],
+                [sys.executable, "-m", "splitrelay.relay.workers"],
                 stdout=subprocess.PIPE,
                 env=worker_env,
                 preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None,
@@ -250,9 +250,9 @@ def _worker_main() -> None:
 
     import uvloop
 
-    from relay.call import CallConfig
-    from relay.media.peer import CandidatePolicy
-    from relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
+    from splitrelay.relay.call import CallConfig
+    from splitrelay.relay.media.peer import CandidatePolicy
+    from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
 
     config = json.loads(os.environ[WORKER_CONFIG_ENV])
     key = os.environ[INTERNAL_KEY_ENV].encode()

@@ -66,7 +66,7 @@ class EmulatorProcess:
         )
         config.chmod(0o600)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scripts.cli", "emulator", "serve", "--config", str(config),
+            sys.executable, "-m", "splitrelay.cli", "emulator", "serve", "--config", str(config),
             "--port", "0", "--json",
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -98,8 +98,8 @@ class EmulatorProcess:
 async def _emulator_run(
     emulator: EmulatorProcess, shape: str, n: int, seconds: float, frame: bytes
 ) -> Result:
-    from relay.sfu_client import SfuClient
-    from sfu_emulator.clients import Participant
+    from splitrelay.emulator.clients import Participant
+    from splitrelay.relay.sfu_client import SfuClient
 
     assert emulator.process is not None
     async with SfuClient(emulator.base_url, emulator.app_id, emulator.secret) as sfu:
@@ -241,7 +241,8 @@ async def _bare_run(shape: str, n: int, seconds: float, frame: bytes) -> Result:
     addresses = [t.get_extra_info("sockname")[:2] for t, _ in sinks]
     routes = [addresses[k * per_publisher : (k + 1) * per_publisher] for k in range(publishers)]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from sfu_emulator.bench import bare_forwarder_main; bare_forwarder_main()",
+        sys.executable, "-c",
+        "from splitrelay.emulator.bench import bare_forwarder_main; bare_forwarder_main()",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None

@@ -68,9 +68,9 @@ def serve(
     """Serve the Realtime API at http://HOST:PORT/v1 until interrupted (Ctrl-C or SIGTERM)."""
     from dataclasses import replace
 
-    from edge.realtime_api import Secret
-    from relay.media.peer import CandidatePolicy
-    from sfu_emulator.config import ConfigError, config_from_mapping, load_config
+    from splitrelay.contract.realtime_api import Secret
+    from splitrelay.emulator.config import ConfigError, config_from_mapping, load_config
+    from splitrelay.relay.media.peer import CandidatePolicy
 
     if log_level not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("--log-level: one of debug, info, warning, error")
@@ -131,8 +131,8 @@ def _run(config: Any, json_output: bool) -> None:
 
 
 async def _serve(config: Any, json_output: bool) -> None:
-    from sfu_emulator.config import EmulatorConfig
-    from sfu_emulator.server import EmulatorServer
+    from splitrelay.emulator.config import EmulatorConfig
+    from splitrelay.emulator.server import EmulatorServer
 
     assert isinstance(config, EmulatorConfig)
     server = EmulatorServer(config)

@@ -2,19 +2,19 @@
 
 Used by the emulator's integration tests and its benchmark (and handy for trying the emulator by hand):
 it publishes and pulls tracks with the same API calls a Worker makes, and sends or receives encoded
-Opus on :class:`relay.media.srtp_fastpath.SrtpFastPath`, the path the relay uses.
+Opus on :class:`splitrelay.relay.media.srtp_fastpath.SrtpFastPath`, the path the relay uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from edge.realtime_api import SessionDescription, TrackObject, TracksRequest, TracksResponse
-from relay.media.peer import LOOPBACK, CandidatePolicy, wait_connected
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import FastPathConfig, OutboundStream, SrtpFastPath
-from relay.sfu_client import SfuClient
-from sfu_emulator.peer import SessionPeer
+from splitrelay.contract.realtime_api import SessionDescription, TrackObject, TracksRequest, TracksResponse
+from splitrelay.emulator.peer import SessionPeer
+from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, wait_connected
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, OutboundStream, SrtpFastPath
+from splitrelay.relay.sfu_client import SfuClient
 
 
 class Participant:

@@ -2,7 +2,8 @@
 
 Timers are configurable because the real service's (30 s) would make tests slow; every value is checked
 here once, with an error naming the field and its limit, so the rest of the emulator trusts its config.
-Secrets stay wrapped in :class:`edge.realtime_api.Secret` and only :func:`mask` forms are ever printed.
+Secrets stay wrapped in :class:`splitrelay.contract.realtime_api.Secret` and only :func:`mask` forms are
+ever printed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from edge.realtime_api import SchemaError, Secret, json_type, path_segment
-from relay.media.peer import LOOPBACK, CandidatePolicy
-from relay.media.rtcp import MAX_REPORT_BLOCKS
+from splitrelay.contract.realtime_api import SchemaError, Secret, json_type, path_segment
+from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy
+from splitrelay.relay.media.rtcp import MAX_REPORT_BLOCKS
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8790

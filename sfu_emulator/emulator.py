@@ -1,7 +1,8 @@
 """The emulated Realtime SFU: sessions, tracks and their negotiation, timers and limits (no HTTP here).
 
-Each operation takes a request model from :mod:`edge.realtime_api` and returns a response model, or
-raises :class:`sfu_emulator.errors.ApiError`. Per-track problems become item errors inside a 200 batch,
+Each operation takes a request model from :mod:`splitrelay.contract.realtime_api` and returns a response
+model, or
+raises :class:`splitrelay.emulator.errors.ApiError`. Per-track problems become item errors inside a 200 batch,
 as the spec describes; items are checked before anything changes, so a failed item leaves no trace.
 A session's operations run one at a time under its lock; the per-packet path (forwarding.py) never
 takes a lock.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from aiortc import RTCRtpTransceiver
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     CloseTrackResult,
     CloseTracksRequest,
     CloseTracksResponse,
@@ -48,12 +49,12 @@ from edge.realtime_api import (
     UpdateTracksResponse,
     clean_text,
 )
-from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
-from sfu_emulator import errors
-from sfu_emulator.config import EmulatorConfig
-from sfu_emulator.errors import ApiError
-from sfu_emulator.forwarding import Forwarder, ForwardingStats, Inbound, Publication, Subscription
-from sfu_emulator.peer import SENDING, SessionPeer
+from splitrelay.emulator import errors
+from splitrelay.emulator.config import EmulatorConfig
+from splitrelay.emulator.errors import ApiError
+from splitrelay.emulator.forwarding import Forwarder, ForwardingStats, Inbound, Publication, Subscription
+from splitrelay.emulator.peer import SENDING, SessionPeer
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
 
 logger = logging.getLogger("splitrelay.sfu_emulator")
 

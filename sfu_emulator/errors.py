@@ -2,7 +2,8 @@
 
 The spec names codes only for a few failures (``decoding_error``, ``invalid_params``, ``internal_error``,
 ``close_track_error``); statuses it leaves open (401, 404, 410, 425, 429) carry the emulator's own codes
-below, in the same body shape, so :func:`edge.realtime_api.error_from_response` reads every one.
+below, in the same body shape, so :func:`splitrelay.contract.realtime_api.error_from_response` reads every
+one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from edge.realtime_api import ErrorCode, ErrorResponse, clean_text
+from splitrelay.contract.realtime_api import ErrorCode, ErrorResponse, clean_text
 
 
 class EmulatorCode(StrEnum):

@@ -15,8 +15,8 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import OutboundStream
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import OutboundStream
 
 DWELL_SAMPLES = 1 << 16
 OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz: the timestamp step assumed across a source switch

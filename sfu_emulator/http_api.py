@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     MAX_BODY_BYTES,
     MAX_LABEL_CHARS,
     CloseTracksRequest,
@@ -32,11 +32,11 @@ from edge.realtime_api import (
     TracksRequest,
     UpdateTracksRequest,
 )
-from edge.turn_api import GenerateIceServersRequest
-from sfu_emulator import errors
-from sfu_emulator.emulator import Emulator, Session
-from sfu_emulator.errors import ApiError, EmulatorCode
-from sfu_emulator.turn import TurnService
+from splitrelay.contract.turn_api import GenerateIceServersRequest
+from splitrelay.emulator import errors
+from splitrelay.emulator.emulator import Emulator, Session
+from splitrelay.emulator.errors import ApiError, EmulatorCode
+from splitrelay.emulator.turn import TurnService
 
 logger = logging.getLogger("splitrelay.sfu_emulator.http")
 

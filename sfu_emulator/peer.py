@@ -1,6 +1,7 @@
 """The SFU side of one session: an aiortc RTCPeerConnection (one BUNDLE transport) and its SRTP fast path.
 
-aiortc does ICE, DTLS and SDP; media moves on :class:`relay.media.srtp_fastpath.SrtpFastPath`, attached
+aiortc does ICE, DTLS and SDP; media moves on :class:`splitrelay.relay.media.srtp_fastpath.SrtpFastPath`,
+attached
 once the connection is up and given the new stream set in place after each negotiation.
 Descriptions from clients are checked here before aiortc sees them, so a bad SDP is refused with a
 clear error and leaves the connection as it was. aiortc has no ICE restart: a session whose connection
@@ -22,18 +23,18 @@ from aiortc import (
 )
 from aiortc import sdp as aiortc_sdp
 
-from relay.media.aiortc_internals import rtcp_silenced
-from relay.media.peer import (
+from splitrelay.emulator.errors import ApiError, invalid_params
+from splitrelay.relay.media.aiortc_internals import rtcp_silenced
+from splitrelay.relay.media.peer import (
     OPUS,
     CandidatePolicy,
     PlaceholderAudioTrack,
     candidate_policy,
     silence_aiortc_rtcp,
 )
-from relay.media.peer import negotiated_streams as negotiated_streams_of
-from relay.media.sdp import StreamParams
-from relay.media.srtp_fastpath import FastPathConfig, OnPacket, SrtpFastPath
-from sfu_emulator.errors import ApiError, invalid_params
+from splitrelay.relay.media.peer import negotiated_streams as negotiated_streams_of
+from splitrelay.relay.media.sdp import StreamParams
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, OnPacket, SrtpFastPath
 
 logger = logging.getLogger("splitrelay.sfu_emulator.peer")
 

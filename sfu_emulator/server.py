@@ -14,12 +14,12 @@ from typing import Any, Self
 
 import uvicorn
 
-from relay.server import bind_tcp
-from sfu_emulator.config import EmulatorConfig
-from sfu_emulator.emulator import Emulator
-from sfu_emulator.http_api import API_PREFIX, create_app
-from sfu_emulator.stun import StunServer
-from sfu_emulator.turn import TurnService
+from splitrelay.emulator.config import EmulatorConfig
+from splitrelay.emulator.emulator import Emulator
+from splitrelay.emulator.http_api import API_PREFIX, create_app
+from splitrelay.emulator.stun import StunServer
+from splitrelay.emulator.turn import TurnService
+from splitrelay.relay.server import bind_tcp
 
 GRACEFUL_SHUTDOWN_S = 2.0
 

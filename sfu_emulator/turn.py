@@ -14,10 +14,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from edge.turn_api import GenerateIceServersRequest, IceServer, IceServersResponse
-from sfu_emulator import errors
-from sfu_emulator.config import EmulatorConfig
-from sfu_emulator.errors import ApiError, EmulatorCode
+from splitrelay.contract.turn_api import GenerateIceServersRequest, IceServer, IceServersResponse
+from splitrelay.emulator import errors
+from splitrelay.emulator.config import EmulatorConfig
+from splitrelay.emulator.errors import ApiError, EmulatorCode
 
 
 class TurnService:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.calls import FetchError, Inbound, Outbound
-from edge.realtime_api import TracksRequest
-from edge.signing import SignatureError, Verifier
+from splitrelay.contract.realtime_api import TracksRequest
+from splitrelay.contract.signing import SignatureError, Verifier
+from splitrelay.edge.calls import FetchError, Inbound, Outbound
 
 APP_ID = "edge-test-app"
 APP_SECRET = "edge-test-sfu-secret-0123456789"

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from edge.realtime_api import Secret
-from sfu_emulator.config import EmulatorConfig, Limits, Timers
-from sfu_emulator.emulator import Emulator
+from splitrelay.contract.realtime_api import Secret
+from splitrelay.emulator.config import EmulatorConfig, Limits, Timers
+from splitrelay.emulator.emulator import Emulator
 from tests import spec
 
 APP_ID = "emulator-test-app"

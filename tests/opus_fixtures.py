@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts.utterance import encode_opus, frame_levels
+from splitrelay.devtools.utterance import encode_opus, frame_levels
 
 SAMPLE_RATE = 48_000
 FRAME_SAMPLES = 960

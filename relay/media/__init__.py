@@ -2,5 +2,6 @@
 (srtp_fastpath) that the relay and the SFU emulator share. Every private aiortc/aioice contact lives in
 aiortc_internals.
 
-Import from the submodules: this package imports nothing, so ``relay.media.rtp`` stays free of aiortc.
+Import from the submodules: this package imports nothing, so ``splitrelay.relay.media.rtp`` stays free of
+aiortc.
 """

@@ -28,8 +28,8 @@ from aiortc.mediastreams import MediaStreamError
 from av.frame import Frame
 from av.packet import Packet
 
-from relay.media import aiortc_internals
-from relay.media.sdp import (
+from splitrelay.relay.media import aiortc_internals
+from splitrelay.relay.media.sdp import (
     StreamParams,
     advertise_public_address,
     check_fmtp,

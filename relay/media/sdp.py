@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from aioice.candidate import Candidate, candidate_priority
 
-from relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
+from splitrelay.relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")

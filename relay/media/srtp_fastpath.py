@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import pylibsrtp
 from aiortc import RTCPeerConnection
 
-from relay.media import aiortc_internals
-from relay.media.aiortc_internals import Address, SrtpLink
-from relay.media.peer import negotiated_streams
-from relay.media.rtcp import (
+from splitrelay.relay.media import aiortc_internals
+from splitrelay.relay.media.aiortc_internals import Address, SrtpLink
+from splitrelay.relay.media.peer import negotiated_streams
+from splitrelay.relay.media.rtcp import (
     MAX_REPORT_BLOCKS,
     ReceptionStats,
     ReportBlock,
@@ -36,8 +36,8 @@ from relay.media.rtcp import (
     ntp_now,
     parse_rtcp,
 )
-from relay.media.rtp import RtpPacket, one_byte_extensions, pack_header, parse_rtp
-from relay.media.sdp import StreamParams
+from splitrelay.relay.media.rtp import RtpPacket, one_byte_extensions, pack_header, parse_rtp
+from splitrelay.relay.media.sdp import StreamParams
 
 logger = logging.getLogger(__name__)
 

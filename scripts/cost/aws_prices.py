@@ -13,7 +13,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scripts.cost.catalogue import (
+from splitrelay.cost.catalogue import (
     Price,
     PriceBook,
     check_instance_type,
@@ -21,7 +21,7 @@ from scripts.cost.catalogue import (
     instance_price,
     load_price_file,
 )
-from scripts.cost.errors import CostInputError
+from splitrelay.cost.errors import CostInputError
 
 if TYPE_CHECKING:
     from mypy_boto3_pricing import PricingClient

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from scripts.cost.catalogue import PriceBook
-    from scripts.cost.traffic import Traffic
+    from splitrelay.cost.catalogue import PriceBook
+    from splitrelay.cost.traffic import Traffic
 
 Kind = Literal["hosted", "custom"]
 

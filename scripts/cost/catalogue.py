@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from scripts.cost.errors import CostInputError, check_range, number
+from splitrelay.cost.errors import CostInputError, check_range, number
 
 INSTANCE_PREFIX = "aws.ec2.instance_hour."
 """Keys under this prefix price one EC2 instance type each; user files may add new types."""
@@ -128,7 +128,7 @@ def check_instance_type(instance_type: str, field: str = "--instance-type") -> s
 
 def load_catalogue() -> PriceBook:
     """The catalogue shipped with the package (strict: every entry sourced and dated)."""
-    text = resources.files("scripts.cost").joinpath("prices.toml").read_text(encoding="utf-8")
+    text = resources.files("splitrelay.cost").joinpath("prices.toml").read_text(encoding="utf-8")
     return PriceBook({p.key: p for p in parse_prices(text, label="prices.toml", strict=True)})
 
 

@@ -14,19 +14,19 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from scripts.cost.catalogue import (
+from splitrelay.cost.catalogue import (
     PriceBook,
     instance_price_flag,
     load_catalogue,
     load_price_file,
     parse_price_flag,
 )
-from scripts.cost.custom import MEASURED_CALLS_PER_CORE, Fleet
-from scripts.cost.errors import CostInputError
-from scripts.cost.files import Output, check_output, write_atomic
-from scripts.cost.options import OPTION_NAMES, choose_options
-from scripts.cost.report import build_report, report_csv, report_json
-from scripts.cost.traffic import Traffic, parse_minutes
+from splitrelay.cost.custom import MEASURED_CALLS_PER_CORE, Fleet
+from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.files import Output, check_output, write_atomic
+from splitrelay.cost.options import OPTION_NAMES, choose_options
+from splitrelay.cost.report import build_report, report_csv, report_json
+from splitrelay.cost.traffic import Traffic, parse_minutes
 
 cost_app = typer.Typer(
     help="Monthly cost of carrying voice: hosted edges against this kit's own split edge.",
@@ -142,7 +142,7 @@ def cost(
         if csv_file is not None:
             outputs.append(Output("--csv", csv_file, report_csv(report).encode()))
         if plot_out is not None:
-            from scripts.cost.plot import plot
+            from splitrelay.cost.plot import plot
 
             outputs.append(Output("--plot", plot_out, plot(report, plot_out.suffix.lower().lstrip("."))))
         write_atomic(outputs)
@@ -154,7 +154,7 @@ def cost(
     elif csv_to_stdout:
         sys.stdout.write(report_csv(report))
     else:
-        from scripts.cost.render import render
+        from splitrelay.cost.render import render
 
         render(report, Console())
     for out in outputs:
@@ -186,7 +186,7 @@ def refresh_aws(
     ),
 ) -> None:
     """EC2 on-demand and internet-egress prices from the AWS Pricing API into a user price file."""
-    from scripts.cost.aws_prices import AwsPriceError, fetch_prices, merge_price_file, pricing_client
+    from splitrelay.cost.aws_prices import AwsPriceError, fetch_prices, merge_price_file, pricing_client
 
     try:
         check_output(out, "--out", (".toml",))

@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from scripts.cost.breakdown import Component, ComponentModel, Fixed, Kind, Metered, Stepped, Tier, flat
-from scripts.cost.catalogue import PriceBook, check_instance_type
-from scripts.cost.errors import CostInputError, check_range
-from scripts.cost.traffic import DAYS_PER_MONTH, HOURS_PER_MONTH, Traffic
+from splitrelay.cost.breakdown import Component, ComponentModel, Fixed, Kind, Metered, Stepped, Tier, flat
+from splitrelay.cost.catalogue import PriceBook, check_instance_type
+from splitrelay.cost.errors import CostInputError, check_range
+from splitrelay.cost.traffic import DAYS_PER_MONTH, HOURS_PER_MONTH, Traffic
 
 MEASURED_CALLS_PER_CORE = 400.0
 CALLS_PER_CORE_SOURCE = (

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.cost.errors import CostInputError
+from splitrelay.cost.errors import CostInputError
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from scripts.cost.breakdown import Component, ComponentModel, Fixed, Kind, Metered, flat
-from scripts.cost.catalogue import PriceBook
-from scripts.cost.errors import check_range
-from scripts.cost.traffic import PARTICIPANTS_PER_CALL, Traffic
+from splitrelay.cost.breakdown import Component, ComponentModel, Fixed, Kind, Metered, flat
+from splitrelay.cost.catalogue import PriceBook
+from splitrelay.cost.errors import check_range
+from splitrelay.cost.traffic import PARTICIPANTS_PER_CALL, Traffic
 
 
 @dataclass(frozen=True)

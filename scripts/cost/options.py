@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from scripts.cost.breakdown import CostModel
-from scripts.cost.custom import Fleet, SplitEdge
-from scripts.cost.errors import CostInputError
-from scripts.cost.hosted import CloudflareRealtimeKit, GenericPerMinuteEdge, HostedRealtimeAPI, LiveKitCloud
+from splitrelay.cost.breakdown import CostModel
+from splitrelay.cost.custom import Fleet, SplitEdge
+from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.hosted import (
+    CloudflareRealtimeKit,
+    GenericPerMinuteEdge,
+    HostedRealtimeAPI,
+    LiveKitCloud,
+)
 
 OPTION_NAMES = ("custom", "livekit", "realtimekit", "realtime-api", "generic")
 

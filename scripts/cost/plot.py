@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import io
 
-from scripts.cost.render import minutes_label, money
-from scripts.cost.report import Report
-from scripts.cost.solve import SWEEP_HIGH, SWEEP_LOW
+from splitrelay.cost.render import minutes_label, money
+from splitrelay.cost.report import Report
+from splitrelay.cost.solve import SWEEP_HIGH, SWEEP_LOW
 
 _POINTS = 240
 

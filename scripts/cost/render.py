@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from scripts.cost.report import Report, bundled
-from scripts.cost.solve import SWEEP_HIGH, SWEEP_LOW, BreakEven
+from splitrelay.cost.report import Report, bundled
+from splitrelay.cost.solve import SWEEP_HIGH, SWEEP_LOW, BreakEven
 
 
 def money(usd: float) -> str:

@@ -13,12 +13,12 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scripts.cost.breakdown import CostBreakdown, CostModel
-from scripts.cost.catalogue import PriceBook
-from scripts.cost.custom import Fleet, SplitEdge, describe_fleet
-from scripts.cost.hosted import HostedRealtimeAPI
-from scripts.cost.solve import BreakEven, break_even
-from scripts.cost.traffic import Traffic
+from splitrelay.cost.breakdown import CostBreakdown, CostModel
+from splitrelay.cost.catalogue import PriceBook
+from splitrelay.cost.custom import Fleet, SplitEdge, describe_fleet
+from splitrelay.cost.hosted import HostedRealtimeAPI
+from splitrelay.cost.solve import BreakEven, break_even
+from splitrelay.cost.traffic import Traffic
 
 SWEEP_MINUTES = (*(m * 10.0**e for e in range(4, 9) for m in (1, 3)), 1e9)
 """Volumes in the sweep table: 10k, 30k, 100k ... 300M, 1B minutes a month (the solver's range)."""

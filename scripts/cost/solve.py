@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scripts.cost.breakdown import CostModel
-from scripts.cost.catalogue import PriceBook
-from scripts.cost.errors import number
-from scripts.cost.traffic import Traffic
+from splitrelay.cost.breakdown import CostModel
+from splitrelay.cost.catalogue import PriceBook
+from splitrelay.cost.errors import number
+from splitrelay.cost.traffic import Traffic
 
 SWEEP_LOW = 1e4
 SWEEP_HIGH = 1e9

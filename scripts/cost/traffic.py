@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from scripts.cost.errors import CostInputError, check_range, number
+from splitrelay.cost.errors import CostInputError, check_range, number
 
 HOURS_PER_MONTH = 730.0
 """AWS's billing convention; a month is 730 / 24 = 30.42 days throughout."""

@@ -7,7 +7,8 @@ and Chromium all run in it; the pytest process outside cannot reach in, so this 
 and writes a JSON report that tests/e2e/test_browser_client.py asserts on.
 
 The stack is assembled as tests/integration/test_edge_e2e.py does: in-process Realtime emulator, the
-echo agent (relay/echo_agent.py), a relay in SFU mode, the local edge (edge/local.py) serving the page.
+echo agent (relay/inference/echo_agent.py), a relay in SFU mode, the local edge
+(scripts/devtools/local_edge.py) serving the page.
 
 Usage: python -m tests.browser.scenario CONFIG.json   (CONFIG: see :class:`ScenarioConfig`)
 """
@@ -32,18 +33,18 @@ from typing import Any
 
 import httpx
 
-from edge import tokens
-from edge.local import LocalEdge
-from edge.signing import sign_headers
-from relay.call import CallConfig
-from relay.echo_agent import EchoAgent
-from relay.inference import InferenceServer
-from relay.media.peer import LOOPBACK
-from relay.media.srtp_fastpath import FastPathConfig
-from relay.server import ControlServer, RelayServer, RelaySettings, SfuSettings
-from sfu_emulator.config import Timers
-from sfu_emulator.http_api import STATE_PATH
-from sfu_emulator.server import EmulatorServer
+from splitrelay.contract.signing import sign_headers
+from splitrelay.devtools.local_edge import LocalEdge
+from splitrelay.edge import tokens
+from splitrelay.emulator.config import Timers
+from splitrelay.emulator.http_api import STATE_PATH
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.inference.echo_agent import EchoAgent
+from splitrelay.inference.sdk import InferenceServer
+from splitrelay.relay.call import CallConfig
+from splitrelay.relay.media.peer import LOOPBACK
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig
+from splitrelay.relay.server import ControlServer, RelayServer, RelaySettings, SfuSettings
 from tests.edge_support import RELAY_KEY, TOKEN_KEY, edge_env
 from tests.emulator_fixtures import APP_ID, APP_SECRET, TURN_KEY_ID, TURN_TOKEN, emulator_config
 

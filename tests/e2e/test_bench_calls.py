@@ -1,4 +1,4 @@
-"""`splitrelay bench calls` as a subprocess (``python -m scripts.bench_calls``), tiny runs on loopback.
+"""`splitrelay bench calls` as a subprocess (``python -m splitrelay.bench.calls``), tiny runs on loopback.
 
 - SFU against direct, 4 calls each at concurrency 2 after a warm-up call: the table, summary.json,
   calls.jsonl and the histogram; no failed call, nothing left open (relay calls, emulator sessions,
@@ -37,7 +37,7 @@ async def bench(*args: str, limit: float = RUN_LIMIT_S) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.bench_calls",
+        "splitrelay.bench.calls",
         *args,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
@@ -93,7 +93,9 @@ def check_closed(section: dict[str, Any], *, emulator: bool) -> None:
     assert stop["clean"] and stop["leftovers"] == [] and stop["killed"] == [], stop
     for name, pid in section["stack"]["pids"].items():  # stopped by PID: none of them still runs
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            assert b"scripts.cli" not in Path(f"/proc/{pid}/cmdline").read_bytes(), f"{name} (pid {pid}) runs"
+            assert b"splitrelay.cli" not in Path(f"/proc/{pid}/cmdline").read_bytes(), (
+                f"{name} (pid {pid}) runs"
+            )
 
 
 async def test_a_tiny_sfu_against_direct_run_fails_nothing_and_leaves_nothing_open(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The web client (edge/static) in Debian's headless Chromium, end to end through the local stack.
 
-Chromium's fake microphone plays scripts/assets/utterance.wav in a loop (padded here with silence so
+Chromium's fake microphone plays scripts/devtools/assets/utterance.wav in a loop (padded here with silence so
 the echo agent's 500 ms end-of-speech and a barge-in both happen every loop). The call goes page →
 local edge → Realtime emulator → relay (SFU mode) → echo agent and back. The test reads what the page
 measured (window.splitrelay: stats, turns, barge-ins), the relay's call record and what is left open

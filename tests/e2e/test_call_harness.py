@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from relay.echo_agent import EchoAgent, EchoConfig
-from relay.inference import InferenceCall, InferenceServer
-from relay.media.peer import LOOPBACK
-from relay.server import RelayServer, RelaySettings
-from relay.wire import PTIME_MS
-from scripts.call import CallOptions, RelayAccess, run_direct_call
-from scripts.stack_cli import stack_app
-from scripts.utterance import load_utterance
+from splitrelay.cli.stack import stack_app
+from splitrelay.devtools.call import CallOptions, RelayAccess, run_direct_call
+from splitrelay.devtools.utterance import load_utterance
+from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.inference.sdk import InferenceCall, InferenceServer
+from splitrelay.inference.wire import PTIME_MS
+from splitrelay.relay.media.peer import LOOPBACK
+from splitrelay.relay.server import RelayServer, RelaySettings
 
 pytestmark = pytest.mark.e2e
 

@@ -24,9 +24,7 @@ from typing import Any, BinaryIO
 import httpx
 import pytest
 
-from relay.echo_agent import EchoConfig
-from relay.wire import PTIME_MS
-from scripts.stack import (
+from splitrelay.devtools.stack import (
     StackConfig,
     StackError,
     StackInfo,
@@ -35,12 +33,14 @@ from scripts.stack import (
     json_ready,
     redact,
 )
-from scripts.utterance import load_utterance
+from splitrelay.devtools.utterance import load_utterance
+from splitrelay.inference.echo_agent import EchoConfig
+from splitrelay.inference.wire import PTIME_MS
 
 pytestmark = pytest.mark.e2e
 
-# `splitrelay dev` / `splitrelay call` (scripts/cli.py registers the same two functions).
-SPLITRELAY = [sys.executable, "-m", "scripts.cli"]
+# `splitrelay dev` / `splitrelay call` (scripts/cli/main.py registers the same two functions).
+SPLITRELAY = [sys.executable, "-m", "splitrelay.cli"]
 READY_WITHIN_S = 60.0
 STOP_WITHIN_S = 30.0
 

@@ -44,7 +44,7 @@ def write_edge(
     """A small Python Worker laid out like the repo's: edge/ package, static assets, wrangler.toml."""
     (root / "edge" / "static").mkdir(parents=True, exist_ok=True)
     (root / "edge" / "__init__.py").write_text('"""edge"""\n')
-    (root / "edge" / "entry.py").write_text("from edge.app import handle\n")
+    (root / "edge" / "entry.py").write_text("from splitrelay.edge.app import handle\n")
     (root / "edge" / "app.py").write_text("def handle():\n    return 1\n")
     (root / "edge" / "static" / "index.html").write_text("<!doctype html><title>t</title>\n")
     (root / "edge" / "__pycache__").mkdir(exist_ok=True)

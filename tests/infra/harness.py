@@ -38,9 +38,9 @@ require_infra()
 import pulumi  # noqa: E402
 from pulumi.runtime import rpc  # noqa: E402
 
-from infra.program import Stack, build  # noqa: E402
-from infra.settings import StackSettings, parse_settings  # noqa: E402
-from infra.wrangler import WorkerSpec, load_worker_spec  # noqa: E402
+from splitrelay.infra.program import Stack, build  # noqa: E402
+from splitrelay.infra.settings import StackSettings, parse_settings  # noqa: E402
+from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec  # noqa: E402
 from tests.infra.fixtures import write_edge  # noqa: E402
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"

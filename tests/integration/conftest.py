@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig, candidate_policy, wait_connected
+from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig, candidate_policy, wait_connected
 
 CONNECT_WITHIN_S = 10.0
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 
-from edge.signing import sign_headers
-from relay.call import CallConfig
-from relay.inference import InferenceCall, InferenceServer
-from relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
-from relay.server import RelayServer, RelaySettings
+from splitrelay.contract.signing import sign_headers
+from splitrelay.inference.sdk import InferenceCall, InferenceServer
+from splitrelay.relay.call import CallConfig
+from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.server import RelayServer, RelaySettings
 
 SIGNING_KEY = b"integration-test-signing-key-0123456789"
 FRAME_TS = 960
@@ -135,3 +135,18 @@ class Caller:
         if self.fast_path is not None:
             await self.fast_path.close()
         await self.peer.close()
+
+
+@asynccontextmanager
+async def relay_towards(inference: tuple[str, int]) -> AsyncIterator[SignedApi]:
+    """A relay whose inference runs elsewhere (another process, another virtual environment)."""
+    settings = RelaySettings(
+        signing_keys={"default": SIGNING_KEY},
+        inference=inference,
+        host="127.0.0.1",
+        port=0,
+        candidates=LOOPBACK,
+        call=CallConfig(fast_path=FastPathConfig(rtcp_interval=0.2)),
+    )
+    async with RelayServer(settings) as relay, httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
+        yield SignedApi(http)

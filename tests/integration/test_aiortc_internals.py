@@ -12,8 +12,8 @@ import pylibsrtp
 import pytest
 from aiortc import RTCPeerConnection
 
-from relay.media import aiortc_internals
-from relay.media.aiortc_internals import UPGRADE_MESSAGE, check_peer, check_static
+from splitrelay.relay.media import aiortc_internals
+from splitrelay.relay.media.aiortc_internals import UPGRADE_MESSAGE, check_peer, check_static
 from tests.integration.conftest import VoicePair
 
 pytestmark = pytest.mark.integration

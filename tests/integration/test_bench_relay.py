@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from relay import wire
-from relay.inference_link import RelayLink
-from scripts.bench_servers import RawEchoServer
+from splitrelay.bench.servers import RawEchoServer
+from splitrelay.inference import wire
+from splitrelay.relay.inference_link import RelayLink
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ async def _run_bench(*args: str) -> tuple[int, dict[str, Any], str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.bench_cli",
+        "splitrelay.cli.bench",
         "relay",
         *args,
         cwd=REPO,
@@ -138,7 +138,7 @@ async def test_bad_arguments_start_nothing() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.bench_cli",
+        "splitrelay.cli.bench",
         "relay",
         "--calls",
         "3",

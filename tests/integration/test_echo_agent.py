@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import wire
-from relay.echo_agent import EchoAgent, EchoConfig
-from relay.inference import InferenceServer
-from relay.inference_link import RelayLink
+from splitrelay.inference import wire
+from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.inference.sdk import InferenceServer
+from splitrelay.relay.inference_link import RelayLink
 from tests.opus_fixtures import UTTERANCE, OpusClip, clip
 from tests.recording_sink import RecordingSink
 
@@ -154,7 +154,7 @@ async def test_cli_runs_the_echo_agent_until_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.cli",
+        "splitrelay.cli",
         "agent",
         "echo",
         "--listen",

@@ -1,5 +1,6 @@
 """End to end through the edge: a real aiortc caller → edge → Realtime emulator → relay (SFU mode) → echo
-agent → back, byte-identical. Run twice: the edge on CPython (edge/local.py) and the edge in its real
+agent → back, byte-identical. Run twice: the edge on CPython (scripts/devtools/local_edge.py) and the edge
+in its real
 runtime (the Worker under Pyodide in Node, tests/pyodide/worker_host.mjs).
 
 Also measures what the issue asks: the time from the SDP answer to the first relayed audio at the
@@ -22,16 +23,16 @@ from typing import Any
 import httpx
 import pytest
 
-from edge import tokens
-from edge.calls import Inbound, Outbound
-from edge.local import LocalEdge
-from relay.call import CallConfig
-from relay.inference import InferenceCall, InferenceServer
-from relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
-from relay.server import ControlServer, RelayServer, RelaySettings, SfuSettings
-from sfu_emulator.server import EmulatorServer
+from splitrelay.devtools.local_edge import LocalEdge
+from splitrelay.edge import tokens
+from splitrelay.edge.calls import Inbound, Outbound
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.inference.sdk import InferenceCall, InferenceServer
+from splitrelay.relay.call import CallConfig
+from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.server import ControlServer, RelayServer, RelaySettings, SfuSettings
 from tests.edge_support import RELAY_KEY, TOKEN_KEY, edge_env, no_secret_in
 from tests.emulator_fixtures import APP_ID, APP_SECRET, TURN_KEY_ID, TURN_TOKEN, emulator_config
 from tests.opus_fixtures import encode, tone

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.sfu_client import SfuClient
+from splitrelay.relay.sfu_client import SfuClient
 from tests.emulator_fixtures import APP_ID, APP_SECRET, TURN_KEY_ID, TURN_TOKEN
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ async def test_serve_prints_a_start_line_serves_and_stops_on_sigterm(tmp_path: P
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.cli",
+        "splitrelay.cli",
         "emulator",
         "serve",
         "--config",
@@ -61,7 +61,7 @@ async def test_serve_without_apps_fails_with_a_clear_error() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.cli",
+        "splitrelay.cli",
         "emulator",
         "serve",
         "--port",

@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.media.peer import LOOPBACK
-from relay.media.srtp_fastpath import FastPathConfig
-from sfu_emulator.config import Timers
-from sfu_emulator.emulator import Emulator
-from sfu_emulator.http_api import create_app
-from sfu_emulator.peer import SessionPeer
-from sfu_emulator.turn import TurnService
+from splitrelay.emulator.config import Timers
+from splitrelay.emulator.emulator import Emulator
+from splitrelay.emulator.http_api import create_app
+from splitrelay.emulator.peer import SessionPeer
+from splitrelay.emulator.turn import TurnService
+from splitrelay.relay.media.peer import LOOPBACK
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig
 from tests import spec
 from tests.emulator_fixtures import APP_ID, APP_SECRET, SFU_OPERATIONS, SpecCheck, emulator_config
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     CloseTracksRequest,
     ResourceStatus,
     SessionDescription,
@@ -22,10 +22,10 @@ from edge.realtime_api import (
     TrackObject,
     UpdateTracksRequest,
 )
-from relay.media.rtp import RtpPacket
-from relay.sfu_client import SfuClient
-from sfu_emulator.clients import Participant
-from sfu_emulator.server import EmulatorServer
+from splitrelay.emulator.clients import Participant
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.sfu_client import SfuClient
 from tests.emulator_fixtures import APP_ID, APP_SECRET, SpecCheck, emulator_config, eventually, media_ready
 from tests.opus_fixtures import encode, tone
 

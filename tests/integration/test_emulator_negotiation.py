@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge.realtime_api import Location, SessionDescription, TrackObject, TracksRequest
-from relay.sfu_client import SfuClient
-from sfu_emulator.clients import Participant
-from sfu_emulator.server import EmulatorServer
+from splitrelay.contract.realtime_api import Location, SessionDescription, TrackObject, TracksRequest
+from splitrelay.emulator.clients import Participant
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.relay.sfu_client import SfuClient
 from tests.emulator_fixtures import APP_ID, APP_SECRET, SpecCheck, emulator_config, eventually, media_ready
 from tests.opus_fixtures import encode, tone
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     CloseTracksRequest,
     ResourceStatus,
     RetryPolicy,
@@ -24,15 +24,15 @@ from edge.realtime_api import (
     TrackObject,
     TracksRequest,
 )
-from relay.media.peer import LOOPBACK
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import FastPathConfig
-from relay.sfu_client import SfuClient
-from sfu_emulator.clients import Participant
-from sfu_emulator.config import Timers
-from sfu_emulator.emulator import Session
-from sfu_emulator.peer import SessionPeer
-from sfu_emulator.server import EmulatorServer
+from splitrelay.emulator.clients import Participant
+from splitrelay.emulator.config import Timers
+from splitrelay.emulator.emulator import Session
+from splitrelay.emulator.peer import SessionPeer
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.relay.media.peer import LOOPBACK
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig
+from splitrelay.relay.sfu_client import SfuClient
 from tests.emulator_fixtures import APP_ID, APP_SECRET, SpecCheck, emulator_config, eventually, media_ready
 from tests.opus_fixtures import encode, tone
 

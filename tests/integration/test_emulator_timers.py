@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     ResourceStatus,
     RetryPolicy,
     SessionDescription,
@@ -15,10 +15,10 @@ from edge.realtime_api import (
     TrackObject,
     TracksRequest,
 )
-from relay.sfu_client import SfuClient
-from sfu_emulator.clients import Participant
-from sfu_emulator.config import Limits, Timers
-from sfu_emulator.server import EmulatorServer
+from splitrelay.emulator.clients import Participant
+from splitrelay.emulator.config import Limits, Timers
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.relay.sfu_client import SfuClient
 from tests.emulator_fixtures import APP_ID, APP_SECRET, SpecCheck, emulator_config, eventually
 from tests.opus_fixtures import encode, tone
 

@@ -14,9 +14,9 @@ import uvloop
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig, negotiated_streams
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig, negotiated_streams
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
 from tests.integration.conftest import VoicePair, connect_stock_client, connect_voice_peers
 from tests.opus_fixtures import encode, tone
 

@@ -8,9 +8,15 @@ import socket
 import aioice.ice
 import pytest
 
-from relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig, candidate_policy
-from relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
-from relay.media.sdp import parse_media_sections
+from splitrelay.relay.media.peer import (
+    LOOPBACK,
+    CandidatePolicy,
+    VoicePeer,
+    VoicePeerConfig,
+    candidate_policy,
+)
+from splitrelay.relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
+from splitrelay.relay.media.sdp import parse_media_sections
 from tests.integration.conftest import connect_voice_peers
 from tests.unit.test_rtp_sdp import CHROME_OFFER
 

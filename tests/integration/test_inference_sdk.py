@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from relay import inference, wire
-from relay.inference import (
+from splitrelay.inference import sdk as inference
+from splitrelay.inference import wire
+from splitrelay.inference.endpoint import LinkError
+from splitrelay.inference.sdk import (
     AudioFrame,
     BargeInNotice,
     CallEvent,
@@ -20,9 +22,8 @@ from relay.inference import (
     MarkReached,
     RelayEvent,
 )
-from relay.inference_link import RelayLink
-from relay.wire import FLAG_RELIABLE, BargeIn, Message, MsgType, WireError
-from relay.wire_endpoint import LinkError
+from splitrelay.inference.wire import FLAG_RELIABLE, BargeIn, Message, MsgType, WireError
+from splitrelay.relay.inference_link import RelayLink
 from tests.opus_fixtures import UTTERANCE, clip
 from tests.recording_sink import RecordingSink
 

@@ -8,8 +8,8 @@ import itertools
 
 import pytest
 
-from relay.echo_agent import EchoAgent, EchoConfig
-from relay.inference import AudioFrame, BargeInNotice, InferenceCall, MarkReached
+from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.inference.sdk import AudioFrame, BargeInNotice, InferenceCall, MarkReached
 from tests.integration.relay_harness import Caller, relay_stack
 from tests.opus_fixtures import UTTERANCE, clip
 

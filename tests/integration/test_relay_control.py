@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge.signing import SIGNATURE_HEADER, sign_headers
-from relay.control import MAX_BODY_BYTES
-from relay.echo_agent import EchoAgent
+from splitrelay.contract.signing import SIGNATURE_HEADER, sign_headers
+from splitrelay.inference.echo_agent import EchoAgent
+from splitrelay.relay.control import MAX_BODY_BYTES
 from tests.integration.relay_harness import SIGNING_KEY, Caller, RelayStack, relay_stack
 
 pytestmark = pytest.mark.integration

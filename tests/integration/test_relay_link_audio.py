@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from relay import wire
-from relay.inference_link import RelayLink
-from relay.wire import Message, MsgType
+from splitrelay.inference import wire
+from splitrelay.inference.wire import Message, MsgType
+from splitrelay.relay.inference_link import RelayLink
 from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.integration

@@ -13,14 +13,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from edge.realtime_api import Secret
-from relay.echo_agent import EchoAgent, EchoConfig
-from relay.inference import InferenceServer
-from relay.media.peer import LOOPBACK
-from relay.server import RelayServer, RelaySettings, SfuSettings
-from relay.sfu_client import SfuClient
-from sfu_emulator.clients import Participant
-from sfu_emulator.server import EmulatorServer
+from splitrelay.contract.realtime_api import Secret
+from splitrelay.emulator.clients import Participant
+from splitrelay.emulator.server import EmulatorServer
+from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.inference.sdk import InferenceServer
+from splitrelay.relay.media.peer import LOOPBACK
+from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings
+from splitrelay.relay.sfu_client import SfuClient
 from tests.emulator_fixtures import APP_ID, APP_SECRET, emulator_config
 from tests.integration.relay_harness import SIGNING_KEY, SignedApi
 from tests.opus_fixtures import UTTERANCE, clip

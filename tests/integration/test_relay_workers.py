@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from relay.echo_agent import EchoAgent, EchoConfig
-from relay.inference import InferenceServer
+from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.inference.sdk import InferenceServer
 from tests.integration.relay_harness import SIGNING_KEY, Caller, SignedApi
 from tests.opus_fixtures import UTTERANCE, clip
 
@@ -39,7 +39,7 @@ def _children(pid: int) -> list[int]:
 def _start_supervisor(inference: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, SPLITRELAY_RELAY_SIGNING_KEY=SIGNING_KEY.decode())
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "relay", "serve", "--workers", "2", "--port", "0", "--json",
+        [sys.executable, "-m", "splitrelay.cli", "relay", "serve", "--workers", "2", "--port", "0", "--json",
          "--candidate-address", "127.0.0.1", "--inference", inference],
         stdout=subprocess.PIPE,
         env=env,

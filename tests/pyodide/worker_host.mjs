@@ -12,7 +12,7 @@
 //   node worker_host.mjs serve CONFIG.json   HTTP server on 127.0.0.1; prints {"event":"ready","url":...}
 //   node worker_host.mjs bench CONFIG.json   N call setups against recorded responses; prints JSON timings:
 //     process CPU per setup, and (on alternate setups, with the meter on) how much of it was the
-//     stand-ins, the Durable Object's Python and the Worker's Python steps (scripts/bench_edge.py).
+//     stand-ins, the Durable Object's Python and the Worker's Python steps (scripts/bench/edge.py).
 // CONFIG: {pyodide, bundle, wheel, assets, env, limits, recorded, iterations, warmup, imports, token,
 //          profile (a file for cProfile's report of the measured setups)}
 import fs from "node:fs";
@@ -92,8 +92,11 @@ py.registerJsModule("_bench_meter", { cpu_ms: cpuMs });
 
 // --- the bundle, flat, as wrangler uploads it ---------------------------------------------------------
 py.FS.mkdirTree(BUNDLE_DIR);
-const modules = fs.readdirSync(config.bundle).filter((name) => name.endsWith(".py"));
+const modules = fs
+  .readdirSync(config.bundle, { recursive: true })
+  .filter((name) => name.endsWith(".py") && !name.split(path.sep).includes("node_modules"));
 for (const name of modules) {
+  py.FS.mkdirTree(path.posix.dirname(`${BUNDLE_DIR}/${name}`));
   py.FS.writeFile(`${BUNDLE_DIR}/${name}`, fs.readFileSync(path.join(config.bundle, name)));
 }
 py.runPython(`import sys; sys.path.insert(0, "${BUNDLE_DIR}")`);
@@ -155,7 +158,7 @@ def entrypoint_classes(module):
 def reimport_seconds():
     """Import the bundle's modules again from source (a cold start of our code in a warm runtime)."""
     import importlib, time
-    for name in [n for n in sys.modules if n == "entry" or n == "edge" or n.startswith("edge.")]:
+    for name in [n for n in sys.modules if n == "entry" or n == "splitrelay" or n.startswith("splitrelay.")]:
         del sys.modules[name]
     importlib.invalidate_caches()
     started = time.perf_counter()

@@ -22,8 +22,8 @@ except ImportError:  # moto belongs to the dev extra; only a developer machine m
         raise
     pytest.skip("moto not installed (pip install 'moto[ec2,ssm]')", allow_module_level=True)
 
-from relay import aws_bootstrap
-from relay.aws_bootstrap import (
+from splitrelay.relay import aws_bootstrap
+from splitrelay.relay.aws_bootstrap import (
     SFU_SECRET_ENV,
     SIGNING_KEY_ENV,
     TAG_REGION,
@@ -82,7 +82,7 @@ def put(ssm: Any, leaf: str, value: str, secure: bool = True) -> None:
 
 
 def test_env_names_are_the_relay_clis() -> None:
-    from scripts import relay_cli
+    from splitrelay.cli import relay as relay_cli
 
     assert (SIGNING_KEY_ENV, SFU_SECRET_ENV) == (relay_cli.SIGNING_KEY_ENV, relay_cli.SFU_SECRET_ENV)
     assert parameter_prefix("prod") == PREFIX
@@ -381,7 +381,9 @@ def test_exec_puts_secrets_in_the_environment_only(aws: None, monkeypatch: pytes
     put(ssm, "relay-signing-key", SIGNING_KEY)
     put(ssm, "sfu-app-secret", SFU_SECRET)
     calls: list[tuple[str, list[str], dict[str, str]]] = []
-    monkeypatch.setattr("relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append((f, argv, env)))
+    monkeypatch.setattr(
+        "splitrelay.relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append((f, argv, env))
+    )
 
     async def public_ip() -> str:
         return "52.95.110.7"

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from scripts.bench_calls import calls_command
-from scripts.bench_calls_config import BenchCallsConfig, Variant, parse_variant
-from scripts.bench_calls_leaks import (
+from splitrelay.bench.calls import calls_command
+from splitrelay.bench.calls_config import BenchCallsConfig, Variant, parse_variant
+from splitrelay.bench.calls_leaks import (
     KEEPALIVE_POOL_LIMIT,
     LeakReport,
     classify_row,
@@ -22,11 +22,11 @@ from scripts.bench_calls_leaks import (
     parse_net_table,
     socket_leaks,
 )
-from scripts.bench_calls_plot import bin_edges
-from scripts.bench_calls_stats import CallResult, ratios, summarize
-from scripts.budget import CallReport, ConnectTimes, RelayView, TurnBudget
-from scripts.netem import parse_netem
-from scripts.stack import APP_ID, StackInfo
+from splitrelay.bench.calls_plot import bin_edges
+from splitrelay.bench.calls_stats import CallResult, ratios, summarize
+from splitrelay.devtools.budget import CallReport, ConnectTimes, RelayView, TurnBudget
+from splitrelay.devtools.netem import parse_netem
+from splitrelay.devtools.stack import APP_ID, StackInfo
 
 A, B = Variant("a"), Variant("b", mode="direct")
 

@@ -17,12 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from typer.testing import CliRunner
 
-from relay import wire
-from relay.media.rtp import build_rtp, one_byte_extensions
-from relay.telemetry import CallCounters, CallSample, DwellHistogram, RelayCollector
-from scripts import bench_load, bench_support
-from scripts.bench_cli import app
-from scripts.bench_load import (
+from splitrelay.bench import load as bench_load
+from splitrelay.bench import support as bench_support
+from splitrelay.bench.load import (
     EchoCounter,
     EchoMatcher,
     Flow,
@@ -31,7 +28,7 @@ from scripts.bench_load import (
     noise_frames,
     rtp_header_length,
 )
-from scripts.bench_relay import (
+from splitrelay.bench.relay import (
     PhaseResult,
     RelayBenchConfig,
     Row,
@@ -45,7 +42,11 @@ from scripts.bench_relay import (
     projection,
     verdict,
 )
-from scripts.bench_servers import audio_out_from_audio_in
+from splitrelay.bench.servers import audio_out_from_audio_in
+from splitrelay.cli.bench import app
+from splitrelay.inference import wire
+from splitrelay.relay.media.rtp import build_rtp, one_byte_extensions
+from splitrelay.relay.telemetry import CallCounters, CallSample, DwellHistogram, RelayCollector
 
 # --- configuration errors name the field and the limit -----------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The latency budget's arithmetic (scripts/budget.py): percentiles, the timestamp mapping, each component."""
+"""The latency budget's arithmetic (scripts/devtools/budget.py): percentiles, the timestamp mapping, each
+component."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from scripts.budget import (
+from splitrelay.devtools.budget import (
     U32,
     AgentReply,
     BudgetError,

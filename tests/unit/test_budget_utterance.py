@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relay.speech import SpeechDetector
-from scripts.call import CallOptions, RelayAccess, check_turns, check_url, find_run, is_loopback
-from scripts.utterance import DEFAULT_UTTERANCE, FRAME_SAMPLES, UtteranceError, load_utterance, read_pcm
+from splitrelay.devtools.call import CallOptions, RelayAccess, check_turns, check_url, find_run, is_loopback
+from splitrelay.devtools.utterance import (
+    DEFAULT_UTTERANCE,
+    FRAME_SAMPLES,
+    UtteranceError,
+    load_utterance,
+    read_pcm,
+)
+from splitrelay.inference.speech import SpeechDetector
 
 KEY = b"k" * 32
 

@@ -17,11 +17,11 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from scripts.cost import aws_prices
-from scripts.cost.aws_prices import AwsPriceError, fetch_prices, merge_price_file
-from scripts.cost.catalogue import load_catalogue, load_price_file
-from scripts.cost.cli import cost_app
-from scripts.cost.errors import CostInputError
+from splitrelay.cost import aws_prices
+from splitrelay.cost.aws_prices import AwsPriceError, fetch_prices, merge_price_file
+from splitrelay.cost.catalogue import load_catalogue, load_price_file
+from splitrelay.cost.cli import cost_app
+from splitrelay.cost.errors import CostInputError
 
 if TYPE_CHECKING:
     from mypy_boto3_pricing import PricingClient

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.cost.catalogue import (
+from splitrelay.cost.catalogue import (
     INSTANCE_PREFIX,
     PriceBook,
     dump_prices,
@@ -17,7 +17,7 @@ from scripts.cost.catalogue import (
     parse_price_flag,
     parse_prices,
 )
-from scripts.cost.errors import CostInputError
+from splitrelay.cost.errors import CostInputError
 
 
 @pytest.fixture(scope="module")

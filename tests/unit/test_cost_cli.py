@@ -12,15 +12,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from scripts.cost.cli import cost_app
-from scripts.cost.errors import CostInputError
-from scripts.cost.files import Output, write_atomic
+from splitrelay.cost.cli import cost_app
+from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.files import Output, write_atomic
 
 runner = CliRunner()
 
 
 def test_default_report_through_the_splitrelay_command() -> None:
-    from scripts.cli import app
+    from splitrelay.cli.main import app
 
     result = runner.invoke(app, ["cost"])
     assert result.exit_code == 0, result.output

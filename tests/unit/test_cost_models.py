@@ -12,12 +12,17 @@ import math
 
 import pytest
 
-from scripts.cost.breakdown import CostModel, Metered, Stepped, Tier
-from scripts.cost.catalogue import PriceBook, load_catalogue
-from scripts.cost.custom import MEASURED_CALLS_PER_CORE, Fleet, SplitEdge
-from scripts.cost.errors import CostInputError
-from scripts.cost.hosted import CloudflareRealtimeKit, GenericPerMinuteEdge, HostedRealtimeAPI, LiveKitCloud
-from scripts.cost.traffic import Traffic
+from splitrelay.cost.breakdown import CostModel, Metered, Stepped, Tier
+from splitrelay.cost.catalogue import PriceBook, load_catalogue
+from splitrelay.cost.custom import MEASURED_CALLS_PER_CORE, Fleet, SplitEdge
+from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.hosted import (
+    CloudflareRealtimeKit,
+    GenericPerMinuteEdge,
+    HostedRealtimeAPI,
+    LiveKitCloud,
+)
+from splitrelay.cost.traffic import Traffic
 
 CENT = 0.005
 

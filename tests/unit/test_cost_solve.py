@@ -8,12 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scripts.cost.breakdown import CostModel
-from scripts.cost.catalogue import PriceBook, load_catalogue
-from scripts.cost.custom import Fleet, SplitEdge
-from scripts.cost.hosted import CloudflareRealtimeKit, GenericPerMinuteEdge, HostedRealtimeAPI, LiveKitCloud
-from scripts.cost.solve import CENT, BreakEven, break_even
-from scripts.cost.traffic import Traffic
+from splitrelay.cost.breakdown import CostModel
+from splitrelay.cost.catalogue import PriceBook, load_catalogue
+from splitrelay.cost.custom import Fleet, SplitEdge
+from splitrelay.cost.hosted import (
+    CloudflareRealtimeKit,
+    GenericPerMinuteEdge,
+    HostedRealtimeAPI,
+    LiveKitCloud,
+)
+from splitrelay.cost.solve import CENT, BreakEven, break_even
+from splitrelay.cost.traffic import Traffic
 
 BOOK = load_catalogue()
 

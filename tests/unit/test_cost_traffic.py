@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from scripts.cost.custom import Fleet
-from scripts.cost.errors import CostInputError
-from scripts.cost.traffic import Traffic, parse_minutes
+from splitrelay.cost.custom import Fleet
+from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.traffic import Traffic, parse_minutes
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from edge import tokens
-from edge.app import EdgeApp, build_app
-from edge.calls import FetchError, Inbound, run_alarm
-from edge.config import ConfigError, load_config
-from edge.local import LocalRecords
-from edge.offer import MAX_SDP_CHARS
-from edge.ratelimit import TokenBucket
-from edge.web import MAX_BODY_BYTES, EdgeRequest, EdgeResponse
+from splitrelay.devtools.local_edge import LocalRecords
+from splitrelay.edge import tokens
+from splitrelay.edge.app import EdgeApp, build_app
+from splitrelay.edge.calls import FetchError, Inbound, run_alarm
+from splitrelay.edge.config import ConfigError, load_config
+from splitrelay.edge.offer import MAX_SDP_CHARS
+from splitrelay.edge.ratelimit import TokenBucket
+from splitrelay.edge.web import MAX_BODY_BYTES, EdgeRequest, EdgeResponse
 from tests.edge_support import API_KEY, TOKEN_KEY, FakeUpstream, browser_offer, edge_env, no_secret_in
 
 PARIS = {"latitude": "48.85", "longitude": "2.35", "continent": "EU", "country": "FR", "colo": "CDG"}

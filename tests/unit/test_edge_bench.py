@@ -1,4 +1,4 @@
-"""The edge benchmark's accounting (scripts/bench_edge.py, tests/pyodide/worker_host.mjs bench mode).
+"""The edge benchmark's accounting (scripts/bench/edge.py, tests/pyodide/worker_host.mjs bench mode).
 
 The split of a setup's CPU into stand-ins, Durable Object and Worker is checked on numbers worked by
 hand, and a short real run in Pyodide checks that the meter sees each part where it should: the
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import tokens
-from scripts.bench_edge import bench_env, split_setups
+from splitrelay.bench.edge import bench_env, split_setups
+from splitrelay.edge import tokens
 from tests.edge_support import TOKEN_KEY
 from tests.pyodide import host
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from edge.call_record import CREATED, CallObject, CallRecord
-from edge.local import MemoryStorage
+from splitrelay.devtools.local_edge import MemoryStorage
+from splitrelay.edge.call_record import CREATED, CallObject, CallRecord
 
 NOW = 1_800_000_000.0
 

@@ -1,4 +1,4 @@
-"""`splitrelay token` and `splitrelay edge serve` (scripts/edge_cli.py)."""
+"""`splitrelay token` and `splitrelay edge serve` (scripts/cli/edge.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from edge import tokens
-from scripts.edge_cli import TOKEN_KEY_ENV, edge_app, token_app
+from splitrelay.cli.edge import TOKEN_KEY_ENV, edge_app, token_app
+from splitrelay.edge import tokens
 from tests.edge_support import APP_SECRET, RELAY_KEY, TOKEN_KEY, no_secret_in
 
 runner = CliRunner()
@@ -62,7 +62,7 @@ def test_serve_runs_and_stops(tmp_path: object) -> None:
         TOKEN_KEY_ENV: TOKEN_KEY,
     }
     code = (
-        "from scripts.edge_cli import edge_app; edge_app(['serve', '--sfu-url', 'http://127.0.0.1:9/v1', "
+        "from splitrelay.cli.edge import edge_app; edge_app(['serve', '--sfu-url', 'http://127.0.0.1:9/v1', "
         "'--sfu-app-id', 'app', '--relay', 'http://127.0.0.1:9', '--port', '0', '--json', "
         "'--print-token', 'tester'])"
     )

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from edge import tokens
-from edge.app import EdgeApp, build_app
-from edge.calls import Inbound
-from edge.ice import IceServers, TurnCache, mint_ttl_s
-from edge.local import LocalRecords
-from edge.ratelimit import TokenBucket
-from edge.turn_api import MAX_TTL_S
-from edge.web import EdgeRequest, EdgeResponse
+from splitrelay.contract.turn_api import MAX_TTL_S
+from splitrelay.devtools.local_edge import LocalRecords
+from splitrelay.edge import tokens
+from splitrelay.edge.app import EdgeApp, build_app
+from splitrelay.edge.calls import Inbound
+from splitrelay.edge.ice import IceServers, TurnCache, mint_ttl_s
+from splitrelay.edge.ratelimit import TokenBucket
+from splitrelay.edge.web import EdgeRequest, EdgeResponse
 from tests.edge_support import TOKEN_KEY, FakeUpstream, browser_offer, edge_env
 
 T0 = 1_800_000_000.0

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from edge import tokens
+from splitrelay.edge import tokens
 from tests.edge_support import API_KEY, TOKEN_KEY, edge_env, no_secret_in
 from tests.emulator_fixtures import APP_ID
 from tests.pyodide import host

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from edge import tokens
+from splitrelay.edge import tokens
 from tests.edge_support import TOKEN_KEY, edge_env
 from tests.emulator_fixtures import APP_ID
 from tests.pyodide import host

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.call_record import CallObject
-from edge.local import MemoryStorage
+from splitrelay.devtools.local_edge import MemoryStorage
+from splitrelay.edge.call_record import CallObject
 
 NOW = 1_800_000_000.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge import relays
-from edge.relays import CachedRegistry
+from splitrelay.edge import relays
+from splitrelay.edge.relays import CachedRegistry
 
 
 async def test_unchanged_text_is_not_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:

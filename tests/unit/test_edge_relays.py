@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge.relays import (
+from splitrelay.edge.relays import (
     CachedRegistry,
     CallerLocation,
     NoRelayError,

@@ -10,7 +10,7 @@ import json
 import jwt
 import pytest
 
-from edge import tokens
+from splitrelay.edge import tokens
 from tests.edge_support import TOKEN_KEY
 
 KEY = TOKEN_KEY.encode()

@@ -20,7 +20,9 @@ def test_dry_run_bundle_is_exactly_the_edge(tmp_path: Path) -> None:
     output = host.build_bundle(tmp_path)
     uploaded = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     python = sorted(name for name in uploaded if name.endswith(".py"))
-    assert python == sorted(p.name for p in EDGE.glob("*.py")), python
+    # The edge's modules and the contract's (edge/contract/), which the Worker mounts as splitrelay.contract.
+    assert python == sorted(p.relative_to(EDGE).as_posix() for p in EDGE.rglob("*.py")), python
+    assert "contract/signing.py" in python
     # wrangler's default Text rule (**/*.html) also uploads the page as a module; it cannot be removed
     # without wrangler erroring on the file (docs/edge.md). Everything else is the edge's Python.
     others = [name for name in uploaded if not name.endswith(".py") and name != "README.md"]
@@ -59,7 +61,7 @@ def test_no_edge_module_shadows_the_standard_library() -> None:
 
 def test_wrangler_toml_documents_every_secret() -> None:
     text = (host.REPO / "wrangler.toml").read_text()
-    from edge.config import SECRET_NAMES
+    from splitrelay.edge.config import SECRET_NAMES
 
     for name in SECRET_NAMES:
         assert re.search(rf"wrangler secret put {name}\b", text), name

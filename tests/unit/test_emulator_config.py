@@ -8,11 +8,9 @@ from typing import cast
 
 import pytest
 
-from edge.realtime_api import Secret
-from relay.media.rtp import RtpPacket
-from relay.media.srtp_fastpath import OutboundStream
-from sfu_emulator.config import ConfigError, EmulatorConfig, Timers, load_config, mask
-from sfu_emulator.forwarding import (
+from splitrelay.contract.realtime_api import Secret
+from splitrelay.emulator.config import ConfigError, EmulatorConfig, Timers, load_config, mask
+from splitrelay.emulator.forwarding import (
     DWELL_SAMPLES,
     DwellRecorder,
     Forwarder,
@@ -20,6 +18,8 @@ from sfu_emulator.forwarding import (
     Publication,
     Subscription,
 )
+from splitrelay.relay.media.rtp import RtpPacket
+from splitrelay.relay.media.srtp_fastpath import OutboundStream
 
 
 def test_toml_config_loads_and_never_shows_secrets(tmp_path: Path) -> None:

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     RetryPolicy,
     SessionDescription,
     SfuApiError,
     TrackObject,
     TracksRequest,
 )
-from relay.sfu_client import SfuClient, TurnClient
-from sfu_emulator.emulator import Emulator
-from sfu_emulator.http_api import STATE_PATH, create_app
-from sfu_emulator.turn import TurnService
+from splitrelay.emulator.emulator import Emulator
+from splitrelay.emulator.http_api import STATE_PATH, create_app
+from splitrelay.emulator.turn import TurnService
+from splitrelay.relay.sfu_client import SfuClient, TurnClient
 from tests.emulator_fixtures import (
     APP_ID,
     APP_SECRET,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from infra.cost import cost_arguments, settings_from_stack_file, vcpus
-from infra.cost import main as cost_main
-from infra.settings import (
+from splitrelay.infra.cost import cost_arguments, settings_from_stack_file, vcpus
+from splitrelay.infra.cost import main as cost_main
+from splitrelay.infra.settings import (
     InfraConfigError,
     aws_region_locations,
     cloudflare_ip_ranges,
@@ -206,7 +206,7 @@ def test_cost_command_from_a_stack_file(tmp_path: Path, capsys: pytest.CaptureFi
 def test_cost_arguments_are_accepted_by_splitrelay_cost() -> None:
     from typer.testing import CliRunner
 
-    from scripts.cost.cli import cost_app
+    from splitrelay.cost.cli import cost_app
 
     regions = [{"awsRegion": "us-east-1", "inference": "a:1", "minCount": 2, "maxCount": 3}]
     for choice in ("elastic-ip", "global-accelerator"):

@@ -35,13 +35,19 @@ from tests.infra.harness import (
 )
 
 # isort: on
-from edge.config import SECRET_NAMES, VAR_NAMES, load_config
-from edge.relays import parse_registry
-from infra.edge import PLAIN_ENV, REGISTRY_KEY, SECRET_ENV
-from infra.program import WRANGLER_TOML
-from infra.settings import StackSettings, cloudflare_ip_ranges
-from infra.wrangler import WorkerSpec, load_worker_spec
-from relay.aws_bootstrap import SFU_SECRET_PARAM, SIGNING_KEY_PARAM, TAG_REGION, TAG_SLOT, TAG_STACK
+from splitrelay.edge.config import SECRET_NAMES, VAR_NAMES, load_config
+from splitrelay.edge.relays import parse_registry
+from splitrelay.infra.edge import PLAIN_ENV, REGISTRY_KEY, SECRET_ENV
+from splitrelay.infra.program import WRANGLER_TOML
+from splitrelay.infra.settings import StackSettings, cloudflare_ip_ranges
+from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec
+from splitrelay.relay.aws_bootstrap import (
+    SFU_SECRET_PARAM,
+    SIGNING_KEY_PARAM,
+    TAG_REGION,
+    TAG_SLOT,
+    TAG_STACK,
+)
 
 T_SCRIPT = "cloudflare:index/workersScript:WorkersScript"
 T_KV = "cloudflare:index/workersKv:WorkersKv"
@@ -481,9 +487,9 @@ def test_settings_from_pulumi_config_match_the_stack_file(tmp_path: Path) -> Non
     import pulumi
     import yaml
 
-    from infra.cost import settings_from_stack_file
-    from infra.program import settings_from_pulumi
-    from infra.settings import InfraConfigError
+    from splitrelay.infra.cost import settings_from_stack_file
+    from splitrelay.infra.program import settings_from_pulumi
+    from splitrelay.infra.settings import InfraConfigError
 
     example = Path(__file__).resolve().parents[2] / "infra" / "Pulumi.example.yaml"
     document = yaml.safe_load(example.read_text())["config"]

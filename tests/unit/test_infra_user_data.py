@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import typer
 
-from infra.settings import CONTROL_PORT
-from infra.user_data import MAX_USER_DATA_BYTES, RelayBoot, relay_command, render_user_data
-from relay.aws_bootstrap import _parser as bootstrap_parser
+from splitrelay.infra.settings import CONTROL_PORT
+from splitrelay.infra.user_data import MAX_USER_DATA_BYTES, RelayBoot, relay_command, render_user_data
+from splitrelay.relay.aws_bootstrap import _parser as bootstrap_parser
 
 BOOT = RelayBoot(
     stack="prod",
@@ -51,7 +51,7 @@ def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
     assert wrapper == [
         "/opt/splitrelay/bin/python",
         "-m",
-        "relay.aws_bootstrap",
+        "splitrelay.relay.aws_bootstrap",
         "--stack",
         "prod",
         "--aws-region",
@@ -71,7 +71,7 @@ def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
 
 def test_relay_options_exist_in_the_relay_cli() -> None:
     """Every option the unit passes is one `splitrelay relay serve` really has."""
-    from scripts.cli import app
+    from splitrelay.cli.main import app
 
     command = typer.main.get_command(app)
     relay = command.commands["relay"]  # type: ignore[attr-defined]

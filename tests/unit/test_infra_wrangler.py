@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.wrangler import WranglerConfigError, load_worker_spec
+from splitrelay.infra.wrangler import WranglerConfigError, load_worker_spec
 from tests.infra.fixtures import write_edge
 
 REPO = Path(__file__).resolve().parents[2]

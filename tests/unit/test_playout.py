@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from relay.playout import FRAME_NS, MAX_QUEUE_FRAMES, SAMPLES_PER_FRAME, Playout
+from splitrelay.relay.playout import FRAME_NS, MAX_QUEUE_FRAMES, SAMPLES_PER_FRAME, Playout
 
 
 class Harness:

@@ -1,4 +1,4 @@
-"""edge/realtime_api.py: request building, model validation, response parsing, errors and secrets."""
+"""edge/contract/realtime_api.py: request building, model validation, response parsing, errors and secrets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     MAX_BODY_BYTES,
     MAX_TRACKS_PER_CALL,
     CloseTracksRequest,

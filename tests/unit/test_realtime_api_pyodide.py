@@ -1,4 +1,5 @@
-"""edge/realtime_api.py and edge/turn_api.py run unchanged on Pyodide (the Python of Cloudflare Workers).
+"""edge/contract/realtime_api.py and edge/contract/turn_api.py run unchanged on Pyodide (the Python of
+Cloudflare Workers).
 
 Needs Node and the npm ``pyodide`` package (0.28.x = Python 3.13, as in workerd), which loads offline.
 It is looked up in ``$SPLITRELAY_PYODIDE`` (a directory holding ``pyodide.mjs``), then in node_modules/
@@ -20,7 +21,7 @@ EDGE_FILES = ("__init__.py", "realtime_api.py", "turn_api.py")
 CHECK = r"""
 import json, random, sys
 sys.path.insert(0, "/home/pyodide")
-from edge import realtime_api as api, turn_api as turn
+from splitrelay.contract import realtime_api as api, turn_api as turn
 
 assert sys.version_info[:2] >= (3, 12), sys.version
 app = api.SfuApp("app1", api.Secret("pyodide-secret-zz"))
@@ -59,9 +60,10 @@ RUNNER = """
 import {{ loadPyodide }} from {module};
 import fs from "node:fs";
 const py = await loadPyodide();
-py.FS.mkdirTree("/home/pyodide/edge");
+py.FS.mkdirTree("/home/pyodide/splitrelay/contract");
+py.FS.writeFile("/home/pyodide/splitrelay/__init__.py", "");
 for (const name of {files}) {{
-  py.FS.writeFile(`/home/pyodide/edge/${{name}}`, fs.readFileSync({edge} + "/" + name));
+  py.FS.writeFile(`/home/pyodide/splitrelay/contract/${{name}}`, fs.readFileSync({edge} + "/" + name));
 }}
 py.runPython(fs.readFileSync({check}, "utf8"));
 """
@@ -91,7 +93,7 @@ def test_edge_api_runs_on_pyodide(tmp_path: Path) -> None:
         RUNNER.format(
             module=repr((pyodide / "pyodide.mjs").as_uri()),
             files=repr(list(EDGE_FILES)),
-            edge=repr(str(REPO / "edge")),
+            edge=repr(str(REPO / "edge" / "contract")),
             check=repr(str(check)),
         ),
         encoding="utf-8",

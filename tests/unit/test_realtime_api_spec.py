@@ -1,4 +1,5 @@
-"""edge/realtime_api.py against the Cloudflare Realtime OpenAPI spec (shared/reference/, via tests/spec.py).
+"""edge/contract/realtime_api.py against the Cloudflare Realtime OpenAPI spec (shared/reference/, via
+tests/spec.py).
 
 Every request the builders produce validates (strictly: no undeclared field) against the spec's request
 schema, every example document in the spec for the operations we model parses and round-trips, and the
@@ -17,8 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from edge import realtime_api as api
-from edge.realtime_api import (
+from splitrelay.contract import realtime_api as api
+from splitrelay.contract.realtime_api import (
     CloseTracksRequest,
     HttpRequest,
     NewSessionRequest,
@@ -271,7 +272,7 @@ PYODIDE_SAFE_IMPORTS = {
     "re",
     "typing",
     "urllib.parse",
-    "edge.realtime_api",
+    "splitrelay.contract.realtime_api",
 }
 
 

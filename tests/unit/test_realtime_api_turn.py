@@ -1,4 +1,5 @@
-"""edge/turn_api.py: TURN credential requests, both documented response shapes, errors and secrets."""
+"""edge/contract/turn_api.py: TURN credential requests, both documented response shapes, errors and
+secrets."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 
 import pytest
 
-from edge.realtime_api import ErrorCode, SchemaError, Secret, SfuApiError
-from edge.turn_api import (
+from splitrelay.contract.realtime_api import ErrorCode, SchemaError, Secret, SfuApiError
+from splitrelay.contract.turn_api import (
     MAX_TTL_S,
     GenerateIceServersRequest,
     IceServer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from scripts.cli import app
+from splitrelay.cli.main import app
 
 KEY = "k" * 40
 

@@ -8,7 +8,7 @@ import sys
 
 def test_freeze_startup_heap_moves_the_startup_objects_out_of_the_collectors_reach() -> None:
     script = (
-        "import gc, relay.server as s\n"
+        "import gc, splitrelay.relay.server as s\n"
         "before = len(gc.get_objects())\n"
         "s.freeze_startup_heap()\n"
         "print(before, gc.get_freeze_count(), len(gc.get_objects()))\n"

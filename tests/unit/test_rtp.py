@@ -11,7 +11,7 @@ from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.media.rtp import (
+from splitrelay.relay.media.rtp import (
     AUDIO_LEVEL_URI,
     MID_URI,
     audio_level_element,

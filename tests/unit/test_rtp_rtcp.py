@@ -18,7 +18,7 @@ from aiortc.rtp import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.media.rtcp import (
+from splitrelay.relay.media.rtcp import (
     NTP_EPOCH_OFFSET,
     Bye,
     ReceiverReport,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aioice.candidate import Candidate
 
-from relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
-from relay.media.sdp import (
+from splitrelay.relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
+from splitrelay.relay.media.sdp import (
     advertise_public_address,
     check_fmtp,
     negotiated_audio_streams,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.realtime_api import (
+from splitrelay.contract.realtime_api import (
     MAX_BODY_BYTES,
     CloseTracksRequest,
     ErrorCode,
@@ -29,7 +29,7 @@ from edge.realtime_api import (
     UpdateTracksRequest,
     mid_for_track,
 )
-from relay.sfu_client import SfuClient, TurnClient
+from splitrelay.relay.sfu_client import SfuClient, TurnClient
 from tests import spec
 
 BASE = "https://sfu.test/v1"

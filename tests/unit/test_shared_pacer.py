@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relay.playout import FRAME_NS, Playout, SharedPacer
+from splitrelay.relay.playout import FRAME_NS, Playout, SharedPacer
 
 
 class Ran(list[Any]):

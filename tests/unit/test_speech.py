@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relay.speech import EndOfSpeech, SpeechDetector, SpeechEnded, SpeechStarted, dbov
+from splitrelay.inference.speech import EndOfSpeech, SpeechDetector, SpeechEnded, SpeechStarted, dbov
 from tests.opus_fixtures import UTTERANCE, clip
 
 F = 960  # samples per 20 ms frame

@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.telemetry import DWELL_BUCKETS_US, CallCounters, CallSample, DwellHistogram, RelayCollector
+from splitrelay.relay.telemetry import (
+    DWELL_BUCKETS_US,
+    CallCounters,
+    CallSample,
+    DwellHistogram,
+    RelayCollector,
+)
 
 
 def test_empty_histogram_has_no_percentiles() -> None:

@@ -1,4 +1,5 @@
-"""Batched UDP sends (relay/udp_batch.py) over real loopback sockets, on asyncio's loop and uvloop."""
+"""Batched UDP sends (relay/inference/udp_batch.py) over real loopback sockets, on asyncio's loop and
+uvloop."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from relay.udp_batch import SendBatch, sockaddr
-from relay.wire_endpoint import WireEndpoint
+from splitrelay.inference.endpoint import WireEndpoint
+from splitrelay.inference.udp_batch import SendBatch, sockaddr
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 

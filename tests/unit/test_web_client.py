@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.local import LocalEdge
+from splitrelay.devtools.local_edge import LocalEdge
 from tests.edge_support import edge_env
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import wire
-from relay.wire import (
+from splitrelay.inference import wire
+from splitrelay.inference.wire import (
     FLAG_LEVEL_PRESENT,
     FLAG_MARKER,
     FLAG_RELIABLE,

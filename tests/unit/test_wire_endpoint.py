@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from relay import wire
-from relay.wire import FLAG_RELIABLE, CallStart, Message, MsgType, WireError
-from relay.wire_endpoint import CallState, DedupWindow, LinkError, Peer, WireEndpoint
+from splitrelay.inference import wire
+from splitrelay.inference.endpoint import CallState, DedupWindow, LinkError, Peer, WireEndpoint
+from splitrelay.inference.wire import FLAG_RELIABLE, CallStart, Message, MsgType, WireError
 
 PEER: Peer = ("127.0.0.1", 40000)
 OTHER: Peer = ("127.0.0.1", 40001)

@@ -1,0 +1,842 @@
+"""Load-generator worker of `splitrelay bench relay`: N callers (relay mode) or N bare UDP flows (baseline).
+
+Relay mode: each caller is a real aiortc VoicePeer attached through the relay's signed control API.
+Its media is made cheap to send and to check, so one core can drive more calls than the relay carries:
+
+- Out: every SRTP packet the run will send (warm-up + window) is built and protected with the call's
+  real SRTP session during set-up; on schedule a send is one ``sendto`` of a ready datagram.
+- Back: echoes are not unprotected. The RTP header is in the clear, and each of the FRAMES Opus frames
+  has its own length (CBR at 20-40 kbps), so header length and datagram length name the frame an echo
+  carries; the matcher pairs it with the oldest pending send of that frame (echoes come back in order),
+  which gives loss and the round trip per packet. The relay renumbers what it sends (its own SSRC,
+  sequence and timeline), so the caller's (SSRC, sequence) cannot be looked up; the length can.
+- Proof: one echo in SAMPLE_EVERY is unprotected with the real SRTP session (authentication and replay
+  check) and its payload compared with the frame the length named; the report gives both rates.
+- RTCP: the fast path's own reports and SRTCP handling stay (sender reports every RTCP_EVERY frames
+  with the true counts, staggered over the callers); its reports carry no reception blocks, since
+  the echoes are not fed to its receive statistics.
+
+Baseline mode: each flow sends a datagram the size of the callers' SRTP packet to a bare UDP echo and,
+when it comes back, one the size of the wire protocol's AUDIO_OUT: the echo then moves as many
+datagrams of the same sizes as the relay does, and the round trip crosses it twice, as it crosses the
+relay twice.
+
+A child process of the benchmark; JSON lines both ways. stdout: ``progress`` (relay mode), ``ready``,
+``result``; stdin: ``{"cmd": "run", "t0": ..., "rtt_path": ...}`` then ``{"cmd": "stop"}`` (or EOF). The
+schedule (warm-up, duration) is fixed at start, since the packets are built before ``ready``. The
+signing key comes from $SPLITRELAY_RELAY_SIGNING_KEY, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from splitrelay.inference import wire
+
+SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
+FRAME_S = 0.02
+FRAME_SAMPLES = 960
+SLOTS = 20  # sends are staggered over 20 slots of 1 ms per 20 ms tick
+FRAMES = 50  # distinct Opus frames (one second of audio) cycled by every caller
+FRAME_BYTES_MIN = 50  # frame i is FRAME_BYTES_MIN + i bytes: 50..99 (CBR 20..39.6 kbps), one length each
+NOISE_DBFS = -50.0  # room noise: real-size Opus frames, below the relay's barge-in threshold (-40 dBov)
+MAX_PREPARED = 20_000_000  # packets built ahead by one worker (about 3 GB): calls x seconds x 50
+MAX_PENDING = 500  # echoes awaited per caller (10 s): older ones count as lost
+MATCH_SEARCH = 60  # how far into the pending queue an echo is looked for
+SAMPLE_EVERY = 47  # one echo in 47 is unprotected (prime to FRAMES, so the samples cover every frame)
+RTCP_EVERY = 125  # frames between a caller's sender reports: 2.5 s, the fast path's default interval
+DRAIN_S = 2.0  # after the last send, echoes still count for this long
+SETUP_TIMEOUT_S = 30.0
+CLOSE_CONCURRENCY = 50
+RTP_HEADER = 12
+_FLOW_HEADER = struct.Struct("!BI")  # baseline datagram: leg (1 = caller-sized, 2 = wire-sized), seq
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+# --- the audio ----------------------------------------------------------------------------------------
+
+
+def noise_frames(count: int = FRAMES, level_dbfs: float = NOISE_DBFS) -> list[tuple[bytes, int]]:
+    """``count`` 20 ms Opus frames of white noise at ``level_dbfs`` RMS, frame i exactly
+    FRAME_BYTES_MIN + i bytes long, with their RFC 6464 level.
+
+    Noise rather than a tone: it codes to full-size frames, as speech does, while its level says "not
+    speech", so the relay forwards it without triggering barge-in. Each frame comes from its own CBR
+    encoder, which is what makes the lengths distinct: an echo's length names its frame without
+    decrypting it.
+    """
+    import av
+
+    samples = FRAME_SAMPLES
+    primed = 4  # frames fed to an encoder before the one kept: past its look-ahead and start-up
+    rng = np.random.default_rng(20261101)
+    noise = rng.normal(0.0, 32768 * 10 ** (level_dbfs / 20), samples * (count + primed)).clip(-32768, 32767)
+    pcm16 = noise.astype(np.int16)
+    out: list[tuple[bytes, int]] = []
+    for i in range(count):
+        size = FRAME_BYTES_MIN + i
+        encoder: Any = av.CodecContext.create("libopus", "w")
+        encoder.sample_rate = 48_000
+        encoder.layout = "mono"
+        encoder.format = "s16"
+        encoder.bit_rate = size * 8 * 50  # CBR: exactly `size` bytes per 20 ms frame
+        encoder.options = {"application": "voip", "vbr": "off"}
+        encoder.open()
+        packets: list[bytes] = []
+        for j in range(primed + 1):
+            chunk = pcm16[(i + j) * samples : (i + j + 1) * samples]
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+            frame.sample_rate = 48_000
+            frame.pts = j * samples
+            packets.extend(bytes(p) for p in encoder.encode(frame))
+        if not packets or len(packets[-1]) != size:
+            got = len(packets[-1]) if packets else 0
+            raise RuntimeError(f"libopus CBR: frame {i} is {got} bytes, {size} expected")
+        pcm = pcm16[(i + primed) * samples : (i + primed + 1) * samples].astype(np.float64) / 32768.0
+        dbov = 10 * math.log10(max(float(np.mean(pcm * pcm)), 1e-13))
+        out.append((packets[-1], min(127, max(0, round(-dbov)))))
+    return out
+
+
+# --- the schedule -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When flow i sends frame k: at t0 + k * 20 ms + (slot of i) ms, until warm-up + duration.
+
+    Time is counted in whole 1 ms slots, so which packets fall in the window, and how many packets
+    each flow sends (what relay mode builds in advance), is exact, not subject to float rounding.
+    """
+
+    flows: int
+    warmup: float
+    duration: float
+
+    @property
+    def slot_s(self) -> float:
+        return FRAME_S / SLOTS
+
+    @property
+    def window_slot(self) -> int:
+        return round(self.warmup / self.slot_s)
+
+    @property
+    def end_slot(self) -> int:
+        return round((self.warmup + self.duration) / self.slot_s)
+
+    def slot_of(self, i: int) -> int:
+        return i * SLOTS // self.flows
+
+    def frames_of(self, i: int) -> int:
+        """Frames flow i sends over the whole run: every k with k * SLOTS + slot < end_slot."""
+        return max(0, -(-(self.end_slot - self.slot_of(i)) // SLOTS))
+
+
+class Flow:
+    """One call or flow as the schedule drives it: sender-side counts here, receiver-side in subclasses."""
+
+    sent = 0
+    sent_window = 0
+    send_failures = 0
+
+    def send(self, k: int, in_window: bool) -> None:
+        raise NotImplementedError
+
+    def received(self) -> tuple[int, int]:
+        """(echoes of window packets received, echoes that matched no packet)."""
+        raise NotImplementedError
+
+    def stop_counting(self) -> None:
+        """The drain is over: later echoes no longer count."""
+        raise NotImplementedError
+
+
+class EchoMatcher:
+    """Pairs each echo with the frame it answers, by frame index and in send order; counts what never
+    came back.
+
+    Echoes come back in order, one per frame (the relay forwards, the inference echoes), so the echo of a
+    frame settles every older frame still pending: those were lost. Frame indices repeat every FRAMES
+    frames, so an echo is looked for among the first MATCH_SEARCH pending frames only.
+    """
+
+    __slots__ = ("_pending", "_rtts", "counting", "lost", "received_window", "unmatched")
+
+    def __init__(self, rtts: array.array[int]) -> None:
+        self._pending: deque[tuple[int, int, bool]] = deque()  # (frame index, send ns, in window)
+        self._rtts = rtts
+        self.counting = True
+        self.lost = 0
+        self.received_window = 0
+        self.unmatched = 0
+
+    def sent(self, index: int, sent_ns: int, in_window: bool) -> None:
+        pending = self._pending
+        pending.append((index, sent_ns, in_window))
+        if len(pending) > MAX_PENDING:
+            pending.popleft()
+            self.lost += 1
+
+    def echo(self, index: int | None, arrival_ns: int) -> None:
+        """One echo of frame ``index`` (None: a frame we never sent)."""
+        if index is None:
+            self.unmatched += 1
+            return
+        if not self.counting:
+            return
+        pending = self._pending
+        for position, entry in enumerate(pending):
+            if entry[0] == index:
+                break
+            if position >= MATCH_SEARCH:
+                self.unmatched += 1
+                return
+        else:
+            self.unmatched += 1
+            return
+        for _ in range(position):  # older frames never came back
+            pending.popleft()
+            self.lost += 1
+        _, sent_ns, in_window = pending.popleft()
+        if in_window:
+            self.received_window += 1
+            self._rtts.append(arrival_ns - sent_ns)
+
+
+@dataclass
+class RunResult:
+    sent: int
+    expected: int
+    sent_window: int
+    received_window: int
+    unmatched: int
+    send_failures: int
+    lateness_p99_ms: float
+    lateness_max_ms: float
+    extra: dict[str, Any]
+
+    def event(self) -> dict[str, Any]:
+        return {"event": "result", **self.__dict__}
+
+
+Lateness = list[tuple[int, float]]
+"""(slot index since t0, seconds late) of every slot that sent."""
+
+
+async def drive(flows: Sequence[Flow], schedule: Schedule, t0: float) -> tuple[int, Lateness]:
+    """Send every flow's frames on ``schedule`` from ``t0``.
+
+    Absolute schedule: a late slot sends at once (a catch-up burst) rather than skipping, so the count
+    sent is exact and lateness is measured. Returns (frames expected, lateness of each slot).
+    """
+    groups: list[list[Flow]] = [[] for _ in range(SLOTS)]
+    for i, flow in enumerate(flows):
+        groups[schedule.slot_of(i)].append(flow)
+    busy = [(s, g) for s, g in enumerate(groups) if g]
+    slot_s = schedule.slot_s
+    window_slot = schedule.window_slot
+    end_slot = schedule.end_slot
+    lateness: Lateness = []
+    expected = 0
+    for k in range(math.ceil(end_slot / SLOTS)):  # bounded: one pass per 20 ms tick
+        for slot, group in busy:
+            index = k * SLOTS + slot
+            if index >= end_slot:
+                break
+            due = t0 + index * slot_s
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lateness.append((index, max(0.0, time.monotonic() - due)))
+            in_window = index >= window_slot
+            for flow in group:
+                flow.send(k, in_window)
+            expected += len(group)
+    return expected, lateness
+
+
+def lateness_report(lateness: Lateness, schedule: Schedule) -> dict[str, Any]:
+    """The warm-up's lateness and the run's worst slots (seconds since t0, ms late): start-up stalls show
+    here without counting against the window."""
+    warmup = [late for index, late in lateness if index < schedule.window_slot]
+    worst = sorted(lateness, key=lambda entry: -entry[1])[:5]
+    return {
+        "lateness_warmup_p99_ms": round(float(np.percentile(warmup, 99)) * 1000, 3) if warmup else 0.0,
+        "lateness_worst": [
+            [round(index * schedule.slot_s, 3), round(late * 1000, 1)] for index, late in worst
+        ],
+    }
+
+
+def summarize(
+    flows: Sequence[Flow], expected: int, lateness: Lateness, extra: dict[str, Any], schedule: Schedule
+) -> RunResult:
+    """Counts over the flows; lateness p99 and max over the window's slots (the warm-up's go in extra)."""
+    late = np.array([late for index, late in lateness if index >= schedule.window_slot] or [0.0])
+    return RunResult(
+        sent=sum(f.sent for f in flows),
+        expected=expected,
+        sent_window=sum(f.sent_window for f in flows),
+        received_window=sum(f.received()[0] for f in flows),
+        unmatched=sum(f.received()[1] for f in flows),
+        send_failures=sum(f.send_failures for f in flows),
+        lateness_p99_ms=round(float(np.percentile(late, 99)) * 1000, 3),
+        lateness_max_ms=round(float(late.max()) * 1000, 3),
+        extra={**extra, **lateness_report(lateness, schedule)},
+    )
+
+
+# --- relay mode: WebRTC callers -----------------------------------------------------------------------
+
+
+def rtp_header_length(data: bytes) -> int:
+    """Bytes of the (clear) RTP header of an SRTP packet, CSRCs and header extension included;
+    0 when the datagram is too short to hold the header it announces."""
+    size = len(data)
+    if size < RTP_HEADER:
+        return 0
+    first = data[0]
+    end = RTP_HEADER + 4 * (first & 0x0F)
+    if first & 0x10:
+        if end + 4 > size:
+            return 0
+        end += 4 + 4 * ((data[end + 2] << 8) | data[end + 3])
+    return end if end <= size else 0
+
+
+class EchoCounter:
+    """Names the frame of each SRTP echo from its clear header and its length, without decrypting it,
+    and hands it to the matcher; unprotects one echo in SAMPLE_EVERY to prove the others genuine.
+
+    ``tag_bytes`` is the SRTP authentication tag of the negotiated profile (10 for AES-CM/HMAC-SHA1-80,
+    16 for AES-GCM): ciphertext is as long as the payload, so payload + tag names the frame.
+    """
+
+    __slots__ = (
+        "_frames",
+        "_index_by_size",
+        "_unprotect",
+        "authentic",
+        "echoes",
+        "matched",
+        "matcher",
+        "samples",
+    )
+
+    def __init__(
+        self,
+        frames: Sequence[tuple[bytes, int]],
+        tag_bytes: int,
+        matcher: EchoMatcher,
+        unprotect: Callable[[bytes], bytes],
+    ) -> None:
+        sizes = [len(payload) for payload, _ in frames]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("frames: every frame needs its own length, or an echo's length cannot name it")
+        self._frames = frames
+        self._index_by_size = {size + tag_bytes: i for i, size in enumerate(sizes)}
+        self._unprotect = unprotect
+        self.matcher = matcher
+        self.echoes = 0
+        self.samples = 0
+        self.authentic = 0
+        self.matched = 0
+
+    def echo(self, data: bytes, arrival_ns: int) -> None:
+        """One SRTP (not SRTCP) datagram from the relay."""
+        index = self._index_by_size.get(len(data) - rtp_header_length(data))
+        self.matcher.echo(index, arrival_ns)
+        self.echoes += 1
+        if self.echoes % SAMPLE_EVERY == 0:
+            self._authenticate(data, index)
+
+    def _authenticate(self, data: bytes, index: int | None) -> None:
+        """Unprotect with the call's SRTP session (authentication, replay check): genuine, and the frame
+        its length named?"""
+        import pylibsrtp
+
+        from splitrelay.relay.media.rtp import parse_rtp
+
+        self.samples += 1
+        try:
+            plain = self._unprotect(data)
+        except pylibsrtp.Error:
+            return
+        self.authentic += 1
+        with contextlib.suppress(ValueError):
+            if index is not None and parse_rtp(plain).payload == self._frames[index][0]:
+                self.matched += 1
+
+
+class Caller(Flow):
+    """A caller's peer, its ready-made SRTP packets and what it counts of the echoes."""
+
+    def __init__(self, frames: list[tuple[bytes, int]], rtts: array.array[int]) -> None:
+        from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
+        from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
+
+        self.peer = VoicePeer(VoicePeerConfig(candidates=LOOPBACK))
+        self.fast_path: SrtpFastPath | None = None
+        self.matcher = EchoMatcher(rtts)
+        self._frames = frames
+        self._packets: list[bytes] = []
+        self.echoes: EchoCounter | None = None  # built once the SRTP profile is known
+        self._octets_per_cycle = sum(len(p) for p, _ in frames)
+        self._rtcp_phase = 0
+        self._sendto: Callable[..., object] = lambda data, addr: None
+        self._closing: Callable[[], bool] = lambda: True
+        self._remote: Any = None
+        self._hooked: tuple[Any, Callable[[bytes, Any], None]] | None = None  # (ICE protocol, its handler)
+        self.srtp_overhead = 0
+        # RTP that reached the fast path's own handler, or came before prepare(): none expected.
+        self.stray = 0
+
+    async def attach(self, http: Any, key: bytes, call_id: str, within: float) -> None:
+        from splitrelay.contract.signing import sign_headers
+        from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+
+        offer = await self.peer.create_offer()
+        body = json.dumps({"call_id": call_id, "mode": "direct", "offer": {"type": "offer", "sdp": offer}})
+        content = body.encode()
+        headers = {"content-type": "application/json", **sign_headers(key, "POST", "/v1/calls", content)}
+        response = await http.post("/v1/calls", content=content, headers=headers)
+        if response.status_code != 201:
+            raise RuntimeError(f"attach {call_id}: HTTP {response.status_code}: {response.text[:300]}")
+        await self.peer.accept_answer(response.json()["answer"]["sdp"])
+        await self.peer.wait_connected(within=within)
+        # The fast path's own report timer is slowed to its maximum: send() paces the reports instead,
+        # with the counts of what was really sent.
+        self.fast_path = SrtpFastPath.attach(self.peer.pc, self._stray, FastPathConfig(rtcp_interval=60))
+        self._hook()
+
+    def _stray(self, _packet: object) -> None:
+        self.stray += 1
+
+    def _hook(self) -> None:
+        """Put ``_datagram`` in front of the fast path's handler: RTP is counted here, SRTCP, STUN and DTLS
+        go on to the fast path (and through it to aioice)."""
+        from splitrelay.relay.media import aiortc_internals
+
+        link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(self.peer.pc))
+        handler = vars(link.protocol).get("datagram_received")
+        if handler is None:
+            raise RuntimeError("caller: the fast path did not hook the ICE socket")
+        setattr(link.protocol, "datagram_received", self._datagram)  # noqa: B010 (shadows the method)
+        self._hooked = (link.protocol, handler)
+
+    def _unhook(self) -> None:
+        if self._hooked is not None:
+            protocol, handler = self._hooked
+            if vars(protocol).get("datagram_received") == self._datagram:
+                setattr(protocol, "datagram_received", handler)  # noqa: B010 (the fast path unhooks its own)
+            self._hooked = None
+
+    def prepare(self, count: int, rtcp_phase: int) -> None:
+        """Build and protect the ``count`` RTP packets this caller will send, in sequence order.
+
+        Exactly the packets that will be sent: SRTP must never protect two packets with the same
+        sequence number, so the stream's counter moves past them.
+        """
+        from splitrelay.relay.media.rtp import audio_level_element, one_byte_extensions, pack_header
+
+        fp = self.fast_path
+        if fp is None:
+            raise RuntimeError("caller: attach() before prepare()")
+        if count < 1:
+            raise ValueError(f"count: a caller sends at least one packet, got {count}")
+        stream = fp.outbound_streams[0]
+        level_id = stream.audio_level_id
+        extensions = [
+            one_byte_extensions([(level_id, audio_level_element(level, False))]) if level_id else b""
+            for _, level in self._frames
+        ]
+        protect = fp.tx.protect
+        seq0 = stream.sequence
+        packets: list[bytes] = []
+        for k in range(count):
+            index = k % FRAMES
+            header = pack_header(
+                stream.payload_type,
+                (seq0 + k) & 0xFFFF,
+                (k * FRAME_SAMPLES) & 0xFFFFFFFF,
+                stream.ssrc,
+                False,
+                bool(extensions[index]),
+            )
+            packets.append(protect(header + extensions[index] + self._frames[index][0]))
+        stream.sequence = (seq0 + count) & 0xFFFF
+        self._packets = packets
+        self._rtcp_phase = rtcp_phase % RTCP_EVERY
+        payload0 = self._frames[0][0]
+        tag = len(packets[0]) - (RTP_HEADER + len(extensions[0]) + len(payload0))
+        self.srtp_overhead = len(packets[0]) - len(payload0)
+        self.echoes = EchoCounter(self._frames, tag, self.matcher, fp.rx.unprotect)
+        transport = fp.transport
+        self._sendto = transport.sendto
+        self._remote = fp.remote_addr
+        self._closing = fp.transport_closing
+
+    def send(self, k: int, in_window: bool) -> None:
+        if self._closing():
+            self.send_failures += 1
+            return
+        now = time.perf_counter_ns()
+        self._sendto(self._packets[k], self._remote)
+        self.sent += 1
+        if in_window:
+            self.sent_window += 1
+        self.matcher.sent(k % FRAMES, now, in_window)
+        if k % RTCP_EVERY == self._rtcp_phase:
+            self._report(k, now)
+
+    def _report(self, k: int, now_ns: int) -> None:
+        """A sender report with the true counts so far (k + 1 packets sent, their octets, timeline)."""
+        fp = self.fast_path
+        assert fp is not None
+        stream = fp.outbound_streams[0]
+        cycles, rest = divmod(k + 1, FRAMES)
+        stream.packets = k + 1
+        stream.octets = cycles * self._octets_per_cycle + sum(len(p) for p, _ in self._frames[:rest])
+        stream.last_timestamp = (k * FRAME_SAMPLES) & 0xFFFFFFFF
+        stream.last_send_ns = now_ns
+        fp.send_rtcp()
+
+    def _datagram(self, data: bytes, addr: Any) -> None:
+        """Every datagram of the ICE socket: RTP echoes are counted here, the rest passes on."""
+        if len(data) > RTP_HEADER and 127 < data[0] < 192 and not 191 < data[1] < 224:
+            arrival = time.perf_counter_ns()
+            echoes = self.echoes
+            if echoes is None:  # an echo before prepare(): nothing was sent, so nothing can match
+                self.stray += 1
+                return
+            echoes.echo(data, arrival)
+            return
+        assert self._hooked is not None
+        self._hooked[1](data, addr)
+
+    def received(self) -> tuple[int, int]:
+        return self.matcher.received_window, self.matcher.unmatched
+
+    def stop_counting(self) -> None:
+        self.matcher.counting = False
+
+    async def close(self) -> None:
+        self._unhook()
+        if self.fast_path is not None:
+            await self.fast_path.close()
+        await self.peer.close()
+
+
+async def setup_callers(
+    relay_url: str,
+    key: bytes,
+    schedule: Schedule,
+    prefix: str,
+    concurrency: int,
+    setup_timeout: float,
+) -> tuple[list[Caller], list[tuple[bytes, int]], array.array[int]]:
+    """Attach ``schedule.flows`` callers with at most ``concurrency`` set-ups in flight, each with its
+    packets built; all or nothing."""
+    import httpx
+
+    calls = schedule.flows
+    frames = noise_frames()
+    rtts: array.array[int] = array.array("q")
+    callers = [Caller(frames, rtts) for _ in range(calls)]
+    gate = asyncio.Semaphore(concurrency)
+    attached = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=relay_url, timeout=setup_timeout, limits=limits) as http:
+
+        async def one(i: int) -> None:
+            nonlocal attached
+            async with gate:
+                try:
+                    async with asyncio.timeout(setup_timeout):
+                        await callers[i].attach(http, key, f"{prefix}-{i}", setup_timeout)
+                except TimeoutError:
+                    raise RuntimeError(
+                        f"call {prefix}-{i}: not connected within {setup_timeout:g} s"
+                    ) from None
+            callers[i].prepare(schedule.frames_of(i), rtcp_phase=i * RTCP_EVERY // calls)
+            attached += 1
+            emit({"event": "progress", "attached": attached})
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in range(calls):
+                    group.create_task(one(i))
+        except Exception as exc:
+            await close_all(callers)
+            failures = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+            first = failures[0]
+            raise RuntimeError(
+                f"{len(failures)} of {calls} call set-ups failed (after {attached} attached); "
+                f"first: {type(first).__name__}: {first}"
+            ) from None
+        except BaseException:
+            await close_all(callers)
+            raise
+    return callers, frames, rtts
+
+
+async def close_all(callers: Sequence[Caller]) -> None:
+    """Close every caller, a bounded number at a time, within a bounded time."""
+    for start in range(0, len(callers), CLOSE_CONCURRENCY):
+        batch = callers[start : start + CLOSE_CONCURRENCY]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(c.close() for c in batch), return_exceptions=True)
+
+
+def caller_report(callers: Sequence[Caller]) -> dict[str, int]:
+    """Counts summed over callers; the benchmark sums them again over workers."""
+    counters = [c.echoes for c in callers if c.echoes is not None]
+    return {
+        "lost_tracked": sum(c.matcher.lost for c in callers),
+        "echoes": sum(e.echoes for e in counters),
+        "srtp_samples": sum(e.samples for e in counters),
+        "srtp_samples_authentic": sum(e.authentic for e in counters),
+        "srtp_samples_matched": sum(e.matched for e in counters),
+        "fast_path_undecryptable": sum(c.fast_path.undecryptable for c in callers if c.fast_path),
+        "stray": sum(c.stray for c in callers),
+        "rtcp_sent": sum(c.fast_path.rtcp_out for c in callers if c.fast_path),
+        "rtcp_received": sum(c.fast_path.rtcp_in for c in callers if c.fast_path),
+    }
+
+
+# --- baseline mode: bare UDP flows --------------------------------------------------------------------
+
+
+class UdpFlow(Flow, asyncio.DatagramProtocol):
+    """Caller-sized datagram out; on its echo, a wire-sized one; on that echo, the round trip is done."""
+
+    def __init__(self, leg1: list[bytes], leg2: list[bytes], rtts: array.array[int]) -> None:
+        self._leg1 = leg1
+        self._leg2 = leg2
+        self._rtts = rtts
+        self._sent_ns = [0] * MAX_PENDING
+        self._window = [False] * MAX_PENDING
+        self._seq_sent = -1
+        self.transport: asyncio.DatagramTransport | None = None
+        self.counting = True
+        self.received_window = 0
+        self.unmatched = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def error_received(self, exc: Exception) -> None:
+        self.send_failures += 1
+
+    def send(self, k: int, in_window: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        slot = k % MAX_PENDING
+        self._sent_ns[slot] = time.perf_counter_ns()
+        self._window[slot] = in_window
+        self._seq_sent = k
+        transport.sendto(_FLOW_HEADER.pack(1, k) + self._leg1[k % FRAMES])
+        self.sent += 1
+        if in_window:
+            self.sent_window += 1
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = time.perf_counter_ns()
+        try:
+            leg, k = _FLOW_HEADER.unpack_from(data)
+        except struct.error:
+            self.unmatched += 1
+            return
+        if not 0 <= self._seq_sent - k < MAX_PENDING:
+            self.unmatched += 1
+            return
+        if leg == 1:
+            self.transport.sendto(_FLOW_HEADER.pack(2, k) + self._leg2[k % FRAMES])  # type: ignore[union-attr]
+        elif leg == 2 and self.counting:
+            slot = k % MAX_PENDING
+            if self._window[slot]:
+                self._window[slot] = False  # a duplicate must not count twice
+                self.received_window += 1
+                self._rtts.append(now - self._sent_ns[slot])
+        else:
+            self.unmatched += leg != 2
+
+    def received(self) -> tuple[int, int]:
+        return self.received_window, self.unmatched
+
+    def stop_counting(self) -> None:
+        self.counting = False
+
+
+async def setup_flows(
+    target: tuple[str, int], flows: int, srtp_bytes: int
+) -> tuple[list[UdpFlow], array.array[int], list[asyncio.DatagramTransport]]:
+    frames = noise_frames()
+    pad1 = max(0, srtp_bytes - _FLOW_HEADER.size)
+    pad2 = max(0, wire.HEADER_SIZE - _FLOW_HEADER.size)
+    leg1 = [payload + bytes(pad1) for payload, _ in frames]
+    leg2 = [payload + bytes(pad2) for payload, _ in frames]
+    rtts: array.array[int] = array.array("q")
+    loop = asyncio.get_running_loop()
+    out: list[UdpFlow] = []
+    transports: list[asyncio.DatagramTransport] = []
+    try:
+        for _ in range(flows):  # one socket per flow, as the relay has one per call
+            flow = UdpFlow(leg1, leg2, rtts)
+            transport, _ = await loop.create_datagram_endpoint(lambda f=flow: f, remote_addr=target)  # type: ignore[misc]
+            transports.append(transport)
+            out.append(flow)
+    except BaseException:
+        for t in transports:
+            t.close()
+        raise
+    return out, rtts, transports
+
+
+# --- the worker ---------------------------------------------------------------------------------------
+
+
+class GcClock:
+    """Time spent in the cyclic garbage collector, per generation (a hidden cost with many live peers)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._started
+            self.collections[generation] += 1
+
+    def report(self) -> dict[str, Any]:
+        return {"gc_seconds": [round(s, 4) for s in self.seconds], "gc_collections": self.collections}
+
+
+async def read_command(reader: asyncio.StreamReader, within: float) -> dict[str, Any]:
+    line = await asyncio.wait_for(reader.readline(), within)
+    if not line:
+        return {"cmd": "stop"}
+    command = json.loads(line)
+    if not isinstance(command, dict):
+        raise ValueError(f"command: expected a JSON object, got {line[:80]!r}")
+    return command
+
+
+async def worker(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    callers: list[Caller] = []
+    transports: list[asyncio.DatagramTransport] = []
+    schedule = Schedule(args.count, args.warmup, args.duration)
+    try:
+        flows: Sequence[Flow]
+        extra: dict[str, Any] = {}
+        if args.mode == "relay":
+            prepared = sum(schedule.frames_of(i) for i in range(schedule.flows))
+            if prepared > MAX_PREPARED:
+                raise ValueError(
+                    f"--count x (--warmup + --duration) x 50: {prepared} packets to build ahead, "
+                    f"limit {MAX_PREPARED} per worker (use more --load-procs or a shorter run)"
+                )
+            key = os.environ.get(SIGNING_KEY_ENV, "").encode()
+            if not key:
+                raise ValueError(f"${SIGNING_KEY_ENV} is not set: the worker signs its attach requests")
+            callers, frames, rtts = await setup_callers(
+                args.relay_url, key, schedule, args.prefix, args.concurrency, args.setup_timeout
+            )
+            flows = callers
+            extra["srtp_overhead"] = callers[0].srtp_overhead
+            extra["payload_bytes_mean"] = round(sum(len(p) for p, _ in frames) / len(frames), 1)
+            extra["packets_prepared"] = sum(len(c._packets) for c in callers)
+        else:
+            host, _, port = args.target.rpartition(":")
+            udp_flows, rtts, transports = await setup_flows((host, int(port)), args.count, args.srtp_bytes)
+            flows = udp_flows
+        # Everything built so far (peers, sockets, packets) lives for the whole run: move it out of the
+        # collector's reach, so full collections stop walking hundreds of peers' object graphs.
+        gc.collect()
+        gc.freeze()
+        gc_clock = GcClock()
+        gc.callbacks.append(gc_clock)
+        emit({"event": "ready", "flows": len(flows)})
+        command = await read_command(reader, within=3600)
+        if command.get("cmd") != "run":
+            return 0
+        expected, lateness = await drive(flows, schedule, float(command["t0"]))
+        await asyncio.sleep(DRAIN_S)
+        for flow in flows:
+            flow.stop_counting()
+        extra.update(gc_clock.report())
+        if callers:
+            extra.update(caller_report(callers))
+        samples = np.frombuffer(rtts, dtype=np.int64).astype(np.float64) / 1000.0  # µs
+        np.save(command["rtt_path"], samples.astype(np.float32))
+        emit(summarize(flows, expected, lateness, extra, schedule).event())
+        await read_command(reader, within=600)  # "stop" or EOF
+        return 0
+    except Exception as exc:
+        emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    finally:
+        await close_all(callers)
+        for transport in transports:
+            transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m splitrelay.bench.load", description=__doc__)
+    parser.add_argument("--mode", choices=("relay", "udp"), required=True)
+    parser.add_argument("--count", type=int, required=True, help="callers or flows")
+    parser.add_argument("--warmup", type=float, required=True, help="seconds of traffic before the window")
+    parser.add_argument("--duration", type=float, required=True, help="seconds of the measured window")
+    parser.add_argument("--relay-url", help="relay control API (relay mode)")
+    parser.add_argument("--prefix", default="bench", help="call id prefix (relay mode)")
+    parser.add_argument("--concurrency", type=int, default=16, help="set-ups in flight (relay mode)")
+    parser.add_argument("--setup-timeout", type=float, default=SETUP_TIMEOUT_S)
+    parser.add_argument("--target", help="HOST:PORT of the UDP echo (udp mode)")
+    parser.add_argument("--srtp-bytes", type=int, default=0, help="SRTP overhead to mimic (udp mode)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.count <= 10_000:
+        parser.error(f"--count: must be 1..10000, got {args.count}")
+    if not 0 <= args.warmup <= 120:
+        parser.error(f"--warmup: must be 0..120 seconds, got {args.warmup:g}")
+    if not 1 <= args.duration <= 600:
+        parser.error(f"--duration: must be 1..600 seconds, got {args.duration:g}")
+    if args.mode == "relay" and not args.relay_url:
+        parser.error("--relay-url is required in relay mode")
+    if args.mode == "udp" and not args.target:
+        parser.error("--target is required in udp mode")
+    from splitrelay.inference.sdk import run
+
+    sys.exit(run(worker(args)))
+
+
+if __name__ == "__main__":
+    main()

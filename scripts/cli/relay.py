@@ -1,0 +1,195 @@
+"""`splitrelay relay`: run the regional relay (control API + SRTP fast path + link to inference).
+
+Secrets come from the environment (or files), never from flags: flags show up in `ps` and shell history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from splitrelay.cli.agent import parse_listen
+
+app = typer.Typer(help="The regional relay: joins callers' WebRTC media and carries Opus to inference.")
+
+SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
+SFU_SECRET_ENV = "SPLITRELAY_SFU_APP_SECRET"
+
+
+def read_secret(env: str, file: Path | None, what: str) -> str | None:
+    """A secret from a file (first line) or an environment variable; never echoed."""
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"{what} file {file}: {exc.strerror}") from None
+        if not value:
+            raise typer.BadParameter(f"{what} file {file} is empty")
+        return value
+    return os.environ.get(env) or None
+
+
+def parse_port_range(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    low, sep, high = value.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit():
+        raise typer.BadParameter(f"--port-range: expected LOW-HIGH such as 40000-40999, got {value!r}")
+    return int(low), int(high)
+
+
+def parse_stun(value: str) -> str:
+    """Only STUN here: the relay needs its public address, not a TURN relay (it has a public IP)."""
+    if not value.startswith("stun:") or len(value) > 256 or not value[5:].strip():
+        raise typer.BadParameter(
+            f"--stun: expected stun:HOST[:PORT] (at most 256 characters), got {value[:64]!r}"
+        )
+    return value
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address of the control API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the control API (0 picks a free one).")] = 8700,
+    inference: Annotated[str, typer.Option(help="Inference service HOST:PORT (UDP wire protocol).")] = (
+        "127.0.0.1:7000"
+    ),
+    candidate_address: Annotated[
+        list[str] | None,
+        typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
+    ] = None,
+    port_range: Annotated[str | None, typer.Option(help="UDP port range for media, LOW-HIGH.")] = None,
+    public_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Public IPv4 mapped 1:1 onto this host (e.g. an Elastic IP), advertised in ICE.",
+            envvar="SPLITRELAY_PUBLIC_ADDRESS",
+        ),
+    ] = None,
+    stun: Annotated[
+        list[str] | None,
+        typer.Option(help="STUN URL for a public (server-reflexive) candidate behind NAT; repeatable."),
+    ] = None,
+    sfu_url: Annotated[
+        str | None, typer.Option(help="Realtime SFU API base, e.g. https://rtc.live.cloudflare.com/v1.")
+    ] = None,
+    sfu_app_id: Annotated[
+        str | None, typer.Option(help="Realtime SFU app id (secret: $" + SFU_SECRET_ENV + ").")
+    ] = (None),
+    signing_key_file: Annotated[
+        Path | None, typer.Option(help=f"File with the edge signing key (default: ${SIGNING_KEY_ENV}).")
+    ] = None,
+    max_calls: Annotated[int, typer.Option(help="Calls each process takes before refusing (503).")] = 1000,
+    workers: Annotated[
+        int, typer.Option(help="Relay processes, one per core; >1 adds a supervisor that routes calls.")
+    ] = 1,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print a JSON 'ready' line with the URL.")
+    ] = False,
+    use_uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Run on uvloop.")] = True,
+) -> None:
+    """Run one relay process until SIGINT or SIGTERM; live calls are closed on the way out."""
+    from splitrelay.contract.signing import check_key
+    from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig
+    from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
+
+    key = read_secret(SIGNING_KEY_ENV, signing_key_file, "signing key")
+    if key is None:
+        raise typer.BadParameter(f"no signing key: set ${SIGNING_KEY_ENV} or pass --signing-key-file")
+    try:
+        check_key(key.encode(), "signing key")
+        if public_address is not None:
+            VoicePeerConfig(public_address=public_address)  # validates it
+        candidates = CandidatePolicy(
+            addresses=tuple(candidate_address) if candidate_address else None,
+            port_range=parse_port_range(port_range),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    sfu = None
+    if sfu_url is not None:
+        secret = os.environ.get(SFU_SECRET_ENV)
+        if not sfu_app_id or not secret:
+            raise typer.BadParameter(f"--sfu-url needs --sfu-app-id and ${SFU_SECRET_ENV}")
+        sfu = SfuSettings(sfu_url, sfu_app_id, secret)
+    if not 1 <= max_calls <= 100_000:
+        raise typer.BadParameter(f"--max-calls must be 1..100000, got {max_calls}")
+    if not 1 <= workers <= 256:
+        raise typer.BadParameter(f"--workers must be 1..256, got {workers}")
+    settings = RelaySettings(
+        signing_keys={"default": key.encode()},
+        inference=parse_listen(inference),
+        host=host,
+        port=port,
+        candidates=candidates,
+        stun_urls=tuple(parse_stun(u) for u in stun or ()),
+        public_address=public_address,
+        sfu=sfu,
+        max_calls=max_calls,
+    )
+
+    async def run_single(stop: asyncio.Event) -> str:
+        server = RelayServer(settings)
+        await server.start()
+        stack.push_async_callback(server.stop)
+        freeze_startup_heap()
+        return server.url
+
+    async def run_supervisor(stop: asyncio.Event) -> str:
+        from splitrelay.contract.signing import Verifier
+        from splitrelay.relay.control import create_app
+        from splitrelay.relay.server import ControlServer
+        from splitrelay.relay.workers import WorkerPool, new_internal_key, spawn_workers
+
+        config = {
+            "inference": list(settings.inference),
+            "candidate_addresses": list(candidates.addresses or ()),
+            "port_range": list(candidates.port_range) if candidates.port_range else None,
+            "max_calls": max_calls,
+            "stun_urls": list(settings.stun_urls),
+            "public_address": public_address,
+            "sfu": {"base_url": sfu.base_url, "app_id": sfu.app_id, "secret_env": SFU_SECRET_ENV}
+            if sfu
+            else None,
+        }
+        internal_key = new_internal_key()
+        pool = WorkerPool(spawn_workers(workers, config, internal_key, env={}), internal_key)
+        stack.push_async_callback(pool.shutdown)
+        control = ControlServer(create_app(pool, Verifier(keys=settings.signing_keys)), host, port)
+        await control.start()
+        stack.push_async_callback(control.stop)
+        return control.url
+
+    stack = contextlib.AsyncExitStack()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with stack:
+            url = await (run_supervisor(stop) if workers > 1 else run_single(stop))
+            ready = {"event": "ready", "url": url, "pid": os.getpid(), "workers": workers}
+            if json_output:
+                print(json.dumps(ready), flush=True)
+            else:
+                print(
+                    f"relay control API on {url} ({workers} process(es); inference {inference}); Ctrl-C stops"
+                )
+            await stop.wait()
+
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    sys.exit(0)

@@ -1,0 +1,436 @@
+"""The local stack as child processes: Realtime emulator, echo agent, relay and edge, on loopback.
+
+Each component is its own ``splitrelay ... serve`` process, started in dependency order with ``--port
+0`` and read back from its ready line, so two stacks (or a test beside a stack) never fight over a
+port. Secrets are random per run and reach the children only through their environment or a 0600
+file in the run directory (flags would show in ``ps``); nothing prints them. Each child leads its own
+process group, so stopping is exact: SIGTERM to each group in reverse order, SIGKILL after a bound,
+then a check that no process of those groups is left. ``splitrelay call --stack`` reads the stack
+file this module writes (and removes on stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from splitrelay.cli.edge import TOKEN_KEY_ENV
+from splitrelay.cli.relay import SFU_SECRET_ENV, SIGNING_KEY_ENV
+
+MODES: Final = ("sfu", "direct")
+HOST: Final = "127.0.0.1"
+APP_ID: Final = "splitrelay-dev"
+PAGE_SUBJECT: Final = "dev"
+STACK_FILE: Final = "stack.json"
+MAX_READY_LINES: Final = 200  # a child that prints this much without a ready line is not starting
+PR_SET_PDEATHSIG: Final = 1
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+
+ReadyParser = Callable[[str], dict[str, Any] | None]
+
+
+class StackError(Exception):
+    """The stack could not start (or a component died); the message names the component and its log."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    mode: str = "sfu"
+    """``sfu``: caller → edge → emulator → relay (SFU attach); ``direct``: caller → relay, no edge."""
+    run_dir: Path | None = None
+    """Logs, the emulator config and the stack file; None: a new private directory under $TMPDIR."""
+    silence_ms: int = 500
+    """The echo agent's end-of-speech silence threshold."""
+    start_timeout_s: float = 60.0
+    """Each component must print its ready line within this long."""
+    stop_timeout_s: float = 5.0
+    """After SIGTERM, a component gets this long before SIGKILL."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
+        if not 20 <= self.silence_ms <= 10_000:
+            raise ValueError(f"silence_ms: must be 20..10000, got {self.silence_ms}")
+        if not 1 <= self.start_timeout_s <= 600:
+            raise ValueError(f"start_timeout_s: must be 1..600 s, got {self.start_timeout_s}")
+        if not 0.1 <= self.stop_timeout_s <= 60:
+            raise ValueError(f"stop_timeout_s: must be 0.1..60 s, got {self.stop_timeout_s}")
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A running stack: what ``splitrelay call --stack`` needs (the keys are never printed)."""
+
+    mode: str
+    run_dir: str
+    relay_url: str
+    agent: str
+    edge_url: str | None = None
+    page: str | None = None
+    emulator_url: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+    tcp_ports: list[int] = field(default_factory=list)
+    udp_ports: list[int] = field(default_factory=list)
+    token_signing_key: str = field(default="", repr=False)
+    relay_signing_key: str = field(default="", repr=False)
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the keys: for the ready line and the terminal."""
+        doc = asdict(self)
+        doc.pop("token_signing_key")
+        doc.pop("relay_signing_key")
+        return doc
+
+    def save(self, path: Path) -> None:
+        """Write the stack file readable by this user only (it holds the run's keys)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(self), out)
+
+    @classmethod
+    def load(cls, path: Path) -> StackInfo:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StackError(f"stack file {path}: not found (is `splitrelay dev` running?)") from None
+        except (OSError, ValueError) as exc:
+            raise StackError(f"stack file {path}: unreadable ({exc})") from None
+        if not isinstance(doc, dict):
+            raise StackError(f"stack file {path}: expected a JSON object")
+        for name in ("mode", "run_dir", "relay_url", "agent", "relay_signing_key"):
+            if not isinstance(doc.get(name), str) or not doc[name]:
+                raise StackError(f"stack file {path}: field {name!r} must be a non-empty string")
+        if doc["mode"] not in MODES:
+            raise StackError(f"stack file {path}: mode must be one of {MODES}, got {doc['mode']!r}")
+        if doc["mode"] == "sfu":
+            for name in ("edge_url", "token_signing_key"):
+                if not isinstance(doc.get(name), str) or not doc[name]:
+                    raise StackError(f"stack file {path}: field {name!r} is required in SFU mode")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@dataclass
+class Component:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+    drain: asyncio.Task[None] | None = None
+    exit_code: int | None = None
+    killed: bool = False
+
+
+@dataclass(frozen=True)
+class StopReport:
+    exit_codes: dict[str, int | None]
+    killed: list[str]
+    leftovers: list[int]
+    """PIDs still alive in the components' process groups after the stop (should be empty)."""
+
+    @property
+    def clean(self) -> bool:
+        """Every component exited 0, or died of our SIGTERM before it had installed its handler."""
+        return (
+            not self.killed
+            and not self.leftovers
+            and all(c in (0, -signal.SIGTERM) for c in self.exit_codes.values())
+        )
+
+
+# --- ready lines ---------------------------------------------------------------------------------
+
+
+def json_ready(event: str) -> ReadyParser:
+    def parse(line: str) -> dict[str, Any] | None:
+        if not line.startswith("{"):
+            return None
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) and doc.get("event") == event else None
+
+    return parse
+
+
+_TOKEN_IN_LINK = re.compile(rb"#token=[A-Za-z0-9_.-]+")
+
+
+def redact(line: bytes) -> bytes:
+    """A child's stdout line for its log: the page link's caller token is a credential, so it goes."""
+    return _TOKEN_IN_LINK.sub(b"#token=<redacted>", line)
+
+
+_AGENT_READY = re.compile(r"listening on udp://(\[[0-9a-fA-F:.]+\]|[^\s:]+):(\d+)")
+
+
+def agent_ready(line: str) -> dict[str, Any] | None:
+    """The echo agent prints a human line (no JSON ready line yet): 'listening on udp://HOST:PORT'."""
+    match = _AGENT_READY.search(line)
+    if match is None:
+        return None
+    return {"host": match.group(1).strip("[]"), "port": int(match.group(2))}
+
+
+# --- process control ------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM if `splitrelay dev` itself is killed (no orphans even then)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def group_members(pgids: set[int]) -> list[int]:
+    """PIDs of live (not zombie) processes in the given process groups (Linux /proc; else [])."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) in pgids:
+            members.append(int(entry.name))
+    return sorted(members)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)  # 43 characters, above every key's 32-byte minimum
+
+
+class Stack:
+    """Start with ``await start()`` (returns the StackInfo), stop with ``await stop()``; idempotent."""
+
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self.components: list[Component] = []
+        self.info: StackInfo | None = None
+        self._secrets = {
+            SFU_SECRET_ENV: new_secret(),
+            SIGNING_KEY_ENV: new_secret(),
+            TOKEN_KEY_ENV: new_secret(),
+        }
+        self.run_dir = self._make_run_dir(self.config.run_dir)
+        self._stopped: StopReport | None = None
+
+    @staticmethod
+    def _make_run_dir(path: Path | None) -> Path:
+        if path is None:
+            return Path(tempfile.mkdtemp(prefix="splitrelay-dev-"))
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if (path / STACK_FILE).exists():
+            raise StackError(f"run dir {path}: holds a {STACK_FILE}: another stack may be running there")
+        return path
+
+    @property
+    def stack_file(self) -> Path:
+        return self.run_dir / STACK_FILE
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITRELAY_")}
+        env.update(self._secrets)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["COLUMNS"] = "200"  # the agent's ready line comes from rich: never wrapped
+        return env
+
+    async def _spawn(self, name: str, args: list[str], ready: ReadyParser) -> Component:
+        log_path = self.run_dir / f"{name}.log"
+        with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per component
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "splitrelay.cli",
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env=self._env(),
+                cwd=str(self.run_dir),
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        component = Component(name, process, log_path)
+        self.components.append(component)
+        component.ready = await self._read_ready(component, ready)
+        component.drain = asyncio.create_task(self._drain(component))
+        return component
+
+    async def _read_ready(self, component: Component, parse: ReadyParser) -> dict[str, Any]:
+        stdout = component.process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + self.config.start_timeout_s
+        with open(component.log_path, "ab") as log:  # noqa: ASYNC230 - small appends, local disk
+            for _ in range(MAX_READY_LINES):
+                remaining = deadline - time.monotonic()
+                try:
+                    line = await asyncio.wait_for(stdout.readline(), max(0.0, remaining))
+                except TimeoutError:
+                    raise StackError(
+                        f"{component.name}: no ready line within {self.config.start_timeout_s:g} s "
+                        f"(log: {component.log_path})"
+                    ) from None
+                if not line:
+                    code = await component.process.wait()
+                    raise StackError(
+                        f"{component.name}: exited with code {code} before it was ready "
+                        f"(log: {component.log_path})"
+                    )
+                log.write(redact(line))
+                log.flush()
+                doc = parse(line.decode("utf-8", "replace").strip())
+                if doc is not None:
+                    return doc
+        raise StackError(
+            f"{component.name}: {MAX_READY_LINES} lines without a ready line (log: {component.log_path})"
+        )
+
+    @staticmethod
+    async def _drain(component: Component) -> None:
+        """Keep the child's stdout pipe empty (into its log) so it never blocks on a full pipe."""
+        stdout = component.process.stdout
+        assert stdout is not None
+        with open(component.log_path, "ab") as log:  # noqa: ASYNC230 - small appends, local disk
+            for _ in range(10_000_000):  # bounded; EOF (the child exiting) ends it first
+                line = await stdout.readline()
+                if not line:
+                    return
+                log.write(redact(line))
+                log.flush()
+
+    async def start(self) -> StackInfo:
+        """Start every component in dependency order; on any failure stop what started and raise."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> StackInfo:
+        c = self.config
+        emulator_ready: dict[str, Any] | None = None
+        if c.mode == "sfu":
+            config_path = self.run_dir / "emulator.json"
+            fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                doc = {"apps": {APP_ID: self._secrets[SFU_SECRET_ENV]}, "candidate_addresses": [HOST]}
+                json.dump(doc, out)
+            emulator = await self._spawn(
+                "emulator",
+                ["emulator", "serve", "--config", str(config_path), "--host", HOST, "--port", "0", "--json"],
+                json_ready("emulator_started"),
+            )
+            emulator_ready = emulator.ready
+        agent = await self._spawn(
+            "agent",
+            ["agent", "echo", "--listen", f"{HOST}:0", "--silence-ms", str(c.silence_ms), "--json"],
+            agent_ready,
+        )
+        agent_address = f"{agent.ready['host']}:{agent.ready['port']}"
+        relay_args = ["relay", "serve", "--host", HOST, "--port", "0", "--json", "--inference", agent_address]
+        relay_args += ["--candidate-address", HOST]
+        if emulator_ready is not None:
+            relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
+        relay = await self._spawn("relay", relay_args, json_ready("ready"))
+        relay_url = str(relay.ready["url"])
+        edge_ready: dict[str, Any] | None = None
+        if emulator_ready is not None:
+            edge_args = ["edge", "serve", "--host", HOST, "--port", "0", "--json", "--relay", relay_url]
+            edge_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
+            edge = await self._spawn(
+                "edge",
+                [*edge_args, "--print-token", PAGE_SUBJECT],
+                json_ready("ready"),
+            )
+            edge_ready = edge.ready
+        tcp = [int(relay.ready["url"].rsplit(":", 1)[1])]
+        udp = [int(agent.ready["port"])]
+        if emulator_ready is not None and edge_ready is not None:
+            tcp += [int(emulator_ready["port"]), int(str(edge_ready["url"]).rsplit(":", 1)[1])]
+            udp.append(int(str(emulator_ready["stun_url"]).rsplit(":", 1)[1]))
+        info = StackInfo(
+            mode=c.mode,
+            run_dir=str(self.run_dir),
+            relay_url=relay_url,
+            agent=agent_address,
+            edge_url=str(edge_ready["url"]) if edge_ready else None,
+            page=str(edge_ready["page"]) if edge_ready else None,
+            emulator_url=str(emulator_ready["base_url"]) if emulator_ready else None,
+            pids={comp.name: comp.process.pid for comp in self.components},
+            tcp_ports=sorted(tcp),
+            udp_ports=sorted(udp),
+            token_signing_key=self._secrets[TOKEN_KEY_ENV] if c.mode == "sfu" else "",
+            relay_signing_key=self._secrets[SIGNING_KEY_ENV],
+        )
+        info.save(self.stack_file)
+        self.info = info
+        return info
+
+    async def wait_any_exit(self) -> Component:
+        """Return the first component whose process exits (while the stack should be running)."""
+        waits = {asyncio.ensure_future(comp.process.wait()): comp for comp in self.components}
+        if not waits:
+            raise StackError("the stack has no running component")
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        return waits[next(iter(done))]
+
+    async def stop(self) -> StopReport:
+        """SIGTERM each component's process group, newest first; SIGKILL after the bound. Idempotent."""
+        if self._stopped is not None:
+            return self._stopped
+        pgids = {comp.process.pid for comp in self.components}
+        for comp in reversed(self.components):
+            await self._stop_one(comp)
+        with contextlib.suppress(FileNotFoundError):
+            self.stack_file.unlink()
+        leftovers = group_members(pgids)
+        for pid in leftovers:  # a grandchild that outlived its group leader: by PID, never by name
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._stopped = StopReport(
+            exit_codes={comp.name: comp.exit_code for comp in self.components},
+            killed=[comp.name for comp in self.components if comp.killed],
+            leftovers=leftovers,
+        )
+        return self._stopped
+
+    async def _stop_one(self, comp: Component) -> None:
+        process = comp.process
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.config.stop_timeout_s)
+            except TimeoutError:
+                comp.killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await asyncio.wait_for(process.wait(), self.config.stop_timeout_s)
+        comp.exit_code = process.returncode
+        if comp.drain is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(comp.drain, self.config.stop_timeout_s)
