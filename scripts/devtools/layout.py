@@ -250,9 +250,12 @@ def run_mypy(repo: Path, tree: Path, extra: Sequence[str] = ()) -> int:
     build_link_tree(repo, tree)
     links = {str(p.relative_to(tree)): str(p.resolve().relative_to(repo.resolve()))
              for p in tree.rglob("*.py") if p.is_symlink()}  # fmt: skip
-    command = [sys.executable, "-m", "mypy", "--config-file", str(repo / "pyproject.toml"),
-               "-p", ROOT_PACKAGE, "-p", "tests", *extra]  # fmt: skip
-    result = subprocess.run(command, cwd=tree, capture_output=True, text=True, check=False)
+    config = ["--config-file", str(repo / "pyproject.toml"), "--cache-dir", str(repo / ".mypy_cache")]
+    command = [sys.executable, "-m", "mypy", *config, "-p", ROOT_PACKAGE, "-p", "tests", *extra]
+    try:
+        result = subprocess.run(command, cwd=tree, capture_output=True, text=True, check=False)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
     for line in (result.stdout + result.stderr).splitlines():
         path, sep, rest = line.partition(":")
         print(f"{links.get(path, path)}{sep}{rest}")
@@ -270,5 +273,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"import rules: {len(violations)} violation(s) in {sum(1 for _ in module_files(repo))} modules")
         raise SystemExit(1 if violations else 0)
     if args[:1] == ["mypy"]:
-        raise SystemExit(run_mypy(repo, repo / "build" / "typecheck", args[1:]))
+        # One tree per run: two developers' lint runs in one checkout must not share it.
+        raise SystemExit(run_mypy(repo, repo / "build" / f"typecheck-{os.getpid()}", args[1:]))
     raise SystemExit("usage: layout check-imports | mypy [ARGS]")
