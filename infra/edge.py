@@ -22,7 +22,7 @@ import pulumi_cloudflare as cloudflare
 import pulumi_random as random
 
 from splitrelay.infra.settings import StackSettings
-from splitrelay.infra.wrangler import WorkerSpec
+from splitrelay.infra.wrangler import WorkerSpec, pending_migrations
 
 REGISTRY_BINDING = "RELAY_REGISTRY"
 REGISTRY_KEY = "relays"
@@ -130,11 +130,17 @@ def worker_bindings(
     return bindings
 
 
-def worker_migrations(spec: WorkerSpec) -> cloudflare.WorkersScriptMigrationsArgs | None:
-    if not spec.migrations:
+def worker_migrations(
+    spec: WorkerSpec, applied_tag: str | None
+) -> cloudflare.WorkersScriptMigrationsArgs | None:
+    """The Durable Object migrations of one upload: only the steps after ``applied_tag``, with it as
+    ``old_tag`` (wrangler's rule, infra/wrangler.py ``pending_migrations``); None when it is current."""
+    old_tag, steps = pending_migrations(spec.migrations, applied_tag, spec.name)
+    if not steps:
         return None
     return cloudflare.WorkersScriptMigrationsArgs(
-        new_tag=spec.migrations[-1].tag,
+        old_tag=old_tag,
+        new_tag=steps[-1].tag,
         steps=[
             cloudflare.WorkersScriptMigrationsStepArgs(
                 new_classes=list(m.new_classes) or None,
@@ -146,8 +152,17 @@ def worker_migrations(spec: WorkerSpec) -> cloudflare.WorkersScriptMigrationsArg
                 ]
                 or None,
             )
-            for m in spec.migrations
+            for m in steps
         ],
+    )
+
+
+def applied_migration_tag(account_id: str, script_name: str) -> pulumi.Output[str | None]:
+    """The migration tag Cloudflare last applied to the script (the provider's scripts data source), or None
+    for a script that does not exist yet or has none; read at every preview and update."""
+    scripts = cloudflare.get_workers_scripts_output(account_id=account_id)
+    return scripts.results.apply(
+        lambda results: next((r.migration_tag or None for r in results if r.id == script_name), None)
     )
 
 
@@ -188,7 +203,9 @@ def worker_script(
         compatibility_date=spec.compatibility_date,
         compatibility_flags=list(spec.compatibility_flags),
         bindings=worker_bindings(spec, env, kv_namespace_id),
-        migrations=worker_migrations(spec),
+        migrations=applied_migration_tag(settings.account_id, spec.name).apply(
+            lambda tag: worker_migrations(spec, tag)
+        ),
         assets=assets,
         observability=(
             cloudflare.WorkersScriptObservabilityArgs(enabled=spec.observability)

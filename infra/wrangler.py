@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,25 @@ class Migration:
     new_sqlite_classes: tuple[str, ...] = ()
     deleted_classes: tuple[str, ...] = ()
     renamed_classes: tuple[tuple[str, str], ...] = ()
+
+
+def pending_migrations(
+    migrations: Sequence[Migration], applied_tag: str | None, script: str
+) -> tuple[str | None, tuple[Migration, ...]]:
+    """``(old_tag, steps)`` to upload, as wrangler computes them: the steps after the tag Cloudflare last
+    applied to ``script`` (all of them for a new script), checked against that tag. Cloudflare rejects an
+    upload that repeats an applied tag (code 10079), so a current script gets no steps at all.
+    """
+    tags = [m.tag for m in migrations]
+    if not applied_tag:
+        return None, tuple(migrations)
+    if applied_tag not in tags:
+        raise WranglerConfigError(
+            "migrations",
+            f"Cloudflare has applied migration tag {applied_tag!r} to Worker {script!r}, which is not among "
+            f"wrangler.toml's [[migrations]] tags {tags}: keep every applied step in wrangler.toml, in order",
+        )
+    return applied_tag, tuple(migrations[tags.index(applied_tag) + 1 :])
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,10 @@ class Recorded:
 class RecordingMocks(pulumi.runtime.Mocks):
     """Echo inputs as outputs, plus what the providers would compute (ids, ARNs, secrets)."""
 
-    def __init__(self, recorded: Recorded) -> None:
+    def __init__(self, recorded: Recorded, deployed: Mapping[str, str] | None = None) -> None:
         self.recorded = recorded
+        self.deployed = dict(deployed or {})
+        """Workers already on the account: script name -> the migration tag Cloudflare last applied."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.recorded.resources.append(args)
@@ -138,14 +140,35 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": ["zone-a", "zone-b", "zone-c"], "zoneIds": ["z1", "z2", "z3"]}, []
+        if args.token == "cloudflare:index/getWorkersScripts:getWorkersScripts":
+            return {"results": [worker_listing(name, tag) for name, tag in self.deployed.items()]}, []
         return {}, []
 
 
-def run_stack(settings: StackSettings, spec: WorkerSpec) -> tuple[Recorded, Stack]:
-    """Build the whole program under mocks; returns every registered resource once all have resolved."""
+def worker_listing(name: str, migration_tag: str) -> dict[str, Any]:
+    """One entry of the account's script list as the provider returns it (every required field)."""
+    return {
+        "id": name, "migrationTag": migration_tag, "tag": f"tag-{name}", "etag": "e", "createdOn": "",
+        "modifiedOn": "", "compatibilityDate": "2026-04-01", "compatibilityFlags": ["python_workers"],
+        "handlers": ["fetch"], "hasAssets": True, "hasModules": True, "lastDeployedFrom": "wrangler",
+        "logpush": False, "namedHandlers": [], "placementMode": "", "placementStatus": "", "routes": [],
+        "tags": [], "tailConsumers": [], "usageModel": "standard", "exports": {}, "cacheOptions": {},
+        "observability": {"enabled": False, "headSamplingRate": 1, "logs": {"enabled": False,
+                          "headSamplingRate": 1, "invocationLogs": False, "destinations": [],
+                          "persist": False}},
+        "placement": {"mode": "", "region": "", "hostname": "", "host": "", "lastAnalyzedAt": "",
+                      "status": "", "target": []},
+    }  # fmt: skip
+
+
+def run_stack(
+    settings: StackSettings, spec: WorkerSpec, deployed: Mapping[str, str] | None = None
+) -> tuple[Recorded, Stack]:
+    """Build the whole program under mocks; returns every registered resource once all have resolved.
+    ``deployed``: Workers already on the account (name -> applied migration tag), as after an earlier up."""
     recorded = Recorded()
     pulumi.runtime.set_mocks(
-        RecordingMocks(recorded), project="splitrelay", stack=settings.stack, preview=False
+        RecordingMocks(recorded, deployed), project="splitrelay", stack=settings.stack, preview=False
     )
     holder: list[Stack] = []
 

@@ -1,6 +1,7 @@
 """The distribution: one top-level package in the wheel, and the inference SDK alone on a GPU host.
 
-The wheel is built from this checkout with PyPA's `build` (isolated, as a user or the deploy builds it).
+The wheel is built from this checkout with PyPA's `build` (isolated, sdist then wheel, as a user or the
+deploy builds it).
 The SDK test installs that wheel with no extras into a fresh virtual environment, starts the echo agent
 there and calls it through a real relay (this environment) with a real WebRTC caller.
 """
@@ -42,7 +43,9 @@ run(main())
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(REPO)],
+        # sdist, then the wheel from the unpacked sdist: nothing stale in the checkout's build/ gets in,
+        # and the sdist is shown to carry everything the wheel needs.
+        [sys.executable, "-m", "build", "--outdir", str(out), str(REPO)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -40,7 +40,13 @@ from splitrelay.edge.relays import parse_registry
 from splitrelay.infra.edge import PLAIN_ENV, REGISTRY_KEY, SECRET_ENV
 from splitrelay.infra.program import WRANGLER_TOML
 from splitrelay.infra.settings import StackSettings, cloudflare_ip_ranges
-from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec
+from splitrelay.infra.wrangler import (
+    Migration,
+    WorkerSpec,
+    WranglerConfigError,
+    load_worker_spec,
+    pending_migrations,
+)
 from splitrelay.relay.aws_bootstrap import (
     SFU_SECRET_PARAM,
     SIGNING_KEY_PARAM,
@@ -506,3 +512,45 @@ def test_settings_from_pulumi_config_match_the_stack_file(tmp_path: Path) -> Non
             settings_from_pulumi()
     finally:
         pulumi.runtime.set_all_config({})
+
+
+# -- Durable Object migrations across updates (wrangler's rule: only the steps after the applied tag) --
+
+
+def _with_v2(root: Path) -> WorkerSpec:
+    make_spec(root)
+    path = root / "wrangler.toml"
+    path.write_text(path.read_text() + '\n[[migrations]]\ntag = "v2"\nnew_sqlite_classes = ["Extra"]\n')
+    return load_worker_spec(path)
+
+
+def test_an_update_of_a_current_worker_sends_no_migration(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    recorded, _ = run_stack(make_settings(ONE_REGION), spec, deployed={spec.name: "v1"})
+    assert "migrations" not in unwrap(recorded.one(T_SCRIPT).inputs)
+
+
+def test_an_added_class_sends_only_the_later_step_with_old_tag(tmp_path: Path) -> None:
+    spec = _with_v2(tmp_path)
+    recorded, _ = run_stack(make_settings(ONE_REGION), spec, deployed={spec.name: "v1"})
+    assert unwrap(recorded.one(T_SCRIPT).inputs)["migrations"] == {
+        "oldTag": "v1",
+        "newTag": "v2",
+        "steps": [{"newSqliteClasses": ["Extra"]}],
+    }
+
+
+def test_a_worker_that_wrangler_deployed_first_is_taken_as_it_is(tmp_path: Path) -> None:
+    spec = _with_v2(tmp_path)
+    # wrangler already applied both steps: Pulumi's upload must not repeat either (code 10079).
+    recorded, _ = run_stack(make_settings(ONE_REGION), spec, deployed={spec.name: "v2", "other-worker": "v9"})
+    assert "migrations" not in unwrap(recorded.one(T_SCRIPT).inputs)
+
+
+def test_an_applied_tag_missing_from_wrangler_toml_is_refused_by_name() -> None:
+    steps = (Migration("v1", new_sqlite_classes=("CallRecordObject",)),)
+    with pytest.raises(WranglerConfigError, match=r"migrations: Cloudflare has applied migration tag 'v7'"):
+        pending_migrations(steps, "v7", "splitrelay-edge")
+    assert pending_migrations(steps, None, "splitrelay-edge") == (None, steps)
+    assert pending_migrations(steps, "", "splitrelay-edge") == (None, steps)
+    assert pending_migrations(steps, "v1", "splitrelay-edge") == ("v1", ())
