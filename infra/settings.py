@@ -23,6 +23,8 @@ CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 MAX_REGIONS = 20
 MAX_PER_REGION = 50
 DEFAULT_PORT_RANGE = (40000, 40999)
+DEFAULT_ELASTIC_IP_QUOTA = 5
+"""AWS's default "EC2-VPC Elastic IPs" quota per region (Service Quotas code L-0263D0A3)."""
 DEFAULT_VPC_CIDR = "10.80.0.0/16"
 DEFAULT_SFU_API = "https://rtc.live.cloudflare.com/v1"
 CONTROL_PORT = 8700
@@ -67,6 +69,8 @@ class RegionSettings:
     subnet_ids: tuple[str, ...] = ()
     vpc_cidr: str = DEFAULT_VPC_CIDR
     ami: str | None = None
+    elastic_ip_quota: int = DEFAULT_ELASTIC_IP_QUOTA
+    """The account's Elastic IP quota in this AWS region (the AWS default unless the stack says more)."""
 
     @property
     def creates_vpc(self) -> bool:
@@ -313,6 +317,8 @@ def _region(raw: Any, index: int, locations: Mapping[str, RegionLocation]) -> Re
     ami = raw.get("ami")
     if ami is not None and (not isinstance(ami, str) or not _AMI_ID.fullmatch(ami)):
         raise InfraConfigError(f"{where}ami", f"must look like ami-0abc..., got {ami!r}")
+    if vpc_id is None:
+        _check_reachable(inference, network, f"{where}inference")
     return RegionSettings(
         key=key,
         aws_region=aws_region,
@@ -327,7 +333,26 @@ def _region(raw: Any, index: int, locations: Mapping[str, RegionLocation]) -> Re
         subnet_ids=subnet_ids,
         vpc_cidr=vpc_cidr,
         ami=ami,
+        elastic_ip_quota=_int(raw, "elasticIpQuota", where, 1, 10_000, DEFAULT_ELASTIC_IP_QUOTA),
     )
+
+
+def _check_reachable(inference: str, vpc: ipaddress.IPv4Network | ipaddress.IPv6Network, key: str) -> None:
+    """A private inference address outside the VPC this stack creates is unreachable: nothing peers the two.
+
+    (A DNS name cannot be checked here; a public address is reached over the internet.)
+    """
+    host = inference.rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if address.is_private and address not in vpc:
+        raise InfraConfigError(
+            key,
+            f"{inference} is a private address outside the VPC this stack creates ({vpc}), and nothing "
+            "connects the two: give vpcId and subnetIds of the GPU pool's VPC (or of one peered with it)",
+        )
 
 
 def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
@@ -361,11 +386,31 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
     locations = aws_region_locations()
     regions = tuple(_region(r, i, locations) for i, r in enumerate(regions_raw))
     seen: set[str] = set()
+    seen_aws: set[str] = set()
     for i, region in enumerate(regions):
         if region.key in seen:
             raise InfraConfigError(f"regions[{i}].key", f"duplicate region key {region.key!r}")
+        if region.aws_region in seen_aws:
+            # The stack's SSM parameters and the instance role are per AWS region: a second entry would
+            # overwrite the first one's. More relays there is maxCount, not another entry.
+            raise InfraConfigError(
+                f"regions[{i}].awsRegion",
+                f"{region.aws_region} is already a region of this stack: one entry per AWS region "
+                "(raise its minCount/maxCount for more relays)",
+            )
         seen.add(region.key)
+        seen_aws.add(region.aws_region)
     stable_address = _choice(raw, "stableAddress", STABLE_ADDRESSES, "elastic-ip")
+    if stable_address == "elastic-ip":
+        for i, region in enumerate(regions):
+            if region.max_count > region.elastic_ip_quota:
+                raise InfraConfigError(
+                    f"regions[{i}].maxCount",
+                    f"{region.max_count} relays need {region.max_count} Elastic IPs in {region.aws_region}, "
+                    f"above its quota of {region.elastic_ip_quota} (AWS's default is "
+                    f"{DEFAULT_ELASTIC_IP_QUOTA}): raise 'EC2-VPC Elastic IPs' in Service Quotas and set "
+                    "elasticIpQuota, or lower maxCount",
+                )
     prefix = _str(raw, "relayHostPrefix", "", default="relay")
     if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", prefix):
         raise InfraConfigError("relayHostPrefix", f"must be 1-16 lowercase letters/digits, got {prefix!r}")

@@ -227,7 +227,7 @@ def region(aws_region: str, key: str, **extra: Any) -> dict[str, Any]:
         "instanceType": "c7g.large",
         "minCount": 1,
         "maxCount": 2,
-        "inference": "10.0.3.7:7000",
+        "inference": "10.80.3.7:7000",
         **extra,
     }
 

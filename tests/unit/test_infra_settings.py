@@ -29,7 +29,7 @@ def config(**extra: Any) -> dict[str, Any]:
         "zoneName": "example.com",
         "hostname": "voice.example.com",
         "packageSpec": "splitrelay==0.1.0",
-        "regions": [{"awsRegion": "us-east-1", "inference": "10.0.3.7:7000"}],
+        "regions": [{"awsRegion": "us-east-1", "inference": "10.80.3.7:7000"}],
     }
     base.update(extra)
     return base
@@ -75,7 +75,7 @@ def test_architecture_by_instance_family() -> None:
         ("g5.xlarge", "amd64"),
     ]:
         base["regions"] = [
-            {"awsRegion": "us-east-1", "inference": "10.0.0.1:7000", "instanceType": instance_type}
+            {"awsRegion": "us-east-1", "inference": "10.80.0.1:7000", "instanceType": instance_type}
         ]
         assert parse_settings(base, "s").regions[0].architecture == arch
 
@@ -129,7 +129,7 @@ def test_bad_top_level_values_name_the_key(change: dict[str, Any], key: str, fra
     ],
 )
 def test_bad_region_values_name_the_key(change: dict[str, Any], key: str, fragment: str) -> None:
-    region = {"awsRegion": "us-east-1", "inference": "10.0.3.7:7000", **change}
+    region = {"awsRegion": "us-east-1", "inference": "10.80.3.7:7000", **change}
     with pytest.raises(InfraConfigError) as info:
         parse_settings(config(regions=[region]), "prod")
     assert info.value.key == key
@@ -214,3 +214,56 @@ def test_cost_arguments_are_accepted_by_splitrelay_cost() -> None:
         result = CliRunner().invoke(cost_app, [*args, "--options", "custom", "--json"])
         assert result.exit_code == 0, result.output
         assert ('"Global Accelerator"' in result.output) == (choice == "global-accelerator")
+
+
+def test_one_entry_per_aws_region() -> None:
+    twice = [
+        {"awsRegion": "us-east-1", "key": "a", "inference": "a:1"},
+        {"awsRegion": "us-east-1", "key": "b", "inference": "b:1"},
+    ]
+    with pytest.raises(InfraConfigError, match=r"regions\[1\]\.awsRegion: us-east-1 is already a region"):
+        parse_settings(config(regions=twice), "p")
+
+
+def test_max_count_above_the_elastic_ip_quota_is_refused_until_the_quota_is_raised() -> None:
+    region = {"awsRegion": "us-east-1", "inference": "10.80.3.7:7000", "maxCount": 6}
+    with pytest.raises(
+        InfraConfigError, match=r"regions\[0\]\.maxCount: 6 relays need 6 Elastic IPs in us-east-1"
+    ):
+        parse_settings(config(regions=[region]), "p")
+    raised = parse_settings(config(regions=[{**region, "elasticIpQuota": 10}]), "p")
+    assert raised.regions[0].elastic_ip_quota == 10
+    # One accelerator per slot instead of an Elastic IP: the quota does not apply.
+    accelerated = parse_settings(config(regions=[region], stableAddress="global-accelerator"), "p")
+    assert accelerated.regions[0].max_count == 6
+
+
+@pytest.mark.parametrize(
+    ("region", "refused"),
+    [
+        ({"inference": "10.0.12.5:7000"}, True),  # the GPU pool's own VPC, which nothing connects to
+        ({"inference": "192.168.1.5:7000"}, True),
+        ({"inference": "10.80.12.5:7000"}, False),  # inside the VPC the stack creates
+        ({"inference": "10.0.12.5:7000", "vpcCidr": "10.0.0.0/16"}, False),
+        ({"inference": "203.0.113.0:7000"}, True),  # documentation range: private to ipaddress
+        ({"inference": "8.8.4.4:7000"}, False),  # public: reached over the internet
+        ({"inference": "gpu.internal.example:7000"}, False),  # a name cannot be checked offline
+        (
+            {
+                "inference": "10.0.12.5:7000",
+                "vpcId": "vpc-0123456789abcdef0",
+                "subnetIds": ["subnet-0123456789abcdef0"],
+            },
+            False,
+        ),
+    ],
+)
+def test_an_unreachable_inference_address_is_refused(region: dict[str, Any], refused: bool) -> None:
+    raw = config(regions=[{"awsRegion": "us-east-1", **region}])
+    if not refused:
+        assert parse_settings(raw, "p").regions[0].inference == region["inference"]
+        return
+    with pytest.raises(
+        InfraConfigError, match=r"regions\[0\]\.inference: .* outside the VPC this stack creates"
+    ):
+        parse_settings(raw, "p")

@@ -445,7 +445,7 @@ def test_launch_template_and_group(spec: WorkerSpec) -> None:
     assert template["metadataOptions"]["httpTokens"] == "required"
     text = base64.b64decode(template["userData"]).decode()
     assert "--stack test --aws-region us-east-1 prepare --region-key use1" in text
-    assert "--inference 10.0.3.7:7000" in text
+    assert "--inference 10.80.3.7:7000" in text
     group = unwrap(recorded.named("relay-use1-asg").inputs)
     assert (group["minSize"], group["maxSize"], group["desiredCapacity"]) == (2, 3, 2)
     assert group["vpcZoneIdentifiers"] == ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
