@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from splitrelay.inference import wire
+from splitrelay.inference.audio import (
+    AgentAudioEncoder,
+    CallerAudioDecoder,
+    EncoderSettings,
+    PcmChunk,
+    SampleType,
+)
 from splitrelay.inference.endpoint import (
     DEFAULT_ATTEMPTS,
     DEFAULT_RTO,
@@ -49,6 +56,8 @@ __all__ = [
     "InferenceServer",
     "LinkError",
     "MarkReached",
+    "PcmChunk",
+    "PcmOutput",
     "RelayEvent",
     "run",
 ]
@@ -204,6 +213,17 @@ class InferenceCall:
         """Barge-in notices, reached marks and relay events; ends when the call ends. One consumer."""
         return self._events
 
+    def pcm(self, rate: int = 16_000, sample_type: SampleType = "int16") -> AsyncIterator[PcmChunk]:
+        """The caller's audio as PCM at ``rate``, 20 ms a chunk: decoded, lost frames concealed or rebuilt
+        from in-band FEC (relay/inference/audio.py; needs ``splitrelay[audio]``). It reads ``frames()``:
+        a handler uses one or the other."""
+        return _decoded(self._frames, CallerAudioDecoder(rate, sample_type, self.info.channels))
+
+    def pcm_output(self, input_rate: int, settings: EncoderSettings | None = None) -> PcmOutput:
+        """Send the agent's int16 PCM at ``input_rate`` (a TTS stream's 16, 22.05, 24 kHz...) as 20 ms
+        Opus frames as they fill; needs ``splitrelay[audio]``."""
+        return PcmOutput(self, AgentAudioEncoder(input_rate, settings, self.info.channels))
+
     async def wait_ended(self) -> str | None:
         await self._done.wait()
         return self.end_reason
@@ -316,6 +336,47 @@ class InferenceCall:
         self._server.abandon_call(self._state.peer, self._state.call_id)
         self._server._forget(self)
         return future
+
+
+async def _decoded(frames: AsyncIterator[AudioFrame], decoder: CallerAudioDecoder) -> AsyncIterator[PcmChunk]:
+    async for frame in frames:
+        for chunk in decoder.push(frame.seq, frame.payload):
+            yield chunk
+
+
+class PcmOutput:
+    """One call's outbound PCM: each response streams as it is produced (:meth:`send`) and ends with
+    :meth:`end`; its first frame carries the marker that starts a response at the relay."""
+
+    def __init__(self, call: InferenceCall, encoder: AgentAudioEncoder) -> None:
+        self._call = call
+        self.encoder = encoder
+        self._starting = True
+
+    def send(self, pcm: bytes) -> int:
+        """Encode and send every full 20 ms now available; returns the frames sent (False-y: none yet)."""
+        return self._send(self.encoder.push(pcm))
+
+    def end(self) -> int:
+        """The response is complete: send the rest (the last frame padded); the next send starts anew."""
+        sent = self._send(self.encoder.flush())
+        self._starting = True
+        return sent
+
+    def interrupted(self, notice: BargeInNotice) -> int:
+        """After a barge-in: drop what was not framed yet, and return how many ms of the agent's own audio
+        in this response the caller heard (to truncate an LLM context, like ``audio_end_ms``)."""
+        heard = self.encoder.heard_ms(notice.barge_in.played_samples)
+        self.encoder.clear()
+        self._starting = True
+        return heard
+
+    def _send(self, frames: list[bytes]) -> int:
+        for frame in frames:
+            if not self._call.send_audio(frame, marker=self._starting):
+                break
+            self._starting = False
+        return len(frames)
 
 
 class InferenceServer(WireEndpoint):
