@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from splitrelay.contract.control import CALL_ID
 from splitrelay.contract.realtime_api import SchemaError, SessionDescription
 from splitrelay.edge import tokens
 from splitrelay.edge.calls import CallService, Defer, Fetch, RecordClient
@@ -43,7 +44,6 @@ from splitrelay.edge.web import (
 log = logging.getLogger("splitrelay.edge")
 
 CALL_PATH: Final = re.compile(r"/v1/calls/([^/]{1,128})")
-CALL_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 ROUTES: Final = {
     "/healthz": ("GET",),
     "/v1/tokens": ("POST",),

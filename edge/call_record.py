@@ -13,18 +13,18 @@ cross the Durable Object RPC boundary as JSON text.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal, Protocol
+
+from splitrelay.contract.control import CALL_ID
 
 CREATED: Final = "created"
 CONNECTED: Final = "connected"
 CLOSED: Final = "closed"
 STATES: Final = (CREATED, CONNECTED, CLOSED)
 RECORD_KEY: Final = "call"
-CALL_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # the relay's call id pattern (relay/control.py)
 MAX_ATTEMPTS_KEPT: Final = 8
 MAX_REASON_CHARS: Final = 300
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
+from splitrelay.contract.control import CALLS_PATH, AttachMode, AttachRequest, AttachResult, SfuAttach
 from splitrelay.contract.realtime_api import (
     CloseTracksRequest,
     ErrorCode,
@@ -42,6 +43,7 @@ from splitrelay.contract.realtime_api import (
     build_new_session,
     build_new_tracks,
     build_renegotiate,
+    call_with_retries,
     clean_text,
     mid_for_track,
     parse_close_tracks,
@@ -169,31 +171,20 @@ class CallService:
 
     async def _api(self, request: HttpRequest, parse: Callable[[int, bytes], T]) -> T:
         """A Realtime API call (SFU or TURN) with bounded retries on 429/5xx/no response."""
-        started = self.clock()
         outbound = self._outbound(
             request.method, request.url(self.config.sfu_api_url), request.headers, request.body_bytes
         )
-        for attempt in range(1, self._retry.max_attempts + 1):
-            retry_after = None
+
+        async def once() -> tuple[int, str | None, bytes]:
             try:
                 response = await self._send(outbound)
-                retry_after = response.headers.get("retry-after")
-                return parse(response.status, response.body)
             except FetchError as exc:
-                error = SfuApiError(0, ErrorCode.CONNECTION_ERROR, str(exc), True)
-            except SfuApiError as exc:
-                error = exc
-            delay = self._retry.next_delay(
-                attempts_made=attempt,
-                elapsed=self.clock() - started,
-                retryable=error.retryable,
-                rng=self._rng,
-                retry_after=retry_after,
-            )
-            if delay is None:
-                raise error
-            await asyncio.sleep(delay)
-        raise AssertionError("RetryPolicy.next_delay gives up at max_attempts")
+                raise SfuApiError(0, ErrorCode.CONNECTION_ERROR, str(exc), True) from None
+            return response.status, response.headers.get("retry-after"), response.body
+
+        return await call_with_retries(
+            once, parse, self._retry, clock=self.clock, sleep=asyncio.sleep, rng=self._rng
+        )
 
     async def _record(self, call_id: str, command: dict[str, Any]) -> dict[str, Any]:
         reply = await self.records.send(call_id, {**command, "call_id": call_id})
@@ -374,31 +365,32 @@ class CallService:
 
     async def relay_attach(self, choice: Choice, record: CallRecord) -> tuple[str, str]:
         """Signed POST {control_url}/v1/calls (mode sfu) → (relay session id, relay track name)."""
-        body = json.dumps(
-            {
-                "call_id": record.call_id,
-                "mode": "sfu",
-                "sfu": {"caller_session_id": record.caller_session_id, "caller_track_name": CALLER_TRACK},
-                "metadata": {"edge_relay_reason": choice.reason[:200], **record.caller},
-            },
-            separators=(",", ":"),
-        ).encode()
+        if not record.caller_session_id:
+            raise RuntimeError("no caller session to attach to")
+        request = AttachRequest(
+            call_id=record.call_id,
+            mode=AttachMode.SFU,
+            sfu=SfuAttach(caller_session_id=record.caller_session_id, caller_track_name=CALLER_TRACK),
+            metadata={"edge_relay_reason": choice.reason[:200], **record.caller},
+        )
+        body = json.dumps(request.to_json(), separators=(",", ":")).encode()
         try:
-            response = await self._relay_request(choice.relay.summary(), "POST", "/v1/calls", body)
+            response = await self._relay_request(choice.relay.summary(), "POST", CALLS_PATH, body)
         except FetchError as exc:
             raise RelayError(f"no response ({clean_text(str(exc), 120)})", maybe_attached=True) from None
         if response.status != 201:
             raise RelayError(f"HTTP {response.status} {_relay_message(response.body)}", maybe_attached=False)
         try:
-            doc = json.loads(response.body)
-            session_id, track = doc["sfu_session_id"], doc["sfu_track_name"]
-        except (ValueError, KeyError, TypeError):
-            raise RelayError("201 without sfu_session_id and sfu_track_name", maybe_attached=True) from None
-        if not (isinstance(session_id, str) and isinstance(track, str) and session_id and track):
-            raise RelayError(
-                "sfu_session_id and sfu_track_name must be non-empty strings", maybe_attached=True
-            )
-        return session_id, track
+            result = AttachResult.from_json(json.loads(response.body))
+        except (ValueError, RecursionError) as exc:  # SchemaError is a ValueError
+            raise RelayError(f"bad 201: {clean_text(str(exc), 120)}", maybe_attached=True) from None
+        if (
+            result.mode is not AttachMode.SFU
+            or result.sfu_session_id is None
+            or result.sfu_track_name is None
+        ):
+            raise RelayError("201 without sfu_session_id and sfu_track_name", maybe_attached=True)
+        return result.sfu_session_id, result.sfu_track_name
 
     async def _relay_request(self, relay: Mapping[str, Any], method: str, path: str, body: bytes) -> Inbound:
         base = str(relay["control_url"])

@@ -9,89 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from splitrelay.contract.control import CALLS_PATH, DRAIN_PATH, AttachRequest
+from splitrelay.contract.realtime_api import SchemaError
 from splitrelay.contract.signing import SignatureError, Verifier
+from splitrelay.relay.backend import AttachRefused, CallBackend
 
 log = logging.getLogger("splitrelay.relay.control")
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_SDP_CHARS = 32 * 1024
-CALL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-
-
-class SessionDescription(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["offer", "answer"]
-    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
-
-
-class SfuAttach(BaseModel):
-    """Where the caller's mic track lives on the SFU, so the relay can pull it."""
-
-    model_config = ConfigDict(extra="forbid")
-    caller_session_id: str = Field(min_length=1, max_length=128)
-    caller_track_name: str = Field(min_length=1, max_length=128)
-
-
-class AttachRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    call_id: str = Field(pattern=CALL_ID_PATTERN)
-    mode: Literal["direct", "sfu"]
-    offer: SessionDescription | None = None
-    sfu: SfuAttach | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    def check_mode(self) -> None:
-        if self.mode == "direct" and (self.offer is None or self.offer.type != "offer"):
-            raise ValueError("mode 'direct' needs 'offer' with type 'offer'")
-        if self.mode == "sfu" and self.sfu is None:
-            raise ValueError("mode 'sfu' needs 'sfu' with caller_session_id and caller_track_name")
-
-
-class AttachResult(BaseModel):
-    call_id: str
-    mode: str
-    answer: SessionDescription | None = None
-    sfu_session_id: str | None = None
-    sfu_track_name: str | None = None
-    setup_ms: float
-
-
-class CallBackend(Protocol):
-    """What the control API needs from whoever owns the calls."""
-
-    @property
-    def draining(self) -> bool: ...
-
-    async def attach(self, request: AttachRequest) -> AttachResult: ...
-
-    async def close(self, call_id: str, reason: str) -> dict[str, Any] | None: ...
-
-    async def list_calls(self) -> list[dict[str, Any]]: ...
-
-    async def get_call(self, call_id: str) -> dict[str, Any] | None: ...
-
-    async def drain(self) -> int: ...
-
-    async def metrics_text(self) -> bytes: ...
-
-
-class AttachRefused(Exception):
-    """The backend cannot take this call; `status` says why (409 duplicate, 400 bad SDP, 503 draining)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -190,16 +124,16 @@ def create_app(backend: CallBackend, verifier: Verifier) -> FastAPI:
     async def metrics() -> Response:
         return Response(content=await backend.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/calls", status_code=201)
+    @app.post(CALLS_PATH, status_code=201)
     async def attach(request: Request) -> JSONResponse:
+        body = await request.body()
         try:
-            attach_request = AttachRequest.model_validate_json(await request.body())
-            attach_request.check_mode()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "body"
-            return _error(400, "invalid_request", f"{field}: {first['msg']}")
-        except ValueError as exc:
+            document = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return _error(400, "invalid_request", f"body: not a JSON document ({type(exc).__name__})")
+        try:
+            attach_request = AttachRequest.from_json(document)
+        except SchemaError as exc:
             return _error(400, "invalid_request", str(exc))
         if backend.draining:
             return _error(503, "draining", "relay is draining and takes no new calls")
@@ -207,26 +141,26 @@ def create_app(backend: CallBackend, verifier: Verifier) -> FastAPI:
             result = await backend.attach(attach_request)
         except AttachRefused as exc:
             return _error(exc.status, "attach_refused", exc.message)
-        return JSONResponse(status_code=201, content=json.loads(result.model_dump_json(exclude_none=True)))
+        return JSONResponse(status_code=201, content=result.to_json())
 
-    @app.get("/v1/calls")
+    @app.get(CALLS_PATH)
     async def list_calls() -> dict[str, Any]:
         return {"calls": await backend.list_calls()}
 
-    @app.get("/v1/calls/{call_id}")
+    @app.get(CALLS_PATH + "/{call_id}")
     async def get_call(call_id: str) -> dict[str, Any]:
         info = await backend.get_call(call_id)
         if info is None:
             raise HTTPException(status_code=404, detail=f"no call {call_id[:64]!r} on this relay")
         return info
 
-    @app.delete("/v1/calls/{call_id}")
+    @app.delete(CALLS_PATH + "/{call_id}")
     async def close_call(call_id: str) -> dict[str, Any]:
         summary = await backend.close(call_id, "closed by edge")
         # Idempotent: closing a call that is already gone is not an error.
         return {"call_id": call_id, "closed": summary is not None, "summary": summary}
 
-    @app.post("/v1/drain")
+    @app.post(DRAIN_PATH)
     async def drain() -> dict[str, Any]:
         remaining = await backend.drain()
         return {"draining": True, "live_calls": remaining}

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from splitrelay.contract.control import AttachMode, AttachRequest, AttachResult
+from splitrelay.contract.realtime_api import SessionDescription
+from splitrelay.relay.backend import AttachRefused
 from splitrelay.relay.call import Call, CallConfig
-from splitrelay.relay.control import AttachRefused, AttachRequest, AttachResult, SessionDescription
 from splitrelay.relay.inference_link import RelayLink
 from splitrelay.relay.media.peer import VoicePeer, VoicePeerConfig
 from splitrelay.relay.playout import SharedPacer
@@ -66,13 +69,13 @@ class CallManager:
         peer = VoicePeer(self.peer_config)
         result: AttachResult
         try:
-            if request.mode == "direct":
-                assert request.offer is not None  # checked by AttachRequest.check_mode
+            if request.mode is AttachMode.DIRECT:
+                assert request.offer is not None  # AttachRequest refuses a direct attach without one
                 answer = await peer.accept_offer(request.offer.sdp)
                 result = AttachResult(
                     call_id=request.call_id,
-                    mode="direct",
-                    answer=SessionDescription(type="answer", sdp=answer),
+                    mode=AttachMode.DIRECT,
+                    answer=SessionDescription.answer(answer),
                     setup_ms=0.0,
                 )
             else:
@@ -84,7 +87,7 @@ class CallManager:
                 )
                 result = AttachResult(
                     call_id=request.call_id,
-                    mode="sfu",
+                    mode=AttachMode.SFU,
                     sfu_session_id=session_id,
                     sfu_track_name=track_name,
                     setup_ms=0.0,
@@ -101,7 +104,7 @@ class CallManager:
             raise AttachRefused(502, f"attach failed: {type(exc).__name__}: {exc}") from None
         call = Call(
             request.call_id,
-            request.mode,
+            request.mode.value,
             peer,
             self.link,
             config=self.call_config,
@@ -113,8 +116,7 @@ class CallManager:
         task = asyncio.get_running_loop().create_task(self._run(call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        result.setup_ms = round((time.perf_counter() - started) * 1000, 2)
-        return result
+        return replace(result, setup_ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _run(self, call: Call) -> None:
         try:

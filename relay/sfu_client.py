@@ -43,6 +43,7 @@ from splitrelay.contract.realtime_api import (
     build_new_tracks,
     build_renegotiate,
     build_update_tracks,
+    call_with_retries,
     check_base_url,
     clean_text,
     parse_close_tracks,
@@ -104,24 +105,8 @@ class ApiTransport:
 
     async def call(self, request: HttpRequest, parse: Callable[[int, bytes], T]) -> T:
         """Send ``request`` until ``parse`` accepts a response or the retry policy gives up."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for attempt in range(1, self._retry.max_attempts + 1):
-            retry_after: str | None = None
-            try:
-                status, retry_after, body = await self._send_once(request)
-                return parse(status, body)
-            except SfuApiError as exc:
-                error = exc
-            delay = self._retry.next_delay(
-                attempts_made=attempt,
-                elapsed=loop.time() - started,
-                retryable=error.retryable,
-                rng=self._rng,
-                retry_after=retry_after,
-            )
-            if delay is None:
-                raise error
+
+        def log_retry(error: SfuApiError, attempt: int, delay: float) -> None:
             log.warning(
                 "%s %s failed (%s); attempt %d of %d in %.2f s",
                 request.method,
@@ -131,8 +116,16 @@ class ApiTransport:
                 self._retry.max_attempts,
                 delay,
             )
-            await self._sleep(delay)
-        raise AssertionError("RetryPolicy.next_delay returns None once max_attempts is reached")
+
+        return await call_with_retries(
+            lambda: self._send_once(request),
+            parse,
+            self._retry,
+            clock=asyncio.get_running_loop().time,
+            sleep=self._sleep,
+            rng=self._rng,
+            on_retry=log_retry,
+        )
 
     async def _send_once(self, request: HttpRequest) -> tuple[int, str | None, bytes]:
         http_request = self._http.build_request(

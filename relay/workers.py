@@ -25,8 +25,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from splitrelay.contract.control import CALLS_PATH, AttachRequest, AttachResult
 from splitrelay.contract.signing import sign_headers
-from splitrelay.relay.control import AttachRefused, AttachRequest, AttachResult
+from splitrelay.relay.backend import AttachRefused
 
 log = logging.getLogger("splitrelay.relay.workers")
 
@@ -83,7 +84,8 @@ class WorkerPool:
         worker.calls.add(request.call_id)
         self._owner[request.call_id] = worker
         try:
-            response = await self._request(worker, "POST", "/v1/calls", request.model_dump_json().encode())
+            body = json.dumps(request.to_json()).encode()
+            response = await self._request(worker, "POST", CALLS_PATH, body)
         except httpx.HTTPError as exc:
             self._forget(request.call_id)
             raise AttachRefused(502, f"worker {worker.index} unreachable: {type(exc).__name__}") from None
@@ -91,7 +93,7 @@ class WorkerPool:
             self._forget(request.call_id)
             message = _error_message(response)
             raise AttachRefused(response.status_code, message)
-        return AttachResult.model_validate(response.json())
+        return AttachResult.from_json(response.json())
 
     def _forget(self, call_id: str) -> None:
         worker = self._owner.pop(call_id, None)

@@ -13,7 +13,7 @@ import hmac
 import json
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -1212,6 +1212,45 @@ class RetryPolicy:
         if elapsed + delay > self.max_elapsed:
             return None
         return delay
+
+
+async def call_with_retries(
+    send: Callable[[], Awaitable[tuple[int, str | None, bytes]]],
+    parse: Callable[[int, bytes], T],
+    policy: RetryPolicy,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    rng: random.Random,
+    on_retry: Callable[[SfuApiError, int, float], None] | None = None,
+) -> T:
+    """The one retry loop of the Realtime API (SFU and TURN): the Worker's ``fetch`` and the relay's httpx.
+
+    ``send`` makes one attempt and returns (status, Retry-After header, body), or raises
+    :class:`SfuApiError` when no response came; ``parse`` accepts the response or raises the API's error.
+    ``on_retry(error, attempt, delay)`` is told before each wait (the relay logs it).
+    """
+    started = clock()
+    for attempt in range(1, policy.max_attempts + 1):
+        retry_after: str | None = None
+        try:
+            status, retry_after, body = await send()
+            return parse(status, body)
+        except SfuApiError as exc:
+            error = exc
+        delay = policy.next_delay(
+            attempts_made=attempt,
+            elapsed=clock() - started,
+            retryable=error.retryable,
+            rng=rng,
+            retry_after=retry_after,
+        )
+        if delay is None:
+            raise error
+        if on_retry is not None:
+            on_retry(error, attempt, delay)
+        await sleep(delay)
+    raise AssertionError("RetryPolicy.next_delay gives up at max_attempts")
 
 
 def _check_range(name: str, value: object, low: float, high: float, *, integer: bool = False) -> None:
