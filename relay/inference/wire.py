@@ -211,6 +211,11 @@ def unpack_json(payload: bytes, *, what: str = "JSON") -> dict[str, Any]:
         raise WireError(f"payload: {what} is not valid UTF-8 JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise WireError(f"payload: {what} must be a JSON object")
+    if b"\\u" in payload:  # only a \u escape can make a lone surrogate (JSON.stringify of a cut emoji)
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise WireError(f"payload: {what} carries a lone UTF-16 surrogate escape") from None
     return obj
 
 

@@ -374,3 +374,19 @@ def test_u32_diff_is_antisymmetric_and_inverts_addition(a: int, b: int) -> None:
     assert (b + d) & 0xFFFFFFFF == a
     if d != -(2**31):
         assert wire.u32_diff(b, a) == -d
+
+
+def test_a_lone_surrogate_escape_is_refused_at_decode_and_a_pair_is_kept() -> None:
+    """JavaScript's JSON.stringify of a string cut mid-emoji sends "\\ud83d" alone: valid JSON text, but
+    no string a relay can re-encode (GET /v1/calls/{id} answered 500 with it in the call's events)."""
+
+    def event(text: bytes) -> bytes:
+        payload = b'{"type":"agent.transcript","text":"' + text + b'"}'
+        return wire.HEADER.pack(wire.VERSION, wire.MsgType.EVENT, 0, 7, 1, 0) + payload
+
+    with pytest.raises(wire.WireError, match="lone UTF-16 surrogate"):
+        wire.decode(event(b"hi \\ud83d"))
+    with pytest.raises(wire.WireError, match="lone UTF-16 surrogate"):
+        wire.decode(event(b"\\udc00 tail"))
+    assert wire.decode(event(b"\\ud83d\\ude00")).json()["text"] == "\U0001f600"
+    assert wire.decode(event(b"caf\\u00e9")).json()["text"] == "caf\u00e9"
