@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from splitrelay.contract.control import CALL_ID
-from splitrelay.contract.realtime_api import SchemaError, SessionDescription
+from splitrelay.contract.control import check_call_id
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.sfu import SessionDescription
 from splitrelay.edge import tokens
 from splitrelay.edge.calls import CallService, Defer, Fetch, RecordClient
 from splitrelay.edge.config import EdgeConfig, load_config
@@ -122,9 +123,10 @@ class EdgeApp:
         claims = await self._authenticate(request, tokens.SCOPE_CALLS)
         if match is None:
             return await self._create_call(request, claims)
-        call_id = match.group(1)
-        if not CALL_ID.fullmatch(call_id):
-            raise EdgeError(404, "unknown_call", "call_id: must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+        try:
+            check_call_id(match.group(1))
+        except SchemaError as exc:
+            raise EdgeError(404, "unknown_call", str(exc)) from None
         handler = {"GET": self._get_call, "PATCH": self._patch_call, "DELETE": self._delete_call}[
             request.method
         ]

@@ -16,14 +16,21 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any, Final, Literal, Protocol
 
-from splitrelay.contract.control import CALL_ID
+from splitrelay.contract.control import check_call_id as check_contract_call_id
+from splitrelay.contract.json_fields import SchemaError
 
-CREATED: Final = "created"
-CONNECTED: Final = "connected"
-CLOSED: Final = "closed"
-STATES: Final = (CREATED, CONNECTED, CLOSED)
+
+class CallState(StrEnum):
+    """A call's lifecycle; the record stores the value (``"created"``...)."""
+
+    CREATED = "created"  # the caller has its SDP answer; the relay is being attached
+    CONNECTED = "connected"  # the relay's voice is pulled into the caller's transceiver
+    CLOSED = "closed"
+
+
 RECORD_KEY: Final = "call"
 MAX_ATTEMPTS_KEPT: Final = 8
 MAX_REASON_CHARS: Final = 300
@@ -58,7 +65,7 @@ class RecordStorage(Protocol):
 class CallRecord:
     call_id: str
     owner: str
-    state: str
+    state: CallState
     created_at: float
     setup_deadline: float  # not connected by then: abandoned
     max_end: float  # closed at this time whatever happens
@@ -81,7 +88,7 @@ class CallRecord:
 
     @property
     def open(self) -> bool:
-        return self.state != CLOSED
+        return self.state is not CallState.CLOSED
 
     def public(self) -> dict[str, Any]:
         """What the caller may see (GET /v1/calls/{id}): no SDP, no control URL."""
@@ -117,10 +124,13 @@ class CallRecord:
     def from_json(cls, doc: Mapping[str, Any]) -> CallRecord:
         values = {key: value for key, value in doc.items() if key in _FIELD_SET}
         values["relay_attempts"] = tuple(values.get("relay_attempts") or ())
-        record = cls(**values)
-        if record.state not in STATES:
-            raise RecordError(500, "corrupt_record", f"state: unknown state {record.state[:20]!r}")
-        return record
+        if "state" in values:  # absent: the constructor refuses the record
+            try:
+                values["state"] = CallState(values["state"])
+            except ValueError:
+                state = str(values["state"])[:20]
+                raise RecordError(500, "corrupt_record", f"state: unknown state {state!r}") from None
+        return cls(**values)
 
 
 _FIELD_NAMES: Final = tuple(item.name for item in fields(CallRecord))
@@ -142,11 +152,11 @@ UPDATABLE: Final = frozenset(
 
 
 def check_call_id(call_id: object) -> str:
-    if not isinstance(call_id, str) or not CALL_ID.fullmatch(call_id):
-        raise RecordError(
-            400, "invalid_call_id", "call_id: must be 1 to 64 characters of A-Z a-z 0-9 _ . : -"
-        )
-    return call_id
+    """The contract's call-id rule, refused as a 400 command error."""
+    try:
+        return check_contract_call_id(call_id)
+    except SchemaError as exc:
+        raise RecordError(400, "invalid_call_id", str(exc)) from None
 
 
 AlarmKind = Literal["none", "close", "probe"]
@@ -183,10 +193,10 @@ class CallObject:
         return record
 
     async def _schedule(self, record: CallRecord) -> None:
-        if record.state == CLOSED:
+        if record.state is CallState.CLOSED:
             await self.storage.delete_alarm()
             return
-        if record.state == CREATED:
+        if record.state is CallState.CREATED:
             due = record.setup_deadline
         else:
             due = min(record.max_end, record.next_check or record.max_end)
@@ -234,7 +244,7 @@ class CallObject:
         check_call_id(record.call_id)
         if await self.load() is not None:
             raise RecordError(409, "call_exists", f"call_id: {record.call_id!r} already exists")
-        if record.state != CREATED:
+        if record.state is not CallState.CREATED:
             raise RecordError(400, "invalid_command", "state: a new record starts as 'created'")
         return await self._save(record)
 
@@ -253,13 +263,13 @@ class CallObject:
     async def connect(self, call_id: str, values: Mapping[str, Any]) -> CallRecord:
         """created → connected: the relay is attached and its voice pulled into the caller's transceiver."""
         record = await self._require(call_id)
-        if record.state != CREATED:
+        if record.state is not CallState.CREATED:
             raise RecordError(409, "call_" + record.state, f"call {call_id!r} is {record.state}, not created")
         now = self.clock()
         changed = replace(
             record,
             **self._changes(values),
-            state=CONNECTED,
+            state=CallState.CONNECTED,
             connected_at=now,
             next_check=now + record.check_interval_s,
         )
@@ -275,7 +285,9 @@ class CallObject:
         record = await self._require(call_id)
         if not record.open:
             return record, False
-        closed = replace(record, state=CLOSED, closed_at=self.clock(), close_reason=reason[:MAX_REASON_CHARS])
+        closed = replace(
+            record, state=CallState.CLOSED, closed_at=self.clock(), close_reason=reason[:MAX_REASON_CHARS]
+        )
         return await self._save(closed), True
 
     async def alarm(self) -> AlarmAction:
@@ -285,7 +297,7 @@ class CallObject:
             await self.storage.delete_alarm()
             return AlarmAction("none", record)
         now = self.clock()
-        if record.state == CREATED and now >= record.setup_deadline:
+        if record.state is CallState.CREATED and now >= record.setup_deadline:
             limit = record.setup_deadline - record.created_at
             closed, _ = await self.close(record.call_id, f"abandoned: not connected within {limit:.0f} s")
             return AlarmAction("close", closed)
@@ -293,7 +305,7 @@ class CallObject:
             limit = record.max_end - record.created_at
             closed, _ = await self.close(record.call_id, f"maximum call duration reached ({limit:.0f} s)")
             return AlarmAction("close", closed)
-        if record.state == CONNECTED and record.next_check is not None and now >= record.next_check:
+        if record.state is CallState.CONNECTED and record.next_check is not None and now >= record.next_check:
             return AlarmAction("probe", record)
         await self._schedule(record)  # woken early (or a stale alarm): set the right time again
         return AlarmAction("none", record)

@@ -24,28 +24,35 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from splitrelay.contract.control import CALLS_PATH, AttachMode, AttachRequest, AttachResult, SfuAttach
-from splitrelay.contract.realtime_api import (
+from splitrelay.contract.api_error import ErrorCode, SfuApiError
+from splitrelay.contract.control import (
+    CALLS_PATH,
+    AttachMode,
+    AttachRequest,
+    AttachResult,
+    SfuAttach,
+    call_path,
+)
+from splitrelay.contract.retry import RetryPolicy, call_with_retries
+from splitrelay.contract.safety import clean_text
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
-    ErrorCode,
-    HttpRequest,
     RenegotiateRequest,
     ResourceStatus,
-    RetryPolicy,
     SessionDescription,
-    SfuApiError,
     TrackObject,
     TracksRequest,
+    mid_for_track,
+)
+from splitrelay.contract.sfu_http import (
+    HttpRequest,
     build_close_tracks,
     build_get_session,
     build_new_session,
     build_new_tracks,
     build_renegotiate,
-    call_with_retries,
-    clean_text,
-    mid_for_track,
     parse_close_tracks,
     parse_get_session,
     parse_new_session,
@@ -53,8 +60,8 @@ from splitrelay.contract.realtime_api import (
     parse_renegotiate,
 )
 from splitrelay.contract.signing import sign_headers
-from splitrelay.contract.turn_api import build_generate_ice_servers, parse_generate_ice_servers
-from splitrelay.edge.call_record import CREATED, CallObject, CallRecord
+from splitrelay.contract.turn import build_generate_ice_servers, parse_generate_ice_servers
+from splitrelay.edge.call_record import CallObject, CallRecord, CallState
 from splitrelay.edge.config import EdgeConfig
 from splitrelay.edge.ice import IceServers, TurnCache
 from splitrelay.edge.offer import check_offer
@@ -245,7 +252,7 @@ class CallService:
             return CallRecord(
                 call_id=call_id,
                 owner=owner,
-                state=CREATED,
+                state=CallState.CREATED,
                 created_at=now,
                 setup_deadline=now + self.config.call_setup_timeout_s,
                 max_end=now + self.config.max_call_s,
@@ -406,7 +413,7 @@ class CallService:
         if not relay.get("control_url"):
             return "no relay"
         try:
-            response = await self._relay_request(relay, "DELETE", f"/v1/calls/{quote(call_id, safe='')}", b"")
+            response = await self._relay_request(relay, "DELETE", call_path(call_id), b"")
         except FetchError as exc:
             return f"error: {clean_text(str(exc), 120)}"
         return "ok" if response.status == 200 else f"error: HTTP {response.status}"

@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from splitrelay.contract.realtime_api import API_BASE_URL, SchemaError, Secret, SfuApp, check_base_url
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.safety import Secret, check_base_url
+from splitrelay.contract.sfu_http import API_BASE_URL, SfuApp
 from splitrelay.contract.signing import MIN_KEY_BYTES
-from splitrelay.contract.turn_api import MAX_TTL_S, MIN_TTL_S, TurnKey
+from splitrelay.contract.turn import MAX_TTL_S, MIN_TTL_S, TurnKey
 from splitrelay.edge.web import EdgeError
 
 DEFAULT_STUN_URLS: Final = ("stun:stun.cloudflare.com:3478",)

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from splitrelay.contract.turn_api import MAX_TTL_S
+from splitrelay.contract.turn import MAX_TTL_S
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from splitrelay.contract.control import MAX_SDP_CHARS  # the relay's limit: the offer may go there as is
 from splitrelay.edge.web import EdgeError
 
-MAX_SDP_CHARS: Final = 32 * 1024  # the relay's limit too (relay/control.py)
 MAX_SDP_LINES: Final = 2000
 MAX_MID_CHARS: Final = 32
 DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly", "inactive")

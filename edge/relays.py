@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from splitrelay.contract.realtime_api import json_type
+from splitrelay.contract.json_fields import json_type
 
 MAX_RELAYS: Final = 256
 MAX_REGISTRY_BYTES: Final = 256 * 1024

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from splitrelay.contract.realtime_api import clean_text, json_type
+from splitrelay.contract.json_fields import json_type
+from splitrelay.contract.safety import clean_text
 
 MAX_BODY_BYTES: Final = 64 * 1024  # a call's JSON body carries one SDP offer (≤ 32 KiB)
 JSON_TYPE: Final = "application/json"

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from splitrelay.inference import wire
@@ -32,6 +33,14 @@ log = logging.getLogger("splitrelay.relay.call")
 END_CALL_WAIT_S = 0.25
 MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
 MAX_EVENTS = 64  # the most recent inference events kept per call
+
+
+class CallState(StrEnum):
+    """A relay call's lifecycle; summaries carry the value (``"live"``...)."""
+
+    CONNECTING = "connecting"  # attached; media and inference not both up yet
+    LIVE = "live"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Call:
         self.config = config or CallConfig()
         self.metadata = metadata or {}
         self._on_closed = on_closed
-        self.state = "connecting"
+        self.state = CallState.CONNECTING
         self.created_at = time.time()
         self._t0 = time.perf_counter()
         self.counters = CallCounters()
@@ -154,23 +163,23 @@ class Call:
         except (LinkError, ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
             await self.close(f"setup failed: {exc}")
             raise
-        self.state = "live"
+        self.state = CallState.LIVE
         self.counters.setup_ms = (time.perf_counter() - self._t0) * 1000
 
     def _on_connection_state(self) -> None:
         state = self.peer.pc.connectionState
-        if state == "connected" and self.fast_path is None and self.state != "closed":
+        if state == "connected" and self.fast_path is None and self.state is not CallState.CLOSED:
             self.fast_path = SrtpFastPath.attach(
                 self.peer.pc, self._on_rtp, self.config.fast_path, on_bye=self._on_bye
             )
-        elif state in ("failed", "closed") and self.state == "live":
+        elif state in ("failed", "closed") and self.state is CallState.LIVE:
             self.schedule_close(f"peer connection {state}")
 
     def _on_bye(self, _ssrc: int) -> None:
         self.schedule_close("caller sent RTCP BYE")
 
     def schedule_close(self, reason: str) -> None:
-        if self._close_task is None and self.state != "closed":
+        if self._close_task is None and self.state is not CallState.CLOSED:
             self._close_task = asyncio.get_running_loop().create_task(self._close_quietly(reason))
 
     async def _close_quietly(self, reason: str) -> None:
@@ -181,9 +190,9 @@ class Call:
 
         `reason` is for people (logs, the summary); `wire_reason` is the CALL_END reason inference gets.
         """
-        if self.state == "closed":
+        if self.state is CallState.CLOSED:
             return self.summary()
-        self.state = "closed"
+        self.state = CallState.CLOSED
         self.close_reason = reason
         self.playout.close()
         if self.wire_id is not None:
@@ -212,7 +221,7 @@ class Call:
         counters.bytes_in += len(pkt.payload)
         wire_id = self.wire_id
         if wire_id is None:
-            if len(self._early) < MAX_EARLY_PACKETS and self.state == "connecting":
+            if len(self._early) < MAX_EARLY_PACKETS and self.state is CallState.CONNECTING:
                 counters.packets_in -= 1  # counted again when flushed
                 counters.bytes_in -= len(pkt.payload)
                 self._early.append(pkt)

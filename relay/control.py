@@ -1,6 +1,6 @@
 """The relay's control API: attach, close, list and inspect calls, health, readiness, drain, metrics.
 
-Every route except /healthz, /readyz and /metrics requires an edge signature (edge/contract/signing.py).
+Every route except /healthz, /readyz and /metrics requires an edge signature (splitrelay.contract.signing).
 The API is thin: it validates and authenticates, then hands the call to a `CallBackend`, which is the
 in-process call manager or the pool of per-core worker processes (relay/workers.py).
 """
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from splitrelay.contract.control import CALLS_PATH, DRAIN_PATH, AttachRequest
-from splitrelay.contract.realtime_api import SchemaError
+from splitrelay.contract.json_fields import SchemaError
 from splitrelay.contract.signing import SignatureError, Verifier
 from splitrelay.relay.backend import AttachRefused, CallBackend
 

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from splitrelay.contract.control import AttachMode, AttachRequest, AttachResult
-from splitrelay.contract.realtime_api import SessionDescription
+from splitrelay.contract.sfu import SessionDescription
 from splitrelay.relay.backend import AttachRefused
 from splitrelay.relay.call import Call, CallConfig
 from splitrelay.relay.inference_link import RelayLink

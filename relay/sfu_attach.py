@@ -15,10 +15,10 @@ import logging
 
 from aiortc import RTCSessionDescription
 
-from splitrelay.contract.realtime_api import (
+from splitrelay.contract.api_error import SfuApiError
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
     SessionDescription,
-    SfuApiError,
     TrackObject,
     TracksRequest,
     mid_for_track,

@@ -1,8 +1,8 @@
 """Async transport for the Cloudflare Realtime SFU and TURN APIs over httpx, with bounded retries.
 
-Request building, response parsing and the retry decision live in edge/contract/realtime_api.py and
-edge/contract/turn_api.py (shared with the Worker); this module only sends the bytes, reads a bounded body and
-sleeps between attempts. The app secret and TURN token exist only inside the Authorization header.
+Request building and response parsing live in the contract (splitrelay.contract.sfu_http and .turn), the
+retry loop too (splitrelay.contract.retry), all shared with the Worker; this module only sends the bytes
+and reads a bounded body. The app secret and TURN token exist only inside the Authorization header.
 """
 
 from __future__ import annotations
@@ -16,36 +16,34 @@ from typing import Final, Self, TypeVar
 
 import httpx
 
-from splitrelay.contract.realtime_api import (
-    MAX_BODY_BYTES,
+from splitrelay.contract.api_error import ErrorCode, SfuApiError
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.retry import RetryPolicy, call_with_retries
+from splitrelay.contract.safety import Secret, check_base_url, clean_text
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
     CloseTracksResponse,
-    ErrorCode,
     GetSessionStateResponse,
-    HttpRequest,
     NewSessionRequest,
     NewSessionResponse,
     RenegotiateRequest,
     RenegotiateResponse,
-    RetryPolicy,
-    SchemaError,
-    Secret,
     SessionDescription,
-    SfuApiError,
-    SfuApp,
     TracksRequest,
     TracksResponse,
     UpdateTracksRequest,
     UpdateTracksResponse,
+)
+from splitrelay.contract.sfu_http import (
+    MAX_BODY_BYTES,
+    HttpRequest,
+    SfuApp,
     build_close_tracks,
     build_get_session,
     build_new_session,
     build_new_tracks,
     build_renegotiate,
     build_update_tracks,
-    call_with_retries,
-    check_base_url,
-    clean_text,
     parse_close_tracks,
     parse_get_session,
     parse_new_session,
@@ -53,7 +51,7 @@ from splitrelay.contract.realtime_api import (
     parse_renegotiate,
     parse_update_tracks,
 )
-from splitrelay.contract.turn_api import (
+from splitrelay.contract.turn import (
     IceServersResponse,
     TurnKey,
     build_generate_ice_servers,

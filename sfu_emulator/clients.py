@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from splitrelay.contract.realtime_api import SessionDescription, TrackObject, TracksRequest, TracksResponse
+from splitrelay.contract.sfu import SessionDescription, TrackObject, TracksRequest, TracksResponse
 from splitrelay.emulator.peer import SessionPeer
 from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, wait_connected
 from splitrelay.relay.media.rtp import RtpPacket

@@ -2,7 +2,7 @@
 
 Timers are configurable because the real service's (30 s) would make tests slow; every value is checked
 here once, with an error naming the field and its limit, so the rest of the emulator trusts its config.
-Secrets stay wrapped in :class:`splitrelay.contract.realtime_api.Secret` and only :func:`mask` forms are
+Secrets stay wrapped in :class:`splitrelay.contract.safety.Secret` and only :func:`mask` forms are
 ever printed.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from splitrelay.contract.realtime_api import SchemaError, Secret, json_type, path_segment
+from splitrelay.contract.json_fields import SchemaError, json_type
+from splitrelay.contract.safety import Secret, path_segment
 from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy
 from splitrelay.relay.media.rtcp import MAX_REPORT_BLOCKS
 

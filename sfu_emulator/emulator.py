@@ -1,6 +1,6 @@
 """The emulated Realtime SFU: sessions, tracks and their negotiation, timers and limits (no HTTP here).
 
-Each operation takes a request model from :mod:`splitrelay.contract.realtime_api` and returns a response
+Each operation takes a request model from :mod:`splitrelay.contract.sfu` and returns a response
 model, or
 raises :class:`splitrelay.emulator.errors.ApiError`. Per-track problems become item errors inside a 200 batch,
 as the spec describes; items are checked before anything changes, so a failed item leaves no trace.
@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 from aiortc import RTCRtpTransceiver
 
-from splitrelay.contract.realtime_api import (
+from splitrelay.contract.api_error import ErrorCode
+from splitrelay.contract.safety import clean_text
+from splitrelay.contract.sfu import (
     CloseTrackResult,
     CloseTracksRequest,
     CloseTracksResponse,
-    ErrorCode,
     GetSessionStateResponse,
     Location,
     NewSessionRequest,
@@ -47,7 +48,6 @@ from splitrelay.contract.realtime_api import (
     TrackState,
     UpdateTracksRequest,
     UpdateTracksResponse,
-    clean_text,
 )
 from splitrelay.emulator import errors
 from splitrelay.emulator.config import EmulatorConfig

@@ -2,7 +2,7 @@
 
 The spec names codes only for a few failures (``decoding_error``, ``invalid_params``, ``internal_error``,
 ``close_track_error``); statuses it leaves open (401, 404, 410, 425, 429) carry the emulator's own codes
-below, in the same body shape, so :func:`splitrelay.contract.realtime_api.error_from_response` reads every
+below, in the same body shape, so :func:`splitrelay.contract.sfu_http.error_from_response` reads every
 one.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from splitrelay.contract.realtime_api import ErrorCode, ErrorResponse, clean_text
+from splitrelay.contract.api_error import ErrorCode
+from splitrelay.contract.safety import clean_text
+from splitrelay.contract.sfu import ErrorResponse
 
 
 class EmulatorCode(StrEnum):

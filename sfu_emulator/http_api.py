@@ -21,18 +21,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from splitrelay.contract.realtime_api import (
-    MAX_BODY_BYTES,
-    MAX_LABEL_CHARS,
+from splitrelay.contract.json_fields import JsonModel, SchemaError
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
-    JsonModel,
     NewSessionRequest,
     RenegotiateRequest,
-    SchemaError,
     TracksRequest,
     UpdateTracksRequest,
 )
-from splitrelay.contract.turn_api import GenerateIceServersRequest
+from splitrelay.contract.sfu_http import MAX_BODY_BYTES, MAX_LABEL_CHARS
+from splitrelay.contract.turn import GenerateIceServersRequest
 from splitrelay.emulator import errors
 from splitrelay.emulator.emulator import Emulator, Session
 from splitrelay.emulator.errors import ApiError, EmulatorCode

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from splitrelay.contract.turn_api import GenerateIceServersRequest, IceServer, IceServersResponse
+from splitrelay.contract.turn import GenerateIceServersRequest, IceServer, IceServersResponse
 from splitrelay.emulator import errors
 from splitrelay.emulator.config import EmulatorConfig
 from splitrelay.emulator.errors import ApiError, EmulatorCode

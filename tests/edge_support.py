@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from splitrelay.contract.realtime_api import TracksRequest
+from splitrelay.contract.sfu import TracksRequest
 from splitrelay.contract.signing import SignatureError, Verifier
 from splitrelay.edge.calls import FetchError, Inbound, Outbound
 

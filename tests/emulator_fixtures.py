@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from splitrelay.contract.realtime_api import Secret
+from splitrelay.contract.safety import Secret
 from splitrelay.emulator.config import EmulatorConfig, Limits, Timers
 from splitrelay.emulator.emulator import Emulator
 from tests import spec

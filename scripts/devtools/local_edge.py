@@ -21,7 +21,7 @@ from typing import Any, Final
 import httpx
 
 from splitrelay.edge.app import EdgeApp, build_app
-from splitrelay.edge.call_record import CLOSED, CallObject
+from splitrelay.edge.call_record import CallObject, CallState
 from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm
 from splitrelay.edge.ratelimit import TokenBucket
 from splitrelay.edge.web import MAX_BODY_BYTES, EdgeError, EdgeRequest, EdgeResponse, check_body_size
@@ -100,7 +100,8 @@ class LocalRecords:
             return
         for call_id, obj in list(self.objects.items()):
             storage = obj.storage
-            if isinstance(storage, MemoryStorage) and f'"state":"{CLOSED}"' in storage.values.get("call", ""):
+            closed = f'"state":"{CallState.CLOSED}"'
+            if isinstance(storage, MemoryStorage) and closed in storage.values.get("call", ""):
                 del self.objects[call_id]
                 if len(self.objects) <= MAX_LOCAL_CALLS:
                     return

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from splitrelay.contract.realtime_api import (
+from splitrelay.contract.api_error import SfuApiError
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
     ResourceStatus,
     SessionDescription,
-    SfuApiError,
     TrackObject,
     UpdateTracksRequest,
 )

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from splitrelay.contract.realtime_api import Location, SessionDescription, TrackObject, TracksRequest
+from splitrelay.contract.sfu import Location, SessionDescription, TrackObject, TracksRequest
 from splitrelay.emulator.clients import Participant
 from splitrelay.emulator.server import EmulatorServer
 from splitrelay.relay.sfu_client import SfuClient

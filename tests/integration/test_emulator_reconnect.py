@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from splitrelay.contract.realtime_api import (
+from splitrelay.contract.api_error import SfuApiError
+from splitrelay.contract.retry import RetryPolicy
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
     ResourceStatus,
-    RetryPolicy,
     SessionDescription,
-    SfuApiError,
     TrackObject,
     TracksRequest,
 )

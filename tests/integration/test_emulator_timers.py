@@ -7,14 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from splitrelay.contract.realtime_api import (
-    ResourceStatus,
-    RetryPolicy,
-    SessionDescription,
-    SfuApiError,
-    TrackObject,
-    TracksRequest,
-)
+from splitrelay.contract.api_error import SfuApiError
+from splitrelay.contract.retry import RetryPolicy
+from splitrelay.contract.sfu import ResourceStatus, SessionDescription, TrackObject, TracksRequest
 from splitrelay.emulator.clients import Participant
 from splitrelay.emulator.config import Limits, Timers
 from splitrelay.emulator.server import EmulatorServer

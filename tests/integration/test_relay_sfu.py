@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from splitrelay.contract.realtime_api import Secret
+from splitrelay.contract.safety import Secret
 from splitrelay.emulator.clients import Participant
 from splitrelay.emulator.server import EmulatorServer
 from splitrelay.inference.echo_agent import EchoAgent, EchoConfig

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from splitrelay.contract.control import MAX_SDP_CHARS
 from splitrelay.devtools.local_edge import LocalRecords
 from splitrelay.edge import tokens
 from splitrelay.edge.app import EdgeApp, build_app
 from splitrelay.edge.calls import FetchError, Inbound, run_alarm
 from splitrelay.edge.config import ConfigError, load_config
-from splitrelay.edge.offer import MAX_SDP_CHARS
 from splitrelay.edge.ratelimit import TokenBucket
 from splitrelay.edge.web import MAX_BODY_BYTES, EdgeRequest, EdgeResponse
 from tests.edge_support import API_KEY, TOKEN_KEY, FakeUpstream, browser_offer, edge_env, no_secret_in

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from splitrelay.devtools.local_edge import MemoryStorage
-from splitrelay.edge.call_record import CREATED, CallObject, CallRecord
+from splitrelay.edge.call_record import CallObject, CallRecord, CallState
 
 NOW = 1_800_000_000.0
 
@@ -18,7 +18,7 @@ async def no_alarm() -> None:
 
 def record(**changes: Any) -> dict[str, Any]:
     base = CallRecord(
-        call_id="call-1", owner="alice", state=CREATED, created_at=NOW, setup_deadline=NOW + 20,
+        call_id="call-1", owner="alice", state=CallState.CREATED, created_at=NOW, setup_deadline=NOW + 20,
         max_end=NOW + 3600, check_interval_s=60,
     )  # fmt: skip
     return {**base.to_json(), **changes}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from splitrelay.contract.turn_api import MAX_TTL_S
+from splitrelay.contract.turn import MAX_TTL_S
 from splitrelay.devtools.local_edge import LocalRecords
 from splitrelay.edge import tokens
 from splitrelay.edge.app import EdgeApp, build_app

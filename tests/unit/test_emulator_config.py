@@ -8,7 +8,7 @@ from typing import cast
 
 import pytest
 
-from splitrelay.contract.realtime_api import Secret
+from splitrelay.contract.safety import Secret
 from splitrelay.emulator.config import ConfigError, EmulatorConfig, Timers, load_config, mask
 from splitrelay.emulator.forwarding import (
     DWELL_SAMPLES,

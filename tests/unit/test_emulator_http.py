@@ -13,13 +13,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from splitrelay.contract.realtime_api import (
-    RetryPolicy,
-    SessionDescription,
-    SfuApiError,
-    TrackObject,
-    TracksRequest,
-)
+from splitrelay.contract.api_error import SfuApiError
+from splitrelay.contract.retry import RetryPolicy
+from splitrelay.contract.sfu import SessionDescription, TrackObject, TracksRequest
 from splitrelay.emulator.emulator import Emulator
 from splitrelay.emulator.http_api import STATE_PATH, create_app
 from splitrelay.emulator.turn import TurnService

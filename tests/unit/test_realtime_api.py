@@ -8,26 +8,22 @@ from typing import Any
 
 import pytest
 
-from splitrelay.contract.realtime_api import (
-    MAX_BODY_BYTES,
+from splitrelay.contract.api_error import ErrorCode, SfuApiError, is_retryable_status
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.safety import Secret
+from splitrelay.contract.sfu import (
     MAX_TRACKS_PER_CALL,
     CloseTracksRequest,
     CloseTracksResponse,
-    ErrorCode,
     ErrorResponse,
     GetSessionStateResponse,
-    HttpRequest,
     Location,
     NewSessionRequest,
     NewSessionResponse,
     RenegotiateRequest,
     ResourceStatus,
-    SchemaError,
     SdpType,
-    Secret,
     SessionDescription,
-    SfuApiError,
-    SfuApp,
     Simulcast,
     SimulcastPolicy,
     TrackObject,
@@ -35,6 +31,12 @@ from splitrelay.contract.realtime_api import (
     TracksRequest,
     TracksResponse,
     UpdateTracksRequest,
+    mid_for_track,
+)
+from splitrelay.contract.sfu_http import (
+    MAX_BODY_BYTES,
+    HttpRequest,
+    SfuApp,
     build_close_tracks,
     build_get_session,
     build_new_session,
@@ -42,8 +44,6 @@ from splitrelay.contract.realtime_api import (
     build_renegotiate,
     build_update_tracks,
     error_from_response,
-    is_retryable_status,
-    mid_for_track,
     parse_close_tracks,
     parse_get_session,
     parse_new_session,

@@ -8,7 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from splitrelay.contract.realtime_api import RetryPolicy, SchemaError, parse_retry_after
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.retry import RetryPolicy, parse_retry_after
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=3.0, max_retry_after=10.0, max_elapsed=30.0)

@@ -1,9 +1,9 @@
-"""edge/contract/realtime_api.py against the Cloudflare Realtime OpenAPI spec (shared/reference/, via
-tests/spec.py).
+"""The contract's SFU models and requests (edge/contract/sfu.py, sfu_http.py) against the Cloudflare
+Realtime OpenAPI spec (shared/reference/, via tests/spec.py).
 
 Every request the builders produce validates (strictly: no undeclared field) against the spec's request
-schema, every example document in the spec for the operations we model parses and round-trips, and the
-module stays importable on Pyodide (standard library only, Python 3.11 syntax).
+schema, every example document in the spec for the operations we model parses and round-trips, and every
+contract module stays importable on Pyodide (standard library only, Python 3.11 syntax).
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from splitrelay.contract import realtime_api as api
-from splitrelay.contract.realtime_api import (
+from splitrelay.contract import sfu, sfu_http
+from splitrelay.contract.safety import Secret
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
-    HttpRequest,
     NewSessionRequest,
     RenegotiateRequest,
-    Secret,
     SessionDescription,
-    SfuApp,
     Simulcast,
     SimulcastPolicy,
     TrackObject,
@@ -34,6 +32,7 @@ from splitrelay.contract.realtime_api import (
     UpdateTracksRequest,
     mid_for_track,
 )
+from splitrelay.contract.sfu_http import HttpRequest, SfuApp
 from tests import spec
 
 APP = SfuApp("2a45361d", Secret("spec-test-secret"))
@@ -50,12 +49,12 @@ SESSION_STATE = "/apps/{appId}/sessions/{sessionId}"
 
 # (method, templated path) -> (request model parser or None, response parser)
 OPERATIONS: dict[tuple[str, str], tuple[Callable[[object], Any] | None, Callable[[int, bytes], Any]]] = {
-    ("POST", SESSIONS_NEW): (NewSessionRequest.from_json, api.parse_new_session),
-    ("POST", TRACKS_NEW): (TracksRequest.from_json, api.parse_new_tracks),
-    ("PUT", RENEGOTIATE): (RenegotiateRequest.from_json, api.parse_renegotiate),
-    ("PUT", TRACKS_CLOSE): (CloseTracksRequest.from_json, api.parse_close_tracks),
-    ("PUT", TRACKS_UPDATE): (UpdateTracksRequest.from_json, api.parse_update_tracks),
-    ("GET", SESSION_STATE): (None, api.parse_get_session),
+    ("POST", SESSIONS_NEW): (NewSessionRequest.from_json, sfu_http.parse_new_session),
+    ("POST", TRACKS_NEW): (TracksRequest.from_json, sfu_http.parse_new_tracks),
+    ("PUT", RENEGOTIATE): (RenegotiateRequest.from_json, sfu_http.parse_renegotiate),
+    ("PUT", TRACKS_CLOSE): (CloseTracksRequest.from_json, sfu_http.parse_close_tracks),
+    ("PUT", TRACKS_UPDATE): (UpdateTracksRequest.from_json, sfu_http.parse_update_tracks),
+    ("GET", SESSION_STATE): (None, sfu_http.parse_get_session),
 }
 
 
@@ -85,11 +84,11 @@ def check_against_spec(request: HttpRequest, template: str) -> None:
 
 
 BUILT: list[tuple[str, HttpRequest]] = [
-    (SESSIONS_NEW, api.build_new_session(APP, thirdparty=True, correlation_id="call-1")),
-    (SESSIONS_NEW, api.build_new_session(APP, request=NewSessionRequest(session_description=OFFER))),
+    (SESSIONS_NEW, sfu_http.build_new_session(APP, thirdparty=True, correlation_id="call-1")),
+    (SESSIONS_NEW, sfu_http.build_new_session(APP, request=NewSessionRequest(session_description=OFFER))),
     (
         TRACKS_NEW,
-        api.build_new_tracks(
+        sfu_http.build_new_tracks(
             APP,
             SESSION,
             TracksRequest(
@@ -100,11 +99,13 @@ BUILT: list[tuple[str, HttpRequest]] = [
     ),
     (
         TRACKS_NEW,
-        api.build_new_tracks(APP, SESSION, TracksRequest(tracks=(TrackObject.local("mic", kind="audio"),))),
+        sfu_http.build_new_tracks(
+            APP, SESSION, TracksRequest(tracks=(TrackObject.local("mic", kind="audio"),))
+        ),
     ),
     (
         TRACKS_NEW,
-        api.build_new_tracks(
+        sfu_http.build_new_tracks(
             APP,
             SESSION,
             TracksRequest(
@@ -128,19 +129,22 @@ BUILT: list[tuple[str, HttpRequest]] = [
     ),
     (
         TRACKS_NEW,
-        api.build_new_tracks(APP, SESSION, TracksRequest(session_description=OFFER, auto_discover=True)),
+        sfu_http.build_new_tracks(APP, SESSION, TracksRequest(session_description=OFFER, auto_discover=True)),
     ),
-    (RENEGOTIATE, api.build_renegotiate(APP, SESSION, RenegotiateRequest(session_description=ANSWER))),
-    (TRACKS_CLOSE, api.build_close_tracks(APP, SESSION, CloseTracksRequest.for_mids(["0", "1"], force=True))),
+    (RENEGOTIATE, sfu_http.build_renegotiate(APP, SESSION, RenegotiateRequest(session_description=ANSWER))),
     (
         TRACKS_CLOSE,
-        api.build_close_tracks(
+        sfu_http.build_close_tracks(APP, SESSION, CloseTracksRequest.for_mids(["0", "1"], force=True)),
+    ),
+    (
+        TRACKS_CLOSE,
+        sfu_http.build_close_tracks(
             APP, SESSION, CloseTracksRequest.for_mids(["7"], force=False, session_description=OFFER)
         ),
     ),
     (
         TRACKS_UPDATE,
-        api.build_update_tracks(
+        sfu_http.build_update_tracks(
             APP,
             SESSION,
             UpdateTracksRequest(
@@ -148,7 +152,7 @@ BUILT: list[tuple[str, HttpRequest]] = [
             ),
         ),
     ),
-    (SESSION_STATE, api.build_get_session(APP, SESSION)),
+    (SESSION_STATE, sfu_http.build_get_session(APP, SESSION)),
 ]
 
 
@@ -212,52 +216,52 @@ def test_examples_were_found() -> None:
 def test_our_response_documents_fit_the_response_schemas() -> None:
     # The SFU emulator sends our models' to_json(): they must be valid spec responses too.
     responses: list[tuple[str, str, int, Any]] = [
-        ("POST", SESSIONS_NEW, 201, api.NewSessionResponse(session_id=SESSION, session_description=ANSWER)),
+        ("POST", SESSIONS_NEW, 201, sfu.NewSessionResponse(session_id=SESSION, session_description=ANSWER)),
         (
             "POST",
             TRACKS_NEW,
             200,
-            api.TracksResponse(
+            sfu.TracksResponse(
                 requires_immediate_renegotiation=True,
                 session_description=OFFER,
                 tracks=(
-                    api.TrackResult(mid="3", session_id="s", track_name="t", location=api.Location.REMOTE),
-                    api.TrackResult(track_name="u", error_code="not_found", error_description="gone"),
+                    sfu.TrackResult(mid="3", session_id="s", track_name="t", location=sfu.Location.REMOTE),
+                    sfu.TrackResult(track_name="u", error_code="not_found", error_description="gone"),
                 ),
             ),
         ),
-        ("PUT", RENEGOTIATE, 200, api.RenegotiateResponse()),
+        ("PUT", RENEGOTIATE, 200, sfu.RenegotiateResponse()),
         (
             "PUT",
             TRACKS_CLOSE,
             200,
-            api.CloseTracksResponse(
+            sfu.CloseTracksResponse(
                 requires_immediate_renegotiation=False,
                 session_description=ANSWER,
                 tracks=(
-                    api.CloseTrackResult(mid="1", error_code="close_track_error", error_description="x"),
+                    sfu.CloseTrackResult(mid="1", error_code="close_track_error", error_description="x"),
                 ),
             ),
         ),
-        ("PUT", TRACKS_UPDATE, 200, api.UpdateTracksResponse(tracks=(api.TrackResult(mid="7"),))),
+        ("PUT", TRACKS_UPDATE, 200, sfu.UpdateTracksResponse(tracks=(sfu.TrackResult(mid="7"),))),
         (
             "GET",
             SESSION_STATE,
             200,
-            api.GetSessionStateResponse(
-                tracks=(api.TrackState(mid="1", status=api.ResourceStatus.INACTIVE),),
-                data_channels=(api.DataChannelState(id=1, status=api.ResourceStatus.INITIALIZING),),
+            sfu.GetSessionStateResponse(
+                tracks=(sfu.TrackState(mid="1", status=sfu.ResourceStatus.INACTIVE),),
+                data_channels=(sfu.DataChannelState(id=1, status=sfu.ResourceStatus.INITIALIZING),),
             ),
         ),
     ]
     for method, template, status, model in responses:
         spec.validate_response(method, template, status, model.to_json())
-    spec.validate(api.ErrorResponse(error_code="x", error_description="y").to_json(), "AdapterRequestError")
+    spec.validate(sfu.ErrorResponse(error_code="x", error_description="y").to_json(), "AdapterRequestError")
 
 
 # --- Pyodide compatibility ----------------------------------------------------------------------------
 
-EDGE_MODULES = [Path(api.__file__), Path(api.__file__).with_name("turn_api.py")]
+EDGE_MODULES = sorted(Path(sfu.__file__).parent.glob("*.py"))
 TYPE_ALIAS: Any = getattr(ast, "TypeAlias", ())  # the node class exists from Python 3.12 on
 PYODIDE_SAFE_IMPORTS = {
     "__future__",
@@ -266,13 +270,17 @@ PYODIDE_SAFE_IMPORTS = {
     "datetime",
     "email.utils",
     "enum",
+    "hashlib",
     "hmac",
     "json",
     "random",
     "re",
+    "secrets",
+    "time",
+    "types",
     "typing",
     "urllib.parse",
-    "splitrelay.contract.realtime_api",
+    *(f"splitrelay.contract.{path.stem}" for path in EDGE_MODULES),
 }
 
 

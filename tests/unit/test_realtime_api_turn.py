@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from splitrelay.contract.realtime_api import ErrorCode, SchemaError, Secret, SfuApiError
-from splitrelay.contract.turn_api import (
+from splitrelay.contract.api_error import ErrorCode, SfuApiError
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.safety import Secret
+from splitrelay.contract.turn import (
     MAX_TTL_S,
     GenerateIceServersRequest,
     IceServer,

@@ -16,19 +16,18 @@ from typing import Any
 import httpx
 import pytest
 
-from splitrelay.contract.realtime_api import (
-    MAX_BODY_BYTES,
+from splitrelay.contract.api_error import ErrorCode, SfuApiError
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.retry import RetryPolicy
+from splitrelay.contract.sfu import (
     CloseTracksRequest,
-    ErrorCode,
-    RetryPolicy,
-    SchemaError,
     SessionDescription,
-    SfuApiError,
     TrackObject,
     TracksRequest,
     UpdateTracksRequest,
     mid_for_track,
 )
+from splitrelay.contract.sfu_http import MAX_BODY_BYTES
 from splitrelay.relay.sfu_client import SfuClient, TurnClient
 from tests import spec
 

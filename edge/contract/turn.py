@@ -2,28 +2,18 @@
 
 There is no machine-readable spec for these two endpoints; the shapes follow Cloudflare's TURN docs
 (summarised in shared/reference/cloudflare-turn-api.md). Sans-IO and pure standard library like
-:mod:`splitrelay.contract.realtime_api`, whose request, error and JSON helpers it reuses.
+:mod:`splitrelay.contract.sfu_http`, whose request, error and JSON helpers it reuses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-from splitrelay.contract.realtime_api import (
-    HttpRequest,
-    JsonFields,
-    SchemaError,
-    Secret,
-    decode_response,
-    error_from_response,
-    json_request,
-    json_type,
-    path_segment,
-    put,
-    require,
-)
+from splitrelay.contract.json_fields import JsonModel, SchemaError, join_path, json_field, json_type
+from splitrelay.contract.safety import Secret, path_segment
+from splitrelay.contract.sfu_http import HttpRequest, decode_response, error_from_response, json_request
 
 MIN_TTL_S: Final = 1
 MAX_TTL_S: Final = 172_800  # 48 h: the longest a Cloudflare TURN credential can live
@@ -56,20 +46,11 @@ def check_ttl(ttl: object, field: str = "ttl") -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenerateIceServersRequest:
+class GenerateIceServersRequest(JsonModel):
     ttl: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"ttl": self.ttl}
-
-    @classmethod
-    def from_json(cls, obj: object, path: str = "") -> GenerateIceServersRequest:
-        f = JsonFields(obj, path)
-        ttl = require(f.integer("ttl"), f.at("ttl"))
-        return cls(ttl=check_ttl(ttl, f.at("ttl")))
-
-    def validate(self) -> None:
-        check_ttl(self.ttl)
+    def validate(self, path: str = "") -> None:
+        check_ttl(self.ttl, join_path(path, "ttl"))
 
 
 def url_port(url: str) -> int | None:
@@ -102,10 +83,10 @@ def _parse_urls(value: object, path: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class IceServer:
+class IceServer(JsonModel):
     """One ``RTCIceServer``; ``credential`` stays out of repr (it logs in to Cloudflare's TURN)."""
 
-    urls: tuple[str, ...]
+    urls: tuple[str, ...] = field(metadata=json_field(decode=_parse_urls))
     username: str | None = None
     credential: str | None = field(default=None, repr=False)
 
@@ -113,29 +94,15 @@ class IceServer:
     def needs_credentials(self) -> bool:
         return any(url.startswith(("turn:", "turns:")) for url in self.urls)
 
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"urls": list(self.urls)}
-        put(doc, "username", self.username)
-        put(doc, "credential", self.credential)
-        return doc
-
-    @classmethod
-    def from_json(cls, obj: object, path: str = "") -> IceServer:
-        f = JsonFields(obj, path)
-        server = cls(
-            urls=require(f.nested("urls", _parse_urls), f.at("urls")),
-            username=f.string("username"),
-            credential=f.string("credential"),
-        )
-        if (server.username is None) != (server.credential is None):
+    def validate(self, path: str = "") -> None:
+        if (self.username is None) != (self.credential is None):
             raise SchemaError(path, "username and credential must come together")
-        if server.needs_credentials and server.username is None:
-            raise SchemaError(f.at("username"), "is required for turn: and turns: URLs")
-        return server
+        if self.needs_credentials and self.username is None:
+            raise SchemaError(join_path(path, "username"), "is required for turn: and turns: URLs")
 
 
 @dataclass(frozen=True, kw_only=True)
-class IceServersResponse:
+class IceServersResponse(JsonModel):
     """``iceServers``, ready for ``RTCPeerConnection``; accepts one combined entry or STUN and TURN apart."""
 
     ice_servers: tuple[IceServer, ...]
@@ -158,16 +125,9 @@ class IceServersResponse:
         """Drop port-53 URLs: browsers block them and, without trickle ICE, the client waits them out."""
         return self.filter_urls(lambda url: url_port(url) != BROWSER_BLOCKED_PORT)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"iceServers": [server.to_json() for server in self.ice_servers]}
-
-    @classmethod
-    def from_json(cls, obj: object, path: str = "") -> IceServersResponse:
-        f = JsonFields(obj, path)
-        servers = require(f.array("iceServers", IceServer.from_json), f.at("iceServers"))
-        if not servers:
-            raise SchemaError(f.at("iceServers"), "must list at least one server")
-        return cls(ice_servers=servers)
+    def validate(self, path: str = "") -> None:
+        if not self.ice_servers:
+            raise SchemaError(join_path(path, "iceServers"), "must list at least one server")
 
 
 def build_generate_ice_servers(key: TurnKey, ttl: int) -> HttpRequest:
