@@ -1,4 +1,4 @@
-"""RetryPolicy and Retry-After parsing: pure functions, deterministic with a seeded random.Random."""
+"""RetryPolicy, Retry-After parsing and the retry loop: deterministic with a seeded random.Random."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from email.utils import format_datetime
 
 import pytest
 
+from splitrelay.contract.api_error import ErrorCode, SfuApiError
 from splitrelay.contract.json_fields import SchemaError
-from splitrelay.contract.retry import RetryPolicy, parse_retry_after
+from splitrelay.contract.retry import RetryPolicy, call_with_retries, parse_retry_after
+from splitrelay.contract.sfu_http import parse_new_session
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=3.0, max_retry_after=10.0, max_elapsed=30.0)
@@ -112,3 +114,58 @@ def test_policy_limits_are_enforced(kwargs: dict[str, object], field: str, needl
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
     assert excinfo.value.field == field
     assert needle in excinfo.value.message
+
+
+# --- the one retry loop (call_with_retries), as the Worker and the relay both run it ---------------------
+
+
+async def test_the_retry_loop_retries_what_may_succeed_and_honours_retry_after() -> None:
+    replies = [(503, None, b""), (429, "2", b""), (201, None, b'{"sessionId": "s1"}')]
+    sleeps: list[float] = []
+    retried: list[tuple[str, int, float]] = []
+
+    async def send() -> tuple[int, str | None, bytes]:
+        return replies.pop(0)
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    result = await call_with_retries(
+        send,
+        parse_new_session,
+        POLICY,
+        clock=lambda: 0.0,
+        sleep=sleep,
+        rng=random.Random(1),
+        on_retry=lambda error, attempt, delay: retried.append((error.code, attempt, delay)),
+    )
+    assert result.session_id == "s1" and replies == []
+    assert len(sleeps) == 2 and 0.0 <= sleeps[0] <= 0.5 and sleeps[1] == 2.0
+    assert [(code, attempt) for code, attempt, _ in retried] == [("http_error", 1), ("http_error", 2)]
+
+
+async def test_the_retry_loop_raises_the_last_error_when_it_gives_up() -> None:
+    attempts = 0
+
+    async def no_response() -> tuple[int, str | None, bytes]:
+        nonlocal attempts
+        attempts += 1
+        raise SfuApiError(0, ErrorCode.CONNECTION_ERROR, f"refused {attempts}", True)
+
+    async def sleep(delay: float) -> None:
+        return None
+
+    with pytest.raises(SfuApiError) as excinfo:
+        await call_with_retries(
+            no_response, parse_new_session, POLICY, clock=lambda: 0.0, sleep=sleep, rng=random.Random(1)
+        )
+    assert attempts == POLICY.max_attempts and excinfo.value.description == "refused 4"
+
+    async def refused() -> tuple[int, str | None, bytes]:
+        return 400, None, b'{"errorCode": "invalid_params"}'
+
+    with pytest.raises(SfuApiError) as excinfo:
+        await call_with_retries(
+            refused, parse_new_session, POLICY, clock=lambda: 0.0, sleep=sleep, rng=random.Random(1)
+        )
+    assert excinfo.value.code == "invalid_params" and not excinfo.value.retryable
