@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from splitrelay.contract.control import check_call_id
 from splitrelay.contract.json_fields import SchemaError
-from splitrelay.contract.sfu import SessionDescription
+from splitrelay.contract.sfu import SdpType, SessionDescription
 from splitrelay.edge import tokens
 from splitrelay.edge.calls import CallService, Defer, Fetch, RecordClient
 from splitrelay.edge.config import EdgeConfig, load_config
@@ -193,7 +193,7 @@ class EdgeApp:
         if unknown:
             raise bad_request(unknown[0][:40], "unknown field (allowed: offer)")
         offer = _description(doc, "offer")
-        if offer.type.value != "offer":
+        if offer.type is not SdpType.OFFER:
             raise bad_request("offer.type", "must be 'offer'")
         where = CallerLocation.from_cf(request.cf)
         try:

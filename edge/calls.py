@@ -41,6 +41,7 @@ from splitrelay.contract.sfu import (
     CloseTracksRequest,
     RenegotiateRequest,
     ResourceStatus,
+    SdpType,
     SessionDescription,
     TrackObject,
     TracksRequest,
@@ -426,7 +427,7 @@ class CallService:
         """PATCH: the caller's new offer (ICE restart) → the SFU's answer; or the caller's answer → None."""
         if not record.open or record.caller_session_id is None:
             raise EdgeError(409, "call_" + record.state, f"call {record.call_id!r} is {record.state}")
-        if description.type.value == "offer":
+        if description.type is SdpType.OFFER:
             check_offer(description.sdp)
         elif record.pending_sfu_offer is None:
             raise EdgeError(409, "no_pending_offer", "answer: the SFU has no offer waiting for an answer")
@@ -437,7 +438,7 @@ class CallService:
             response = await self._api(request, parse_renegotiate)
         except SfuApiError as exc:
             raise sfu_error("renegotiate", exc) from None
-        if description.type.value == "answer":
+        if description.type is SdpType.ANSWER:
             await self._update(record.call_id, "update", {"pending_sfu_offer": None})
             return None
         if response.session_description is None:
