@@ -1,5 +1,7 @@
 """Price a stack's configuration with `splitrelay cost`: the same fleet, the same stable-address choice.
 
+`splitrelay cost from-stack infra/Pulumi.<stack>.yaml` (scripts/cli/cost.py) prints the command.
+
 The cost model (scripts/cost/custom.py `Fleet`) describes one uniform fleet; a stack may mix instance
 types and counts per region, so the mapping takes the most expensive reading (largest minimum, the
 first region's type) and says what it rounded.
@@ -8,8 +10,6 @@ first region's type) and says what it rounded.
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,26 +82,3 @@ def settings_from_stack_file(path: Path) -> StackSettings:
     raw = {k[len(prefix) :]: v for k, v in config.items() if isinstance(k, str) and k.startswith(prefix)}
     stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
     return parse_settings(raw, stack)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m splitrelay.infra.cost Pulumi.prod.yaml` prints the `splitrelay cost` command for that
-    stack."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m splitrelay.infra.cost infra/Pulumi.<stack>.yaml", file=sys.stderr)
-        return 2
-    try:
-        settings = settings_from_stack_file(Path(args[0]))
-    except InfraConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    flags, notes = cost_arguments(settings)
-    print("splitrelay cost " + " ".join(flags))
-    for note in notes:
-        print(f"# note: {note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

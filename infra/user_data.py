@@ -8,8 +8,8 @@ What it sets up, in boot order:
 - nginx: TLS on 443 (the only control port the security group opens) in front of the relay's
   plain-HTTP control API on 127.0.0.1:8700;
 - `splitrelay-relay.service` (user `splitrelay`): `splitrelay relay serve --workers <cores>` wrapped by
-  `aws_bootstrap exec`, which puts the SSM secrets in the process environment only;
-- `splitrelay-health.timer`: every 30 s, `aws_bootstrap check-health` reports a dead relay to the
+  `splitrelay relay bootstrap exec`, which puts the SSM secrets in the process environment only;
+- `splitrelay-health.timer`: every 30 s, `splitrelay relay bootstrap check-health` reports a dead relay to the
   auto-scaling group, which replaces the instance.
 
 No secret is in the user data (anyone with ec2:DescribeInstanceAttribute can read it): secrets come
@@ -82,7 +82,7 @@ def relay_command(boot: RelayBoot) -> list[str]:
 def render_user_data(boot: RelayBoot) -> str:
     """The whole script; raises ValueError if a value is unsafe or the script exceeds EC2's 16 KB."""
     bootstrap = (
-        f"{VENV}/bin/python -m splitrelay.relay.aws_bootstrap --stack {_unit_arg(boot.stack, 'stack')} "
+        f"{VENV}/bin/splitrelay relay bootstrap --stack {_unit_arg(boot.stack, 'stack')} "
         f"--aws-region {_unit_arg(boot.aws_region, 'awsRegion')}"
     )
     region_key = _unit_arg(boot.region_key, "region key")

@@ -9,19 +9,17 @@ in the process environment only (`exec`: never on disk, never on the command lin
 the relay's /healthz and tells the auto-scaling group to replace an instance whose relay is dead.
 
 Secret values never appear in errors or logs: messages name the SSM parameter, not its value.
-`python -m splitrelay.relay.aws_bootstrap --help` lists the sub-commands the user data calls.
+`splitrelay relay bootstrap --help` lists the sub-commands the user data calls.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import json
 import logging
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -355,29 +353,7 @@ async def public_ipv4_from_imds(client: httpx.AsyncClient, base_url: str = IMDS_
 PUBLIC_ADDRESS_ENV = "SPLITRELAY_PUBLIC_ADDRESS"
 
 
-# -- command line (what the user data's systemd units run) --------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m splitrelay.relay.aws_bootstrap", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--stack", required=True, help="Pulumi stack name (SSM prefix /splitrelay/STACK).")
-    parser.add_argument("--aws-region", required=True, help="This instance's AWS region.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    prepare = sub.add_parser("prepare", help="Claim an address slot, join its accelerator, write TLS files.")
-    prepare.add_argument("--region-key", required=True)
-    prepare.add_argument("--tls-dir", type=Path, required=True)
-    prepare.add_argument("--accelerator", action="store_true", help="stableAddress is global-accelerator.")
-    release = sub.add_parser("release", help="Leave the accelerator and give the address back.")
-    release.add_argument("--region-key", required=True)
-    release.add_argument("--accelerator", action="store_true")
-    run = sub.add_parser("exec", help="Load secrets into the environment and exec COMMAND.")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    health = sub.add_parser("check-health", help="Probe the relay once; report Unhealthy if it is dead.")
-    health.add_argument("--url", default="http://127.0.0.1:8700/healthz")
-    health.add_argument("--attempts", type=int, default=3)
-    return parser
+# -- the sub-commands the user data's systemd units run (`splitrelay relay bootstrap`, scripts/cli/relay.py)
 
 
 async def _instance_id() -> str:
@@ -390,52 +366,64 @@ async def _public_ipv4() -> str | None:
         return await public_ipv4_from_imds(client)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _session(aws_region: str) -> Any:
     import boto3  # only on the instance; the module's functions take clients
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
-    prefix = parameter_prefix(args.stack)
-    session = boto3.session.Session(region_name=args.aws_region)
-    try:
-        if args.command == "exec":
-            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-            if not command:
-                raise BootstrapError("exec: give the command after --")
-            env = {**os.environ, **load_relay_secrets(session.client("ssm"), prefix)}
-            public_ip = asyncio.run(_public_ipv4())
-            if public_ip is not None:  # the relay advertises it as its 1:1 NAT address (--public-address)
-                env[PUBLIC_ADDRESS_ENV] = public_ip
-            os.execvpe(command[0], command, env)
-            return 0  # not reached: execvpe replaces this process
-        instance_id = asyncio.run(_instance_id())
-        if args.command == "prepare":
-            slot = claim_elastic_ip(session.client("ec2"), instance_id, args.stack, args.region_key)
-            if args.accelerator:
-                arns = endpoint_groups_for(session.client("ssm"), prefix, args.region_key, slot.slot)
-                ga = boto3.session.Session(region_name="us-west-2").client("globalaccelerator")
-                register_accelerator_endpoint(ga, arns, instance_id)
-            write_origin_tls(session.client("ssm"), prefix, args.tls_dir)
-            print(json.dumps({"slot": slot.slot, "public_ip": slot.public_ip, "instance_id": instance_id}))
-        elif args.command == "release":
-            slot_or_none = release_elastic_ip(session.client("ec2"), instance_id, args.stack, args.region_key)
-            if args.accelerator and slot_or_none is not None:
-                arns = endpoint_groups_for(session.client("ssm"), prefix, args.region_key, slot_or_none.slot)
-                ga = boto3.session.Session(region_name="us-west-2").client("globalaccelerator")
-                deregister_accelerator_endpoint(ga, arns, instance_id)
-        elif args.command == "check-health":
-
-            async def healthy() -> bool:
-                async with httpx.AsyncClient() as client:
-                    return await probe(client, args.url, attempts=args.attempts)
-
-            ok = asyncio.run(check_health(session.client("autoscaling"), instance_id, healthy))
-            return 0 if ok else 1
-    except BootstrapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return boto3.session.Session(region_name=aws_region)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _accelerator_client() -> AwsClient:
+    import boto3
+
+    return boto3.session.Session(region_name="us-west-2").client("globalaccelerator")
+
+
+def prepare(stack: str, aws_region: str, region_key: str, tls_dir: Path, accelerator: bool) -> dict[str, Any]:
+    """Claim an address slot, join its accelerator, write the origin TLS files; returns the claim."""
+    prefix = parameter_prefix(stack)
+    session = _session(aws_region)
+    instance_id = asyncio.run(_instance_id())
+    slot = claim_elastic_ip(session.client("ec2"), instance_id, stack, region_key)
+    if accelerator:
+        arns = endpoint_groups_for(session.client("ssm"), prefix, region_key, slot.slot)
+        register_accelerator_endpoint(_accelerator_client(), arns, instance_id)
+    write_origin_tls(session.client("ssm"), prefix, tls_dir)
+    return {"slot": slot.slot, "public_ip": slot.public_ip, "instance_id": instance_id}
+
+
+def release(stack: str, aws_region: str, region_key: str, accelerator: bool) -> None:
+    """Leave the accelerator and give the address back."""
+    prefix = parameter_prefix(stack)
+    session = _session(aws_region)
+    instance_id = asyncio.run(_instance_id())
+    slot = release_elastic_ip(session.client("ec2"), instance_id, stack, region_key)
+    if accelerator and slot is not None:
+        arns = endpoint_groups_for(session.client("ssm"), prefix, region_key, slot.slot)
+        deregister_accelerator_endpoint(_accelerator_client(), arns, instance_id)
+
+
+def exec_with_secrets(stack: str, aws_region: str, command: Sequence[str]) -> None:
+    """Load the relay's secrets (and the public IP) into the environment and exec ``command``."""
+    if not command:
+        raise BootstrapError("exec: give the command after --")
+    prefix = parameter_prefix(stack)
+    session = _session(aws_region)
+    env = {**os.environ, **load_relay_secrets(session.client("ssm"), prefix)}
+    public_ip = asyncio.run(_public_ipv4())
+    if public_ip is not None:  # the relay advertises it as its 1:1 NAT address (--public-address)
+        env[PUBLIC_ADDRESS_ENV] = public_ip
+    os.execvpe(command[0], list(command), env)  # replaces this process (returns only under a test)
+
+
+def check_health_once(stack: str, aws_region: str, url: str, attempts: int) -> bool:
+    """Probe the relay once; report the instance Unhealthy when it is dead. True when healthy."""
+    parameter_prefix(stack)  # the same validation as the other sub-commands
+    session = _session(aws_region)
+    instance_id = asyncio.run(_instance_id())
+
+    async def healthy() -> bool:
+        async with httpx.AsyncClient() as client:
+            return await probe(client, url, attempts=attempts)
+
+    return asyncio.run(check_health(session.client("autoscaling"), instance_id, healthy))

@@ -15,9 +15,6 @@ import json
 import logging
 import os
 import secrets
-import select
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +25,7 @@ from prometheus_client.samples import Sample
 from splitrelay.contract.control import CALLS_PATH, AttachRequest, AttachResult
 from splitrelay.contract.signing import sign_headers
 from splitrelay.relay.backend import AttachRefused
+from splitrelay.relay.child import ChildProcess, cli_command, json_ready
 
 log = logging.getLogger("splitrelay.relay.workers")
 
@@ -39,13 +37,13 @@ READY_TIMEOUT_S = 30.0
 @dataclass
 class Worker:
     index: int
-    process: subprocess.Popen[bytes]
+    process: ChildProcess
     url: str
     calls: set[str] = field(default_factory=set)
 
     @property
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process.alive
 
 
 class WorkerPool:
@@ -161,7 +159,7 @@ class WorkerPool:
 
     async def shutdown(self) -> None:
         await self._http.aclose()
-        stop_workers(self.workers)
+        await stop_workers(self.workers)
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -188,10 +186,11 @@ def merge_metrics(texts: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def spawn_workers(
+async def spawn_workers(
     count: int, config: dict[str, Any], internal_key: bytes, env: dict[str, str]
 ) -> list[Worker]:
-    """Start `count` worker processes (pinned to cores when the OS allows) and wait for their ready lines."""
+    """Start `count` worker processes (`splitrelay relay worker`, pinned to a core each when the OS
+    allows) and wait for their JSON ready lines."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     workers: list[Worker] = []
     try:
@@ -199,55 +198,34 @@ def spawn_workers(
             worker_env = dict(os.environ, **env)
             worker_env[INTERNAL_KEY_ENV] = internal_key.decode()
             worker_env[WORKER_CONFIG_ENV] = json.dumps(dict(config, process=str(index)))
-            core = cores[index % len(cores)] if cores else None
-            process = subprocess.Popen(
-                [sys.executable, "-m", "splitrelay.relay.workers"],
-                stdout=subprocess.PIPE,
+            process = await ChildProcess.start(
+                f"relay worker {index}",
+                cli_command("relay", "worker"),
                 env=worker_env,
-                preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None,
+                cores={cores[index % len(cores)]} if cores else None,
             )
             workers.append(Worker(index, process, url=""))
         for worker in workers:
-            worker.url = _read_ready(worker)
+            ready = await worker.process.wait_ready(json_ready("ready"), within=READY_TIMEOUT_S)
+            worker.url = str(ready["url"])
     except BaseException:
-        stop_workers(workers)
+        await stop_workers(workers)
         raise
     return workers
 
 
-def _read_ready(worker: Worker, timeout: float = READY_TIMEOUT_S) -> str:
-    """The worker's first stdout line is its JSON ready line; wait for it at most `timeout` seconds."""
-    stdout = worker.process.stdout
-    assert stdout is not None
-    readable, _, _ = select.select([stdout], [], [], timeout)
-    line = stdout.readline() if readable else b""
-    if not line:
-        code = worker.process.poll()
-        raise RuntimeError(f"relay worker {worker.index} was not ready within {timeout} s (exit code {code})")
-    return str(json.loads(line)["url"])
-
-
-def stop_workers(workers: list[Worker], timeout: float = 10.0) -> None:
-    """SIGTERM each worker by PID, then SIGKILL what is still running after `timeout`."""
-    for worker in workers:
-        if worker.alive:
-            worker.process.terminate()
-    for worker in workers:
-        try:
-            worker.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait(timeout=timeout)
-        if worker.process.stdout is not None:
-            worker.process.stdout.close()
+async def stop_workers(workers: list[Worker], grace: float = 10.0) -> None:
+    """SIGTERM each worker by PID, then SIGKILL what is still running after `grace` seconds."""
+    await asyncio.gather(*(worker.process.stop(grace) for worker in workers))
 
 
 def new_internal_key() -> bytes:
     return secrets.token_hex(32).encode()
 
 
-def _worker_main() -> None:
-    """Entry point of one worker process: a RelayServer on loopback, port printed as a JSON line."""
+def worker_main() -> None:
+    """One worker process (`splitrelay relay worker`): a RelayServer on loopback, its URL printed as a
+    JSON ready line."""
     import signal
 
     import uvloop
@@ -289,7 +267,3 @@ def _worker_main() -> None:
             await stop.wait()
 
     uvloop.run(main())
-
-
-if __name__ == "__main__":
-    _worker_main()

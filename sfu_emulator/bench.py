@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from splitrelay.bench.stats import percentile
+from splitrelay.relay.child import ChildProcess, cli_command, json_ready
 
 PACKET_INTERVAL_S = 0.02
 OPUS_FRAME_BYTES = 80
@@ -54,7 +56,7 @@ class EmulatorProcess:
     def __init__(self) -> None:
         self.secret = secrets.token_hex(16)
         self.app_id = "bench"
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: ChildProcess | None = None
         self.base_url = ""
         self._dir = tempfile.TemporaryDirectory(prefix="splitrelay-bench-")
 
@@ -65,17 +67,11 @@ class EmulatorProcess:
             "unconnected_session_ttl = 600\n[limits]\napi_calls_per_second = 10000\n"
         )
         config.chmod(0o600)
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "splitrelay.cli", "emulator", "serve", "--config", str(config),
-            "--port", "0", "--json",
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        async with asyncio.timeout(30):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator process exited before its start line")
-        self.base_url = json.loads(line)["base_url"]
+        self.process = await ChildProcess.start(
+            "emulator",
+            cli_command("emulator", "serve", "--config", str(config), "--port", "0", "--json"),
+        )
+        self.base_url = str((await self.process.wait_ready(json_ready(None), within=30))["base_url"])
 
     async def state(self, *, reset: bool = False) -> dict[str, Any]:
         import httpx
@@ -88,10 +84,8 @@ class EmulatorProcess:
         return doc
 
     async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            async with asyncio.timeout(20):
-                await self.process.wait()
+        if self.process is not None:
+            await self.process.stop(grace=20)
         self._dir.cleanup()
 
 
@@ -178,9 +172,11 @@ async def _paced(streams: list[Any], frame: bytes, seconds: float) -> int:
 def bare_forwarder_main() -> None:
     """Run in a child process: forward each datagram to the destinations its first byte selects.
 
-    Input on stdin: one JSON line ``{"routes": [[[host, port], ...], ...]}``; prints its port, then on
-    stdin EOF prints dwell percentiles. ``routes[k]`` are the destinations of datagrams whose first
-    payload byte is k (a stand-in for the emulator's SSRC lookup).
+    ``splitrelay bench bare-forwarder`` (hidden). Prints a JSON ready line with its port; then reads on
+    stdin one JSON line ``{"routes": [[[host, port], ...], ...]}``, "reset", and on "report" (or EOF)
+    prints a JSON line with what it forwarded, its CPU and dwell percentiles (scripts/bench/stats.py).
+    ``routes[k]`` are the destinations of datagrams whose first payload byte is k (a stand-in for the
+    emulator's SSRC lookup).
     """
     import uvloop
 
@@ -206,7 +202,8 @@ async def _bare_forwarder() -> None:
                     dwell.append(time.perf_counter_ns() - arrival)
 
     transport, _ = await loop.create_datagram_endpoint(Forward, local_addr=("127.0.0.1", 0))
-    sys.stdout.write(f"{transport.get_extra_info('sockname')[1]}\n")
+    port = transport.get_extra_info("sockname")[1]
+    sys.stdout.write(json.dumps({"event": "ready", "port": port, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -216,9 +213,7 @@ async def _bare_forwarder() -> None:
     cpu0 = time.process_time()
     await reader.readline()  # EOF or "report"
     cpu = time.process_time() - cpu0
-    kept = sorted(dwell)
-    p50 = kept[len(kept) // 2] / 1e6 if kept else None
-    p99 = kept[min(len(kept) - 1, int(0.99 * len(kept)))] / 1e6 if kept else None
+    p50, p99 = (None if p is None else p / 1e6 for p in (percentile(dwell, 50), percentile(dwell, 99)))
     sys.stdout.write(json.dumps({"forwarded": len(dwell), "cpu_s": cpu, "p50": p50, "p99": p99}) + "\n")
     sys.stdout.flush()
     transport.close()
@@ -240,16 +235,12 @@ async def _bare_run(shape: str, n: int, seconds: float, frame: bytes) -> Result:
     ]
     addresses = [t.get_extra_info("sockname")[:2] for t, _ in sinks]
     routes = [addresses[k * per_publisher : (k + 1) * per_publisher] for k in range(publishers)]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c",
-        "from splitrelay.emulator.bench import bare_forwarder_main; bare_forwarder_main()",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdin is not None and process.stdout is not None
+    child = await ChildProcess.start("bare forwarder", cli_command("bench", "bare-forwarder"), stdin=True)
+    process = child.process
+    assert process.stdin is not None
     sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     try:
-        async with asyncio.timeout(30):
-            port = int(await process.stdout.readline())
+        port = int((await child.wait_ready(within=30))["port"])
         process.stdin.write((json.dumps({"routes": routes}) + "\n").encode())
         await process.stdin.drain()
         await asyncio.sleep(0.2)
@@ -271,17 +262,16 @@ async def _bare_run(shape: str, n: int, seconds: float, frame: bytes) -> Result:
         await asyncio.sleep(0.2)
         process.stdin.write(b"report\n")
         await process.stdin.drain()
-        async with asyncio.timeout(30):
-            report = json.loads(await process.stdout.readline())
+        report = json.loads(await child.read_line(30))
         cpu = float(report["cpu_s"])
     finally:
         sender.close()
         for transport, _ in sinks:
             transport.close()
-        if process.returncode is None:
-            process.stdin.close()
-            async with asyncio.timeout(20):
-                await process.wait()
+        if child.alive:
+            process.stdin.close()  # EOF: it reports (if it has not) and exits
+            await child.wait(20)
+        await child.stop(grace=5)
     expected = sends * publishers * per_publisher
     return Result(
         forwarder="bare UDP",
@@ -343,11 +333,11 @@ def markdown(results: list[Result]) -> str:
 
 
 def machine() -> str:
-    """The line that says where the numbers come from."""
-    return (
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform(terse=True)}, "
-        f"Python {platform.python_version()}, emulator and baseline on uvloop"
-    )
+    """The line that says where the numbers come from (the one machine block of every benchmark)."""
+    from splitrelay.bench.support import machine_info, machine_line
+
+    info = machine_info(packages=("aiortc", "aioice", "uvloop"), event_loop="uvloop (emulator and baseline)")
+    return f"machine: {machine_line(info)}"
 
 
 def _sizes(text: str, option: str) -> list[int]:

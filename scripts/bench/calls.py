@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -51,6 +50,7 @@ SUMMARY_FILE: Final = "summary.json"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_UNAVAILABLE: Final = 3
+EVENT_LOOP: Final = "uvloop (relay, emulator, echo agent); asyncio (edge, callers, the harness)"
 # Config fields whose option is not simply --field-name.
 OPTIONS: Final = {
     "reply_timeout_s": "--reply-timeout",
@@ -312,7 +312,7 @@ class Bench:
                 problems.append(f"{name}: the stack did not stop cleanly")
         if caller["leaked"]:
             problems.append(f"caller: sockets beyond the baseline {caller['leaked']}")
-        info = machine_info()
+        info = machine_info(event_loop=EVENT_LOOP)
         order = " ".join(label.upper() for label, _ in c.schedule()[:6])
         return {
             "ok": not problems,
@@ -564,14 +564,3 @@ def _run(
     else:
         render(doc, console)
     return int(doc["exit_code"])
-
-
-def main() -> None:
-    """``python -m splitrelay.bench.calls``: the command on its own (the CLI registers ``calls_command``)."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(calls_command)
-    app(args=sys.argv[1:])
-
-
-if __name__ == "__main__":
-    main()

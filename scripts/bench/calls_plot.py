@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from splitrelay.bench.calls_config import PLOT_SUFFIXES
-from splitrelay.devtools.budget import percentile
+from splitrelay.bench.stats import percentile
 
 MAX_BINS: Final = 60
 MIN_BIN_MS: Final = 0.5

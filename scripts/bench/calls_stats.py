@@ -2,8 +2,8 @@
 
 Pure: no I/O. A call is one :class:`CallResult` (one JSON line in ``calls.jsonl``), failed or not;
 a configuration's numbers are percentiles over its measured calls (warm-up calls are kept in the
-file and counted when they fail, never in the latencies). Percentiles are scripts/devtools/budget.py's
-(numpy's default definition), so any number can be checked from the JSON lines with a spreadsheet.
+file and counted when they fail, never in the latencies). Percentiles are scripts/bench/stats.py's (the
+one definition of every benchmark: numpy's default), so any number can be checked from the JSON lines.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from splitrelay.bench.support import ratio
-from splitrelay.devtools.budget import CallReport, percentile
+from splitrelay.bench.stats import percentile, ratio
+from splitrelay.devtools.budget import CallReport
 
 QUANTILES: Final = (50, 95, 99)
 MAX_REASONS: Final = 5

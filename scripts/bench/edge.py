@@ -19,7 +19,7 @@ run is the same setup on CPython (edge/app.py over the same recording, stand-ins
 time: the first import of the main module (SDK included) and re-imports of the edge modules from
 source (a cold-start proxy).
 
-Run: ``python -m splitrelay.bench.edge [--iterations 300] [--warmup 300] [--profile] [--json]``.
+Run: ``splitrelay bench edge [--iterations 300] [--warmup 300] [--profile] [--json]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -38,17 +37,23 @@ from typing import Annotated, Any
 
 import typer
 
+from splitrelay.bench.stats import percentile
+from splitrelay.bench.support import machine_info, machine_line
+
 GOAL_CPU_MS = 5.0
+EVENT_LOOP = "Pyodide's (in Node) for the Worker; asyncio for the CPython baseline"
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
+def _percentile(values: list[float], q: float) -> float:
+    """scripts/bench/stats.py's percentile of a non-empty list (every list here has one value per setup)."""
+    value = percentile(values, q)
+    if value is None:
+        raise ValueError("no values to summarize")
+    return value
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "p99": percentile(values, 0.99), "n": float(len(values))}
+    return {"median": _percentile(values, 50), "p99": _percentile(values, 99), "n": float(len(values))}
 
 
 async def cpython_setups(recorded: dict[str, Any], warmup: int, iterations: int) -> list[float]:
@@ -191,6 +196,7 @@ def run(iterations: int, warmup: int, imports: int, profile: bool = False) -> di
     parts = split_setups(plain, metered)
     result: dict[str, Any] = {
         "machine": {
+            **machine_info(packages=(), event_loop=EVENT_LOOP),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": sys.version.split()[0],
@@ -223,7 +229,7 @@ def run(iterations: int, warmup: int, imports: int, profile: bool = False) -> di
         result["process_cpu_ms"]["median"] / result["cpython_process_cpu_ms"]["median"]
     )
     result["worker_within_goal_share"] = sum(ms <= GOAL_CPU_MS for ms in parts["worker"]) / iterations
-    result["worker_p90_ms"] = percentile(parts["worker"], 0.9)
+    result["worker_p90_ms"] = _percentile(parts["worker"], 90)
     result["meter_overhead_ms"] = (
         result["metered_process_cpu_ms"]["median"] - result["process_cpu_ms"]["median"]
     )
@@ -263,11 +269,7 @@ def verdict(result: dict[str, Any]) -> str:
 def print_table(result: dict[str, Any]) -> None:
     out = sys.stderr
     machine = result["machine"]
-    print(
-        f"machine: {machine['cpus']} cpus, {machine['platform']}, host Python {machine['python']}, "
-        f"load average {machine['loadavg_1m']:.2f}",
-        file=out,
-    )
+    print(f"machine: {machine_line(machine)}, load average {machine['loadavg_1m']:.2f}", file=out)
     print(
         f"Pyodide {result['pyodide_version']}, {result['iterations']} call setups "
         f"after {result['warmup']} warm-up setups",
@@ -315,7 +317,3 @@ def edge_command(
     print_table(result)
     if json_output:
         print(json.dumps(result, indent=1))
-
-
-if __name__ == "__main__":
-    typer.run(edge_command)

@@ -21,15 +21,15 @@ when it comes back, one the size of the wire protocol's AUDIO_OUT: the echo then
 datagrams of the same sizes as the relay does, and the round trip crosses it twice, as it crosses the
 relay twice.
 
-A child process of the benchmark; JSON lines both ways. stdout: ``progress`` (relay mode), ``ready``,
-``result``; stdin: ``{"cmd": "run", "t0": ..., "rtt_path": ...}`` then ``{"cmd": "stop"}`` (or EOF). The
-schedule (warm-up, duration) is fixed at start, since the packets are built before ``ready``. The
-signing key comes from $SPLITRELAY_RELAY_SIGNING_KEY, never from the command line.
+A child process of the benchmark (``splitrelay bench load-worker``); JSON lines both ways. stdout:
+``progress`` (relay mode), ``ready``, ``result``; stdin: ``{"cmd": "run", "t0": ..., "rtt_path": ...}``
+then ``{"cmd": "stop"}`` (or EOF). The schedule (warm-up, duration) is fixed at start, since the packets
+are built before ``ready``. The signing key comes from $SPLITRELAY_RELAY_SIGNING_KEY, never from the
+command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import contextlib
@@ -43,10 +43,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from splitrelay.bench.stats import percentile
 from splitrelay.inference import wire
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
@@ -281,7 +282,7 @@ def lateness_report(lateness: Lateness, schedule: Schedule) -> dict[str, Any]:
     warmup = [late for index, late in lateness if index < schedule.window_slot]
     worst = sorted(lateness, key=lambda entry: -entry[1])[:5]
     return {
-        "lateness_warmup_p99_ms": round(float(np.percentile(warmup, 99)) * 1000, 3) if warmup else 0.0,
+        "lateness_warmup_p99_ms": round((percentile(warmup, 99) or 0.0) * 1000, 3),
         "lateness_worst": [
             [round(index * schedule.slot_s, 3), round(late * 1000, 1)] for index, late in worst
         ],
@@ -292,7 +293,7 @@ def summarize(
     flows: Sequence[Flow], expected: int, lateness: Lateness, extra: dict[str, Any], schedule: Schedule
 ) -> RunResult:
     """Counts over the flows; lateness p99 and max over the window's slots (the warm-up's go in extra)."""
-    late = np.array([late for index, late in lateness if index >= schedule.window_slot] or [0.0])
+    late = [late for index, late in lateness if index >= schedule.window_slot] or [0.0]
     return RunResult(
         sent=sum(f.sent for f in flows),
         expected=expected,
@@ -300,8 +301,8 @@ def summarize(
         received_window=sum(f.received()[0] for f in flows),
         unmatched=sum(f.received()[1] for f in flows),
         send_failures=sum(f.send_failures for f in flows),
-        lateness_p99_ms=round(float(np.percentile(late, 99)) * 1000, 3),
-        lateness_max_ms=round(float(late.max()) * 1000, 3),
+        lateness_p99_ms=round((percentile(late, 99) or 0.0) * 1000, 3),
+        lateness_max_ms=round(max(late) * 1000, 3),
         extra={**extra, **lateness_report(lateness, schedule)},
     )
 
@@ -748,7 +749,7 @@ async def read_command(reader: asyncio.StreamReader, within: float) -> dict[str,
     return command
 
 
-async def worker(args: argparse.Namespace) -> int:
+async def worker(args: WorkerOptions) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -768,6 +769,7 @@ async def worker(args: argparse.Namespace) -> int:
             key = os.environ.get(SIGNING_KEY_ENV, "").encode()
             if not key:
                 raise ValueError(f"${SIGNING_KEY_ENV} is not set: the worker signs its attach requests")
+            assert args.relay_url is not None  # WorkerOptions requires it in relay mode
             callers, frames, rtts = await setup_callers(
                 args.relay_url, key, schedule, args.prefix, args.concurrency, args.setup_timeout
             )
@@ -776,6 +778,7 @@ async def worker(args: argparse.Namespace) -> int:
             extra["payload_bytes_mean"] = round(sum(len(p) for p, _ in frames) / len(frames), 1)
             extra["packets_prepared"] = sum(len(c._packets) for c in callers)
         else:
+            assert args.target is not None  # WorkerOptions requires it in udp mode
             host, _, port = args.target.rpartition(":")
             udp_flows, rtts, transports = await setup_flows((host, int(port)), args.count, args.srtp_bytes)
             flows = udp_flows
@@ -810,33 +813,38 @@ async def worker(args: argparse.Namespace) -> int:
             transport.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m splitrelay.bench.load", description=__doc__)
-    parser.add_argument("--mode", choices=("relay", "udp"), required=True)
-    parser.add_argument("--count", type=int, required=True, help="callers or flows")
-    parser.add_argument("--warmup", type=float, required=True, help="seconds of traffic before the window")
-    parser.add_argument("--duration", type=float, required=True, help="seconds of the measured window")
-    parser.add_argument("--relay-url", help="relay control API (relay mode)")
-    parser.add_argument("--prefix", default="bench", help="call id prefix (relay mode)")
-    parser.add_argument("--concurrency", type=int, default=16, help="set-ups in flight (relay mode)")
-    parser.add_argument("--setup-timeout", type=float, default=SETUP_TIMEOUT_S)
-    parser.add_argument("--target", help="HOST:PORT of the UDP echo (udp mode)")
-    parser.add_argument("--srtp-bytes", type=int, default=0, help="SRTP overhead to mimic (udp mode)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.count <= 10_000:
-        parser.error(f"--count: must be 1..10000, got {args.count}")
-    if not 0 <= args.warmup <= 120:
-        parser.error(f"--warmup: must be 0..120 seconds, got {args.warmup:g}")
-    if not 1 <= args.duration <= 600:
-        parser.error(f"--duration: must be 1..600 seconds, got {args.duration:g}")
-    if args.mode == "relay" and not args.relay_url:
-        parser.error("--relay-url is required in relay mode")
-    if args.mode == "udp" and not args.target:
-        parser.error("--target is required in udp mode")
+@dataclass(frozen=True)
+class WorkerOptions:
+    """One load worker's run (`splitrelay bench load-worker`); checked here, so every caller gets the same
+    errors."""
+
+    mode: Literal["relay", "udp"]
+    count: int
+    """Callers (relay mode) or flows (udp mode)."""
+    warmup: float
+    duration: float
+    relay_url: str | None = None
+    prefix: str = "bench"
+    concurrency: int = 16
+    setup_timeout: float = SETUP_TIMEOUT_S
+    target: str | None = None
+    srtp_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= 10_000:
+            raise ValueError(f"--count: must be 1..10000, got {self.count}")
+        if not 0 <= self.warmup <= 120:
+            raise ValueError(f"--warmup: must be 0..120 seconds, got {self.warmup:g}")
+        if not 1 <= self.duration <= 600:
+            raise ValueError(f"--duration: must be 1..600 seconds, got {self.duration:g}")
+        if self.mode == "relay" and not self.relay_url:
+            raise ValueError("--relay-url is required in relay mode")
+        if self.mode == "udp" and not self.target:
+            raise ValueError("--target is required in udp mode")
+
+
+def run_worker(options: WorkerOptions) -> int:
+    """Run one worker to its end on the SDK's event loop; the exit status."""
     from splitrelay.inference.sdk import run
 
-    sys.exit(run(worker(args)))
-
-
-if __name__ == "__main__":
-    main()
+    return run(worker(options))

@@ -3,10 +3,11 @@
 For each N the benchmark runs two phases back to back on the same cores:
 
 1. relay: the relay (``splitrelay relay serve``) pinned to its core; on the other core(s) an echo inference
-   (scripts/bench/servers.py) and load workers (scripts/bench/load.py) whose real WebRTC callers attach
-   through the signed control API and send real Opus at 50 packets/s each way over SRTP. The load side
-   is built to cost a fraction of the relay's work per packet (packets protected before the window,
-   echoes matched by their clear header and length, one in 47 authenticated; a raw echo inference);
+   (scripts/bench/servers.py) and load workers (scripts/bench/load.py), hidden ``splitrelay bench``
+   commands, whose real WebRTC callers attach through the signed control API and send real Opus at
+   50 packets/s each way over SRTP. The load side is built to cost a fraction of the relay's work per
+   packet (packets protected before the window, echoes matched by their clear header and length, one in
+   47 authenticated; a raw echo inference);
 2. baseline: a bare uvloop UDP echo pinned to the same core, fed the same number of datagrams per second
    of the same sizes by the same workers.
 
@@ -25,7 +26,6 @@ import math
 import os
 import secrets
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from splitrelay.bench.load import DRAIN_S, MAX_PREPARED
+from splitrelay.bench.stats import percentile_ms, ratio
 from splitrelay.bench.support import (
     BenchError,
     Child,
@@ -46,11 +47,10 @@ from splitrelay.bench.support import (
     CpuWindow,
     machine_info,
     machine_line,
-    percentile_ms,
-    ratio,
     split_cores,
     stop_all,
 )
+from splitrelay.relay.child import cli_command
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 FLOOR_CALLS = 500
@@ -406,16 +406,12 @@ class Context:
         return {**self.plain_env, SIGNING_KEY_ENV: self.key}
 
 
-def _py(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
-
-
 async def _spawn_workers(ctx: Context, mode: str, n: int, extra: Sequence[str], tag: str) -> list[Child]:
     k = min(ctx.load_procs, n)
     shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
     workers: list[Child] = []
     for i, count in enumerate(shares):
-        args = _py("splitrelay.bench.load", "--mode", mode, "--count", str(count), *extra)
+        args = cli_command("bench", "load-worker", "--mode", mode, "--count", str(count), *extra)
         args += ["--warmup", f"{ctx.config.warmup!r}", "--duration", f"{ctx.config.duration!r}"]
         if mode == "relay":
             args += ["--prefix", f"{tag}-w{i}"]
@@ -690,8 +686,9 @@ async def relay_phase(ctx: Context, n: int) -> PhaseResult:
     try:
         inference = await Child.spawn(
             f"echo-inference-{n}",
-            _py(
-                "splitrelay.bench.servers",
+            cli_command(
+                "bench",
+                "serve-echo",
                 "echo-inference",
                 "--listen",
                 "127.0.0.1:0",
@@ -707,8 +704,7 @@ async def relay_phase(ctx: Context, n: int) -> PhaseResult:
         inference_port = int((await inference.wait_for("ready", 30))["port"])
         relay = await Child.spawn(
             f"relay-{n}",
-            _py(
-                "splitrelay.cli",
+            cli_command(
                 "relay",
                 "serve",
                 "--json",
@@ -787,7 +783,7 @@ async def baseline_phase(ctx: Context, n: int, srtp_overhead: int) -> PhaseResul
     try:
         echo = await Child.spawn(
             f"udp-echo-{n}",
-            _py("splitrelay.bench.servers", "udp-echo", "--listen", "127.0.0.1:0"),
+            cli_command("bench", "serve-echo", "udp-echo", "--listen", "127.0.0.1:0"),
             cores=ctx.relay_cores,
             workdir=ctx.workdir,
             env=ctx.plain_env,
@@ -1028,7 +1024,7 @@ async def run_async(config: RelayBenchConfig, console: Console) -> dict[str, Any
     """Run every N in turn; print a table per N and a summary; return the machine-readable report."""
     relay_cores, load_cores = split_cores(config.relay_core)
     load_procs = config.load_procs or len(load_cores)
-    info = machine_info()
+    info = machine_info(event_loop="uvloop (relay, echo servers, load workers); asyncio (the bench itself)")
     console.print(f"[bold]machine[/]: {machine_line(info)}")
     console.print(
         f"relay pinned to core(s) {sorted(relay_cores)}; load generator ({load_procs} worker process(es) + "

@@ -10,12 +10,11 @@ nothing else), the baseline: what moving the same datagrams costs with no relay 
 
 Each prints one JSON ready line with its port, runs until SIGTERM/SIGINT or until its stdin closes (so
 it never outlives the benchmark), then prints a JSON stats line.
-Run: ``python -m splitrelay.bench.servers echo-inference|udp-echo [--listen 127.0.0.1:0]``.
+Run: ``splitrelay bench serve-echo echo-inference|udp-echo [--listen 127.0.0.1:0]`` (a hidden command).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -34,13 +33,6 @@ SOCKET_BUFFER = 1 << 21  # the same 2 MiB the relay's wire socket asks for (rela
 
 def _emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
-
-
-def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SystemExit(f"--listen: expected HOST:PORT with port 0..65535, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 async def _until_stopped() -> None:
@@ -153,28 +145,3 @@ async def udp_echo(listen: tuple[str, int]) -> None:
     finally:
         transport.close()
         _emit({"event": "stats", "datagrams": protocol.datagrams})
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m splitrelay.bench.servers", description=__doc__)
-    sub = parser.add_subparsers(dest="server", required=True)
-    inf = sub.add_parser("echo-inference", help="inference that echoes every frame at once, raw")
-    inf.add_argument("--listen", default="127.0.0.1:0")
-    inf.add_argument("--max-calls", type=int, default=1000)
-    udp = sub.add_parser("udp-echo", help="bare uvloop UDP echo (the baseline)")
-    udp.add_argument("--listen", default="127.0.0.1:0")
-    args = parser.parse_args(argv)
-    listen = _parse_listen(args.listen)
-
-    import uvloop
-
-    if args.server == "echo-inference":
-        if not 1 <= args.max_calls <= 100_000:
-            raise SystemExit(f"--max-calls: must be 1..100000, got {args.max_calls}")
-        uvloop.run(echo_inference(listen, args.max_calls))
-    else:
-        uvloop.run(udp_echo(listen))
-
-
-if __name__ == "__main__":
-    main()

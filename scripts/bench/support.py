@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import importlib.metadata
 import json
 import os
 import platform
-import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
+from splitrelay.relay.child import ChildError, ChildProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-STDOUT_LINE_LIMIT = 1 << 20  # children print short JSON lines; 1 MiB bounds a runaway one
-_PR_SET_PDEATHSIG = 1
 
 
 class BenchError(RuntimeError):
@@ -43,8 +38,11 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def machine_info(packages: Sequence[str] = ("aiortc", "aioice", "uvloop", "av")) -> dict[str, Any]:
-    """CPU model, core counts, kernel and versions: what a reader needs to compare two runs."""
+def machine_info(
+    packages: Sequence[str] = ("aiortc", "aioice", "uvloop", "av"), event_loop: str = "uvloop"
+) -> dict[str, Any]:
+    """CPU model, core counts, kernel, Python, the event loop(s) measured and package versions: what a
+    reader needs to compare two runs. Every benchmark prints it (``machine_line``) above its table."""
     model = platform.processor() or "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
@@ -57,15 +55,17 @@ def machine_info(packages: Sequence[str] = ("aiortc", "aioice", "uvloop", "av"))
         "usable_cores": sorted(os.sched_getaffinity(0)),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "event_loop": event_loop,
         "packages": {p: _version(p) for p in packages},
     }
 
 
 def machine_line(info: Mapping[str, Any]) -> str:
-    packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+    """``machine_info`` as the one line every benchmark table starts with."""
+    packages = "".join(f", {k} {v}" for k, v in info["packages"].items())
     return (
         f"{info['cpu']}, {info['cores']} cores (usable {len(info['usable_cores'])}), "
-        f"Linux {info['kernel']}, Python {info['python']}, {packages}"
+        f"Linux {info['kernel']}, Python {info['python']}, event loop: {info['event_loop']}{packages}"
     )
 
 
@@ -254,31 +254,15 @@ class CpuWindow:
 
 # --- child processes --------------------------------------------------------------------------------
 
-_libc: Any = None
-_libc_path = ctypes.util.find_library("c")
-if _libc_path:
-    with contextlib.suppress(OSError):
-        _libc = ctypes.CDLL(_libc_path, use_errno=True)
-
-
-def _child_setup(cores: frozenset[int]) -> None:
-    """Runs in the child between fork and exec: pin it, and have it killed if the bench dies."""
-    os.sched_setaffinity(0, cores)
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
 
 class Child:
-    """One pinned child process speaking JSON lines on stdout (and optionally reading them on stdin)."""
+    """One pinned child process (relay/child.py) speaking JSON lines on stdout (and optionally reading
+    them on stdin); its stderr goes to a file shown when it fails."""
 
-    def __init__(
-        self, name: str, proc: asyncio.subprocess.Process, stderr_path: Path, log: IO[bytes]
-    ) -> None:
-        self.name = name
-        self.proc = proc
-        self.pid = proc.pid
-        self.stderr_path = stderr_path
-        self._log = log
+    def __init__(self, process: ChildProcess) -> None:
+        self.process = process
+        self.name = process.name
+        self.pid = process.pid
         self.events: list[dict[str, Any]] = []
 
     @classmethod
@@ -293,30 +277,21 @@ class Child:
         stdin: bool = False,
     ) -> Child:
         """Start ``args`` pinned to ``cores``; its stderr goes to a file in ``workdir`` (shown on failure)."""
-        stderr_path = workdir / f"{name}.stderr"
-        log = stderr_path.open("wb")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
+            process = await ChildProcess.start(
+                name,
+                args,
                 env=dict(os.environ if env is None else env),
-                preexec_fn=lambda: _child_setup(cores),
-                start_new_session=True,  # a Ctrl-C reaches the bench, which stops its children in order
-                limit=STDOUT_LINE_LIMIT,
+                stdin=stdin,
+                stderr=workdir / f"{name}.stderr",
+                cores=cores,
             )
-        except OSError as exc:
-            log.close()
-            raise BenchError(f"{name}: cannot start {args[0]}: {exc.strerror or exc}") from None
-        return cls(name, proc, stderr_path, log)
+        except ChildError as exc:
+            raise BenchError(str(exc)) from None
+        return cls(process)
 
     def stderr_tail(self, lines: int = 12) -> str:
-        try:
-            text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
+        return self.process.stderr_tail(lines)
 
     def _failure(self, what: str) -> BenchError:
         tail = self.stderr_tail()
@@ -325,13 +300,10 @@ class Child:
 
     async def next_event(self, within: float) -> dict[str, Any]:
         """The next JSON line from the child; BenchError on exit, garbage, an error event or a timeout."""
-        assert self.proc.stdout is not None
         try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        except TimeoutError:
-            raise self._failure(f"sent nothing for {within:g} s") from None
-        except ValueError:  # asyncio's LimitOverrunError surfaces as ValueError from readline
-            raise self._failure(f"printed a line longer than {STDOUT_LINE_LIMIT} bytes") from None
+            line = await self.process.read_line(within)
+        except ChildError as exc:
+            raise self._failure(str(exc).removeprefix(f"{self.name}: ")) from None
         if not line:
             code = await self.wait(5.0)
             raise self._failure(f"exited (code {code})")
@@ -360,7 +332,6 @@ class Child:
 
     async def remaining_events(self, within: float = 5.0) -> list[dict[str, Any]]:
         """JSON objects the child printed up to its exit (call after ``stop``); other lines are skipped."""
-        assert self.proc.stdout is not None
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + within
         for _ in range(10_000):  # bounded in count and time
@@ -368,8 +339,8 @@ class Child:
             if remaining <= 0:
                 break
             try:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            except (TimeoutError, ValueError):
+                line = await self.process.read_line(remaining)
+            except ChildError:
                 break
             if not line:
                 break
@@ -380,39 +351,24 @@ class Child:
         return out
 
     async def send(self, message: Mapping[str, Any]) -> None:
-        if self.proc.stdin is None:
+        stdin = self.process.process.stdin
+        if stdin is None:
             raise BenchError(f"{self.name}: started without a stdin pipe")
         try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            await self.proc.stdin.drain()
+            stdin.write(json.dumps(message).encode() + b"\n")
+            await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise self._failure("closed its stdin") from None
 
     async def wait(self, within: float) -> int | None:
-        try:
-            return await asyncio.wait_for(self.proc.wait(), within)
-        except TimeoutError:
-            return None
+        return await self.process.wait(within)
 
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self.process.alive
 
     async def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM by PID, then SIGKILL after ``grace`` s; closes the pipes. Idempotent."""
-        try:
-            if self.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(signal.SIGTERM)
-                code = await self.wait(grace)
-                if code is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        self.proc.kill()
-                    code = await self.wait(5.0)
-            if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-                self.proc.stdin.close()
-            return self.proc.returncode
-        finally:
-            self._log.close()
+        """SIGTERM by PID, then SIGKILL after ``grace`` s; closes its stdin. Idempotent."""
+        return await self.process.stop(grace)
 
 
 async def stop_all(children: Iterable[Child], grace: float = 10.0) -> None:
@@ -420,19 +376,3 @@ async def stop_all(children: Iterable[Child], grace: float = 10.0) -> None:
     alive = [c for c in children]
     if alive:
         await asyncio.gather(*(c.stop(grace) for c in alive), return_exceptions=True)
-
-
-# --- statistics -------------------------------------------------------------------------------------
-
-
-def percentile_ms(samples_us: np.ndarray[Any, Any], q: float) -> float | None:
-    """The q-th percentile (0..100) of microsecond samples, in ms; None when there are none."""
-    if samples_us.size == 0:
-        return None
-    return float(np.percentile(samples_us, q)) / 1000
-
-
-def ratio(value: float | None, base: float | None) -> float | None:
-    if value is None or base is None or base <= 0:
-        return None
-    return value / base

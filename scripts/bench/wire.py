@@ -1,19 +1,19 @@
 """Benchmark of the wire path: codec cost, speech detection cost, and a loopback echo under load.
 
-Run: ``.venv/bin/python -m splitrelay.bench.wire [--calls 200 --seconds 3]``. Numbers depend on the
+Run: ``splitrelay bench wire [--calls 200 --seconds 3]``. Numbers depend on the
 machine and its neighbours; rerun before relying on one. Both ends share one process (and core)
 in the loopback part, so its CPU figure is relay + inference together.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from splitrelay.bench.stats import percentile
 from splitrelay.inference import sdk as inference
 from splitrelay.inference import wire
 from splitrelay.inference.sdk import InferenceCall, InferenceServer
@@ -93,25 +93,20 @@ async def bench_loopback(calls: int, seconds: float) -> None:
             await asyncio.sleep(0.2)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     total = calls * frames
-    rtts.sort()
     print(
         f"loopback echo: {calls} calls x 50 frames/s for {seconds:g} s ({total * 2 / wall:,.0f} datagrams/s "
         f"through both ends), CPU {cpu / wall:.0%}, lost {total - len(rtts)}"
     )
     if rtts:
-        p50, p99 = rtts[len(rtts) // 2] * 1e3, rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))] * 1e3
+        p50, p99 = (percentile(rtts, 50) or 0.0) * 1e3, (percentile(rtts, 99) or 0.0) * 1e3
         print(f"round trip p50 {p50:.3f} ms, p99 {p99:.3f} ms, mean {statistics.fmean(rtts) * 1e3:.3f} ms")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    args = parser.parse_args()
+def run(calls: int, seconds: float) -> None:
+    """Codec and speech detection costs, then the loopback echo (`splitrelay bench wire`)."""
+    from splitrelay.bench.support import machine_info, machine_line
+
+    print(f"machine: {machine_line(machine_info(packages=('uvloop',), event_loop='uvloop'))}")
     bench_codec()
     bench_speech()
-    inference.run(bench_loopback(args.calls, args.seconds))
-
-
-if __name__ == "__main__":
-    main()
+    inference.run(bench_loopback(calls, seconds))

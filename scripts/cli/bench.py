@@ -6,12 +6,14 @@ and a new benchmark (e.g. `bench emulator`) is one more function beside `relay`.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from splitrelay.bench.calls import calls_command
 from splitrelay.bench.edge import edge_command
+from splitrelay.cli.agent import parse_listen
 from splitrelay.emulator.bench import command as emulator_command
 
 app = typer.Typer(
@@ -70,5 +72,89 @@ app.command("edge")(edge_command)
 app.command("emulator")(emulator_command)
 
 
-if __name__ == "__main__":
-    app()
+@app.command("wire")
+def wire(
+    calls: Annotated[int, typer.Option(help="Calls in the loopback echo, 50 frames/s each.")] = 200,
+    seconds: Annotated[float, typer.Option(help="Seconds of the loopback echo.")] = 3.0,
+) -> None:
+    """The wire path: codec and speech-detection cost per call, and a loopback echo's round trip and CPU."""
+    from splitrelay.bench.wire import run
+
+    run(calls, seconds)
+
+
+# -- child processes of the benchmarks (hidden: the benchmarks start them) ----------------------------
+
+
+class LoadMode(StrEnum):
+    relay = "relay"
+    udp = "udp"
+
+
+@app.command("load-worker", hidden=True)
+def load_worker(
+    mode: Annotated[LoadMode, typer.Option(help="relay: WebRTC callers; udp: bare flows (baseline).")],
+    count: Annotated[int, typer.Option(help="Callers or flows.")],
+    warmup: Annotated[float, typer.Option(help="Seconds of traffic before the window.")],
+    duration: Annotated[float, typer.Option(help="Seconds of the measured window.")],
+    relay_url: Annotated[str | None, typer.Option(help="Relay control API (relay mode).")] = None,
+    prefix: Annotated[str, typer.Option(help="Call id prefix (relay mode).")] = "bench",
+    concurrency: Annotated[int, typer.Option(help="Set-ups in flight (relay mode).")] = 16,
+    setup_timeout: Annotated[float, typer.Option(help="Seconds one call may take to connect.")] = 30.0,
+    target: Annotated[str | None, typer.Option(help="HOST:PORT of the UDP echo (udp mode).")] = None,
+    srtp_bytes: Annotated[int, typer.Option(help="SRTP overhead to mimic (udp mode).")] = 0,
+) -> None:
+    """One load-generator process of `bench relay`: JSON lines on stdout and stdin (scripts/bench/load.py)."""
+    from splitrelay.bench.load import WorkerOptions, run_worker
+
+    try:
+        options = WorkerOptions(
+            mode.value,
+            count,
+            warmup,
+            duration,
+            relay_url,
+            prefix,
+            concurrency,
+            setup_timeout,
+            target,
+            srtp_bytes,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    raise typer.Exit(run_worker(options))
+
+
+class EchoServer(StrEnum):
+    echo_inference = "echo-inference"
+    udp_echo = "udp-echo"
+
+
+@app.command("serve-echo", hidden=True)
+def serve_echo(
+    server: Annotated[EchoServer, typer.Argument(help="echo-inference, or udp-echo (the baseline).")],
+    listen: Annotated[
+        str, typer.Option(help="UDP HOST:PORT to listen on (port 0 picks one).")
+    ] = "127.0.0.1:0",
+    max_calls: Annotated[int, typer.Option(help="Calls the echo inference takes (1..100000).")] = 1000,
+) -> None:
+    """An echo server of `bench relay` on uvloop: a JSON ready line, stats on exit (bench/servers.py)."""
+    import uvloop
+
+    from splitrelay.bench.servers import echo_inference, udp_echo
+
+    address = parse_listen(listen)
+    if server is EchoServer.echo_inference:
+        if not 1 <= max_calls <= 100_000:
+            raise typer.BadParameter(f"--max-calls: must be 1..100000, got {max_calls}")
+        uvloop.run(echo_inference(address, max_calls))
+    else:
+        uvloop.run(udp_echo(address))
+
+
+@app.command("bare-forwarder", hidden=True)
+def bare_forwarder() -> None:
+    """The bare UDP forwarder `bench emulator` compares the emulator with (sfu_emulator/bench.py)."""
+    from splitrelay.emulator.bench import bare_forwarder_main
+
+    bare_forwarder_main()

@@ -10,12 +10,12 @@ import typer
 
 from splitrelay.cli.agent import app as agent_app
 from splitrelay.cli.bench import app as bench_app
+from splitrelay.cli.cost import cost_app
 from splitrelay.cli.edge import edge_app, token_app
+from splitrelay.cli.emulator import app as emulator_app
 from splitrelay.cli.relay import app as relay_app
 from splitrelay.cli.stack import call as call_command
 from splitrelay.cli.stack import dev as dev_command
-from splitrelay.cost.cli import cost_app
-from splitrelay.emulator.cli import app as emulator_app
 
 app = typer.Typer(
     name="splitrelay",

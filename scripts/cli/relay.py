@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,11 @@ import typer
 from splitrelay.cli.agent import parse_listen
 
 app = typer.Typer(help="The regional relay: joins callers' WebRTC media and carries Opus to inference.")
+bootstrap_app = typer.Typer(
+    help="A relay instance's AWS runtime (relay/aws_bootstrap.py), run by the user data's systemd units.",
+    no_args_is_help=True,
+)
+app.add_typer(bootstrap_app, name="bootstrap")
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 SFU_SECRET_ENV = "SPLITRELAY_SFU_APP_SECRET"
@@ -161,7 +167,7 @@ def serve(
             else None,
         }
         internal_key = new_internal_key()
-        pool = WorkerPool(spawn_workers(workers, config, internal_key, env={}), internal_key)
+        pool = WorkerPool(await spawn_workers(workers, config, internal_key, env={}), internal_key)
         stack.push_async_callback(pool.shutdown)
         control = ControlServer(create_app(pool, Verifier(keys=settings.signing_keys)), host, port)
         await control.start()
@@ -193,3 +199,107 @@ def serve(
     else:
         asyncio.run(main())
     sys.exit(0)
+
+
+@app.command("worker", hidden=True)
+def worker() -> None:
+    """One per-core relay process of `serve --workers N` (its settings come from the environment)."""
+    from splitrelay.relay.workers import worker_main
+
+    worker_main()
+
+
+# -- `splitrelay relay bootstrap`: what the instance's systemd units run ------------------------------
+
+
+@bootstrap_app.callback()
+def bootstrap(
+    ctx: typer.Context,
+    stack: Annotated[str, typer.Option(help="Pulumi stack name (SSM prefix /splitrelay/STACK).")],
+    aws_region: Annotated[str, typer.Option(help="This instance's AWS region.")],
+) -> None:
+    """A relay instance's AWS runtime: secrets from SSM, a stable address, self-health (docs/deploy.md)."""
+    ctx.obj = (stack, aws_region)
+
+
+def _bootstrap_step(run: Callable[[], int]) -> None:
+    """Run one sub-command; a BootstrapError is one line on stderr and exit status 2, never a traceback."""
+    from splitrelay.relay.aws_bootstrap import BootstrapError
+
+    try:
+        code = run()
+    except BootstrapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@bootstrap_app.command("prepare")
+def bootstrap_prepare(
+    ctx: typer.Context,
+    region_key: Annotated[str, typer.Option(help="The relay region's key in the stack config.")],
+    tls_dir: Annotated[Path, typer.Option(help="Directory for the origin TLS files nginx serves.")],
+    accelerator: Annotated[
+        bool, typer.Option("--accelerator", help="stableAddress is global-accelerator.")
+    ] = False,
+) -> None:
+    """Claim an address slot, join its accelerator, write TLS files; prints the claim as JSON."""
+    from splitrelay.relay import aws_bootstrap
+
+    stack, aws_region = ctx.obj
+
+    def run() -> int:
+        print(json.dumps(aws_bootstrap.prepare(stack, aws_region, region_key, tls_dir, accelerator)))
+        return 0
+
+    _bootstrap_step(run)
+
+
+@bootstrap_app.command("release")
+def bootstrap_release(
+    ctx: typer.Context,
+    region_key: Annotated[str, typer.Option(help="The relay region's key in the stack config.")],
+    accelerator: Annotated[
+        bool, typer.Option("--accelerator", help="stableAddress is global-accelerator.")
+    ] = False,
+) -> None:
+    """Leave the accelerator and give the address back."""
+    from splitrelay.relay import aws_bootstrap
+
+    stack, aws_region = ctx.obj
+
+    def run() -> int:
+        aws_bootstrap.release(stack, aws_region, region_key, accelerator)
+        return 0
+
+    _bootstrap_step(run)
+
+
+@bootstrap_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bootstrap_exec(
+    ctx: typer.Context,
+    command: Annotated[list[str] | None, typer.Argument(help="-- COMMAND [ARGS...]")] = None,
+) -> None:
+    """Load secrets into the environment and exec COMMAND (never on disk, never on its command line)."""
+    from splitrelay.relay import aws_bootstrap
+
+    stack, aws_region = ctx.obj
+
+    def run() -> int:
+        aws_bootstrap.exec_with_secrets(stack, aws_region, command or [])
+        return 0  # reached only when exec is replaced (tests)
+
+    _bootstrap_step(run)
+
+
+@bootstrap_app.command("check-health")
+def bootstrap_check_health(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(help="The relay's health URL.")] = "http://127.0.0.1:8700/healthz",
+    attempts: Annotated[int, typer.Option(help="Probes before the relay counts as dead.")] = 3,
+) -> None:
+    """Probe the relay once; report Unhealthy if it is dead (exit 1)."""
+    from splitrelay.relay import aws_bootstrap
+
+    stack, aws_region = ctx.obj
+    _bootstrap_step(lambda: 0 if aws_bootstrap.check_health_once(stack, aws_region, url, attempts) else 1)

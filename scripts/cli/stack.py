@@ -22,13 +22,6 @@ if TYPE_CHECKING:
 CALL_TOKEN_ENV = "SPLITRELAY_CALL_TOKEN"
 DEFAULT_TURNS = 3
 
-stack_app = typer.Typer(
-    help="The local stack and the headless caller (docs/local-stack.md).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
 Turns = Annotated[int, typer.Option(help="Turns in the call (1..50).")]
 UtterancePath = Annotated[
     Path | None,
@@ -66,7 +59,6 @@ def _check_turns(turns: int) -> int:
     return turns
 
 
-@stack_app.command("dev")
 def dev(
     direct: Annotated[
         bool, typer.Option("--direct", help="Direct mode: caller → relay, no emulator or edge.")
@@ -117,7 +109,6 @@ def dev(
     raise typer.Exit(code)
 
 
-@stack_app.command("call")
 def call(
     stack: Annotated[
         Path | None, typer.Option(help="Stack file printed by `splitrelay dev` (URLs and the run's keys).")
@@ -211,11 +202,3 @@ def call(
     else:
         render(report, console)
     raise typer.Exit(0 if report.ok else 1)
-
-
-def main() -> None:
-    stack_app()
-
-
-if __name__ == "__main__":
-    main()

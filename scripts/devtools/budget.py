@@ -9,9 +9,11 @@ and the relay's own telemetry. A component nobody measured stays None (shown as 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
+
+from splitrelay.bench.stats import percentile
 
 U32: Final = 0xFFFFFFFF
 CLOCK_RATE: Final = 48_000
@@ -35,22 +37,6 @@ TURN_METRICS: Final = (
 
 class BudgetError(ValueError):
     """A record from the relay or the caller does not have the expected shape (the field is named)."""
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks; None if empty.
-
-    The same definition as numpy's default, so numbers can be checked with any spreadsheet.
-    """
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"q: must be 0..100, got {q}")
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = q / 100.0 * (len(ordered) - 1)
-    low = math.floor(position)
-    high = math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def ts_diff(a: int, b: int) -> int:

@@ -13,33 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import re
 import secrets
 import signal
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from splitrelay.cli.edge import TOKEN_KEY_ENV
 from splitrelay.cli.relay import SFU_SECRET_ENV, SIGNING_KEY_ENV
+from splitrelay.relay.child import ChildError, ChildProcess, ReadyParser, cli_command, json_ready
 
 MODES: Final = ("sfu", "direct")
 HOST: Final = "127.0.0.1"
 APP_ID: Final = "splitrelay-dev"
 PAGE_SUBJECT: Final = "dev"
 STACK_FILE: Final = "stack.json"
-MAX_READY_LINES: Final = 200  # a child that prints this much without a ready line is not starting
-PR_SET_PDEATHSIG: Final = 1
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-
-ReadyParser = Callable[[str], dict[str, Any] | None]
 
 
 class StackError(Exception):
@@ -126,12 +119,16 @@ class StackInfo:
 @dataclass
 class Component:
     name: str
-    process: asyncio.subprocess.Process
+    child: ChildProcess
     log_path: Path
     ready: dict[str, Any] = field(default_factory=dict)
     drain: asyncio.Task[None] | None = None
     exit_code: int | None = None
     killed: bool = False
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self.child.process
 
 
 @dataclass(frozen=True)
@@ -154,19 +151,6 @@ class StopReport:
 # --- ready lines ---------------------------------------------------------------------------------
 
 
-def json_ready(event: str) -> ReadyParser:
-    def parse(line: str) -> dict[str, Any] | None:
-        if not line.startswith("{"):
-            return None
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) and doc.get("event") == event else None
-
-    return parse
-
-
 _TOKEN_IN_LINK = re.compile(rb"#token=[A-Za-z0-9_.-]+")
 
 
@@ -187,12 +171,6 @@ def agent_ready(line: str) -> dict[str, Any] | None:
 
 
 # --- process control ------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM if `splitrelay dev` itself is killed (no orphans even then)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def group_members(pgids: set[int]) -> list[int]:
@@ -255,55 +233,31 @@ class Stack:
         return env
 
     async def _spawn(self, name: str, args: list[str], ready: ReadyParser) -> Component:
+        """Start ``splitrelay ARGS`` (relay/child.py: own session, SIGTERM if we die) and wait for its
+        ready line; its stderr and stdout lines go to its log."""
         log_path = self.run_dir / f"{name}.log"
-        with open(log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per component
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "splitrelay.cli",
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                env=self._env(),
-                cwd=str(self.run_dir),
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        try:
+            child = await ChildProcess.start(
+                name, cli_command(*args), env=self._env(), cwd=self.run_dir, stderr=log_path
             )
-        component = Component(name, process, log_path)
+        except ChildError as exc:
+            raise StackError(f"{exc} (log: {log_path})") from None
+        component = Component(name, child, log_path)
         self.components.append(component)
-        component.ready = await self._read_ready(component, ready)
-        component.drain = asyncio.create_task(self._drain(component))
-        return component
+        with open(log_path, "ab") as log:  # noqa: ASYNC230 - small appends, local disk
 
-    async def _read_ready(self, component: Component, parse: ReadyParser) -> dict[str, Any]:
-        stdout = component.process.stdout
-        assert stdout is not None
-        deadline = time.monotonic() + self.config.start_timeout_s
-        with open(component.log_path, "ab") as log:  # noqa: ASYNC230 - small appends, local disk
-            for _ in range(MAX_READY_LINES):
-                remaining = deadline - time.monotonic()
-                try:
-                    line = await asyncio.wait_for(stdout.readline(), max(0.0, remaining))
-                except TimeoutError:
-                    raise StackError(
-                        f"{component.name}: no ready line within {self.config.start_timeout_s:g} s "
-                        f"(log: {component.log_path})"
-                    ) from None
-                if not line:
-                    code = await component.process.wait()
-                    raise StackError(
-                        f"{component.name}: exited with code {code} before it was ready "
-                        f"(log: {component.log_path})"
-                    )
+            def keep(line: bytes) -> None:
                 log.write(redact(line))
                 log.flush()
-                doc = parse(line.decode("utf-8", "replace").strip())
-                if doc is not None:
-                    return doc
-        raise StackError(
-            f"{component.name}: {MAX_READY_LINES} lines without a ready line (log: {component.log_path})"
-        )
+
+            try:
+                component.ready = await child.wait_ready(
+                    ready, within=self.config.start_timeout_s, on_line=keep
+                )
+            except ChildError as exc:
+                raise StackError(f"{exc} (log: {log_path})") from None
+        component.drain = asyncio.create_task(self._drain(component))
+        return component
 
     @staticmethod
     async def _drain(component: Component) -> None:
@@ -419,18 +373,8 @@ class Stack:
         return self._stopped
 
     async def _stop_one(self, comp: Component) -> None:
-        process = comp.process
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), self.config.stop_timeout_s)
-            except TimeoutError:
-                comp.killed = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await asyncio.wait_for(process.wait(), self.config.stop_timeout_s)
-        comp.exit_code = process.returncode
+        comp.exit_code = await comp.child.stop(self.config.stop_timeout_s, group=True)
+        comp.killed = comp.child.killed
         if comp.drain is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(comp.drain, self.config.stop_timeout_s)

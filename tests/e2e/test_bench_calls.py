@@ -1,4 +1,4 @@
-"""`splitrelay bench calls` as a subprocess (``python -m splitrelay.bench.calls``), tiny runs on loopback.
+"""`splitrelay bench calls` as a subprocess (``python -m splitrelay.cli bench calls``), tiny runs on loopback.
 
 - SFU against direct, 4 calls each at concurrency 2 after a warm-up call: the table, summary.json,
   calls.jsonl and the histogram; no failed call, nothing left open (relay calls, emulator sessions,
@@ -37,7 +37,9 @@ async def bench(*args: str, limit: float = RUN_LIMIT_S) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "splitrelay.bench.calls",
+        "splitrelay.cli",
+        "bench",
+        "calls",
         *args,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,

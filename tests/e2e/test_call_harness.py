@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from splitrelay.cli.stack import stack_app
+from splitrelay.cli.main import app
 from splitrelay.devtools.call import CallOptions, RelayAccess, run_direct_call
 from splitrelay.devtools.utterance import load_utterance
 from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
@@ -102,13 +102,13 @@ def test_command_input_errors_name_the_option(
 ) -> None:
     for name in ("SPLITRELAY_CALL_TOKEN", "SPLITRELAY_TOKEN_SIGNING_KEY", "SPLITRELAY_RELAY_SIGNING_KEY"):
         monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(stack_app, args)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in flat(result.output), result.output
 
 
 def test_a_bad_utterance_is_refused_before_anything_starts(tmp_path: Path) -> None:
     (tmp_path / "u.wav").write_text("nope")
-    result = CliRunner().invoke(stack_app, ["dev", "--call", "--utterance", str(tmp_path / "u.wav")])
+    result = CliRunner().invoke(app, ["dev", "--call", "--utterance", str(tmp_path / "u.wav")])
     assert result.exit_code == 2
     assert "not a PCM WAV file (too short for a WAV header)" in flat(result.output)

@@ -30,12 +30,12 @@ from splitrelay.devtools.stack import (
     StackInfo,
     agent_ready,
     group_members,
-    json_ready,
     redact,
 )
 from splitrelay.devtools.utterance import load_utterance
 from splitrelay.inference.echo_agent import EchoConfig
 from splitrelay.inference.wire import PTIME_MS
+from splitrelay.relay.child import json_ready
 
 pytestmark = pytest.mark.e2e
 

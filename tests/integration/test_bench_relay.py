@@ -30,7 +30,8 @@ async def _run_bench(*args: str) -> tuple[int, dict[str, Any], str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "splitrelay.cli.bench",
+        "splitrelay.cli",
+        "bench",
         "relay",
         *args,
         cwd=REPO,
@@ -138,7 +139,8 @@ async def test_bad_arguments_start_nothing() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "splitrelay.cli.bench",
+        "splitrelay.cli",
+        "bench",
         "relay",
         "--calls",
         "3",

@@ -14,6 +14,7 @@ import boto3
 import httpx
 import pytest
 from botocore.stub import Stubber
+from typer.testing import CliRunner, Result
 
 try:
     from moto import mock_aws
@@ -22,6 +23,7 @@ except ImportError:  # moto belongs to the dev extra; only a developer machine m
         raise
     pytest.skip("moto not installed (pip install 'moto[ec2,ssm]')", allow_module_level=True)
 
+from splitrelay.cli.main import app
 from splitrelay.relay import aws_bootstrap
 from splitrelay.relay.aws_bootstrap import (
     SFU_SECRET_ENV,
@@ -45,6 +47,12 @@ from splitrelay.relay.aws_bootstrap import (
     slot_parameter,
     write_origin_tls,
 )
+
+
+def bootstrap(args: list[str]) -> Result:
+    """`splitrelay relay bootstrap ARGS`, as the instance's systemd units run it."""
+    return CliRunner().invoke(app, ["relay", "bootstrap", *args])
+
 
 REGION = "us-east-1"
 PREFIX = "/splitrelay/prod"
@@ -390,7 +398,7 @@ def test_exec_puts_secrets_in_the_environment_only(aws: None, monkeypatch: pytes
 
     monkeypatch.setattr(aws_bootstrap, "_public_ipv4", public_ip)
     command = ["splitrelay", "relay", "serve", "--workers", "2"]
-    assert aws_bootstrap.main(["--stack", "prod", "--aws-region", REGION, "exec", "--", *command]) == 0
+    assert bootstrap(["--stack", "prod", "--aws-region", REGION, "exec", "--", *command]).exit_code == 0
     ((file, argv, env),) = calls
     assert (file, argv) == ("splitrelay", command)
     assert env[SIGNING_KEY_ENV] == SIGNING_KEY and env[SFU_SECRET_ENV] == SFU_SECRET
@@ -419,7 +427,7 @@ async def test_public_ipv4_over_imdsv2() -> None:
 
 
 def test_prepare_claims_a_slot_and_writes_tls(
-    aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     ec2 = boto3.client("ec2", region_name=REGION)
     ssm = boto3.client("ssm", region_name=REGION)
@@ -433,27 +441,26 @@ def test_prepare_claims_a_slot_and_writes_tls(
 
     monkeypatch.setattr(aws_bootstrap, "_instance_id", identity)
     base = ["--stack", "prod", "--aws-region", REGION]
-    assert aws_bootstrap.main([*base, "prepare", "--region-key", "use1", "--tls-dir", str(tmp_path)]) == 0
-    ready = json.loads(capsys.readouterr().out)
+    prepared = bootstrap([*base, "prepare", "--region-key", "use1", "--tls-dir", str(tmp_path)])
+    assert prepared.exit_code == 0, prepared.output
+    ready = json.loads(prepared.stdout)
     assert (ready["slot"], ready["instance_id"]) == (0, instance)
     assert (tmp_path / "origin.key").read_text() == KEY
-    assert aws_bootstrap.main([*base, "release", "--region-key", "use1"]) == 0
+    assert bootstrap([*base, "release", "--region-key", "use1"]).exit_code == 0
     assert "AssociationId" not in ec2.describe_addresses()["Addresses"][0]
     # A second stack has no addresses: a clear error and exit status 2, no traceback.
-    assert (
-        aws_bootstrap.main(
-            [
-                "--stack",
-                "other",
-                "--aws-region",
-                REGION,
-                "prepare",
-                "--region-key",
-                "use1",
-                "--tls-dir",
-                str(tmp_path),
-            ]
-        )
-        == 2
+    other = bootstrap(
+        [
+            "--stack",
+            "other",
+            "--aws-region",
+            REGION,
+            "prepare",
+            "--region-key",
+            "use1",
+            "--tls-dir",
+            str(tmp_path),
+        ]
     )
-    assert "no Elastic IP tagged splitrelay:stack=other" in capsys.readouterr().err
+    assert other.exit_code == 2
+    assert "no Elastic IP tagged splitrelay:stack=other" in other.stderr

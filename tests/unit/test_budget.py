@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from splitrelay.bench.stats import percentile
 from splitrelay.devtools.budget import (
     U32,
     AgentReply,
@@ -19,7 +20,6 @@ from splitrelay.devtools.budget import (
     SendClock,
     TurnRecord,
     match_reply,
-    percentile,
     relay_to_caller_ts,
     ts_diff,
     turn_budget,

@@ -17,10 +17,10 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
+from splitrelay.cli.cost import cost_app
 from splitrelay.cost import aws_prices
 from splitrelay.cost.aws_prices import AwsPriceError, fetch_prices, merge_price_file
 from splitrelay.cost.catalogue import load_catalogue, load_price_file
-from splitrelay.cost.cli import cost_app
 from splitrelay.cost.errors import CostInputError
 
 if TYPE_CHECKING:

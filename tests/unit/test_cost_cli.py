@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from splitrelay.cost.cli import cost_app
+from splitrelay.cli.cost import cost_app
 from splitrelay.cost.errors import CostInputError
 from splitrelay.cost.files import Output, write_atomic
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from splitrelay.infra.cost import cost_arguments, settings_from_stack_file, vcpus
-from splitrelay.infra.cost import main as cost_main
 from splitrelay.infra.settings import (
     InfraConfigError,
     aws_region_locations,
@@ -186,27 +185,32 @@ def test_cost_arguments_follow_the_stable_address_choice() -> None:
     assert vcpus("m7g.large") == 2 and vcpus("c7g.4xlarge") == 16 and vcpus("c7g.metal") is None
 
 
-def test_cost_command_from_a_stack_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cost_command_from_a_stack_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from splitrelay.cli.cost import cost_app
+
     example = Path(__file__).resolve().parents[2] / "infra" / "Pulumi.example.yaml"
     stack_file = tmp_path / "Pulumi.prod.yaml"
     stack_file.write_text(example.read_text())
     settings = settings_from_stack_file(stack_file)
     assert settings.stack == "prod" and [r.key for r in settings.regions] == ["use1", "euc1"]
-    assert cost_main([str(stack_file)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(
+    result = CliRunner().invoke(cost_app, ["from-stack", str(stack_file)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(
         "splitrelay cost --regions 2 --min-instances 2 --instance-type c7g.large --accelerators 0"
     )
     bad = tmp_path / "Pulumi.bad.yaml"
     bad.write_text("config:\n  splitrelay:accountId: x\n")
-    assert cost_main([str(bad)]) == 2
-    assert "config accountId" in capsys.readouterr().err
+    result = CliRunner().invoke(cost_app, ["from-stack", str(bad)])
+    assert result.exit_code == 2
+    assert "config accountId" in result.stderr
 
 
 def test_cost_arguments_are_accepted_by_splitrelay_cost() -> None:
     from typer.testing import CliRunner
 
-    from splitrelay.cost.cli import cost_app
+    from splitrelay.cli.cost import cost_app
 
     regions = [{"awsRegion": "us-east-1", "inference": "a:1", "minCount": 2, "maxCount": 3}]
     for choice in ("elastic-ip", "global-accelerator"):

@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,6 @@ import typer
 
 from splitrelay.infra.settings import CONTROL_PORT
 from splitrelay.infra.user_data import MAX_USER_DATA_BYTES, RelayBoot, relay_command, render_user_data
-from splitrelay.relay.aws_bootstrap import _parser as bootstrap_parser
 
 BOOT = RelayBoot(
     stack="prod",
@@ -49,9 +49,9 @@ def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
     argv = shlex.split(line)
     wrapper, relay = argv[: argv.index("--") + 1], argv[argv.index("--") + 1 :]
     assert wrapper == [
-        "/opt/splitrelay/bin/python",
-        "-m",
-        "splitrelay.relay.aws_bootstrap",
+        "/opt/splitrelay/bin/splitrelay",
+        "relay",
+        "bootstrap",
         "--stack",
         "prod",
         "--aws-region",
@@ -82,18 +82,42 @@ def test_relay_options_exist_in_the_relay_cli() -> None:
     assert used and set(used) <= known, set(used) - known
 
 
-def test_bootstrap_commands_parse_with_the_bootstrap_cli() -> None:
+def test_bootstrap_commands_parse_with_the_bootstrap_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each unit's `splitrelay relay bootstrap ...` line reaches the bootstrap step it names, with its
+    options (the steps themselves are replaced: they need AWS)."""
+    from typer.testing import CliRunner
+
+    from splitrelay.cli.main import app
+    from splitrelay.relay import aws_bootstrap
+
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def record(name: str) -> Any:
+        def step(*args: Any) -> Any:
+            calls.append((name, args))
+            return {} if name == "prepare" else True
+
+        return step
+
+    for name in ("prepare", "release", "check_health_once"):
+        monkeypatch.setattr(aws_bootstrap, name, record(name))
     script = render_user_data(replace(BOOT, accelerator=True))
     lines = [
         *exec_start(script, "splitrelay-prepare.service"),
         *exec_start(script, "splitrelay-health.service"),
     ]
-    parsed = [bootstrap_parser().parse_args(shlex.split(line)[3:]) for line in lines]
-    prepare, release, health = parsed
-    assert (prepare.command, prepare.region_key, prepare.accelerator) == ("prepare", "use1", True)
-    assert str(prepare.tls_dir) == "/etc/splitrelay/tls"
-    assert (release.command, release.accelerator) == ("release", True)
-    assert health.command == "check-health" and health.url == f"http://127.0.0.1:{CONTROL_PORT}/healthz"
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "/opt/splitrelay/bin/splitrelay"
+        result = CliRunner().invoke(app, argv[1:])
+        assert result.exit_code == 0, result.output
+    prepare, release, health = calls
+    assert prepare == ("prepare", ("prod", "us-east-1", "use1", Path("/etc/splitrelay/tls"), True))
+    assert release == ("release", ("prod", "us-east-1", "use1", True))
+    assert health == (
+        "check_health_once",
+        ("prod", "us-east-1", f"http://127.0.0.1:{CONTROL_PORT}/healthz", 3),
+    )
     plain = render_user_data(BOOT)
     assert "--accelerator" not in plain
 

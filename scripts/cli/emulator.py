@@ -68,7 +68,7 @@ def serve(
     """Serve the Realtime API at http://HOST:PORT/v1 until interrupted (Ctrl-C or SIGTERM)."""
     from dataclasses import replace
 
-    from splitrelay.contract.realtime_api import Secret
+    from splitrelay.contract.safety import Secret
     from splitrelay.emulator.config import ConfigError, config_from_mapping, load_config
     from splitrelay.relay.media.peer import CandidatePolicy
 

@@ -1,4 +1,6 @@
-"""`splitrelay cost`: the report (no sub-command) and `refresh-prices aws`.
+"""`splitrelay cost`: the report (no sub-command), `refresh-prices aws` and `from-stack`.
+
+The calculator itself is splitrelay.cost (scripts/cost/); this module is its command line only.
 
 Every bad input ends as one line on stderr naming the flag and what it allows, exit status 2,
 with nothing written: inputs are checked and outputs rendered in memory before any file is touched.
@@ -201,3 +203,23 @@ def refresh_aws(
     except (CostInputError, AwsPriceError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {len(fetched)} prices for {region} to {out}")
+
+
+@cost_app.command("from-stack")
+def from_stack(
+    stack_file: Annotated[
+        Path, typer.Argument(help="The stack's Pulumi config, e.g. infra/Pulumi.prod.yaml.")
+    ],
+) -> None:
+    """Print the `splitrelay cost` command that prices a Pulumi stack's fleet (and what it rounded)."""
+    from splitrelay.infra.cost import cost_arguments, settings_from_stack_file
+    from splitrelay.infra.settings import InfraConfigError
+
+    try:
+        settings = settings_from_stack_file(stack_file)
+    except InfraConfigError as exc:
+        _fail(str(exc))
+    flags, notes = cost_arguments(settings)
+    typer.echo("splitrelay cost " + " ".join(flags))
+    for note in notes:
+        typer.echo(f"# note: {note}")
