@@ -15,6 +15,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from splitrelay.bench.stats import percentile
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import OutboundStream
 
@@ -37,10 +38,9 @@ class DwellRecorder:
 
     def percentiles(self, *quantiles: float) -> tuple[float | None, ...]:
         """Dwell in ms at each quantile (0..1) over the retained samples; None when there are none."""
-        kept = sorted(self.samples[: min(self.count, DWELL_SAMPLES)])
-        if not kept:
-            return tuple(None for _ in quantiles)
-        return tuple(kept[min(len(kept) - 1, int(q * len(kept)))] / 1e6 for q in quantiles)
+        kept = self.samples[: min(self.count, DWELL_SAMPLES)].tolist()
+        values = (percentile(kept, q * 100) for q in quantiles)  # the benchmarks' one definition
+        return tuple(None if v is None else v / 1e6 for v in values)
 
     def reset(self) -> None:
         self.count = 0
