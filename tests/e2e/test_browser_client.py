@@ -30,7 +30,7 @@ from tests.edge_support import no_secret_in
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-UTTERANCE = REPO / "scripts" / "assets" / "utterance.wav"
+UTTERANCE = REPO / "scripts" / "devtools" / "assets" / "utterance.wav"
 CHROMIUM = Path("/usr/bin/chromium")
 PLAYWRIGHT = REPO / "node_modules" / "playwright-core" / "package.json"
 ARTIFACT = REPO / "test-artifacts" / "browser-client.png"
