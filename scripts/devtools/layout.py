@@ -76,22 +76,7 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "splitrelay.relay.media",
         "media is below the relay: the emulator shares it without the relay's control plane",
-        forbidden=tuple(
-            f"splitrelay.relay.{name}"
-            for name in (
-                "aws_bootstrap",
-                "call",
-                "control",
-                "inference_link",
-                "manager",
-                "playout",
-                "server",
-                "sfu_attach",
-                "sfu_client",
-                "telemetry",
-                "workers",
-            )
-        ),
+        only=("splitrelay.relay.media", "aiortc", "aioice", "pylibsrtp", "av", "numpy"),
     ),
     Rule(
         "splitrelay.relay",
