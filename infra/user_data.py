@@ -91,9 +91,18 @@ def render_user_data(boot: RelayBoot) -> str:
     script = f"""#!/bin/bash
 # splitrelay relay instance bootstrap: rendered by infra/user_data.py, do not edit on the instance.
 set -euo pipefail
+# Fail loudly: an instance whose boot failed must not sit EC2-healthy serving nothing. Stopping it makes
+# the auto-scaling group replace it, and its registry slot never turns healthy.
+boot_failed() {{
+  echo "splitrelay: boot failed (line $1, exit $2); stopping this instance" >&2
+  shutdown -h now || poweroff
+}}
+trap 'boot_failed $LINENO $?' ERR
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q python3-venv nginx curl
+# unattended-upgrades may hold the dpkg lock at first boot: wait for it instead of failing.
+APT="apt-get -o DPkg::Lock::Timeout=600"
+$APT update -q
+$APT install -y -q python3-venv nginx curl
 python3 -m venv {VENV}
 {VENV}/bin/pip install --no-cache-dir --upgrade pip
 {VENV}/bin/pip install --no-cache-dir {shlex.quote(boot.package_spec)}

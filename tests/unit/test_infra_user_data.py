@@ -41,7 +41,8 @@ def test_installs_the_configured_package_and_nginx() -> None:
     assert script.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in script
     assert "/opt/splitrelay/bin/pip install --no-cache-dir 'splitrelay[extra]==0.1.0'" in script
-    assert "apt-get install -y -q python3-venv nginx curl" in script
+    assert "$APT install -y -q python3-venv nginx curl" in script
+    assert 'APT="apt-get -o DPkg::Lock::Timeout=600"' in script  # waits for unattended-upgrades
 
 
 def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
@@ -161,3 +162,34 @@ def test_size_limit() -> None:
     assert len(render_user_data(BOOT).encode()) < MAX_USER_DATA_BYTES
     with pytest.raises(ValueError, match="at most 16384"):
         render_user_data(replace(BOOT, package_spec="x" * 17000))
+
+
+def _run_with_stubs(tmp_path: Path, failing: str) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run the rendered script for real in bash, every command it calls stubbed on PATH: each stub logs
+    its name and arguments, ``failing`` exits 1. Nothing on the machine is touched."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls.log"
+    commands = "apt-get python3 curl nproc id useradd install shutdown poweroff systemctl nginx cat ln rm"
+    for name in commands.split():
+        code = 1 if name == failing else 0
+        # Stubs use only shell built-ins (``cat`` itself is stubbed: the script's heredocs go nowhere).
+        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexit {code}\n')
+        (stubs / name).chmod(0o755)
+    script = render_user_data(BOOT).replace("/opt/splitrelay", str(tmp_path / "opt"))
+    bash = shutil.which("bash")
+    assert bash is not None
+    result = subprocess.run(
+        [bash, "-c", script], env={"PATH": str(stubs)}, capture_output=True, timeout=30, check=False
+    )
+    return result, log.read_text() if log.exists() else ""
+
+
+def test_a_failed_boot_stops_the_instance_instead_of_idling_healthy(tmp_path: Path) -> None:
+    result, calls = _run_with_stubs(tmp_path, failing="apt-get")
+    assert result.returncode != 0
+    assert b"splitrelay: boot failed" in result.stderr
+    lines = calls.splitlines()
+    assert lines[0].startswith("apt-get -o DPkg::Lock::Timeout=600 update")
+    assert lines[-1] == "shutdown -h now"  # nothing after the failure runs but the stop
+    assert not any(line.startswith("systemctl") for line in lines)
