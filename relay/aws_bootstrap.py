@@ -379,6 +379,28 @@ def _accelerator_client() -> AwsClient:
     return boto3.session.Session(region_name="us-west-2").client("globalaccelerator")
 
 
+ADDRESS_FILE = Path("/run/splitrelay/public-address")
+"""Where ``prepare`` (root) leaves the address it claimed for ``exec`` (the relay's user) to advertise."""
+
+
+def remember_public_address(path: Path, address: str) -> None:
+    """Write the claimed address for the relay (not a secret: world-readable, in a root-owned folder)."""
+    ipaddress.ip_address(address)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(address + "\n", encoding="utf-8")
+    path.chmod(0o644)
+
+
+def claimed_public_address(path: Path) -> str | None:
+    """The address ``prepare`` claimed on this boot, or None if it left none (or an unreadable one)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        ipaddress.ip_address(text)
+    except (OSError, ValueError):
+        return None
+    return text
+
+
 def prepare(stack: str, aws_region: str, region_key: str, tls_dir: Path, accelerator: bool) -> dict[str, Any]:
     """Claim an address slot, join its accelerator, write the origin TLS files; returns the claim."""
     prefix = parameter_prefix(stack)
@@ -389,6 +411,8 @@ def prepare(stack: str, aws_region: str, region_key: str, tls_dir: Path, acceler
         arns = endpoint_groups_for(session.client("ssm"), prefix, region_key, slot.slot)
         register_accelerator_endpoint(_accelerator_client(), arns, instance_id)
     write_origin_tls(session.client("ssm"), prefix, tls_dir)
+    # The relay advertises this address; metadata read right after the association can still be stale.
+    remember_public_address(ADDRESS_FILE, slot.public_ip)
     return {"slot": slot.slot, "public_ip": slot.public_ip, "instance_id": instance_id}
 
 
@@ -410,7 +434,8 @@ def exec_with_secrets(stack: str, aws_region: str, command: Sequence[str]) -> No
     prefix = parameter_prefix(stack)
     session = _session(aws_region)
     env = {**os.environ, **load_relay_secrets(session.client("ssm"), prefix)}
-    public_ip = asyncio.run(_public_ipv4())
+    # The address prepare claimed; instance metadata only when it left none (a relay started by hand).
+    public_ip = claimed_public_address(ADDRESS_FILE) or asyncio.run(_public_ipv4())
     if public_ip is not None:  # the relay advertises it as its 1:1 NAT address (--public-address)
         env[PUBLIC_ADDRESS_ENV] = public_ip
     os.execvpe(command[0], list(command), env)  # replaces this process (returns only under a test)

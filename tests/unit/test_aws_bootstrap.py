@@ -85,6 +85,14 @@ def no_instance_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aws_bootstrap, "_instance_id", unreachable)
 
 
+@pytest.fixture(autouse=True)
+def address_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """prepare's claimed-address file, kept out of the machine's /run."""
+    path = tmp_path / "run" / "public-address"
+    monkeypatch.setattr(aws_bootstrap, "ADDRESS_FILE", path)
+    return path
+
+
 def put(ssm: Any, leaf: str, value: str, secure: bool = True) -> None:
     ssm.put_parameter(Name=f"{PREFIX}/{leaf}", Value=value, Type="SecureString" if secure else "String")
 
@@ -405,6 +413,29 @@ def test_exec_puts_secrets_in_the_environment_only(aws: None, monkeypatch: pytes
     assert not any(SIGNING_KEY in a or SFU_SECRET in a for a in argv)
     # The Elastic IP reaches the relay as --public-address (through its environment variable).
     assert env[aws_bootstrap.PUBLIC_ADDRESS_ENV] == "52.95.110.7"
+
+
+def test_exec_advertises_the_address_prepare_claimed_not_metadata(
+    aws: None, monkeypatch: pytest.MonkeyPatch, address_file: Path
+) -> None:
+    ssm = boto3.client("ssm", region_name=REGION)
+    put(ssm, "relay-signing-key", SIGNING_KEY)
+    put(ssm, "sfu-app-secret", SFU_SECRET)
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr("splitrelay.relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append(env))
+
+    async def stale_metadata() -> str:
+        return "52.95.110.7"  # the address before the Elastic IP association
+
+    monkeypatch.setattr(aws_bootstrap, "_public_ipv4", stale_metadata)
+    aws_bootstrap.remember_public_address(address_file, "3.120.0.9")
+    assert (address_file.stat().st_mode & 0o777) == 0o644
+    assert bootstrap(["--stack", "prod", "--aws-region", REGION, "exec", "--", "splitrelay"]).exit_code == 0
+    assert calls[0][aws_bootstrap.PUBLIC_ADDRESS_ENV] == "3.120.0.9"
+    with pytest.raises(ValueError):
+        aws_bootstrap.remember_public_address(address_file, "not-an-address")
+    address_file.write_text("garbage\n")
+    assert aws_bootstrap.claimed_public_address(address_file) is None
 
 
 async def test_public_ipv4_over_imdsv2() -> None:
