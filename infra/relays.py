@@ -398,7 +398,16 @@ def build_region(
         image_id=image,
         instance_type=region.instance_type,
         iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
-        vpc_security_group_ids=[group_sg.id],
+        # A public address from launch: apt and pip run before prepare claims the Elastic IP, and a
+        # subnet given by vpcId/subnetIds may not map public addresses on its own.
+        network_interfaces=[
+            aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                device_index=0,
+                associate_public_ip_address="true",
+                delete_on_termination="true",
+                security_groups=[group_sg.id],
+            )
+        ],
         user_data=user_data,
         update_default_version=True,
         metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(

@@ -440,7 +440,14 @@ def test_launch_template_and_group(spec: WorkerSpec) -> None:
         "resolve:ssm:/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
     )
     assert unwrap(recorded.named("relay-euc1-lt").inputs)["imageId"].endswith("/amd64/hvm/ebs-gp3/ami-id")
-    assert template["vpcSecurityGroupIds"] == ["relay-use1-sg-id"]
+    (interface,) = template["networkInterfaces"]
+    assert interface == {
+        "deviceIndex": 0,
+        "associatePublicIpAddress": "true",  # apt and pip need egress before the Elastic IP is claimed
+        "deleteOnTermination": "true",
+        "securityGroups": ["relay-use1-sg-id"],
+    }
+    assert "vpcSecurityGroupIds" not in template
     assert template["iamInstanceProfile"] == {"arn": "arn:aws:iam::1:relay-use1-profile"}
     assert template["metadataOptions"]["httpTokens"] == "required"
     text = base64.b64decode(template["userData"]).decode()
