@@ -21,7 +21,7 @@ import pulumi_aws as aws
 import pulumi_cloudflare as cloudflare
 import pulumi_tls as tls
 
-from splitrelay.infra.settings import RegionSettings, StackSettings
+from splitrelay.infra.settings import METRICS_PORT, RegionSettings, StackSettings
 from splitrelay.infra.user_data import RelayBoot, render_user_data
 from splitrelay.relay.aws_bootstrap import (
     SFU_SECRET_PARAM,
@@ -110,8 +110,9 @@ def _split(cidrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
 def security_group_rules(
     settings: StackSettings,
 ) -> tuple[list[aws.ec2.SecurityGroupIngressArgs], list[aws.ec2.SecurityGroupEgressArgs]]:
-    """Ingress: HTTPS from the control allow-list, the media UDP range from the media allow-list, and
-    nothing else (no SSH: use SSM Session Manager if you must). Egress: everything, because the relay
+    """Ingress: HTTPS from the control allow-list, the media UDP range from the media allow-list, the
+    metrics listener from the metrics allow-list (none by default), and nothing else (no SSH: use SSM
+    Session Manager if you must). Egress: everything, because the relay
     needs HTTPS (SSM, PyPI, the SFU API), apt over HTTP, and UDP to the SFU and inference."""
     control_v4, control_v6 = _split(settings.control_allow_list)
     media_v4, media_v6 = _split(settings.media_allow_list)
@@ -134,6 +135,18 @@ def security_group_rules(
             ipv6_cidr_blocks=media_v6 or None,
         ),
     ]
+    metrics_v4, metrics_v6 = _split(settings.metrics_allow_list)
+    if metrics_v4 or metrics_v6:
+        ingress.append(
+            aws.ec2.SecurityGroupIngressArgs(
+                description="relay metrics and health (Prometheus), private",
+                protocol="tcp",
+                from_port=METRICS_PORT,
+                to_port=METRICS_PORT,
+                cidr_blocks=metrics_v4 or None,
+                ipv6_cidr_blocks=metrics_v6 or None,
+            )
+        )
     egress = [
         aws.ec2.SecurityGroupEgressArgs(
             description="all outbound",

@@ -29,6 +29,8 @@ DEFAULT_VPC_CIDR = "10.80.0.0/16"
 DEFAULT_SFU_API = "https://rtc.live.cloudflare.com/v1"
 CONTROL_PORT = 8700
 """The relay's plain-HTTP control API, bound to loopback; nginx terminates TLS on 443 in front of it."""
+METRICS_PORT = 9464
+"""nginx's private listener for /metrics, /healthz and /readyz (open only to metricsAllowList)."""
 
 _AWS_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d")
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
@@ -96,6 +98,8 @@ class StackSettings:
     allowed_origins: tuple[str, ...] = ()
     control_allow_list: tuple[str, ...] = ()
     media_allow_list: tuple[str, ...] = ("0.0.0.0/0",)
+    metrics_allow_list: tuple[str, ...] = ()
+    """Who may read /metrics, /healthz and /readyz on METRICS_PORT: your Prometheus's private range."""
     stable_address: str = "elastic-ip"
     worker_code_owner: str = "pulumi"
     edge_attach: str = "custom-domain"
@@ -432,6 +436,7 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
         allowed_origins=tuple(_origin(o, f"allowedOrigins[{i}]") for i, o in enumerate(origins_raw)),
         control_allow_list=_cidrs(raw, "controlAllowList", cloudflare_ip_ranges()),
         media_allow_list=_cidrs(raw, "mediaAllowList", ("0.0.0.0/0",)),
+        metrics_allow_list=_cidrs(raw, "metricsAllowList", ()) if raw.get("metricsAllowList") else (),
         stable_address=stable_address,
         worker_code_owner=_choice(raw, "workerCodeOwner", CODE_OWNERS, "pulumi"),
         edge_attach=_choice(raw, "edgeAttach", EDGE_ATTACH, "custom-domain"),

@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from splitrelay.infra.settings import CONTROL_PORT
+from splitrelay.infra.settings import CONTROL_PORT, METRICS_PORT
 
 VENV = "/opt/splitrelay"
 TLS_DIR = "/etc/splitrelay/tls"
@@ -77,6 +77,51 @@ def relay_command(boot: RelayBoot) -> list[str]:
         _unit_arg(boot.sfu_app_id, "SFU app id"),
         "--json",
     ]
+
+
+def nginx_site() -> str:
+    """nginx in front of the relay: the signed control API on 443 and nothing else; metrics and health on
+    a private listener. Slow clients are cut after 10 s of headers or body (the relay's own limits)."""
+    return f"""# The relay's control API for the edge (Cloudflare Origin CA certificate; Full (strict) mode).
+# Only /v1/ is proxied: the relay checks the edge's signature there. Anything else is 404 here.
+server {{
+    listen 443 ssl default_server;
+    listen [::]:443 ssl default_server;
+    ssl_certificate {TLS_DIR}/origin.pem;
+    ssl_certificate_key {TLS_DIR}/origin.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    client_max_body_size 64k;
+    client_header_timeout 10s;
+    client_body_timeout 10s;
+    send_timeout 10s;
+    keepalive_timeout 30s;
+    location /v1/ {{
+        proxy_pass http://127.0.0.1:{CONTROL_PORT};
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_read_timeout 30s;
+    }}
+    location / {{
+        return 404;
+    }}
+}}
+
+# Prometheus and load balancers: /metrics, /healthz, /readyz over plain HTTP on a private port that the
+# security group opens only to metricsAllowList (docs/deploy.md, "Metrics").
+server {{
+    listen {METRICS_PORT};
+    listen [::]:{METRICS_PORT};
+    client_header_timeout 10s;
+    location ~ ^/(metrics|healthz|readyz)$ {{
+        proxy_pass http://127.0.0.1:{CONTROL_PORT};
+        proxy_http_version 1.1;
+        proxy_read_timeout 10s;
+    }}
+    location / {{
+        return 404;
+    }}
+}}
+"""
 
 
 def render_user_data(boot: RelayBoot) -> str:
@@ -179,22 +224,7 @@ EOF
 
 rm -f /etc/nginx/sites-enabled/default
 cat > /etc/nginx/sites-enabled/splitrelay.conf <<'EOF'
-# TLS for the control API (Cloudflare Origin CA certificate; Cloudflare connects in Full (strict) mode).
-server {{
-    listen 443 ssl default_server;
-    listen [::]:443 ssl default_server;
-    ssl_certificate {TLS_DIR}/origin.pem;
-    ssl_certificate_key {TLS_DIR}/origin.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    client_max_body_size 256k;
-    location / {{
-        proxy_pass http://127.0.0.1:{CONTROL_PORT};
-        proxy_http_version 1.1;
-        proxy_set_header Host $host;
-        proxy_read_timeout 30s;
-    }}
-}}
-EOF
+{nginx_site()}EOF
 
 systemctl daemon-reload
 systemctl enable --now splitrelay-prepare.service

@@ -39,7 +39,7 @@ from splitrelay.edge.config import SECRET_NAMES, VAR_NAMES, load_config
 from splitrelay.edge.relays import parse_registry
 from splitrelay.infra.edge import PLAIN_ENV, REGISTRY_KEY, SECRET_ENV
 from splitrelay.infra.program import WRANGLER_TOML
-from splitrelay.infra.settings import StackSettings, cloudflare_ip_ranges
+from splitrelay.infra.settings import METRICS_PORT, StackSettings, cloudflare_ip_ranges
 from splitrelay.infra.wrangler import (
     Migration,
     WorkerSpec,
@@ -380,6 +380,19 @@ def test_configured_allow_lists_replace_the_defaults(spec: WorkerSpec) -> None:
         ("tcp", ["203.0.113.0/24"], None),
         ("udp", ["198.51.100.0/24"], ["2001:db8::/32"]),
     ]
+
+
+def test_metrics_are_closed_unless_a_scraper_range_is_given(spec: WorkerSpec) -> None:
+    closed, _ = run_stack(make_settings(ONE_REGION), spec)
+    assert [r["fromPort"] for r in unwrap(closed.one(T_SG).inputs["ingress"])] == [443, 40000]
+    settings = make_settings(ONE_REGION, metricsAllowList=["10.80.0.0/16"])
+    recorded, _ = run_stack(settings, spec)
+    (metrics,) = [r for r in unwrap(recorded.one(T_SG).inputs["ingress"]) if r["fromPort"] == METRICS_PORT]
+    assert (metrics["protocol"], metrics["toPort"], metrics["cidrBlocks"]) == (
+        "tcp",
+        METRICS_PORT,
+        ["10.80.0.0/16"],
+    )
 
 
 def test_slots_addresses_and_names(spec: WorkerSpec) -> None:
