@@ -20,11 +20,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from splitrelay.contract.json_fields import SchemaError
+from splitrelay.contract.untrusted_json import NOT_JSON, read_json
+
 ALGORITHM: Final = "HS256"
 ISSUER: Final = "splitrelay"
 AUDIENCE: Final = "splitrelay-edge"
 MIN_KEY_BYTES: Final = 32
 MAX_TOKEN_CHARS: Final = 4096
+MAX_TOKEN_PART_BYTES: Final = MAX_TOKEN_CHARS * 3 // 4  # a base64url part decodes to at most this
 MAX_TTL_S: Final = 24 * 3600  # a caller token lives at most a day; the default is much shorter
 DEFAULT_TTL_S: Final = 900
 LEEWAY_S: Final = 30  # clock skew tolerated on exp/nbf/iat
@@ -123,9 +127,10 @@ def _b64decode(text: str, part: str) -> bytes:
 
 def _json_object(data: bytes, part: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise TokenError("malformed", f"token {part}: is not UTF-8 JSON") from None
+        doc = read_json(data, max_bytes=MAX_TOKEN_PART_BYTES, field=f"token {part}")
+    except SchemaError as exc:
+        detail = "is not UTF-8 JSON" if exc.message == NOT_JSON else exc.message
+        raise TokenError("malformed", f"token {part}: {detail}") from None
     if not isinstance(doc, dict):
         raise TokenError("malformed", f"token {part}: must be a JSON object")
     return doc

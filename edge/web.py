@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from splitrelay.contract.json_fields import json_type
+from splitrelay.contract.json_fields import SchemaError, json_type
 from splitrelay.contract.safety import clean_text
+from splitrelay.contract.untrusted_json import read_json
 
 MAX_BODY_BYTES: Final = 64 * 1024  # a call's JSON body carries one SDP offer (≤ 32 KiB)
 JSON_TYPE: Final = "application/json"
@@ -102,10 +103,6 @@ def json_response(
     return EdgeResponse(status, JSON_HEADERS + extra_headers, body)
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
 def check_body_size(length_header: str | None, limit: int = MAX_BODY_BYTES) -> None:
     """Refuse early from Content-Length, before the adapter reads the body."""
     if length_header is None:
@@ -130,9 +127,9 @@ def read_json_object(request: EdgeRequest, limit: int = MAX_BODY_BYTES) -> dict[
     if len(request.body) > limit:
         raise EdgeError(413, "body_too_large", f"body: must be at most {limit} bytes", field="body")
     try:
-        doc = json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise bad_request("body", "is not valid UTF-8 JSON") from None
+        doc = read_json(request.body, max_bytes=limit)
+    except SchemaError as exc:
+        raise bad_request(exc.field, exc.message) from None
     if not isinstance(doc, dict):
         raise bad_request("body", f"must be a JSON object, got {json_type(doc)}")
     return doc

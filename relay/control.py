@@ -7,7 +7,6 @@ in-process call manager or the pool of per-core worker processes (relay/workers.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from splitrelay.contract.control import CALLS_PATH, DRAIN_PATH, AttachRequest
 from splitrelay.contract.json_fields import SchemaError
 from splitrelay.contract.signing import SignatureError, Verifier
+from splitrelay.contract.untrusted_json import read_json
 from splitrelay.relay.backend import AttachRefused, CallBackend
 
 log = logging.getLogger("splitrelay.relay.control")
@@ -126,12 +126,8 @@ def create_app(backend: CallBackend, verifier: Verifier) -> FastAPI:
 
     @app.post(CALLS_PATH, status_code=201)
     async def attach(request: Request) -> JSONResponse:
-        body = await request.body()
         try:
-            document = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            return _error(400, "invalid_request", f"body: not a JSON document ({type(exc).__name__})")
-        try:
+            document = read_json(await request.body(), max_bytes=MAX_BODY_BYTES)
             attach_request = AttachRequest.from_json(document)
         except SchemaError as exc:
             return _error(400, "invalid_request", str(exc))

@@ -9,7 +9,6 @@ Every failure, including unknown paths and methods, gets the spec's error shape
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from splitrelay.contract import untrusted_json
 from splitrelay.contract.json_fields import JsonModel, SchemaError
 from splitrelay.contract.sfu import (
     CloseTracksRequest,
@@ -43,10 +43,6 @@ STATE_PATH: Final = "/_emulator/state"
 M = TypeVar("M")
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
 async def read_json(request: Request, *, required: bool) -> object | None:
     """The request body as JSON, at most MAX_BODY_BYTES; None for an empty optional body."""
     chunks: list[bytes] = []
@@ -62,10 +58,9 @@ async def read_json(request: Request, *, required: bool) -> object | None:
             raise errors.decoding_error("body: a JSON object is required")
         return None
     try:
-        doc: object = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        raise errors.decoding_error("body: not valid UTF-8 JSON") from None
-    return doc
+        return untrusted_json.read_json(body, max_bytes=MAX_BODY_BYTES)
+    except SchemaError as exc:
+        raise errors.decoding_error(str(exc)) from None
 
 
 def parse_model(doc: object, parse: Callable[[object, str], M]) -> M:

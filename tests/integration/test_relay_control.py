@@ -150,3 +150,11 @@ async def test_unknown_routes_get_the_same_error_shape() -> None:
     async with relay_stack(EchoAgent()) as stack:
         status, _ = await _error(stack, "GET", "/v1/nothing-here")
         assert status == 404
+
+
+async def test_deeply_nested_json_is_a_400_naming_the_limit() -> None:
+    async with relay_stack(EchoAgent()) as stack:
+        status, message = await _error(stack, "POST", "/v1/calls", b"[" * 60_000)
+        assert (status, message) == (400, "body: nests deeper than 32 levels")
+        status, message = await _error(stack, "POST", "/v1/calls", b'{"call_id": "c", "mode": 1e999}')
+        assert status == 400 and "overflows" in message

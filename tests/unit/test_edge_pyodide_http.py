@@ -103,3 +103,18 @@ async def test_record_replies_through_the_object(http: httpx.AsyncClient) -> Non
     closed = await http.delete(f"/v1/calls/{call_id}", headers=bearer("grace"))
     again = await http.delete(f"/v1/calls/{call_id}", headers=bearer("grace"))
     assert closed.json()["closed_now"] is True and again.json()["closed_now"] is False
+
+
+async def test_hostile_json_is_a_400_and_the_isolate_lives_on(http: httpx.AsyncClient) -> None:
+    """60 KB of nested brackets from a caller with a token once killed the Pyodide runtime ("Maximum call
+    stack size exceeded") and every request after it; a token header nested 1,100 deep needed no token."""
+    nested = await http.post(
+        "/v1/calls", content=b"[" * 60_000, headers={**bearer("heidi"), "Content-Type": "application/json"}
+    )
+    assert nested.status_code == 400, nested.text
+    assert nested.json()["error"]["message"] == "body: nests deeper than 32 levels"
+    deep_header = tokens._b64encode(b"[" * 1_100 + b"]" * 1_100)  # the header part of a JWT
+    forged = await http.get("/v1/ice-servers", headers={"Authorization": f"Bearer {deep_header}.e30.c2ln"})
+    assert forged.status_code == 401 and "nests deeper" in forged.json()["error"]["message"]
+    health = await http.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}

@@ -154,3 +154,15 @@ def test_issue_bounds() -> None:
         tokens.issue(KEY, "x" * 129)
     _, ice_only = tokens.issue(KEY, "bob", ["ice"], now=NOW)
     assert ice_only.allows("ice") and not ice_only.allows("calls")
+
+
+def test_a_signed_token_with_an_unrepresentable_exp_is_malformed_not_a_crash() -> None:
+    """exp=1e309 is valid JSON text that overflows a float: it gave an OverflowError (a 500) once signed."""
+    key = b"k" * 32
+    header = tokens._b64encode(b'{"alg":"HS256","typ":"JWT"}')
+    payload = tokens._b64encode(b'{"sub":"a","iat":1,"exp":1e309,"jti":"j"}')
+    signature = tokens._b64encode(tokens._sign(key, f"{header}.{payload}".encode()))
+    with pytest.raises(
+        tokens.TokenError, match=r"token payload: is not valid UTF-8 JSON \(1e309 overflows a float\)"
+    ):
+        tokens.verify(key, f"{header}.{payload}.{signature}")

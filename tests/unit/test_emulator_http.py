@@ -110,7 +110,7 @@ async def test_wrong_secret_through_our_client(api: Api) -> None:
 
 async def test_malformed_json_is_a_decoding_error(api: Api) -> None:
     session_id = await api.session()
-    for body in (b"{not json", b"\xff\xfe", b"[1, 2", b"NaN"):
+    for body in (b"{not json", b"\xff\xfe", b"[1, 2", b"NaN", b"[" * 60_000, b'{"a": 1e309}'):
         response = await api.http.post(
             f"{BASE}/apps/{APP_ID}/sessions/{session_id}/tracks/new", content=body, headers=api.auth()
         )
