@@ -29,6 +29,7 @@ from splitrelay.edge.web import MAX_BODY_BYTES, EdgeError, EdgeRequest, EdgeResp
 log = logging.getLogger("splitrelay.devtools.local_edge")
 
 TOO_LARGE: Final = f"body: must be at most {MAX_BODY_BYTES} bytes"
+MAX_STATIC_PATH: Final = 255  # longer than any file under edge/static
 STATIC_DIR: Final = Path(str(resources.files("splitrelay.edge").joinpath("static")))  # the web client
 MAX_LOCAL_CALLS: Final = 10_000  # closed records beyond this are forgotten, oldest first
 MAX_BACKGROUND_TASKS: Final = 10_000
@@ -189,10 +190,18 @@ class LocalEdge:
     def static(self, path: str) -> EdgeResponse | None:
         """A file under edge/static for GET ``path`` (``/`` is index.html), or None; no path escapes."""
         relative = "index.html" if path in ("/", "") else path.lstrip("/")
-        if not relative or ".." in relative.split("/"):
-            return None
+        if (
+            not relative
+            or ".." in relative.split("/")
+            or "\x00" in relative
+            or len(relative) > MAX_STATIC_PATH
+        ):
+            return None  # a NUL or an overlong name would make the file system raise: a 404, not a 500
         candidate = (self.static_dir / relative).resolve()
-        if not candidate.is_file() or self.static_dir not in candidate.parents:
+        try:
+            if not candidate.is_file() or self.static_dir not in candidate.parents:
+                return None
+        except OSError:
             return None
         kind = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"
         return EdgeResponse(

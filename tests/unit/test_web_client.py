@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from splitrelay.devtools.local_edge import LocalEdge
@@ -76,3 +77,18 @@ def check_served(edge: LocalEdge) -> None:
         served = edge.static(path)
         assert served is not None, f"{path}: referenced by the page, not in edge/static"
         assert served.header("content-type") in wanted[Path(path).suffix], (path, served.headers)
+
+
+async def test_hostile_paths_are_404_not_500_on_the_local_edge() -> None:
+    """GET /%00 and an 8,000-character path made the file lookup raise (a 500) before any route ran."""
+    edge = LocalEdge(edge_env())
+    try:
+        transport = httpx.ASGITransport(app=edge)
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as client:
+            for path in ("/%00", "/a%00b.js", "/" + "a" * 8_000, "/v1/calls/%00", "/v1/calls/" + "b" * 8_000):
+                response = await client.get(path)
+                # No route (404), or an API route that wants a token first (401): never a 500.
+                assert response.status_code in (401, 404), (path[:20], response.status_code)
+                assert response.json()["error"]["code"] in ("not_found", "unauthorized")
+    finally:
+        await edge.aclose()
