@@ -1,5 +1,8 @@
 """RTCP (RFC 3550): SR/RR/SDES/BYE build and parse, NTP time, and the reception statistics behind a report.
 
+SR and RR are serialized by aiortc (public ``aiortc.rtp``); parsing (per packet), SDES and BYE stay here,
+each saying why in its docstring.
+
 The relay sends its own reports because aiortc's never see the packets the fast path carries; the
 arithmetic follows RFC 3550 appendices A.1 (sequence tracking), A.3 (loss) and A.8 (jitter).
 """
@@ -10,6 +13,8 @@ import struct
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtcpSenderInfo, RtcpSrPacket
 
 RTCP_SR = 200
 RTCP_RR = 201
@@ -108,10 +113,11 @@ def _check_u32(name: str, value: int) -> None:
         raise ValueError(f"{name} must be 0..4294967295, got {value}")
 
 
-def _pack_blocks(reports: Sequence[ReportBlock]) -> bytes:
+def _check_blocks(reports: Sequence[ReportBlock]) -> list[RtcpReceiverInfo]:
+    """Range-check report blocks (aiortc's struct.pack would fail without naming the field)."""
     if len(reports) > MAX_REPORT_BLOCKS:
         raise ValueError(f"reports: at most {MAX_REPORT_BLOCKS} report blocks per packet, got {len(reports)}")
-    out = bytearray()
+    out = []
     for r in reports:
         _check_u32("report ssrc", r.ssrc)
         if not 0 <= r.fraction_lost <= 255:
@@ -120,15 +126,18 @@ def _pack_blocks(reports: Sequence[ReportBlock]) -> bytes:
             raise ValueError(f"cumulative_lost must be -8388608..8388607, got {r.cumulative_lost}")
         for name in ("highest_sequence", "jitter", "lsr", "dlsr"):
             _check_u32(name, getattr(r, name))
-        out += _BLOCK.pack(
-            r.ssrc,
-            (r.fraction_lost << 24) | (r.cumulative_lost & 0xFFFFFF),
-            r.highest_sequence,
-            r.jitter,
-            r.lsr,
-            r.dlsr,
+        out.append(
+            RtcpReceiverInfo(
+                ssrc=r.ssrc,
+                fraction_lost=r.fraction_lost,
+                packets_lost=r.cumulative_lost,
+                highest_sequence=r.highest_sequence,
+                jitter=r.jitter,
+                lsr=r.lsr,
+                dlsr=r.dlsr,
+            )
         )
-    return bytes(out)
+    return out
 
 
 def build_sr(
@@ -139,28 +148,35 @@ def build_sr(
     octet_count: int,
     reports: Sequence[ReportBlock] = (),
 ) -> bytes:
-    """A sender report; counts wrap at 32 bits as RFC 3550 says."""
+    """A sender report, serialized by aiortc (sent once per report interval, off the per-packet path).
+
+    Counts wrap at 32 bits as RFC 3550 says; the other fields are range-checked here by name.
+    """
     _check_u32("ssrc", ssrc)
     _check_u32("rtp_timestamp", rtp_timestamp)
     if not 0 <= ntp <= 0xFFFFFFFFFFFFFFFF:
         raise ValueError(f"ntp must be a 64-bit unsigned value, got {ntp}")
-    blocks = _pack_blocks(reports)
-    body = _SR_BODY.pack(
-        ssrc, ntp >> 32, ntp & 0xFFFFFFFF, rtp_timestamp, packet_count & 0xFFFFFFFF, octet_count & 0xFFFFFFFF
+    sender_info = RtcpSenderInfo(
+        ntp_timestamp=ntp,
+        rtp_timestamp=rtp_timestamp,
+        packet_count=packet_count & 0xFFFFFFFF,
+        octet_count=octet_count & 0xFFFFFFFF,
     )
-    length = (4 + len(body) + len(blocks)) // 4 - 1
-    return _COMMON.pack(0x80 | len(reports), RTCP_SR, length) + body + blocks
+    return bytes(RtcpSrPacket(ssrc=ssrc, sender_info=sender_info, reports=_check_blocks(reports)))
 
 
 def build_rr(ssrc: int, reports: Sequence[ReportBlock] = ()) -> bytes:
+    """A receiver report, serialized by aiortc (off the per-packet path); fields range-checked by name."""
     _check_u32("ssrc", ssrc)
-    blocks = _pack_blocks(reports)
-    length = (8 + len(blocks)) // 4 - 1
-    return _COMMON.pack(0x80 | len(reports), RTCP_RR, length) + _U32.pack(ssrc) + blocks
+    return bytes(RtcpRrPacket(ssrc=ssrc, reports=_check_blocks(reports)))
 
 
 def build_sdes(chunks: Sequence[SourceDescription]) -> bytes:
-    """SDES with one CNAME item per chunk (the only item WebRTC needs)."""
+    """SDES with one CNAME item per chunk (the only item WebRTC needs).
+
+    Hand-written because aiortc's RtcpSdesPacket pads once per packet, not per chunk (RFC 3550 6.5),
+    and adds a word when the CNAME length is 1 mod 4: using it would change what the relay sends.
+    """
     if not 1 <= len(chunks) <= 31:
         raise ValueError(f"SDES chunks: 1..31, got {len(chunks)}")
     body = bytearray()
@@ -178,6 +194,7 @@ def build_sdes(chunks: Sequence[SourceDescription]) -> bytes:
 
 
 def build_bye(ssrcs: Sequence[int], reason: str = "") -> bytes:
+    """BYE; hand-written because aiortc's RtcpByePacket has no reason field."""
     if not 1 <= len(ssrcs) <= 31:
         raise ValueError(f"BYE ssrcs: 1..31, got {len(ssrcs)}")
     body = bytearray()
@@ -208,7 +225,12 @@ def _parse_blocks(data: bytes, offset: int, count: int, end: int) -> tuple[Repor
 
 
 def parse_rtcp(data: bytes) -> RtcpCompound:
-    """Parse an (unprotected) compound RTCP packet; raise ValueError naming what is malformed."""
+    """Parse an (unprotected) compound RTCP packet; raise ValueError naming what is malformed.
+
+    Runs for every SRTCP datagram the fast path receives, so it stays hand-written: it is faster than
+    aiortc's RtcpPacket.parse (docs/benchmarks.md, "Media parsers: ours vs aiortc"), accepts padding and
+    profile-specific extensions, and names the malformed field.
+    """
     srs: list[SenderReport] = []
     rrs: list[ReceiverReport] = []
     sdes: list[SourceDescription] = []

@@ -63,7 +63,12 @@ def _lines(sdp: str) -> list[str]:
 
 
 def parse_media_sections(sdp: str) -> list[MediaSection]:
-    """The m-sections of an SDP, in order. Raises ValueError naming the malformed line."""
+    """The m-sections of an SDP, in order. Raises ValueError naming the malformed line.
+
+    Not aiortc's SessionDescription.parse: this gates a peer's offer before aiortc sees it, and aiortc
+    fails on malformed input with bare assert/StopIteration/KeyError naming no line, and drops a
+    session-level direction attribute, which is the default for every m-section (RFC 4566).
+    """
     sections: list[MediaSection] = []
     session_direction = "sendrecv"
     current: dict[str, object] | None = None
