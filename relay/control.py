@@ -50,6 +50,12 @@ class SignatureMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:  # before any body is read: an unsigned or stale request costs no read
+            self.verifier.check_headers(headers)
+        except SignatureError as exc:
+            log.info("rejected control request %s %s: %s", scope["method"], scope["path"][:80], exc)
+            await _error(401, "unauthorized", str(exc))(scope, receive, send)
+            return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             await _error(413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")(
@@ -73,8 +79,10 @@ class SignatureMiddleware:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        # The request target as sent, percent-encoding kept: what the edge signed (one canonical form).
         query = scope.get("query_string", b"").decode("latin-1")
-        path = scope["path"] + (f"?{query}" if query else "")
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = raw.decode("latin-1") + (f"?{query}" if query else "")
         try:
             self.verifier.verify(scope["method"], path, body, headers)
         except SignatureError as exc:

@@ -107,8 +107,24 @@ class Verifier:
     def __repr__(self) -> str:
         return f"Verifier(key_ids={sorted(self.keys)}, window_s={self.window_s})"
 
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """The checks that need no body (signed at all, known key, fresh, well-formed): a server runs them
+        before it reads the body, so an unsigned or stale request costs it no read."""
+        self._signed(headers)
+
     def verify(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> str:
-        """Return the key id that signed the request, or raise SignatureError with the reason."""
+        """Return the key id that signed the request, or raise SignatureError with the reason.
+
+        ``path`` is the request target as sent (percent-encoding kept, then ``?query``): the form the
+        signer signed, so both ends agree on one canonical path."""
+        key_id, key, timestamp, nonce, mac, now = self._signed(headers)
+        expected = _mac(key, _canonical(method, path, body, timestamp, nonce))
+        if not hmac.compare_digest(expected, mac):
+            raise SignatureError("bad signature: it does not match the method, path, body and timestamp")
+        self.replay.add(nonce, timestamp + self.window_s, now)
+        return key_id
+
+    def _signed(self, headers: Mapping[str, str]) -> tuple[str, bytes, int, str, str, float]:
         lower = {k.lower(): v for k, v in headers.items()}
         for name in (SIGNATURE_HEADER, TIMESTAMP_HEADER, NONCE_HEADER):
             if not lower.get(name):
@@ -133,8 +149,4 @@ class Verifier:
         scheme, _, mac = lower[SIGNATURE_HEADER].partition("=")
         if scheme != SCHEME or not mac:
             raise SignatureError(f"header {SIGNATURE_HEADER} must look like '{SCHEME}=<hex>'")
-        expected = _mac(key, _canonical(method, path, body, timestamp, nonce))
-        if not hmac.compare_digest(expected, mac):
-            raise SignatureError("bad signature: it does not match the method, path, body and timestamp")
-        self.replay.add(nonce, timestamp + self.window_s, now)
-        return key_id
+        return key_id, key, timestamp, nonce, mac, now

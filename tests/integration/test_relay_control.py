@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 import pytest
 
-from splitrelay.contract.signing import SIGNATURE_HEADER, sign_headers
+from splitrelay.contract.signing import SIGNATURE_HEADER, Verifier, sign_headers
 from splitrelay.inference.echo_agent import EchoAgent
-from splitrelay.relay.control import MAX_BODY_BYTES
+from splitrelay.relay.control import MAX_BODY_BYTES, SignatureMiddleware
 from tests.integration.relay_harness import SIGNING_KEY, Caller, RelayStack, relay_stack
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,34 @@ async def test_deeply_nested_json_is_a_400_naming_the_limit() -> None:
         assert (status, message) == (400, "body: nests deeper than 32 levels")
         status, message = await _error(stack, "POST", "/v1/calls", b'{"call_id": "c", "mode": 1e999}')
         assert status == 400 and "overflows" in message
+
+
+async def test_the_signed_path_is_the_path_as_sent_percent_encoding_kept() -> None:
+    """The edge and `splitrelay call` sign /v1/calls/a%3Ab as they send it; the relay once checked the
+    decoded /v1/calls/a:b instead and answered 401 where the unencoded form got 404."""
+    async with relay_stack(EchoAgent()) as stack:
+        for path in ("/v1/calls/a%3Ab", "/v1/calls/a:b"):
+            status, message = await _error(stack, "GET", path)
+            assert status == 404, (path, status, message)
+
+
+async def test_an_unsigned_request_is_refused_before_its_body_is_read() -> None:
+    """The middleware checks the signature headers first: an unsigned or stale request costs no read."""
+    reads: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        reads.append(1)
+        return {"type": "http.request", "body": b"x" * 8192, "more_body": True}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    async def never(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not run for an unsigned request")
+
+    middleware = SignatureMiddleware(never, Verifier({"default": SIGNING_KEY}))
+    scope = {"type": "http", "method": "POST", "path": "/v1/calls", "raw_path": b"/v1/calls",
+             "query_string": b"", "headers": [(b"content-length", b"60000")]}  # fmt: skip
+    await middleware(scope, receive, send)
+    assert reads == [] and sent[0]["status"] == 401
