@@ -71,7 +71,18 @@ class CallManager:
         try:
             if request.mode is AttachMode.DIRECT:
                 assert request.offer is not None  # AttachRequest refuses a direct attach without one
-                answer = await peer.accept_offer(request.offer.sdp)
+                try:
+                    answer = await peer.accept_offer(request.offer.sdp)
+                except ValueError:
+                    raise  # our own checks of the offer: their message names the problem
+                except Exception as exc:
+                    # aiortc fails on a truncated or garbled offer with bare AssertionError, KeyError,
+                    # AttributeError...: it is this caller's SDP, so a 400 that says so, not a 502.
+                    log.info("offer for %s not negotiable: %s: %s", request.call_id, type(exc).__name__, exc)
+                    detail = str(exc)[:120] or "malformed SDP"
+                    raise AttachRefused(
+                        400, f"offer: cannot be negotiated ({type(exc).__name__}: {detail})"
+                    ) from None
                 result = AttachResult(
                     call_id=request.call_id,
                     mode=AttachMode.DIRECT,

@@ -190,3 +190,19 @@ async def test_an_unsigned_request_is_refused_before_its_body_is_read() -> None:
              "query_string": b"", "headers": [(b"content-length", b"60000")]}  # fmt: skip
     await middleware(scope, receive, send)
     assert reads == [] and sent[0]["status"] == 401
+
+
+async def test_a_truncated_offer_is_a_400_not_a_502() -> None:
+    """aiortc's SDP parser fails on a cut offer with a bare AssertionError: it was answered 502."""
+    async with relay_stack(EchoAgent()) as stack:
+        caller = Caller()
+        try:
+            sdp = await caller.peer.create_offer()
+        finally:
+            await caller.close()
+        lines = sdp.split("\r\n")
+        for cut in (sdp[: len(sdp) // 2], sdp[: len(sdp) // 3], "\r\n".join(lines[: len(lines) - 5])):
+            body = {"call_id": "cut-1", "mode": "direct", "offer": {"type": "offer", "sdp": cut}}
+            status, message = await _error(stack, "POST", "/v1/calls", body)
+            assert status == 400 and message.startswith("offer:"), (status, message)
+        assert stack.relay.manager is not None and stack.relay.manager.calls == {}
