@@ -295,7 +295,6 @@ class Stack:
                 json_ready("emulator_started"),
             )
             emulator_ready = emulator.ready
-            config_path.unlink()  # it holds the app secret, and the emulator has read it
         agent = await self._spawn(
             "agent",
             ["agent", "echo", "--listen", f"{HOST}:0", "--silence-ms", str(c.silence_ms), "--json"],
@@ -360,9 +359,8 @@ class Stack:
         pgids = {comp.process.pid for comp in self.components}
         for comp in reversed(self.components):
             await self._stop_one(comp)
-        for secret_file in (self.stack_file, self.run_dir / "emulator.json"):  # a start that failed midway
-            with contextlib.suppress(FileNotFoundError):
-                secret_file.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.stack_file.unlink()
         leftovers = group_members(pgids)
         for pid in leftovers:  # a grandchild that outlived its group leader: by PID, never by name
             with contextlib.suppress(ProcessLookupError):
