@@ -219,6 +219,20 @@ def worker_script(
     )
 
 
+def worker_subdomain(
+    settings: StackSettings, spec: WorkerSpec, script: cloudflare.WorkersScript
+) -> cloudflare.WorkersScriptSubdomain:
+    """Whether the Worker is also public on workers.dev, as wrangler.toml's workers_dev/preview_urls say
+    (wrangler deploy sets the same through the script's subdomain endpoint)."""
+    return cloudflare.WorkersScriptSubdomain(
+        "worker-subdomain",
+        account_id=settings.account_id,
+        script_name=script.script_name,
+        enabled=spec.workers_dev,
+        previews_enabled=spec.preview_urls,
+    )
+
+
 def registry_kv_namespace(settings: StackSettings, spec: WorkerSpec) -> pulumi.Output[str]:
     """The namespace id wrangler.toml names (so both deploy paths bind the same one), else a new one."""
     bound = [kv for kv in spec.kv_namespaces if kv.binding == REGISTRY_BINDING]
@@ -318,6 +332,7 @@ def build_edge(settings: StackSettings, spec: WorkerSpec) -> Edge:
     script = None
     if settings.worker_code_owner == "pulumi":
         script = worker_script(settings, spec, env, namespace_id)
+        worker_subdomain(settings, spec, script)
     domain = edge_domain(settings, spec.name, [script] if script is not None else [])
     return Edge(sfu, turn, relay_key, env, namespace_id, script, domain)
 

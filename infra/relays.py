@@ -209,6 +209,8 @@ def instance_role(
     """What aws_bootstrap needs, and no more: read this stack's parameters, claim addresses, report health."""
     opts = pulumi.ResourceOptions(provider=provider)
     prefix = parameter_prefix(settings.stack)
+    # Only this stack's addresses, instances, groups and accelerators (each carries the stack tag).
+    stack_tag = {"StringEquals": {f"aws:ResourceTag/{TAG_STACK}": settings.stack}}
     role = aws.iam.Role(
         f"relay-{region.key}-role",
         assume_role_policy=json.dumps(
@@ -231,12 +233,25 @@ def instance_role(
             "Action": ["ssm:GetParameters", "ssm:GetParameter"],
             "Resource": f"arn:aws:ssm:{region.aws_region}:*:parameter{prefix}/*",
         },
+        # DescribeAddresses supports no resource-level permission or tag condition: "*" only.
+        {"Effect": "Allow", "Action": ["ec2:DescribeAddresses"], "Resource": "*"},
         {
             "Effect": "Allow",
-            "Action": ["ec2:DescribeAddresses", "ec2:AssociateAddress", "ec2:DisassociateAddress"],
-            "Resource": "*",
+            "Action": ["ec2:AssociateAddress", "ec2:DisassociateAddress"],
+            "Resource": [
+                f"arn:aws:ec2:{region.aws_region}:*:elastic-ip/*",
+                f"arn:aws:ec2:{region.aws_region}:*:instance/*",
+            ],
+            "Condition": stack_tag,
         },
-        {"Effect": "Allow", "Action": ["autoscaling:SetInstanceHealth"], "Resource": "*"},
+        {
+            "Effect": "Allow",
+            "Action": ["autoscaling:SetInstanceHealth"],
+            "Resource": (
+                f"arn:aws:autoscaling:{region.aws_region}:*:autoScalingGroup:*:autoScalingGroupName/*"
+            ),
+            "Condition": stack_tag,
+        },
     ]
     if settings.stable_address == "global-accelerator":
         statements.append(
@@ -247,7 +262,9 @@ def instance_role(
                     "globalaccelerator:AddEndpoints",
                     "globalaccelerator:RemoveEndpoints",
                 ],
-                "Resource": "*",
+                # Global Accelerator is global: its ARNs carry no region.
+                "Resource": "arn:aws:globalaccelerator::*:accelerator/*",
+                "Condition": stack_tag,
             }
         )
     aws.iam.RolePolicy(
@@ -304,7 +321,13 @@ def slot_accelerator(
     opts = pulumi.ResourceOptions(provider=ga_provider)
     name = f"relay-{region.key}-{slot}"
     accelerator = aws.globalaccelerator.Accelerator(
-        f"{name}-ga", name=f"{settings.stack}-{name}"[:64], ip_address_type="IPV4", enabled=True, opts=opts
+        f"{name}-ga",
+        name=f"{settings.stack}-{name}"[:64],
+        ip_address_type="IPV4",
+        enabled=True,
+        # The instance role may change endpoints only on accelerators with this stack's tag.
+        tags={TAG_STACK: settings.stack, TAG_REGION: region.key, TAG_SLOT: str(slot)},
+        opts=opts,
     )
     low, high = settings.port_range
     groups = []

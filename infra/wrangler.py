@@ -52,11 +52,11 @@ _READ = {
     "observability",
     "placement",
     "limits",
+    "workers_dev",
+    "preview_urls",
 }
 _IGNORED = {
     "account_id",
-    "workers_dev",
-    "preview_urls",
     "dev",
     "env",
     "routes",
@@ -164,6 +164,10 @@ class WorkerSpec:
     observability: bool | None = None
     placement_mode: str | None = None
     cpu_ms: int | None = None
+    workers_dev: bool = True
+    """Public on `<name>.<account>.workers.dev` too (wrangler's default when no route is configured)."""
+    preview_urls: bool = True
+    """Preview URLs on workers.dev (wrangler's default follows workers_dev)."""
 
     @property
     def all_module_names(self) -> tuple[str, ...]:
@@ -353,6 +357,11 @@ def load_worker_spec(wrangler_toml: Path) -> WorkerSpec:
     observability = _table(raw, "observability").get("enabled")
     placement = _table(raw, "placement").get("mode")
     cpu_ms = _table(raw, "limits").get("cpu_ms")
+    workers_dev = raw.get("workers_dev", True)
+    preview_urls = raw.get("preview_urls", workers_dev)
+    for key, flag in (("workers_dev", workers_dev), ("preview_urls", preview_urls)):
+        if not isinstance(flag, bool):
+            raise WranglerConfigError(key, f"must be true or false, got {flag!r}")
 
     modules = collect_modules(base, exclude=main_path)
     # wrangler names the main module by its file name alone, whatever base_dir is (deploy-bundle code).
@@ -377,4 +386,6 @@ def load_worker_spec(wrangler_toml: Path) -> WorkerSpec:
         observability=bool(observability) if observability is not None else None,
         placement_mode=str(placement) if placement is not None else None,
         cpu_ms=int(cpu_ms) if isinstance(cpu_ms, int) else None,
+        workers_dev=bool(workers_dev),
+        preview_urls=bool(preview_urls),
     )

@@ -122,6 +122,7 @@ def test_one_region_stack_has_every_resource(spec: WorkerSpec) -> None:
         T_KV_NS: 1,
         T_KV: 1,
         T_SCRIPT: 1,
+        "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain": 1,
         "cloudflare:index/workersCustomDomain:WorkersCustomDomain": 1,
         "tls:index/privateKey:PrivateKey": 1,
         "tls:index/certRequest:CertRequest": 1,
@@ -234,6 +235,11 @@ def test_the_repo_wrangler_toml_deploys(tmp_path: Path) -> None:
     assert env["SFU_APP_ID"].startswith("sfuapp")  # wrangler.toml's placeholder is replaced
     assert parse_registry(env["RELAYS"])[0].id == "use1-0"  # and so is its example registry
     assert unwrap(recorded.one(T_SCRIPT).inputs)["mainModule"] == spec.main_module.name
+    # Only on the configured hostname: not also public on workers.dev (wrangler.toml workers_dev = false).
+    subdomain = unwrap(recorded.one("cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain").inputs)
+    assert subdomain == {
+        "accountId": ACCOUNT, "scriptName": "splitrelay-edge", "enabled": False, "previewsEnabled": False
+    }  # fmt: skip
 
 
 def test_a_change_to_wrangler_toml_shows_up_in_the_resources(tmp_path: Path) -> None:
@@ -486,6 +492,48 @@ def test_instance_role_reads_only_this_stacks_parameters(spec: WorkerSpec) -> No
         assert "ec2:AssociateAddress" in by_action and "autoscaling:SetInstanceHealth" in by_action
         assert ("globalaccelerator:AddEndpoints" in by_action) == has_ga
         assert not [a for a in by_action if a.endswith("*")]
+
+
+ONLY_ON_STAR = {"ec2:DescribeAddresses": "EC2 Describe* calls support no resource-level permission"}
+"""Actions AWS authorizes only on Resource "*", each with why (every other action names ARNs)."""
+TAGGED_TYPES = {"ec2:": T_EIP, "autoscaling:": T_ASG, "globalaccelerator:": T_GA}
+"""Per action prefix, the resource type whose tags the policy's conditions match."""
+
+
+def _stack_tag_of(inputs: dict[str, Any]) -> str | None:
+    tags = unwrap(inputs.get("tags"))
+    if isinstance(tags, list):  # the auto-scaling group's tags are {key, value, propagateAtLaunch}
+        return next((t["value"] for t in tags if t["key"] == "splitrelay:stack"), None)
+    return None if tags is None else tags.get("splitrelay:stack")
+
+
+def test_instance_role_acts_only_on_this_stacks_tagged_resources(spec: WorkerSpec) -> None:
+    """Least privilege: an action on "*" is one AWS allows on "*" only; every write names ARNs and is
+    conditioned on the stack tag, which the program sets on the very resources it acts on."""
+    for choice in ("elastic-ip", "global-accelerator"):
+        settings = make_settings(ONE_REGION, stableAddress=choice)
+        recorded, _ = run_stack(settings, spec)
+        policy = json.loads(unwrap(recorded.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]))
+        for statement in policy["Statement"]:
+            resources = statement["Resource"]
+            resources = [resources] if isinstance(resources, str) else resources
+            for action in statement["Action"]:
+                if action.startswith("ssm:"):
+                    continue  # parameter ARNs under the stack's prefix (test above)
+                if "*" in resources:
+                    assert action in ONLY_ON_STAR, f"{action} on * (AWS supports resource ARNs for it)"
+                    continue
+                assert all(r.startswith("arn:aws:") for r in resources), (action, resources)
+                condition = statement.get("Condition")
+                assert condition == {"StringEquals": {"aws:ResourceTag/splitrelay:stack": "test"}}, action
+                typ = next(t for prefix, t in TAGGED_TYPES.items() if action.startswith(prefix))
+                tagged = recorded.of_type(typ)
+                assert tagged and all(_stack_tag_of(r.inputs) == "test" for r in tagged), (action, typ)
+        if choice == "elastic-ip":
+            assert not recorded.of_type(T_GA)
+        template = unwrap(recorded.one(T_LT).inputs)
+        instance_tags = [t for t in template["tagSpecifications"] if t["resourceType"] == "instance"]
+        assert instance_tags[0]["tags"]["splitrelay:stack"] == "test"  # AssociateAddress checks the instance
 
 
 # -- the relay registry -------------------------------------------------------------------------------------
