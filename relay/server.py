@@ -21,6 +21,7 @@ from aiortc import RTCIceServer
 from splitrelay.contract.signing import Verifier
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
+from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
 from splitrelay.relay.inference_link import RelayLink
 from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
 from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig
@@ -93,12 +94,20 @@ class _QuietServer(uvicorn.Server):
 class ControlServer:
     """uvicorn serving one ASGI app on a socket we bound ourselves; shared by relay and supervisor."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, *, read_timeout_s: float = REQUEST_READ_TIMEOUT_S
+    ) -> None:
         self._sock = bind_tcp(host, port)
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self._server = _QuietServer(
-            uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+            uvicorn.Config(
+                app,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                **guarded_config_kwargs(read_timeout_s),
+            )
         )
         self._task: asyncio.Task[None] | None = None
 

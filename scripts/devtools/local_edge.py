@@ -212,6 +212,8 @@ class LocalEdge:
         if scope["type"] != "http":
             return
         response = await self._respond(scope, receive)
+        if response is None:
+            return  # the client went away (or its read deadline passed) before its body arrived
         await send(
             {
                 "type": "http.response.start",
@@ -221,7 +223,7 @@ class LocalEdge:
         )
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _respond(self, scope: dict[str, Any], receive: Any) -> EdgeResponse:
+    async def _respond(self, scope: dict[str, Any], receive: Any) -> EdgeResponse | None:
         method = str(scope["method"]).upper()
         path = str(scope["path"])
         if method == "GET" and not path.startswith("/v1/") and path != "/healthz":
@@ -234,6 +236,8 @@ class LocalEdge:
             body = await _read_body(receive)
         except EdgeError as exc:
             return exc.response()
+        if body is None:
+            return None
         client = scope.get("client")
         request = EdgeRequest(
             method=method,
@@ -246,13 +250,14 @@ class LocalEdge:
         return await self.app.handle(request)
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Any) -> bytes | None:
+    """The whole request body, or None if the client disconnected first (never a partial body)."""
     chunks: list[bytes] = []
     size = 0
     for _ in range(MAX_BODY_BYTES + 2):  # bounded: each message carries at least one byte, or ends
         message = await receive()
         if message["type"] != "http.request":
-            break
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
