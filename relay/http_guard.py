@@ -25,6 +25,9 @@ REQUEST_READ_TIMEOUT_S: Final = 10.0
 """Headers and body of one request must arrive within this (nginx's client_header/body_timeout)."""
 KEEP_ALIVE_S: Final = 5
 """Idle time allowed between requests on one connection (uvicorn's own default)."""
+CLIENT_KEEP_ALIVE_S: Final = 2.0
+"""Our HTTP clients drop an idle pooled connection after this, well before any server of ours (5 s)
+closes it: reusing a connection the server is closing fails the request ("server disconnected")."""
 MAX_CONNECTIONS: Final = 1000
 """Beyond this many open connections uvicorn answers 503 at once instead of queueing."""
 

@@ -59,6 +59,7 @@ from splitrelay.contract.turn import (
     parse_generate_ice_servers,
     parse_revoke,
 )
+from splitrelay.relay.http_guard import CLIENT_KEEP_ALIVE_S
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -91,7 +92,9 @@ class ApiTransport:
             raise SchemaError("request_timeout", f"must be in (0, {MAX_REQUEST_TIMEOUT_S:g}] seconds")
         self.base_url = check_base_url(base_url)
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=request_timeout)
+        self._http = http or httpx.AsyncClient(
+            timeout=request_timeout, limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S)
+        )
         self._retry = retry if retry is not None else RetryPolicy()
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep

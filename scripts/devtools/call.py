@@ -37,6 +37,7 @@ from splitrelay.devtools.budget import (
     turn_budget,
 )
 from splitrelay.devtools.utterance import FRAME_MS, SILENCE_LEVEL, Utterance
+from splitrelay.relay.http_guard import CLIENT_KEEP_ALIVE_S
 from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
@@ -129,13 +130,31 @@ def _error_text(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
 
 
+def http_client() -> httpx.AsyncClient:
+    """The harness's HTTP client: idle connections expire before our servers close them."""
+    return httpx.AsyncClient(
+        timeout=HTTP_TIMEOUT_S, limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S)
+    )
+
+
 async def _request(
     http: httpx.AsyncClient, step: str, method: str, url: str, *, expect: tuple[int, ...], **kwargs: Any
 ) -> httpx.Response:
-    try:
-        response = await http.request(method, url, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CallError(f"{step}: no response from {urlsplit(url).netloc} ({type(exc).__name__})") from None
+    attempts = 2 if method == "GET" else 1  # a read may be retried once on a fresh connection
+    for attempt in range(attempts):
+        try:
+            response = await http.request(method, url, **kwargs)
+            break
+        except httpx.TransportError as exc:
+            if attempt + 1 < attempts and not isinstance(exc, httpx.TimeoutException):
+                continue
+            raise CallError(
+                f"{step}: no response from {urlsplit(url).netloc} ({type(exc).__name__})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise CallError(
+                f"{step}: no response from {urlsplit(url).netloc} ({type(exc).__name__})"
+            ) from None
     if response.status_code not in expect:
         raise CallError(f"{step}: {_error_text(response)}")
     return response
@@ -438,7 +457,7 @@ async def run_call(
 ) -> CallReport:
     """One call through the edge; ``relay`` (optional) adds the relay's and the agent's view."""
     options = options or CallOptions()
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+    async with http_client() as http:
         inspector = RelayInspector(http, relay) if relay is not None else None
         signalling = EdgeSignalling(http, edge_url, token)
         candidates = options.candidates or (LOOPBACK if is_loopback(edge_url) else CandidatePolicy())
@@ -450,7 +469,7 @@ async def run_direct_call(
 ) -> CallReport:
     """One call in the relay's direct mode (no edge, no SFU): the offer goes to the relay itself."""
     options = options or CallOptions()
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+    async with http_client() as http:
         inspector = RelayInspector(http, relay)
         candidates = options.candidates or (LOOPBACK if is_loopback(relay.url) else CandidatePolicy())
         signalling = DirectSignalling(inspector)
@@ -530,7 +549,10 @@ class _Call:
                 ready_ms=(ready - posted) * 1000,
                 edge_answer_to_connected_ms=edge_ms,
             )
-            await self._turns(sender, sender_task)
+            try:
+                await self._turns(sender, sender_task)
+            except CallError as exc:  # keep what was measured: the report says what failed
+                self.report.errors.append(str(exc))
         finally:
             if sender_task is not None:
                 sender_task.cancel()
@@ -582,31 +604,42 @@ class _Call:
         raise CallError("the relay's call never became live")
 
     async def _turns(self, sender: Sender, sender_task: asyncio.Task[None]) -> None:
+        """Run the turns; whatever ends them early, the turns measured so far are kept and reported."""
         relay_view: RelayView | None = None
         records: list[TurnRecord] = []
-        for turn in range(self.turns):
-            record = await self._one_turn(turn, sender, sender_task)
-            records.append(record)
-            if self.relay is not None and self.report.call_id is not None:
-                summary = await self.relay.call(self.report.call_id)
-                if summary is not None:
-                    relay_view = RelayView.from_summary(summary)
-            if record.reply_first_at is None:
-                self.report.errors.append(
-                    f"turn {turn + 1}: no reply within {self.options.reply_timeout_s:g} s "
-                    "of the last speech frame"
-                )
-        self.report.relay = relay_view
-        self.report.turns = [
-            turn_budget(record, self.clock, relay_view, self.signalling.mode, order=i)
-            for i, record in enumerate(records)
-        ]
+        try:
+            for turn in range(self.turns):
+                record = await self._one_turn(turn, sender, sender_task)
+                records.append(record)
+                relay_view = await self._relay_view(turn, relay_view)
+                if record.reply_first_at is None:
+                    self.report.errors.append(
+                        f"turn {turn + 1}: no reply within {self.options.reply_timeout_s:g} s "
+                        "of the last speech frame"
+                    )
+        finally:
+            self.report.relay = relay_view
+            self.report.turns = [
+                turn_budget(record, self.clock, relay_view, self.signalling.mode, order=i)
+                for i, record in enumerate(records)
+            ]
         for budget in self.report.turns:
             if budget.reply_frames and budget.reply_match is None:
                 self.report.errors.append(
                     f"turn {budget.turn}: the reply's {budget.reply_frames} frames are not "
                     "a run of the sent frames"
                 )
+
+    async def _relay_view(self, turn: int, previous: RelayView | None) -> RelayView | None:
+        """The relay's latest view of the call; a failed lookup is reported and the last view kept."""
+        if self.relay is None or self.report.call_id is None:
+            return previous
+        try:
+            summary = await self.relay.call(self.report.call_id)
+        except CallError as exc:
+            self.report.errors.append(f"turn {turn + 1}: relay lookup failed, earlier view kept: {exc}")
+            return previous
+        return RelayView.from_summary(summary) if summary is not None else previous
 
     async def _one_turn(self, turn: int, sender: Sender, sender_task: asyncio.Task[None]) -> TurnRecord:
         o = self.options

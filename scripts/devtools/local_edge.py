@@ -25,6 +25,7 @@ from splitrelay.edge.call_record import CallObject, CallState
 from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm
 from splitrelay.edge.ratelimit import TokenBucket
 from splitrelay.edge.web import MAX_BODY_BYTES, EdgeError, EdgeRequest, EdgeResponse, check_body_size
+from splitrelay.relay.http_guard import CLIENT_KEEP_ALIVE_S
 
 log = logging.getLogger("splitrelay.devtools.local_edge")
 
@@ -130,7 +131,9 @@ class LocalEdge:
         token_limiter: TokenBucket | None = None,
     ) -> None:
         self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.http = http or httpx.AsyncClient(
+            timeout=30.0, limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S)
+        )
         self.static_dir = static_dir.resolve()
         self.records = LocalRecords(clock)
         self.tasks: set[asyncio.Task[None]] = set()
