@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from splitrelay.infra.bundle import BundleError, RelayBundle, build_bundle, read_bundle
 from splitrelay.infra.cost import CONFIG_NAMESPACE, cost_arguments
 from splitrelay.infra.edge import Edge, build_edge, worker_secrets_json, worker_vars
 from splitrelay.infra.relays import GA_REGION, RegionRelays, build_region, origin_tls, ssl_strict_rule
@@ -21,12 +22,14 @@ from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WRANGLER_TOML = REPO_ROOT / "wrangler.toml"
+BUNDLE_DIR = REPO_ROOT / "build" / "relay-bundles"
 _SCALARS = (
     "accountId",
     "zoneId",
     "zoneName",
     "hostname",
-    "packageSpec",
+    "packageSpec",  # refused with a clear message: relays install their bundle from S3
+    "relayBundle",
     "relayPortRange",
     "stableAddress",
     "workerCodeOwner",
@@ -64,6 +67,28 @@ def settings_from_pulumi() -> StackSettings:
     return parse_settings(raw, pulumi.get_stack())
 
 
+def relay_bundles(settings: StackSettings) -> dict[tuple[str, str], RelayBundle]:
+    """One bundle per (architecture, Python) the regions need: the user's, or built from this checkout."""
+    needed = sorted({(r.architecture, r.python_version) for r in settings.regions})
+    try:
+        if settings.relay_bundle is not None:
+            given = read_bundle(Path(settings.relay_bundle))
+            for arch, python in needed:
+                if (given.arch, given.python) != (arch, python):
+                    raise InfraConfigError(
+                        "relayBundle",
+                        f"is for {given.arch} / Python {given.python}, but a region needs {arch} / Python "
+                        f"{python}: leave relayBundle unset to build one per platform",
+                    )
+            return {key: given for key in needed}
+        return {
+            (arch, python): build_bundle(REPO_ROOT, BUNDLE_DIR, arch=arch, python=python)
+            for arch, python in needed
+        }
+    except BundleError as exc:
+        raise InfraConfigError("relayBundle", str(exc)) from None
+
+
 def build(settings: StackSettings, spec: WorkerSpec) -> Stack:
     edge = build_edge(settings, spec)
     origin = origin_tls(settings)
@@ -74,9 +99,17 @@ def build(settings: StackSettings, spec: WorkerSpec) -> Stack:
         if settings.stable_address == "global-accelerator"
         else None
     )
+    bundles = relay_bundles(settings)
     regions = [
         build_region(
-            settings, region, edge.relay_signing_key, edge.sfu.uid, edge.sfu.secret, origin, ga_provider
+            settings,
+            region,
+            edge.relay_signing_key,
+            edge.sfu.uid,
+            edge.sfu.secret,
+            origin,
+            ga_provider,
+            bundles[(region.architecture, region.python_version)],
         )
         for region in settings.regions
     ]

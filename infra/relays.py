@@ -21,6 +21,7 @@ import pulumi_aws as aws
 import pulumi_cloudflare as cloudflare
 import pulumi_tls as tls
 
+from splitrelay.infra.bundle import RelayBundle
 from splitrelay.infra.settings import METRICS_PORT, RegionSettings, StackSettings
 from splitrelay.infra.user_data import RelayBoot, render_user_data
 from splitrelay.relay.aws_bootstrap import (
@@ -203,8 +204,70 @@ def network(
     return vpc.id, subnets
 
 
+@dataclass(frozen=True)
+class BundleObject:
+    """Where a region's relays fetch the bundle: a private bucket of this stack, one object per bundle."""
+
+    url: pulumi.Output[str]
+    arn: pulumi.Output[str]
+    bundle: RelayBundle
+
+
+def bundle_object(region: RegionSettings, bundle: RelayBundle, provider: aws.Provider) -> BundleObject:
+    """A private, encrypted bucket in the region (no cross-region fetch at boot) holding the bundle."""
+    opts = pulumi.ResourceOptions(provider=provider)
+    bucket = aws.s3.Bucket(
+        f"relay-{region.key}-bundle",
+        bucket_prefix=f"splitrelay-{region.key}-",
+        force_destroy=True,
+        tags={"splitrelay": "relay-bundle"},
+        opts=opts,
+    )
+    aws.s3.BucketPublicAccessBlock(
+        f"relay-{region.key}-bundle-private",
+        bucket=bucket.id,
+        block_public_acls=True,
+        block_public_policy=True,
+        ignore_public_acls=True,
+        restrict_public_buckets=True,
+        opts=opts,
+    )
+    aws.s3.BucketOwnershipControls(
+        f"relay-{region.key}-bundle-owner",
+        bucket=bucket.id,
+        rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+        opts=opts,
+    )
+    aws.s3.BucketServerSideEncryptionConfiguration(
+        f"relay-{region.key}-bundle-sse",
+        bucket=bucket.id,
+        rules=[
+            aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                    sse_algorithm="AES256"
+                )
+            )
+        ],
+        opts=opts,
+    )
+    obj = aws.s3.BucketObjectv2(
+        f"relay-{region.key}-bundle-object",
+        bucket=bucket.id,
+        key=bundle.object_key,
+        source=pulumi.FileAsset(str(bundle.path)),
+        content_type="application/gzip",
+        checksum_algorithm="SHA256",
+        opts=opts,
+    )
+    url = bucket.bucket.apply(
+        lambda name: f"https://{name}.s3.{region.aws_region}.amazonaws.com/{bundle.object_key}"
+    )
+    arn = pulumi.Output.all(bucket.arn, obj.key).apply(lambda parts: f"{parts[0]}/{parts[1]}")
+    return BundleObject(url, arn, bundle)
+
+
 def instance_role(
-    settings: StackSettings, region: RegionSettings, provider: aws.Provider
+    settings: StackSettings, region: RegionSettings, provider: aws.Provider, bundle_arn: pulumi.Output[str]
 ) -> aws.iam.InstanceProfile:
     """What aws_bootstrap needs, and no more: read this stack's parameters, claim addresses, report health."""
     opts = pulumi.ResourceOptions(provider=provider)
@@ -270,7 +333,18 @@ def instance_role(
     aws.iam.RolePolicy(
         f"relay-{region.key}-policy",
         role=role.id,
-        policy=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+        # The bundle: this one object and nothing else in S3.
+        policy=bundle_arn.apply(
+            lambda arn: json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        *statements,
+                        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": arn},
+                    ],
+                }
+            )
+        ),
         opts=opts,
     )
     return aws.iam.InstanceProfile(f"relay-{region.key}-profile", role=role.name, opts=opts)
@@ -368,6 +442,7 @@ def build_region(
     sfu_secret: pulumi.Output[str],
     origin: OriginTls,
     ga_provider: aws.Provider | None,
+    bundle: RelayBundle,
 ) -> RegionRelays:
     provider = aws.Provider(f"aws-{region.key}", region=region.aws_region)
     opts = pulumi.ResourceOptions(provider=provider)
@@ -381,7 +456,8 @@ def build_region(
         egress=egress,
         opts=opts,
     )
-    profile = instance_role(settings, region, provider)
+    shipped = bundle_object(region, bundle, provider)
+    profile = instance_role(settings, region, provider, shipped.arn)
     parameters = relay_parameters(settings, region, provider, relay_signing_key, sfu_secret, origin)
     tags = {TAG_STACK: settings.stack, TAG_REGION: region.key}
     result_addresses: list[aws.ec2.Eip] = []
@@ -411,18 +487,20 @@ def build_region(
             ttl=1,
             comment=f"splitrelay {settings.stack} relay slot {region.key}-{slot}",
         )
-    user_data = sfu_app_id.apply(
-        lambda app_id: base64.b64encode(
+    user_data = pulumi.Output.all(sfu_app_id, shipped.url).apply(
+        lambda values: base64.b64encode(
             render_user_data(
                 RelayBoot(
                     stack=settings.stack,
                     aws_region=region.aws_region,
                     region_key=region.key,
-                    package_spec=settings.package_spec,
+                    bundle_url=values[1],
+                    bundle_sha256=bundle.sha256,
+                    bundle_requirement=bundle.requirement,
                     inference=region.inference,
                     port_range=settings.port_range,
                     sfu_api_url=settings.sfu_api_url,
-                    sfu_app_id=app_id,
+                    sfu_app_id=values[0],
                     accelerator=settings.stable_address == "global-accelerator",
                 )
             ).encode()

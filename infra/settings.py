@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 STABLE_ADDRESSES = ("elastic-ip", "global-accelerator")
@@ -41,7 +42,9 @@ _VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
 _SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,17}")
 _AMI_ID = re.compile(r"ami-[0-9a-f]{8,17}")
 # A pip requirement or URL; it lands in a shell script (quoted), so refuse anything odd outright.
-_PACKAGE_SPEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-\[\],<>=!~+:/@#&%?]*")
+_PYTHON_VERSION = re.compile(r"3\.(1[1-9])")
+DEFAULT_PYTHON = "3.12"
+"""python3 on the default image (Ubuntu 24.04): the relay bundle's wheels are built for it."""
 
 
 class InfraConfigError(ValueError):
@@ -73,6 +76,8 @@ class RegionSettings:
     ami: str | None = None
     elastic_ip_quota: int = DEFAULT_ELASTIC_IP_QUOTA
     """The account's Elastic IP quota in this AWS region (the AWS default unless the stack says more)."""
+    python_version: str = DEFAULT_PYTHON
+    """The image's python3 (3.12 on the default Ubuntu 24.04; say it with `pythonVersion` for an `ami`)."""
 
     @property
     def creates_vpc(self) -> bool:
@@ -93,7 +98,8 @@ class StackSettings:
     zone_name: str
     hostname: str
     regions: tuple[RegionSettings, ...]
-    package_spec: str
+    relay_bundle: str | None = None
+    """A bundle built beforehand (infra/bundle.py); None: `pulumi up` builds one from this checkout."""
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     allowed_origins: tuple[str, ...] = ()
     control_allow_list: tuple[str, ...] = ()
@@ -321,6 +327,11 @@ def _region(raw: Any, index: int, locations: Mapping[str, RegionLocation]) -> Re
     ami = raw.get("ami")
     if ami is not None and (not isinstance(ami, str) or not _AMI_ID.fullmatch(ami)):
         raise InfraConfigError(f"{where}ami", f"must look like ami-0abc..., got {ami!r}")
+    python_version = _str(raw, "pythonVersion", where, default=DEFAULT_PYTHON)
+    if not _PYTHON_VERSION.fullmatch(python_version):
+        raise InfraConfigError(
+            f"{where}pythonVersion", f"must be 3.11 or later, e.g. 3.12, got {python_version!r}"
+        )
     if vpc_id is None:
         _check_reachable(inference, network, f"{where}inference")
     return RegionSettings(
@@ -338,6 +349,7 @@ def _region(raw: Any, index: int, locations: Mapping[str, RegionLocation]) -> Re
         vpc_cidr=vpc_cidr,
         ami=ami,
         elastic_ip_quota=_int(raw, "elasticIpQuota", where, 1, 10_000, DEFAULT_ELASTIC_IP_QUOTA),
+        python_version=python_version,
     )
 
 
@@ -377,11 +389,20 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
         raise InfraConfigError(
             "hostname", f"must be a DNS name inside zoneName {zone_name}, got {hostname!r}"
         )
-    package_spec = _str(raw, "packageSpec", "")
-    if len(package_spec) > 300 or not _PACKAGE_SPEC.fullmatch(package_spec):
+    if "packageSpec" in raw:
         raise InfraConfigError(
-            "packageSpec", "must be one pip requirement or URL (at most 300 characters, no spaces or quotes)"
+            "packageSpec",
+            "no longer used: relays install this checkout's own bundle from a private S3 object "
+            "(remove it; set relayBundle to use a bundle you built)",
         )
+    relay_bundle = raw.get("relayBundle")
+    if relay_bundle is not None:
+        if not isinstance(relay_bundle, str) or not relay_bundle.endswith(".tar.gz"):
+            raise InfraConfigError(
+                "relayBundle", f"must be the path of a .tar.gz relay bundle, got {relay_bundle!r}"
+            )
+        if not Path(relay_bundle).is_file():
+            raise InfraConfigError("relayBundle", f"no such file: {relay_bundle}")
     regions_raw = _list(raw, "regions")
     if not regions_raw:
         raise InfraConfigError("regions", "must list at least one region")
@@ -431,7 +452,7 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
         zone_name=zone_name,
         hostname=hostname,
         regions=regions,
-        package_spec=package_spec,
+        relay_bundle=relay_bundle,
         port_range=parse_port_range(raw.get("relayPortRange", "{}-{}".format(*DEFAULT_PORT_RANGE))),
         allowed_origins=tuple(_origin(o, f"allowedOrigins[{i}]") for i, o in enumerate(origins_raw)),
         control_allow_list=_cidrs(raw, "controlAllowList", cloudflare_ip_ranges()),

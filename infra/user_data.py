@@ -1,7 +1,9 @@
 """The relay instance's first-boot script (EC2 user data), rendered by a pure function.
 
 What it sets up, in boot order:
-- `splitrelay` installed with pip into /opt/splitrelay from the configured package source, and nginx;
+- the relay bundle (infra/bundle.py: this checkout's wheel and its locked dependencies) fetched from the
+  stack's private S3 object with the instance role, its sha256 checked against the value rendered here,
+  and installed into /opt/splitrelay with `pip --no-index` (no public package name is resolved); nginx;
 - `splitrelay-prepare.service` (oneshot, root): claims the region's free Elastic IP slot, joins the
   slot's Global Accelerator endpoint groups when the stack uses them, writes the Origin CA TLS files
   (relay/aws_bootstrap.py `prepare`); on stop it gives the slot back (`release`);
@@ -19,7 +21,6 @@ from SSM at run time. Every value put into the script is validated by infra/sett
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 from splitrelay.infra.settings import CONTROL_PORT, METRICS_PORT
@@ -34,7 +35,11 @@ class RelayBoot:
     stack: str
     aws_region: str
     region_key: str
-    package_spec: str
+    bundle_url: str
+    """The bundle's S3 object (virtual-hosted URL); fetched with the instance role, SigV4-signed by curl."""
+    bundle_sha256: str
+    bundle_requirement: str
+    """What pip installs from the bundle's wheels, e.g. ``splitrelay[relay]==0.1.0``."""
     inference: str
     port_range: tuple[int, int]
     sfu_api_url: str
@@ -43,12 +48,26 @@ class RelayBoot:
 
 
 _UNIT_SAFE = re.compile(r"[A-Za-z0-9_.:/\[\]-]+")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+/[A-Za-z0-9._/-]+")
+_REQUIREMENT = re.compile(r"splitrelay\[[a-z,]+\]==[0-9][0-9A-Za-z.+-]*")
+IMDS_URL = "http://169.254.169.254"
+BUNDLE_DIR = "/opt/splitrelay-bundle"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+"""S3 wants x-amz-content-sha256 on SigV4 requests; curl before 8.x does not add it, so the script does
+(for a GET, the hash of the empty body: curl signs that same value)."""
 
 
 def _unit_arg(value: str, what: str) -> str:
     """Values inside systemd ExecStart lines: no spaces, quotes, `%` specifiers or `$` expansions."""
     if not _UNIT_SAFE.fullmatch(value):
         raise ValueError(f"user data: {what} {value!r} has characters unsafe in a systemd unit")
+    return value
+
+
+def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ValueError(f"user data: {what} {value!r} is not of the expected form")
     return value
 
 
@@ -126,6 +145,10 @@ server {{
 
 def render_user_data(boot: RelayBoot) -> str:
     """The whole script; raises ValueError if a value is unsafe or the script exceeds EC2's 16 KB."""
+    bundle_url = _checked(_URL, boot.bundle_url, "bundle URL")
+    bundle_sha256 = _checked(_SHA256, boot.bundle_sha256, "bundle sha256")
+    requirement = _checked(_REQUIREMENT, boot.bundle_requirement, "bundle requirement")
+    aws_region = _unit_arg(boot.aws_region, "awsRegion")
     bootstrap = (
         f"{VENV}/bin/splitrelay relay bootstrap --stack {_unit_arg(boot.stack, 'stack')} "
         f"--aws-region {_unit_arg(boot.aws_region, 'awsRegion')}"
@@ -148,15 +171,33 @@ export DEBIAN_FRONTEND=noninteractive
 APT="apt-get -o DPkg::Lock::Timeout=600"
 $APT update -q
 $APT install -y -q python3-venv nginx curl
-python3 -m venv {VENV}
-{VENV}/bin/pip install --no-cache-dir --upgrade pip
-{VENV}/bin/pip install --no-cache-dir {shlex.quote(boot.package_spec)}
 
-TOKEN=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \\
-  -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')
-PRIVATE_IP=$(curl -fsS -H "X-aws-ec2-metadata-token: $TOKEN" \\
-  http://169.254.169.254/latest/meta-data/local-ipv4)
+# The instance metadata service (AWS_EC2_METADATA_SERVICE_ENDPOINT is botocore's own override of it).
+IMDS=${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-{IMDS_URL}}}
+TOKEN=$(curl -fsS -X PUT $IMDS/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+imds() {{ curl -fsS -H "X-aws-ec2-metadata-token: $TOKEN" "$IMDS/latest/meta-data/$1"; }}
+PRIVATE_IP=$(imds local-ipv4)
 CORES=$(nproc)
+
+# The relay bundle: the stack's private S3 object, read with the instance role's credentials (curl
+# signs with SigV4; the keys go to curl on stdin, never on a command line), then its hash is checked.
+ROLE=$(imds iam/security-credentials/)
+CREDS=$(imds "iam/security-credentials/$ROLE")
+cred() {{ python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" <<<"$CREDS"; }}
+install -d -m 0700 /var/lib/splitrelay
+BUNDLE=/var/lib/splitrelay/bundle.tar.gz
+printf 'user = "%s:%s"\\nheader = "x-amz-security-token: %s"\\nheader = "x-amz-content-sha256: %s"\\n' \\
+  "$(cred AccessKeyId)" "$(cred SecretAccessKey)" "$(cred Token)" "{EMPTY_SHA256}" |
+  curl -fsS --retry 5 --retry-all-errors -K - --aws-sigv4 'aws:amz:{aws_region}:s3' \\
+  -o "$BUNDLE" '{bundle_url}'
+unset CREDS
+echo '{bundle_sha256}  '"$BUNDLE" | sha256sum --check --strict -
+rm -rf {BUNDLE_DIR}
+install -d {BUNDLE_DIR}
+tar -xzf "$BUNDLE" -C {BUNDLE_DIR}
+python3 -m venv {VENV}
+{VENV}/bin/pip install --no-index --no-cache-dir --find-links {BUNDLE_DIR}/wheels '{requirement}'
+
 id splitrelay >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin splitrelay
 install -d -m 0700 {TLS_DIR}
 

@@ -55,6 +55,12 @@ MIN_SIGNING_KEY_BYTES = 32  # edge/contract/signing.py MIN_KEY_BYTES; the relay 
 _PREFIX = re.compile(r"/[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 IMDS_URL = "http://169.254.169.254"
+IMDS_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+"""botocore's own override of the metadata address; the user data and these commands honour it too."""
+
+
+def imds_url() -> str:
+    return os.environ.get(IMDS_ENDPOINT_ENV, "").rstrip("/") or IMDS_URL
 
 
 class BootstrapError(Exception):
@@ -358,12 +364,12 @@ PUBLIC_ADDRESS_ENV = "SPLITRELAY_PUBLIC_ADDRESS"
 
 async def _instance_id() -> str:
     async with httpx.AsyncClient() as client:
-        return await instance_id_from_imds(client)
+        return await instance_id_from_imds(client, imds_url())
 
 
 async def _public_ipv4() -> str | None:
     async with httpx.AsyncClient() as client:
-        return await public_ipv4_from_imds(client)
+        return await public_ipv4_from_imds(client, imds_url())
 
 
 def _session(aws_region: str) -> Any:

@@ -42,7 +42,11 @@ def args_class(typ: str) -> type:
     root = importlib.import_module(PROVIDERS[package])
     folder = module.split("/")[0]
     owner = root if folder == "index" else importlib.import_module(f"{root.__name__}.{folder}")
-    return getattr(owner, f"{name}Args")  # type: ignore[no-any-return]
+    # Where a nested input type already has the name `<Resource>Args`, the resource's own is `InitArgs`.
+    init_args = getattr(owner, f"{name}InitArgs", None)
+    found = init_args if isinstance(init_args, type) else getattr(owner, f"{name}Args")
+    assert isinstance(found, type)
+    return found
 
 
 def properties(cls: type) -> dict[str, property]:

@@ -6,13 +6,16 @@ can check that each one reaches the engine only inside a secret wrapper, whereve
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -38,6 +41,7 @@ require_infra()
 import pulumi  # noqa: E402
 from pulumi.runtime import rpc  # noqa: E402
 
+from splitrelay.infra.bundle import FORMAT, RelayBundle, read_bundle, write_tarball  # noqa: E402
 from splitrelay.infra.program import Stack, build  # noqa: E402
 from splitrelay.infra.settings import StackSettings, parse_settings  # noqa: E402
 from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec  # noqa: E402
@@ -134,6 +138,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             extra = {"arn": f"arn:aws:iam::1:{name}", "name": name}
         elif typ == "aws:autoscaling/group:Group":
             extra = {"name": name}
+        elif typ == "aws:s3/bucket:Bucket":
+            bucket = f"{args.inputs.get('bucketPrefix', 'b-')}0001"
+            extra = {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
         outputs.update(extra)
         return f"{name}-id", outputs
 
@@ -171,6 +178,7 @@ def run_stack(
         RecordingMocks(recorded, deployed), project="splitrelay", stack=settings.stack, preview=False
     )
     holder: list[Stack] = []
+    patch = mock.patch("splitrelay.infra.program.build_bundle", synthetic_bundle)
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def program() -> pulumi.Output[Any]:
@@ -181,8 +189,22 @@ def run_stack(
 
     with warnings.catch_warnings():  # lazy loading of every pulumi_cloudflare module warns about old names
         warnings.simplefilter("ignore", DeprecationWarning)
-        program()
+        with patch:
+            program()
     return recorded, holder[0]
+
+
+def synthetic_bundle(repo: Path, out_dir: Path, *, arch: str, python: str) -> RelayBundle:
+    """A small but well-formed relay bundle (what infra/bundle.py builds, minus pip's wheels)."""
+    del repo, out_dir
+    root = Path(tempfile.mkdtemp(prefix="splitrelay-test-bundle-"))
+    staging = root / "bundle"
+    (staging / "wheels").mkdir(parents=True)
+    (staging / "wheels" / "splitrelay-0.1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    manifest = {"format": FORMAT, "requirement": "splitrelay[relay]==0.1.0", "python": python, "arch": arch}
+    (staging / "bundle.json").write_text(json.dumps(manifest))
+    write_tarball(staging, root / "bundle.tar.gz")
+    return read_bundle(root / "bundle.tar.gz")
 
 
 # -- walking captured inputs --------------------------------------------------------------------------
@@ -238,7 +260,6 @@ def stack_config(regions: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         "zoneId": ZONE,
         "zoneName": "example.com",
         "hostname": "voice.example.com",
-        "packageSpec": "splitrelay==0.1.0",
         "relayPortRange": "40000-40999",
         "allowedOrigins": ["https://app.example.com"],
         "regions": regions,

@@ -27,7 +27,6 @@ def config(**extra: Any) -> dict[str, Any]:
         "zoneId": ZONE,
         "zoneName": "example.com",
         "hostname": "voice.example.com",
-        "packageSpec": "splitrelay==0.1.0",
         "regions": [{"awsRegion": "us-east-1", "inference": "10.80.3.7:7000"}],
     }
     base.update(extra)
@@ -85,7 +84,13 @@ def test_architecture_by_instance_family() -> None:
         ({"accountId": "nothex"}, "accountId", "32-hex-digit"),
         ({"zoneId": None}, "zoneId", "required"),
         ({"hostname": "voice.other.org"}, "hostname", "inside zoneName"),
-        ({"packageSpec": "splitrelay; rm -rf /"}, "packageSpec", "no spaces or quotes"),
+        (
+            {"packageSpec": "splitrelay==0.1.0"},
+            "packageSpec",
+            "no longer used: relays install this checkout's",
+        ),
+        ({"relayBundle": "/nonexistent/b.tar.gz"}, "relayBundle", "no such file"),
+        ({"relayBundle": "relay.whl"}, "relayBundle", "must be the path of a .tar.gz"),
         ({"relayPortRange": "80-90"}, "relayPortRange", "1024 <= LOW <= HIGH <= 65535"),
         ({"relayPortRange": "40999-40000"}, "relayPortRange", "1024 <= LOW"),
         ({"relayPortRange": "40000"}, "relayPortRange", "LOW-HIGH"),
@@ -125,6 +130,7 @@ def test_bad_top_level_values_name_the_key(change: dict[str, Any], key: str, fra
         ({"vpcCidr": "10.0.0.0/8"}, "regions[0].vpcCidr", "/16 to /24"),
         ({"key": "US-EAST"}, "regions[0].key", "lowercase"),
         ({"ami": "ubuntu"}, "regions[0].ami", "ami-0abc"),
+        ({"pythonVersion": "3.9"}, "regions[0].pythonVersion", "3.11 or later"),
     ],
 )
 def test_bad_region_values_name_the_key(change: dict[str, Any], key: str, fragment: str) -> None:

@@ -30,6 +30,7 @@ from tests.infra.harness import (
     random_secret,
     region,
     run_stack,
+    synthetic_bundle,
     unwrap,
     walk,
 )
@@ -38,8 +39,8 @@ from tests.infra.harness import (
 from splitrelay.edge.config import SECRET_NAMES, VAR_NAMES, load_config
 from splitrelay.edge.relays import parse_registry
 from splitrelay.infra.edge import PLAIN_ENV, REGISTRY_KEY, SECRET_ENV
-from splitrelay.infra.program import WRANGLER_TOML
-from splitrelay.infra.settings import METRICS_PORT, StackSettings, cloudflare_ip_ranges
+from splitrelay.infra.program import WRANGLER_TOML, relay_bundles
+from splitrelay.infra.settings import METRICS_PORT, InfraConfigError, StackSettings, cloudflare_ip_ranges
 from splitrelay.infra.wrangler import (
     Migration,
     WorkerSpec,
@@ -144,6 +145,12 @@ def test_one_region_stack_has_every_resource(spec: WorkerSpec) -> None:
         T_DNS: 2,
         T_LT: 1,
         T_ASG: 1,
+        # the relay bundle: a private, encrypted bucket of this region with one object
+        "aws:s3/bucket:Bucket": 1,
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+        "aws:s3/bucketOwnershipControls:BucketOwnershipControls": 1,
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": 1,
+        "aws:s3/bucketObjectv2:BucketObjectv2": 1,
     }
 
 
@@ -518,8 +525,8 @@ def test_instance_role_acts_only_on_this_stacks_tagged_resources(spec: WorkerSpe
             resources = statement["Resource"]
             resources = [resources] if isinstance(resources, str) else resources
             for action in statement["Action"]:
-                if action.startswith("ssm:"):
-                    continue  # parameter ARNs under the stack's prefix (test above)
+                if action.startswith(("ssm:", "s3:")):
+                    continue  # under the stack prefix; the bundle object: tests of their own
                 if "*" in resources:
                     assert action in ONLY_ON_STAR, f"{action} on * (AWS supports resource ARNs for it)"
                     continue
@@ -534,6 +541,65 @@ def test_instance_role_acts_only_on_this_stacks_tagged_resources(spec: WorkerSpe
         template = unwrap(recorded.one(T_LT).inputs)
         instance_tags = [t for t in template["tagSpecifications"] if t["resourceType"] == "instance"]
         assert instance_tags[0]["tags"]["splitrelay:stack"] == "test"  # AssociateAddress checks the instance
+
+
+# -- the relay bundle --------------------------------------------------------------------------------------
+
+
+def test_relays_install_this_checkouts_bundle_from_one_private_object(spec: WorkerSpec) -> None:
+    """No public package name at boot: the bundle's own S3 object, readable by the relay role alone,
+    hash-checked by user data before pip installs it with --no-index."""
+    recorded, _ = run_stack(make_settings(ONE_REGION), spec)
+    obj = unwrap(recorded.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs)
+    bucket = unwrap(recorded.one("aws:s3/bucket:Bucket").inputs)
+    name = f"{bucket['bucketPrefix']}0001"
+    assert bucket["bucketPrefix"] == "splitrelay-use1-" and bucket["forceDestroy"] is True
+    private = unwrap(recorded.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs)
+    assert all(
+        private[k] is True
+        for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
+    owner = unwrap(recorded.one("aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs)
+    assert owner["rule"] == {"objectOwnership": "BucketOwnerEnforced"}
+    sse = unwrap(
+        recorded.one(
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+        ).inputs
+    )
+    assert sse["rules"] == [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}]
+    assert obj["key"].startswith("relay/splitrelay-arm64-py3.12-") and obj["key"].endswith(".tar.gz")
+    policy = json.loads(unwrap(recorded.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]))
+    s3 = [s for s in policy["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
+    assert s3 == [
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::{name}/{obj['key']}"}
+    ]
+    template = unwrap(recorded.one(T_LT).inputs)
+    text = base64.b64decode(template["userData"]).decode()
+    sha = obj["key"].rsplit("-", 1)[1].removesuffix(".tar.gz")
+    (line,) = [line for line in text.splitlines() if "sha256sum --check" in line]
+    assert line.startswith(f"echo '{sha}") and len(line.split("'")[1].split()[0]) == 64
+    assert f"'https://{name}.s3.us-east-1.amazonaws.com/{obj['key']}'" in text
+    (pip,) = [line for line in text.splitlines() if "bin/pip install" in line]
+    assert "--no-index" in pip and pip.endswith("'splitrelay[relay]==0.1.0'")
+    assert text.index("sha256sum --check") < text.index("tar -xzf") < text.index("bin/pip install")
+
+
+def test_an_unchanged_bundle_leaves_the_user_data_unchanged(spec: WorkerSpec, tmp_path: Path) -> None:
+    """A second `pulumi up` with the same checkout renders the same launch template: no instance refresh."""
+    bundle = synthetic_bundle(tmp_path, tmp_path, arch="arm64", python="3.12")
+    settings = make_settings(ONE_REGION, relayBundle=str(bundle.path))
+    first = unwrap(run_stack(settings, spec)[0].one(T_LT).inputs)["userData"]
+    second = unwrap(run_stack(settings, spec)[0].one(T_LT).inputs)["userData"]
+    assert first == second and bundle.sha256 in base64.b64decode(first).decode()
+
+
+def test_a_given_bundle_for_another_platform_is_refused(spec: WorkerSpec, tmp_path: Path) -> None:
+    bundle = synthetic_bundle(tmp_path, tmp_path, arch="amd64", python="3.12")
+    settings = make_settings(ONE_REGION, relayBundle=str(bundle.path))  # c7g: arm64
+    with pytest.raises(
+        InfraConfigError, match=r"relayBundle: is for amd64 / Python 3.12, but a region needs arm64"
+    ):
+        relay_bundles(settings)
 
 
 # -- the relay registry -------------------------------------------------------------------------------------

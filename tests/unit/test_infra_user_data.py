@@ -21,7 +21,9 @@ BOOT = RelayBoot(
     stack="prod",
     aws_region="us-east-1",
     region_key="use1",
-    package_spec="splitrelay[extra]==0.1.0",
+    bundle_url="https://splitrelay-use1-0001.s3.us-east-1.amazonaws.com/relay/splitrelay-arm64-py3.12-0123.tar.gz",
+    bundle_sha256="0123456789abcdef" * 4,
+    bundle_requirement="splitrelay[relay]==0.1.0",
     inference="10.0.3.7:7000",
     port_range=(40000, 40999),
     sfu_api_url="https://rtc.live.cloudflare.com/v1",
@@ -37,11 +39,17 @@ def exec_start(script: str, unit: str) -> list[str]:
     ]
 
 
-def test_installs_the_configured_package_and_nginx() -> None:
+def test_installs_the_hash_checked_bundle_offline_and_nginx() -> None:
     script = render_user_data(BOOT)
     assert script.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in script
-    assert "/opt/splitrelay/bin/pip install --no-cache-dir 'splitrelay[extra]==0.1.0'" in script
+    assert (
+        "/opt/splitrelay/bin/pip install --no-index --no-cache-dir "
+        "--find-links /opt/splitrelay-bundle/wheels 'splitrelay[relay]==0.1.0'"
+    ) in script
+    assert f"echo '{BOOT.bundle_sha256}  '\"$BUNDLE\" | sha256sum --check --strict -" in script
+    assert "--aws-sigv4 'aws:amz:us-east-1:s3'" in script and f"'{BOOT.bundle_url}'" in script
+    assert "pip install --upgrade" not in script  # nothing from a public index
     assert "$APT install -y -q python3-venv nginx curl" in script
     assert 'APT="apt-get -o DPkg::Lock::Timeout=600"' in script  # waits for unattended-upgrades
 
@@ -201,6 +209,9 @@ def test_script_is_valid_bash() -> None:
         ({"inference": "10.0.0.1:7000 --evil"}, "inference"),
         ({"sfu_app_id": "abc%n"}, "SFU app id"),
         ({"stack": "a$b"}, "stack"),
+        ({"bundle_sha256": "abc"}, "bundle sha256"),
+        ({"bundle_url": "https://x/a b'; rm -rf /"}, "bundle URL"),
+        ({"bundle_requirement": "evil==1; rm"}, "bundle requirement"),
     ],
 )
 def test_unsafe_values_are_refused(change: dict[str, Any], fragment: str) -> None:
@@ -211,7 +222,7 @@ def test_unsafe_values_are_refused(change: dict[str, Any], fragment: str) -> Non
 def test_size_limit() -> None:
     assert len(render_user_data(BOOT).encode()) < MAX_USER_DATA_BYTES
     with pytest.raises(ValueError, match="at most 16384"):
-        render_user_data(replace(BOOT, package_spec="x" * 17000))
+        render_user_data(replace(BOOT, sfu_app_id="x" * 17000))
 
 
 def _run_with_stubs(tmp_path: Path, failing: str) -> tuple[subprocess.CompletedProcess[bytes], str]:
@@ -220,7 +231,10 @@ def _run_with_stubs(tmp_path: Path, failing: str) -> tuple[subprocess.CompletedP
     stubs = tmp_path / "bin"
     stubs.mkdir()
     log = tmp_path / "calls.log"
-    commands = "apt-get python3 curl nproc id useradd install shutdown poweroff systemctl nginx cat ln rm"
+    commands = (
+        "apt-get python3 curl nproc id useradd install shutdown poweroff systemctl nginx cat ln rm "
+        "sha256sum tar"
+    )
     for name in commands.split():
         code = 1 if name == failing else 0
         # Stubs use only shell built-ins (``cat`` itself is stubbed: the script's heredocs go nowhere).
