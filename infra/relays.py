@@ -25,6 +25,7 @@ from splitrelay.infra.bundle import RelayBundle
 from splitrelay.infra.settings import METRICS_PORT, RegionSettings, StackSettings
 from splitrelay.infra.user_data import RelayBoot, render_user_data
 from splitrelay.relay.aws_bootstrap import (
+    ORIGIN_PULL_CA_PARAM,
     SFU_SECRET_PARAM,
     SIGNING_KEY_PARAM,
     TAG_REGION,
@@ -45,6 +46,10 @@ UBUNTU_AMI_PARAM = "/aws/service/canonical/ubuntu/server/24.04/stable/current/{a
 class OriginTls:
     certificate: pulumi.Output[str]
     private_key: pulumi.Output[str]
+    pull_ca: pulumi.Output[str]
+    """The CA of the client certificate Cloudflare presents to the relays (Authenticated Origin Pulls)."""
+    pull_certificate_id: pulumi.Output[str]
+    """That client certificate, uploaded for per-hostname Authenticated Origin Pulls."""
 
 
 @dataclass
@@ -75,8 +80,81 @@ def origin_tls(settings: StackSettings) -> OriginTls:
         request_type="origin-ecc",
         requested_validity=5475,
     )
+    pull_ca, pull_certificate_id = origin_pull_certificate(settings)
     # The certificate is public, but derived from the key's CSR Pulumi would keep it marked secret.
-    return OriginTls(pulumi.Output.unsecret(cert.certificate), pulumi.Output.secret(key.private_key_pem))
+    return OriginTls(
+        pulumi.Output.unsecret(cert.certificate),
+        pulumi.Output.secret(key.private_key_pem),
+        pull_ca,
+        pull_certificate_id,
+    )
+
+
+PULL_CA_HOURS = 20 * 365 * 24
+"""The stack's own CA for origin pulls outlives any deploy: relays keep its file until replaced."""
+PULL_CERT_HOURS = 5 * 365 * 24
+PULL_CERT_RENEW_HOURS = 365 * 24
+"""The client certificate is re-issued (same CA, so running relays keep accepting it) by the first
+`pulumi up` in its last year."""
+
+
+def origin_pull_certificate(settings: StackSettings) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    """Authenticated Origin Pulls per hostname: Cloudflare presents a client certificate of this stack's
+    own CA to the relay hostnames, and nginx requires it. The security group admits all of Cloudflare's
+    ranges and any Cloudflare account could point a hostname at a relay; only this zone holds the key.
+    Returns (CA certificate PEM, the uploaded client certificate's id)."""
+    ca_key = tls.PrivateKey("relay-origin-pull-ca-key", algorithm="ECDSA", ecdsa_curve="P256")
+    ca = tls.SelfSignedCert(
+        "relay-origin-pull-ca",
+        private_key_pem=ca_key.private_key_pem,
+        is_ca_certificate=True,
+        validity_period_hours=PULL_CA_HOURS,
+        allowed_uses=["cert_signing", "crl_signing"],
+        subject=tls.SelfSignedCertSubjectArgs(
+            common_name=f"splitrelay {settings.stack} origin pull CA", organization="splitrelay"
+        ),
+    )
+    client_key = tls.PrivateKey("relay-origin-pull-key", algorithm="ECDSA", ecdsa_curve="P256")
+    request = tls.CertRequest(
+        "relay-origin-pull-csr",
+        private_key_pem=client_key.private_key_pem,
+        subject=tls.CertRequestSubjectArgs(
+            common_name=f"cloudflare origin pull {settings.zone_name}", organization="splitrelay"
+        ),
+    )
+    client = tls.LocallySignedCert(
+        "relay-origin-pull-cert",
+        cert_request_pem=request.cert_request_pem,
+        ca_private_key_pem=ca_key.private_key_pem,
+        ca_cert_pem=ca.cert_pem,
+        validity_period_hours=PULL_CERT_HOURS,
+        early_renewal_hours=PULL_CERT_RENEW_HOURS,
+        allowed_uses=["client_auth", "digital_signature"],
+    )
+    client_secret_key: pulumi.Output[str] = pulumi.Output.secret(client_key.private_key_pem)
+    uploaded = cloudflare.AuthenticatedOriginPullsHostnameCertificate(
+        "relay-origin-pull-upload",
+        zone_id=settings.zone_id,
+        certificate=client.cert_pem,
+        private_key=client_secret_key,
+    )
+    return pulumi.Output.unsecret(ca.cert_pem), uploaded.id
+
+
+def origin_pulls_for(
+    settings: StackSettings, region: RegionSettings, hostnames: list[str], origin: OriginTls
+) -> None:
+    """Turn Authenticated Origin Pulls on for the region's relay hostnames, with the stack's certificate."""
+    cloudflare.AuthenticatedOriginPulls(
+        f"relay-{region.key}-origin-pulls",
+        zone_id=settings.zone_id,
+        configs=[
+            cloudflare.AuthenticatedOriginPullsConfigArgs(
+                cert_id=origin.pull_certificate_id, enabled=True, hostname=hostname
+            )
+            for hostname in hostnames
+        ],
+    )
 
 
 def ssl_strict_rule(settings: StackSettings) -> cloudflare.Ruleset:
@@ -366,6 +444,7 @@ def relay_parameters(
         (SFU_SECRET_PARAM, sfu_secret, True),
         (TLS_KEY_PARAM, origin.private_key, True),
         (TLS_CERT_PARAM, origin.certificate, False),
+        (ORIGIN_PULL_CA_PARAM, origin.pull_ca, False),
     ]
     parameters = []
     for leaf, value, secret in values:
@@ -487,6 +566,7 @@ def build_region(
             ttl=1,
             comment=f"splitrelay {settings.stack} relay slot {region.key}-{slot}",
         )
+    origin_pulls_for(settings, region, hostnames, origin)
     user_data = pulumi.Output.all(sfu_app_id, shipped.url).apply(
         lambda values: base64.b64encode(
             render_user_data(

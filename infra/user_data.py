@@ -109,6 +109,10 @@ server {{
     ssl_certificate {TLS_DIR}/origin.pem;
     ssl_certificate_key {TLS_DIR}/origin.key;
     ssl_protocols TLSv1.2 TLSv1.3;
+    # Authenticated Origin Pulls: the handshake needs Cloudflare's client certificate for this stack's
+    # zone (infra/relays.py), so another Cloudflare account pointing a hostname here gets nowhere.
+    ssl_client_certificate {TLS_DIR}/origin-pull-ca.pem;
+    ssl_verify_client on;
     client_max_body_size 64k;
     client_header_timeout 10s;
     client_body_timeout 10s;

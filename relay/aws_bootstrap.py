@@ -42,6 +42,8 @@ SIGNING_KEY_PARAM = "relay-signing-key"
 SFU_SECRET_PARAM = "sfu-app-secret"
 TLS_KEY_PARAM = "origin-tls-key"
 TLS_CERT_PARAM = "origin-tls-cert"
+ORIGIN_PULL_CA_PARAM = "origin-pull-ca"
+"""CA of the client certificate Cloudflare presents to relay hostnames (Authenticated Origin Pulls)."""
 SECRET_ENV_BY_PARAM: Mapping[str, str] = {
     SIGNING_KEY_PARAM: SIGNING_KEY_ENV,
     SFU_SECRET_PARAM: SFU_SECRET_ENV,
@@ -147,12 +149,19 @@ def write_private_file(path: Path, text: str, mode: int = 0o600) -> None:
         raise
 
 
-def write_origin_tls(ssm: AwsClient, prefix: str, directory: Path) -> tuple[Path, Path]:
+def write_origin_tls(ssm: AwsClient, prefix: str, directory: Path) -> tuple[Path, Path, Path]:
+    """nginx's TLS files: the origin certificate and key, and the CA it checks Cloudflare's client
+    certificate against (only this stack's zone, not any Cloudflare account, gets past the handshake)."""
     cert, key = load_origin_tls(ssm, prefix)
+    pull_ca = _get_parameters(ssm, prefix, [ORIGIN_PULL_CA_PARAM])[ORIGIN_PULL_CA_PARAM]
+    if "BEGIN CERTIFICATE" not in pull_ca:
+        raise BootstrapError(f"SSM parameter {prefix}/{ORIGIN_PULL_CA_PARAM}: not a PEM certificate")
     cert_path, key_path = directory / "origin.pem", directory / "origin.key"
+    ca_path = directory / "origin-pull-ca.pem"
     write_private_file(key_path, key, 0o600)
     write_private_file(cert_path, cert, 0o644)
-    return cert_path, key_path
+    write_private_file(ca_path, pull_ca, 0o644)
+    return cert_path, key_path, ca_path
 
 
 # -- the stable address: one Elastic IP slot per instance ---------------------------------------------

@@ -120,6 +120,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             extra = {"cert_request_pem": "CSR", "certRequestPem": "CSR"}
         elif typ == "cloudflare:index/originCaCertificate:OriginCaCertificate":
             extra = {"certificate": CERT}
+        elif typ in (
+            "tls:index/selfSignedCert:SelfSignedCert",
+            "tls:index/locallySignedCert:LocallySignedCert",
+        ):
+            extra = {"cert_pem": f"{CERT}{name}", "certPem": f"{CERT}{name}"}
         elif typ == "aws:ec2/eip:Eip":
             extra = {"publicIp": mock_public_ip(name), "public_ip": mock_public_ip(name)}
         elif typ == "aws:globalaccelerator/accelerator:Accelerator":

@@ -158,8 +158,14 @@ def test_origin_tls_files(aws: None, tmp_path: Path) -> None:
     with pytest.raises(BootstrapError, match="origin-tls-key: not a PEM private key"):
         load_origin_tls(ssm, PREFIX)
     ssm.put_parameter(Name=f"{PREFIX}/origin-tls-key", Value=KEY, Type="SecureString", Overwrite=True)
-    cert_path, key_path = write_origin_tls(ssm, PREFIX, tmp_path / "tls")
-    assert cert_path.read_text() == CERT and key_path.read_text() == KEY
+    with pytest.raises(BootstrapError, match="origin-pull-ca"):
+        write_origin_tls(ssm, PREFIX, tmp_path / "tls")  # the Authenticated Origin Pulls CA is required
+    put(ssm, "origin-pull-ca", "not a certificate", secure=False)
+    with pytest.raises(BootstrapError, match="origin-pull-ca: not a PEM certificate"):
+        write_origin_tls(ssm, PREFIX, tmp_path / "tls")
+    ssm.put_parameter(Name=f"{PREFIX}/origin-pull-ca", Value=CERT, Type="String", Overwrite=True)
+    cert_path, key_path, ca_path = write_origin_tls(ssm, PREFIX, tmp_path / "tls")
+    assert cert_path.read_text() == CERT and key_path.read_text() == KEY and ca_path.read_text() == CERT
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert [
         p.name for p in (tmp_path / "tls").iterdir() if p.name.startswith(".")
@@ -466,6 +472,7 @@ def test_prepare_claims_a_slot_and_writes_tls(
     (instance,) = instances(ec2, 1)
     put(ssm, "origin-tls-cert", CERT, secure=False)
     put(ssm, "origin-tls-key", KEY)
+    put(ssm, "origin-pull-ca", CERT, secure=False)
 
     async def identity() -> str:
         return instance
@@ -477,6 +484,7 @@ def test_prepare_claims_a_slot_and_writes_tls(
     ready = json.loads(prepared.stdout)
     assert (ready["slot"], ready["instance_id"]) == (0, instance)
     assert (tmp_path / "origin.key").read_text() == KEY
+    assert (tmp_path / "origin-pull-ca.pem").read_text() == CERT
     assert bootstrap([*base, "release", "--region-key", "use1"]).exit_code == 0
     assert "AssociationId" not in ec2.describe_addresses()["Addresses"][0]
     # A second stack has no addresses: a clear error and exit status 2, no traceback.

@@ -21,6 +21,7 @@ from tests.infra.harness import (
     SFU_SECRET,
     TLS_KEY,
     TURN_KEY,
+    ZONE,
     Recorded,
     RecordingMocks,
     is_secret,
@@ -82,6 +83,11 @@ THREE_REGIONS = [
 ]
 
 
+T_AOP_CERT = (
+    "cloudflare:index/authenticatedOriginPullsHostnameCertificate:AuthenticatedOriginPullsHostnameCertificate"
+)
+
+
 @pytest.fixture(autouse=True)
 def event_loop_for_pulumi() -> Iterator[None]:
     """Pulumi's mocks run on `asyncio.get_event_loop()`: give each test its own loop, because an
@@ -125,9 +131,14 @@ def test_one_region_stack_has_every_resource(spec: WorkerSpec) -> None:
         T_SCRIPT: 1,
         "cloudflare:index/workersScriptSubdomain:WorkersScriptSubdomain": 1,
         "cloudflare:index/workersCustomDomain:WorkersCustomDomain": 1,
-        "tls:index/privateKey:PrivateKey": 1,
-        "tls:index/certRequest:CertRequest": 1,
+        "tls:index/privateKey:PrivateKey": 3,
+        "tls:index/certRequest:CertRequest": 2,
         "cloudflare:index/originCaCertificate:OriginCaCertificate": 1,
+        # Authenticated Origin Pulls: the stack's CA, the client certificate, its upload, per-hostname use
+        "tls:index/selfSignedCert:SelfSignedCert": 1,
+        "tls:index/locallySignedCert:LocallySignedCert": 1,
+        T_AOP_CERT: 1,
+        "cloudflare:index/authenticatedOriginPulls:AuthenticatedOriginPulls": 1,
         "cloudflare:index/ruleset:Ruleset": 1,
         # AWS in us-east-1: a new VPC (two public subnets), SG, IAM, SSM, slots, template, group
         "pulumi:providers:aws": 1,
@@ -140,7 +151,7 @@ def test_one_region_stack_has_every_resource(spec: WorkerSpec) -> None:
         "aws:iam/role:Role": 1,
         "aws:iam/rolePolicy:RolePolicy": 1,
         "aws:iam/instanceProfile:InstanceProfile": 1,
-        T_SSM: 4,
+        T_SSM: 5,
         T_EIP: 2,
         T_DNS: 2,
         T_LT: 1,
@@ -166,7 +177,7 @@ def test_three_region_stack_with_global_accelerator(spec: WorkerSpec) -> None:
     assert counts[T_EIP] == counts[T_DNS] == counts[T_GA] == slots
     assert counts["aws:globalaccelerator/listener:Listener"] == 2 * slots
     assert counts["aws:globalaccelerator/endpointGroup:EndpointGroup"] == 2 * slots
-    assert counts[T_SSM] == 4 * 3 + slots  # secrets per region + one endpoint-group list per slot
+    assert counts[T_SSM] == 5 * 3 + slots  # secrets per region + one endpoint-group list per slot
     assert counts[T_SCRIPT] == counts[T_KV] == 1
     ga_provider = recorded.named("aws-global-accelerator")
     assert ga_provider.inputs["region"] == "us-west-2"
@@ -541,6 +552,43 @@ def test_instance_role_acts_only_on_this_stacks_tagged_resources(spec: WorkerSpe
         template = unwrap(recorded.one(T_LT).inputs)
         instance_tags = [t for t in template["tagSpecifications"] if t["resourceType"] == "instance"]
         assert instance_tags[0]["tags"]["splitrelay:stack"] == "test"  # AssociateAddress checks the instance
+
+
+# -- Authenticated Origin Pulls --------------------------------------------------------------------------
+
+
+def test_only_this_zones_cloudflare_gets_past_the_relays_tls_handshake(spec: WorkerSpec) -> None:
+    """Per-hostname Authenticated Origin Pulls with the stack's own CA: every relay hostname, in every
+    region, uses the uploaded client certificate; the relays get the CA (public) through SSM."""
+    recorded, stack = run_stack(make_settings(THREE_REGIONS), spec)
+    ca = unwrap(recorded.one("tls:index/selfSignedCert:SelfSignedCert").inputs)
+    assert ca["isCaCertificate"] is True and set(ca["allowedUses"]) == {"cert_signing", "crl_signing"}
+    client = unwrap(recorded.one("tls:index/locallySignedCert:LocallySignedCert").inputs)
+    assert client["allowedUses"] == ["client_auth", "digital_signature"]
+    assert client["caCertPem"] == f"{CERT}relay-origin-pull-ca"
+    assert client["validityPeriodHours"] > client["earlyRenewalHours"] > 0 < ca["validityPeriodHours"]
+    assert ca["validityPeriodHours"] >= 4 * client["validityPeriodHours"]  # the CA outlives renewals
+    upload = recorded.one(T_AOP_CERT)
+    assert is_secret(upload.inputs["privateKey"]) and unwrap(upload.inputs["zoneId"]) == ZONE
+    assert unwrap(upload.inputs["certificate"]) == f"{CERT}relay-origin-pull-cert"
+    configured = {
+        c["hostname"]: c
+        for r in recorded.of_type("cloudflare:index/authenticatedOriginPulls:AuthenticatedOriginPulls")
+        for c in unwrap(r.inputs)["configs"]
+    }
+    assert set(configured) == {h for r in stack.regions for h in r.hostnames}
+    assert all(
+        c == {"certId": "relay-origin-pull-upload-id", "enabled": True, "hostname": h}
+        for h, c in configured.items()
+    )
+    cas = [
+        unwrap(p.inputs)
+        for p in recorded.of_type(T_SSM)
+        if unwrap(p.inputs)["name"].endswith("/origin-pull-ca")
+    ]
+    assert len(cas) == 3 and all(
+        p["value"] == f"{CERT}relay-origin-pull-ca" and p["type"] == "String" for p in cas
+    )
 
 
 # -- the relay bundle --------------------------------------------------------------------------------------

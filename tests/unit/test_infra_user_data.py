@@ -6,7 +6,9 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -160,35 +162,96 @@ def test_nginx_proxies_only_the_signed_api_publicly_and_health_on_a_private_port
     assert "location ~ ^/(metrics|healthz|readyz)$ {" in private
 
 
-def test_the_rendered_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
-    """The real nginx parses the rendered site (``nginx -t``), with a throwaway certificate and prefix."""
+def _openssl(*args: str) -> None:
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    subprocess.run([openssl, *args], check=True, capture_output=True, timeout=30)
+
+
+def _ca(folder: Path, name: str) -> tuple[Path, Path]:
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", f"/CN={name}", "-days", "1", "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    return key, cert
+
+
+def _client_cert(folder: Path, name: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+             "-CAcreateserial", "-days", "1", "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
+def _get(port: int, client: tuple[Path, Path] | None) -> int | str:
+    """GET / over TLS (server certificate not checked: a throwaway one), with or without a client cert."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if client is not None:
+        context.load_cert_chain(str(client[0]), str(client[1]))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return type(exc).__name__
+    finally:
+        connection.close()
+
+
+def test_the_real_nginx_serves_only_cloudflares_client_certificate_for_this_zone(tmp_path: Path) -> None:
+    """The rendered site in the real nginx (``nginx -t``, then serving on loopback): a request without
+    the Authenticated Origin Pulls client certificate, or with one of another CA (another Cloudflare
+    account's zone), is refused; with this stack's certificate it reaches the locations (404 at /)."""
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
         if os.environ.get("CI"):
             pytest.fail("CI must check the nginx config: .ci/run installs Debian's nginx")
         pytest.skip("needs nginx (apt-get install nginx)")
-    openssl = shutil.which("openssl")
-    assert openssl is not None
     tls = tmp_path / "tls"
     tls.mkdir()
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-subj", "/CN=relay.test", "-days", "1",
-         "-keyout", str(tls / "origin.key"), "-out", str(tls / "origin.pem")],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    site = _site_conf().replace("/etc/splitrelay/tls", str(tls))
+    origin = _ca(tls, "origin")  # the server certificate (Cloudflare's Origin CA signs it on AWS)
+    pull_ca = _ca(tls, "origin-pull-ca")
+    ours = _client_cert(tls, "cloudflare-for-this-zone", pull_ca)
+    theirs = _client_cert(tls, "cloudflare-for-another-zone", _ca(tls, "another-ca"))
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        port, metrics = a.getsockname()[1], b.getsockname()[1]
+    site = (
+        _site_conf()
+        .replace("/etc/splitrelay/tls", str(tls))
+        .replace("listen 443 ssl default_server;", f"listen 127.0.0.1:{port} ssl default_server;")
+        .replace("listen [::]:443 ssl default_server;", "")
+        .replace(f"listen {METRICS_PORT};", f"listen 127.0.0.1:{metrics};")
+        .replace(f"listen [::]:{METRICS_PORT};", "")
+    )
+    assert origin[1].name == "origin.pem" and pull_ca[1].name == "origin-pull-ca.pem"
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n access_log off;\n include {tmp_path}/site.conf;\n}}\n"
     )
-    result = subprocess.run(
-        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "syntax is ok" in result.stderr
+    command = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 0, checked.stderr
+    server = subprocess.Popen([*command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):  # bounded: 5 s for nginx to listen
+            if _get(port, ours) == 404:
+                break
+            time.sleep(0.05)
+        assert _get(port, ours) == 404  # past the handshake: "/" is not proxied
+        assert _get(port, None) == 400  # nginx: "No required SSL certificate was sent"
+        assert _get(port, theirs) == 400  # "The SSL certificate error"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_no_secret_travels_in_user_data() -> None:
