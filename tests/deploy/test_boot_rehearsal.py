@@ -13,238 +13,35 @@ starting the units, and real S3 checking the signature (botocore's signer is the
 
 from __future__ import annotations
 
-import datetime as dt
-import http.server
 import json
 import os
-import secrets
 import shlex
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-from unittest import mock
 
 import pytest
 
 from splitrelay.infra.bundle import RelayBundle, build_bundle
 from splitrelay.infra.settings import CONTROL_PORT
-from splitrelay.infra.user_data import RelayBoot, render_user_data
-from splitrelay.relay.aws_bootstrap import SECRET_ENV_BY_PARAM, parameter_prefix
+from tests.deploy.boot_support import (
+    ACCESS_KEY,
+    BUCKET,
+    REPO,
+    SECRET_KEY,
+    SESSION_TOKEN,
+    RecordingProxy,
+    boot_script,
+    expected_authorization,
+    free_port,
+    run_boot,
+    system_python,
+)
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
-
-REPO = Path(__file__).resolve().parents[2]
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-ACCESS_KEY, SECRET_KEY, SESSION_TOKEN = (
-    "ASIAREHEARSAL0000001",
-    "rehearsal-secret-" + "s" * 23,
-    "token-" + "t" * 40,
-)
-ROLE = "splitrelay-relay-role"
-BUCKET, STACK, REGION = "splitrelay-use1-rehearsal", "rehearsal", "us-east-1"
-STUBBED = "apt-get id useradd systemctl shutdown poweroff"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def system_python() -> tuple[str, str]:
-    """(X.Y, glibc X.Y) of the python3 the user data will run: the bundle must be built for it."""
-    if (
-        not SYSTEM_PYTHON.exists()
-        or subprocess.run([SYSTEM_PYTHON, "-c", "import venv, ensurepip"]).returncode
-    ):
-        pytest.skip("needs the system python3 with venv and ensurepip (Debian: python3-venv)")
-    code = (
-        "import os, sys; v = sys.version_info; "
-        "print(f'{v[0]}.{v[1]}', os.confstr('CS_GNU_LIBC_VERSION').split()[1])"
-    )
-    version, glibc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    return version, glibc
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> RelayBundle:
-    python, glibc = system_python()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
-    return build_bundle(REPO, tmp_path_factory.mktemp("bundles"), arch=arch, python=python, glibc=glibc)
-
-
-class Imds(http.server.BaseHTTPRequestHandler):
-    """IMDSv2 as the script and `splitrelay relay bootstrap` use it: a token first, then metadata."""
-
-    token: ClassVar[str] = "imds-token-" + secrets.token_hex(8)
-    paths: ClassVar[dict[str, str]] = {
-        "/latest/meta-data/local-ipv4": "127.0.0.1",
-        "/latest/meta-data/public-ipv4": "52.94.236.248",  # advertised only, never contacted
-        "/latest/meta-data/instance-id": "i-0123456789abcdef0",
-        "/latest/meta-data/iam/security-credentials/": ROLE,
-        f"/latest/meta-data/iam/security-credentials/{ROLE}": json.dumps(
-            {
-                "Code": "Success",
-                "AccessKeyId": ACCESS_KEY,
-                "SecretAccessKey": SECRET_KEY,
-                "Token": SESSION_TOKEN,
-            }
-        ),
-    }
-
-    def do_PUT(self) -> None:
-        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-            self._send(200, self.token)
-        else:
-            self._send(400, "bad token request")
-
-    def do_GET(self) -> None:
-        if self.headers.get("X-aws-ec2-metadata-token") != self.token:
-            self._send(401, "")
-        elif self.path in self.paths:
-            self._send(200, self.paths[self.path])
-        else:
-            self._send(404, "")
-
-    def _send(self, status: int, body: str) -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class RecordingProxy(http.server.BaseHTTPRequestHandler):
-    """In front of moto (which checks no signature): keeps each request's headers for the SigV4 check."""
-
-    upstream: ClassVar[str] = ""
-    seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
-
-    def do_GET(self) -> None:
-        RecordingProxy.seen.append((self.path, dict(self.headers)))
-        with urllib.request.urlopen(self.upstream + self.path, timeout=30) as response:
-            body = response.read()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-@pytest.fixture(scope="module")
-def aws(bundle: RelayBundle) -> Iterator[dict[str, str]]:
-    """moto's server with the stack's bucket, bundle object and SSM secrets; IMDS; the S3 proxy."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    session = boto3.session.Session(
-        aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION
-    )
-    s3 = session.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=BUCKET)
-    s3.upload_file(str(bundle.path), BUCKET, bundle.object_key)
-    ssm = session.client("ssm", endpoint_url=endpoint)
-    for leaf in SECRET_ENV_BY_PARAM:
-        ssm.put_parameter(
-            Name=f"{parameter_prefix(STACK)}/{leaf}", Value=secrets.token_hex(32), Type="SecureString"
-        )
-    imds = serve(Imds)
-    RecordingProxy.upstream = endpoint
-    proxy = serve(RecordingProxy)
-    try:
-        yield {
-            "endpoint": endpoint,
-            "imds": f"http://127.0.0.1:{imds.server_address[1]}",
-            "proxy": f"http://127.0.0.1:{proxy.server_address[1]}",
-        }
-    finally:
-        proxy.shutdown()
-        imds.shutdown()
-        moto.stop()
-
-
-def boot_script(bundle: RelayBundle, aws: dict[str, str], root: Path, sha256: str | None = None) -> str:
-    boot = RelayBoot(
-        stack=STACK,
-        aws_region=REGION,
-        region_key="use1",
-        bundle_url=f"{aws['proxy']}/{BUCKET}/{bundle.object_key}",
-        bundle_sha256=sha256 or bundle.sha256,
-        bundle_requirement=bundle.requirement,
-        inference="127.0.0.1:7000",
-        port_range=(40000, 40099),
-        sfu_api_url="https://rtc.live.cloudflare.com/v1",
-        sfu_app_id="0123456789abcdef0123456789abcdef",
-        accelerator=False,
-    )
-    script = render_user_data(boot)
-    for path in ("/opt/splitrelay", "/etc/", "/var/lib/splitrelay"):
-        script = script.replace(path, f"{root}{path}")
-    return script
-
-
-def run_boot(
-    script: str, root: Path, aws: dict[str, str]
-) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    stubs = root / "stubs"
-    stubs.mkdir(parents=True)
-    log = root / "stubbed.log"
-    for name in STUBBED.split():
-        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
-        (stubs / name).chmod(0o755)
-    for folder in ("etc/systemd/system", "etc/nginx/sites-enabled"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "HOME": str(root),
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT": aws["imds"],
-        "PIP_CONFIG_FILE": os.devnull,  # nothing but the bundle: --no-index must be enough on its own
-    }
-    result = subprocess.run(
-        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    return result, log.read_text().splitlines() if log.exists() else []
-
-
-def expected_authorization(path: str, headers: dict[str, str], host: str) -> str:
-    """What botocore's S3 SigV4 signer gives for the same request at the same instant."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    request = AWSRequest(
-        method="GET",
-        url=f"http://{host}{path}",
-        headers={k: headers[k] for k in ("x-amz-content-sha256", "x-amz-security-token")},
-    )
-    when = dt.datetime.strptime(headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
-    with mock.patch("botocore.auth.get_current_datetime", return_value=when):
-        S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY, SESSION_TOKEN), "s3", REGION).add_auth(request)
-    return str(request.headers["Authorization"])
 
 
 @dataclass
