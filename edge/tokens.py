@@ -74,7 +74,7 @@ def check_scopes(scope: object, field: str = "scope") -> tuple[str, ...]:
     if not items or len(items) > len(SCOPES):
         raise TokenError("invalid_claims", f"{field}: must name 1 to {len(SCOPES)} scopes")
     for item in items:
-        if item not in SCOPES:
+        if not isinstance(item, str) or item not in SCOPES:  # a list or object in the list is unhashable
             raise TokenError("invalid_claims", f"{field}: each scope must be one of {sorted(SCOPES)}")
     return tuple(sorted({str(item) for item in items}))
 
@@ -199,10 +199,11 @@ def verify(
     if header.get("typ", "JWT") not in ("JWT", "jwt"):
         raise TokenError("malformed", "token header typ: must be JWT")
     signature = _b64decode(parts[2], "signature")
+    payload = _b64decode(parts[1], "payload")  # base64url checked first: the signing input is then ASCII
     expected = _sign(key, f"{parts[0]}.{parts[1]}".encode("ascii"))
     if not hmac.compare_digest(signature, expected):
         raise TokenError("bad_signature", "token: signature does not match (forged, or another key)")
-    doc = _json_object(_b64decode(parts[1], "payload"), "payload")
+    doc = _json_object(payload, "payload")
     now = clock()
     exp = _int_claim(doc, "exp", required=True)
     iat = _int_claim(doc, "iat", required=True)
