@@ -16,6 +16,7 @@ import pulumi_aws as aws
 from splitrelay.infra.bundle import BundleError, RelayBundle, build_bundle, read_bundle
 from splitrelay.infra.cost import CONFIG_NAMESPACE, cost_arguments
 from splitrelay.infra.edge import Edge, build_edge, worker_secrets_json, worker_vars
+from splitrelay.infra.quotas import fill_elastic_ip_quotas
 from splitrelay.infra.relays import GA_REGION, RegionRelays, build_region, origin_tls, ssl_strict_rule
 from splitrelay.infra.settings import InfraConfigError, StackSettings, parse_settings
 from splitrelay.infra.wrangler import WorkerSpec, load_worker_spec
@@ -64,7 +65,17 @@ def settings_from_pulumi() -> StackSettings:
             raise InfraConfigError(key, "must be a list or object (set it with --path or in YAML)") from None
         if value is not None:
             raw[key] = value
+    if raw.get("stableAddress", "elastic-ip") == "elastic-ip":
+        fill_elastic_ip_quotas(raw, _service_quotas_client)
     return parse_settings(raw, pulumi.get_stack())
+
+
+def _service_quotas_client(aws_region: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
+    return boto3.session.Session(region_name=aws_region).client("service-quotas", config=config)
 
 
 def relay_bundles(settings: StackSettings) -> dict[tuple[str, str], RelayBundle]:
