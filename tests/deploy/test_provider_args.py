@@ -3,8 +3,8 @@
 Pulumi's mocks accept any input name and value, so a misspelt argument (or a nested key, or an enum
 value the provider does not know) passes every other test and fails only at `pulumi up`. The SDK's
 ``*Args`` classes are the reference: each property getter carries its camelCase wire name
-(``pulumi.getter(name=...)``), its type hint names the nested ``*Args`` class, and pulumi-cloudflare's
-docstrings list enum values as ``Available values: "a", "b".``
+(``pulumi.getter(name=...)``), its type hint names the nested ``*Args`` class, pulumi-cloudflare's
+docstrings list enum values as ``Available values: "a", "b".`` and pulumi-aws's in prose.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ pytestmark = pytest.mark.deploy
 PROVIDERS = {"cloudflare": "pulumi_cloudflare", "aws": "pulumi_aws"}
 """Only these two are checked (random and tls take a handful of scalar arguments)."""
 ENUM = re.compile(r"Available values: (.*?)\.\s*$", re.M | re.S)
+AWS_ENUM = re.compile(
+    r"(?:[Vv]alid (?:values|types|tiers)(?: are| include)?:?|[Cc]an be(?: one of)?|[Oo]ne of|"
+    r"[Pp]ossible values(?: are)?:?|[Ee]ither|[Tt]he only allowed value is)\s+"
+    r"((?:`[^`]+`(?:,\s*|\s*,?\s*(?:and|or)\s+)?)+)"
+)
+"""pulumi-aws words its lists in prose: "Valid values are `a`, `b`", "Can be `a` or `b`"..."""
+AWS_QUOTED = re.compile(r'^((?:"[^"]+"(?:,\s*|\s+or\s+))+"[^"]+")\.')
+"""...or leads with them: `"EC2" or "ELB". Controls how...`."""
 
 
 def args_class(typ: str) -> type:
@@ -70,12 +78,27 @@ def nested_class(owner: type, prop: property) -> type | None:
     return getattr(module, name, None)
 
 
-def allowed_values(prop: property) -> set[str] | None:
-    """pulumi-cloudflare escapes `_` as `*` in these lists; compared with `_` restored."""
-    match = ENUM.search(inspect.getdoc(prop.fget) or "")
-    if not match:
+def allowed_values(prop: property, argument_names: set[str]) -> set[str] | None:
+    """The values a property's docstring lists, if it lists any. pulumi-cloudflare escapes `_` as `*`
+    (compared with `_` restored); pulumi-aws writes prose, and a list that names other arguments
+    ("Either `subnet_id` or `gateway_id`") is about arguments, not values."""
+    doc = inspect.getdoc(prop.fget) or ""
+    match = ENUM.search(doc)
+    if match:
+        return {v.replace("*", "_") for v in re.findall(r'"([^"]*)"', match.group(1))}
+    match = AWS_ENUM.search(doc)
+    if match:
+        values = {v.strip('"') for v in re.findall(r"`([^`]+)`", match.group(1))}
+    else:
+        quoted = AWS_QUOTED.search(doc)
+        values = set(re.findall(r'"([^"]+)"', quoted.group(1))) if quoted else set()
+    if not values or values & argument_names:
         return None
-    return {v.replace("*", "_") for v in re.findall(r'"([^"]*)"', match.group(1))}
+    return values
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
 def problems(cls: type, inputs: Any, path: str) -> Iterator[str]:
@@ -87,7 +110,7 @@ def problems(cls: type, inputs: Any, path: str) -> Iterator[str]:
             yield f"{path}.{key}: no such argument on {cls.__name__}"
             continue
         prop = known[key]
-        allowed = allowed_values(prop)
+        allowed = allowed_values(prop, {snake(name) for name in known})
         if allowed is not None and isinstance(value, str) and value not in allowed:
             yield f"{path}.{key}: {value!r} is not among {sorted(allowed)}"
         nested = nested_class(cls, prop)
@@ -152,3 +175,29 @@ def test_a_misspelt_argument_and_a_bad_enum_are_caught() -> None:
     assert len(list(problems(cls, bad, "w"))) == 2
     assert list(problems(cls, {"bindings": [{"name": "A", "type": "kv-namespace"}]}, "w"))
     assert not list(problems(cls, {"bindings": [{"name": "A", "type": "kv_namespace"}]}, "w"))
+
+
+@pytest.mark.parametrize(
+    ("typ", "inputs", "fragment"),
+    [
+        ("aws:autoscaling/group:Group", {"healthCheckType": "EC3"}, "'EC3' is not among ['EC2', 'ELB']"),
+        ("aws:autoscaling/group:Group", {"instanceRefresh": {"strategy": "Roling"}}, "'Roling' is not among"),
+        (
+            "aws:ec2/launchTemplate:LaunchTemplate",
+            {"metadataOptions": {"httpTokens": "requried"}},
+            "'requried'",
+        ),
+        (
+            "aws:ssm/parameter:Parameter",
+            {"type": "Secure"},
+            "'Secure' is not among ['SecureString', 'String'",
+        ),
+        ("aws:globalaccelerator/listener:Listener", {"protocol": "tcp"}, "'tcp' is not among ['TCP', 'UDP']"),
+    ],
+)
+def test_a_value_outside_aws_documented_list_is_caught(
+    typ: str, inputs: dict[str, Any], fragment: str
+) -> None:
+    """The check reads pulumi-aws's prose lists ("Valid values are...", "Can be... or...")."""
+    found = list(problems(args_class(typ), inputs, typ))
+    assert len(found) == 1 and fragment in found[0], found
