@@ -32,7 +32,7 @@ SIGNING_KEY_CHARS = 48  # edge/contract/signing.py needs >= 32 bytes; 48 alphanu
 SECRET_ENV = ("SFU_APP_SECRET", "TURN_KEY_API_TOKEN", "RELAY_SIGNING_KEY", "TOKEN_SIGNING_KEY", "API_KEY")
 PLAIN_ENV = ("SFU_APP_ID", "SFU_API_URL", "TURN_KEY_ID", "RELAYS", "ALLOWED_ORIGINS")
 """RELAYS: the same registry document as the KV key (the edge's fallback when KV is unreadable).
-ALLOWED_ORIGINS: space-separated origins from the stack config (the edge ignores it so far)."""
+ALLOWED_ORIGINS: space-separated origins from the stack config; the edge answers their CORS (edge/app.py)."""
 
 
 @dataclass(frozen=True)
