@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -183,7 +184,9 @@ def worker_script(
     if spec.assets_directory is not None:
         config = spec.assets_config
         assets = cloudflare.WorkersScriptAssetsArgs(
-            directory=str(spec.assets_directory),
+            # Relative to where `pulumi up` runs (infra/, also the provider's working directory): an
+            # absolute path would put this machine's layout in the state and differ on every machine.
+            directory=os.path.relpath(spec.assets_directory),
             config=cloudflare.WorkersScriptAssetsConfigArgs(
                 not_found_handling=config.get("not_found_handling"),
                 html_handling=config.get("html_handling"),

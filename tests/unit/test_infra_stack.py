@@ -204,7 +204,8 @@ def test_worker_is_uploaded_as_wrangler_describes_it(spec: WorkerSpec) -> None:
         assert files[module.name]["contentType"] == module.content_type
         assert files[module.name]["contentSha256"] == module.sha256()
     assert script["migrations"] == {"newTag": "v1", "steps": [{"newSqliteClasses": ["CallRecordObject"]}]}
-    assert script["assets"]["directory"] == str(spec.assets_directory)
+    directory = script["assets"]["directory"]
+    assert not Path(directory).is_absolute() and Path(directory).resolve() == spec.assets_directory
     by_name = bindings(recorded)
     assert by_name["CALLS"] == {
         "name": "CALLS",
