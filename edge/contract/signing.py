@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ SCHEME = "v1"
 DEFAULT_WINDOW_S = 60
 MIN_KEY_BYTES = 32
 MAX_NONCE_CHARS = 64
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
 
 
 class SignatureError(Exception):
@@ -147,6 +149,7 @@ class Verifier:
         if len(nonce) > MAX_NONCE_CHARS:
             raise SignatureError(f"header {NONCE_HEADER} is longer than {MAX_NONCE_CHARS} characters")
         scheme, _, mac = lower[SIGNATURE_HEADER].partition("=")
-        if scheme != SCHEME or not mac:
+        # Hex only: compare_digest refuses non-ASCII text (a TypeError, a 500), and a MAC is hex anyway.
+        if scheme != SCHEME or not _HEX_MAC.fullmatch(mac):
             raise SignatureError(f"header {SIGNATURE_HEADER} must look like '{SCHEME}=<hex>'")
         return key_id, key, timestamp, nonce, mac, now

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import sys
@@ -37,11 +38,22 @@ EXAMPLES_ENV: Final = "SPLITRELAY_FUZZ_EXAMPLES"
 SEED_ENV: Final = "SPLITRELAY_FUZZ_SEED"
 REPORT_ENV: Final = "SPLITRELAY_FUZZ_REPORT"
 TIME_LIMIT_ENV: Final = "SPLITRELAY_FUZZ_TIME_LIMIT_S"
-CI_EXAMPLES: Final = 150
+CI_EXAMPLES: Final = 300
 """Per target in the default run: hypothesis examples (each one input)."""
 LONG_RUN_FROM: Final = 5000
 """At this many inputs or more, the seeded loop runs instead of hypothesis."""
 MAX_RECORDED_FAILURES: Final = 20
+
+
+class KnownFailure(Exception):
+    """A failure that is an open bug another engineer owns, with its ``xfail(strict=True)`` regression test
+    in tests/fuzz/test_fuzz_found.py: counted in the report under ``label``, not failed on, so the tier stays
+    green in CI while the bug is open. When it is fixed, its strict xfail passes, which fails, and its
+    entry here goes."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label)
+        self.label = label
 
 
 class Source(Protocol):
@@ -128,6 +140,8 @@ class Report:
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     failed_inputs: int = 0
+    known: dict[str, int] = field(default_factory=dict)
+    """Inputs that hit an open, owned bug (:class:`KnownFailure`), by label."""
     stopped_by_time: bool = False
 
     @property
@@ -144,6 +158,7 @@ class Report:
         return (
             f"fuzz {self.target}: {self.inputs} inputs in {self.seconds:.1f} s ({self.rate:.0f}/s), "
             f"{self.failed_inputs} failing inputs, {len(self.failures)} distinct failures"
+            + (f", known open bugs hit: {self.known}" if self.known else "")
             + (" (stopped by the time limit)" if self.stopped_by_time else "")
         )
 
@@ -165,9 +180,35 @@ async def run_loop(
     started = time.perf_counter()
     deadline = None if time_limit_s is None else started + time_limit_s
     progress_every = max(1000, inputs // 20)
+    # Expected refusals log at INFO or WARNING (one line per input); a long run keeps none of them, so
+    # neither the terminal nor pytest's log capture grows with the run. Errors (a 500's traceback) stay.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        await _loop(name, one, inputs, seed, report, by_signature, deadline, progress_every, started)
+    finally:
+        logging.disable(previous)
+    report.seconds = time.perf_counter() - started
+    report.failures = list(by_signature.values())
+    return report
+
+
+async def _loop(
+    name: str,
+    one: One,
+    inputs: int,
+    seed: int,
+    report: Report,
+    by_signature: dict[str, Failure],
+    deadline: float | None,
+    progress_every: int,
+    started: float,
+) -> None:
     for index in range(inputs):
         try:
             await one(RandomSource(random.Random(seed * 1_000_000_007 + index)))
+        except KnownFailure as known:
+            report.known[known.label] = report.known.get(known.label, 0) + 1
         except Exception as exc:
             report.failed_inputs += 1
             signature = _signature(exc)
@@ -188,9 +229,6 @@ async def run_loop(
             if deadline is not None and time.perf_counter() > deadline:
                 report.stopped_by_time = True
                 break
-    report.seconds = time.perf_counter() - started
-    report.failures = list(by_signature.values())
-    return report
 
 
 def write_report(report: Report) -> None:
@@ -237,7 +275,10 @@ def run_target(
     )
     @given(data=st.data())
     def bounded(data: st.DataObject) -> None:
-        runner.run(one(HypothesisSource(data)))
+        try:
+            runner.run(one(HypothesisSource(data)))
+        except KnownFailure:
+            pass
 
     bounded()
     return None
