@@ -16,6 +16,7 @@ from splitrelay.cli.emulator import app as emulator_app
 from splitrelay.cli.relay import app as relay_app
 from splitrelay.cli.stack import call as call_command
 from splitrelay.cli.stack import dev as dev_command
+from splitrelay.devtools.fuzz import fuzz as fuzz_command
 
 app = typer.Typer(
     name="splitrelay",
@@ -36,3 +37,4 @@ app.add_typer(relay_app, name="relay")
 app.add_typer(token_app, name="token")
 app.command("call")(call_command)
 app.command("dev")(dev_command)
+app.command("fuzz")(fuzz_command)
