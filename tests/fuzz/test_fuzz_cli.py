@@ -1,4 +1,4 @@
-"""`splitrelay fuzz` (scripts/devtools/fuzz.py): a long run of one target through the command; its refusals."""
+"""`splitrelay fuzz` (scripts/devtools/fuzz.py): a long run of one target via the command; refusals."""
 
 from __future__ import annotations
 
