@@ -59,6 +59,8 @@ KNOWN_BUGS: Final = (
     ("emulator-duplicate-mid", "AttributeError", "_set_mid"),
     ("emulator-no-direction", "ValueError", "None is not in list"),
     ("emulator-bad-address", "ValueError", "does not appear to be an IPv4 or IPv6 address"),
+    ("emulator-bundle-unknown-mid", "AttributeError", "'NoneType' object has no attribute 'transport'"),
+    ("emulator-bundle-unknown-mid", "AttributeError", "'NoneType' object has no attribute 'stop'"),
 )
 
 
