@@ -143,9 +143,10 @@ def test_emulator_refuses_an_offer_whose_connection_address_is_not_an_ip_with_a_
 
 @pytest.mark.xfail(
     strict=True,
-    reason="emulator bug (sfu_emulator/peer.py, found by the emulator target): an a=group:BUNDLE line naming a "
-    "mid no m-section has ('x 0') passes parse_description, then aiortc fails mid-negotiation (AttributeError: "
-    "'NoneType' object has no attribute 'stop' on sessions/new, ... 'transport' on tracks/new) -> 500",
+    reason="emulator bug (sfu_emulator/peer.py, found by the emulator target): an a=group:BUNDLE line "
+    "naming a mid no m-section has ('x 0') passes parse_description, then aiortc fails mid-negotiation "
+    "(AttributeError: 'NoneType' object has no attribute 'stop' on sessions/new, ... 'transport' on "
+    "tracks/new) -> 500",
 )
 def test_emulator_refuses_an_offer_whose_bundle_group_names_an_unknown_mid_with_a_400() -> None:
     offer = browser_offer().replace("a=group:BUNDLE 0", "a=group:BUNDLE x 0")
