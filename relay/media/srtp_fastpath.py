@@ -16,12 +16,14 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pylibsrtp
 from aiortc import RTCPeerConnection
 
 from splitrelay.relay.media import aiortc_internals
 from splitrelay.relay.media.aiortc_internals import Address, SrtpLink
+from splitrelay.relay.media.impair import Impairment, ImpairStage
 from splitrelay.relay.media.peer import negotiated_streams
 from splitrelay.relay.media.rtcp import (
     MAX_REPORT_BLOCKS,
@@ -47,6 +49,16 @@ OnBye = Callable[[int], object]
 _SR_MEMORY = 16  # SRs remembered for RTT (LSR -> send time); reports echo one of the last few
 
 
+class _ImpairedTransport:
+    """What the fast path sends through when its outbound leg is impaired (sendto only)."""
+
+    def __init__(self, stage: ImpairStage) -> None:
+        self._stage = stage
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        self._stage(data, addr)
+
+
 @dataclass(frozen=True)
 class FastPathConfig:
     rtcp_interval: float = 2.5
@@ -58,6 +70,10 @@ class FastPathConfig:
     bye_on_close: bool = True
     max_rtcp_reports: int = 1_000_000
     """Bound on the report loop (at 2.5 s, about a month)."""
+    impair_out: Impairment | None = None
+    """Impair what this end sends (SRTP and SRTCP; ICE and DTLS untouched): relay/media/impair.py."""
+    impair_in: Impairment | None = None
+    """Impair what this end receives, before decryption."""
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.rtcp_interval <= 60:
@@ -236,7 +252,15 @@ class SrtpFastPath:
             raise ValueError("streams: at least one negotiated audio stream is needed")
         self.rx = link.rx
         self.tx = link.tx
-        self.transport = link.transport
+        self.transport: Any = link.transport
+        self._link_transport = link.transport
+        self.impair_out: ImpairStage | None = None
+        self.impair_in: ImpairStage | None = None
+        if self.config.impair_out is not None and self.config.impair_out.active:
+            self.impair_out = ImpairStage(self.config.impair_out, self._send_impaired)
+            self.transport = _ImpairedTransport(self.impair_out)
+        if self.config.impair_in is not None and self.config.impair_in.active:
+            self.impair_in = ImpairStage(self.config.impair_in, self._media_received)
         self.remote_addr: Address = link.remote_addr
         self._protocol = link.protocol
         self._is_closing: Callable[[], bool] = getattr(link.transport, "is_closing", lambda: False)
@@ -340,6 +364,18 @@ class SrtpFastPath:
         """Take SRTP and SRTCP (RFC 7983: first byte 128-191); STUN and DTLS go on to aioice/aiortc."""
         if not data or not 127 < data[0] < 192:
             self._original(data, addr)
+            return
+        if self.impair_in is not None:
+            self.impair_in(data, addr)
+            return
+        self._media_received(data, addr)
+
+    def _send_impaired(self, data: bytes, addr: Address) -> None:
+        if not self.closed:
+            self._link_transport.sendto(data, addr)
+
+    def _media_received(self, data: bytes, addr: Address) -> None:
+        if self.closed:
             return
         arrival = time.perf_counter_ns()
         if len(data) > 1 and 191 < data[1] < 224:

@@ -26,6 +26,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Final
@@ -34,6 +35,7 @@ import typer
 
 from splitrelay.bench.calls_config import BenchCallsConfig, Variant, parse_variant
 from splitrelay.devtools.netem import NetemUnavailable, parse_netem
+from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -130,6 +132,8 @@ class Bench:
         self.options = CallOptions(
             reply_timeout_s=config.reply_timeout_s, max_reply_s=min(600.0, utterance_s + 5.0)
         )
+        # Configuration A's callers impair their own leg when asked; B's stay clean (the baseline).
+        self.options_by_label = {"a": replace(self.options, impair=config.impair), "b": self.options}
         o = self.options
         self.call_timeout_s = (
             2 * o.connect_timeout_s
@@ -232,7 +236,8 @@ class Bench:
         error = "no report"
         try:
             async with asyncio.timeout(self.call_timeout_s):
-                report = await call_stack(side.info, self.utterance, self.config.turns, self.options)
+                options = self.options_by_label[label]
+                report = await call_stack(side.info, self.utterance, self.config.turns, options)
         except TimeoutError:
             error = f"the call took over {self.call_timeout_s:.0f} s (the harness's bound per call)"
         except Exception as exc:  # any failure is this call's result, recorded with its reason
@@ -335,6 +340,13 @@ class Bench:
                 "order": order + (" ..." if len(c.schedule()) > 6 else ""),
                 "namespace": c.in_namespace,
                 "netem": None if c.netem is None else {"spec": c.netem.text, "args": list(c.netem.args)},
+                "impair": None
+                if c.impair is None
+                else {
+                    "spec": c.impair.describe(),
+                    "engine": "userspace",
+                    "where": "configuration a's caller legs",
+                },
             },
             "configs": configs,
             "ratio_a_over_b": ratios(configs["a"]["summary"], configs["b"]["summary"]),
@@ -402,7 +414,12 @@ def _config(**values: Any) -> BenchCallsConfig:
         b = parse_variant(values.pop("b"), "b")
         netem_text = values.pop("netem")
         netem = parse_netem(netem_text) if netem_text is not None else None
-        return BenchCallsConfig(a=a, b=b, netem=netem, **values)
+        impair_text = values.pop("impair", None)
+        try:
+            impair = parse_impairment(impair_text) if impair_text is not None else None
+        except ImpairmentError as exc:
+            raise ValueError(f"--impair: {exc}") from None
+        return BenchCallsConfig(a=a, b=b, netem=netem, impair=impair, **values)
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
         option = name if name.startswith("--") else OPTIONS.get(name, f"--{name.replace('_', '-')}")
@@ -451,6 +468,13 @@ def calls_command(
             help="Impair every loopback hop with netem, e.g. 'loss 2% delay 40ms 10ms' (needs root)."
         ),
     ] = None,
+    impair: Annotated[
+        str | None,
+        typer.Option(
+            help="Impair configuration A's caller media in userspace (B stays the clean baseline), e.g. "
+            "loss=2%,jitter=30ms: for kernels without netem."
+        ),
+    ] = None,
     netns: Annotated[
         bool, typer.Option("--netns", help="Run in a fresh network namespace (implied by --netem).")
     ] = False,
@@ -471,6 +495,7 @@ def calls_command(
         a=a,
         b=b,
         netem=netem,
+        impair=impair,
         calls=calls,
         concurrency=concurrency,
         block=block,

@@ -14,6 +14,7 @@ from typing import Final
 
 from splitrelay.devtools.netem import NetemSpec
 from splitrelay.devtools.stack import MODES
+from splitrelay.relay.media.impair import Impairment
 
 LABELS: Final = ("a", "b")
 DEFAULT_MODE: Final = "sfu"
@@ -117,6 +118,9 @@ class BenchCallsConfig:
     """After the calls, how long the stacks get to close everything (the emulator ends a session 30 s
     after its peer went away: Cloudflare's reconnect window)."""
     netem: NetemSpec | None = None
+    impair: Impairment | None = None
+    """Userspace impairment of configuration A's caller legs (B stays clean: the baseline in the same
+    run). For kernels without netem; relay/media/impair.py."""
     netns: bool = False
     """Run stacks and callers in a fresh network namespace (implied by ``netem``)."""
     out_dir: Path | None = None
@@ -145,6 +149,8 @@ class BenchCallsConfig:
             raise ValueError(f"reply_timeout_s: must be 1..120 s, got {self.reply_timeout_s}")
         if not 1.0 <= self.settle_timeout_s <= 600.0:
             raise ValueError(f"settle_timeout_s: must be 1..600 s, got {self.settle_timeout_s}")
+        if self.impair is not None and self.netem is not None:
+            raise ValueError("--impair: give --netem or --impair, not both (netem impairs every hop)")
         if self.plot is not None and self.plot.suffix.lower() not in PLOT_SUFFIXES:
             raise ValueError(
                 f"plot: the file must end in {' or '.join(PLOT_SUFFIXES)}, got {self.plot.name!r}"

@@ -119,7 +119,13 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
         console.print(f"[red]caller leak[/]: sockets beyond the baseline {caller['leaked']}", soft_wrap=True)
     netem = settings["netem"]
     where = "in a fresh network namespace" if settings["namespace"] else "on this machine's loopback"
-    impairment = f", netem on lo: {netem['spec']}" if netem else ", no impairment"
+    impair = settings.get("impair")
+    if netem:
+        impairment = f", netem on lo: {netem['spec']}"
+    elif impair:
+        impairment = f", userspace impairment of {impair['where']} (no netem here): {impair['spec']}; b clean"
+    else:
+        impairment = ", no impairment"
     console.print(f"run {where}{impairment}; blocks of {settings['block']} alternating {settings['order']}")
     console.print(f"machine: {doc['machine_line']}", soft_wrap=True)
     console.print(f"per-call results: {doc['results_file']}", soft_wrap=True)

@@ -31,6 +31,14 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="JSON for machines inst
 ReplyTimeout = Annotated[
     float, typer.Option(help="Seconds the agent has to start replying after the last speech frame.")
 ]
+Impair = Annotated[
+    str | None,
+    typer.Option(
+        help="Impair the caller's media both ways, e.g. loss=2%,burst=3,delay=40ms,jitter=30ms,reorder=1%,"
+        "duplicate=0.5%,seed=7 (userspace: docs/local-stack.md).",
+        show_default=False,
+    ),
+]
 
 
 def _utterance(path: Path | None) -> Utterance:
@@ -42,11 +50,16 @@ def _utterance(path: Path | None) -> Utterance:
         raise typer.BadParameter(f"--utterance: {exc}") from None
 
 
-def _options(reply_timeout: float) -> CallOptions:
+def _options(reply_timeout: float, impair: str | None = None) -> CallOptions:
     from splitrelay.devtools.call import CallOptions
+    from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
 
     try:
-        return CallOptions(reply_timeout_s=reply_timeout)
+        impairment = parse_impairment(impair) if impair is not None else None
+    except ImpairmentError as exc:
+        raise typer.BadParameter(f"--impair: {exc}") from None
+    try:
+        return CallOptions(reply_timeout_s=reply_timeout, impair=impairment)
     except ValueError as exc:
         raise typer.BadParameter(f"--reply-timeout: {exc}") from None
 
@@ -73,6 +86,7 @@ def dev(
         Path | None, typer.Option(help="Directory for logs and the stack file (default: a new temp dir).")
     ] = None,
     reply_timeout: ReplyTimeout = 10.0,
+    impair: Impair = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Run emulator, echo agent, relay and edge on loopback until Ctrl-C or SIGTERM (then stop them all)."""
@@ -91,7 +105,7 @@ def dev(
     if call:
         _check_turns(turns)
         spoken = _utterance(utterance)
-        options = _options(reply_timeout)
+        options = _options(reply_timeout, impair)
     announcer = Announcer(Console(highlight=False), json_output)
     try:
         code = asyncio.run(
@@ -129,6 +143,7 @@ def call(
     turns: Turns = DEFAULT_TURNS,
     utterance: UtterancePath = None,
     reply_timeout: ReplyTimeout = 10.0,
+    impair: Impair = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Call through the edge as a browser does, speak N turns and print the latency budget."""
@@ -143,7 +158,7 @@ def call(
 
     _check_turns(turns)
     spoken = _utterance(utterance)
-    options = _options(reply_timeout)
+    options = _options(reply_timeout, impair)
 
     def relay_access(url: str) -> RelayAccess:
         key = os.environ.get(SIGNING_KEY_ENV)

@@ -38,6 +38,7 @@ from splitrelay.devtools.budget import (
 )
 from splitrelay.devtools.utterance import FRAME_MS, SILENCE_LEVEL, Utterance
 from splitrelay.relay.http_guard import CLIENT_KEEP_ALIVE_S
+from splitrelay.relay.media.impair import Impairment
 from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
@@ -81,6 +82,8 @@ class CallOptions:
     """Our RTCP sender reports: the round trip is measured against them."""
     candidates: CandidatePolicy | None = None
     """ICE host candidates; None: loopback when the edge is on loopback, else aioice's choice."""
+    impair: Impairment | None = None
+    """Impair the caller's leg (both directions of its media): relay/media/impair.py."""
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -578,7 +581,11 @@ class _Call:
                 self.fast_path = SrtpFastPath.attach(
                     peer.pc,
                     self.receiver.on_packet,
-                    FastPathConfig(rtcp_interval=self.options.rtcp_interval_s),
+                    FastPathConfig(
+                        rtcp_interval=self.options.rtcp_interval_s,
+                        impair_out=self.options.impair,
+                        impair_in=self.options.impair,
+                    ),
                 )
 
         peer.pc.on("connectionstatechange", on_state)
@@ -694,6 +701,13 @@ class _Call:
             "undecryptable": s.undecryptable,
             "send_failures": s.send_failures,
         }
+        impairments = [("sent", self.fast_path.impair_out), ("received", self.fast_path.impair_in)]
+        for direction, stage in impairments:
+            if stage is not None:
+                self.report.caller[f"impaired_{direction}"] = {
+                    "model": stage.config.describe(),
+                    **{k: v for k, v in vars(stage.stats).items()},
+                }
 
 
 async def _or_sender_failed(awaitable: Awaitable[T], sender_task: asyncio.Task[None]) -> T:

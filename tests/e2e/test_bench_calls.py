@@ -214,3 +214,29 @@ async def test_netem_impairs_the_run_where_the_kernel_allows_it_and_says_why_not
         # Direct mode: the last speech frame crosses lo twice to reach the agent, the reply twice back.
         assert section["summary"]["voice_to_voice_ms"]["p50"] >= 500 + 4 * 5 - 1, section["summary"]
         check_closed(section, emulator=False)
+
+
+async def test_userspace_impairment_of_a_against_a_clean_b_in_the_same_run(tmp_path: Path) -> None:
+    """`--impair` where the kernel has no netem: A's callers impair their own leg, B is the baseline."""
+    out = tmp_path / "run"
+    code, stdout, stderr = await bench(
+        "--a", "direct", "--b", "direct", "--calls", "2", "--concurrency", "2", "--block", "2",
+        "--warmup", "0", "--impair", "loss=3%,delay=30ms,jitter=10ms,seed=5", "--out", str(out),
+    )  # fmt: skip
+    assert code in (0, 1), stdout + stderr  # a lost frame may make a reply "not a run of the sent frames"
+    assert "userspace impairment of configuration a's caller legs" in stdout, stdout
+    doc = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert doc["settings"]["impair"] == {
+        "spec": "loss=3%,delay=30ms,jitter=10ms",
+        "engine": "userspace",
+        "where": "configuration a's caller legs",
+    }
+    rows = results(out)
+    impaired = [r["report"]["caller"] for r in rows if r["config"] == "a" and r["report"]]
+    clean = [r["report"]["caller"] for r in rows if r["config"] == "b" and r["report"]]
+    assert impaired and clean
+    assert all(c["impaired_sent"]["lost"] > 0 and c["impaired_received"]["offered"] > 0 for c in impaired)
+    assert not any("impaired_sent" in c for c in clean)
+    a, b = (doc["configs"][k]["summary"]["voice_to_voice_ms"]["p50"] for k in ("a", "b"))
+    if a is not None and b is not None:
+        assert a > b  # 30 ms each way on A's leg, none on B's

@@ -11,9 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from splitrelay.devtools.call import CallError, RelayAccess, RelayInspector, _request, run_direct_call
+from splitrelay.devtools.call import (
+    CallError,
+    CallOptions,
+    RelayAccess,
+    RelayInspector,
+    _request,
+    run_direct_call,
+)
 from splitrelay.devtools.utterance import load_utterance
 from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.relay.media.impair import parse_impairment
 from tests.e2e.test_call_harness import KEY, relay_with
 
 pytestmark = pytest.mark.e2e
@@ -62,3 +70,22 @@ async def test_a_read_is_retried_once_on_a_fresh_connection_and_a_write_never() 
         with pytest.raises(CallError, match=r"POST x: no response from relay.test \(RemoteProtocolError\)"):
             await _request(http, "POST x", "POST", "http://relay.test/v1/calls", expect=(201,))
         assert seen == ["POST"]
+
+
+async def test_an_impaired_caller_leg_loses_and_delays_real_media_and_the_report_says_so() -> None:
+    """`splitrelay call --impair`: the userspace stage on the caller's SRTP, both directions."""
+    impairment = parse_impairment("loss=5%,delay=20ms,jitter=10ms,seed=3")
+    async with relay_with(EchoAgent(EchoConfig())) as relay:
+        report = await run_direct_call(
+            RelayAccess(relay.url, KEY.encode()),
+            load_utterance(),
+            turns=1,
+            options=CallOptions(impair=impairment),
+        )
+    sent, received = report.caller["impaired_sent"], report.caller["impaired_received"]
+    assert sent["model"] == received["model"] == impairment.describe()
+    for stats in (sent, received):
+        assert stats["offered"] > 50 and 0 < stats["lost"] < stats["offered"] * 0.15
+    assert report.caller["lost_in"] >= received["lost"] * 0.5  # the receiver's own RTP accounting sees it
+    (turn,) = report.turns
+    assert turn.reply_frames > 0 and turn.voice_to_voice_ms is not None
