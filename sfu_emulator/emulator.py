@@ -53,7 +53,7 @@ from splitrelay.emulator import errors
 from splitrelay.emulator.config import EmulatorConfig
 from splitrelay.emulator.errors import ApiError
 from splitrelay.emulator.forwarding import Forwarder, ForwardingStats, Inbound, Publication, Subscription
-from splitrelay.emulator.peer import SENDING, SessionPeer
+from splitrelay.emulator.peer import SENDING, SessionPeer, rejected_mids
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
 
 logger = logging.getLogger("splitrelay.sfu_emulator")
@@ -357,6 +357,12 @@ class Session:
             self.drop_subscription(mid)
         return bool(found)
 
+    def close_rejected(self, mids: Iterable[str]) -> None:
+        """An offer stopped these m-sections: whatever they carried ends (a stopped one carries nothing)."""
+        for mid in mids:
+            if self.active_at(mid) or mid in self.subscriptions:
+                self.close_mid(mid)
+
     def state(self) -> GetSessionStateResponse:
         return GetSessionStateResponse(tracks=tuple(record.state() for record in self.records))
 
@@ -563,13 +569,26 @@ class Emulator:
                 return await self._tracks_sfu_side(session, request)
             return await self._answer_offer(session, request)
 
+    @staticmethod
+    def _moves_bundle(session: Session, offer: SessionDescription | None) -> bool:
+        """A connected session's offer that stops its BUNDLE-tag m-section: answered on a fresh peer.
+
+        The offer is checked against the current peer first (stable, keeps what was negotiated).
+        """
+        peer = session.peer
+        if offer is None or peer is None or session.resumable or not peer.negotiated_once:
+            return False
+        return peer.moves_bundle(peer.check_offer(offer.sdp, OFFER_FIELD))
+
     async def _answer_offer(self, session: Session, request: TracksRequest) -> TracksResponse:
         """The caller's offer (naming tracks or not); on a failed session, a reconnect on a fresh peer.
 
         A browser sends such an offer after ``restartIce()``. Every m-section the session negotiated
         must be offered again. On any error a fresh peer is closed and the session stays as it was.
+        An offer that stops the BUNDLE-tag m-section is answered on a fresh peer too (see
+        :meth:`SessionPeer.moves_bundle`).
         """
-        resuming = session.resumable
+        resuming = session.resumable or self._moves_bundle(session, request.session_description)
         peer = session.new_peer() if resuming else session.ensure_peer()
         try:
             return await self._tracks_with_offer(session, request, peer, resuming=resuming)
@@ -600,7 +619,10 @@ class Emulator:
         description = peer.check_offer(offer.sdp, OFFER_FIELD)
         if resuming and session.peer is not None:
             session.peer.check_resumes(description, OFFER_FIELD)
-        offered = {m.rtp.muxId: m for m in description.media if m.kind == "audio"}
+        rejected = rejected_mids(description)
+        offered = {
+            m.rtp.muxId: m for m in description.media if m.kind == "audio" and m.rtp.muxId not in rejected
+        }
         results: list[TrackResult | None] = [None] * len(request.tracks)
         local: list[_Plan] = []
         remote: list[_Plan] = []
@@ -652,6 +674,8 @@ class Emulator:
             await self._wait_publishers(p.publication for p in remote if p.publication is not None)
 
         created = await peer.apply_offer(offer.sdp)
+        if not resuming:
+            session.close_rejected(peer.rejected)
         carried = session.carry_directions(peer) if resuming else set()
         transceivers = peer.transceivers()
         planned = {p.mid for p in local} | {p.mid for p in remote}
@@ -802,12 +826,13 @@ class Emulator:
                 await peer.apply_answer(description.sdp)
                 await session.media_changed()
                 return RenegotiateResponse()
-            if session.resumable:
+            if session.resumable or self._moves_bundle(session, description):
                 resumed = await self._answer_offer(session, TracksRequest(session_description=description))
                 return RenegotiateResponse(session_description=resumed.session_description)
             peer.check_offer(description.sdp, OFFER_FIELD)
             for transceiver in await peer.apply_offer(description.sdp):
                 peer.set_direction(transceiver, "inactive")
+            session.close_rejected(peer.rejected)
             answer = SessionDescription.answer(await peer.create_answer())
             await session.media_changed()
             return RenegotiateResponse(session_description=answer)
@@ -820,6 +845,7 @@ class Emulator:
             mids = [track.mid for track in request.tracks]
             present = [mid for mid in dict.fromkeys(mids) if session.active_at(mid)]
             answer: SessionDescription | None = None
+            new_transport = False
             if not request.force:
                 assert request.session_description is not None  # the model requires it without force
                 if peer is None:
@@ -831,15 +857,34 @@ class Emulator:
                         "sessionDescription: this session's connection has ended; reconnect with an "
                         "offer through renegotiate or tracks/new first"
                     )
-                peer.check_offer(request.session_description.sdp, OFFER_FIELD)
-                for transceiver in await peer.apply_offer(request.session_description.sdp):
-                    peer.set_direction(transceiver, "inactive")
-                transceivers = peer.transceivers()
-                for mid in present:
-                    if mid in transceivers:
-                        peer.set_direction(transceivers[mid], "inactive")
-                answer = SessionDescription.answer(await peer.create_answer())
-            closed = {mid for mid in present if session.close_mid(mid)}
+                sdp = request.session_description.sdp
+                moves = peer.moves_bundle(peer.check_offer(sdp, OFFER_FIELD))
+                answering = session.new_peer() if moves else peer
+                try:
+                    if moves:
+                        answering.check_offer(sdp, OFFER_FIELD)
+                    created = await answering.apply_offer(sdp)
+                    carried = session.carry_directions(answering) if moves else set()
+                    for transceiver in created:
+                        if transceiver.mid not in carried:
+                            answering.set_direction(transceiver, "inactive")
+                    transceivers = answering.transceivers()
+                    for mid in present:
+                        if mid in transceivers:
+                            answering.set_direction(transceivers[mid], "inactive")
+                    answer = SessionDescription.answer(await answering.create_answer())
+                except BaseException:
+                    if moves:
+                        await answering.close()  # never adopted: the session keeps its peer
+                    raise
+                if moves:
+                    await session.adopt(answering)
+                new_transport = moves
+            for mid in present:
+                session.close_mid(mid)
+            closed = set(present)
+            if session.peer is not None and answer is not None:
+                session.close_rejected(session.peer.rejected)  # stopped in the offer without being named
             results = tuple(
                 CloseTrackResult(mid=mid)
                 if mid in closed
@@ -849,7 +894,7 @@ class Emulator:
                 for mid in mids
             )
             if answer is not None:
-                await session.media_changed()
+                await session.media_changed(new_transport=new_transport)
             return CloseTracksResponse(
                 tracks=results, session_description=answer, requires_immediate_renegotiation=False
             )

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from splitrelay.contract import untrusted_json
 from splitrelay.contract.json_fields import JsonModel, SchemaError
@@ -40,6 +41,9 @@ logger = logging.getLogger("splitrelay.sfu_emulator.http")
 
 API_PREFIX: Final = "/v1"
 STATE_PATH: Final = "/_emulator/state"
+CORS_METHODS: Final = ("GET", "POST", "PUT")
+CORS_HEADERS: Final = ("authorization", "content-type")
+CORS_MAX_AGE_S: Final = 600
 M = TypeVar("M")
 
 
@@ -113,6 +117,16 @@ def _correlation_id(request: Request) -> str | None:
 def create_app(emulator: Emulator, turn: TurnService) -> FastAPI:
     """The ASGI app for one emulator (no OpenAPI pages: the spec is Cloudflare's)."""
     app = FastAPI(title="splitrelay Realtime emulator", openapi_url=None, docs_url=None, redoc_url=None)
+    # The real API is called straight from pages (Cloudflare's published examples do): any origin, no
+    # cookies (the Bearer token is the credential), preflight answered before routing and auth.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=list(CORS_METHODS),
+        allow_headers=list(CORS_HEADERS),
+        expose_headers=["retry-after"],
+        max_age=CORS_MAX_AGE_S,
+    )
     config = emulator.config
 
     def authorize(request: Request, app_id: str) -> None:
