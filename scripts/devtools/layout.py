@@ -90,6 +90,18 @@ RULES: Final[tuple[Rule, ...]] = (
         top_level_only=True,
     ),
     Rule(
+        "splitrelay.integrations",
+        "framework integrations build on the SDK's public API, never on the relay, the edge or the tooling",
+        forbidden=(
+            "splitrelay.relay",
+            "splitrelay.edge",
+            "splitrelay.emulator",
+            "splitrelay.cli",
+            "splitrelay.devtools",
+            "splitrelay.bench",
+        ),
+    ),
+    Rule(
         "splitrelay.inference",
         "the SDK never imports the relay, the edge or the tooling",
         forbidden=(

@@ -1,0 +1,1 @@
+"""Integrations of the inference SDK with agent frameworks; each needs its extra (``splitrelay[pipecat]``)."""
