@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from splitrelay.cli.agent import app as agent_app
+from splitrelay.cli.agent_pipecat import pipecat as agent_pipecat
 from splitrelay.cli.bench import app as bench_app
 from splitrelay.cli.cost import cost_app
 from splitrelay.cli.edge import edge_app, token_app
@@ -28,6 +29,7 @@ app = typer.Typer(
 
 # Sub-command groups (one line each; keep this list sorted by name).
 # -- groups --
+agent_app.command("pipecat")(agent_pipecat)
 app.add_typer(agent_app, name="agent")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cost_app, name="cost")
