@@ -1,5 +1,6 @@
 """Every bug the fuzz tier found, as a regression test that failed before its fix (or, where the fix is
-another engineer's, an ``xfail(strict=True)`` naming the bug until it lands)."""
+another engineer's, an ``xfail(strict=True)`` naming the bug until it lands; the target then counts it as a
+known open bug, tests/fuzz/engine.py's KnownFailure)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_a_signature_header_with_non_ascii_characters_is_a_401_not_a_500() -> No
 RELAY_KEY = b"fuzz-regression-relay-key-0123456789abcdef"
 
 
-# --- the emulator (sfu_emulator/ is another engineer's: open bugs, strict xfails until they are fixed) ---
+# --- the emulator: found by the emulator target, fixed in sfu_emulator/ by its owner (0fede28) ---
 
 
 def _emulator_statuses(requests: list[tuple[str, str, dict[str, object]]]) -> list[int]:
@@ -99,13 +100,8 @@ def _offer(sdp: str) -> dict[str, object]:
     return {"sessionDescription": {"type": "offer", "sdp": sdp}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator bug (sfu_emulator/peer.py, found by the emulator target): two m-sections with the same "
-    "a=mid pass parse_description, then aiortc's setLocalDescription fails (AttributeError: 'NoneType' "
-    "object has no attribute '_set_mid') -> 500 on sessions/new and tracks/new",
-)
 def test_emulator_refuses_an_offer_with_a_duplicate_mid_with_a_400() -> None:
+    """Two m-sections with one a=mid: aiortc's setLocalDescription failed (AttributeError, _set_mid): 500."""
     offer = browser_offer()
     head, media = offer.split("m=audio", 1)
     duplicated = f"{head}m=audio{media}m=audio{media}"
@@ -116,39 +112,22 @@ def test_emulator_refuses_an_offer_with_a_duplicate_mid_with_a_400() -> None:
     assert statuses == [400, 400]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator bug (sfu_emulator/peer.py, found by the emulator target; issue 13's 'None is not in "
-    "list'): an audio m-section with no direction attribute passes parse_description, then aiortc's "
-    "createAnswer fails in and_direction (ValueError: None is not in list) -> 500",
-)
 def test_emulator_refuses_or_answers_an_offer_without_a_direction_attribute() -> None:
+    """No direction attribute: aiortc's createAnswer failed (ValueError: None is not in list) -> 500."""
     statuses = _emulator_statuses([("POST", "new", _offer(browser_offer().replace("a=sendrecv\r\n", "")))])
     assert statuses[0] < 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator bug (sfu_emulator/peer.py, found by the emulator target; issue 13's '127.0/0.1'): a c= "
-    "line whose address is not an IP passes parse_description and setRemoteDescription, then every read of "
-    "pc.remoteDescription re-serialises it (ValueError: does not appear to be an IPv4 or IPv6 address) -> "
-    "500 on that tracks/new and on every later operation of the session",
-)
 def test_emulator_refuses_an_offer_whose_connection_address_is_not_an_ip_with_a_400() -> None:
+    """c=IN IP4 127.0/0.1: every read of pc.remoteDescription re-serialised it (ValueError) -> 500."""
     bad = browser_offer().replace("c=IN IP4 0.0.0.0", "c=IN IP4 127.0/0.1")
     track = {"tracks": [{"location": "local", "mid": "0", "trackName": "a"}]}
     statuses = _emulator_statuses([("POST", "{fresh}/tracks/new", {**_offer(bad), **track})])
     assert statuses == [400]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator bug (sfu_emulator/peer.py, found by the emulator target): an a=group:BUNDLE line "
-    "naming a mid no m-section has ('x 0') passes parse_description, then aiortc fails mid-negotiation "
-    "(AttributeError: 'NoneType' object has no attribute 'stop' on sessions/new, ... 'transport' on "
-    "tracks/new) -> 500",
-)
 def test_emulator_refuses_an_offer_whose_bundle_group_names_an_unknown_mid_with_a_400() -> None:
+    """a=group:BUNDLE x 0: aiortc failed mid-negotiation (AttributeError ... stop / transport) -> 500."""
     offer = browser_offer().replace("a=group:BUNDLE 0", "a=group:BUNDLE x 0")
     track = {"tracks": [{"location": "local", "mid": "0", "trackName": "a"}]}
     statuses = _emulator_statuses(
