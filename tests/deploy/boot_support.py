@@ -10,6 +10,7 @@ import secrets
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
@@ -185,3 +186,28 @@ def expected_authorization(path: str, headers: dict[str, str], host: str) -> str
     with mock.patch("botocore.auth.get_current_datetime", return_value=when):
         S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY, SESSION_TOKEN), "s3", REGION).add_auth(request)
     return str(request.headers["Authorization"])
+
+
+def relay_health(
+    command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None
+) -> int | None:
+    """Start a relay the way its unit does, wait (bounded, 60 s) for GET /healthz on ``port``, then stop
+    its whole process group; returns the status it answered, None if it never did."""
+    with open(log_path, "w") as log:
+        relay = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            for _ in range(300):
+                if relay.poll() is not None:
+                    return None
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                        return int(response.status)
+                except OSError:
+                    time.sleep(0.2)
+            return None
+        finally:
+            if relay.poll() is None:
+                os.killpg(relay.pid, 15)
+            relay.wait(timeout=30)

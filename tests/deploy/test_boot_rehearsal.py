@@ -18,8 +18,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from tests.deploy.boot_support import (
     boot_script,
     expected_authorization,
     free_port,
+    relay_health,
     run_boot,
     system_python,
 )
@@ -96,25 +95,8 @@ def test_the_user_data_installs_the_checked_bundle_and_the_unit_starts_a_healthy
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": aws["imds"],
     }
-    log = open(tmp_path / "relay.log", "w")
-    relay = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        status = None
-        for _ in range(300):  # bounded: 60 s
-            if relay.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    status = response.status
-                    break
-            except OSError:
-                time.sleep(0.2)
-        assert status == 200, (tmp_path / "relay.log").read_text()[-3000:]
-    finally:
-        if relay.poll() is None:
-            os.killpg(relay.pid, 15)
-        relay.wait(timeout=30)
-        log.close()
+    status = relay_health(argv, port, tmp_path / "relay.log", env)
+    assert status == 200, (tmp_path / "relay.log").read_text()[-3000:]
 
 
 def test_a_bundle_whose_hash_does_not_match_is_never_installed(

@@ -18,15 +18,13 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from splitrelay.infra.bundle import RelayBundle
 from splitrelay.infra.settings import CONTROL_PORT
-from tests.deploy.boot_support import SECRET_KEY, boot_script, free_port
+from tests.deploy.boot_support import SECRET_KEY, boot_script, free_port, relay_health
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
@@ -118,25 +116,6 @@ def test_the_user_data_boots_a_relay_in_a_real_debian_root(
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": aws["imds"],
         "HOME": "/tmp",
     }
-    log = open(root / "tmp/relay.log", "w")
-    relay = subprocess.Popen(
-        root_command(root, f"exec {command}", user="splitrelay", env=env),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        status = None
-        for _ in range(300):  # bounded: 60 s
-            if relay.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    status = response.status
-                    break
-            except OSError:
-                time.sleep(0.2)
-        assert status == 200, (root / "tmp/relay.log").read_text()[-3000:]
-    finally:
-        if relay.poll() is None:
-            os.killpg(relay.pid, 15)
-        relay.wait(timeout=30)
-        log.close()
+    command_line = root_command(root, f"exec {command}", user="splitrelay", env=env)
+    status = relay_health(command_line, port, root / "tmp/relay.log")
+    assert status == 200, (root / "tmp/relay.log").read_text()[-3000:]
