@@ -94,6 +94,8 @@ logger = logging.getLogger("splitrelay.integrations.pipecat")
 
 RELAY_INTERRUPTION_WINDOW_S: Final = 1.0
 """An InterruptionFrame reaching the output this soon after a relay barge-in is that barge-in's own."""
+PLAYOUT_MARGIN_S: Final = 0.1
+"""The relay may still hold audio this long after its position says it played (its own lead and jitter)."""
 
 
 class SplitRelayParams(TransportParams):
@@ -396,12 +398,16 @@ class SplitRelayOutputTransport(BaseOutputTransport):
         ):
             transport._relay_interrupted_at = None  # the relay's own barge-in: its queue is already flushed
             return
+        # Pipecat interrupts at every user turn; only audio not yet played out is worth a CLEAR.
+        playing = self._play_end + PLAYOUT_MARGIN_S > asyncio.get_running_loop().time()
         self._reset_pace()
         transport.stats.pipeline_interruptions += 1
         if self._speaker is not None:
             self._speaker.encoder.clear()  # PCM not yet framed is dropped...
             self._speaker.end()  # ...and the next audio starts a new response (nothing left to send)
         self._in_response = False
+        if not playing:
+            return
         future = self._call.clear()
         if future is None:
             return

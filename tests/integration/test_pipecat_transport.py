@@ -255,3 +255,18 @@ async def test_one_pipeline_per_call_and_the_call_end_cancels_it() -> None:
         await wait_until(lambda: ids[0] not in h.agent.transports)  # its pipeline was cancelled
         assert all(i in h.agent.transports for i in ids[1:])
         assert len(h.server.calls) == 2
+
+
+async def test_an_interruption_with_nothing_left_to_play_sends_no_clear() -> None:
+    sink = RecordingSink()
+    async with pipecat_pair() as h:
+        call_id = await h.link.start_call("pc-idle-interrupt", sink)
+        await wait_until(lambda: call_id in h.agent.transports)
+        transport = h.agent.transports[call_id]
+        h.link.send_event(call_id, {"type": "test.speak", "ms": 200})
+        await sink.wait_for(lambda: len(sink.audio) >= 10)
+        await asyncio.sleep(0.6)  # played out, well past the relay's lead
+        h.link.send_event(call_id, {"type": "test.interrupt"})  # as Pipecat does at every user turn
+        await wait_until(lambda: transport.stats.pipeline_interruptions == 1)
+        await asyncio.sleep(0.2)
+        assert transport.stats.clears_sent == 0 and sink.clears == []
