@@ -66,7 +66,7 @@ def recording_factory(seen: Seen) -> Any:
 
 
 def caller_script() -> tuple[list[bytes], list[int], int]:
-    """Speech, 1.5 s of silence (the parrot starts replying), the speech again over the reply, 5 s silence.
+    """Speech, 2 s of silence (the parrot starts replying), the speech again over the reply, 5 s silence.
 
     Returns frames, RFC 6464 levels, and the index of the second utterance's first frame.
     """
@@ -76,7 +76,7 @@ def caller_script() -> tuple[list[bytes], list[int], int]:
     def silence(ms: int) -> tuple[list[bytes], list[int]]:
         return [utterance.silence_frame] * (ms // 20), [SILENCE_LEVEL] * (ms // 20)
 
-    gap, gap_levels = silence(1500)
+    gap, gap_levels = silence(2000)
     tail, tail_levels = silence(5000)
     frames = speech + gap + speech + tail
     return frames, levels + gap_levels + levels + tail_levels, len(speech) + len(gap)
