@@ -13,6 +13,7 @@ import asyncio
 import json
 import socket
 import time
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
 from splitrelay.relay.sfu_attach import SfuAttacher
 from splitrelay.relay.sfu_client import SfuClient
 from tests.fuzz.asgi import Reply, call, request_target
-from tests.fuzz.engine import LONG_RUN_FROM, Source, chance, choice, run_target
+from tests.fuzz.engine import LONG_RUN_FROM, KnownFailure, Source, chance, choice, run_target
 from tests.fuzz.mutate import (
     PATH_TOKENS,
     dumps,
@@ -65,6 +66,23 @@ ATTACH_KEYS: Final = (
     "caller_session_id",
     "caller_track_name",
 )
+
+
+KNOWN_BUGS: Final = (
+    # (label, exception type, text in its message, file of the frame that raised it): open bugs outside this
+    # tier's files, each with an xfail(strict=True) regression test in tests/fuzz/test_fuzz_found.py.
+    # Remove a line when its test passes.
+    ("relay-attach-cleanup", "AttributeError", "object has no attribute 'stop'", "rtcpeerconnection.py"),
+)
+
+
+def known_bug(error: BaseException) -> str | None:
+    frames = traceback.extract_tb(error.__traceback__)
+    raised_in = frames[-1].filename if frames else ""
+    for label, kind, text, where in KNOWN_BUGS:
+        if type(error).__name__ == kind and text in str(error) and raised_in.endswith(where):
+            return label
+    return None
 
 
 def _closed_port() -> int:
@@ -172,6 +190,9 @@ async def send(
     try:
         reply = await call(fuzz.fresh_app(), method, target, headers, body)
     except Exception as exc:
+        label = known_bug(exc)
+        if label is not None:
+            raise KnownFailure(label) from exc
         raise AssertionError(f"HTTP 500 (unhandled {type(exc).__name__}: {exc}) <- {what}") from exc
     upstream = reply.status == 502 and sfu and reply.json()["error"]["message"].startswith("attach failed:")
     assert reply.status < 500 or upstream, f"HTTP {reply.status} {reply.body[:300]!r} <- {what}"
