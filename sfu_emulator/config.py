@@ -227,3 +227,20 @@ def load_config(path: Path) -> EmulatorConfig:
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {path}: the top level must be a table/object")
     return config_from_mapping(doc)
+
+
+def load_config_json(data: bytes, source: str) -> EmulatorConfig:
+    """A JSON config handed over without a file (stdin or an environment variable).
+
+    The local stack passes its secrets this way so no file holding them outlives the emulator.
+    Errors name ``source`` and never echo the text (it holds secrets).
+    """
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config from {source}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"config from {source}: not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config from {source}: the top level must be an object")
+    return config_from_mapping(doc)

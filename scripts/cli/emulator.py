@@ -13,6 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
+CONFIG_ENV = "SPLITRELAY_EMULATOR_CONFIG"
+"""An environment variable holding the JSON config (removed from the environment once read)."""
+STDIN = "-"
+
 app = typer.Typer(
     help="A local Cloudflare Realtime SFU/TURN emulator with real WebRTC (see docs/emulator.md).",
     no_args_is_help=True,
@@ -33,7 +37,13 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 @app.command()
 def serve(
     config_file: Annotated[
-        Path | None, typer.Option("--config", help="TOML or JSON config (apps, turn_keys, timers, limits).")
+        str | None,
+        typer.Option(
+            "--config",
+            help="TOML or JSON config file (apps, turn_keys, timers, limits); '-' reads JSON from stdin "
+            f"(then closes it). Without --config, the JSON in ${CONFIG_ENV} is used if set: neither "
+            "leaves a secrets file behind.",
+        ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port; 0 picks a free one (default 8790).")] = None,
@@ -69,7 +79,7 @@ def serve(
     from dataclasses import replace
 
     from splitrelay.contract.safety import Secret
-    from splitrelay.emulator.config import ConfigError, config_from_mapping, load_config
+    from splitrelay.emulator.config import ConfigError, config_from_mapping
     from splitrelay.relay.media.peer import CandidatePolicy
 
     if log_level not in ("debug", "info", "warning", "error"):
@@ -79,7 +89,7 @@ def serve(
     )
     try:
         base: dict[str, Any] = {}
-        config = load_config(config_file) if config_file is not None else None
+        config = _read_config(config_file)
         flag_apps = _pairs(apps or [], "--app")
         flag_keys = _pairs(turn_keys or [], "--turn-key")
         if config is None:
@@ -118,6 +128,24 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     _run(config, json_output)
+
+
+def _read_config(option: str | None) -> Any:
+    """The config from a file, stdin (``-``) or $SPLITRELAY_EMULATOR_CONFIG; None when none is given."""
+    import os
+
+    from splitrelay.emulator.config import load_config, load_config_json
+
+    if option == STDIN:
+        data = sys.stdin.buffer.read()
+        sys.stdin.close()
+        return load_config_json(data, "stdin")
+    if option is not None:
+        return load_config(Path(option))
+    text = os.environ.pop(CONFIG_ENV, None)  # not inherited by anything this process starts
+    if text is not None:
+        return load_config_json(text.encode(), f"${CONFIG_ENV}")
+    return None
 
 
 def _run(config: Any, json_output: bool) -> None:

@@ -74,3 +74,73 @@ async def test_serve_without_apps_fails_with_a_clear_error() -> None:
         _, stderr = await process.communicate()
     assert process.returncode == 2
     assert "apps: configure at least one app id and secret" in stderr.decode()
+
+
+@pytest.mark.parametrize("via", ["stdin", "env"])
+async def test_serve_takes_its_config_without_a_file(tmp_path: Path, via: str) -> None:
+    """`--config -` (JSON on stdin, then closed) or $SPLITRELAY_EMULATOR_CONFIG: no secrets file on disk,
+    and no secret in the ready line, the human start message or the logs (debug level)."""
+    import os
+
+    doc = json.dumps({"apps": {APP_ID: APP_SECRET}, "turn_keys": {TURN_KEY_ID: TURN_TOKEN}})
+    env = dict(os.environ)
+    args = ["--port", "0", "--log-level", "debug"]
+    if via == "stdin":
+        args += ["--config", "-"]
+    else:
+        env["SPLITRELAY_EMULATOR_CONFIG"] = doc
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "splitrelay.cli",
+        "emulator",
+        "serve",
+        *args,
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(REPO)},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        if via == "stdin":
+            process.stdin.write(doc.encode())
+            await process.stdin.drain()
+            process.stdin.close()
+        async with asyncio.timeout(20):
+            line = await process.stdout.readline()
+        assert line.startswith(b"Realtime emulator: http://127.0.0.1:"), line
+        base_url = line.split()[-1].decode()
+        async with SfuClient(base_url, APP_ID, APP_SECRET) as sfu:
+            await sfu.new_session()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    everything = (line + stdout + stderr).decode()
+    assert APP_SECRET not in everything and TURN_TOKEN not in everything
+    assert not os.listdir(tmp_path)  # nothing written where it ran
+
+
+async def test_serve_refuses_bad_config_json_on_stdin_without_echoing_it() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "splitrelay.cli",
+        "emulator",
+        "serve",
+        "--config",
+        "-",
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        stdout, stderr = await process.communicate(f'{{"apps": {{"a": "{APP_SECRET}"'.encode())
+    assert process.returncode == 2
+    assert "config from stdin: not valid JSON" in stderr.decode()
+    assert APP_SECRET not in (stdout + stderr).decode()
