@@ -8,6 +8,7 @@ Every failure, including unknown paths and methods, gets the spec's error shape
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -44,6 +45,7 @@ STATE_PATH: Final = "/_emulator/state"
 CORS_METHODS: Final = ("GET", "POST", "PUT")
 CORS_HEADERS: Final = ("authorization", "content-type")
 CORS_MAX_AGE_S: Final = 600
+BODY_TIMEOUT_S: Final = 10.0
 M = TypeVar("M")
 
 
@@ -51,11 +53,17 @@ async def read_json(request: Request, *, required: bool) -> object | None:
     """The request body as JSON, at most MAX_BODY_BYTES; None for an empty optional body."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, EmulatorCode.PAYLOAD_TOO_LARGE, f"body: larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a slow body must not hold the request open
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ApiError(
+                        413, EmulatorCode.PAYLOAD_TOO_LARGE, f"body: larger than {MAX_BODY_BYTES} bytes"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"body: not received within {BODY_TIMEOUT_S:g} s") from None
     body = b"".join(chunks)
     if not body.strip():
         if required:
