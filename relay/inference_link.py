@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import socket
+import time
 from typing import Any, Protocol
 
 from splitrelay.inference import wire
@@ -27,6 +28,7 @@ from splitrelay.inference.endpoint import (
 )
 from splitrelay.inference.udp_batch import ObserveNs
 from splitrelay.inference.wire import BargeIn, CallStart, Message, MsgType
+from splitrelay.inference.wire_auth import WireKey, WireKeyring
 
 __all__ = ["CallSink", "LinkError", "RelayLink"]
 
@@ -85,17 +87,23 @@ def _new_call_id(taken: dict[int, Any]) -> int:
 
 
 class RelayLink(WireEndpoint):
-    """The relay side: sends AUDIO_IN, BARGE_IN and control to inference; routes its replies by call id."""
+    """The relay side: sends AUDIO_IN, BARGE_IN and control to inference; routes its replies by call id.
+
+    ``key`` is the wire key shared with inference (a ``WireKeyring`` during a rotation); None reads
+    SPLITRELAY_WIRE_KEY from the environment and raises ``WireKeyError`` naming it when unset.
+    Inference's messages are taken only from the address a call's CALL_START went to.
+    """
 
     def __init__(
         self,
         inference: tuple[str, int],
         *,
+        key: WireKey | WireKeyring | None = None,
         local_host: str | None = None,
         rto: float = DEFAULT_RTO,
         attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
-        super().__init__(rto=rto, attempts=attempts)
+        super().__init__(key=key, role="relay", rto=rto, attempts=attempts)
         self._target = inference
         self._local_host = local_host
         self._inference: Peer | None = None
@@ -152,7 +160,9 @@ class RelayLink(WireEndpoint):
         """
         if self._inference is None:
             raise LinkError("relay link: start() it before start_call()")
-        payload = CallStart(call=call, channels=channels, metadata=metadata or {}).pack()
+        payload = CallStart(
+            call=call, channels=channels, metadata=metadata or {}, sent_at_ms=int(time.time() * 1000)
+        ).pack()
         peer = self._inference
         if inference is not None:
             peer, family = await resolve_numeric(*inference)
@@ -235,7 +245,7 @@ class RelayLink(WireEndpoint):
         msg = Message(mtype, call_id, state.next_control_seq(), timestamp, payload=payload)
         if reliable:
             return self.send_reliable(msg, state.peer)
-        self.send_raw(wire.encode(msg), state.peer)
+        self.send_control(msg, state.peer)
         return None
 
     def _end(
@@ -291,10 +301,10 @@ class RelayLink(WireEndpoint):
                 return
         super().datagram_received(data, addr)
 
-    def handle(self, msg: Message, peer: Peer) -> None:
+    def handle(self, msg: Message, peer: Peer, size: int, key_id: int | None) -> None:
         state = self._calls.get(msg.call_id)
-        if state is None or state.peer != peer:
-            self.handle_unknown(msg, peer)
+        if state is None or state.peer != peer:  # audio (or anything) from another address: not the call's
+            self.handle_unknown(msg, peer, size, key_id)
             return
         try:
             self._dispatch(state, msg)
@@ -310,7 +320,7 @@ class RelayLink(WireEndpoint):
             else:
                 self.stats.audio_late += 1
             return
-        if not self.accept_reliable(msg, state):
+        if not self.accept_control(msg, state):
             return
         if mtype is MsgType.CALL_END:
             # While starting, a CALL_END is a refusal: start_call raises and the sink hears nothing.

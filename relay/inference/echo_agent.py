@@ -28,6 +28,7 @@ from splitrelay.inference.speech import (
     SpeechEnded,
 )
 from splitrelay.inference.wire import FRAME_SAMPLES, PTIME_MS, SAMPLE_RATE, U32, u32_diff
+from splitrelay.inference.wire_auth import WireKey, WireKeyring
 
 logger = logging.getLogger("splitrelay.echo")
 
@@ -188,11 +189,12 @@ async def serve(
     host: str,
     port: int,
     *,
+    key: WireKey | WireKeyring,
     ready: Callable[[tuple[str, int]], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run an echo agent server until ``stop`` is set (or forever)."""
-    async with InferenceServer(EchoAgent(config), host, port) as server:
+    """Run an echo agent server until ``stop`` is set (or forever); ``key`` is the wire key."""
+    async with InferenceServer(EchoAgent(config), host, port, key=key) as server:
         assert server.address is not None
         if ready is not None:
             ready(server.address)

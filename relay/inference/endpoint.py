@@ -6,13 +6,18 @@ is retransmitted with exponential back-off until its ACK arrives or the attempts
 receiver ACKs every reliable message (duplicates included, since the first ACK may be the one that
 was lost) and acts on it only once. Audio is never retransmitted: a late frame is worse than a lost
 one. Garbage datagrams are counted and dropped, never raised.
+
+Authentication (version 2) lives here too: every control datagram is sealed on the way out and must
+open with the shared key on the way in (``wire_auth.py``); one that does not is dropped unanswered
+and counted. Each call's control messages pass a replay window, and replies to calls this end does not
+know are rate-limited and never larger than the datagram that caused them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Final, cast
 
@@ -22,10 +27,19 @@ from splitrelay.inference.udp_batch import (
     Peer as Peer,  # numeric host and port: the demultiplexing key next to call_id
 )
 from splitrelay.inference.wire import FLAG_RELIABLE, Message, MsgType, WireError
+from splitrelay.inference.wire_auth import (
+    ReplayWindow,
+    ReplyLimiter,
+    Role,
+    Sealer,
+    WireKey,
+    WireKeyring,
+    resolve_keyring,
+)
 
 DEFAULT_RTO: Final = 0.05  # seconds before the first retransmission; doubles each attempt
 DEFAULT_ATTEMPTS: Final = 6  # 50+100+200+400+800 ms: the peer is declared gone after about 1.55 s
-DEDUP_WINDOW: Final = 128  # reliable seqs remembered per call
+DEDUP_WINDOW: Final = 128  # control seqs per call in the replay window (wire_auth.REPLAY_WINDOW)
 RECENT_CALLS: Final = 4096  # ended calls remembered per endpoint, to ACK late retransmits quietly
 SOCKET_BUFFER: Final = 1 << 21  # 2 MiB: several hundred calls' worth of bursts
 
@@ -41,8 +55,13 @@ class WireStats:
     datagrams_in: int = 0
     datagrams_out: int = 0
     garbage: int = 0  # datagrams that failed wire.decode
+    bad_version: int = 0  # datagrams of another protocol version (an old peer), dropped
+    auth_failed: int = 0  # control datagrams with a missing, bad or unknown-key tag, dropped unanswered
+    call_start_refused: int = 0  # authenticated CALL_STARTs refused as stale or replayed
+    replies_limited: int = 0  # replies to unknown calls not sent: over the rate limit
+    replies_too_large: int = 0  # replies to unknown calls not sent: larger than their request
     unknown_call: int = 0  # well-formed datagrams for a call this end does not know
-    duplicates: int = 0  # reliable messages seen before (ACKed again, not acted on)
+    duplicates: int = 0  # control messages seen before or older than the replay window (not acted on)
     retransmits: int = 0
     ack_timeouts: int = 0  # reliable messages given up on
     send_errors: int = 0
@@ -54,35 +73,16 @@ class WireStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class DedupWindow:
-    """The last ``size`` reliable seqs of one call and direction, to act on each message once."""
-
-    __slots__ = ("_order", "_seen")
-
-    def __init__(self, size: int = DEDUP_WINDOW) -> None:
-        self._seen: set[int] = set()
-        self._order: deque[int] = deque(maxlen=size)
-
-    def is_duplicate(self, seq: int) -> bool:
-        """True when ``seq`` was seen already; otherwise remembers it and returns False."""
-        if seq in self._seen:
-            return True
-        if len(self._order) == self._order.maxlen:
-            self._seen.discard(self._order[0])
-        self._order.append(seq)
-        self._seen.add(seq)
-        return False
-
-
 class CallState:
-    """What both ends keep per call: the peer, the control sequence counter and the dedup window."""
+    """What both ends keep per call: the peer, the key, the control sequence counter, the replay window."""
 
-    __slots__ = ("_control_seq", "_last_audio_seq", "call_id", "dedup", "ended", "peer")
+    __slots__ = ("_control_seq", "_last_audio_seq", "call_id", "ended", "key_id", "peer", "replay")
 
-    def __init__(self, call_id: int, peer: Peer) -> None:
+    def __init__(self, call_id: int, peer: Peer, key_id: int | None = None) -> None:
         self.call_id = call_id
-        self.peer = peer
-        self.dedup = DedupWindow()
+        self.peer = peer  # the address of the authenticated CALL_START: audio is taken only from it
+        self.key_id = key_id  # the key the call started with (None: the current one), kept through a rotation
+        self.replay = ReplayWindow(DEDUP_WINDOW)
         self.ended = False
         self._control_seq = 0
         self._last_audio_seq: int | None = None
@@ -118,10 +118,29 @@ class _Pending:
 _PendingKey = tuple[Peer, int, int, int]  # peer, call_id, type, seq
 
 
-class WireEndpoint(asyncio.DatagramProtocol):
-    """Socket plus reliability; subclasses implement ``handle`` and ``on_unacked``."""
+_AUDIO_TYPE_VALUES: Final = frozenset(int(t) for t in wire.AUDIO_TYPES)
+_VERSION: Final = wire.VERSION
+_HEADER_SIZE: Final = wire.HEADER_SIZE
 
-    def __init__(self, *, rto: float = DEFAULT_RTO, attempts: int = DEFAULT_ATTEMPTS) -> None:
+
+class WireEndpoint(asyncio.DatagramProtocol):
+    """Socket plus reliability and authentication; subclasses implement ``handle`` and ``on_unacked``.
+
+    ``key`` is the shared wire key (a ``WireKey``, or a ``WireKeyring`` during a rotation); None reads
+    SPLITRELAY_WIRE_KEY from the environment and raises ``WireKeyError`` naming it when it is not set.
+    There is no unauthenticated mode.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: WireKey | WireKeyring | None,
+        role: Role,
+        rto: float = DEFAULT_RTO,
+        attempts: int = DEFAULT_ATTEMPTS,
+    ) -> None:
+        self._sealer = Sealer(resolve_keyring(key), role)
+        self.reply_limiter = ReplyLimiter()
         if not 0.001 <= rto <= 5.0:
             raise ValueError(f"rto: must be 0.001..5.0 seconds, got {rto}")
         if not 1 <= attempts <= 20:
@@ -184,9 +203,27 @@ class WireEndpoint(asyncio.DatagramProtocol):
     # -- receive -------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Audio is decoded as it stands; anything else must open with the key first (before any JSON
+        is parsed), else it is dropped unanswered and counted."""
         self.stats.datagrams_in += 1
+        size = len(data)
+        if size < _HEADER_SIZE:
+            self.stats.garbage += 1
+            return
+        if data[0] != _VERSION:
+            self.stats.bad_version += 1
+            return
+        key_id = None
+        if data[1] in _AUDIO_TYPE_VALUES:
+            body = data
+        else:
+            opened = self._sealer.open(data)
+            if opened is None:
+                self.stats.auth_failed += 1
+                return
+            body, key_id = opened
         try:
-            msg = wire.decode(data)
+            msg = wire.decode(body)
         except WireError:
             self.stats.garbage += 1
             return
@@ -194,26 +231,40 @@ class WireEndpoint(asyncio.DatagramProtocol):
         if msg.type is MsgType.ACK:
             self._on_ack(msg, peer)
             return
-        self.handle(msg, peer)
+        self.handle(msg, peer, size, key_id)
 
-    def handle(self, msg: Message, peer: Peer) -> None:
-        """Act on one decoded, non-ACK message. Must not raise."""
+    def handle(self, msg: Message, peer: Peer, size: int, key_id: int | None) -> None:
+        """Act on one decoded, non-ACK message. Must not raise.
+
+        ``size`` is the datagram's length (a reply to an unknown call may not exceed it); ``key_id``
+        the key a control message verified with (None for audio, which carries no tag).
+        """
         raise NotImplementedError
 
-    def accept_reliable(self, msg: Message, state: CallState) -> bool:
-        """ACK ``msg`` if it asks for it; False when it is a duplicate that must not be acted on."""
-        if not msg.flags & FLAG_RELIABLE:
-            return True
-        self._send_ack(msg, state.peer)
-        if state.dedup.is_duplicate(msg.seq):
+    def accept_control(self, msg: Message, state: CallState) -> bool:
+        """ACK ``msg`` if it asks for it; False when it must not be acted on (seen before, or too old).
+
+        A CALL_END is acted on whatever its seq: it ends the call, so it cannot act twice, and a peer
+        that restarted cannot know which seqs this end has seen (its "unknown_call" must still work).
+        """
+        if msg.flags & FLAG_RELIABLE:
+            self._send_ack(msg, state.peer, state.key_id)
+        if not state.replay.accept(msg.seq) and msg.type is not MsgType.CALL_END:
             self.stats.duplicates += 1
             return False
         return True
 
-    def _send_ack(self, msg: Message, peer: Peer) -> None:
-        self.send_raw(
-            wire.encode(Message(MsgType.ACK, msg.call_id, msg.seq, payload=wire.pack_ack(msg.type))), peer
-        )
+    accept_reliable = accept_control  # the name before version 2
+
+    def seal(self, msg: Message, key_id: int | None = None) -> bytes:
+        """The datagram of a control message: encoded, validated and authenticated."""
+        return self._sealer.seal(wire.encode(msg), key_id)
+
+    def _ack_datagram(self, msg: Message, key_id: int | None) -> bytes:
+        return self.seal(Message(MsgType.ACK, msg.call_id, msg.seq, payload=wire.pack_ack(msg.type)), key_id)
+
+    def _send_ack(self, msg: Message, peer: Peer, key_id: int | None) -> None:
+        self.send_raw(self._ack_datagram(msg, key_id), peer)
 
     def _on_ack(self, msg: Message, peer: Peer) -> None:
         pending = self._pending.pop((peer, msg.call_id, int(msg.acked_type()), msg.seq), None)
@@ -244,12 +295,14 @@ class WireEndpoint(asyncio.DatagramProtocol):
         while len(self._recent) > RECENT_CALLS:
             self._recent.popitem(last=False)
 
-    def handle_unknown(self, msg: Message, peer: Peer) -> None:
-        """A message for a call not (or no longer) known here.
+    def handle_unknown(self, msg: Message, peer: Peer, size: int, key_id: int | None) -> None:
+        """A message for a call not (or no longer) known here, or from another address than the call's.
 
         A recently ended call gets its reliable messages ACKed so the peer stops retransmitting;
-        a call never seen (the other end restarted, or this one did) gets one CALL_END
+        a call never seen (the other end restarted, or this one did) gets one compact CALL_END
         "unknown_call", so the peer stops sending into the void instead of waiting for a timeout.
+        Either way at most one reply, through ``reply_unknown`` (rate-limited, never larger than
+        the request): audio is unauthenticated and its source address may be forged.
         """
         self.stats.unknown_call += 1
         key = (peer, msg.call_id)
@@ -257,22 +310,33 @@ class WireEndpoint(asyncio.DatagramProtocol):
             # Never ACK a late CALL_START: it would open, at the relay, a call this end has
             # already ended or refused (the CALL_END that says so is on its way or retransmitting).
             if msg.reliable and msg.type is not MsgType.CALL_START:
-                self._send_ack(msg, peer)
-            return
-        if msg.type is MsgType.CALL_END:
-            self._send_ack(msg, peer)
-            self.remember_ended(peer, msg.call_id)
+                self.reply_unknown(self._ack_datagram(msg, key_id), peer, size)
             return
         self.remember_ended(peer, msg.call_id)
-        if msg.reliable:
-            self._send_ack(msg, peer)
-        # Sent once, not retransmitted: an unauthenticated sender must not get amplified replies.
-        end = Message(
-            MsgType.CALL_END, msg.call_id, 0, flags=FLAG_RELIABLE, payload=wire.pack_call_end("unknown_call")
-        )
-        self.send_raw(wire.encode(end), peer)
+        if msg.type is MsgType.CALL_END:
+            self.reply_unknown(self._ack_datagram(msg, key_id), peer, size)
+            return
+        # Sent once, not retransmitted, and not ACKed first: the CALL_END ends the call at the peer,
+        # which then stops retransmitting by itself.
+        end = Message(MsgType.CALL_END, msg.call_id, 0, flags=FLAG_RELIABLE)  # empty: "unknown_call"
+        self.reply_unknown(self.seal(end, key_id), peer, size)
+
+    def reply_unknown(self, data: bytes, peer: Peer, request_size: int) -> bool:
+        """Send a reply to a datagram for an unknown call, unless larger than it or over the rate limit."""
+        if len(data) > request_size:
+            self.stats.replies_too_large += 1
+            return False
+        if not self.reply_limiter.allow(peer):
+            self.stats.replies_limited += 1
+            return False
+        self.send_raw(data, peer)
+        return True
 
     # -- send ----------------------------------------------------------------------------------
+
+    def send_control(self, msg: Message, peer: Peer, key_id: int | None = None) -> None:
+        """Send a control message once, sealed (an EVENT or MARK without RELIABLE)."""
+        self.send_raw(self.seal(msg, key_id), peer)
 
     def send_raw(self, data: bytes, peer: Peer) -> None:
         """Send one datagram now, after anything batched (datagrams leave in the order they were made)."""
@@ -304,14 +368,16 @@ class WireEndpoint(asyncio.DatagramProtocol):
         """The socket's send batch while it is open (its counters are part of the endpoint's stats)."""
         return self._batch
 
-    def send_reliable(self, msg: Message, peer: Peer) -> asyncio.Future[bool]:
-        """Send ``msg`` with FLAG_RELIABLE; the future resolves True on ACK, False on give-up.
+    def send_reliable(self, msg: Message, peer: Peer, key_id: int | None = None) -> asyncio.Future[bool]:
+        """Send ``msg`` with FLAG_RELIABLE, sealed with ``key_id``; the future resolves True on ACK,
+        False on give-up.
 
         Encoding happens before anything is sent or registered, so an invalid message raises
         WireError and leaves no trace.
         """
-        data = wire.encode(
-            Message(msg.type, msg.call_id, msg.seq, msg.timestamp, msg.flags | FLAG_RELIABLE, msg.payload)
+        data = self.seal(
+            Message(msg.type, msg.call_id, msg.seq, msg.timestamp, msg.flags | FLAG_RELIABLE, msg.payload),
+            key_id,
         )
         key: _PendingKey = (peer, msg.call_id, int(msg.type), msg.seq)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -352,5 +418,9 @@ class WireEndpoint(asyncio.DatagramProtocol):
 
 def call_end_message(state: CallState, reason: str) -> Message:
     return Message(
-        MsgType.CALL_END, state.call_id, state.next_control_seq(), payload=wire.pack_call_end(reason)
+        MsgType.CALL_END,
+        state.call_id,
+        state.next_control_seq(),
+        flags=FLAG_RELIABLE,
+        payload=wire.pack_call_end(reason),
     )

@@ -47,6 +47,7 @@ from splitrelay.inference.wire import (
     Message,
     MsgType,
 )
+from splitrelay.inference.wire_auth import CALL_START_WINDOW_S, CallStartGuard, WireKey, WireKeyring
 
 __all__ = [
     "AudioFrame",
@@ -59,6 +60,8 @@ __all__ = [
     "PcmChunk",
     "PcmOutput",
     "RelayEvent",
+    "WireKey",
+    "WireKeyring",
     "run",
 ]
 
@@ -283,8 +286,8 @@ class InferenceCall:
             return None
         msg = Message(mtype, self.call_id, self._state.next_control_seq(), self._out_ts, payload=payload)
         if reliable:
-            return self._server.send_reliable(msg, self._state.peer)
-        self._server.send_raw(wire.encode(msg), self._state.peer)
+            return self._server.send_reliable(msg, self._state.peer, self._state.key_id)
+        self._server.send_control(msg, self._state.peer, self._state.key_id)
         return None
 
     # -- driven by the server --------------------------------------------------------------------
@@ -307,7 +310,7 @@ class InferenceCall:
             if not self._frames.put(frame):
                 self._server.stats.frames_dropped += 1
             return
-        if not self._server.accept_reliable(msg, self._state):
+        if not self._server.accept_control(msg, self._state):
             return
         if mtype is MsgType.BARGE_IN:
             self._after_barge_in = True
@@ -327,7 +330,9 @@ class InferenceCall:
             return None
         future = None
         if notify:
-            future = self._server.send_reliable(call_end_message(self._state, reason), self._state.peer)
+            future = self._server.send_reliable(
+                call_end_message(self._state, reason), self._state.peer, self._state.key_id
+            )
         self._state.ended = True
         self.end_reason = reason
         self._frames.close()
@@ -380,7 +385,13 @@ class PcmOutput:
 
 
 class InferenceServer(WireEndpoint):
-    """UDP server taking calls from any number of relays; one handler task per call."""
+    """UDP server taking calls from any number of relays; one handler task per call.
+
+    ``key`` is the wire key shared with the relays (``WireKey.parse(text)``, or a ``WireKeyring``
+    during a rotation); None reads SPLITRELAY_WIRE_KEY from the environment and raises
+    ``WireKeyError`` naming it when unset. Only a CALL_START sealed with it, sent within
+    ``call_start_window`` seconds of this host's clock and never seen before, opens a call.
+    """
 
     def __init__(
         self,
@@ -388,13 +399,16 @@ class InferenceServer(WireEndpoint):
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        key: WireKey | WireKeyring | None = None,
         max_calls: int = 1000,
         idle_timeout: float = IDLE_TIMEOUT,
         frame_queue: int = FRAME_QUEUE,
         rto: float = DEFAULT_RTO,
         attempts: int = DEFAULT_ATTEMPTS,
+        call_start_window: float = CALL_START_WINDOW_S,
     ) -> None:
-        super().__init__(rto=rto, attempts=attempts)
+        super().__init__(key=key, role="inference", rto=rto, attempts=attempts)
+        self.call_start_guard = CallStartGuard(call_start_window)
         if not 0 <= port <= 65535:
             raise ValueError(f"port: must be 0..65535, got {port}")
         if not 1 <= max_calls <= 100_000:
@@ -452,31 +466,50 @@ class InferenceServer(WireEndpoint):
 
     # -- receive path ----------------------------------------------------------------------------
 
-    def handle(self, msg: Message, peer: Peer) -> None:
+    def handle(self, msg: Message, peer: Peer, size: int, key_id: int | None) -> None:
+        # Keyed by (address, call id): audio from any other address than the authenticated
+        # CALL_START's finds no call and goes the unknown-call way (counted, reply limited).
         call = self._calls.get((peer, msg.call_id))
         if call is not None:
             call._rx += 1
             call._on_message(msg)
         elif msg.type is MsgType.CALL_START:
-            self._start_call(msg, peer)
+            self._start_call(msg, peer, size, key_id)
         else:
-            self.handle_unknown(msg, peer)
+            self.handle_unknown(msg, peer, size, key_id)
 
-    def _start_call(self, msg: Message, peer: Peer) -> None:
+    def _start_call(self, msg: Message, peer: Peer, size: int, key_id: int | None) -> None:
         if (peer, msg.call_id) in self._recent:  # a late retransmit of a call already over
-            self.handle_unknown(msg, peer)
+            self.handle_unknown(msg, peer, size, key_id)
             return
-        state = CallState(msg.call_id, peer)
+        info = msg.call_start()
+        state = CallState(msg.call_id, peer, key_id)
+        refused = self.call_start_guard.admit(msg.call_id, info.sent_at_ms)
+        if refused is not None:
+            # A recorded CALL_START replayed, or a relay whose clock is off: one reply, limited.
+            self.stats.call_start_refused += 1
+            self.remember_ended(peer, msg.call_id)
+            end = call_end_message(state, f"call_start_{refused}")
+            if self.reply_unknown(self.seal(end, key_id), peer, size):
+                logger.warning(
+                    "refusing CALL_START from %s:%d: %s (sent_at_ms %d; window %g s, check NTP)",
+                    peer[0],
+                    peer[1],
+                    refused,
+                    info.sent_at_ms,
+                    self.call_start_guard.window_s,
+                )
+            return
         if len(self._calls) >= self.max_calls:
             # No ACK: the CALL_END answers the CALL_START, so the relay's start_call fails at once.
             logger.warning(
                 "refusing call from %s:%d: %d calls is the limit", peer[0], peer[1], self.max_calls
             )
             self.remember_ended(peer, msg.call_id)
-            self.send_reliable(call_end_message(state, "capacity"), peer)
+            self.send_reliable(call_end_message(state, "capacity"), peer, key_id)
             return
-        self.accept_reliable(msg, state)
-        call = InferenceCall(self, state, msg.call_start())
+        self.accept_control(msg, state)
+        call = InferenceCall(self, state, info)
         self._calls[(peer, msg.call_id)] = call
         task = asyncio.get_running_loop().create_task(self._run(call), name=f"inference-call-{msg.call_id:x}")
         self._tasks.add(task)

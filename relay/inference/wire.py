@@ -4,6 +4,11 @@ Sans-IO and allocation-light: the relay and the inference SDK both call it once 
 audio path uses one precompiled ``struct.Struct`` and never builds JSON. ``decode`` validates a
 datagram completely (header, flags allowed for its type, payload shape) and raises only
 ``WireError``, whatever bytes arrive, so a socket handler can count garbage and move on.
+
+Since version 2 every non-audio datagram carries an authentication trailer (key id and a truncated
+HMAC tag, ``relay/inference/wire_auth.py``) after its payload. This codec works on the *body*, the
+datagram without that trailer: ``encode`` makes a body, ``wire_auth`` seals and opens it, so the
+codec itself never needs the key. An audio datagram is a body as it stands.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
 
-VERSION: Final = 1
+VERSION: Final = 2  # 2: authenticated control (docs/wire-protocol.md, "Authentication")
 HEADER: Final = struct.Struct("!BBHQII")  # version, type, flags, call_id, seq, timestamp
 HEADER_SIZE: Final = HEADER.size  # 20
 MAX_DATAGRAM: Final = 1400  # fits a 1500-byte MTU with IPv6 + UDP headers and a tunnel's overhead
 MAX_PAYLOAD: Final = MAX_DATAGRAM - HEADER_SIZE
+AUTH_TRAILER: Final = 17  # control datagrams end with key_id (u8) and a 16-byte HMAC-SHA256 tag
+MAX_CONTROL_PAYLOAD: Final = MAX_PAYLOAD - AUTH_TRAILER  # so a sealed control datagram fits too
+UNKNOWN_CALL: Final = "unknown_call"  # the reason an empty CALL_END payload stands for (compact reply)
 MAX_MARK_NAME: Final = 255  # bytes of UTF-8
 U32: Final = 0xFFFFFFFF
 U64: Final = 0xFFFFFFFFFFFFFFFF
+MAX_SENT_AT_MS: Final = (1 << 53) - 1  # exact in a JSON number (a double)
 
 SAMPLE_RATE: Final = 48_000
 FRAME_SAMPLES: Final = 960  # one 20 ms frame at 48 kHz: the timestamp step of AUDIO_IN/AUDIO_OUT
@@ -105,6 +114,9 @@ class CallStart:
     codec: str = "opus"
     sample_rate: int = SAMPLE_RATE
     ptime_ms: int = PTIME_MS
+    sent_at_ms: int = 0
+    """Sender's wall clock (Unix ms) when the call was opened: inference refuses a stale CALL_START,
+    so a recorded one cannot open a call once its id is forgotten. RelayLink sets it."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +125,7 @@ class CallStart:
             "sample_rate": self.sample_rate,
             "channels": self.channels,
             "ptime_ms": self.ptime_ms,
+            "sent_at_ms": self.sent_at_ms,
             "metadata": self.metadata,
         }
 
@@ -134,10 +147,13 @@ class CallStart:
             raise WireError("call_start.channels: must be 1 or 2")
         if obj.get("ptime_ms") != PTIME_MS:
             raise WireError(f"call_start.ptime_ms: must be {PTIME_MS}")
+        sent_at_ms = obj.get("sent_at_ms")
+        if type(sent_at_ms) is not int or not 0 <= sent_at_ms <= MAX_SENT_AT_MS:
+            raise WireError(f"call_start.sent_at_ms: must be an integer 0..{MAX_SENT_AT_MS} (Unix ms)")
         metadata = obj.get("metadata", {})
         if not isinstance(metadata, dict):
             raise WireError("call_start.metadata: must be a JSON object")
-        return cls(call=call, channels=channels, metadata=metadata)
+        return cls(call=call, channels=channels, metadata=metadata, sent_at_ms=sent_at_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +185,10 @@ class Message:
         return CallStart.from_json(self.json())
 
     def reason(self) -> str:
-        """The reason string of CALL_END."""
+        """The reason string of CALL_END (an empty payload is the compact form of "unknown_call")."""
         self._expect({MsgType.CALL_END})
+        if not self.payload:
+            return UNKNOWN_CALL
         return _call_end_reason(self.json())
 
     def barge_in(self) -> BargeIn:
@@ -199,8 +217,8 @@ def pack_json(obj: dict[str, Any], *, what: str = "JSON") -> bytes:
         data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise WireError(f"payload: {what} is not JSON-serialisable ({exc})") from None
-    if len(data) > MAX_PAYLOAD:
-        raise WireError(f"payload: {what} JSON is {len(data)} bytes, limit {MAX_PAYLOAD}")
+    if len(data) > MAX_CONTROL_PAYLOAD:
+        raise WireError(f"payload: {what} JSON is {len(data)} bytes, limit {MAX_CONTROL_PAYLOAD}")
     return data
 
 
@@ -351,15 +369,17 @@ def _encode_unchecked(msg: Message) -> bytes:
     _check_u32("timestamp", msg.timestamp)
     if type(msg.flags) is not int or not 0 <= msg.flags <= 0xFFFF:
         raise WireError(f"flags: must fit u16, got {msg.flags!r}")
-    if len(msg.payload) > MAX_PAYLOAD:
-        raise WireError(f"payload: {len(msg.payload)} bytes, limit {MAX_PAYLOAD}")
+    limit = MAX_PAYLOAD if msg.type in AUDIO_TYPES else MAX_CONTROL_PAYLOAD
+    if len(msg.payload) > limit:
+        raise WireError(f"payload: {len(msg.payload)} bytes, limit {limit} for {MsgType(msg.type).name}")
     return _pack_header(VERSION, int(msg.type), msg.flags, msg.call_id, msg.seq, msg.timestamp) + bytes(
         msg.payload
     )
 
 
 def decode(data: bytes | bytearray | memoryview) -> Message:
-    """Parse and fully validate one datagram. Raises WireError, and only WireError, on bad input."""
+    """Parse and fully validate one body (an audio datagram, or a control datagram once
+    ``wire_auth`` opened it). Raises WireError, and only WireError, on bad input."""
     n = len(data)
     if n < HEADER_SIZE:
         raise WireError(f"header: datagram is {n} bytes, a header is {HEADER_SIZE}")
@@ -377,6 +397,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if extra:
         raise WireError(f"flags: bits {extra:#06x} are not allowed on {mtype.name}")
     payload = bytes(data[HEADER_SIZE:])
+    if mtype not in AUDIO_TYPES and len(payload) > MAX_CONTROL_PAYLOAD:
+        raise WireError(f"payload: {mtype.name} carries {len(payload)} bytes, limit {MAX_CONTROL_PAYLOAD}")
     _check_shape(mtype, flags, payload)
     return Message(mtype, call_id, seq, timestamp, flags, payload)
 
@@ -392,7 +414,8 @@ def _check_shape(mtype: MsgType, flags: int, payload: bytes) -> None:
     elif mtype is MsgType.CALL_START:
         CallStart.from_json(unpack_json(payload, what="CALL_START"))
     elif mtype is MsgType.CALL_END:
-        _call_end_reason(unpack_json(payload, what="CALL_END"))
+        if payload:  # empty: the compact "unknown_call", no larger than the datagram it answers
+            _call_end_reason(unpack_json(payload, what="CALL_END"))
     elif mtype is MsgType.EVENT:
         _check_event(unpack_json(payload, what="EVENT"))
     elif mtype is MsgType.BARGE_IN:

@@ -50,6 +50,7 @@ from splitrelay.bench.support import (
     split_cores,
     stop_all,
 )
+from splitrelay.inference.wire_auth import WIRE_KEY_ENV, generate_text
 from splitrelay.relay.child import cli_command
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
@@ -393,12 +394,15 @@ class Context:
     relay_cores: frozenset[int]
     load_cores: frozenset[int]
     load_procs: int
+    wire_key: str = field(repr=False, default_factory=generate_text)
+    """This run's relay <-> inference wire key (docs/wire-protocol.md), for the relay and the echo."""
 
     @property
     def plain_env(self) -> dict[str, str]:
-        """The children's environment without any splitrelay setting: a $SPLITRELAY_PUBLIC_ADDRESS left
-        in the shell must not leak into a loopback benchmark."""
-        return {k: v for k, v in os.environ.items() if not k.startswith("SPLITRELAY_")}
+        """The children's environment without any splitrelay setting (a $SPLITRELAY_PUBLIC_ADDRESS left
+        in the shell must not leak into a loopback benchmark) but this run's wire key."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITRELAY_")}
+        return {**env, WIRE_KEY_ENV: self.wire_key}
 
     @property
     def env(self) -> dict[str, str]:

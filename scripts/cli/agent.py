@@ -75,13 +75,21 @@ def echo(
     lead_ms: Annotated[int, typer.Option(help="How far ahead of real time replies are sent, ms.")] = 200,
     json_logs: Annotated[bool, typer.Option("--json", help="Log JSON lines on stderr.")] = False,
 ) -> None:
-    """Echo agent: plays each caller utterance back after SILENCE_MS of silence (a stand-in model)."""
+    """Echo agent: plays each caller utterance back after SILENCE_MS of silence (a stand-in model).
+
+    The wire key shared with the relays comes from $SPLITRELAY_WIRE_KEY (docs/wire-protocol.md).
+    """
     from rich.console import Console
 
     from splitrelay.inference import sdk as inference
     from splitrelay.inference.echo_agent import EchoConfig, serve
+    from splitrelay.inference.wire_auth import WireKeyError, WireKeyring
 
     host, port = parse_listen(listen)
+    try:
+        key = WireKeyring.from_env()
+    except WireKeyError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         config = EchoConfig(
             silence_ms=silence_ms,
@@ -109,7 +117,7 @@ def echo(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await serve(config, host, port, ready=ready, stop=stop)
+        await serve(config, host, port, key=key, ready=ready, stop=stop)
 
     try:
         inference.run(main())

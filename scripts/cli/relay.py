@@ -102,14 +102,22 @@ def serve(
     ] = False,
     use_uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Run on uvloop.")] = True,
 ) -> None:
-    """Run one relay process until SIGINT or SIGTERM; live calls are closed on the way out."""
+    """Run one relay process until SIGINT or SIGTERM; live calls are closed on the way out.
+
+    The wire key shared with inference comes from $SPLITRELAY_WIRE_KEY (docs/wire-protocol.md).
+    """
     from splitrelay.contract.signing import check_key
+    from splitrelay.inference.wire_auth import WireKeyError, WireKeyring
     from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig
     from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
 
     key = read_secret(SIGNING_KEY_ENV, signing_key_file, "signing key")
     if key is None:
         raise typer.BadParameter(f"no signing key: set ${SIGNING_KEY_ENV} or pass --signing-key-file")
+    try:
+        WireKeyring.from_env()  # checked here for a clear error; each RelayLink reads it from the environment
+    except WireKeyError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         check_key(key.encode(), "signing key")
         if public_address is not None:

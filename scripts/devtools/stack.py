@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from splitrelay.cli.edge import TOKEN_KEY_ENV
 from splitrelay.cli.relay import SFU_SECRET_ENV, SIGNING_KEY_ENV
+from splitrelay.inference.wire_auth import WIRE_KEY_ENV
 from splitrelay.relay.child import ChildError, ChildProcess, ReadyParser, cli_command, json_ready
 
 MODES: Final = ("sfu", "direct")
@@ -208,6 +209,7 @@ class Stack:
             SFU_SECRET_ENV: new_secret(),
             SIGNING_KEY_ENV: new_secret(),
             TOKEN_KEY_ENV: new_secret(),
+            WIRE_KEY_ENV: new_secret(),  # relay <-> agent wire link (base64url, 32 bytes)
         }
         self.run_dir = self._make_run_dir(self.config.run_dir)
         self._stopped: StopReport | None = None

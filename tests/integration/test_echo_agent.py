@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +18,13 @@ import pytest
 
 from splitrelay.inference import wire
 from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
+from splitrelay.inference.endpoint import LinkError
 from splitrelay.inference.sdk import InferenceServer
+from splitrelay.inference.wire_auth import WIRE_KEY_ENV, WireKey, generate_text
 from splitrelay.relay.inference_link import RelayLink
 from tests.opus_fixtures import UTTERANCE, OpusClip, clip
 from tests.recording_sink import RecordingSink
+from tests.wire_keys import KEY
 
 F = 960
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @asynccontextmanager
 async def echo_pair(config: EchoConfig | None = None) -> AsyncIterator[tuple[InferenceServer, RelayLink]]:
-    async with InferenceServer(EchoAgent(config), "127.0.0.1", 0) as server:
+    async with InferenceServer(EchoAgent(config), "127.0.0.1", 0, key=KEY) as server:
         assert server.address is not None
-        async with RelayLink(server.address) as link:
+        async with RelayLink(server.address, key=KEY) as link:
             yield server, link
 
 
@@ -151,6 +156,7 @@ def test_echo_config_is_checked() -> None:
 
 
 async def test_cli_runs_the_echo_agent_until_sigterm() -> None:
+    key_text = generate_text()  # this agent's own key: the test's relay must use it to get in
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -165,7 +171,7 @@ async def test_cli_runs_the_echo_agent_until_sigterm() -> None:
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", WIRE_KEY_ENV: key_text},
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -176,7 +182,12 @@ async def test_cli_runs_the_echo_agent_until_sigterm() -> None:
         port = int(match.group(1))
         audio = clip((("silence", 100), ("tone", 200), ("silence", 400)))
         sink = RecordingSink()
-        async with RelayLink(("127.0.0.1", port)) as link:
+        async with RelayLink(
+            ("127.0.0.1", port), key=KEY
+        ) as stranger:  # the test run's key: not this agent's
+            with pytest.raises(LinkError, match=r"did not acknowledge CALL_START"):
+                await stranger.start_call("wrong-key", RecordingSink())
+        async with RelayLink(("127.0.0.1", port), key=WireKey.parse(key_text)) as link:
             call_id = await link.start_call("cli-call", sink)
             await send_clip(link, call_id, audio, levels=True)
             await sink.wait_for(lambda: len(sink.audio) == 5 + 10 + 5)
@@ -187,7 +198,11 @@ async def test_cli_runs_the_echo_agent_until_sigterm() -> None:
         async with asyncio.timeout(30):
             code = await proc.wait()
             logs = (await proc.stderr.read()).decode().splitlines()
+            out = line + (await proc.stdout.read()).decode()
         assert code == 0, logs
+        secret = base64.urlsafe_b64decode(key_text + "=")
+        for shown in (key_text, secret.hex(), repr(secret)):  # the key is in no output, in any spelling
+            assert shown not in out and all(shown not in entry for entry in logs)
         records = [json.loads(entry) for entry in logs]
         assert any(r["msg"].startswith("call cli-call started") for r in records), records
         assert all(set(r) >= {"ts", "level", "logger", "msg"} for r in records)
@@ -195,3 +210,25 @@ async def test_cli_runs_the_echo_agent_until_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("key_text", "pattern"),
+    [
+        (None, r"SPLITRELAY_WIRE_KEY: not set"),
+        ("", r"SPLITRELAY_WIRE_KEY: not set"),
+        ("c0ffee" * 5, r"SPLITRELAY_WIRE_KEY: must be hex or base64url of 32..256 bytes, got 15 bytes"),
+    ],
+)
+def test_cli_refuses_to_start_without_a_good_key(key_text: str | None, pattern: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != WIRE_KEY_ENV}
+    if key_text is not None:
+        env[WIRE_KEY_ENV] = key_text
+    result = subprocess.run(
+        [sys.executable, "-m", "splitrelay.cli", "agent", "echo", "--listen", "127.0.0.1:0"],
+        cwd=REPO, env=env | {"COLUMNS": "300"}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(pattern, " ".join(result.stderr.split())), result.stderr
+    if key_text:
+        assert key_text not in result.stdout + result.stderr

@@ -26,6 +26,7 @@ from splitrelay.inference.wire import FLAG_RELIABLE, BargeIn, Message, MsgType, 
 from splitrelay.relay.inference_link import RelayLink
 from tests.opus_fixtures import UTTERANCE, clip
 from tests.recording_sink import RecordingSink
+from tests.wire_keys import AS_INFERENCE, KEY, peek
 
 Handler = Callable[[InferenceCall], Awaitable[None]]
 
@@ -34,9 +35,9 @@ Handler = Callable[[InferenceCall], Awaitable[None]]
 async def pair(
     handler: Handler, *, host: str = "127.0.0.1", server_kw: Any = None, link_kw: Any = None
 ) -> AsyncIterator[tuple[InferenceServer, RelayLink]]:
-    server = InferenceServer(handler, host, 0, **(server_kw or {}))
+    server = InferenceServer(handler, host, 0, **({"key": KEY} | (server_kw or {})))
     address = await server.start()
-    link = RelayLink(address, **(link_kw or {}))
+    link = RelayLink(address, **({"key": KEY} | (link_kw or {})))
     await link.start()
     try:
         yield server, link
@@ -263,7 +264,7 @@ class LossyProxy(asyncio.DatagramProtocol):
         self._forward("to_server", data)
 
     def _forward(self, direction: str, data: bytes) -> None:
-        action = self.policy(direction, wire.decode(data))
+        action = self.policy(direction, peek(data))
         if action == "drop":
             self.dropped += 1
             return
@@ -360,27 +361,27 @@ async def test_garbage_and_strangers_do_not_disturb_a_call() -> None:
         stranger.bind(("127.0.0.1", 0))
         stranger.setblocking(False)
         try:
-            for junk in (b"", b"x" * 3000, bytes(20), b"\x01\x03" + bytes(18) + b"x", b"\xff" * 40):
+            for junk in (b"", b"x" * 3000, bytes(20), b"\x02\x03" + bytes(18) + b"x", b"\xff" * 40):
                 stranger.sendto(junk, server.address)
             # A well-formed frame for a call this stranger never started: one CALL_END back.
-            stranger.sendto(wire.encode_audio(MsgType.AUDIO_IN, 999, 0, 0, b"x"), server.address)
-            stranger.sendto(wire.encode_audio(MsgType.AUDIO_IN, 999, 1, 960, b"x"), server.address)
+            stranger.sendto(wire.encode_audio(MsgType.AUDIO_IN, 999, 0, 0, b"x" * 40), server.address)
+            stranger.sendto(wire.encode_audio(MsgType.AUDIO_IN, 999, 1, 960, b"x" * 40), server.address)
             # The real call's id from the wrong address is a stranger's call too.
-            stranger.sendto(wire.encode_audio(MsgType.AUDIO_IN, call_id, 0, 0, b"spoof"), server.address)
+            stranger.sendto(wire.encode_audio(MsgType.AUDIO_IN, call_id, 0, 0, b"spoof" * 8), server.address)
             link.send_audio_in(call_id, 0, 0, b"real")
             await until(lambda: len(recorder.frames) == 1)
             replies: list[Message] = []
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(5):
                 while len(replies) < 2:  # bounded by the timeout
-                    replies.append(wire.decode(await loop.sock_recv(stranger, 2048)))
+                    replies.append(peek(await loop.sock_recv(stranger, 2048)))
             assert sorted((m.call_id, m.reason()) for m in replies) == sorted(
                 [(999, "unknown_call"), (call_id, "unknown_call")]
             )
         finally:
             stranger.close()
         assert [f.payload for f in recorder.frames] == [b"real"]
-        assert server.stats.garbage == 5
+        assert (server.stats.garbage, server.stats.bad_version) == (2, 3)
         assert server.stats.unknown_call == 3
         assert len(recorder.calls) == 1 and not recorder.calls[0].ended
 
@@ -427,22 +428,21 @@ async def test_inference_restart_is_noticed_by_the_relay() -> None:
     old.setblocking(False)
     address = old.getsockname()
     sink = RecordingSink()
-    link = RelayLink(address)
+    link = RelayLink(address, key=KEY)
     await link.start()
     try:
         loop = asyncio.get_running_loop()
         start = asyncio.create_task(link.start_call("survivor", sink))
         async with asyncio.timeout(5):
             data, relay = await loop.sock_recvfrom(old, 2048)
-        msg = wire.decode(data)
-        old.sendto(
-            wire.encode(Message(MsgType.ACK, msg.call_id, msg.seq, payload=wire.pack_ack(msg.type))), relay
-        )
+        msg = peek(data)
+        ack = Message(MsgType.ACK, msg.call_id, msg.seq, payload=wire.pack_ack(msg.type))
+        old.sendto(AS_INFERENCE.seal(wire.encode(ack)), relay)
         call_id = await start
         old.close()
         # The new process on the same port knows nothing of the call.
-        async with InferenceServer(Recorder(), *address) as fresh:
-            link.send_audio_in(call_id, 0, 0, b"x")
+        async with InferenceServer(Recorder(), *address, key=KEY) as fresh:
+            link.send_audio_in(call_id, 0, 0, b"x" * 40)  # no smaller than the compact reply (37 bytes)
             await sink.wait_for(lambda: bool(sink.ends))
             assert sink.ends == ["unknown_call"]
             assert link.active_calls == 0
@@ -516,8 +516,8 @@ async def test_reliable_flag_is_required_on_the_wire() -> None:
         call = recorder.calls[0]
         raw = wire._encode_unchecked(Message(MsgType.CLEAR, call_id, 99, 0, 0))
         assert link.address is not None
-        call._server.send_raw(raw, ("127.0.0.1", link.address[1]))
-        ok = wire.encode(Message(MsgType.CLEAR, call_id, 100, 0, FLAG_RELIABLE))
+        call._server.send_raw(AS_INFERENCE.seal(raw), ("127.0.0.1", link.address[1]))
+        ok = AS_INFERENCE.seal(wire.encode(Message(MsgType.CLEAR, call_id, 100, 0, FLAG_RELIABLE)))
         call._server.send_raw(ok, ("127.0.0.1", link.address[1]))
         await sink.wait_for(lambda: bool(sink.clears))
         assert sink.clears == [0]

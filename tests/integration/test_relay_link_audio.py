@@ -11,6 +11,7 @@ from splitrelay.inference import wire
 from splitrelay.inference.wire import Message, MsgType
 from splitrelay.relay.inference_link import RelayLink
 from tests.recording_sink import RecordingSink
+from tests.wire_keys import AS_INFERENCE, KEY, peek
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +33,13 @@ async def test_audio_out_fast_path_matches_the_decoder() -> None:
     intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     intruder.bind(("127.0.0.1", 0))
     sink = RecordingSink()
-    async with RelayLink(inference.getsockname()) as link:
+    async with RelayLink(inference.getsockname(), key=KEY) as link:
         assert link.address is not None
         starting = asyncio.create_task(link.start_call("fast-path", sink))
         data, relay_addr = await _recv(inference)
-        start = wire.decode(data)
+        start = peek(data)
         ack = Message(MsgType.ACK, start.call_id, start.seq, payload=wire.pack_ack(MsgType.CALL_START))
-        inference.sendto(wire.encode(ack), relay_addr)
+        inference.sendto(AS_INFERENCE.seal(wire.encode(ack)), relay_addr)
         call_id = await starting
 
         sends = [
@@ -48,13 +49,13 @@ async def test_audio_out_fast_path_matches_the_decoder() -> None:
             _audio(call_id, 3, flags=wire.FLAG_LEVEL_PRESENT),  # a flag AUDIO_OUT may not carry
             _audio(call_id, 4, payload=b""),  # no Opus frame
             _audio(call_id, 5)[:10],  # a torn header
-            b"\x02" + _audio(call_id, 6)[1:],  # another protocol version
+            b"\x01" + _audio(call_id, 6)[1:],  # the previous protocol version
             _audio(call_id + 1, 7),  # an unknown call
             _audio(call_id, 8),  # good again
         ]
         for datagram in sends:
             inference.sendto(datagram, relay_addr)
-        intruder.sendto(_audio(call_id, 9), relay_addr)  # right call id, wrong sender
+        intruder.sendto(_audio(call_id, 9, payload=b"x" * 40), relay_addr)  # right call id, wrong sender
         for _ in range(200):  # bounded wait for the last good frame
             if any(out.seq == 8 for out in sink.audio):
                 break
@@ -66,6 +67,16 @@ async def test_audio_out_fast_path_matches_the_decoder() -> None:
             (8, False, b"\xf8\x01"),
         ]
         assert link.stats.audio_late == 1
-        assert link.stats.garbage >= 4  # bad flags, empty payload, torn header, wrong version
+        assert link.stats.garbage == 3  # bad flags, empty payload, torn header
+        assert link.stats.bad_version == 1
+        await asyncio.sleep(0.05)
+        assert link.stats.unknown_call == 2  # the unknown call id; the intruder's frame
+        assert link.active_calls == 1  # the intruder's frame neither reached the sink nor ended the call
+        # The intruder got at most the compact CALL_END (37 bytes) for its 60-byte frame, never the call.
+        intruder.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:  # bounded: the socket holds at most the one reply
+                reply = intruder.recv(2048)
+                assert len(reply) <= 60 and peek(reply).reason() == "unknown_call"
     inference.close()
     intruder.close()

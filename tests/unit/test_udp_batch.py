@@ -13,6 +13,7 @@ import uvloop
 
 from splitrelay.inference.endpoint import WireEndpoint
 from splitrelay.inference.udp_batch import SendBatch, sockaddr
+from splitrelay.inference.wire_auth import WireKey
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -135,7 +136,7 @@ def test_endpoint_send_raw_goes_after_what_is_batched(loop_name: str) -> None:
 
     async def body() -> None:
         _, peer, sink = await endpoint("127.0.0.1")
-        ep = Endpoint()
+        ep = Endpoint(key=WireKey.generate(), role="relay")
         await ep.open()
         assert ep.send_batched(b"audio-1", peer)
         assert ep.send_batched(b"audio-2", peer)

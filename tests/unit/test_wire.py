@@ -30,7 +30,13 @@ CALL_ID = 0x0123456789ABCDEF
 
 
 def header(
-    type_: int, *, version: int = 1, flags: int = 0, call_id: int = CALL_ID, seq: int = 7, ts: int = 960
+    type_: int,
+    *,
+    version: int = wire.VERSION,
+    flags: int = 0,
+    call_id: int = CALL_ID,
+    seq: int = 7,
+    ts: int = 960,
 ) -> bytes:
     return struct.pack("!BBHQII", version, type_, flags, call_id, seq, ts)
 
@@ -41,7 +47,7 @@ def header(
 def test_header_layout_is_20_bytes_big_endian() -> None:
     data = wire.encode_audio(MsgType.AUDIO_IN, CALL_ID, 0x01020304, 0x0A0B0C0D, b"\xfc", FLAG_MARKER)
     assert HEADER_SIZE == 20
-    assert data == bytes([1, 3, 0, 1]) + CALL_ID.to_bytes(8, "big") + bytes(
+    assert data == bytes([2, 3, 0, 1]) + CALL_ID.to_bytes(8, "big") + bytes(
         [1, 2, 3, 4, 10, 11, 12, 13, 0xFC]
     )
 
@@ -118,6 +124,21 @@ def test_call_end_event_mark_clear_ack_barge_in_round_trips() -> None:
     assert bi.barge_in() == barge
 
 
+def test_call_start_carries_when_it_was_sent() -> None:
+    info = CallStart(call="c", sent_at_ms=1_733_400_000_123)
+    msg = wire.decode(
+        wire.encode(Message(MsgType.CALL_START, 1, 0, flags=FLAG_RELIABLE, payload=info.pack()))
+    )
+    assert msg.call_start().sent_at_ms == 1_733_400_000_123
+    assert msg.json()["sent_at_ms"] == 1_733_400_000_123
+
+
+def test_an_empty_call_end_is_the_compact_unknown_call() -> None:
+    data = wire.encode(Message(MsgType.CALL_END, 1, 0, flags=FLAG_RELIABLE))
+    assert len(data) == HEADER_SIZE
+    assert wire.decode(data).reason() == wire.UNKNOWN_CALL == "unknown_call"
+
+
 def test_typed_accessor_on_the_wrong_type_names_the_type() -> None:
     msg = wire.decode(wire.encode_audio(MsgType.AUDIO_OUT, 1, 0, 0, b"x"))
     with pytest.raises(WireError, match=r"type: AUDIO_OUT has no such payload \(expected MARK\)"):
@@ -149,7 +170,9 @@ def test_decode_accepts_memoryview_and_bytearray() -> None:
     [
         (b"", r"header: datagram is 0 bytes, a header is 20"),
         (header(3)[:19], r"header: datagram is 19 bytes, a header is 20"),
-        (header(3, version=2) + b"x", r"version: got 2, this end speaks 1"),
+        (header(3, version=1) + b"x", r"version: got 1, this end speaks 2"),
+        (header(9, flags=FLAG_RELIABLE, version=3), r"version: got 3, this end speaks 2"),
+        (header(7) + b"x" * 1364, r"payload: EVENT carries 1364 bytes, limit 1363"),
         (header(0) + b"x", r"type: unknown message type 0 \(known 1..9\)"),
         (header(10) + b"x", r"type: unknown message type 10"),
         (header(3, call_id=0) + b"x", r"call_id: 0 is reserved"),
@@ -199,6 +222,10 @@ def _start(**changes: Any) -> bytes:
         (_start(ptime_ms=10), r"call_start.ptime_ms: must be 20"),
         (_start(metadata=[1]), r"call_start.metadata: must be a JSON object"),
         (_start(call="x" * 129), r"call_start.call: must be a string of 1..128 characters"),
+        (_start(sent_at_ms=None), r"call_start.sent_at_ms: must be an integer 0..9007199254740991"),
+        (_start(sent_at_ms=1.5), r"call_start.sent_at_ms: must be an integer"),
+        (_start(sent_at_ms=-1), r"call_start.sent_at_ms: must be an integer"),
+        (_start(sent_at_ms=2**53), r"call_start.sent_at_ms: must be an integer"),
     ],
 )
 def test_call_start_schema(data: bytes, pattern: str) -> None:
@@ -215,8 +242,10 @@ def test_encode_refuses_what_decode_would_refuse() -> None:
         wire.encode(Message(MsgType.AUDIO_OUT, 1, 0, 2**32, payload=b"x"))
     with pytest.raises(WireError, match=r"flags: must fit u16, got 65536"):
         wire.encode(Message(MsgType.AUDIO_OUT, 1, 0, flags=0x10000, payload=b"x"))
-    with pytest.raises(WireError, match=r"payload: 1381 bytes, limit 1380"):
+    with pytest.raises(WireError, match=r"payload: 1381 bytes, limit 1380 for AUDIO_OUT"):
         wire.encode(Message(MsgType.AUDIO_OUT, 1, 0, payload=b"x" * 1381))
+    with pytest.raises(WireError, match=r"payload: 1364 bytes, limit 1363 for MARK"):  # room for the tag
+        wire.encode(Message(MsgType.MARK, 1, 0, payload=b"x" * 1364))
     with pytest.raises(WireError, match=r"flags: CALL_END must set RELIABLE"):
         wire.encode(Message(MsgType.CALL_END, 1, 0, payload=wire.pack_call_end("x")))
     with pytest.raises(
@@ -226,7 +255,7 @@ def test_encode_refuses_what_decode_would_refuse() -> None:
 
 
 def test_payload_builders_name_the_limit() -> None:
-    with pytest.raises(WireError, match=r"payload: EVENT JSON is \d+ bytes, limit 1380"):
+    with pytest.raises(WireError, match=r"payload: EVENT JSON is \d+ bytes, limit 1363"):
         wire.pack_event({"type": "t", "text": "x" * 2000})
     with pytest.raises(WireError, match=r"payload: EVENT is not JSON-serialisable"):
         wire.pack_event({"type": "t", "bad": object()})
@@ -246,7 +275,7 @@ def test_payload_builders_name_the_limit() -> None:
         BargeIn(0, -1, 0).pack()
     with pytest.raises(WireError, match=r"call_start.channels: must be 1 or 2"):
         CallStart(call="c", channels=0).pack()
-    with pytest.raises(WireError, match=r"payload: CALL_START JSON is \d+ bytes, limit 1380"):
+    with pytest.raises(WireError, match=r"payload: CALL_START JSON is \d+ bytes, limit 1363"):
         CallStart(call="c", metadata={"blob": "x" * 1400}).pack()
 
 
