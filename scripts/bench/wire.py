@@ -3,12 +3,21 @@
 Run: ``splitrelay bench wire [--calls 200 --seconds 3]``. Numbers depend on the
 machine and its neighbours; rerun before relying on one. Both ends share one process (and core)
 in the loopback part, so its CPU figure is relay + inference together.
+
+The per-packet cost of audio against another checkout (e.g. the code before a wire change):
+``python scripts/bench/wire.py --compare OTHER_PYTHON [--rounds 15]`` runs :func:`audio_costs` in
+this interpreter and in OTHER_PYTHON (a venv with the other checkout installed), alternately, one
+process per round, and prints median and p99 of each step side by side with their ratio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,9 +85,12 @@ async def bench_loopback(calls: int, seconds: float) -> None:
         def on_clear(self, timestamp: int) -> None: ...
         def on_call_end(self, reason: str) -> None: ...
 
-    async with InferenceServer(echo, "127.0.0.1", 0, max_calls=calls) as server:
+    from splitrelay.inference.wire_auth import WireKey
+
+    key = WireKey.generate()
+    async with InferenceServer(echo, "127.0.0.1", 0, key=key, max_calls=calls) as server:
         assert server.address is not None
-        async with RelayLink(server.address) as link:
+        async with RelayLink(server.address, key=key) as link:
             ids = [await link.start_call(f"bench-{i}", Sink(i)) for i in range(calls)]
             payload = bytes(80)
             frames = int(seconds * 50)
@@ -110,3 +122,117 @@ def run(calls: int, seconds: float) -> None:
     bench_codec()
     bench_speech()
     inference.run(bench_loopback(calls, seconds))
+
+
+# ---- per-packet cost of audio, comparable across checkouts ------------------------------------------
+
+
+class _NullSink:
+    def on_audio_out(self, seq: int, timestamp: int, payload: bytes, marker: bool) -> None: ...
+    def on_mark(self, name: str, timestamp: int) -> None: ...
+    def on_event(self, event: dict[str, Any]) -> None: ...
+    def on_clear(self, timestamp: int) -> None: ...
+    def on_call_end(self, reason: str) -> None: ...
+
+
+def _key_kw(cls: type) -> dict[str, Any]:
+    """``key=`` for endpoints that take one (wire version 2), nothing for older checkouts."""
+    if "key" not in inspect.signature(cls).parameters:
+        return {}
+    from splitrelay.inference.wire_auth import WireKey
+
+    return {"key": WireKey(bytes(range(32)))}
+
+
+async def _audio_cost_round(n: int) -> dict[str, float]:
+    """One round: µs per audio packet for each step of the audio path, on a live loopback call.
+
+    The receive steps call the endpoints' ``datagram_received`` directly with the datagram a socket
+    would deliver, so they time exactly the code a wire change touches (no kernel, no scheduling).
+    """
+    frames: list[int] = []
+
+    async def hold(call: InferenceCall) -> None:
+        async for _ in call.frames():
+            frames.append(1)
+
+    server = InferenceServer(hold, "127.0.0.1", 0, max_calls=4, **_key_kw(InferenceServer))
+    address = await server.start()
+    link = RelayLink(address, **_key_kw(RelayLink))
+    await link.start()
+    try:
+        call_id = await link.start_call("cost", _NullSink())
+        assert link.address is not None
+        relay_addr = ("127.0.0.1", link.address[1])
+        payload = bytes(80)
+        flags = wire.audio_in_flags(level=30, voice=True)
+        audio_in = [
+            wire.encode_audio(MsgType.AUDIO_IN, call_id, i, i * 960, payload, flags) for i in range(n)
+        ]
+        audio_out = [wire.encode_audio(MsgType.AUDIO_OUT, call_id, i, i * 960, payload) for i in range(n)]
+        out: dict[str, float] = {}
+        start = time.perf_counter()
+        for i in range(n):
+            wire.encode_audio(3, call_id, i, i * 960, payload, flags)
+        out["encode_audio"] = (time.perf_counter() - start) / n * 1e6
+        start = time.perf_counter()
+        for data in audio_in:
+            wire.decode(data)
+        out["decode AUDIO_IN"] = (time.perf_counter() - start) / n * 1e6
+        received = server.datagram_received
+        start = time.perf_counter()
+        for data in audio_in:
+            received(data, relay_addr)
+        out["inference receive AUDIO_IN"] = (time.perf_counter() - start) / n * 1e6
+        relay_received = link.datagram_received
+        start = time.perf_counter()
+        for data in audio_out:
+            relay_received(data, address)
+        out["relay receive AUDIO_OUT"] = (time.perf_counter() - start) / n * 1e6
+        assert len(frames) <= n and server.stats.garbage == 0 and link.stats.garbage == 0
+        return out
+    finally:
+        await link.close()
+        await server.close(grace=0.2)
+
+
+def audio_costs(rounds: int, n: int) -> list[dict[str, float]]:
+    """``rounds`` rounds of ``n`` packets each, in this process (on uvloop, as deployed)."""
+    return [inference.run(_audio_cost_round(n)) for _ in range(rounds)]
+
+
+def compare_audio_costs(other_python: str, rounds: int, n: int) -> None:
+    """Alternate one round here and one in ``other_python`` (the baseline), then print both side by side."""
+    from splitrelay.bench.support import machine_info, machine_line
+
+    def one(python: str) -> dict[str, float]:
+        result = subprocess.run(
+            [python, __file__, "--rounds", "1", "--packets", str(n)],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        value: dict[str, float] = json.loads(result.stdout.splitlines()[-1])[0]
+        return value
+
+    this: list[dict[str, float]] = []
+    base: list[dict[str, float]] = []
+    for _ in range(rounds):  # alternate, so drift on a shared machine hits both alike
+        base.append(one(other_python))
+        this.append(one(sys.executable))
+    print(f"machine: {machine_line(machine_info(packages=('uvloop',), event_loop='uvloop'))}")
+    print(f"{rounds} rounds x {n:,} packets, alternating; µs per packet; baseline: {other_python}")
+    print(f"{'step':28} {'base p50':>9} {'base p99':>9} {'this p50':>9} {'this p99':>9} {'p50 ratio':>9}")
+    for step in this[0]:
+        b = [r[step] for r in base]
+        t = [r[step] for r in this]
+        b50, b99, t50, t99 = (percentile(x, q) or 0.0 for x, q in ((b, 50), (b, 99), (t, 50), (t, 99)))
+        print(f"{step:28} {b50:9.3f} {b99:9.3f} {t50:9.3f} {t99:9.3f} {t50 / b50:9.3f}")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    opts = dict(zip(args[::2], args[1::2], strict=False))
+    packets = int(opts.get("--packets", "100000"))
+    if "--compare" in opts:
+        compare_audio_costs(opts["--compare"], int(opts.get("--rounds", "15")), packets)
+    else:
+        print(json.dumps(audio_costs(int(opts.get("--rounds", "1")), packets)))
