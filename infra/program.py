@@ -15,7 +15,7 @@ import pulumi_aws as aws
 
 from splitrelay.infra.bundle import BundleError, RelayBundle, build_bundle, read_bundle
 from splitrelay.infra.cost import CONFIG_NAMESPACE, cost_arguments
-from splitrelay.infra.edge import Edge, build_edge, worker_secrets_json, worker_vars
+from splitrelay.infra.edge import Edge, build_edge, generated_key, worker_secrets_json, worker_vars
 from splitrelay.infra.quotas import fill_elastic_ip_quotas
 from splitrelay.infra.relays import GA_REGION, RegionRelays, build_region, origin_tls, ssl_strict_rule
 from splitrelay.infra.settings import InfraConfigError, StackSettings, parse_settings
@@ -111,6 +111,8 @@ def build(settings: StackSettings, spec: WorkerSpec) -> Stack:
         else None
     )
     bundles = relay_bundles(settings)
+    # One wire key for the stack: every relay signs with it; give the same to inference (`wireKey` output).
+    wire_key = generated_key("wire-key")
     regions = [
         build_region(
             settings,
@@ -121,10 +123,12 @@ def build(settings: StackSettings, spec: WorkerSpec) -> Stack:
             origin,
             ga_provider,
             bundles[(region.architecture, region.python_version)],
+            wire_key,
         )
         for region in settings.regions
     ]
     pulumi.export("edgeUrl", settings.edge_url)
+    pulumi.export("wireKey", wire_key)  # secret: SPLITRELAY_WIRE_KEY for the inference service
     pulumi.export("sfuAppId", edge.sfu.uid)
     pulumi.export("turnKeyId", edge.turn.uid)
     pulumi.export("kvNamespaceId", edge.kv_namespace_id)

@@ -33,6 +33,7 @@ from splitrelay.relay.aws_bootstrap import (
     TAG_STACK,
     TLS_CERT_PARAM,
     TLS_KEY_PARAM,
+    WIRE_KEY_PARAM,
     parameter_prefix,
     slot_parameter,
 )
@@ -435,6 +436,7 @@ def relay_parameters(
     relay_signing_key: pulumi.Output[str],
     sfu_secret: pulumi.Output[str],
     origin: OriginTls,
+    wire_key: pulumi.Output[str],
 ) -> list[aws.ssm.Parameter]:
     """The relay's secrets as SecureString (KMS aws/ssm) parameters; the certificate is public."""
     prefix = parameter_prefix(settings.stack)
@@ -442,6 +444,7 @@ def relay_parameters(
     values: list[tuple[str, pulumi.Output[str], bool]] = [
         (SIGNING_KEY_PARAM, relay_signing_key, True),
         (SFU_SECRET_PARAM, sfu_secret, True),
+        (WIRE_KEY_PARAM, wire_key, True),
         (TLS_KEY_PARAM, origin.private_key, True),
         (TLS_CERT_PARAM, origin.certificate, False),
         (ORIGIN_PULL_CA_PARAM, origin.pull_ca, False),
@@ -522,6 +525,7 @@ def build_region(
     origin: OriginTls,
     ga_provider: aws.Provider | None,
     bundle: RelayBundle,
+    wire_key: pulumi.Output[str],
 ) -> RegionRelays:
     provider = aws.Provider(f"aws-{region.key}", region=region.aws_region)
     opts = pulumi.ResourceOptions(provider=provider)
@@ -537,7 +541,7 @@ def build_region(
     )
     shipped = bundle_object(region, bundle, provider)
     profile = instance_role(settings, region, provider, shipped.arn)
-    parameters = relay_parameters(settings, region, provider, relay_signing_key, sfu_secret, origin)
+    parameters = relay_parameters(settings, region, provider, relay_signing_key, sfu_secret, origin, wire_key)
     tags = {TAG_STACK: settings.stack, TAG_REGION: region.key}
     result_addresses: list[aws.ec2.Eip] = []
     accelerators: list[aws.globalaccelerator.Accelerator] = []

@@ -44,9 +44,12 @@ TLS_KEY_PARAM = "origin-tls-key"
 TLS_CERT_PARAM = "origin-tls-cert"
 ORIGIN_PULL_CA_PARAM = "origin-pull-ca"
 """CA of the client certificate Cloudflare presents to relay hostnames (Authenticated Origin Pulls)."""
+WIRE_KEY_PARAM = "wire-key"
+"""The key that authenticates the wire link to inference (docs/wire-protocol.md); inference needs it too."""
 SECRET_ENV_BY_PARAM: Mapping[str, str] = {
     SIGNING_KEY_PARAM: SIGNING_KEY_ENV,
     SFU_SECRET_PARAM: SFU_SECRET_ENV,
+    WIRE_KEY_PARAM: "SPLITRELAY_WIRE_KEY",
 }
 """SSM parameter (under the stack prefix) -> environment variable of `splitrelay relay serve`."""
 

@@ -93,6 +93,9 @@ def address_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+WIRE_KEY = "ab" * 32  # hex of 32 bytes
+
+
 def put(ssm: Any, leaf: str, value: str, secure: bool = True) -> None:
     ssm.put_parameter(Name=f"{PREFIX}/{leaf}", Value=value, Type="SecureString" if secure else "String")
 
@@ -119,7 +122,12 @@ def test_load_relay_secrets_decrypts_secure_strings(aws: None) -> None:
     ssm = boto3.client("ssm", region_name=REGION)
     put(ssm, "relay-signing-key", SIGNING_KEY)
     put(ssm, "sfu-app-secret", SFU_SECRET + "\n")
-    assert load_relay_secrets(ssm, PREFIX) == {SIGNING_KEY_ENV: SIGNING_KEY, SFU_SECRET_ENV: SFU_SECRET}
+    put(ssm, "wire-key", WIRE_KEY)
+    assert load_relay_secrets(ssm, PREFIX) == {
+        SIGNING_KEY_ENV: SIGNING_KEY,
+        SFU_SECRET_ENV: SFU_SECRET,
+        "SPLITRELAY_WIRE_KEY": WIRE_KEY,
+    }
 
 
 def test_missing_parameters_are_named_never_values(aws: None) -> None:
@@ -131,6 +139,7 @@ def test_missing_parameters_are_named_never_values(aws: None) -> None:
         in str(info.value)
     )
     put(ssm, "relay-signing-key", SIGNING_KEY)
+    put(ssm, "wire-key", WIRE_KEY)
     with pytest.raises(BootstrapError) as info:
         load_relay_secrets(ssm, PREFIX)
     assert str(info.value).startswith("missing SSM parameter(s): /splitrelay/prod/sfu-app-secret (")
@@ -140,6 +149,7 @@ def test_blank_and_short_values_are_refused_without_echoing_them(aws: None) -> N
     ssm = boto3.client("ssm", region_name=REGION)
     put(ssm, "relay-signing-key", "short-key-value")
     put(ssm, "sfu-app-secret", "   ")
+    put(ssm, "wire-key", WIRE_KEY)
     with pytest.raises(BootstrapError) as info:
         load_relay_secrets(ssm, PREFIX)
     assert "empty SSM parameter(s): /splitrelay/prod/sfu-app-secret" in str(info.value)
@@ -402,6 +412,7 @@ def test_exec_puts_secrets_in_the_environment_only(aws: None, monkeypatch: pytes
     ssm = boto3.client("ssm", region_name=REGION)
     put(ssm, "relay-signing-key", SIGNING_KEY)
     put(ssm, "sfu-app-secret", SFU_SECRET)
+    put(ssm, "wire-key", WIRE_KEY)
     calls: list[tuple[str, list[str], dict[str, str]]] = []
     monkeypatch.setattr(
         "splitrelay.relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append((f, argv, env))
@@ -427,6 +438,7 @@ def test_exec_advertises_the_address_prepare_claimed_not_metadata(
     ssm = boto3.client("ssm", region_name=REGION)
     put(ssm, "relay-signing-key", SIGNING_KEY)
     put(ssm, "sfu-app-secret", SFU_SECRET)
+    put(ssm, "wire-key", WIRE_KEY)
     calls: list[dict[str, str]] = []
     monkeypatch.setattr("splitrelay.relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append(env))
 

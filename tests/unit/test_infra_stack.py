@@ -125,7 +125,7 @@ def test_one_region_stack_has_every_resource(spec: WorkerSpec) -> None:
         # Cloudflare: apps, generated keys, registry, Worker, domain, origin TLS, SSL rule
         "cloudflare:index/callsSfuApp:CallsSfuApp": 1,
         "cloudflare:index/callsTurnApp:CallsTurnApp": 1,
-        "random:index/randomPassword:RandomPassword": 3,
+        "random:index/randomPassword:RandomPassword": 4,  # three edge keys and the wire key
         T_KV_NS: 1,
         T_KV: 1,
         T_SCRIPT: 1,
@@ -151,7 +151,7 @@ def test_one_region_stack_has_every_resource(spec: WorkerSpec) -> None:
         "aws:iam/role:Role": 1,
         "aws:iam/rolePolicy:RolePolicy": 1,
         "aws:iam/instanceProfile:InstanceProfile": 1,
-        T_SSM: 5,
+        T_SSM: 6,
         T_EIP: 2,
         T_DNS: 2,
         T_LT: 1,
@@ -177,7 +177,7 @@ def test_three_region_stack_with_global_accelerator(spec: WorkerSpec) -> None:
     assert counts[T_EIP] == counts[T_DNS] == counts[T_GA] == slots
     assert counts["aws:globalaccelerator/listener:Listener"] == 2 * slots
     assert counts["aws:globalaccelerator/endpointGroup:EndpointGroup"] == 2 * slots
-    assert counts[T_SSM] == 5 * 3 + slots  # secrets per region + one endpoint-group list per slot
+    assert counts[T_SSM] == 6 * 3 + slots  # secrets per region + one endpoint-group list per slot
     assert counts[T_SCRIPT] == counts[T_KV] == 1
     ga_provider = recorded.named("aws-global-accelerator")
     assert ga_provider.inputs["region"] == "us-west-2"
@@ -318,7 +318,7 @@ def test_route_instead_of_custom_domain(spec: WorkerSpec) -> None:
 def test_secrets_reach_the_engine_only_as_secrets(spec: WorkerSpec) -> None:
     recorded, _ = run_stack(make_settings(THREE_REGIONS, stableAddress="global-accelerator"), spec)
     secrets = recorded.secret_values()
-    assert len(secrets) == 6
+    assert len(secrets) == 7  # + the wire key
     seen: dict[str, int] = {}
     for resource in recorded.resources:
         for path, value, secret in walk(resource.inputs):
@@ -339,7 +339,7 @@ def test_secrets_reach_the_engine_only_as_secrets(spec: WorkerSpec) -> None:
     # In SSM: the relay's secrets and the TLS key are SecureString; the certificate is a String.
     for param in recorded.of_type(T_SSM):
         leaf = unwrap(param.inputs["name"]).rsplit("/", 1)[1]
-        if leaf in (SIGNING_KEY_PARAM, SFU_SECRET_PARAM, "origin-tls-key"):
+        if leaf in (SIGNING_KEY_PARAM, SFU_SECRET_PARAM, "origin-tls-key", "wire-key"):
             assert param.inputs["type"] == "SecureString" and is_secret(param.inputs["value"]), leaf
         else:  # (pulumi_aws marks every parameter value secret in state, whatever its type)
             assert param.inputs["type"] == "String", leaf
