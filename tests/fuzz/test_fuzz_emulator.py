@@ -272,15 +272,19 @@ def test_emulator_api_never_5xx() -> None:
 
 
 def test_a_raise_injected_in_the_sdp_check_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The target can fail: an SDP check that trips (KeyError) over a garbled ``a=ssrc`` line or an rtpmap
-    moved into the session part is caught."""
+    """The target can fail: an SDP check that crashes (RuntimeError, a 500) on an offer missing its
+    ``a=fingerprint`` line, instead of refusing it with a 400, is caught.
+
+    The trigger is structural (a deleted or truncated-away line, the mutator's commonest change), not one
+    exact garbled token, so it does not hang on the line order of the offers a run happens to make.
+    """
     from splitrelay.emulator import peer
 
     real = peer.parse_description
 
     def fragile(sdp: str, field: str) -> Any:
-        if "a=ssrc:x" in sdp or "a=rtpmap:111" in sdp.split("m=", 1)[0]:
-            raise KeyError("ssrc")
+        if "a=fingerprint" not in sdp:
+            raise RuntimeError("fingerprint")
         return real(sdp, field)
 
     monkeypatch.setattr(peer, "parse_description", fragile)
