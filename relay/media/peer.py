@@ -32,6 +32,7 @@ from splitrelay.relay.media import aiortc_internals
 from splitrelay.relay.media.sdp import (
     StreamParams,
     advertise_public_address,
+    check_bundle_groups,
     check_fmtp,
     negotiated_audio_streams,
     parse_media_sections,
@@ -140,9 +141,11 @@ class VoicePeer:
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer, create and apply our answer; return the answer SDP."""
-        kinds = [m.kind for m in parse_media_sections(sdp)]
+        sections = parse_media_sections(sdp)
+        kinds = [m.kind for m in sections]
         if kinds != ["audio"]:
             raise ValueError(f"offer: expected exactly one audio m-section, got {kinds}")
+        check_bundle_groups(sdp, sections)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
         answer = await self.pc.createAnswer()
         await self._set_local(

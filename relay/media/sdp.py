@@ -110,6 +110,23 @@ def parse_media_sections(sdp: str) -> list[MediaSection]:
     return sections
 
 
+def check_bundle_groups(sdp: str, sections: list[MediaSection]) -> None:
+    """Every mid an ``a=group:BUNDLE`` line names is one of the SDP's m-sections (RFC 8843 section 7.2).
+
+    aiortc does not check this: it fails half-way through setRemoteDescription and leaves a transceiver
+    with no transport, which its own close() then trips over. Raises ValueError naming the mid.
+    """
+    mids = {section.mid for section in sections if section.mid is not None}
+    for line in _lines(sdp):
+        if not line.startswith("a=group:BUNDLE"):
+            continue
+        for mid in line[len("a=group:BUNDLE") :].split():
+            if mid not in mids:
+                raise ValueError(
+                    f"SDP: a=group:BUNDLE names mid {mid[:32]!r}, which no m-section has (RFC 8843)"
+                )
+
+
 def _apply_attribute(current: dict[str, object], attr: str, value: str) -> None:
     if attr in DIRECTIONS:
         current["direction"] = attr

@@ -137,17 +137,13 @@ def test_emulator_refuses_an_offer_whose_bundle_group_names_an_unknown_mid_with_
     assert statuses == [400, 400]
 
 
-# --- the relay (relay/manager.py and relay/media/peer.py are not this tier's: open bugs, strict xfails) ---
+# --- the relay ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay bug (relay/manager.py attach, found by the relay target in its long run): an offer whose "
-    "a=group:BUNDLE names an unknown mid fails negotiation, then the cleanup's VoicePeer.close() -> aiortc "
-    "RTCPeerConnection.close() raises AttributeError ('NoneType' object has no attribute 'stop': a "
-    "transceiver with no transport), which replaces the 400 and escapes the control API -> 500",
-)
 def test_relay_refuses_an_offer_whose_bundle_group_names_an_unknown_mid_with_a_400() -> None:
+    """Found by the relay target's long run: aiortc failed half-way through negotiation, then its own close()
+    raised AttributeError on the transceiver left with no transport -> 500. Now relay/media/sdp.py checks the
+    group first (check_bundle_groups)."""
     from tests.fuzz.asgi import call
     from tests.fuzz.test_fuzz_relay import relay_fuzz, signed
 

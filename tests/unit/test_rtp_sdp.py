@@ -8,6 +8,7 @@ from aioice.candidate import Candidate
 from splitrelay.relay.media.rtp import AUDIO_LEVEL_URI, MID_URI
 from splitrelay.relay.media.sdp import (
     advertise_public_address,
+    check_bundle_groups,
     check_fmtp,
     negotiated_audio_streams,
     parse_media_sections,
@@ -87,6 +88,14 @@ def test_parse_chrome_offer() -> None:
     assert audio.codecs[2].channels == 1
     assert audio.extensions[AUDIO_LEVEL_URI] == 1 and audio.extensions[MID_URI] == 4
     assert audio.ssrcs == (1001,) and audio.cname == "browser-cname"
+
+
+def test_a_bundle_group_may_name_only_the_sdps_own_mids() -> None:
+    assert "a=group:BUNDLE 0" in CHROME_OFFER
+    check_bundle_groups(CHROME_OFFER, parse_media_sections(CHROME_OFFER))
+    bad = CHROME_OFFER.replace("a=group:BUNDLE 0", "a=group:BUNDLE x 0")
+    with pytest.raises(ValueError, match="names mid 'x', which no m-section has"):
+        check_bundle_groups(bad, parse_media_sections(bad))
 
 
 def test_session_level_direction_is_the_default() -> None:
