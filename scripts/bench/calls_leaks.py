@@ -15,7 +15,6 @@ connections, so more than that in one process is counted as leaked.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from typing import Any, Final
 import httpx
 
 from splitrelay.devtools.call import CallError, RelayAccess, RelayInspector
-from splitrelay.devtools.stack import APP_ID, StackInfo
+from splitrelay.devtools.stack import StackInfo
 
 SOCKET_KINDS: Final = ("udp", "tcp_listen", "tcp_open", "tcp_idle", "unix", "other")
 KEEPALIVE_POOL_LIMIT: Final = 20  # httpx's default max_keepalive_connections, one client per process
@@ -182,17 +181,12 @@ class LeakReport:
 
 
 def emulator_secret(info: StackInfo) -> str | None:
-    """The emulator's app secret, from the 0600 config file the stack wrote for it (SFU mode only)."""
+    """The emulator's app secret (SFU mode only), which the stack keeps in memory and its 0600 stack file."""
     if info.emulator_url is None:
         return None
-    path = Path(info.run_dir) / "emulator.json"
-    try:
-        secret = json.loads(path.read_text(encoding="utf-8"))["apps"][APP_ID]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(f"{path}: no app secret for {APP_ID!r}: cannot read the emulator's state") from None
-    if not isinstance(secret, str) or not secret:
-        raise ValueError(f"{path}: the app secret for {APP_ID!r} is not a non-empty string")
-    return secret
+    if not info.sfu_app_secret:
+        raise ValueError("the stack has an emulator but no app secret: cannot read the emulator's state")
+    return info.sfu_app_secret
 
 
 class StackWatch:

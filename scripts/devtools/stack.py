@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from splitrelay.cli.edge import TOKEN_KEY_ENV
+from splitrelay.cli.emulator import CONFIG_ENV as EMULATOR_CONFIG_ENV
 from splitrelay.cli.relay import SFU_SECRET_ENV, SIGNING_KEY_ENV
 from splitrelay.inference.wire_auth import WIRE_KEY_ENV
 from splitrelay.relay.child import ChildError, ChildProcess, ReadyParser, cli_command, json_ready
@@ -80,12 +81,14 @@ class StackInfo:
     udp_ports: list[int] = field(default_factory=list)
     token_signing_key: str = field(default="", repr=False)
     relay_signing_key: str = field(default="", repr=False)
+    sfu_app_secret: str = field(default="", repr=False)
+    """The emulator's app secret (SFU mode): the leak checks of ``bench calls`` query the emulator with it."""
 
     def public(self) -> dict[str, Any]:
         """Everything but the keys: for the ready line and the terminal."""
         doc = asdict(self)
-        doc.pop("token_signing_key")
-        doc.pop("relay_signing_key")
+        for key in ("token_signing_key", "relay_signing_key", "sfu_app_secret"):
+            doc.pop(key)
         return doc
 
     def save(self, path: Path) -> None:
@@ -198,6 +201,10 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)  # 43 characters, above every key's 32-byte minimum
 
 
+DEV_SFU_SECRET_ENV: Final = "SPLITRELAY_DEV_SFU_APP_SECRET"
+"""Pins the local emulator's app secret (to point a client of your own at it); a fresh one otherwise."""
+
+
 class Stack:
     """Start with ``await start()`` (returns the StackInfo), stop with ``await stop()``; idempotent."""
 
@@ -206,7 +213,7 @@ class Stack:
         self.components: list[Component] = []
         self.info: StackInfo | None = None
         self._secrets = {
-            SFU_SECRET_ENV: new_secret(),
+            SFU_SECRET_ENV: os.environ.get(DEV_SFU_SECRET_ENV) or new_secret(),
             SIGNING_KEY_ENV: new_secret(),
             TOKEN_KEY_ENV: new_secret(),
             WIRE_KEY_ENV: new_secret(),  # relay <-> agent wire link (base64url, 32 bytes)
@@ -234,13 +241,19 @@ class Stack:
         env["COLUMNS"] = "200"  # the agent's ready line comes from rich: never wrapped
         return env
 
-    async def _spawn(self, name: str, args: list[str], ready: ReadyParser) -> Component:
+    async def _spawn(
+        self, name: str, args: list[str], ready: ReadyParser, extra_env: dict[str, str] | None = None
+    ) -> Component:
         """Start ``splitrelay ARGS`` (relay/child.py: own session, SIGTERM if we die) and wait for its
         ready line; its stderr and stdout lines go to its log."""
         log_path = self.run_dir / f"{name}.log"
         try:
             child = await ChildProcess.start(
-                name, cli_command(*args), env=self._env(), cwd=self.run_dir, stderr=log_path
+                name,
+                cli_command(*args),
+                env={**self._env(), **(extra_env or {})},
+                cwd=self.run_dir,
+                stderr=log_path,
             )
         except ChildError as exc:
             raise StackError(f"{exc} (log: {log_path})") from None
@@ -286,15 +299,14 @@ class Stack:
         c = self.config
         emulator_ready: dict[str, Any] | None = None
         if c.mode == "sfu":
-            config_path = self.run_dir / "emulator.json"
-            fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                doc = {"apps": {APP_ID: self._secrets[SFU_SECRET_ENV]}, "candidate_addresses": [HOST]}
-                json.dump(doc, out)
+            # The config (it holds the app secret) goes in the environment, which the emulator reads and
+            # removes at start: no secrets file on disk (issue 13).
+            doc = {"apps": {APP_ID: self._secrets[SFU_SECRET_ENV]}, "candidate_addresses": [HOST]}
             emulator = await self._spawn(
                 "emulator",
-                ["emulator", "serve", "--config", str(config_path), "--host", HOST, "--port", "0", "--json"],
+                ["emulator", "serve", "--host", HOST, "--port", "0", "--json"],
                 json_ready("emulator_started"),
+                extra_env={EMULATOR_CONFIG_ENV: json.dumps(doc)},
             )
             emulator_ready = emulator.ready
         agent = await self._spawn(
@@ -337,6 +349,7 @@ class Stack:
             udp_ports=sorted(udp),
             token_signing_key=self._secrets[TOKEN_KEY_ENV] if c.mode == "sfu" else "",
             relay_signing_key=self._secrets[SIGNING_KEY_ENV],
+            sfu_app_secret=self._secrets[SFU_SECRET_ENV] if c.mode == "sfu" else "",
         )
         info.save(self.stack_file)
         self.info = info

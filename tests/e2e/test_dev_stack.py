@@ -253,7 +253,12 @@ def private_keys(stack_file: Path) -> list[str]:
     """The run's keys, from the stack file that only this user may read."""
     assert stat.S_IMODE(stack_file.stat().st_mode) == 0o600
     info = StackInfo.load(stack_file)
-    return [info.token_signing_key, info.relay_signing_key]
+    assert not (stack_file.parent / "emulator.json").exists()  # the emulator's config went by environment
+    return [
+        info.token_signing_key,
+        info.relay_signing_key,
+        *([info.sfu_app_secret] * bool(info.sfu_app_secret)),
+    ]
 
 
 def check_run_dir(ready: dict[str, Any], keys: list[str]) -> None:

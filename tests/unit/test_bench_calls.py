@@ -195,7 +195,7 @@ def test_a_leak_report_is_ok_only_when_every_view_is_clear() -> None:
     assert LeakReport(relay_calls=0, idle_connections=5).to_json()["ok"] is True
 
 
-def _info(run_dir: Path, emulator: bool) -> StackInfo:
+def _info(run_dir: Path, emulator: bool, secret: str = "") -> StackInfo:
     return StackInfo(
         mode="sfu" if emulator else "direct",
         run_dir=str(run_dir),
@@ -203,15 +203,18 @@ def _info(run_dir: Path, emulator: bool) -> StackInfo:
         agent="127.0.0.1:2",
         emulator_url="http://127.0.0.1:3/v1" if emulator else None,
         relay_signing_key="k" * 43,
+        sfu_app_secret=secret,
     )
 
 
-def test_the_emulator_secret_comes_from_the_config_file_the_stack_wrote(tmp_path: Path) -> None:
+def test_the_emulator_secret_comes_from_the_stack_never_from_a_file(tmp_path: Path) -> None:
     assert emulator_secret(_info(tmp_path, emulator=False)) is None
-    with pytest.raises(ValueError, match=r"emulator\.json: no app secret"):
+    (tmp_path / "emulator.json").write_text(json.dumps({"apps": {APP_ID: "s3cret-value"}}))  # ignored
+    with pytest.raises(ValueError, match="no app secret"):
         emulator_secret(_info(tmp_path, emulator=True))
-    (tmp_path / "emulator.json").write_text(json.dumps({"apps": {APP_ID: "s3cret-value"}}))
-    assert emulator_secret(_info(tmp_path, emulator=True)) == "s3cret-value"
+    assert emulator_secret(_info(tmp_path, emulator=True, secret="s3cret-value")) == "s3cret-value"
+    info = _info(tmp_path, emulator=True, secret="s3cret-value")
+    assert "s3cret-value" not in json.dumps(info.public()) and "s3cret-value" not in repr(info)
 
 
 # --- results ------------------------------------------------------------------------------------------
