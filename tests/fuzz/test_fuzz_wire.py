@@ -1,6 +1,8 @@
-"""Fuzz target 1: the wire decoder. Only ``WireError`` escapes ``decode``; what it accepts re-encodes
-byte for byte (``encode(decode(d)) == d``), and every message it accepts reads back through its typed
-accessor without any other exception.
+"""Fuzz target 1: the wire decoder and its authentication (wire v2). Only ``WireError`` escapes ``decode``;
+what it accepts re-encodes byte for byte (``encode(decode(d)) == d``), and every message it accepts reads
+back through its typed accessor without any other exception. Sealed datagrams (``wire_auth.Sealer``) open
+only unchanged and only in the direction they were sealed for: a changed byte, a truncation or a
+reflected datagram never verifies.
 
 Inputs are valid datagrams of every type (built through the public ``encode``) then mutated at the byte
 level, header fields set to edge values, or payloads swapped for hostile JSON, so most reach the payload
@@ -16,6 +18,7 @@ import pytest
 
 from splitrelay.inference import wire
 from splitrelay.inference.wire import BargeIn, CallStart, Message, MsgType, WireError
+from splitrelay.inference.wire_auth import Sealer, WireKey, WireKeyring
 from tests.fuzz.engine import Source, chance, choice, run_target
 from tests.fuzz.mutate import INTERESTING_INTS, dumps, hostile_raw, mutate_bytes, mutate_doc
 
@@ -29,6 +32,11 @@ _ACKABLE = (
     MsgType.EVENT,
     MsgType.CLEAR,
 )
+
+
+KEYRING = WireKeyring(WireKey.generate())
+RELAY = Sealer(KEYRING, "relay")
+INFERENCE = Sealer(KEYRING, "inference")
 
 
 def _u32(source: Source) -> int:
@@ -50,11 +58,17 @@ def valid_message(source: Source) -> Message:
         payload = source.blob(1, 200)
     elif mtype is MsgType.CALL_START:
         metadata = {"caller": "x", "n": source.integer(0, 9)} if chance(source, 2) else {}
+        sent_at_ms = choice(source, (0, 1_764_900_000_000, wire.MAX_SENT_AT_MS))
         payload = CallStart(
-            call=f"call-{source.integer(0, 999)}", channels=source.integer(1, 2), metadata=metadata
+            call=f"call-{source.integer(0, 999)}",
+            channels=source.integer(1, 2),
+            metadata=metadata,
+            sent_at_ms=sent_at_ms,
         ).pack()
-    elif mtype is MsgType.CALL_END:
-        payload = wire.pack_call_end(choice(source, ("hangup", "timeout", "é" * 10)))
+    elif mtype is MsgType.CALL_END:  # the empty payload is the compact "unknown_call" reply
+        payload = (
+            b"" if chance(source, 4) else wire.pack_call_end(choice(source, ("hangup", "timeout", "é" * 10)))
+        )
     elif mtype is MsgType.EVENT:
         payload = wire.pack_event({"type": choice(source, ("transcript", "x")), "text": "hello"})
         flags = wire.FLAG_RELIABLE if chance(source, 2) else 0
@@ -89,7 +103,7 @@ def datagram(source: Source) -> bytes:
     if how == 2:  # a JSON type carrying a mutated or hostile document
         header = wire.HEADER.pack(wire.VERSION, choice(source, (1, 2, 7)), wire.FLAG_RELIABLE, 1, 0, 0)
         base = {"call": "c", "codec": "opus", "sample_rate": 48000, "channels": 1, "ptime_ms": 20,
-                "metadata": {}, "reason": "x", "type": "e"}  # fmt: skip
+                "sent_at_ms": 1_764_900_000_000, "metadata": {}, "reason": "x", "type": "e"}  # fmt: skip
         text = dumps(mutate_doc(source, base) if chance(source, 2) else hostile_raw(source))
         return header + text.encode("utf-8", "surrogatepass")[: wire.MAX_PAYLOAD + source.integer(0, 40)]
     if how == 3:  # sizes around the limits
@@ -125,19 +139,34 @@ def check_datagram(data: bytes) -> None:
             accessor()
         except Exception as exc:
             raise AssertionError(f"accepted {msg.type.name} payload unreadable: {exc!r} <- {data!r}") from exc
-    if msg.type in wire.JSON_TYPES:
+    if msg.type in wire.JSON_TYPES and msg.payload:  # (an empty CALL_END is the compact form, no JSON)
         doc = msg.json()
         wire.pack_json(doc)  # what was accepted can be sent on (no lone surrogate, no non-finite number)
 
 
+def check_sealed(source: Source) -> None:
+    """The authentication oracle: a body the relay sealed opens at inference to exactly that body, and
+    nothing else opens: not a changed or cut datagram, not the datagram reflected back to the relay."""
+    body = wire.encode(valid_message(source))
+    sealed = RELAY.seal(body)
+    data = sealed if chance(source, 4) else mutate_bytes(source, sealed, max_len=wire.MAX_DATAGRAM + 64)
+    opened = INFERENCE.open(data)
+    if data == sealed:
+        assert opened == (body, KEYRING.current.key_id), f"a sealed datagram did not open <- {data!r}"
+        assert RELAY.open(data) is None, f"a datagram opened in the direction it came from <- {data!r}"
+    else:
+        assert opened is None, f"a changed datagram verified: {opened!r} <- {data!r}"
+    if opened is not None:
+        check_datagram(opened[0])
+
+
 async def one_datagram(source: Source) -> None:
-    check_datagram(datagram(source))
+    if chance(source, 4):
+        check_sealed(source)
+    else:
+        check_datagram(datagram(source))
 
 
-@pytest.mark.xfail(
-    strict=False,  # fails on some runs only: which inputs reach the stale oracle depends on the draw
-    reason="wire v2 (005e3a6): the wire target's oracle re-encodes without the HMAC tag; adapt it (issue 13)",
-)
 def test_wire_decoder_raises_only_wire_error_and_round_trips() -> None:
     with asyncio.Runner() as runner:
         run_target("wire", runner, one_datagram)
@@ -155,6 +184,23 @@ def test_the_oracle_catches_a_decoder_that_raises_something_else(monkeypatch: py
     monkeypatch.setattr(wire, "decode", leaky)
     with asyncio.Runner() as runner, pytest.raises(AssertionError, match="decode raised error"):
         run_target("wire-injected", runner, one_datagram, examples=300)
+
+
+def test_the_oracle_catches_a_verifier_that_skips_the_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target can fail: an opener that checks the key id but not the tag is caught forging."""
+
+    real = Sealer.open
+
+    def trusting(self: Sealer, data: bytes) -> tuple[bytes, int] | None:
+        if self is RELAY:
+            return real(self, data)
+        if len(data) < wire.HEADER_SIZE + 17 or KEYRING.get(data[-17]) is None:
+            return None
+        return data[:-17], data[-17]
+
+    monkeypatch.setattr(Sealer, "open", trusting)
+    with asyncio.Runner() as runner, pytest.raises(AssertionError, match="a changed datagram verified"):
+        run_target("wire-injected-auth", runner, one_datagram, examples=300)
 
 
 def test_interesting_ints_cover_the_u32_and_u64_edges() -> None:
