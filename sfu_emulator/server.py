@@ -13,64 +13,19 @@ from types import TracebackType
 from typing import Any, Self
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from splitrelay.emulator.config import EmulatorConfig
 from splitrelay.emulator.emulator import Emulator
 from splitrelay.emulator.http_api import API_PREFIX, create_app
 from splitrelay.emulator.stun import StunServer
 from splitrelay.emulator.turn import TurnService
+from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
 from splitrelay.relay.server import bind_tcp
 
 GRACEFUL_SHUTDOWN_S = 2.0
-HEADER_TIMEOUT_S = 10.0
-"""A request's headers must arrive within this long of the connection or the previous response."""
-KEEP_ALIVE_S = 5
-MAX_CONNECTIONS = 1000
-
-
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header read deadline (uvicorn has none: a slowloris holds a slot).
-
-    The deadline runs from the connection (and again from each response) until a request's headers
-    are complete; a client still sending headers then is disconnected. Bodies are bounded in time by
-    the API (http_api.read_json).
-    """
-
-    header_timeout_s = HEADER_TIMEOUT_S
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._arm()
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
-
-    def _disarm(self) -> None:
-        deadline = getattr(self, "_header_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
-            self._header_deadline = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.cycle is not None:  # a request's headers are complete
-            self._disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+READ_TIMEOUT_S = REQUEST_READ_TIMEOUT_S
+"""A request's headers and body must arrive within this (relay/http_guard.py's guard, which every server
+of ours uses: uvicorn has no read deadline of its own, so a slowloris would hold a slot)."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +80,7 @@ class EmulatorServer:
                 log_level="warning",
                 access_log=False,
                 timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-                http=GuardedH11Protocol,
-                timeout_keep_alive=KEEP_ALIVE_S,
-                limit_concurrency=MAX_CONNECTIONS,
-                h11_max_incomplete_event_size=16 * 1024,
+                **guarded_config_kwargs(READ_TIMEOUT_S),
             )
             server_config.load()
             server = uvicorn.Server(server_config)

@@ -1,7 +1,8 @@
 """The emulator's HTTP server drops slow clients: headers sent byte by byte (slowloris), slow bodies.
 
-uvicorn has no header read timeout of its own; sfu_emulator/server.py adds one (GuardedH11Protocol)
-and the API bounds the time a body may take (http_api.read_json). Shortened here to keep the test fast.
+uvicorn has no read timeout of its own; the emulator uses the guard every server of ours uses
+(relay/http_guard.py: headers and body within READ_TIMEOUT_S) and the API bounds the time a body may
+take (http_api.read_json). Shortened here to keep the test fast.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from splitrelay.emulator import http_api
-from splitrelay.emulator.server import EmulatorServer, GuardedH11Protocol
+from splitrelay.emulator import server as emulator_server
+from splitrelay.emulator.server import EmulatorServer
 from tests.emulator_fixtures import APP_ID, APP_SECRET, emulator_config
 
 pytestmark = pytest.mark.integration
@@ -23,7 +25,7 @@ HEADER_TIMEOUT_S = 0.5
 
 @pytest.fixture
 async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EmulatorServer]:
-    monkeypatch.setattr(GuardedH11Protocol, "header_timeout_s", HEADER_TIMEOUT_S)
+    monkeypatch.setattr(emulator_server, "READ_TIMEOUT_S", HEADER_TIMEOUT_S)
     monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", HEADER_TIMEOUT_S)
     async with EmulatorServer(emulator_config()) as running:
         yield running
