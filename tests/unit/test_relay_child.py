@@ -37,8 +37,8 @@ async def test_the_ready_line_comes_after_other_lines_and_stop_reaps(tmp_path: P
     code = (
         "import json, os, sys, time\n"
         "print('starting up', flush=True)\n"
+        "print('oops', file=sys.stderr, flush=True)\n"  # before the ready line: stop() may follow it at once
         "print(json.dumps({'event': 'ready', 'pid': os.getpid()}), flush=True)\n"
-        "print('oops', file=sys.stderr, flush=True)\n"
         "time.sleep(60)\n"
     )
     seen: list[bytes] = []
