@@ -123,6 +123,27 @@ def _flat(results: Sequence[CallResult], name: str) -> list[float]:
     return out
 
 
+def turn_latch(results: Sequence[CallResult]) -> dict[str, Any]:
+    """Voice-to-voice of each call's first turn against its last (calls with two or more measured turns).
+
+    The question a lossy network asks: does latency latch after a loss burst (a queue that never
+    drains, a jitter buffer that only grows)? Then the last turn of a call is slower than the first.
+    ``last_over_first`` is the median of the per-call ratios, so one slow call cannot hide or fake it.
+    """
+    pairs = [
+        (r.voice_to_voice_ms[0], r.voice_to_voice_ms[-1])
+        for r in results
+        if len(r.voice_to_voice_ms) >= 2 and r.voice_to_voice_ms[0] and r.voice_to_voice_ms[-1] is not None
+    ]
+    per_call = [last / first for first, last in pairs if first is not None and first > 0 and last is not None]
+    return {
+        "calls": len(pairs),
+        "first_ms": quantiles([first for first, _ in pairs if first is not None]),
+        "last_ms": quantiles([last for _, last in pairs if last is not None]),
+        "last_over_first": quantiles(per_call),
+    }
+
+
 def summarize(results: Sequence[CallResult]) -> dict[str, Any]:
     """One configuration's numbers: counts, failure reasons, latency percentiles over measured calls."""
     measured = [r for r in results if not r.warmup]
@@ -140,6 +161,7 @@ def summarize(results: Sequence[CallResult]) -> dict[str, Any]:
     for name in LATENCIES:
         doc[name] = quantiles(_flat(good, name))
     doc["endpointing_ms"] = quantiles(_flat(good, "endpointing_ms"))
+    doc["turn_latch"] = turn_latch(good)
     doc["call_wall_s"] = {
         k: (v / 1000 if v is not None else None) for k, v in quantiles(_flat(good, "wall_ms")).items()
     }

@@ -22,6 +22,10 @@ def _ms(value: Any) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _times(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def _ratio(a: Any, b: Any) -> str:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or b <= 0:
         return ""
@@ -49,6 +53,18 @@ def _rows() -> list[tuple[str, Cell, bool]]:
         for q in QUANTILES:
             rows.append((f"{name} p{q}", _quantile(key, q), True))
     rows += [
+        ("v2v first turn p50", lambda c: c["summary"]["turn_latch"]["first_ms"]["p50"], True),
+        ("v2v last turn p50", lambda c: c["summary"]["turn_latch"]["last_ms"]["p50"], True),
+        (
+            "last ÷ first turn p50",
+            lambda c: _times(c["summary"]["turn_latch"]["last_over_first"]["p50"]),
+            False,
+        ),
+        (
+            "last ÷ first turn p99",
+            lambda c: _times(c["summary"]["turn_latch"]["last_over_first"]["p99"]),
+            False,
+        ),
         ("relay dwell p50", lambda c: c["summary"]["relay_dwell_ms"]["p50"], True),
         ("relay dwell p99", lambda c: c["summary"]["relay_dwell_ms"]["p99"], True),
         ("stack CPU / call", lambda c: c["cpu"]["stack_ms_per_call"], True),
@@ -64,7 +80,10 @@ def _rows() -> list[tuple[str, Cell, bool]]:
 LEGEND = (
     "times in ms. voice-to-voice: first reply packet in - last speech frame due; response: the part after "
     "the agent's endpointing wait; setup: POST /v1/calls → whole path up (caller ICE+DTLS, edge record, "
-    "relay call live); relay dwell: in + out, percentiles over calls of each call's p50; CPU: the "
+    "relay call live); first/last turn: voice-to-voice of each call's first and last turn (calls of 2+ "
+    "turns; n/a with --turns 1), last ÷ first the percentiles of the per-call ratio: above 1 means "
+    "latency latched; "
+    "relay dwell: in + out, percentiles over calls of each call's p50; CPU: the "
     "stack's processes and the caller (this process) during that side's blocks; leaked: still open "
     "after the settle wait (relay calls + emulator sessions; sockets beyond the count taken before the "
     "calls); idle pooled conns: keep-alive connections their server closed, waiting in an httpx pool "

@@ -23,7 +23,7 @@ from splitrelay.bench.calls_leaks import (
     socket_leaks,
 )
 from splitrelay.bench.calls_plot import bin_edges
-from splitrelay.bench.calls_stats import CallResult, ratios, summarize
+from splitrelay.bench.calls_stats import CallResult, ratios, summarize, turn_latch
 from splitrelay.devtools.budget import CallReport, ConnectTimes, RelayView, TurnBudget
 from splitrelay.devtools.netem import parse_netem
 from splitrelay.devtools.stack import APP_ID, StackInfo
@@ -302,6 +302,23 @@ def test_the_summary_counts_every_failure_but_measures_only_good_measured_calls(
     compared = ratios(summary, empty)
     assert compared["voice_to_voice_ms"]["p50"] is None
     assert ratios(summary, summary)["setup_ms"]["p99"] == pytest.approx(1.0)
+
+
+def test_turn_latch_compares_each_calls_last_turn_with_its_first() -> None:
+    def call(*v2v: float | None) -> CallResult:
+        result = _result(_report(1.0))
+        result.voice_to_voice_ms = list(v2v)
+        return result
+
+    latch = turn_latch([call(500.0, 520.0, 1000.0), call(400.0, 400.0), call(300.0), call(None, 50.0)])
+    assert latch["calls"] == 2  # one turn, or no first turn: not comparable
+    assert latch["first_ms"]["p50"] == pytest.approx(450.0) and latch["last_ms"]["p50"] == pytest.approx(
+        700.0
+    )
+    assert latch["last_over_first"]["p50"] == pytest.approx(np.percentile([2.0, 1.0], 50))
+    assert turn_latch([])["last_over_first"] == {"p50": None, "p95": None, "p99": None}
+    summary = summarize([call(500.0, 520.0, 1000.0)])
+    assert summary["turn_latch"]["last_over_first"]["p99"] == pytest.approx(2.0)
 
 
 def test_histogram_bins_cover_every_value_with_a_floor_on_their_width() -> None:
