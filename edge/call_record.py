@@ -2,7 +2,9 @@
 
 A call is ``created`` (the caller has its SDP answer, the relay is being attached), then ``connected``
 (the relay's voice is pulled into the caller's transceiver), then ``closed`` (by the caller, by a
-failure, or by the alarm that closes abandoned calls). The record holds the SFU session and track ids,
+failure, or by the alarm that closes abandoned calls); a closed record stays readable for
+``CLOSED_RETENTION_S`` (so the caller can read why), then its last alarm deletes every key (issue 16).
+The record holds the SFU session and track ids,
 the relay and why it was chosen, and the deadlines; the alarm fires at the next deadline. Storage is a
 small async key-value protocol, so the same class runs on a Durable Object's ``ctx.storage``
 (edge/entry.py) and in memory (scripts/devtools/local_edge.py, tests). Commands and replies are JSON-ready
@@ -32,6 +34,9 @@ class CallState(StrEnum):
 
 
 RECORD_KEY: Final = "call"
+CLOSED_RETENTION_S: Final = 30.0
+"""How long a closed record stays readable, so the caller's client (which polls about once a second) can
+read why its call ended; then the alarm deletes every key and the object keeps nothing."""
 MAX_ATTEMPTS_KEPT: Final = 8
 MAX_REASON_CHARS: Final = 300
 
@@ -59,6 +64,10 @@ class RecordStorage(Protocol):
     async def set_alarm(self, at_ms: float) -> None: ...
 
     async def delete_alarm(self) -> None: ...
+
+    async def delete_all(self) -> None:
+        """Every key and the alarm: what an ended call leaves behind is nothing (issue 16)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -194,7 +203,8 @@ class CallObject:
 
     async def _schedule(self, record: CallRecord) -> None:
         if record.state is CallState.CLOSED:
-            await self.storage.delete_alarm()
+            # One last alarm: after the retention the record (and the alarm) are deleted.
+            await self.storage.set_alarm(((record.closed_at or self.clock()) + CLOSED_RETENTION_S) * 1000.0)
             return
         if record.state is CallState.CREATED:
             due = record.setup_deadline
@@ -293,8 +303,14 @@ class CallObject:
     async def alarm(self) -> AlarmAction:
         """What is due now: close an abandoned or over-long call, probe a connected one, or nothing."""
         record = await self.load()
-        if record is None or not record.open:
-            await self.storage.delete_alarm()
+        if record is None:
+            await self.storage.delete_all()
+            return AlarmAction("none", None)
+        if not record.open:
+            if self.clock() >= (record.closed_at or 0.0) + CLOSED_RETENTION_S:
+                await self.forget()
+            else:
+                await self._schedule(record)
             return AlarmAction("none", record)
         now = self.clock()
         if record.state is CallState.CREATED and now >= record.setup_deadline:
@@ -309,6 +325,11 @@ class CallObject:
             return AlarmAction("probe", record)
         await self._schedule(record)  # woken early (or a stale alarm): set the right time again
         return AlarmAction("none", record)
+
+    async def forget(self) -> None:
+        """Delete the record, every other key and the alarm: the object's storage is empty again."""
+        await self.storage.delete_all()
+        self._record, self._loaded = None, True
 
     async def probed_alive(self, call_id: str) -> CallRecord:
         """The probe found the caller still there: check again after the interval."""

@@ -286,3 +286,8 @@ class _DurableStorage:
 
     async def delete_alarm(self) -> None:
         await self.storage.deleteAlarm()
+
+    async def delete_all(self) -> None:
+        # deleteAll() leaves the alarm in place (Cloudflare's docs): delete it first, then every key.
+        await self.storage.deleteAlarm()
+        await self.storage.deleteAll()

@@ -39,11 +39,17 @@ MAX_BACKGROUND_TASKS: Final = 10_000
 class MemoryStorage:
     """Durable Object storage stand-in: a dict, and an alarm that calls back on this event loop."""
 
-    def __init__(self, on_alarm: Callable[[], Coroutine[Any, Any, None]], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        on_alarm: Callable[[], Coroutine[Any, Any, None]],
+        clock: Callable[[], float],
+        on_emptied: Callable[[], None] = lambda: None,
+    ) -> None:
         self.values: dict[str, str] = {}
         self.alarm_at_ms: float | None = None
         self._on_alarm = on_alarm
         self._clock = clock
+        self._on_emptied = on_emptied
         self._handle: asyncio.TimerHandle | None = None
 
     async def get(self, key: str) -> str | None:
@@ -73,6 +79,12 @@ class MemoryStorage:
             self._handle = None
         self.alarm_at_ms = None
 
+    async def delete_all(self) -> None:
+        """Every key and the alarm (as ``deleteAll()`` then ``deleteAlarm()`` in the Worker)."""
+        self.values.clear()
+        await self.delete_alarm()
+        self._on_emptied()
+
 
 class LocalRecords:
     """One CallObject per call id, in memory: what the Durable Object namespace is in the Worker."""
@@ -91,7 +103,11 @@ class LocalRecords:
                 if self.alarm_runner is not None:
                     await self.alarm_runner(holder[0])
 
-            obj = CallObject(MemoryStorage(on_alarm, self.clock), self.clock)
+            def emptied() -> None:
+                if self.objects.get(call_id) is holder[0]:
+                    del self.objects[call_id]  # nothing left of the call: forget the object too
+
+            obj = CallObject(MemoryStorage(on_alarm, self.clock, emptied), self.clock)
             holder.append(obj)
             self.objects[call_id] = obj
             self._forget_closed()

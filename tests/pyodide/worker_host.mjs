@@ -234,6 +234,7 @@ class DurableObjectStorage {
   async get(key) { return this.values.get(key); }
   async put(key, value) { this.values.set(key, value); }
   async delete(key) { return this.values.delete(key); }
+  async deleteAll() { this.values.clear(); }  // like workerd: the alarm stays (deleteAlarm removes it)
   async getAlarm() { return this.alarmAt; }
   async setAlarm(at) {
     await this.deleteAlarm();
@@ -278,7 +279,7 @@ class DurableObjectNamespace {
 }
 timeMethods(KvNamespace, "worker", ["get", "put"]);
 timeMethods(Ratelimit, "worker", ["limit"]);
-timeMethods(DurableObjectStorage, "durable_object", ["get", "put", "delete", "getAlarm", "setAlarm", "deleteAlarm"]);
+timeMethods(DurableObjectStorage, "durable_object", ["get", "put", "delete", "deleteAll", "getAlarm", "setAlarm", "deleteAlarm"]);
 timeMethods(DurableObjectNamespace, "worker", ["idFromName", "get"]);
 timeMethods(ExecutionContext, "worker", ["waitUntil"]);
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from splitrelay.devtools.local_edge import MemoryStorage
-from splitrelay.edge.call_record import CallObject, CallRecord, CallState
+from splitrelay.edge.call_record import CLOSED_RETENTION_S, CallObject, CallRecord, CallState
 
 NOW = 1_800_000_000.0
 
@@ -37,7 +37,8 @@ async def test_lifecycle_and_alarm_times(obj: CallObject) -> None:
     connected = await obj.dispatch({"op": "connect", "call_id": "call-1", "set": {"relay_track": "t"}})
     assert connected["record"]["state"] == "connected" and storage.alarm_at_ms == (NOW + 60) * 1000
     closed = await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "bye"})
-    assert closed["was_open"] is True and storage.alarm_at_ms is None
+    # Closed: one last alarm, when the record stops being readable and is deleted.
+    assert closed["was_open"] is True and storage.alarm_at_ms == (NOW + CLOSED_RETENTION_S) * 1000
     again = await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "again"})
     assert again["was_open"] is False and again["record"]["close_reason"] == "bye"
     await storage.delete_alarm()
@@ -75,3 +76,30 @@ def test_public_view_hides_internals() -> None:
     assert "control_url" not in str(view) and view["relay"]["id"] == "r"
     with pytest.raises(Exception, match="unknown state"):
         CallRecord.from_json(record(state="zombie"))
+
+
+async def test_an_ended_call_leaves_nothing_in_storage() -> None:
+    """Issue 16: once the closed record's retention passes, its alarm deletes every key and itself."""
+    now = [NOW]
+    emptied: list[bool] = []
+    storage = MemoryStorage(no_alarm, lambda: now[0], lambda: emptied.append(True))
+    obj = CallObject(storage, lambda: now[0])
+    await obj.dispatch({"op": "create", "call_id": "call-1", "record": record()})
+    await storage.put("extra", "1")  # anything else the object may keep goes too
+    await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "bye"})
+    now[0] += CLOSED_RETENTION_S / 2
+    assert (await obj.alarm()).kind == "none"  # still readable: the caller can learn why
+    assert (await obj.dispatch({"op": "get", "call_id": "call-1"}))["record"]["close_reason"] == "bye"
+    assert storage.values and storage.alarm_at_ms == (NOW + CLOSED_RETENTION_S) * 1000
+    now[0] = NOW + CLOSED_RETENTION_S
+    assert (await obj.alarm()).kind == "none"
+    assert storage.values == {} and storage.alarm_at_ms is None and emptied == [True]
+    gone = await obj.dispatch({"op": "get", "call_id": "call-1"})
+    assert gone["error"]["code"] == "unknown_call"
+
+
+async def test_alarm_on_an_empty_object_clears_it() -> None:
+    storage = MemoryStorage(no_alarm, lambda: NOW)
+    await storage.set_alarm(NOW * 1000)
+    assert (await CallObject(storage, lambda: NOW).alarm()).kind == "none"
+    assert storage.alarm_at_ms is None and storage.values == {}
