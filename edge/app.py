@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from splitrelay.contract.control import check_call_id
+from splitrelay.contract.control import CallEnded, Heartbeat, HeartbeatReply, check_call_id, check_relay_id
 from splitrelay.contract.json_fields import SchemaError
 from splitrelay.contract.sfu import SdpType, SessionDescription
+from splitrelay.contract.signing import SignatureError, Verifier
 from splitrelay.edge import tokens
-from splitrelay.edge.calls import CallService, Defer, Fetch, RecordClient
+from splitrelay.edge.calls import CallService, Defer, Fetch, RecordClient, WatchClient
 from splitrelay.edge.config import EdgeConfig, load_config
 from splitrelay.edge.ratelimit import RateLimiter, limit_key
 from splitrelay.edge.relays import (
@@ -45,6 +46,7 @@ from splitrelay.edge.web import (
 log = logging.getLogger("splitrelay.edge")
 
 CALL_PATH: Final = re.compile(r"/v1/calls/([^/]{1,128})")
+RELAY_PATH: Final = re.compile(r"/v1/relays/([^/]{1,64})/(?:heartbeat|calls/([^/]{1,128})/end)")
 ROUTES: Final = {
     "/healthz": ("GET",),
     "/v1/tokens": ("POST",),
@@ -62,6 +64,14 @@ class EdgeApp:
     ip_limiter: RateLimiter
     token_limiter: RateLimiter
     clock: Callable[[], float] = time.time
+    relay_verifier: Verifier | None = None
+
+    def __post_init__(self) -> None:
+        # Relay → edge messages are signed with the relays' key (the one the edge signs its control
+        # requests with); this isolate's replay cache refuses a nonce it has seen (docs/edge.md).
+        if self.relay_verifier is None:
+            keys = {self.config.relay_signing_key_id: self.config.relay_signing_key}
+            self.relay_verifier = Verifier(keys=keys, clock=self.clock)
 
     async def handle(self, request: EdgeRequest) -> EdgeResponse:
         origin = request.header("origin")
@@ -99,6 +109,13 @@ class EdgeApp:
 
     async def _route(self, request: EdgeRequest) -> EdgeResponse:
         path = request.path
+        relay_match = RELAY_PATH.fullmatch(path)
+        if relay_match is not None:
+            if request.method != "POST":
+                error = EdgeError(405, "method_not_allowed", f"method: {path[:80]} allows POST")
+                response = error.response()
+                return EdgeResponse(response.status, (*response.headers, ("allow", "POST")), response.body)
+            return await self._from_relay(request, relay_match.group(1), relay_match.group(2))
         match = CALL_PATH.fullmatch(path)
         allowed = ROUTES.get(path) or (CALL_METHODS if match else None)
         if allowed is None:
@@ -131,6 +148,46 @@ class EdgeApp:
             request.method
         ]
         return await handler(request, claims)
+
+    async def _from_relay(self, request: EdgeRequest, relay_id: str, call_id: str | None) -> EdgeResponse:
+        """A relay's signed heartbeat or call end. Signed, so no IP limit (a relay beats 4 times a second)."""
+        assert self.relay_verifier is not None
+        target = request.path + (f"?{request.query}" if request.query else "")
+        try:
+            self.relay_verifier.check_headers(request.headers)
+            self.relay_verifier.verify(request.method, target, request.body, request.headers)
+        except SignatureError as exc:
+            if str(exc).startswith("replayed"):
+                raise EdgeError(409, "replayed", str(exc)) from None
+            raise EdgeError(401, "unauthorized", str(exc)) from None
+        try:
+            check_relay_id(relay_id)
+            if call_id is not None:
+                check_call_id(call_id)
+        except SchemaError as exc:
+            raise bad_request(exc.field, exc.message) from None
+        relays = await self.registry.get()
+        if not any(relay.id == relay_id for relay in relays):
+            raise EdgeError(404, "unknown_relay", f"relay_id: {relay_id!r} is not in the relay registry")
+        doc = read_json_object(request)
+        try:
+            if call_id is None:
+                beat = Heartbeat.from_json(doc)
+                reply = await self.calls.heartbeat(relay_id, beat.to_json())
+                answer = HeartbeatReply.from_json(reply)
+                return json_response(
+                    200,
+                    {
+                        "draining_seen": answer.draining_seen,
+                        "timeout_ms": answer.timeout_ms,
+                        "closed": list(answer.closed),
+                    },
+                )
+            ended = CallEnded.from_json(doc)
+        except SchemaError as exc:
+            raise bad_request(exc.field, exc.message) from None
+        result = await self.calls.relay_ended(relay_id, call_id, ended.code.value, ended.reason)
+        return json_response(200, result)
 
     async def _limit(self, limiter: RateLimiter, kind: str, value: str) -> None:
         if not await limiter.allow(limit_key(kind, value)):
@@ -197,7 +254,9 @@ class EdgeApp:
             raise bad_request("offer.type", "must be 'offer'")
         where = CallerLocation.from_cf(request.cf)
         try:
-            choices = rank_relays(await self.registry.get(), where)
+            choices = self.calls.usable(rank_relays(await self.registry.get(), where))
+            if not choices:
+                raise NoRelayError("every healthy relay is draining or lost (relay heartbeats)")
         except NoRelayError as exc:
             raise EdgeError(503, "no_relay", str(exc), retry_after=5) from None
         except RegistryError as exc:
@@ -262,9 +321,13 @@ def build_app(
     token_limiter: RateLimiter,
     registry_loader: Loader | None = None,
     clock: Callable[[], float] = time.time,
+    watches: WatchClient | None = None,
 ) -> EdgeApp:
-    """One app from an environment and the runtime's I/O; raises ``ConfigError`` naming a bad setting."""
+    """One app from an environment and the runtime's I/O; raises ``ConfigError`` naming a bad setting.
+
+    ``watches``: the per-relay liveness objects (edge/relay_watch.py); None disables relay heartbeats
+    (they answer 503) and the claim at attach."""
     config = load_config(env)
-    calls = CallService(config, fetch, records, defer=defer, clock=clock)
+    calls = CallService(config, fetch, records, defer=defer, clock=clock, watches=watches)
     registry = CachedRegistry(config.relays_json, registry_loader)
     return EdgeApp(config, calls, registry, ip_limiter, token_limiter, clock)

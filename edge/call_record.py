@@ -238,6 +238,11 @@ class CallObject:
             elif op == "attempt":
                 record = await self.note_attempt(call_id, str(command.get("attempt") or ""))
             elif op == "close":
+                if_relay = command.get("if_relay")
+                current = await self._require(call_id)
+                if if_relay is not None and current.relay.get("id") != if_relay:
+                    # The call has moved on (another relay): what its old relay says does not end it.
+                    return {"record": current.to_json(), "was_open": False, "skipped": True}
                 record, was_open = await self.close(call_id, str(command.get("reason") or "closed"))
                 return {"record": record.to_json(), "was_open": was_open}
             else:

@@ -66,6 +66,7 @@ from splitrelay.edge.call_record import CallObject, CallRecord, CallState
 from splitrelay.edge.config import EdgeConfig
 from splitrelay.edge.ice import IceServers, TurnCache
 from splitrelay.edge.offer import check_offer
+from splitrelay.edge.relay_watch import RelayWatch
 from splitrelay.edge.relays import CallerLocation, Choice
 from splitrelay.edge.web import EdgeError
 
@@ -121,6 +122,16 @@ class RecordClient(Protocol):
     async def send(self, call_id: str, command: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class WatchClient(Protocol):
+    """Sends one command to a relay's liveness object (edge/relay_watch.py ``RelayWatch.dispatch``)."""
+
+    async def send(self, relay_id: str, command: dict[str, Any]) -> dict[str, Any]: ...
+
+
+RELAY_STATUS_TTL_S: Final = 30.0
+"""How long this isolate trusts what it last heard of a relay (draining, lost) when it ranks relays."""
+
+
 @dataclass(frozen=True)
 class CallCreated:
     record: CallRecord
@@ -153,10 +164,15 @@ class CallService:
         defer: Defer,
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy = EDGE_RETRY,
+        watches: WatchClient | None = None,
     ) -> None:
         self.config = config
         self._fetch = fetch
         self.records = records
+        self.watches = watches
+        # What this isolate last heard of each relay: id → (status, when). Exact in the local edge (one
+        # process); a hint in the Worker, where the claim at attach (one RPC to the relay's object) decides.
+        self.relay_status: dict[str, tuple[str, float]] = {}
         self._defer = defer
         self.clock = clock
         self._retry = retry
@@ -305,6 +321,85 @@ class CallService:
             ice = await ice_task
         return CallCreated(record, pushed.session_description, ice)
 
+    # --- liveness (relay → edge) -------------------------------------------------------------------
+
+    def note_relay(self, relay_id: str, status: str) -> None:
+        """Remember a relay's status (``alive``, ``draining``, ``lost``) for ranking on this isolate."""
+        if len(self.relay_status) > 4096:
+            self.relay_status.clear()
+        self.relay_status[relay_id] = (status, self.clock())
+
+    def usable(self, choices: list[Choice]) -> list[Choice]:
+        """The choices without relays this isolate knows to be lost or draining (recently heard)."""
+        now = self.clock()
+
+        def ok(choice: Choice) -> bool:
+            status, at = self.relay_status.get(choice.relay.id, ("unknown", 0.0))
+            return status not in ("lost", "draining") or now - at > RELAY_STATUS_TTL_S
+
+        return [choice for choice in choices if ok(choice)]
+
+    async def _claim(self, relay_id: str, call_id: str) -> str | None:
+        """None if the call may go to this relay, else why not (draining, lost)."""
+        if self.watches is None:
+            return None
+        reply = await self.watches.send(relay_id, {"op": "claim", "relay_id": relay_id, "call_id": call_id})
+        if reply.get("ok"):
+            return None
+        why = str(reply.get("why") or "refused")
+        self.note_relay(relay_id, why)
+        return why
+
+    async def heartbeat(self, relay_id: str, beat: dict[str, Any]) -> dict[str, Any]:
+        """A relay's signed beat → its watch; calls the beat no longer lists are closed (in background)."""
+        if self.watches is None:
+            raise EdgeError(503, "liveness_disabled", "this edge has no relay liveness objects configured")
+        reply = await self.watches.send(relay_id, {"op": "heartbeat", "relay_id": relay_id, "beat": beat})
+        error = reply.get("error")
+        if isinstance(error, dict):
+            raise EdgeError(int(error.get("status", 400)), str(error.get("code")), str(error.get("message")))
+        self.note_relay(relay_id, "draining" if reply.get("draining_seen") else "alive")
+        dropped = [str(call_id) for call_id in reply.get("closed") or ()]
+        if dropped:
+            self._defer(self._close_dropped(relay_id, dropped))
+        return reply
+
+    async def _close_dropped(self, relay_id: str, call_ids: list[str]) -> None:
+        for call_id in call_ids:
+            await self._close_quietly(
+                call_id, "relay_ended: the relay no longer holds the call", relay_id, tell_relay=False
+            )
+
+    async def relay_lost(self, relay_id: str, call_id: str, silent_s: float) -> None:
+        """The relay's alarm found it silent: this call loses its relay.
+
+        The seam for failover: today the call closes with reason ``relay_lost`` (the caller reads it
+        from GET /v1/calls/{id}); a failover attaches another relay and moves the caller's transceiver to
+        its track with ``tracks/update`` here instead, falling back to this close when none takes it.
+        """
+        why = f"relay_lost: relay {relay_id} sent no heartbeat for {silent_s:.1f} s"
+        await self._close_quietly(call_id, why, relay_id, tell_relay=False)
+
+    async def relay_ended(self, relay_id: str, call_id: str, code: str, reason: str) -> dict[str, Any]:
+        """The relay ended the call itself (signed notice): close the record and the caller's SFU track."""
+        reply = await self._record(
+            call_id,
+            {"op": "close", "reason": f"relay_ended: {code}: {reason}", "if_relay": relay_id},
+        )
+        record = CallRecord.from_json(reply["record"])
+        if reply.get("was_open"):
+            await self.teardown(record, tell_relay=False)
+        return {"call_id": call_id, "closed_now": bool(reply.get("was_open")), "state": record.state}
+
+    async def _close_quietly(self, call_id: str, reason: str, relay_id: str, *, tell_relay: bool) -> None:
+        try:
+            reply = await self._record(call_id, {"op": "close", "reason": reason, "if_relay": relay_id})
+        except EdgeError as exc:  # already gone (deleted after its retention): nothing to close
+            log.info("call %s: close on relay %s skipped: %s", call_id, relay_id, exc.code)
+            return
+        if reply.get("was_open"):
+            await self.teardown(CallRecord.from_json(reply["record"]), tell_relay=tell_relay)
+
     async def attach_relay(self, record: CallRecord, choices: list[Choice]) -> None:
         """Background: ask relays in rank order to attach, then pull the first one's voice to the caller."""
         try:
@@ -322,6 +417,10 @@ class CallService:
         if record.caller_session_id is None:
             raise RuntimeError("no caller session to attach to")
         for choice in choices[:MAX_RELAY_ATTEMPTS]:
+            refused = await self._claim(choice.relay.id, call_id)
+            if refused is not None:
+                await self._record(call_id, {"op": "attempt", "attempt": f"{choice.relay.id}: {refused}"})
+                continue
             try:
                 relay_session, relay_track = await self.relay_attach(choice, record)
             except RelayError as exc:
@@ -452,8 +551,11 @@ class CallService:
         cleanup = await self.teardown(record) if reply.get("was_open") else {}
         return record, bool(reply.get("was_open")), cleanup
 
-    async def teardown(self, record: CallRecord) -> dict[str, str]:
-        """Close the caller's SFU transceiver (both directions) and tell the relay; report, never raise."""
+    async def teardown(self, record: CallRecord, *, tell_relay: bool = True) -> dict[str, str]:
+        """Close the caller's SFU transceiver (both directions) and tell the relay; report, never raise.
+
+        ``tell_relay=False`` when the relay ended the call or is gone: a DELETE would be wasted (or wait
+        out its timeout on a dead host)."""
         results: dict[str, str] = {}
         if record.caller_session_id is not None and record.caller_mid is not None:
             request = build_close_tracks(
@@ -467,7 +569,8 @@ class CallService:
                 results["sfu"] = "ok"
             except SfuApiError as exc:
                 results["sfu"] = f"error: {exc.code}"
-        results["relay"] = await self.relay_close(record.relay, record.call_id)
+        if tell_relay:
+            results["relay"] = await self.relay_close(record.relay, record.call_id)
         return results
 
     async def probe(self, record: CallRecord) -> str | None:
@@ -506,6 +609,22 @@ async def run_alarm(obj: CallObject, service: CallService) -> str:
             await service.teardown(record)
         return "closed: " + why
     return "none"
+
+
+async def run_relay_alarm(watch: RelayWatch, service: CallService) -> str:
+    """The relay object's alarm: if the relay went silent, every call on it loses its relay."""
+    lost = await watch.alarm()
+    if lost is None:
+        return "none"
+    log.warning(
+        "relay %s lost: no heartbeat for %.1f s; %d call(s) on it",
+        lost.relay_id,
+        lost.silent_s,
+        len(lost.calls),
+    )
+    service.note_relay(lost.relay_id, "lost")
+    await asyncio.gather(*(service.relay_lost(lost.relay_id, c, lost.silent_s) for c in lost.calls))
+    return f"lost: {len(lost.calls)} call(s)"
 
 
 class RelayError(Exception):

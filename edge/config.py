@@ -38,6 +38,7 @@ VAR_NAMES: Final = (
     "CALL_SETUP_TIMEOUT_S",
     "MAX_CALL_S",
     "CALL_CHECK_INTERVAL_S",
+    "RELAY_LIVENESS_TIMEOUT_S",
     "REQUEST_TIMEOUT_S",
     "TOKEN_MAX_TTL_S",
     "ALLOWED_ORIGINS",
@@ -66,6 +67,8 @@ class EdgeConfig:
     call_setup_timeout_s: float = 20.0
     max_call_s: float = 4 * 3600.0
     call_check_interval_s: float = 60.0
+    relay_liveness_timeout_s: float = 1.0
+    """A relay that sent no heartbeat for this long is lost (edge/relay_watch.py)."""
     request_timeout_s: float = 10.0
     token_max_ttl_s: int = 3600
     allowed_origins: tuple[str, ...] = ()
@@ -145,6 +148,7 @@ def load_config(env: Mapping[str, str]) -> EdgeConfig:
         call_setup_timeout_s=_number(env, "CALL_SETUP_TIMEOUT_S", 20.0, 1.0, 600.0),
         max_call_s=_number(env, "MAX_CALL_S", 4 * 3600.0, 10.0, 48 * 3600.0),
         call_check_interval_s=_number(env, "CALL_CHECK_INTERVAL_S", 60.0, 1.0, 3600.0),
+        relay_liveness_timeout_s=_number(env, "RELAY_LIVENESS_TIMEOUT_S", 1.0, 0.3, 60.0),
         request_timeout_s=_number(env, "REQUEST_TIMEOUT_S", 10.0, 0.1, 60.0),
         token_max_ttl_s=int(_number(env, "TOKEN_MAX_TTL_S", 3600, 60, 24 * 3600)),
         allowed_origins=origins,

@@ -8,6 +8,8 @@ imports ``workers`` and ``js``.
 
 - ``Default`` (``WorkerEntrypoint``): every request that is not a static asset.
 - ``CallRecordObject`` (``DurableObject``): one per call; its record and alarm (edge/call_record.py).
+- ``RelayWatchObject`` (``DurableObject``): one per relay; its heartbeats and liveness alarm
+  (edge/relay_watch.py). Optional: without the ``RELAY_WATCH`` binding relay heartbeats answer 503.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ from workers import DurableObject, Response, WorkerEntrypoint  # noqa: E402
 
 from splitrelay.edge.app import EdgeApp, build_app  # noqa: E402
 from splitrelay.edge.call_record import CallObject  # noqa: E402
-from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm  # noqa: E402
-from splitrelay.edge.config import SECRET_NAMES, VAR_NAMES, ConfigError  # noqa: E402
+from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm, run_relay_alarm  # noqa: E402
+from splitrelay.edge.config import SECRET_NAMES, VAR_NAMES, ConfigError, load_config  # noqa: E402
+from splitrelay.edge.relay_watch import RelayWatch  # noqa: E402
 from splitrelay.edge.web import EdgeError, EdgeRequest, EdgeResponse, check_body_size  # noqa: E402
 
 CALLS_BINDING = "CALLS"  # Durable Object namespace (wrangler.toml)
+WATCH_BINDING = "RELAY_WATCH"  # Durable Object namespace, one object per relay (optional)
 REGISTRY_BINDING = "RELAY_REGISTRY"  # KV namespace: key "relays" overrides the RELAYS var
 IP_LIMIT_BINDING = "IP_RATE_LIMIT"  # Rate Limiting bindings
 TOKEN_LIMIT_BINDING = "TOKEN_RATE_LIMIT"
@@ -133,6 +137,19 @@ class _DurableRecords:
         return result
 
 
+class _DurableWatches:
+    """Relay liveness commands as JSON over Durable Object RPC, one object per relay id."""
+
+    def __init__(self, namespace: Any) -> None:
+        self.namespace = _js(namespace, "_binding")
+
+    async def send(self, relay_id: str, command: dict[str, Any]) -> dict[str, Any]:
+        stub = self.namespace.get(self.namespace.idFromName(relay_id))
+        reply = await stub.dispatch(json.dumps(command, separators=(",", ":")))
+        result: dict[str, Any] = json.loads(str(reply))
+        return result
+
+
 class _BindingLimiter:
     """Cloudflare's Rate Limiting binding; an absent binding means no limit of that kind."""
 
@@ -168,10 +185,12 @@ def _app(env: Any) -> EdgeApp:
             value = await kv.get("relays")
             return value if isinstance(value, str) else None
 
+        watch_namespace = getattr(env, WATCH_BINDING, None)
         app = build_app(
             settings,
             fetch=_fetch,
             records=_DurableRecords(getattr(env, CALLS_BINDING)),
+            watches=None if watch_namespace is None else _DurableWatches(watch_namespace),
             defer=_defer,
             ip_limiter=_BindingLimiter(getattr(env, IP_LIMIT_BINDING, None)),
             token_limiter=_BindingLimiter(getattr(env, TOKEN_LIMIT_BINDING, None)),
@@ -266,6 +285,23 @@ class CallRecordObject(DurableObject):  # type: ignore[misc]
     async def alarm(self, *_info: Any) -> None:
         _current_ctx.set(self.ctx)
         await run_alarm(self.logic, _app(self.env).calls)
+
+
+class RelayWatchObject(DurableObject):  # type: ignore[misc]
+    """One relay's liveness: its heartbeats, and the alarm that finds it silent (edge/relay_watch.py)."""
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        timeout = load_config(_env_strings(env)).relay_liveness_timeout_s
+        self.logic = RelayWatch(_DurableStorage(_js(ctx.storage, "_binding")), timeout_s=timeout)
+
+    async def dispatch(self, command: str) -> str:
+        reply = await self.logic.dispatch(json.loads(command))
+        return json.dumps(reply, separators=(",", ":"))
+
+    async def alarm(self, *_info: Any) -> None:
+        _current_ctx.set(self.ctx)
+        await run_relay_alarm(self.logic, _app(self.env).calls)
 
 
 class _DurableStorage:

@@ -115,3 +115,93 @@ class AttachResult(_Control):
             )
         if self.mode is AttachMode.DIRECT and self.answer is None:
             raise SchemaError(join_path(path, "answer"), "mode 'direct' answers with an SDP answer")
+
+
+# --- relay → edge: liveness and call ends (docs/architecture.md, "Liveness") ---------------------------
+
+RELAY_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""The relay-id rule of the edge's registry (edge/relays.py): the relay names itself with it."""
+RELAYS_PATH: Final = "/v1/relays"
+UNDRAIN_PATH: Final = "/v1/undrain"
+MAX_HEARTBEAT_CALLS: Final = 1500  # 1,500 ids of 30 characters fit the edge's 64 KiB body limit
+MAX_END_REASON_CHARS: Final = 300
+MAX_BOOT_ID_CHARS: Final = 64
+
+
+def check_relay_id(value: object, field_name: str = "relay_id") -> str:
+    if not isinstance(value, str):
+        raise SchemaError(field_name, f"expected string, got {json_type(value)}")
+    if not RELAY_ID.fullmatch(value):
+        raise SchemaError(field_name, "must be 1-64 of A-Z a-z 0-9 _ . -")
+    return value
+
+
+def heartbeat_path(relay_id: str) -> str:
+    """``/v1/relays/{relay_id}/heartbeat`` on the edge: one signed POST per relay every ~250 ms."""
+    return f"{RELAYS_PATH}/{check_relay_id(relay_id)}/heartbeat"
+
+
+def call_end_path(relay_id: str, call_id: str) -> str:
+    """``/v1/relays/{relay_id}/calls/{call_id}/end`` on the edge: the relay ended this call."""
+    return f"{RELAYS_PATH}/{check_relay_id(relay_id)}/calls/{check_call_id(call_id)}/end"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(_Control):
+    """The relay's liveness beat: which calls it holds and whether it drains (one per relay, not per call).
+
+    ``boot_id`` is random per relay start and ``seq`` counts up within it, so the edge can drop a beat
+    older than one it has seen (a delayed or replayed one) and notice a restart.
+    """
+
+    boot_id: str
+    seq: int
+    calls: tuple[str, ...] = ()
+    draining: bool = False
+    interval_ms: int = 250
+
+    def validate(self, path: str = "") -> None:
+        check_text(self.boot_id, join_path(path, "boot_id"), limit=MAX_BOOT_ID_CHARS)
+        if not 0 <= self.seq < 2**53:
+            raise SchemaError(join_path(path, "seq"), "must be 0 to 2^53-1")
+        if len(self.calls) > MAX_HEARTBEAT_CALLS:
+            raise SchemaError(join_path(path, "calls"), f"at most {MAX_HEARTBEAT_CALLS} calls")
+        for index, call_id in enumerate(self.calls):
+            check_call_id(call_id, f"{join_path(path, 'calls')}[{index}]")
+        if not 10 <= self.interval_ms <= 60_000:
+            raise SchemaError(join_path(path, "interval_ms"), "must be 10 to 60000")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeartbeatReply(_Control):
+    """200 to a heartbeat: what the edge now believes, so a draining relay knows when to refuse."""
+
+    json_strict = False
+
+    draining_seen: bool
+    timeout_ms: int
+    closed: tuple[str, ...] = ()
+    """Calls the edge closed because this beat no longer lists them (the backstop for a lost call end)."""
+
+
+class EndCode(StrEnum):
+    """Why the relay ended a call, for machines; ``reason`` says it for people."""
+
+    AGENT_ENDED = "agent_ended"  # inference sent CALL_END
+    AGENT_LOST = "agent_lost"  # inference answered unknown_call, or stopped answering
+    LIMIT = "limit"  # a relay limit (duration, setup time)
+    SETUP_FAILED = "setup_failed"  # the call never started (attach, connect or CALL_START failed)
+    PEER_CLOSED = "peer_closed"  # the media peer failed or sent BYE
+    SHUTDOWN = "shutdown"  # the relay stopped (after its drain grace)
+    OTHER = "other"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallEnded(_Control):
+    """POST body of :func:`call_end_path`: the relay ended the call, and why."""
+
+    code: EndCode
+    reason: str
+
+    def validate(self, path: str = "") -> None:
+        check_text(self.reason, join_path(path, "reason"), limit=MAX_END_REASON_CHARS)

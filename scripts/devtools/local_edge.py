@@ -2,7 +2,8 @@
 
 What the Worker gets from Cloudflare, this module gives in-process: outbound HTTP through httpx, one
 in-memory :class:`~splitrelay.edge.call_record.CallObject` per call with an asyncio timer for its alarm (the
-Durable Object), token buckets for the Rate Limiting bindings, and the static page from edge/static.
+Durable Object), one in-memory :class:`~splitrelay.edge.relay_watch.RelayWatch` per relay (its
+liveness), token buckets for the Rate Limiting bindings, and the static page from edge/static.
 There is no ``request.cf`` locally, so relays are chosen in config order. Not imported by the Worker.
 """
 
@@ -22,8 +23,9 @@ import httpx
 
 from splitrelay.edge.app import EdgeApp, build_app
 from splitrelay.edge.call_record import CallObject, CallState
-from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm
+from splitrelay.edge.calls import FetchError, Inbound, Outbound, run_alarm, run_relay_alarm
 from splitrelay.edge.ratelimit import TokenBucket
+from splitrelay.edge.relay_watch import DEFAULT_TIMEOUT_S, RelayWatch
 from splitrelay.edge.web import MAX_BODY_BYTES, EdgeError, EdgeRequest, EdgeResponse, check_body_size
 from splitrelay.relay.http_guard import CLIENT_KEEP_ALIVE_S
 
@@ -133,6 +135,38 @@ class LocalRecords:
                 await obj.storage.delete_alarm()
 
 
+class LocalWatches:
+    """One RelayWatch per relay id, in memory: what the relays' Durable Object namespace is in the Worker."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.timeout_s = DEFAULT_TIMEOUT_S
+        self.objects: dict[str, RelayWatch] = {}
+        self.alarm_runner: Callable[[RelayWatch], Coroutine[Any, Any, None]] | None = None
+
+    def object(self, relay_id: str) -> RelayWatch:
+        watch = self.objects.get(relay_id)
+        if watch is None:
+            holder: list[RelayWatch] = []
+
+            async def on_alarm() -> None:
+                if self.alarm_runner is not None:
+                    await self.alarm_runner(holder[0])
+
+            watch = RelayWatch(MemoryStorage(on_alarm, self.clock), self.clock, self.timeout_s)
+            holder.append(watch)
+            self.objects[relay_id] = watch
+        return watch
+
+    async def send(self, relay_id: str, command: dict[str, Any]) -> dict[str, Any]:
+        return await self.object(relay_id).dispatch(command)
+
+    async def aclose(self) -> None:
+        for watch in self.objects.values():
+            if isinstance(watch.storage, MemoryStorage):
+                await watch.storage.delete_alarm()
+
+
 class LocalEdge:
     """ASGI app: static files from edge/static, everything else through :meth:`EdgeApp.handle`."""
 
@@ -152,6 +186,7 @@ class LocalEdge:
         )
         self.static_dir = static_dir.resolve()
         self.records = LocalRecords(clock)
+        self.watches = LocalWatches(clock)
         self.tasks: set[asyncio.Task[None]] = set()
         self.app: EdgeApp = build_app(
             env,
@@ -161,11 +196,17 @@ class LocalEdge:
             ip_limiter=ip_limiter or TokenBucket(rate=20.0, burst=60.0),
             token_limiter=token_limiter or TokenBucket(rate=10.0, burst=30.0),
             clock=clock,
+            watches=self.watches,
         )
         self.records.alarm_runner = self._run_alarm
+        self.watches.timeout_s = self.app.config.relay_liveness_timeout_s
+        self.watches.alarm_runner = self._run_relay_alarm
 
     async def _run_alarm(self, obj: CallObject) -> None:
         await run_alarm(obj, self.app.calls)
+
+    async def _run_relay_alarm(self, watch: RelayWatch) -> None:
+        await run_relay_alarm(watch, self.app.calls)
 
     async def fetch(self, request: Outbound) -> Inbound:
         try:
@@ -203,6 +244,7 @@ class LocalEdge:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5.0)
         await self.records.aclose()
+        await self.watches.aclose()
         if self._owns_http:
             await self.http.aclose()
 

@@ -285,6 +285,7 @@ timeMethods(ExecutionContext, "worker", ["waitUntil"]);
 
 const env = { ...config.env };
 env.CALLS = new DurableObjectNamespace(config.durable_object_class || "CallRecordObject");
+env.RELAY_WATCH = new DurableObjectNamespace("RelayWatchObject");
 env.RELAY_REGISTRY = new KvNamespace(config.kv || {});
 env.IP_RATE_LIMIT = new Ratelimit(config.limits?.ip ?? 1000, 60);
 env.TOKEN_RATE_LIMIT = new Ratelimit(config.limits?.token ?? 1000, 60);

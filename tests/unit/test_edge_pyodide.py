@@ -15,8 +15,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from splitrelay.contract.control import call_end_path, heartbeat_path
+from splitrelay.contract.signing import sign_headers
 from splitrelay.edge import tokens
-from tests.edge_support import API_KEY, TOKEN_KEY, edge_env, no_secret_in
+from tests.edge_support import API_KEY, RELAY_KEY, TOKEN_KEY, edge_env, no_secret_in
 from tests.emulator_fixtures import APP_ID
 from tests.pyodide import host
 
@@ -56,7 +58,10 @@ def auth(sub: str = "alice") -> dict[str, str]:
 async def test_runtime_and_classes(worker: tuple[host.WorkerHost, Path]) -> None:
     ready = worker[0].ready
     assert ready["pyodide"].startswith("0.28.") and ready["python"].startswith("3.13.")
-    assert ready["classes"] == {"durable_objects": ["CallRecordObject"], "entrypoints": ["Default"]}
+    assert ready["classes"] == {
+        "durable_objects": ["CallRecordObject", "RelayWatchObject"],
+        "entrypoints": ["Default"],
+    }
     assert "entry.py" in ready["modules"] and "relays.py" in ready["modules"]
 
 
@@ -111,4 +116,30 @@ async def test_errors_in_the_worker(http: httpx.AsyncClient, worker: tuple[host.
     assert page.status_code == 200 and "<title>splitrelay call</title>" in page.text
     for response in (wrong_type, big, no_audio, refused, unknown, issued):
         assert no_secret_in(response.content)
+    assert no_secret_in(host.host_log(worker[1]))
+
+
+async def test_relay_heartbeat_and_call_end_in_the_worker(
+    http: httpx.AsyncClient, worker: tuple[host.WorkerHost, Path]
+) -> None:
+    """The relay → edge routes and the per-relay Durable Object (RelayWatchObject) under Pyodide."""
+    path = heartbeat_path("near")
+    body = json.dumps({"boot_id": "boot-1", "seq": 1, "calls": [], "draining": True}).encode()
+    headers = {**sign_headers(RELAY_KEY.encode(), "POST", path, body), "content-type": "application/json"}
+    beat = await http.post(path, content=body, headers=headers)
+    assert beat.status_code == 200, beat.text
+    assert beat.json() == {"draining_seen": True, "timeout_ms": 1000, "closed": []}
+    replayed = await http.post(path, content=body, headers=headers)
+    assert replayed.status_code == 409 and replayed.json()["error"]["code"] == "replayed"
+    end_path = call_end_path("near", "call-000000000000")
+    end_body = json.dumps({"code": "agent_ended", "reason": "bye"}).encode()
+    end_headers = {
+        **sign_headers(RELAY_KEY.encode(), "POST", end_path, end_body),
+        "content-type": "application/json",
+    }
+    unknown = await http.post(end_path, content=end_body, headers=end_headers)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_call"
+    undrain = json.dumps({"boot_id": "boot-1", "seq": 2, "calls": [], "draining": False}).encode()
+    headers = {**sign_headers(RELAY_KEY.encode(), "POST", path, undrain), "content-type": "application/json"}
+    assert (await http.post(path, content=undrain, headers=headers)).json()["draining_seen"] is False
     assert no_secret_in(host.host_log(worker[1]))
