@@ -49,6 +49,8 @@ FRAME_S: Final = FRAME_MS / 1000
 POLL_S: Final = 0.02  # how often set-up state is polled (edge record, relay call)
 MAX_TURNS: Final = 50  # the relay keeps a call's last 64 inference events
 HTTP_TIMEOUT_S: Final = 10.0
+IMPAIRED_MAX_GAP_SHARE: Final = 0.5
+"""On an impaired leg a reply may miss frames (lost either way), at most this share of its span."""
 
 
 class CallError(Exception):
@@ -356,12 +358,26 @@ class _Reply:
     last_at: float | None = None
     first: asyncio.Event = field(default_factory=asyncio.Event)
 
+    sequence: list[int] = field(default_factory=list)
+
     def add(self, packet: RtpPacket, arrived: float) -> None:
         if self.first_at is None:
             self.first_at = arrived
             self.first.set()
         self.last_at = arrived
         self.payloads.append(packet.payload)
+        self.sequence.append(packet.sequence)
+
+    def in_sequence_order(self) -> list[bytes]:
+        """The payloads by RTP sequence number (unwrapped from the first), duplicates dropped: what a
+        receiver's jitter buffer would play, for matching a reply that crossed a reordering network."""
+        if not self.sequence:
+            return []
+        first = self.sequence[0]
+        by_seq: dict[int, bytes] = {}
+        for seq, payload in zip(self.sequence, self.payloads, strict=True):
+            by_seq.setdefault(((seq - first + 0x8000) & 0xFFFF) - 0x8000, payload)
+        return [by_seq[k] for k in sorted(by_seq)]
 
 
 class Receiver:
@@ -442,6 +458,32 @@ def find_run(haystack: tuple[bytes, ...], needle: list[bytes]) -> int | None:
         return None
     for start in range(len(haystack) - len(needle) + 1):
         if haystack[start] == needle[0] and list(haystack[start : start + len(needle)]) == needle:
+            return start
+    return None
+
+
+def find_run_with_gaps(haystack: tuple[bytes, ...], needle: list[bytes], max_gap_share: float) -> int | None:
+    """Index where ``needle`` occurs in ``haystack`` in order, byte-identical, with frames missing
+    between (lost on an impaired leg: at most ``max_gap_share`` of the span), or None.
+
+    The strict check (:func:`find_run`) is for a clean network, where any gap is a bug; an impaired
+    one loses frames on the way in (the agent never echoes them) and on the way back. What must still
+    hold: every frame that came back is one that was sent, in the order it was sent.
+    """
+    if not needle or len(needle) > len(haystack) or not 0 <= max_gap_share < 1:
+        return None
+    for start in range(len(haystack) - len(needle) + 1):
+        if haystack[start] != needle[0]:
+            continue
+        at, matched = start, 1
+        for frame in needle[1:]:
+            at += 1
+            while at < len(haystack) and haystack[at] != frame:
+                at += 1
+            if at >= len(haystack):
+                break
+            matched += 1
+        if matched == len(needle) and (at - start + 1 - len(needle)) <= max_gap_share * (at - start + 1):
             return start
     return None
 
@@ -681,7 +723,13 @@ class _Call:
             reply_first_at=reply.first_at,
             reply_last_at=reply.last_at,
             reply_frames=len(reply.payloads),
-            reply_match=find_run(self.utterance.frames, reply.payloads),
+            reply_match=(
+                find_run(self.utterance.frames, reply.payloads)
+                if self.options.impair is None
+                else find_run_with_gaps(
+                    self.utterance.frames, reply.in_sequence_order(), IMPAIRED_MAX_GAP_SHARE
+                )
+            ),
             caller_rtt_ms=stats.rtt_ms if stats is not None else None,
             caller_jitter_ms=stats.jitter_in_ms if stats is not None and stats.packets_in else None,
         )

@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitrelay.devtools.call import CallOptions, RelayAccess, check_turns, check_url, find_run, is_loopback
+from splitrelay.devtools.call import (
+    CallOptions,
+    RelayAccess,
+    _Reply,
+    check_turns,
+    check_url,
+    find_run,
+    find_run_with_gaps,
+    is_loopback,
+)
 from splitrelay.devtools.utterance import (
     DEFAULT_UTTERANCE,
     FRAME_SAMPLES,
@@ -21,6 +30,7 @@ from splitrelay.devtools.utterance import (
     read_pcm,
 )
 from splitrelay.inference.speech import SpeechDetector
+from splitrelay.relay.media.rtp import RtpPacket
 
 KEY = b"k" * 32
 
@@ -111,6 +121,24 @@ def test_find_run_locates_a_byte_identical_run() -> None:
     assert find_run(frames, [b"a", b"c"]) is None  # not contiguous
     assert find_run(frames, []) is None
     assert find_run(frames, [*frames, b"e"]) is None
+
+
+def test_on_an_impaired_leg_a_reply_may_miss_frames_but_never_change_or_reorder_them() -> None:
+    frames = tuple(bytes([i]) for i in range(20))
+    assert find_run_with_gaps(frames, [b"\x03", b"\x04", b"\x06", b"\x07"], 0.5) == 3  # frame 5 lost
+    assert find_run_with_gaps(frames, [b"\x03", b"\x06", b"\x04"], 0.5) is None  # out of order
+    assert find_run_with_gaps(frames, [b"\x03", b"\xff"], 0.5) is None  # never sent
+    assert find_run_with_gaps(frames, [b"\x00", b"\x09"], 0.5) is None  # 8 of 10 missing: over the bound
+    assert find_run_with_gaps(frames, [b"\x00", b"\x09"], 0.9) == 0
+    assert find_run_with_gaps(frames, [], 0.5) is None
+
+
+def test_a_reply_is_read_in_sequence_order_without_duplicates() -> None:
+    reply = _Reply()
+    for seq, payload in ((65534, b"a"), (0, b"c"), (65535, b"b"), (0, b"c"), (1, b"d")):  # wraps, reordered
+        reply.add(RtpPacket(111, False, seq, 0, 1, payload), 1.0)
+    assert reply.in_sequence_order() == [b"a", b"b", b"c", b"d"]
+    assert reply.payloads == [b"a", b"c", b"b", b"c", b"d"]  # as they arrived
 
 
 def test_caller_inputs_are_checked_by_name() -> None:
