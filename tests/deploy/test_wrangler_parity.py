@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -132,14 +132,24 @@ def differing_bindings(ours: Upload, theirs: Upload) -> dict[str, tuple[Any, Any
     }
 
 
-@pytest.mark.parametrize("deployed_tag", [None, "v1"], ids=["first-deploy", "update"])
+MIGRATION_TAGS: Final = [m.tag for m in load_worker_spec(REPO / "wrangler.toml").migrations]
+
+
+@pytest.mark.parametrize(
+    "deployed_tag",
+    [None, MIGRATION_TAGS[0], MIGRATION_TAGS[-1]],
+    ids=["first-deploy", "update-with-a-new-step", "update-current"],
+)
 def test_pulumi_uploads_what_wrangler_uploads(project: Path, deployed_tag: str | None) -> None:
+    assert len(MIGRATION_TAGS) >= 2  # so the middle case really has a step to send
     theirs, calls = wrangler_deploy(project, deployed_tag)
     ours = pulumi_upload(project, deployed_tag)
+    current = deployed_tag == MIGRATION_TAGS[-1]
+    # wrangler uploads a new version of a current Worker, and the whole script when a migration is due.
     uploaded = (
-        "PUT /workers/scripts/splitrelay-edge"
-        if deployed_tag is None
-        else "POST /workers/scripts/splitrelay-edge/versions"
+        "POST /workers/scripts/splitrelay-edge/versions"
+        if current
+        else "PUT /workers/scripts/splitrelay-edge"
     )
     assert uploaded in calls  # wrangler really uploaded, to the stand-in
     # Modules: the same names, content types and bytes.
@@ -150,12 +160,14 @@ def test_pulumi_uploads_what_wrangler_uploads(project: Path, deployed_tag: str |
     assert set(theirs.metadata) <= COMPARED, set(theirs.metadata) - COMPARED
     for key in ("main_module", "compatibility_date", "compatibility_flags"):
         assert ours.metadata[key] == theirs.metadata[key], key
-    # Migrations: the full history on a first deploy; nothing when the Worker is current.
+    # Migrations: the full history on a first deploy, the later steps after the applied tag with it as
+    # old_tag, nothing when the Worker is current.
     assert ours.metadata.get("migrations") == theirs.metadata.get("migrations")
-    if deployed_tag is None:
-        assert theirs.metadata["migrations"]["new_tag"] == "v1"
-    else:
+    if current:
         assert "migrations" not in theirs.metadata
+    else:
+        assert theirs.metadata["migrations"]["new_tag"] == MIGRATION_TAGS[-1]
+        assert theirs.metadata["migrations"].get("old_tag") == deployed_tag
     # Static assets: the same config (wrangler sends the upload session's JWT with it).
     assert ours.metadata.get("assets_config", {}) == theirs.metadata["assets"]["config"]
     # Bindings: equal but for what the ownership modes mean to differ, and those by type at least.
