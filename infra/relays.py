@@ -586,6 +586,7 @@ def build_region(
                     sfu_api_url=settings.sfu_api_url,
                     sfu_app_id=values[0],
                     accelerator=settings.stable_address == "global-accelerator",
+                    edge_url=settings.edge_url,
                 )
             ).encode()
         ).decode()

@@ -28,6 +28,8 @@ from splitrelay.infra.settings import CONTROL_PORT, METRICS_PORT
 VENV = "/opt/splitrelay"
 TLS_DIR = "/etc/splitrelay/tls"
 MAX_USER_DATA_BYTES = 16 * 1024  # EC2's limit, before base64
+DRAIN_GRACE_S = 30
+"""`relay serve`'s default --drain-grace: what SIGTERM gives live calls before it closes them."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,15 @@ class RelayBoot:
     sfu_api_url: str
     sfu_app_id: str
     accelerator: bool
+    edge_url: str = ""
+    """The edge's base URL (``https://<hostname>``): the relay's heartbeats and call-end notices go there,
+    naming it by the slot id ``prepare`` claimed ($SPLITRELAY_RELAY_ID). Empty: no heartbeats."""
 
 
 _UNIT_SAFE = re.compile(r"[A-Za-z0-9_.:/\[\]-]+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+/[A-Za-z0-9._/-]+")
+_EDGE_URL = re.compile(r"https://[a-z0-9.-]+")
 _REQUIREMENT = re.compile(r"splitrelay\[[a-z,]+\]==[0-9][0-9A-Za-z.+-]*")
 IMDS_URL = "http://169.254.169.254"
 BUNDLE_DIR = "/opt/splitrelay-bundle"
@@ -160,6 +166,11 @@ def render_user_data(boot: RelayBoot) -> str:
     region_key = _unit_arg(boot.region_key, "region key")
     accel = " --accelerator" if boot.accelerator else ""
     relay = " ".join(relay_command(boot))
+    edge_env = (
+        f"Environment=SPLITRELAY_EDGE_URL={_checked(_EDGE_URL, boot.edge_url, 'edge URL')}\n"
+        if boot.edge_url
+        else ""
+    )
     script = f"""#!/bin/bash
 # splitrelay relay instance bootstrap: rendered by infra/user_data.py, do not edit on the instance.
 set -euo pipefail
@@ -229,10 +240,11 @@ After=splitrelay-prepare.service
 
 [Service]
 User=splitrelay
-ExecStart={bootstrap} exec -- {relay}
+{edge_env}ExecStart={bootstrap} exec -- {relay}
 Restart=always
 RestartSec=2
-TimeoutStopSec=30
+# SIGTERM drains (the edge stops choosing this relay; live calls get up to 30 s): stop waits past that.
+TimeoutStopSec={DRAIN_GRACE_S + 15}
 LimitNOFILE=65536
 
 [Install]

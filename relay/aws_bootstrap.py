@@ -409,6 +409,39 @@ def remember_public_address(path: Path, address: str) -> None:
     path.chmod(0o644)
 
 
+RELAY_ID_FILE = Path("/run/splitrelay/relay-id")
+"""The relay id ``prepare`` derives from the slot it claimed (``<region key>-<slot>``: the id infra gives the
+slot in the edge's registry), for ``exec`` to hand the relay, which names itself so in its heartbeats."""
+RELAY_ID_ENV = "SPLITRELAY_RELAY_ID"
+_RELAY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def slot_relay_id(region_key: str, slot: int) -> str:
+    """The registry id of a region's slot (infra/edge.py ``registry_entry`` names slots the same way)."""
+    relay_id = f"{region_key}-{slot}"
+    if not _RELAY_ID.fullmatch(relay_id):
+        raise BootstrapError(f"relay id {relay_id[:70]!r}: must be 1..64 of a-z, 0-9 and '-'")
+    return relay_id
+
+
+def remember_relay_id(path: Path, relay_id: str) -> None:
+    """Write the relay id for ``exec`` (not a secret: world-readable, in a root-owned folder)."""
+    if not _RELAY_ID.fullmatch(relay_id):
+        raise ValueError(f"relay id {relay_id[:70]!r}: must be 1..64 of a-z, 0-9 and '-'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(relay_id + "\n", encoding="utf-8")
+    path.chmod(0o644)
+
+
+def claimed_relay_id(path: Path) -> str | None:
+    """The relay id ``prepare`` left on this boot, or None (none, or not an id)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return text if _RELAY_ID.fullmatch(text) else None
+
+
 def claimed_public_address(path: Path) -> str | None:
     """The address ``prepare`` claimed on this boot, or None if it left none (or an unreadable one)."""
     try:
@@ -431,6 +464,7 @@ def prepare(stack: str, aws_region: str, region_key: str, tls_dir: Path, acceler
     write_origin_tls(session.client("ssm"), prefix, tls_dir)
     # The relay advertises this address; metadata read right after the association can still be stale.
     remember_public_address(ADDRESS_FILE, slot.public_ip)
+    remember_relay_id(RELAY_ID_FILE, slot_relay_id(region_key, slot.slot))
     return {"slot": slot.slot, "public_ip": slot.public_ip, "instance_id": instance_id}
 
 
@@ -456,6 +490,9 @@ def exec_with_secrets(stack: str, aws_region: str, command: Sequence[str]) -> No
     public_ip = claimed_public_address(ADDRESS_FILE) or asyncio.run(_public_ipv4())
     if public_ip is not None:  # the relay advertises it as its 1:1 NAT address (--public-address)
         env[PUBLIC_ADDRESS_ENV] = public_ip
+    relay_id = claimed_relay_id(RELAY_ID_FILE)
+    if relay_id is not None:  # its heartbeats to the edge name it so (with $SPLITRELAY_EDGE_URL)
+        env[RELAY_ID_ENV] = relay_id
     os.execvpe(command[0], list(command), env)  # replaces this process (returns only under a test)
 
 

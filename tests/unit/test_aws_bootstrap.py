@@ -93,6 +93,14 @@ def address_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def relay_id_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """prepare's relay-id file, kept out of the machine's /run."""
+    path = tmp_path / "run" / "relay-id"
+    monkeypatch.setattr(aws_bootstrap, "RELAY_ID_FILE", path)
+    return path
+
+
 WIRE_KEY = "ab" * 32  # hex of 32 bytes
 
 
@@ -430,6 +438,7 @@ def test_exec_puts_secrets_in_the_environment_only(aws: None, monkeypatch: pytes
     assert not any(SIGNING_KEY in a or SFU_SECRET in a for a in argv)
     # The Elastic IP reaches the relay as --public-address (through its environment variable).
     assert env[aws_bootstrap.PUBLIC_ADDRESS_ENV] == "52.95.110.7"
+    assert aws_bootstrap.RELAY_ID_ENV not in env  # prepare left no relay id: the relay sends no heartbeats
 
 
 def test_exec_advertises_the_address_prepare_claimed_not_metadata(
@@ -476,7 +485,7 @@ async def test_public_ipv4_over_imdsv2() -> None:
 
 
 def test_prepare_claims_a_slot_and_writes_tls(
-    aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, relay_id_file: Path
 ) -> None:
     ec2 = boto3.client("ec2", region_name=REGION)
     ssm = boto3.client("ssm", region_name=REGION)
@@ -497,6 +506,20 @@ def test_prepare_claims_a_slot_and_writes_tls(
     assert (ready["slot"], ready["instance_id"]) == (0, instance)
     assert (tmp_path / "origin.key").read_text() == KEY
     assert (tmp_path / "origin-pull-ca.pem").read_text() == CERT
+    # The slot's registry id (infra/edge.py registry_entry), for exec to give the relay.
+    assert relay_id_file.read_text() == "use1-0\n" and (relay_id_file.stat().st_mode & 0o777) == 0o644
+    assert aws_bootstrap.claimed_relay_id(relay_id_file) == "use1-0"
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr("splitrelay.relay.aws_bootstrap.os.execvpe", lambda f, argv, env: calls.append(env))
+    put(ssm, "relay-signing-key", SIGNING_KEY)
+    put(ssm, "sfu-app-secret", SFU_SECRET)
+    put(ssm, "wire-key", WIRE_KEY)
+    assert bootstrap([*base, "exec", "--", "splitrelay"]).exit_code == 0
+    assert calls[0][aws_bootstrap.RELAY_ID_ENV] == "use1-0"
+    relay_id_file.write_text("../etc\n")
+    assert aws_bootstrap.claimed_relay_id(relay_id_file) is None
+    with pytest.raises(BootstrapError, match="relay id"):
+        aws_bootstrap.slot_relay_id("Bad Key", 0)
     assert bootstrap([*base, "release", "--region-key", "use1"]).exit_code == 0
     assert "AssociationId" not in ec2.describe_addresses()["Addresses"][0]
     # A second stack has no addresses: a clear error and exit status 2, no traceback.

@@ -17,7 +17,13 @@ import pytest
 import typer
 
 from splitrelay.infra.settings import CONTROL_PORT, METRICS_PORT
-from splitrelay.infra.user_data import MAX_USER_DATA_BYTES, RelayBoot, relay_command, render_user_data
+from splitrelay.infra.user_data import (
+    DRAIN_GRACE_S,
+    MAX_USER_DATA_BYTES,
+    RelayBoot,
+    relay_command,
+    render_user_data,
+)
 
 BOOT = RelayBoot(
     stack="prod",
@@ -31,6 +37,7 @@ BOOT = RelayBoot(
     sfu_api_url="https://rtc.live.cloudflare.com/v1",
     sfu_app_id="0123456789abcdef0123456789abcdef",
     accelerator=False,
+    edge_url="https://voice.example.com",
 )
 
 
@@ -79,6 +86,19 @@ def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
     assert (opts["--host"], opts["--port"]) == ("127.0.0.1", str(CONTROL_PORT))
     assert opts["--inference"] == "10.0.3.7:7000"
     assert opts["--sfu-app-id"] == BOOT.sfu_app_id
+
+
+def test_the_relay_beats_to_the_edge_and_drains_within_its_stop_timeout() -> None:
+    """The unit gives the relay the edge's URL (prepare's slot id comes by `bootstrap exec`); systemd's
+    stop timeout outlasts the drain grace that SIGTERM gives live calls."""
+    script = render_user_data(BOOT)
+    block = script.split("/etc/systemd/system/splitrelay-relay.service <<EOF", 1)[1].split("\nEOF\n", 1)[0]
+    lines = block.splitlines()
+    assert "Environment=SPLITRELAY_EDGE_URL=https://voice.example.com" in lines
+    (timeout,) = [line for line in lines if line.startswith("TimeoutStopSec=")]
+    assert int(timeout.split("=")[1]) > DRAIN_GRACE_S
+    no_edge = render_user_data(replace(BOOT, edge_url=""))
+    assert "SPLITRELAY_EDGE_URL" not in no_edge
 
 
 def test_relay_options_exist_in_the_relay_cli() -> None:
@@ -256,8 +276,10 @@ def test_the_real_nginx_serves_only_cloudflares_client_certificate_for_this_zone
 
 def test_no_secret_travels_in_user_data() -> None:
     script = render_user_data(BOOT)
-    assert "SIGNING_KEY" not in script and "APP_SECRET" not in script
-    assert not re.search(r"Environment(File)?=", script)
+    assert "SIGNING_KEY" not in script and "APP_SECRET" not in script and "WIRE_KEY" not in script
+    assert not re.search(r"EnvironmentFile=", script)
+    # The one environment line is the edge's public URL, not a secret.
+    assert re.findall(r"Environment=([A-Z_]+)=", script) == ["SPLITRELAY_EDGE_URL"]
 
 
 def test_script_is_valid_bash() -> None:
@@ -275,6 +297,8 @@ def test_script_is_valid_bash() -> None:
         ({"bundle_sha256": "abc"}, "bundle sha256"),
         ({"bundle_url": "https://x/a b'; rm -rf /"}, "bundle URL"),
         ({"bundle_requirement": "evil==1; rm"}, "bundle requirement"),
+        ({"edge_url": "https://x.example.com\nExecStartPre=/bin/evil"}, "edge URL"),
+        ({"edge_url": "http://x.example.com"}, "edge URL"),
     ],
 )
 def test_unsafe_values_are_refused(change: dict[str, Any], fragment: str) -> None:
