@@ -26,6 +26,7 @@ from splitrelay.emulator.clients import Participant
 from splitrelay.emulator.server import EmulatorServer
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.sfu_client import SfuClient
+from tests import spec
 from tests.emulator_fixtures import APP_ID, APP_SECRET, SpecCheck, emulator_config, eventually, media_ready
 from tests.opus_fixtures import encode, tone
 
@@ -238,3 +239,68 @@ async def test_closing_tracks_stops_media_and_leaves_nothing_behind(rig: Rig) ->
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert leftover == [], leftover
     assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+async def test_tracks_update_moves_the_caller_to_another_relay_without_renegotiation(rig: Rig) -> None:
+    """Relay failover's SFU step (issue 15): the caller plays relay 1's voice on its sendrecv mic
+    transceiver; tracks/update on the caller's session points that mid at relay 2's voice. The caller
+    sends no offer and answers nothing, its connection never leaves "connected", and what it receives
+    stays one stream: same SSRC and payload type, sequence +1 and timestamp +960 across the switch."""
+    caller, relay_1, relay_2 = rig.participant(), rig.participant(), rig.participant()
+    for participant in (caller, relay_1, relay_2):
+        await participant.open()
+    mic = await caller.publish("mic", bidirectional=True)
+    voice_1 = await relay_1.publish("agent-voice")
+    voice_2 = await relay_2.publish("agent-voice")
+    assert await caller.pull(relay_1.session_id, "agent-voice", mid="#mic") == mic
+    relay_2_in = await relay_2.pull(caller.session_id, "mic")  # the new relay attaches first
+    for participant in (caller, relay_1, relay_2):
+        await participant.wait_connected()
+    await eventually(lambda: all(p.peer.fast_path is not None for p in rig.participants), "fast paths")
+    await eventually(lambda: rig.ready(caller, relay_1, relay_2), "emulator side ready")
+    states: list[str] = []
+    caller.peer.pc.on("connectionstatechange", lambda: states.append(caller.peer.pc.connectionState))
+    descriptions = (caller.peer.pc.localDescription.sdp, caller.peer.pc.remoteDescription.sdp)
+
+    await send(relay_1, voice_1, FRAMES[:10])
+    await eventually(lambda: len(caller.received) == 10, "relay 1 at the caller")
+    switch = UpdateTracksRequest(tracks=(TrackObject.remote(relay_2.session_id, "agent-voice", mid=mic),))
+    spec.validate_request("PUT", "/apps/{appId}/sessions/{sessionId}/tracks/update", switch.to_json())
+    update = await rig.sfu.update_tracks(caller.session_id, switch)
+    update.raise_for_item_errors()
+    assert update.requires_immediate_renegotiation is False
+    assert [(t.mid, t.session_id, t.track_name) for t in update.tracks] == [
+        (mic, relay_2.session_id, "agent-voice")
+    ]
+    await send(relay_1, voice_1, FRAMES[10:20], first=10)  # the old relay: no longer forwarded
+    stream_2 = relay_2.outbound(voice_2)
+    stream_2.sequence = (caller.received[-1].sequence + 30_000) & 0xFFFF  # far from the caller's numbering
+    for i, frame in enumerate(FRAMES[20:30]):
+        assert stream_2.send(frame, (7_000_000 + 960 * i) & 0xFFFFFFFF, marker=i == 0, voice=True)
+        await asyncio.sleep(0.005)
+    await eventually(lambda: len(caller.received) == 20, "relay 2 at the caller")
+    await send(caller, mic, FRAMES[:5])
+    await eventually(lambda: len(relay_2.received) == 5, "the caller's mic at relay 2")
+    await asyncio.sleep(0.05)
+
+    assert payloads(caller.received) == FRAMES[:10] + FRAMES[20:30]
+    (stream,) = [s for s in caller.peer.negotiated_streams() if s.mid == mic]
+    assert {p.ssrc for p in caller.received} == set(stream.remote_ssrcs) and len(stream.remote_ssrcs) == 1
+    assert {p.payload_type for p in caller.received} == {stream.payload_type}
+    seqs = [p.sequence for p in caller.received]
+    assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)] == [1] * 19
+    stamps = [p.timestamp for p in caller.received]
+    assert [(b - a) & 0xFFFFFFFF for a, b in itertools.pairwise(stamps)] == [960] * 19
+    assert payloads(relay_2.received) == FRAMES[:5]
+    assert {relay_2.mid_of_ssrc(p.ssrc) for p in relay_2.received} == {relay_2_in}
+    # No renegotiation: the caller's descriptions are the ones from before, its connection unbroken.
+    assert (caller.peer.pc.localDescription.sdp, caller.peer.pc.remoteDescription.sdp) == descriptions
+    assert caller.peer.pc.signalingState == "stable" and caller.peer.pc.connectionState == "connected"
+    assert states == []
+    state = await rig.sfu.get_session(caller.session_id)
+    active = {
+        (t.location.value if t.location else None, t.mid, t.session_id, t.track_name)
+        for t in state.tracks
+        if t.status is ResourceStatus.ACTIVE
+    }
+    assert active == {("local", mic, None, "mic"), ("remote", mic, relay_2.session_id, "agent-voice")}
