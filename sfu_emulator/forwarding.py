@@ -4,8 +4,12 @@ A publisher session's fast path hands each unprotected RTP packet to :meth:`Inbo
 finds the publication by SSRC and gives the packet to every subscription; a subscription rewrites SSRC
 and payload type (those of the subscriber's outbound stream), shifts the sequence number by a fixed
 offset (so the publisher's gaps stay visible to the subscriber's jitter buffer) and sends on the
-subscriber's fast path. Timestamps pass unchanged, except after a switch to another source on the same
-transceiver, when an offset keeps the subscriber's clock continuous.
+subscriber's fast path. Timestamps pass unchanged on a transceiver's first source. When a transceiver
+that has already played something gets another source (tracks/update, or a pull after the old source
+ended), the subscriber sees one stream go on: the same SSRC, the next sequence number, and a timestamp
+advanced by the wall-clock time since the last packet sent, in whole 20 ms frames (at least one). A
+clock that followed the wall clock keeps the receiver's jitter estimate and playout delay where they
+were; advancing by one frame after a long gap would look like a delay spike and grow its buffer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import OutboundStream
 
 DWELL_SAMPLES = 1 << 16
-OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz: the timestamp step assumed across a source switch
+OPUS_FRAME_TICKS = 960  # 20 ms at 48 kHz: the unit of the timestamp step across a source switch
 
 
 class DwellRecorder:
@@ -86,18 +90,7 @@ class Publication:
 class Subscription:
     """One subscriber transceiver (session, mid) playing one publication."""
 
-    __slots__ = (
-        "last_sequence",
-        "last_timestamp",
-        "mid",
-        "packets",
-        "publication",
-        "sent_any",
-        "seq_offset",
-        "session_id",
-        "stream",
-        "ts_offset",
-    )
+    __slots__ = ("mid", "packets", "publication", "seq_offset", "session_id", "stream", "ts_offset")
 
     def __init__(self, session_id: str, mid: str, publication: Publication) -> None:
         self.session_id = session_id
@@ -106,9 +99,6 @@ class Subscription:
         self.stream: OutboundStream | None = None
         self.seq_offset: int | None = None
         self.ts_offset = 0
-        self.sent_any = False
-        self.last_sequence = 0
-        self.last_timestamp = 0
         self.packets = 0
 
     def switch_to(self, publication: Publication) -> None:
@@ -120,14 +110,10 @@ class Subscription:
         stream = self.stream
         if stream is None:
             return False
-        if self.seq_offset is None:
-            if self.sent_any:
-                self.seq_offset = (self.last_sequence + 1 - packet.sequence) & 0xFFFF
-                self.ts_offset = (self.last_timestamp + OPUS_FRAME_TICKS - packet.timestamp) & 0xFFFFFFFF
-            else:
-                self.seq_offset = (stream.sequence - packet.sequence) & 0xFFFF
-                self.ts_offset = 0
-        sequence = (packet.sequence + self.seq_offset) & 0xFFFF
+        seq_offset = self.seq_offset
+        if seq_offset is None:
+            seq_offset = self._continue(stream, packet)
+        sequence = (packet.sequence + seq_offset) & 0xFFFF
         timestamp = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
         if not stream.send(
             packet.payload,
@@ -138,11 +124,20 @@ class Subscription:
             voice=packet.voice,
         ):
             return False
-        self.sent_any = True
-        self.last_sequence = sequence
-        self.last_timestamp = timestamp
         self.packets += 1
         return True
+
+    def _continue(self, stream: OutboundStream, packet: RtpPacket) -> int:
+        """The first packet of a source: number on from the stream, and on a played stream move the
+        clock on by the wall-clock gap (see the module docstring). Returns the sequence offset."""
+        seq_offset = self.seq_offset = (stream.sequence - packet.sequence) & 0xFFFF
+        if not stream.packets:
+            self.ts_offset = 0
+            return seq_offset
+        gap_ns = time.perf_counter_ns() - stream.last_send_ns
+        frames = max(1, round(gap_ns * stream.clock_rate / (1e9 * OPUS_FRAME_TICKS)))
+        self.ts_offset = (stream.last_timestamp + frames * OPUS_FRAME_TICKS - packet.timestamp) & 0xFFFFFFFF
+        return seq_offset
 
 
 class Forwarder:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -207,9 +208,11 @@ async def test_a_failed_publisher_reconnects_and_media_flows_both_ways(rig: Rig)
     await eventually(lambda: all(p.peer.fast_path is not None for p in rig.participants), "client fast paths")
     first_answer = caller.peer.pc.remoteDescription.sdp
 
+    before_first = time.perf_counter()  # the outage's bounds: see the clock check below
     await send(caller, mic, FRAMES[:20], base=100_000)
     await send(other, voice, VOICE[:10], base=5_000)
     await eventually(lambda: len(listener.received) == 20 and len(caller.received) == 10, "media before")
+    all_before = time.perf_counter()
 
     session = rig.session(caller)
     failed = session.peer
@@ -229,13 +232,23 @@ async def test_a_failed_publisher_reconnects_and_media_flows_both_ways(rig: Rig)
     await resume(rig, caller, fresh, answered.session_description)
 
     # The reconnected publisher's new sender (new SSRC, its own sequence and clock) reaches the
-    # existing subscriber byte-identical, its numbering and timestamps continuing without a jump.
+    # existing subscriber byte-identical, its numbering continuing without a jump and its clock moved
+    # on by the outage in whole 20 ms frames (sfu_emulator/forwarding.py), then 960 per packet again.
+    resumed_at = time.perf_counter()  # before the mic's first packet after it
     await send(caller, mic, FRAMES[20:], base=7_000_000, first=20)
     await send(other, voice, VOICE[10:], base=5_000, first=10)
     await eventually(lambda: len(listener.received) == 50 and len(caller.received) == 20, "media after")
     assert [p.payload for p in listener.received] == FRAMES
     assert steps(listener.received) == [1] * 49
-    assert [p.timestamp for p in listener.received] == [100_000 + 960 * i for i in range(50)]
+    stamps = [p.timestamp for p in listener.received]
+    assert stamps[:20] == [100_000 + 960 * i for i in range(20)]
+    jump = (stamps[20] - stamps[19]) & 0xFFFFFFFF
+    # The emulator saw the outage between its forwarding of packets 19 and 20: after everything sent
+    # before it had arrived, before resumed_at; within the whole exchange.
+    shortest, longest = resumed_at - all_before, time.perf_counter() - before_first
+    assert jump % 960 == 0
+    assert max(1, round(shortest / 0.02)) * 960 <= jump <= max(1, round(longest / 0.02)) * 960, jump
+    assert [(b - a) & 0xFFFFFFFF for a, b in itertools.pairwise(stamps[20:])] == [960] * 29
     assert len({p.ssrc for p in listener.received}) == 1
 
     # What the reconnected session pulls flows to it, numbering continued, on the new SFU stream.

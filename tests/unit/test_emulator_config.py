@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
 
 from splitrelay.contract.safety import Secret
+from splitrelay.emulator import forwarding
 from splitrelay.emulator.config import ConfigError, EmulatorConfig, Timers, load_config, mask
 from splitrelay.emulator.forwarding import (
     DWELL_SAMPLES,
@@ -86,9 +89,14 @@ def test_watchdog_interval_follows_the_shortest_timer() -> None:
 class FakeStream:
     """Stands in for OutboundStream: records what a subscription sends."""
 
+    clock_rate = 48_000
+
     def __init__(self, sequence: int) -> None:
         self.sequence = sequence
         self.sent: list[tuple[bytes, int, int, int | None]] = []
+        self.packets = 0
+        self.last_timestamp = 0
+        self.last_send_ns = 0
 
     def send(
         self,
@@ -103,7 +111,21 @@ class FakeStream:
         assert sequence is not None
         self.sent.append((payload, timestamp, sequence, audio_level))
         self.sequence = (sequence + 1) & 0xFFFF
+        self.packets += 1
+        self.last_timestamp = timestamp
+        self.last_send_ns = NOW_NS[0]
         return True
+
+
+NOW_NS = [10**12]
+"""The forwarding module's clock in these tests (perf_counter_ns), moved by hand."""
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    NOW_NS[0] = 10**12
+    clock = SimpleNamespace(perf_counter_ns=lambda: NOW_NS[0], monotonic=time.monotonic)
+    monkeypatch.setattr(forwarding, "time", clock)
 
 
 def packet(seq: int, ts: int, ssrc: int = 7, level: int | None = None) -> RtpPacket:
@@ -120,10 +142,43 @@ def test_subscription_keeps_gaps_and_timestamps_then_continues_across_a_switch()
         assert subscription.forward(packet(seq, ts, level=5))
     assert [(s, t, lvl) for _, t, s, lvl in stream.sent] == [(65534, 1000, 5), (65535, 1960, 5), (1, 3880, 5)]
     subscription.switch_to(second)
+    NOW_NS[0] += 4_000_000  # 4 ms later: less than a frame, still one frame on
     assert subscription.forward(packet(9000, 777_777))
     assert stream.sent[-1][1:3] == (3880 + 960, 2)
     assert subscription.forward(packet(9001, 777_777 + 960))
     assert stream.sent[-1][1:3] == (3880 + 1920, 3)
+
+
+@pytest.mark.parametrize(("gap_ms", "frames"), [(0, 1), (29, 1), (31, 2), (1_000, 50), (65_000, 3250)])
+def test_a_switch_moves_the_clock_on_by_the_wall_clock_gap(gap_ms: int, frames: int) -> None:
+    """Failover: the old source stopped ``gap_ms`` before the new one's first packet; the subscriber's
+    timestamps advance by that gap in whole 20 ms frames, its sequence by one, then follow the source."""
+    stream = FakeStream(sequence=500)
+    subscription = Subscription("sub", "1", Publication("relay-1", "voice", "0", 0.0))
+    subscription.stream = cast(OutboundStream, stream)
+    assert subscription.forward(packet(40, 0xFFFF_FF00))  # the stream's first source: unchanged
+    assert stream.sent[-1][1:3] == (0xFFFF_FF00, 500)
+    subscription.switch_to(Publication("relay-2", "voice", "0", 0.0))
+    NOW_NS[0] += gap_ms * 1_000_000
+    assert subscription.forward(packet(7, 123))
+    assert subscription.forward(packet(9, 123 + 1920))  # one lost at the new source: the gap shows
+    expected = (0xFFFF_FF00 + 960 * frames) & 0xFFFFFFFF
+    assert [s[1:3] for s in stream.sent[1:]] == [(expected, 501), ((expected + 1920) & 0xFFFFFFFF, 503)]
+
+
+def test_a_new_subscription_on_a_played_stream_goes_on_too() -> None:
+    """The old source's session ended first (its subscription dropped); the next source gets a new
+    Subscription on the same outbound stream, which continues the stream rather than restarting it."""
+    stream = FakeStream(sequence=65535)
+    first = Subscription("sub", "1", Publication("relay-1", "voice", "0", 0.0))
+    first.stream = cast(OutboundStream, stream)
+    assert first.forward(packet(1, 5000))
+    first.stream = None
+    second = Subscription("sub", "1", Publication("relay-2", "voice", "0", 0.0))
+    second.stream = cast(OutboundStream, stream)
+    NOW_NS[0] += 200_000_000
+    assert second.forward(packet(30_000, 42))
+    assert stream.sent[-1][1:3] == (5000 + 10 * 960, 0)
 
 
 def test_inbound_routes_by_ssrc_and_learns_a_missing_one() -> None:
