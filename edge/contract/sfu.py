@@ -310,6 +310,15 @@ class UpdateTracksRequest(JsonModel):
         for index, track in enumerate(self.tracks):
             track.check(f"{join_path(path, 'tracks')}[{index}]", sdp_from_caller=None, reuse_transceiver=True)
 
+    @classmethod
+    def switch_remote(cls, mid: str, session_id: str, track_name: str) -> UpdateTracksRequest:
+        """Play ``session_id``'s ``track_name`` on our transceiver ``mid`` (or ``#ourTrackName``) in place
+        of what it plays now: relay failover moves the caller to the new relay's voice this way, with no
+        offer from the caller."""
+        request = cls(tracks=(TrackObject.remote(session_id, track_name, mid=mid),))
+        request.validate()
+        return request
+
 
 # Responses ----------------------------------------------------------------------------------------
 
@@ -372,6 +381,10 @@ class CloseTracksResponse(JsonModel):
         raise_for_item_errors(self.tracks, ignore=_CLOSED_CODES)
 
 
+SWITCH_NEEDS_RENEGOTIATION: Final = "switch_needs_renegotiation"
+"""Client-side code: a tracks/update the SFU accepted only with a renegotiation (a failover cannot use it)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class UpdateTracksResponse(JsonModel):
     requires_immediate_renegotiation: bool | None = None
@@ -383,6 +396,41 @@ class UpdateTracksResponse(JsonModel):
 
     def raise_for_item_errors(self) -> None:
         raise_for_item_errors(self.tracks)
+
+    def check_switched(self, request: UpdateTracksRequest) -> None:
+        """Raise :class:`SfuApiError` unless every switch of ``request`` took effect with no renegotiation.
+
+        A failover counts on the caller doing nothing: an item error, a missing item, an item naming
+        another track, or ``requiresImmediateRenegotiation: true`` (the caller would have to answer an
+        offer the edge cannot deliver) all mean the caller still plays the old track, or nothing.
+        """
+        raise_for_item_errors(self.tracks)
+        if self.requires_immediate_renegotiation:
+            raise SfuApiError(
+                200,
+                SWITCH_NEEDS_RENEGOTIATION,
+                "requiresImmediateRenegotiation: the switch needs an offer",
+                False,
+            )
+        if len(self.tracks) != len(request.tracks):
+            raise SfuApiError(
+                200,
+                ErrorCode.INVALID_RESPONSE,
+                f"tracks: {len(self.tracks)} item(s) for {len(request.tracks)} requested",
+                False,
+            )
+        for index, (asked, got) in enumerate(zip(request.tracks, self.tracks, strict=True)):
+            for name, want, have in (
+                ("sessionId", asked.session_id, got.session_id),
+                ("trackName", asked.track_name, got.track_name),
+            ):
+                if have is not None and have != want:
+                    raise SfuApiError(
+                        200,
+                        ErrorCode.INVALID_RESPONSE,
+                        f"tracks[{index}].{name}: the response names another track than requested",
+                        False,
+                    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -147,6 +147,23 @@ def build_update_tracks(app: SfuApp, session_id: str, request: UpdateTracksReque
     return json_request("PUT", app.session_path(session_id, "/tracks/update"), app.secret, request.to_json())
 
 
+def build_switch_track(
+    app: SfuApp, session_id: str, *, mid: str, to_session_id: str, to_track_name: str
+) -> tuple[HttpRequest, Callable[[int, bytes], UpdateTracksResponse]]:
+    """tracks/update that moves ``session_id``'s transceiver ``mid`` to another session's track, and the
+    parser that accepts only a switch that took effect without renegotiation
+    (:meth:`UpdateTracksResponse.check_switched`). Repeating it is harmless (the same track again), so
+    it may be retried like any call."""
+    request = UpdateTracksRequest.switch_remote(mid, to_session_id, to_track_name)
+
+    def parse(status: int, body: bytes) -> UpdateTracksResponse:
+        response = parse_update_tracks(status, body)
+        response.check_switched(request)
+        return response
+
+    return build_update_tracks(app, session_id, request), parse
+
+
 def build_get_session(app: SfuApp, session_id: str) -> HttpRequest:
     return json_request("GET", app.session_path(session_id), app.secret)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from splitrelay.contract.api_error import SfuApiError
+from splitrelay.contract.safety import Secret
 from splitrelay.contract.sfu import (
     CloseTracksRequest,
     ResourceStatus,
@@ -23,6 +25,7 @@ from splitrelay.contract.sfu import (
     TrackObject,
     UpdateTracksRequest,
 )
+from splitrelay.contract.sfu_http import SfuApp, build_switch_track
 from splitrelay.emulator.clients import Participant
 from splitrelay.emulator.server import EmulatorServer
 from splitrelay.relay.media.rtp import RtpPacket
@@ -277,10 +280,28 @@ async def test_tracks_update_moves_the_caller_to_another_relay_without_renegotia
     started = time.perf_counter()
     await send(relay_1, voice_1, FRAMES[:10])
     await eventually(lambda: len(caller.received) == 10, "relay 1 at the caller")
-    switch = UpdateTracksRequest(tracks=(TrackObject.remote(relay_2.session_id, "agent-voice", mid=mic),))
-    spec.validate_request("PUT", "/apps/{appId}/sessions/{sessionId}/tracks/update", switch.to_json())
-    update = await rig.sfu.update_tracks(caller.session_id, switch)
-    update.raise_for_item_errors()
+    # The edge's bytes (the stdlib contract the Worker sends), the caller's transceiver named as the
+    # edge knows it (#mic); its parser accepts only a switch that needs no renegotiation.
+    request, parse = build_switch_track(
+        SfuApp(APP_ID, Secret(APP_SECRET)),
+        caller.session_id,
+        mid="#mic",
+        to_session_id=relay_2.session_id,
+        to_track_name="agent-voice",
+    )
+    assert request.body_bytes is not None
+    spec.validate_request(
+        "PUT", "/apps/{appId}/sessions/{sessionId}/tracks/update", json.loads(request.body_bytes)
+    )
+    assert rig.server.info is not None
+    async with rig.check.client() as http:
+        sent = await http.request(
+            request.method,
+            request.url(rig.server.info.base_url),
+            headers=request.header_dict(),
+            content=request.body_bytes,
+        )
+    update = parse(sent.status_code, sent.content)
     assert update.requires_immediate_renegotiation is False
     assert [(t.mid, t.session_id, t.track_name) for t in update.tracks] == [
         (mic, relay_2.session_id, "agent-voice")
