@@ -1,11 +1,12 @@
 """Fuzz target 5: the emulator's HTTP API (sfu_emulator/http_api.py over a real Emulator, in process).
 
 sessions/new, tracks/new (the offer a real aiortc offer mutated line by line, the JSON mutated),
-tracks/close, renegotiate, GET session and TURN, with mutated bodies, queries, paths and Bearer tokens,
-aimed at a small pool of sessions (one with a negotiated peer). The oracle: no 5xx (the 501 of the
-operations the emulator documents as not emulated, data channels and WebSocket adapters, is the only
-exception), and every error in the spec's shape (``errorCode``/``errorDescription``). The pool is rebuilt
-every few hundred inputs and every session an input creates is ended, so a long run holds few peers.
+tracks/close, tracks/update, renegotiate, GET session and TURN, with mutated bodies, queries, paths and
+Bearer tokens, aimed at a small pool of sessions (one with a negotiated peer). The oracle: no 5xx (the
+501 of the operations the emulator documents as not emulated, data channels and WebSocket adapters, is
+the only exception), and every error in the spec's shape (``errorCode``/``errorDescription``). The pool
+is rebuilt every few hundred inputs and every session an input creates is ended, so a long run holds
+few peers.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def operation(fuzz: EmulatorFuzz, source: Source) -> tuple[str, str, dict[str, A
     """(method, path, body) of a valid-shaped request on the pool's sessions."""
     session = choice(source, fuzz.sessions)
     body: dict[str, Any] | None
-    kind = source.integer(0, 6)
+    kind = source.integer(0, 7)
     if kind == 0:
         body = {"sessionDescription": _offer(fuzz, source)} if chance(source, 2) else None
         query = choice(
@@ -194,6 +195,19 @@ def operation(fuzz: EmulatorFuzz, source: Source) -> tuple[str, str, dict[str, A
         )
     if kind == 5:
         return "GET", f"{BASE}/{session}", None
+    if kind == 6:  # relay failover's call: another session's track on an existing transceiver
+        track = {
+            "location": choice(source, ("remote", "remote", "local")),
+            "sessionId": choice(source, (*fuzz.sessions, "0" * 32)),
+            "trackName": choice(source, ("mic", "t1")),
+            "mid": choice(source, ("0", "1", "#mic", "#t1")),
+        }
+        if chance(source, 8):
+            track["simulcast"] = {"preferredRid": "h"}
+        body = {"tracks": [track] * source.integer(1, 2)}
+        if chance(source, 8):
+            body["sessionDescription"] = _offer(fuzz, source)
+        return "PUT", f"{BASE}/{session}/tracks/update", body
     return "POST", f"/v1/turn/keys/{TURN_KEY_ID}/credentials/generate-ice-servers", {"ttl": 600}
 
 
