@@ -25,10 +25,11 @@ from splitrelay.cost.catalogue import (
 )
 from splitrelay.cost.custom import MEASURED_CALLS_PER_CORE, Fleet
 from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.extras import Extras
 from splitrelay.cost.files import Output, check_output, write_atomic
 from splitrelay.cost.options import OPTION_NAMES, choose_options
 from splitrelay.cost.report import build_report, report_csv, report_json
-from splitrelay.cost.traffic import Traffic, parse_minutes
+from splitrelay.cost.traffic import Traffic, input_warnings, parse_minutes
 
 cost_app = typer.Typer(
     help="Monthly cost of carrying voice: hosted edges against this kit's own split edge.",
@@ -68,11 +69,13 @@ def cost(
         int, typer.Option(help="Relay instances per region, at least (redundancy).")
     ] = 2,
     calls_per_core: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="Relay calls per core; default: the measured SRTP fast path (400 at 72% CPU, 0 loss)."
+            help="Relay calls per core; default: the catalogue's figure for the instance's architecture "
+            f"(x86: the measured SRTP fast path, {MEASURED_CALLS_PER_CORE:g} at 72% CPU; arm: the same "
+            "figure, an assumption)."
         ),
-    ] = MEASURED_CALLS_PER_CORE,
+    ] = None,
     cores_per_instance: Annotated[
         int, typer.Option(help="vCPUs per relay instance, one relay process each.")
     ] = 2,
@@ -87,6 +90,39 @@ def cost(
     engineering: Annotated[
         float, typer.Option(help="Fixed engineering/operations USD per month, custom edge.")
     ] = 0.0,
+    savings_plan: Annotated[
+        float | None,
+        typer.Option(help="Fraction off on-demand relay hours (Savings Plan), in [0, 0.9]; default 0."),
+    ] = None,
+    public_ipv4: Annotated[
+        bool, typer.Option(help="Each relay instance has a public IPv4 address ($0.005/h).")
+    ] = True,
+    nat_gateway: Annotated[
+        bool, typer.Option(help="Relay media goes through a NAT gateway (per hour and per GB).")
+    ] = False,
+    gpu_placement: Annotated[
+        str, typer.Option(help="GPUs relative to the relays: same-az (free), cross-az or cross-region.")
+    ] = "same-az",
+    sip_rate: Annotated[
+        float | None, typer.Option(help="USD per call-minute of phone (SIP trunk) minutes, every option.")
+    ] = None,
+    model_rate: Annotated[
+        float | None,
+        typer.Option(help="Your model in USD per call-minute (all-in comparison with the realtime API)."),
+    ] = None,
+    gpu_hour: Annotated[
+        float | None, typer.Option(help="Your model as USD per GPU-hour (needs --calls-per-gpu).")
+    ] = None,
+    calls_per_gpu: Annotated[
+        float | None, typer.Option(help="Concurrent calls one GPU serves (with --gpu-hour).")
+    ] = None,
+    agent_host_hour: Annotated[
+        float | None,
+        typer.Option(help="USD per hour of a self-hosted agent host, on every option that does not host it."),
+    ] = None,
+    calls_per_agent_host: Annotated[
+        float, typer.Option(help="Concurrent calls one agent host serves.")
+    ] = 50.0,
     livekit_agents: Annotated[
         bool, typer.Option(help="Host the agent on LiveKit Cloud (agent-session minutes).")
     ] = False,
@@ -130,9 +166,16 @@ def cost(
             instance_type,
             accelerators,
             engineering,
+            savings_plan,
+            public_ipv4,
+            nat_gateway,
+            gpu_placement,
         )
+        extras = Extras(sip_rate, model_rate, gpu_hour, calls_per_gpu, agent_host_hour, calls_per_agent_host)
         book = _prices(prices_files or [], price or [], instance_type, instance_price)
-        models = choose_options(options, fleet, livekit_agents, with_model, generic_rate, generic_name)
+        models = choose_options(
+            options, fleet, livekit_agents, with_model, generic_rate, generic_name, extras
+        )
         csv_to_stdout = csv_out is not None and str(csv_out) == "-"
         csv_file = None if csv_out is None or csv_to_stdout else check_output(csv_out, "--csv", (".csv",))
         if csv_to_stdout and json_out:
@@ -140,6 +183,8 @@ def cost(
         if plot_out is not None:
             check_output(plot_out, "--plot", (".png", ".svg"))
         report = build_report(traffic, book, models)
+        for warning in input_warnings(traffic):
+            typer.echo(f"warning: {warning}", err=True)
         outputs = []
         if csv_file is not None:
             outputs.append(Output("--csv", csv_file, report_csv(report).encode()))

@@ -52,6 +52,10 @@ class CostBreakdown:
     option: str
     minutes: float
     items: tuple[LineItem, ...]
+    plan: str = ""
+    """The plan bought at this volume, for options sold as plans."""
+    contract_required: bool = False
+    """The peak is above every self-serve plan's cap: priced at the largest plan's rates."""
 
     @property
     def total_usd(self) -> float:

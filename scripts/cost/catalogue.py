@@ -26,7 +26,7 @@ INSTANCE_PREFIX = "aws.ec2.instance_hour."
 
 INSTANCE_UNIT = "USD/hour"
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
-_LEAF_FIELDS = frozenset({"value", "unit", "source", "as_of", "assumption", "note", "max"})
+_LEAF_FIELDS = frozenset({"value", "unit", "source", "as_of", "assumption", "unverified", "note", "max"})
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -43,6 +43,8 @@ class Price:
     note: str = ""
     origin: str = "catalogue"
     maximum: float | None = None
+    unverified: bool = False
+    """A published figure we could not read at its source: it has a URL but no as-of date."""
 
     @property
     def key(self) -> str:
@@ -55,6 +57,7 @@ class Price:
             "source": self.source,
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "assumption": self.assumption,
+            "unverified": self.unverified,
             "note": self.note,
             "origin": self.origin,
         }
@@ -117,6 +120,13 @@ class PriceBook(Mapping[str, Price]):
 
     def assumptions(self) -> list[Price]:
         return [p for p in self._entries.values() if p.assumption]
+
+    def unverified(self) -> list[Price]:
+        return [p for p in self._entries.values() if p.unverified]
+
+    def under(self, prefix: str) -> dict[str, Price]:
+        """Entries whose key starts with `prefix`, keyed by the rest (plans read their fields so)."""
+        return {k[len(prefix) :]: p for k, p in self._entries.items() if k.startswith(prefix)}
 
 
 def check_instance_type(instance_type: str, field: str = "--instance-type") -> str:
@@ -209,6 +219,8 @@ def dump_prices(prices: Iterable[Price], header: str) -> str:
             lines.append(f"as_of = {price.as_of.isoformat()}")
         if price.assumption:
             lines.append("assumption = true")
+        if price.unverified:
+            lines.append("unverified = true")
         if price.note:
             lines.append(f"note = {json.dumps(price.note)}")
     return "\n".join(lines) + "\n"
@@ -249,11 +261,16 @@ def _leaf(path: tuple[str, ...], table: dict[str, Any], label: str, strict: bool
     assumption = table.get("assumption", False)
     if not isinstance(assumption, bool):
         raise CostInputError(f"{label}: {key}.assumption", "must be true or false")
+    unverified = table.get("unverified", False)
+    if not isinstance(unverified, bool):
+        raise CostInputError(f"{label}: {key}.unverified", "must be true or false")
     if strict and not assumption and not source.startswith("https://"):
         raise CostInputError(f"{label}: {key}.source", "must be an https:// URL unless assumption = true")
-    as_of = _as_of(table.get("as_of"), f"{label}: {key}.as_of", required=strict)
+    if unverified and "as_of" in table:
+        raise CostInputError(f"{label}: {key}.as_of", "an unverified figure has no check date; drop as_of")
+    as_of = _as_of(table.get("as_of"), f"{label}: {key}.as_of", required=strict and not unverified)
     note = _text(table, "note", key, label, required=False)
-    return Price(path, value, unit, source, as_of, assumption, note, origin, maximum)
+    return Price(path, value, unit, source, as_of, assumption, note, origin, maximum, unverified)
 
 
 def _as_of(raw: object, field: str, required: bool) -> date | None:

@@ -11,65 +11,97 @@ from typing import ClassVar
 
 from splitrelay.cost.breakdown import Component, ComponentModel, Fixed, Kind, Metered, flat
 from splitrelay.cost.catalogue import PriceBook
-from splitrelay.cost.errors import check_range
+from splitrelay.cost.errors import CostInputError, check_range
+from splitrelay.cost.plans import Plan, PlannedModel, plan_names
 from splitrelay.cost.traffic import PARTICIPANTS_PER_CALL, Traffic
+
+LIVEKIT_PLANS = "livekit.plans."
 
 
 @dataclass(frozen=True)
-class LiveKitCloud(ComponentModel):
-    """Connection-minutes for each participant, downstream GB, a plan fee, optional agent hosting."""
+class LiveKitCloud(PlannedModel):
+    """LiveKit Cloud's self-serve plans: base fee, included connection-minutes, downstream GB and
+    agent minutes, overage after them, a cap on concurrent connections. The cheapest plan that
+    admits the busy hour is bought; above the last cap a contract is required."""
 
     agents: bool = False
     name: ClassVar[str] = "livekit"
     label: ClassVar[str] = "LiveKit Cloud"
     kind: ClassVar[Kind] = "hosted"
 
-    def components(self, traffic: Traffic, prices: PriceBook) -> list[Component]:
-        conn = prices.value("livekit.connection_minute")
-        per_gb = prices.value("livekit.downstream_per_gb")
-        free_min = prices.value("livekit.included_connection_minutes")
-        free_gb = prices.value("livekit.included_downstream_gb")
+    def connections_per_minute(self, traffic: Traffic) -> float:
+        # Caller and agent are both connections for the whole call.
+        return PARTICIPANTS_PER_CALL * traffic.peak_concurrent_calls / traffic.minutes
+
+    def plans(self, traffic: Traffic, prices: PriceBook) -> list[Plan]:
+        return [self._plan(name, traffic, prices) for name in plan_names(prices, LIVEKIT_PLANS)]
+
+    def _plan(self, plan: str, traffic: Traffic, prices: PriceBook) -> Plan:
+        prefix = f"{LIVEKIT_PLANS}{plan}."
+        fields = prices.under(prefix)
+        missing = [f for f in _LIVEKIT_FIELDS if f not in fields]
+        if missing:
+            raise CostInputError(
+                f"prices: {prefix}{missing[0]}", f"plan {plan!r} needs every one of {_LIVEKIT_FIELDS}"
+            )
+
+        def v(field: str) -> float:
+            return fields[field].value
+
+        def key(field: str) -> str:
+            return prefix + field
+
+        title = plan.capitalize()
         parts: list[Component] = [
-            Fixed(
-                "Plan fee", prices.value("livekit.plan_month"), "cheapest paid plan", ("livekit.plan_month",)
-            ),
+            Fixed(f"Plan fee ({title})", v("month"), f"LiveKit Cloud {title} plan", (key("month"),)),
             Metered(
                 "Connection minutes",
                 "connection-minutes",
                 per_minute=PARTICIPANTS_PER_CALL,
-                tiers=flat(conn),
-                included=free_min,
-                detail=f"{PARTICIPANTS_PER_CALL} participants per call-minute, {free_min:,.0f} included, "
-                f"then ${conn:g} each",
-                price_keys=("livekit.connection_minute", "livekit.included_connection_minutes"),
+                tiers=flat(v("connection_minute")),
+                included=v("included_connection_minutes"),
+                detail=f"{PARTICIPANTS_PER_CALL} participants per call-minute, "
+                f"{v('included_connection_minutes'):,.0f} included, then ${v('connection_minute'):g} each",
+                price_keys=(key("connection_minute"), key("included_connection_minutes")),
             ),
             Metered(
                 "Downstream data",
                 "GB",
                 # Each participant receives the other's audio; upstream is free.
                 per_minute=PARTICIPANTS_PER_CALL * traffic.gb_per_minute_each_way,
-                tiers=flat(per_gb),
-                included=free_gb,
-                detail=f"each participant receives the other's audio, {free_gb:,.0f} GB included, "
-                f"then ${per_gb:g}/GB",
-                price_keys=("livekit.downstream_per_gb", "livekit.included_downstream_gb"),
+                tiers=flat(v("downstream_per_gb")),
+                included=v("included_downstream_gb"),
+                detail=f"each participant receives the other's audio, {v('included_downstream_gb'):,.0f} GB "
+                f"included, then ${v('downstream_per_gb'):g}/GB",
+                price_keys=(key("downstream_per_gb"), key("included_downstream_gb")),
             ),
         ]
         if self.agents:
-            agent = prices.value("livekit.agent_session_minute")
-            free_agent = prices.value("livekit.included_agent_minutes")
             parts.append(
                 Metered(
                     "Agent session minutes",
                     "agent-session-minutes",
                     per_minute=1.0,
-                    tiers=flat(agent),
-                    included=free_agent,
-                    detail=f"agent hosted on LiveKit Cloud, {free_agent:,.0f} included, then ${agent:g}/min",
-                    price_keys=("livekit.agent_session_minute", "livekit.included_agent_minutes"),
+                    tiers=flat(v("agent_session_minute")),
+                    included=v("included_agent_minutes"),
+                    detail=f"agent hosted on LiveKit Cloud, {v('included_agent_minutes'):,.0f} included, "
+                    f"then ${v('agent_session_minute'):g}/min",
+                    price_keys=(key("agent_session_minute"), key("included_agent_minutes")),
                 )
             )
-        return parts
+        return Plan(title, tuple(parts), v("max_connections"))
+
+
+_LIVEKIT_FIELDS = (
+    "month",
+    "included_connection_minutes",
+    "connection_minute",
+    "included_downstream_gb",
+    "downstream_per_gb",
+    "included_agent_minutes",
+    "agent_session_minute",
+    "max_connections",
+)
 
 
 @dataclass(frozen=True)

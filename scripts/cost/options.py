@@ -5,6 +5,7 @@ from __future__ import annotations
 from splitrelay.cost.breakdown import CostModel
 from splitrelay.cost.custom import Fleet, SplitEdge
 from splitrelay.cost.errors import CostInputError
+from splitrelay.cost.extras import Extras, WithExtras
 from splitrelay.cost.hosted import (
     CloudflareRealtimeKit,
     GenericPerMinuteEdge,
@@ -22,8 +23,11 @@ def choose_options(
     with_model: bool,
     generic_rate: float | None,
     generic_name: str,
+    extras: Extras = Extras(),
 ) -> tuple[CostModel, ...]:
-    """`all` (generic only when a rate is given) or a comma-separated subset of OPTION_NAMES."""
+    """`all` (generic only when a rate is given) or a comma-separated subset of OPTION_NAMES, each
+    with the shared lines (`extras`) it does not bill itself. A model line makes the realtime API
+    carry its tokens: the all-in comparison."""
     allowed = ", ".join(OPTION_NAMES)
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
@@ -41,8 +45,20 @@ def choose_options(
         "custom": SplitEdge(fleet),
         "livekit": LiveKitCloud(agents=livekit_agents),
         "realtimekit": CloudflareRealtimeKit(),
-        "realtime-api": HostedRealtimeAPI(with_model=with_model),
+        "realtime-api": HostedRealtimeAPI(with_model=with_model or extras.model),
     }
     if generic_rate is not None:
         built["generic"] = GenericPerMinuteEdge(generic_rate, generic_name)
-    return tuple(built[name] for name in OPTION_NAMES if name in names)
+    chosen = [built[name] for name in OPTION_NAMES if name in names]
+    if extras.empty:
+        return tuple(chosen)
+    return tuple(
+        WithExtras(
+            model,
+            extras,
+            model_billed=isinstance(model, HostedRealtimeAPI) and model.with_model,
+            agent_billed=(isinstance(model, LiveKitCloud) and model.agents)
+            or (isinstance(model, HostedRealtimeAPI) and model.with_model),
+        )
+        for model in chosen
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from splitrelay.cost.report import Report, bundled
+from splitrelay.cost.report import Report, bundled, contents
 from splitrelay.cost.solve import SWEEP_HIGH, SWEEP_LOW, BreakEven
 
 
@@ -21,8 +21,8 @@ def money(usd: float) -> str:
 
 
 def minutes_label(minutes: float) -> str:
-    """10k, 263k, 1M, 11.1M, 1B, 1,000B: three significant digits."""
-    units = ((1e9, "B"), (1e6, "M"), (1e3, "k"))
+    """10k, 263k, 1M, 11.1M, 1B, 1T: three significant digits at any volume."""
+    units = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
     scale, suffix = next(((s, x) for s, x in units if minutes >= s), (1.0, ""))
     value = minutes / scale
     return (f"{value:.3g}" if value < 1000 else f"{value:,.0f}") + suffix
@@ -41,13 +41,15 @@ def render(report: Report, console: Console) -> None:
 def _at_volume(report: Report, console: Console) -> None:
     cheapest = report.cheapest
     table = Table(
-        title=f"Monthly cost (USD) at {minutes_label(report.traffic.minutes)} call-minutes a month",
+        title=f"Monthly cost (USD) at {minutes_label(report.traffic.minutes)} call-minutes a month: "
+        f"{contents(report)}",
         title_justify="left",
     )
     table.add_column("Option")
     table.add_column("Kind")
     table.add_column("Monthly", justify="right")
     table.add_column("per 1,000 min", justify="right")
+    table.add_column("Plan")
     table.add_column("")
     for b in sorted(report.at_volume, key=lambda b: (bundled(report.model(b.option)), b.total_usd)):
         model = report.model(b.option)
@@ -56,6 +58,7 @@ def _at_volume(report: Report, console: Console) -> None:
             model.kind,
             money(b.total_usd),
             money(b.per_1000_minutes),
+            (b.plan + (" (contract required)" if b.contract_required else "")) if b.plan else "",
             "<- cheapest" if b.option == cheapest else "",
             style="bold green" if b.option == cheapest else None,
         )
@@ -79,6 +82,10 @@ def _sweep(report: Report, console: Console) -> None:
         cells = [
             f"[bold green]{money(usd)}[/]" if name == cheapest else money(usd)
             for name, usd in row.monthly_usd.items()
+        ]
+        cells = [
+            cell + (f" [dim]{plan}[/]" if (plan := row.plans.get(name)) else "")
+            for cell, name in zip(cells, row.monthly_usd, strict=True)
         ]
         table.add_row(minutes_label(row.minutes), *cells)
     console.print()

@@ -16,7 +16,8 @@ from typing import Any
 from splitrelay.cost.breakdown import CostBreakdown, CostModel
 from splitrelay.cost.catalogue import PriceBook
 from splitrelay.cost.custom import Fleet, SplitEdge, describe_fleet
-from splitrelay.cost.hosted import HostedRealtimeAPI
+from splitrelay.cost.extras import WithExtras, base_model
+from splitrelay.cost.hosted import HostedRealtimeAPI, LiveKitCloud
 from splitrelay.cost.solve import BreakEven, break_even
 from splitrelay.cost.traffic import Traffic
 
@@ -28,6 +29,8 @@ SWEEP_MINUTES = (*(m * 10.0**e for e in range(4, 9) for m in (1, 3)), 1e9)
 class SweepRow:
     minutes: float
     monthly_usd: dict[str, float]
+    plans: dict[str, str]
+    """The plan each planned option buys at this volume ("Scale", "Scale, contract")."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,7 @@ class Report:
 def build_report(traffic: Traffic, prices: PriceBook, models: tuple[CostModel, ...]) -> Report:
     """Cost every option at `traffic`, over the sweep, and solve custom-vs-hosted break-evens."""
     at_volume = tuple(m.monthly_cost(traffic, prices) for m in models)
-    sweep = tuple(
-        SweepRow(minutes, {m.name: m.monthly_cost(traffic.at(minutes), prices).total_usd for m in models})
-        for minutes in SWEEP_MINUTES
-    )
+    sweep = tuple(_sweep_row(traffic.at(minutes), prices, models) for minutes in SWEEP_MINUTES)
     customs = [m for m in models if m.kind == "custom"]
     break_evens = tuple(
         break_even(custom, hosted, traffic, prices)
@@ -78,10 +78,39 @@ def build_report(traffic: Traffic, prices: PriceBook, models: tuple[CostModel, .
     )
 
 
+def _sweep_row(traffic: Traffic, prices: PriceBook, models: tuple[CostModel, ...]) -> SweepRow:
+    costs = {m.name: m.monthly_cost(traffic, prices) for m in models}
+    plans = {
+        name: b.plan + (", contract" if b.contract_required else "") for name, b in costs.items() if b.plan
+    }
+    return SweepRow(traffic.minutes, {name: b.total_usd for name, b in costs.items()}, plans)
+
+
 def bundled(model: CostModel) -> bool:
     """Transport priced inside something else (the realtime API without its model): shown, but it
     cannot be "cheapest" since nobody can buy that transport for $0 on its own."""
-    return isinstance(model, HostedRealtimeAPI) and not model.with_model
+    inner = base_model(model)
+    return isinstance(inner, HostedRealtimeAPI) and not inner.with_model
+
+
+def contents(report: Report) -> str:
+    """What the totals contain, in a few words (the plot's title and the report's first note)."""
+    extras = next((m.extras for m in report.models if isinstance(m, WithExtras)), None)
+    inners = [base_model(m) for m in report.models]
+    parts = ["transport"]
+    if extras is not None and extras.sip_per_minute is not None:
+        parts.append("phone minutes")
+    if extras is not None and extras.model:
+        parts.append("model")
+    elif any(isinstance(m, HostedRealtimeAPI) and m.with_model for m in inners):
+        parts.append("realtime API tokens")
+    hosted_agents = any(isinstance(m, LiveKitCloud) and m.agents for m in inners)
+    if hosted_agents or (extras is not None and extras.agent_host_hour is not None):
+        parts.append("agent hosting")
+    fleet = report.fleet
+    if fleet is not None and fleet.engineering_usd:
+        parts.append("engineering")
+    return " + ".join(parts)
 
 
 def _assumptions(traffic: Traffic, prices: PriceBook, models: tuple[CostModel, ...]) -> tuple[str, ...]:
@@ -91,21 +120,36 @@ def _assumptions(traffic: Traffic, prices: PriceBook, models: tuple[CostModel, .
         f"{t.overhead_bytes:g} B per {t.frame_ms:g} ms packet = {t.bytes_per_minute_each_way / 1e6:.2f} MB "
         "per minute each way, sent all call long (no DTX)",
     ]
-    fleet = _fleet(models)
-    if fleet is not None:
-        notes.append(describe_fleet(fleet, t))
-    if any(isinstance(m, HostedRealtimeAPI) and m.with_model for m in models):
+    edge = next((m for m in map(base_model, models) if isinstance(m, SplitEdge)), None)
+    if edge is not None:
+        notes.append(describe_fleet(edge, t, prices))
+    extras = next((m.extras for m in models if isinstance(m, WithExtras)), None)
+    api_tokens = any(
+        isinstance(inner := base_model(m), HostedRealtimeAPI) and inner.with_model for m in models
+    )
+    if extras is not None and extras.model:
+        notes.append(
+            "all in: the hosted realtime API carries its audio tokens, every other option your model "
+            "at the given rate"
+        )
+    elif api_tokens:
         notes.append(
             "the hosted realtime API includes its model's audio tokens; the other options are transport "
-            "only and exclude your own inference cost"
+            "only and exclude your own inference cost (give --model-rate or --gpu-hour for all-in)"
         )
     else:
         notes.append("transport only: model and inference costs are excluded (--with-model shows the API's)")
+    if any(isinstance(base_model(m), LiveKitCloud) for m in models):
+        notes.append(
+            "LiveKit Cloud: the cheapest self-serve plan whose concurrency cap admits the busy hour "
+            "(2 connections per call); above the last cap a contract is required, priced at its rates"
+        )
     dates = sorted(p.as_of for p in prices.values() if p.as_of)
-    checked = f"checked {dates[0]} to {dates[-1]}" if dates else "undated"
+    checked = f"dated {dates[0]} to {dates[-1]}" if dates else "undated"
     notes.append(
         f"USD list prices without volume discounts, {checked}; {len(prices.assumptions())} of {len(prices)} "
-        "catalogue figures are assumptions (marked in --json and in scripts/cost/prices.toml)"
+        f"catalogue figures are assumptions and {len(prices.unverified())} published figures could not be "
+        "read at their source (unverified, undated; marked in --json and in scripts/cost/prices.toml)"
     )
     return tuple(notes)
 
@@ -123,6 +167,7 @@ def report_json(report: Report) -> str:
             "bytes_per_minute_each_way": t.bytes_per_minute_each_way,
         },
         "fleet": asdict(report.fleet) if report.fleet else None,
+        "contains": contents(report),
         "at_volume": {
             "minutes": t.minutes,
             "cheapest": cheapest,
@@ -132,6 +177,8 @@ def report_json(report: Report) -> str:
                     "monthly_usd": b.total_usd,
                     "per_1000_minutes_usd": b.per_1000_minutes,
                     "cheapest": b.option == cheapest,
+                    "plan": b.plan or None,
+                    "contract_required": b.contract_required,
                     "line_items": [item.as_dict() for item in b.items],
                 }
                 for b in report.at_volume
@@ -142,6 +189,7 @@ def report_json(report: Report) -> str:
                 "minutes": row.minutes,
                 "cheapest": report.cheapest_of(row.monthly_usd),
                 "monthly_usd": row.monthly_usd,
+                "plans": row.plans,
             }
             for row in report.sweep
         ],
@@ -172,7 +220,7 @@ def report_csv(report: Report) -> str:
 
 
 def _fleet(models: tuple[CostModel, ...]) -> Fleet | None:
-    return next((m.fleet for m in models if isinstance(m, SplitEdge)), None)
+    return next((m.fleet for m in map(base_model, models) if isinstance(m, SplitEdge)), None)
 
 
 def _identity(model: CostModel) -> dict[str, str]:

@@ -74,10 +74,31 @@ class Traffic:
         return self.minutes * self.busy_hour_share / (DAYS_PER_MONTH * 60)
 
 
+BUSY_HOUR_FLOOR = 1 / 24
+"""A busy hour with less than 1/24 of the day's minutes is quieter than the average hour."""
+
+
+def input_warnings(traffic: Traffic) -> list[str]:
+    """Inputs the docs call unrealistic: accepted, but said out loud."""
+    warnings: list[str] = []
+    if traffic.busy_hour_share < BUSY_HOUR_FLOOR:
+        warnings.append(
+            f"--busy-hour-share {traffic.busy_hour_share:g} is below 1/24 = {BUSY_HOUR_FLOOR:.3f}: "
+            "the busy hour would be quieter than the average hour, so the relay fleet and plan caps "
+            "are understated"
+        )
+    return warnings
+
+
 def parse_minutes(text: str) -> float:
     """`1e6`, `1M`, `250k`, `1.5B`, `2,500,000` -> minutes per month, in (0, 1e12]."""
-    match = _MINUTES.fullmatch(text)
     allowed = f"a number of call-minutes per month in (0, {number(MINUTES_MAX)}], such as 1e6, 1M or 250k"
+    if text.startswith("="):
+        # `-m=5` reaches us as "=5": a short option takes its value after a space.
+        raise CostInputError(
+            "--minutes", f"write `-m VALUE` or `--minutes=VALUE` (a short option takes no '='); got -m{text}"
+        )
+    match = _MINUTES.fullmatch(text)
     if match is None:
         raise CostInputError("--minutes", f"must be {allowed}; got {text!r}")
     try:

@@ -70,7 +70,7 @@ def test_refresh_writes_a_price_file_the_report_uses(
     client, _ = stubbed
     monkeypatch.setattr(aws_prices, "pricing_client", lambda: client)
     out = tmp_path / "sydney.toml"
-    out.write_text('[livekit.plan_month]\nvalue = 0.0\nunit = "USD/month"\n')  # kept by the merge
+    out.write_text('[livekit.plans.ship.month]\nvalue = 0.0\nunit = "USD/month"\n')  # kept by the merge
     runner = CliRunner()
     result = runner.invoke(
         cost_app, ["refresh-prices", "aws", "--region", "ap-southeast-2", "--out", str(out)]
@@ -78,7 +78,7 @@ def test_refresh_writes_a_price_file_the_report_uses(
     assert result.exit_code == 0, result.output
     assert "wrote 8 prices for ap-southeast-2" in result.stdout
     written = {p.key: p for p in load_price_file(out)}
-    assert written["livekit.plan_month"].value == 0
+    assert written["livekit.plans.ship.month"].value == 0
     assert written["aws.egress.tier1_per_gb"].value == 0.114
 
     report = runner.invoke(cost_app, ["--prices", str(out), "--json"])
@@ -132,7 +132,7 @@ def test_bad_arguments_fail_before_any_call(region: str, instance_type: str, fie
 
 def test_merge_refuses_a_file_the_catalogue_would_refuse(tmp_path: Path) -> None:
     out = tmp_path / "p.toml"
-    out.write_text('[livekit.plan_month]\nvalue = 1\nunit = "EUR/month"\n')
+    out.write_text('[livekit.plans.ship.month]\nvalue = 1\nunit = "EUR/month"\n')
     with pytest.raises(CostInputError, match="must be 'USD/month'"):
         merge_price_file(out, [], load_catalogue(), "header")
 

@@ -29,7 +29,9 @@ def test_every_catalogue_entry_has_unit_source_and_date(book: PriceBook) -> None
     assert len(book) >= 40
     for key, price in book.items():
         assert price.unit, key
-        assert price.as_of is not None and price.as_of <= date(2026, 12, 31), key
+        # A figure not read at its source is marked unverified and carries no check date.
+        assert (price.as_of is None) == price.unverified, key
+        assert price.as_of is None or price.as_of <= date(2026, 12, 31), key
         if price.assumption:
             assert price.source.startswith("assumption"), key
         else:
@@ -39,7 +41,10 @@ def test_every_catalogue_entry_has_unit_source_and_date(book: PriceBook) -> None
 def test_catalogue_marks_unsourced_figures_as_assumptions(book: PriceBook) -> None:
     marked = {p.key for p in book.assumptions()}
     assert "cloudflare.workers.requests_per_call" in marked
-    assert "livekit.included_connection_minutes" in marked
+    assert "relay.calls_per_core.arm" in marked  # not measured on Graviton
+    unverified = {p.key for p in book.unverified()}
+    assert "livekit.plans.scale.included_connection_minutes" in unverified
+    assert book["livekit.plans.scale.month"].as_of is None  # no check date that did not happen
     assert "cloudflare.realtime.egress_per_gb" not in marked
     assert book["cloudflare.realtime.egress_per_gb"].value == 0.05
     assert book["cloudflare.realtime.egress_per_gb"].unit == "USD/GB"
@@ -48,58 +53,61 @@ def test_catalogue_marks_unsourced_figures_as_assumptions(book: PriceBook) -> No
 def test_user_file_overrides_a_subset_and_records_its_origin(tmp_path: Path, book: PriceBook) -> None:
     path = tmp_path / "mine.toml"
     path.write_text(
-        '[livekit.connection_minute]\nvalue = 0.0004\nunit = "USD/connection-minute"\n'
+        '[livekit.plans.ship.connection_minute]\nvalue = 0.0004\nunit = "USD/connection-minute"\n'
         '[aws.ec2.instance_hour."c8g.large"]\nvalue = 0.08\nunit = "USD/hour"\nas_of = 2026-11-01\n'
     )
     new = book.with_overrides(load_price_file(path), label=path.name)
-    assert new.value("livekit.connection_minute") == 0.0004
-    assert new["livekit.connection_minute"].origin == "file mine.toml"
-    assert new["livekit.connection_minute"].source == "price file mine.toml"
+    assert new.value("livekit.plans.ship.connection_minute") == 0.0004
+    assert new["livekit.plans.ship.connection_minute"].origin == "file mine.toml"
+    assert new["livekit.plans.ship.connection_minute"].source == "price file mine.toml"
     assert new.instance_hour("c8g.large").value == 0.08
-    assert new.value("livekit.downstream_per_gb") == book.value("livekit.downstream_per_gb")
-    assert book.value("livekit.connection_minute") == 0.0005  # the original book is unchanged
+    assert new.value("livekit.plans.ship.downstream_per_gb") == book.value(
+        "livekit.plans.ship.downstream_per_gb"
+    )
+    assert book.value("livekit.plans.ship.connection_minute") == 0.0005  # the original book is unchanged
 
 
 @pytest.mark.parametrize(
     ("text", "field", "says"),
     [
         (
-            "[livekit.connection_minute]\nvalue = 0.0004\n",
-            "bad.toml: livekit.connection_minute.unit",
+            "[livekit.plans.ship.connection_minute]\nvalue = 0.0004\n",
+            "bad.toml: livekit.plans.ship.connection_minute.unit",
             "missing",
         ),
         (
-            '[livekit.connection_minute]\nvalue = "0.0004x"\nunit = "USD/connection-minute"\n',
-            "bad.toml: livekit.connection_minute.value",
+            '[livekit.plans.ship.connection_minute]\nvalue = "0.0004x"\nunit = "USD/connection-minute"\n',
+            "bad.toml: livekit.plans.ship.connection_minute.value",
             "must be a number >= 0, got '0.0004x'",
         ),
         (
-            '[livekit.connection_minute]\nvalue = true\nunit = "USD/connection-minute"\n',
-            "bad.toml: livekit.connection_minute.value",
+            '[livekit.plans.ship.connection_minute]\nvalue = true\nunit = "USD/connection-minute"\n',
+            "bad.toml: livekit.plans.ship.connection_minute.value",
             "must be a number",
         ),
         (
-            '[livekit.connection_minute]\nvalue = -1\nunit = "USD/connection-minute"\n',
-            "bad.toml: livekit.connection_minute.value",
+            '[livekit.plans.ship.connection_minute]\nvalue = -1\nunit = "USD/connection-minute"\n',
+            "bad.toml: livekit.plans.ship.connection_minute.value",
             ">= 0",
         ),
         (
-            '[livekit.connection_minute]\nvalue = nan\nunit = "USD/connection-minute"\n',
-            "bad.toml: livekit.connection_minute.value",
+            '[livekit.plans.ship.connection_minute]\nvalue = nan\nunit = "USD/connection-minute"\n',
+            "bad.toml: livekit.plans.ship.connection_minute.value",
             "finite",
         ),
         (
-            '[livekit.connection_minute]\nvalue = 1\nunit = "USD/connection-minute"\nmax = 3\n',
-            "bad.toml: livekit.connection_minute.max",
+            '[livekit.plans.ship.connection_minute]\nvalue = 1\nunit = "USD/connection-minute"\nmax = 3\n',
+            "bad.toml: livekit.plans.ship.connection_minute.max",
             "unknown field",
         ),
         (
-            '[livekit.connection_minute]\nvalue = 1\nunit = "USD/connection-minute"\nas_of = "last week"\n',
-            "bad.toml: livekit.connection_minute.as_of",
+            '[livekit.plans.ship.connection_minute]\nvalue = 1\nunit = "USD/connection-minute"\n'
+            'as_of = "last week"\n',
+            "bad.toml: livekit.plans.ship.connection_minute.as_of",
             "YYYY-MM-DD",
         ),
         ("[livekit]\nconnection_minute = 3\n", "bad.toml: livekit.connection_minute", "expected a table"),
-        ("[livekit.connection_minute\nvalue = 1\n", "bad.toml", "not valid TOML"),
+        ("[livekit.plans.ship.connection_minute\nvalue = 1\n", "bad.toml", "not valid TOML"),
     ],
 )
 def test_bad_price_file_names_the_field(tmp_path: Path, text: str, field: str, says: str) -> None:
@@ -116,14 +124,14 @@ def test_bad_price_file_names_the_field(tmp_path: Path, text: str, field: str, s
     ("text", "field", "says"),
     [
         (
-            '[livekit.connection_minute]\nvalue = 1\nunit = "USD/minute"\n',
+            '[livekit.plans.ship.connection_minute]\nvalue = 1\nunit = "USD/minute"\n',
             ".unit",
             "must be 'USD/connection-minute'",
         ),
         (
-            '[livekit.conection_minute]\nvalue = 1\nunit = "USD/minute"\n',
+            '[livekit.plans.ship.conection_minute]\nvalue = 1\nunit = "USD/minute"\n',
             "",
-            "did you mean 'livekit.connection_minute'",
+            "did you mean 'livekit.plans.ship.connection_minute'",
         ),
         ('[openai.realtime.caller_talk_share]\nvalue = 1.5\nunit = "fraction of call"\n', ".value", "[0, 1]"),
         ('[aws.ec2.instance_hour."Big Box"]\nvalue = 1\nunit = "USD/hour"\n', "", "instance type"),
@@ -184,7 +192,7 @@ def test_unpriced_instance_type_lists_the_known_ones(book: PriceBook) -> None:
 def test_dumped_prices_read_back_unchanged(book: PriceBook) -> None:
     chosen = [
         book["aws.ec2.instance_hour.m7g.large"],
-        book["livekit.plan_month"],
+        book["livekit.plans.ship.month"],
         book["aws.egress.tier1_per_gb"],
     ]
     text = dump_prices(chosen, "a header\nover two lines")

@@ -28,9 +28,11 @@ def test_default_report_through_the_splitrelay_command() -> None:
     assert "Monthly cost (USD) at 1M call-minutes a month" in out
     assert "<- cheapest" in out
     assert "Break-even against the custom edge" in out
-    assert "LiveKit Cloud: custom edge cheaper above 194k min" in out
+    assert "LiveKit Cloud: custom edge cheaper above 381k min" in out
+    assert "Scale" in out  # the plan LiveKit is priced on at 1M
     assert "Hosted realtime API (OpenAI): never: hosted is cheaper" in out
-    assert "Assumptions:" in out and "400 calls/core" in out and "findings.md" in out
+    flat_out = " ".join(out.split())
+    assert "Assumptions:" in out and "400 calls/core" in flat_out and "not measured on Graviton" in flat_out
 
 
 def test_json_report() -> None:
@@ -40,16 +42,21 @@ def test_json_report() -> None:
     assert data["traffic"]["minutes"] == 250_000
     volume = data["at_volume"]
     assert [o["name"] for o in volume["options"]] == ["custom", "livekit", "realtimekit", "realtime-api"]
-    assert volume["cheapest"] == "realtimekit"  # 250k is just below its break-even (263k)
+    # LiveKit Ship: $50 + (500k - 150k) x $0.0005, 195 GB < 250 included = $225 < RealtimeKit's $250.
+    assert volume["cheapest"] == "livekit"
     for option in volume["options"]:
         assert option["monthly_usd"] == pytest.approx(sum(i["usd"] for i in option["line_items"]))
-        assert option["cheapest"] == (option["name"] == "realtimekit")
+        assert option["cheapest"] == (option["name"] == "livekit")
+    livekit = next(o for o in volume["options"] if o["name"] == "livekit")
+    assert (livekit["plan"], livekit["contract_required"], livekit["monthly_usd"]) == ("Ship", False, 225)
+    assert data["contains"] == "transport"
     assert [row["minutes"] for row in data["sweep"]][:3] == [1e4, 3e4, 1e5]
     by_hosted = {b["hosted"]: b for b in data["break_even"]}
-    assert by_hosted["realtimekit"]["crossings"][0]["minutes"] == pytest.approx(263_304, abs=6)
+    assert by_hosted["realtimekit"]["crossings"][0]["minutes"] == pytest.approx(360_358, abs=6)
     assert by_hosted["realtime-api"]["never"].startswith("hosted is cheaper")
     assert data["prices"]["cloudflare.realtime.egress_per_gb"]["source"].startswith("https://")
-    assert data["fleet"]["calls_per_core"] == 400
+    assert data["fleet"]["calls_per_core"] is None  # the catalogue's figure for the architecture
+    assert data["prices"]["relay.calls_per_core.arm"]["assumption"] is True
 
 
 def test_csv_file_matches_json(tmp_path: Path) -> None:
@@ -60,9 +67,9 @@ def test_csv_file_matches_json(tmp_path: Path) -> None:
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == (1 + 11) * 4
     at_volume = {r["option"]: r for r in rows if r["section"] == "at_volume"}
-    assert at_volume["custom"]["monthly_usd"] == "293.47"
+    assert at_volume["custom"]["monthly_usd"] == "404.59"
     assert at_volume["custom"]["cheapest"] == "true"
-    assert at_volume["livekit"]["monthly_usd"] == "1143.60"
+    assert at_volume["livekit"]["monthly_usd"] == "700.00"
     billion = {r["option"]: r for r in rows if r["section"] == "sweep" and r["minutes"] == "1000000000"}
     assert billion["realtimekit"]["monthly_usd"] == "1000000.00"
     assert billion["realtimekit"]["per_1000_minutes_usd"] == "1.0000"
@@ -78,7 +85,7 @@ def test_csv_to_stdout() -> None:
 @pytest.mark.parametrize("suffix", ["png", "svg"])
 def test_plot_is_a_valid_image(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"costs.{suffix}"
-    result = runner.invoke(cost_app, ["--plot", str(path), "--generic-rate", "0.00004"])
+    result = runner.invoke(cost_app, ["--plot", str(path), "--generic-rate", "0.00006"])
     assert result.exit_code == 0, result.output
     if suffix == "png":
         with Image.open(path) as image:
@@ -105,7 +112,7 @@ def test_overrides_change_the_numbers(tmp_path: Path) -> None:
             "--prices",
             str(prices),
             "--price",
-            "livekit.plan_month=0",
+            "livekit.plans.scale.month=600",
             "--instance-type",
             "c8g.large",
             "--instance-price",
@@ -117,7 +124,7 @@ def test_overrides_change_the_numbers(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     options = {o["name"]: o for o in json.loads(result.stdout)["at_volume"]["options"]}
     assert options["realtimekit"]["monthly_usd"] == pytest.approx(2_000)
-    assert options["livekit"]["monthly_usd"] == pytest.approx(1_093.60)
+    assert options["livekit"]["monthly_usd"] == pytest.approx(800)  # Scale: $600 + $200 (Ship $1,038.60)
     fleet = next(i for i in options["custom"]["line_items"] if i["label"] == "Relay fleet")
     assert fleet["usd"] == pytest.approx(4 * 730 * 0.2)
 
@@ -130,8 +137,8 @@ BAD_INPUTS = [
     (["--busy-hour-share", "1.5"], "--busy-hour-share: must be in (0, 1], got 1.5"),
     (["--busy-hour-share", "0"], "--busy-hour-share: must be in (0, 1], got 0"),
     (
-        ["--price", "livekit.connection_minute=0.0005x"],
-        "--price livekit.connection_minute: value must be a number",
+        ["--price", "livekit.plans.ship.connection_minute=0.0005x"],
+        "--price livekit.plans.ship.connection_minute: value must be a number",
     ),
     (["--instance-type", "c8g.large"], "--instance-type: no price for 'c8g.large'"),
     (["--options", "generic"], "--generic-rate: is required for option 'generic'"),
@@ -154,12 +161,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str
     ("text", "message"),
     [
         (
-            "[livekit.connection_minute]\nvalue = 0.0004\n",
-            "mine.toml: livekit.connection_minute.unit: is missing (required: a non-empty string)",
+            "[livekit.plans.ship.connection_minute]\nvalue = 0.0004\n",
+            "mine.toml: livekit.plans.ship.connection_minute.unit: is missing (required: a non-empty string)",
         ),
         (
-            '[livekit.connection_minute]\nvalue = "4e-4!"\nunit = "USD/connection-minute"\n',
-            "mine.toml: livekit.connection_minute.value: must be a number >= 0, got '4e-4!'",
+            '[livekit.plans.ship.connection_minute]\nvalue = "4e-4!"\nunit = "USD/connection-minute"\n',
+            "mine.toml: livekit.plans.ship.connection_minute.value: must be a number >= 0, got '4e-4!'",
         ),
     ],
 )
@@ -202,11 +209,11 @@ def test_atomic_write_is_all_or_nothing(tmp_path: Path) -> None:
 
 
 def test_table_names_step_crossings_and_marks_bundled_transport() -> None:
-    result = runner.invoke(cost_app, ["--generic-rate", "0.00004", "--generic-name", "Bandwidth-priced edge"])
+    result = runner.invoke(cost_app, ["--generic-rate", "0.00006", "--generic-name", "Bandwidth-priced edge"])
     assert result.exit_code == 0, result.output
     out = " ".join(result.stdout.split())  # undo the table's line wrapping
-    assert "Bandwidth-priced edge: custom edge cheaper above 505M min" in out
+    assert "Bandwidth-priced edge: custom edge cheaper above 420M min" in out
     assert (
-        "custom edge dearer above 506M min, where it adds a relay instance ($40,590 against $40,491)" in out
+        "custom edge dearer above 428M min, where it adds a relay instance ($51,417 against $51,392)" in out
     )
     assert "(OpenAI) *" in out and "so it is never marked cheapest" in out

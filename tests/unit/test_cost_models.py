@@ -41,13 +41,27 @@ def items(model: CostModel, minutes: float, book: PriceBook) -> dict[str, float]
 
 
 def test_livekit_by_hand(book: PriceBook) -> None:
-    # 1M min: plan $50 + 2 x 1e6 connection-min x $0.0005 + 2 x 390 GB x $0.12.
-    assert total(LiveKitCloud(), 1e6, book) == pytest.approx(50 + 1000 + 93.60, abs=CENT)
-    # 10k min: $50 + $10 + 7.8 GB x $0.12.
-    assert total(LiveKitCloud(), 1e4, book) == pytest.approx(50 + 10 + 0.936, abs=CENT)
-    # Agent hosting adds 1e6 agent-session minutes x $0.01.
-    assert total(LiveKitCloud(agents=True), 1e6, book) == pytest.approx(1143.60 + 10_000, abs=CENT)
-    assert items(LiveKitCloud(), 1e6, book)["Downstream data"] == pytest.approx(93.60)
+    # 10k min: Ship $50; 20k connection-min < 150k and 7.8 GB < 250 GB included.
+    assert total(LiveKitCloud(), 1e4, book) == pytest.approx(50, abs=CENT)
+    # 100k min: Ship $50 + (200k - 150k) x $0.0005 (78 GB < 250 GB).
+    assert total(LiveKitCloud(), 1e5, book) == pytest.approx(75, abs=CENT)
+    # 1M min: Ship would be $50 + 1.85M x $0.0005 + (780 - 250) GB x $0.12 = $1,038.60;
+    # Scale is $500 + (2M - 1.5M) x $0.0004 (780 GB < 3 TB) = $700: Scale is bought.
+    at_1m = LiveKitCloud().monthly_cost(Traffic(1e6), book)
+    assert at_1m.plan == "Scale" and not at_1m.contract_required
+    assert at_1m.total_usd == pytest.approx(700, abs=CENT)
+    # Agents: Scale + (1M - 50k) x $0.01 = $10,200 (Ship would be $1,038.60 + 995k x $0.01).
+    assert total(LiveKitCloud(agents=True), 1e6, book) == pytest.approx(700 + 9_500, abs=CENT)
+    # 10M min: peak 548 calls = 1,096 connections > Ship's 1,000: Scale, $500 + 18.5M x $0.0004
+    # + (7,800 - 3,000) GB x $0.10 = $8,380.
+    at_10m = LiveKitCloud().monthly_cost(Traffic(1e7), book)
+    assert (at_10m.plan, at_10m.contract_required) == ("Scale", False)
+    assert at_10m.total_usd == pytest.approx(8_380, abs=CENT)
+    # 100M min: 10,959 connections > Scale's 5,000: contract required, priced at Scale's rates.
+    at_100m = LiveKitCloud().monthly_cost(Traffic(1e8), book)
+    assert (at_100m.plan, at_100m.contract_required) == ("Scale", True)
+    assert at_100m.total_usd == pytest.approx(500 + 198.5e6 * 0.0004 + 75_000 * 0.10, abs=CENT)
+    assert items(LiveKitCloud(), 1e5, book)["Plan fee (Ship)"] == 50
 
 
 def test_realtimekit_by_hand(book: PriceBook) -> None:
@@ -72,47 +86,63 @@ def test_generic_edge_by_hand(book: PriceBook) -> None:
         GenericPerMinuteEdge(2.0)
 
 
+HEARTBEAT_PER_INSTANCE_HOUR = 4 * 3600 * 2 * (0.30 + 0.15) / 1e6 + 3600 * 2 * 0.128 * 12.5 / 1e6
+"""Two relay processes beat 4 times a second: a Worker and a DO request each, the object awake."""
+
+
 def test_custom_edge_at_one_million_by_hand(book: PriceBook) -> None:
     lines = items(SplitEdge(), 1e6, book)
-    # 333,333 calls: 1.33M Workers requests (< 10M free), 13.3M CPU-ms (< 30M), exactly 1M DO
-    # requests (= 1M free), 85,333 GB-s (< 400k), 780 GB SFU egress (< 1,000 GB free): all $0.
-    for free in (
-        "Workers requests",
-        "Workers CPU time",
-        "Durable Objects requests",
-        "Durable Objects duration",
-    ):
-        assert lines[free] == pytest.approx(0, abs=1e-9)
+    calls = 1e6 / 3
+    # Workers: 7 per call + 60 per call-minute (the client reads the record every second).
+    assert lines["Workers requests"] == pytest.approx((7 * calls + 60e6 - 10e6) * 0.30 / 1e6)  # $15.70
+    assert lines["Workers CPU time"] == 0  # 13.3M CPU-ms < 30M
+    # DO: 6 per call + 61 per call-minute (reads and the 60 s probe alarm).
+    do_requests = 6 * calls + 61e6
+    assert lines["Durable Objects requests (alarms included)"] == pytest.approx(
+        (do_requests - 1e6) * 0.15 / 1e6
+    )
+    assert lines["Durable Objects duration"] == pytest.approx(
+        (do_requests * 0.05 * 0.128 - 400e3) * 12.5 / 1e6
+    )  # $0.04
+    assert lines["Durable Objects rows written"] == 0  # 4.67M rows < 50M
+    assert lines["Durable Objects storage"] == 0  # deleted 30 s after each call: 0.0004 GB-month
     assert lines["Realtime SFU + TURN egress"] == 0
     assert lines["Workers Paid plan"] == 5
-    # Peak 54.8 calls, 27.4 per region x 1.5 / 800 -> 1, but at least 2 per region: 4 x 730 h x $0.0816.
+    # Peak 54.8 calls, 27.4 per region x 1.5 / 800 -> 1, but at least 2 per region: 4 x 730 h.
     assert lines["Relay fleet"] == pytest.approx(4 * 730 * 0.0816)
+    assert lines["Public IPv4"] == pytest.approx(4 * 730 * 0.005)
+    assert lines["Relay liveness (heartbeats)"] == pytest.approx(4 * 730 * HEARTBEAT_PER_INSTANCE_HOUR)
     # 390 GB relay -> SFU, 100 GB free, 290 GB x $0.09.
     assert lines["AWS data transfer out"] == pytest.approx(26.10)
     assert lines["Global Accelerator"] == pytest.approx(730 * 0.025)
     assert lines["Global Accelerator DT-Premium"] == pytest.approx(390 * 0.015)
-    assert total(SplitEdge(), 1e6, book) == pytest.approx(293.472, abs=CENT)
+    assert total(SplitEdge(), 1e6, book) == pytest.approx(404.594, abs=CENT)
 
 
 def test_custom_edge_at_one_hundred_million_by_hand(book: PriceBook) -> None:
     lines = items(SplitEdge(), 1e8, book)
-    assert lines["Workers requests"] == pytest.approx(
-        (133_333_333.33 - 10e6) * 0.30 / 1e6, abs=CENT
-    )  # $37.00
-    assert lines["Workers CPU time"] == pytest.approx(
-        (1_333_333_333.3 - 30e6) * 0.02 / 1e6, abs=CENT
-    )  # $26.07
-    assert lines["Durable Objects requests"] == pytest.approx((100e6 - 1e6) * 0.15 / 1e6, abs=CENT)  # $14.85
-    # 33.3M calls x 2 s x 0.128 GB = 8.53M GB-s, 400k free, $12.50 per million.
-    assert lines["Durable Objects duration"] == pytest.approx((8_533_333.33 - 400e3) * 12.5 / 1e6, abs=CENT)
-    # 78,000 GB on both legs, 1,000 free, $0.05.
+    calls = 1e8 / 3
+    assert lines["Workers requests"] == pytest.approx((7 * calls + 6e9 - 10e6) * 0.30 / 1e6)  # $1,867
+    assert lines["Workers CPU time"] == pytest.approx((40 * calls - 30e6) * 0.02 / 1e6)  # $26.07
+    do_requests = 6 * calls + 6.1e9
+    assert lines["Durable Objects requests (alarms included)"] == pytest.approx(
+        (do_requests - 1e6) * 0.15 / 1e6
+    )
+    assert lines["Durable Objects duration"] == pytest.approx((do_requests * 0.0064 - 400e3) * 12.5 / 1e6)
+    # Rows written: 8 per call + 2 per call-minute = 466.7M, 50M free, $1 per million.
+    assert lines["Durable Objects rows written"] == pytest.approx((8 * calls + 2e8 - 50e6) / 1e6)
+    # 16 KB per call for 3.5 minutes of a 43,800-minute month: 0.043 GB-month, under 5 included.
+    assert lines["Durable Objects storage"] == 0
     assert lines["Realtime SFU + TURN egress"] == pytest.approx(77_000 * 0.05)
-    # Peak 5,479 calls; per region 2,740 x 1.5 / 800 = 5.14 -> 6; 12 instances x 730 h x $0.0816.
+    # Peak 5,479 calls; per region 2,740 x 1.5 / 800 = 5.14 -> 6; 12 instances x 730 h.
     assert lines["Relay fleet"] == pytest.approx(12 * 730 * 0.0816)
+    assert lines["Public IPv4"] == pytest.approx(12 * 730 * 0.005)
+    assert lines["Relay liveness (heartbeats)"] == pytest.approx(12 * 730 * HEARTBEAT_PER_INSTANCE_HOUR)
     # 39,000 GB out, 100 free: 10,240 GB x $0.09 + 28,660 GB x $0.085.
     assert lines["AWS data transfer out"] == pytest.approx(10_240 * 0.09 + 28_660 * 0.085)
     assert lines["Global Accelerator DT-Premium"] == pytest.approx(39_000 * 0.015)
-    assert total(SplitEdge(), 1e8, book) == pytest.approx(8_710.349, abs=CENT)
+    assert total(SplitEdge(), 1e8, book) == pytest.approx(sum(lines.values()))
+    assert total(SplitEdge(), 1e8, book) == pytest.approx(12_542.59, abs=CENT)
 
 
 def test_custom_edge_options_by_hand(book: PriceBook) -> None:

@@ -50,15 +50,22 @@ def check_crossings(be: BreakEven, custom: CostModel, hosted: CostModel, traffic
 
 
 def test_realtimekit_crossing_matches_the_algebra() -> None:
-    # Between 256k minutes (AWS's 100 GB free used up) and 1M (DO requests still free) the custom edge
-    # costs 5 + 238.272 + 18.25 + (0.00039 M - 100) x 0.09 + 0.00039 M x 0.015 = 252.522 + 0.00004095 M,
-    # RealtimeKit costs 0.001 M: equal at M = 252.522 / 0.00095905, found to within a cent of difference.
+    # Between 256k minutes (AWS's 100 GB free used up) and 992k (DO duration still free), past the
+    # Workers (10M) and DO (1M) free requests, the custom edge costs a floor of
+    # Workers $5 + 4 relays + 4 public IPv4 + 4 x heartbeats + Global Accelerator, plus egress,
+    # DT-Premium and requests per minute. RealtimeKit costs 0.001 M: solved for M.
+    heartbeat = 4 * 3600 * 2 * 0.45 / 1e6 + 3600 * 2 * 0.128 * 12.5 / 1e6
+    floor = (
+        5 + 4 * 730 * (0.0816 + 0.005 + heartbeat) + 730 * 0.025 - 100 * 0.09 - 10e6 * 0.3e-6 - 1e6 * 0.15e-6
+    )
+    slope = 0.00039 * (0.09 + 0.015) + (7 / 3 + 60) * 0.3e-6 + (6 / 3 + 61) * 0.15e-6
     traffic = Traffic(1e6)
     be = break_even(SplitEdge(), CloudflareRealtimeKit(), traffic, BOOK)
     assert be.never is None and be.exhaustive
     (crossing,) = be.crossings
     assert crossing.kind == "equal" and crossing.custom_cheaper_above
-    assert crossing.minutes == pytest.approx(252.522 / 0.00095905, abs=CENT / 2 / 0.00095905)
+    assert 256_410 < crossing.minutes < 992_063
+    assert crossing.minutes == pytest.approx(floor / (0.001 - slope), abs=CENT / (0.001 - slope))
     check_crossings(be, SplitEdge(), CloudflareRealtimeKit(), traffic)
 
 
@@ -84,7 +91,8 @@ def test_custom_cheaper_everywhere_says_why() -> None:
 
 def test_floor_beyond_range_estimates_the_payback() -> None:
     custom = SplitEdge(Fleet(engineering_usd=10_000))
-    be = break_even(custom, GenericPerMinuteEdge(0.00004), Traffic(1e6), BOOK)
+    # $0.12 per 1,000 min hosted against the custom edge's ~$0.114 marginal near 1e9.
+    be = break_even(custom, GenericPerMinuteEdge(0.00006), Traffic(1e6), BOOK)
     assert be.crossings == ()
     assert be.never is not None and "fixed floor" in be.never and "would pay back near" in be.never
 
@@ -93,7 +101,7 @@ def test_every_crossing_is_reported_including_relay_steps() -> None:
     # A hosted price close to the custom edge's own marginal cost: the custom edge's relay steps
     # carry it above and below the hosted line several times.
     traffic = Traffic(1e6)
-    custom, hosted = SplitEdge(), GenericPerMinuteEdge(0.00004)
+    custom, hosted = SplitEdge(), GenericPerMinuteEdge(0.00006)
     be = break_even(custom, hosted, traffic, BOOK)
     assert len(be.crossings) >= 3
     assert {c.kind for c in be.crossings} == {"equal", "step"}
