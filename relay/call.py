@@ -55,11 +55,21 @@ class CallConfig:
     barge_in_threshold_dbov: float = -40.0
     barge_in_packets: int = 1
     """Consecutive speech packets that count as a barge-in (1 = within one packet)."""
+    barge_in_confirm_ms: int = 0
+    """How long a barge-in candidate waits for inference's verdict (BARGE_VERDICT) with playout paused;
+    0 flushes at once on the onset, without asking (the behaviour before candidates)."""
+    barge_in_sustain_ms: int = 100
+    """Default policy when inference gives no verdict within the window: confirm if the level detector
+    heard at least this much speech since the onset (onset packet included), else resume."""
     fast_path: FastPathConfig = field(default_factory=FastPathConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.barge_in_packets <= 50:
             raise ValueError(f"barge_in_packets must be 1..50, got {self.barge_in_packets}")
+        if not 0 <= self.barge_in_confirm_ms <= 2000:
+            raise ValueError(f"barge_in_confirm_ms must be 0..2000, got {self.barge_in_confirm_ms}")
+        if not 20 <= self.barge_in_sustain_ms <= 2000:
+            raise ValueError(f"barge_in_sustain_ms must be 20..2000, got {self.barge_in_sustain_ms}")
         if not 0 < self.connect_timeout_s <= 120:
             raise ValueError(f"connect_timeout_s must be in (0, 120], got {self.connect_timeout_s}")
 
@@ -83,6 +93,16 @@ class SequenceUnwrapper:
             self._last = seq
             return self._ext
         return self._ext - (0x10000 - delta)  # a late packet: behind the newest, no state change
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A barge-in candidate in flight: playout is paused until a verdict or the window's end."""
+
+    number: int
+    onset_timestamp: int  # AUDIO_IN timestamp of the voiced packet that raised it
+    speech_frames: int = 1  # the onset packet was speech by level
+    timer: asyncio.TimerHandle | None = None
 
 
 class Call:
@@ -125,6 +145,10 @@ class Call:
         self._playback_started = False
         self._silence_seen = False
         self._detector = SpeechDetector(self.config.barge_in_threshold_dbov)
+        self._candidate: _Candidate | None = None
+        self._candidates = 0
+        self.barge_rejected = 0
+        self.barge_by_policy = 0  # candidates the window's end decided (inference did not answer)
         loop = asyncio.get_running_loop()
         self.playout = Playout(
             self._send_frame,
@@ -195,6 +219,7 @@ class Call:
         self.state = CallState.CLOSED
         self.close_reason = reason
         self.playout.close()
+        self._drop_candidate()
         if self.wire_id is not None:
             # Tell inference, but do not hold the hang-up for its ACK: the link keeps retransmitting
             # in the background (shielded) if the first datagram is lost.
@@ -244,7 +269,10 @@ class Call:
             arrival,
         ):
             counters.packets_to_inference += 1
-        if self.playout.playing(arrival or None):
+        if self._candidate is not None:
+            if self._detector.is_speech(pkt.payload, level, pkt.voice):
+                self._candidate.speech_frames += 1
+        elif self.playout.playing(arrival or None):
             self._watch_for_barge_in(pkt, level, timestamp)
         else:
             self._playback_started = False
@@ -261,10 +289,55 @@ class Call:
             if self._silence_seen:
                 self._speech_run += 1
                 if self._speech_run >= self.config.barge_in_packets:
-                    self._barge_in(timestamp)
+                    if self.config.barge_in_confirm_ms:
+                        self._raise_candidate(timestamp)
+                    else:
+                        self._barge_in(timestamp)
         else:
             self._silence_seen = True
             self._speech_run = 0
+
+    def _raise_candidate(self, timestamp: int) -> None:
+        """Pause at once and ask inference; the window's timer applies the default policy."""
+        self._speech_run = 0
+        self.playout.pause()
+        self._candidates = number = (self._candidates % wire.U32) + 1
+        candidate = self._candidate = _Candidate(number, timestamp)
+        candidate.timer = asyncio.get_running_loop().call_later(
+            self.config.barge_in_confirm_ms / 1000, self._candidate_expired, number
+        )
+        if self.wire_id is not None:
+            report = self.playout.heard()
+            self.link.send_barge_candidate(self.wire_id, number, played_samples=report, timestamp=timestamp)
+
+    def _candidate_expired(self, number: int) -> None:
+        candidate = self._candidate
+        if candidate is None or candidate.number != number or self.state is CallState.CLOSED:
+            return
+        self.barge_by_policy += 1
+        sustained_ms = candidate.speech_frames * wire.PTIME_MS
+        self._decide(candidate, confirm=sustained_ms >= self.config.barge_in_sustain_ms)
+
+    def on_barge_verdict(self, number: int, confirm: bool) -> None:
+        """Inference's answer to a candidate; a late or unknown one (the window decided) is ignored."""
+        candidate = self._candidate
+        if candidate is None or candidate.number != number:
+            return
+        self._decide(candidate, confirm=confirm)
+
+    def _decide(self, candidate: _Candidate, *, confirm: bool) -> None:
+        self._drop_candidate()
+        if confirm:
+            self._barge_in(candidate.onset_timestamp)
+        else:
+            self.barge_rejected += 1
+            self._silence_seen = False  # the same sound does not raise a new candidate at once
+            self.playout.resume()
+
+    def _drop_candidate(self) -> None:
+        candidate, self._candidate = self._candidate, None
+        if candidate is not None and candidate.timer is not None:
+            candidate.timer.cancel()
 
     def _barge_in(self, timestamp: int) -> None:
         self._speech_run = 0
@@ -343,6 +416,9 @@ class Call:
             "packets_to_inference": c.packets_to_inference,
             "frames_from_inference": c.frames_from_inference,
             "barge_ins": c.barge_ins,
+            "barge_candidates": self._candidates,
+            "barge_rejected": self.barge_rejected,
+            "barge_decided_by_policy": self.barge_by_policy,
             "frames_dropped_barge_in": c.frames_dropped_barge_in,
             "frames_dropped_after_barge_in": self.playout.frames_dropped_interrupted,
             "frames_dropped_cleared": self.playout.frames_dropped_cleared,

@@ -217,6 +217,13 @@ class RelayLink(WireEndpoint):
         payload = BargeIn(played_samples, dropped_frames, response_seq).pack()
         return self._control(call_id, MsgType.BARGE_IN, payload, timestamp, reliable=True)
 
+    def send_barge_candidate(
+        self, call_id: int, candidate: int, *, played_samples: int, timestamp: int = 0
+    ) -> asyncio.Future[bool] | None:
+        """Ask inference to confirm or reject a barge-in (playout is paused meanwhile)."""
+        payload = wire.BargeCandidate(candidate, played_samples).pack()
+        return self._control(call_id, MsgType.BARGE_CANDIDATE, payload, timestamp, reliable=True)
+
     def send_mark(self, call_id: int, name: str, timestamp: int) -> asyncio.Future[bool] | None:
         """Echo a MARK once playout reached it (``timestamp`` = the mark's AUDIO_OUT position)."""
         return self._control(call_id, MsgType.MARK, wire.pack_mark(name), timestamp, reliable=True)
@@ -333,10 +340,17 @@ class RelayLink(WireEndpoint):
             state.sink.on_event(msg.json())
         elif mtype is MsgType.CLEAR:
             state.sink.on_clear(msg.timestamp)
+        elif mtype is MsgType.BARGE_VERDICT:
+            verdict = msg.barge_verdict()
+            on_verdict = getattr(state.sink, "on_barge_verdict", None)  # optional: older sinks lack it
+            if on_verdict is not None:
+                on_verdict(verdict.candidate, verdict.confirm)
         else:  # an inference-bound type sent the wrong way
             self.stats.garbage += 1
 
     def on_unacked(self, call_id: int, msg_type: MsgType, peer: Peer) -> None:
         state = self._calls.get(call_id)
+        if msg_type is MsgType.BARGE_CANDIDATE:
+            return  # a v2 peer without candidates never ACKs one; the window's default policy decides
         if state is not None and state.peer == peer and msg_type is not MsgType.CALL_START:
             self._end(state, "inference_unreachable", notify=False, tell_sink=True)

@@ -112,6 +112,8 @@ class Playout:
         self.frames_dropped_cleared = 0
         self.frames_caught_up = 0
         self._clear_before: int | None = None
+        self.paused = False  # a barge-in candidate holds playout until confirmed (flush) or rejected
+        self.pauses = 0
         self.closed = False
 
     # -- input from inference --------------------------------------------------------------------
@@ -132,7 +134,7 @@ class Playout:
             self._interrupted = False  # a new response starts
         continues = not marker and timestamp == self._next_position
         now = self._clock()
-        if not self._queue and not self._timer_pending:
+        if not self._queue and not self._timer_pending and not self.paused:
             # The common case, real-time audio: nothing waits, so send on arrival without queueing.
             if self._timeline_ns < now:
                 self._fell_behind(now, continues)
@@ -163,7 +165,7 @@ class Playout:
 
     def pump(self) -> None:
         """Send every queued frame whose timeline slot is within `lead` of now; schedule the rest."""
-        if self._timer_pending or self.closed:
+        if self._timer_pending or self.closed or self.paused:
             return
         now = self._clock()
         queue = self._queue
@@ -226,9 +228,35 @@ class Playout:
         """
         if self._interrupted:
             return False
-        if self._queued_frames:
+        if self._queued_frames or self.paused:
             return True
         return self._timeline_ns + self.tail_ns > (self._clock() if now_ns is None else now_ns)
+
+    def pause(self) -> None:
+        """Hold every frame not yet sent (a barge-in candidate): nothing more leaves until ``resume``
+        or ``barge_in``. What already left is at most `lead` ahead of the caller's ear."""
+        if self.paused or self.closed:
+            return
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self) -> None:
+        """The candidate was rejected: play on from the first held frame, nothing lost or repeated.
+
+        The held frames start a new talk spurt at the wall clock (RTP marker, timestamps moved on by
+        the pause), so the caller's jitter buffer plays the pause as a gap, not as lateness.
+        """
+        if not self.paused:
+            return
+        self.paused = False
+        now = self._clock()
+        if self._timeline_ns < now:
+            self._timeline_ns = now
+            self._new_spurt = True
+        for item in self._queue:  # a held frame never catches up over the pause
+            if isinstance(item, _Frame):
+                item.continues = False
+        self.pump()
 
     def flush(self) -> int:
         """Drop everything queued (marks in it are never echoed); return the frames dropped."""
@@ -250,17 +278,21 @@ class Playout:
         self._next_position = None
         return dropped
 
+    def heard(self) -> int:
+        """48 kHz samples of the current response the caller has heard by now."""
+        ahead_ns = max(0, self._timeline_ns - self._clock())
+        return max(0, self.response_frames * SAMPLES_PER_FRAME - ahead_ns * CLOCK_RATE // 1_000_000_000)
+
     def barge_in(self) -> BargeInReport:
         """Flush and report how much of the current response the caller heard.
 
         Until inference starts a new response (an AUDIO_OUT with the marker), frames still in flight
         from the interrupted one are dropped on arrival.
         """
-        now = self._clock()
-        ahead_ns = max(0, self._timeline_ns - now)
-        played = max(0, self.response_frames * SAMPLES_PER_FRAME - ahead_ns * CLOCK_RATE // 1_000_000_000)
+        played = self.heard()
         dropped = self.flush()
         self._interrupted = True
+        self.paused = False
         return BargeInReport(played, dropped, self.response_seq)
 
     def close(self) -> None:

@@ -60,11 +60,22 @@ class MsgType(IntEnum):
     EVENT = 7  # either way, JSON object with a "type" string, passed through
     ACK = 8  # either way; header seq = acked seq, payload = acked type (1 byte)
     CLEAR = 9  # inference -> relay, empty payload, reliable; timestamp = AUDIO_OUT position
+    BARGE_CANDIDATE = 10  # relay -> inference, 8-byte binary payload, reliable (additive to v2)
+    BARGE_VERDICT = 11  # inference -> relay, 5-byte binary payload, reliable (additive to v2)
 
 
 AUDIO_TYPES: Final = frozenset({MsgType.AUDIO_IN, MsgType.AUDIO_OUT})
 # Types that must always travel with FLAG_RELIABLE; MARK and EVENT may choose.
-CONTROL_TYPES: Final = frozenset({MsgType.CALL_START, MsgType.CALL_END, MsgType.BARGE_IN, MsgType.CLEAR})
+CONTROL_TYPES: Final = frozenset(
+    {
+        MsgType.CALL_START,
+        MsgType.CALL_END,
+        MsgType.BARGE_IN,
+        MsgType.CLEAR,
+        MsgType.BARGE_CANDIDATE,
+        MsgType.BARGE_VERDICT,
+    }
+)
 JSON_TYPES: Final = frozenset({MsgType.CALL_START, MsgType.CALL_END, MsgType.EVENT})
 
 _AUDIO_IN_FLAGS: Final = FLAG_MARKER | FLAG_LEVEL_PRESENT | FLAG_VOICE | LEVEL_MASK
@@ -78,6 +89,8 @@ _ALLOWED_FLAGS: Final[dict[int, int]] = {
     MsgType.EVENT: FLAG_RELIABLE,
     MsgType.ACK: 0,
     MsgType.CLEAR: FLAG_RELIABLE,
+    MsgType.BARGE_CANDIDATE: FLAG_RELIABLE,
+    MsgType.BARGE_VERDICT: FLAG_RELIABLE,
 }
 _TYPE_VALUES: Final = frozenset(int(t) for t in MsgType)
 
@@ -102,6 +115,61 @@ class BargeIn:
         if len(payload) != cls._STRUCT.size:
             raise WireError(f"payload: BARGE_IN carries exactly {cls._STRUCT.size} bytes, got {len(payload)}")
         return cls(*cls._STRUCT.unpack(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class BargeCandidate:
+    """Payload of BARGE_CANDIDATE: the relay paused playout on a voiced packet and asks inference to
+    confirm (flush) or reject (resume) it. The header timestamp is the onset's AUDIO_IN timestamp."""
+
+    candidate: int  # the call's candidate number (u32, from 1): a verdict names the one it answers
+    played_samples: int  # 48 kHz samples of the current response the caller heard when it paused
+
+    _STRUCT = struct.Struct("!II")
+
+    def pack(self) -> bytes:
+        for name in ("candidate", "played_samples"):
+            _check_u32(f"barge_candidate.{name}", getattr(self, name))
+        return self._STRUCT.pack(self.candidate, self.played_samples)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> BargeCandidate:
+        if len(payload) != cls._STRUCT.size:
+            raise WireError(
+                f"payload: BARGE_CANDIDATE carries exactly {cls._STRUCT.size} bytes, got {len(payload)}"
+            )
+        return cls(*cls._STRUCT.unpack(payload))
+
+
+VERDICT_REJECT: Final = 0  # not the caller speaking: resume playout from the paused frame
+VERDICT_CONFIRM: Final = 1  # the caller is speaking: flush, and the relay sends BARGE_IN
+
+
+@dataclass(frozen=True, slots=True)
+class BargeVerdict:
+    """Payload of BARGE_VERDICT: inference's answer to one BARGE_CANDIDATE."""
+
+    candidate: int  # the candidate number it answers
+    confirm: bool
+
+    _STRUCT = struct.Struct("!IB")
+
+    def pack(self) -> bytes:
+        _check_u32("barge_verdict.candidate", self.candidate)
+        if type(self.confirm) is not bool:
+            raise WireError(f"barge_verdict.confirm: must be a bool, got {self.confirm!r}")
+        return self._STRUCT.pack(self.candidate, VERDICT_CONFIRM if self.confirm else VERDICT_REJECT)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> BargeVerdict:
+        if len(payload) != cls._STRUCT.size:
+            raise WireError(
+                f"payload: BARGE_VERDICT carries exactly {cls._STRUCT.size} bytes, got {len(payload)}"
+            )
+        candidate, verdict = cls._STRUCT.unpack(payload)
+        if verdict not in (VERDICT_REJECT, VERDICT_CONFIRM):
+            raise WireError(f"payload: BARGE_VERDICT verdict is 0 (reject) or 1 (confirm), got {verdict}")
+        return cls(candidate, verdict == VERDICT_CONFIRM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +262,14 @@ class Message:
     def barge_in(self) -> BargeIn:
         self._expect({MsgType.BARGE_IN})
         return BargeIn.unpack(self.payload)
+
+    def barge_candidate(self) -> BargeCandidate:
+        self._expect({MsgType.BARGE_CANDIDATE})
+        return BargeCandidate.unpack(self.payload)
+
+    def barge_verdict(self) -> BargeVerdict:
+        self._expect({MsgType.BARGE_VERDICT})
+        return BargeVerdict.unpack(self.payload)
 
     def mark_name(self) -> str:
         self._expect({MsgType.MARK})
@@ -420,6 +496,10 @@ def _check_shape(mtype: MsgType, flags: int, payload: bytes) -> None:
         _check_event(unpack_json(payload, what="EVENT"))
     elif mtype is MsgType.BARGE_IN:
         BargeIn.unpack(payload)
+    elif mtype is MsgType.BARGE_CANDIDATE:
+        BargeCandidate.unpack(payload)
+    elif mtype is MsgType.BARGE_VERDICT:
+        BargeVerdict.unpack(payload)
     elif mtype is MsgType.MARK:
         unpack_mark(payload)
     elif mtype is MsgType.ACK:

@@ -31,6 +31,8 @@ _ACKABLE = (
     MsgType.MARK,
     MsgType.EVENT,
     MsgType.CLEAR,
+    MsgType.BARGE_CANDIDATE,
+    MsgType.BARGE_VERDICT,
 )
 
 
@@ -77,6 +79,10 @@ def valid_message(source: Source) -> Message:
         flags = wire.FLAG_RELIABLE if chance(source, 2) else 0
     elif mtype is MsgType.BARGE_IN:
         payload = BargeIn(_u32(source), _u32(source), _u32(source)).pack()
+    elif mtype is MsgType.BARGE_CANDIDATE:
+        payload = wire.BargeCandidate(_u32(source), _u32(source)).pack()
+    elif mtype is MsgType.BARGE_VERDICT:
+        payload = wire.BargeVerdict(_u32(source), chance(source, 2)).pack()
     elif mtype is MsgType.ACK:
         payload = wire.pack_ack(choice(source, _ACKABLE))
     call_id = choice(source, (1, wire.U64, source.integer(1, wire.U64)))
@@ -94,7 +100,7 @@ def datagram(source: Source) -> bytes:
         if field == 0:
             version = choice(source, (0, 2, 255, wire.VERSION))
         elif field == 1:
-            type_ = choice(source, (0, 10, 255, *range(1, 10)))
+            type_ = choice(source, (0, 12, 255, *range(1, 12)))
         elif field == 2:
             flags = choice(source, (0xFFFF, 1 << source.integer(0, 15), source.integer(0, 0xFFFF)))
         else:
@@ -131,6 +137,8 @@ def check_datagram(data: bytes) -> None:
         MsgType.CALL_END: msg.reason,
         MsgType.EVENT: msg.json,
         MsgType.BARGE_IN: msg.barge_in,
+        MsgType.BARGE_CANDIDATE: msg.barge_candidate,
+        MsgType.BARGE_VERDICT: msg.barge_verdict,
         MsgType.MARK: msg.mark_name,
         MsgType.ACK: msg.acked_type,
     }.get(msg.type)

@@ -173,8 +173,8 @@ def test_decode_accepts_memoryview_and_bytearray() -> None:
         (header(3, version=1) + b"x", r"version: got 1, this end speaks 2"),
         (header(9, flags=FLAG_RELIABLE, version=3), r"version: got 3, this end speaks 2"),
         (header(7) + b"x" * 1364, r"payload: EVENT carries 1364 bytes, limit 1363"),
-        (header(0) + b"x", r"type: unknown message type 0 \(known 1..9\)"),
-        (header(10) + b"x", r"type: unknown message type 10"),
+        (header(0) + b"x", r"type: unknown message type 0 \(known 1..11\)"),
+        (header(13) + b"x", r"type: unknown message type 13"),
         (header(3, call_id=0) + b"x", r"call_id: 0 is reserved"),
         (header(3), r"payload: AUDIO_IN carries one Opus frame of 1..1380 bytes, got 0"),
         (header(4, flags=FLAG_LEVEL_PRESENT) + b"x", r"flags: bits 0x0002 are not allowed on AUDIO_OUT"),
@@ -337,6 +337,10 @@ def messages(draw: st.DrawFn) -> Message:
         flags = FLAG_RELIABLE if draw(st.booleans()) else 0
     elif mtype is MsgType.BARGE_IN:
         payload = BargeIn(draw(u32), draw(u32), draw(u32)).pack()
+    elif mtype is MsgType.BARGE_CANDIDATE:
+        payload = wire.BargeCandidate(draw(u32), draw(u32)).pack()
+    elif mtype is MsgType.BARGE_VERDICT:
+        payload = wire.BargeVerdict(draw(u32), draw(st.booleans())).pack()
     elif mtype is MsgType.ACK:
         payload = wire.pack_ack(draw(st.sampled_from([MsgType.CALL_START, MsgType.EVENT, MsgType.CLEAR])))
     else:
@@ -419,3 +423,47 @@ def test_a_lone_surrogate_escape_is_refused_at_decode_and_a_pair_is_kept() -> No
         wire.decode(event(b"\\udc00 tail"))
     assert wire.decode(event(b"\\ud83d\\ude00")).json()["text"] == "\U0001f600"
     assert wire.decode(event(b"caf\\u00e9")).json()["text"] == "caf\u00e9"
+
+
+# ---- barge-in candidates (additive to v2) ----------------------------------------------------
+
+
+def test_barge_candidate_and_verdict_round_trip() -> None:
+    cand = Message(
+        MsgType.BARGE_CANDIDATE, CALL_ID, 3, 9600, FLAG_RELIABLE, wire.BargeCandidate(4, 19_200).pack()
+    )
+    back = wire.decode(wire.encode(cand))
+    assert back.barge_candidate() == wire.BargeCandidate(4, 19_200)
+    assert back.timestamp == 9600
+    for confirm in (True, False):
+        verdict = Message(
+            MsgType.BARGE_VERDICT, CALL_ID, 5, 0, FLAG_RELIABLE, wire.BargeVerdict(4, confirm).pack()
+        )
+        assert wire.decode(wire.encode(verdict)).barge_verdict() == wire.BargeVerdict(4, confirm)
+    assert wire.pack_ack(MsgType.BARGE_CANDIDATE) == bytes([10])
+    assert wire.pack_ack(MsgType.BARGE_VERDICT) == bytes([11])
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        (header(10, flags=FLAG_RELIABLE) + bytes(7), "BARGE_CANDIDATE carries exactly 8 bytes, got 7"),
+        (header(10) + bytes(8), "BARGE_CANDIDATE must set RELIABLE"),
+        (header(11, flags=FLAG_RELIABLE) + bytes(6), "BARGE_VERDICT carries exactly 5 bytes, got 6"),
+        (header(11, flags=FLAG_RELIABLE) + bytes(4) + b"\x02", "verdict is 0 .reject. or 1 .confirm., got 2"),
+        (header(11) + bytes(5), "BARGE_VERDICT must set RELIABLE"),
+        (header(12, flags=FLAG_RELIABLE), "unknown message type 12"),
+    ],
+)
+def test_barge_messages_reject(data: bytes, pattern: str) -> None:
+    with pytest.raises(WireError, match=pattern):
+        wire.decode(data)
+
+
+def test_barge_payload_builders_name_the_field() -> None:
+    with pytest.raises(WireError, match=r"barge_candidate\.played_samples"):
+        wire.BargeCandidate(1, -1).pack()
+    with pytest.raises(WireError, match=r"barge_verdict\.candidate"):
+        wire.BargeVerdict(2**32, True).pack()
+    with pytest.raises(WireError, match=r"barge_verdict\.confirm"):
+        wire.BargeVerdict(1, 1).pack()  # type: ignore[arg-type]
