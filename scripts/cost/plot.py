@@ -14,6 +14,7 @@ from splitrelay.cost.solve import SWEEP_HIGH, SWEEP_LOW
 
 _POINTS = 240
 _SIDE = 1e-6
+_CUSTOM_CONTAINS = "Workers, Durable Objects, SFU egress, relays, AWS network (lines in --json)"
 _MAX_BENDS = 400
 """Bends drawn exactly per option; relay steps beyond these (tiny --calls-per-core) fall on the grid."""
 
@@ -41,8 +42,9 @@ def plot(report: Report, fmt: str) -> bytes:
             free.append(model.label)
             continue
         custom = model.kind == "custom"
+        label = model.label + (f": {_CUSTOM_CONTAINS}" if custom else "")
         (line,) = axes.plot(
-            minutes, costs, "-" if custom else "--", linewidth=2 if custom else 1.5, label=model.label
+            minutes, costs, "-" if custom else "--", linewidth=2 if custom else 1.5, label=label
         )
         colours[model.name] = to_hex(line.get_color())
         for before, after in itertools.pairwise(breakdowns):

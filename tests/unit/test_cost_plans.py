@@ -269,3 +269,36 @@ def test_cli_warns_and_errors_clearly() -> None:
     assert "at 1T call-minutes a month" in result.stdout
     result = runner.invoke(cost_app, ["--gpu-hour", "2"])
     assert result.exit_code == 2 and "--gpu-hour: needs --calls-per-gpu" in result.stderr
+
+
+def test_cli_fleet_and_agent_flags_end_to_end() -> None:
+    args = ["--json", "--savings-plan", "0.3", "--no-public-ipv4", "--gpu-placement", "cross-region"]
+    args += [
+        "--gpu-hour",
+        "1.006",
+        "--calls-per-gpu",
+        "20",
+        "--agent-host-hour",
+        "0.1",
+        "--calls-per-agent-host",
+        "25",
+    ]
+    result = runner.invoke(cost_app, [*args, "--livekit-agents", "--options", "custom,livekit"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["contains"] == "transport + model + agent hosting"
+    options = {
+        o["name"]: {i["label"]: i["usd"] for i in o["line_items"]} for o in data["at_volume"]["options"]
+    }
+    peak = 1e6 / MINUTES_PER_PEAK_CALL  # 54.8 calls
+    custom = options["custom"]
+    assert custom["Relay fleet"] == pytest.approx(4 * 730 * 0.0816 * 0.7)
+    assert "Public IPv4" not in custom
+    assert custom["Relay <-> GPU transfer (cross-region)"] == pytest.approx(2 * 390 * 0.02)
+    assert custom["Your model (GPUs)"] == pytest.approx(math.ceil(peak / 20) * 730 * 1.006)
+    assert custom["Agent hosts"] == pytest.approx(math.ceil(peak / 25) * 730 * 0.1)
+    # LiveKit hosts the agent itself: agent minutes past Scale's 50k, no agent host line.
+    livekit = options["livekit"]
+    assert livekit["Agent session minutes"] == pytest.approx((1e6 - 50_000) * 0.01)
+    assert "Agent hosts" not in livekit
+    assert livekit["Your model (GPUs)"] == pytest.approx(custom["Your model (GPUs)"])
