@@ -204,18 +204,18 @@ def report_csv(report: Report) -> str:
     """One row per option and volume: the chosen volume first, then the sweep."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        ["section", "minutes", "option", "label", "kind", "monthly_usd", "per_1000_minutes_usd", "cheapest"]
-    )
-    rows = [("at_volume", report.traffic.minutes, {b.option: b.total_usd for b in report.at_volume})]
-    rows += [("sweep", row.minutes, row.monthly_usd) for row in report.sweep]
-    for section, minutes, costs in rows:
+    header = ["section", "minutes", "option", "label", "kind", "monthly_usd", "per_1000_minutes_usd"]
+    writer.writerow([*header, "cheapest", "plan"])
+    at_volume = _sweep_row(report.traffic, report.prices, report.models)
+    rows = [("at_volume", at_volume), *(("sweep", row) for row in report.sweep)]
+    for section, sweep_row in rows:
+        minutes, costs = sweep_row.minutes, sweep_row.monthly_usd
         cheapest = report.cheapest_of(costs)
         for name, usd in costs.items():
             model = report.model(name)
             per_1000 = usd / minutes * 1000
             row = [section, f"{minutes:.0f}", name, model.label, model.kind, f"{usd:.2f}", f"{per_1000:.4f}"]
-            writer.writerow([*row, str(name == cheapest).lower()])
+            writer.writerow([*row, str(name == cheapest).lower(), sweep_row.plans.get(name, "")])
     return out.getvalue()
 
 

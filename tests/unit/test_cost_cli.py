@@ -70,6 +70,7 @@ def test_csv_file_matches_json(tmp_path: Path) -> None:
     assert at_volume["custom"]["monthly_usd"] == "404.59"
     assert at_volume["custom"]["cheapest"] == "true"
     assert at_volume["livekit"]["monthly_usd"] == "700.00"
+    assert (at_volume["livekit"]["plan"], at_volume["custom"]["plan"]) == ("Scale", "")
     billion = {r["option"]: r for r in rows if r["section"] == "sweep" and r["minutes"] == "1000000000"}
     assert billion["realtimekit"]["monthly_usd"] == "1000000.00"
     assert billion["realtimekit"]["per_1000_minutes_usd"] == "1.0000"
