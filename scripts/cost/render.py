@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from splitrelay.cost.report import Report, bundled, contents
+from splitrelay.cost.report import Report, bundled, contents, not_comparable
 from splitrelay.cost.solve import SWEEP_HIGH, SWEEP_LOW, BreakEven
 
 
@@ -63,13 +63,8 @@ def _at_volume(report: Report, console: Console) -> None:
             style="bold green" if b.option == cheapest else None,
         )
     console.print(table)
-    if any(bundled(report.model(b.option)) for b in report.at_volume):
-        console.print(
-            "* transport is bundled into the model's token price (--with-model adds the tokens), "
-            "so it is never marked cheapest.",
-            style="dim",
-            markup=False,
-        )
+    for reason in sorted({r for b in report.at_volume if (r := not_comparable(report.model(b.option)))}):
+        console.print(f"* {reason}, so it is never marked cheapest.", style="dim", markup=False)
 
 
 def _sweep(report: Report, console: Console) -> None:
@@ -102,7 +97,10 @@ def _break_evens(report: Report, console: Console) -> None:
         style="bold",
     )
     for be in report.break_evens:
-        console.print(f"  {report.model(be.hosted).label}: {describe(be)}", markup=False, highlight=False)
+        hosted = report.model(be.hosted)
+        caveat = not_comparable(hosted)
+        line = f"  {hosted.label}: {describe(be)}" + (f" [not like for like: {caveat}]" if caveat else "")
+        console.print(line, markup=False, highlight=False)
 
 
 def describe(be: BreakEven) -> str:

@@ -86,11 +86,26 @@ def _sweep_row(traffic: Traffic, prices: PriceBook, models: tuple[CostModel, ...
     return SweepRow(traffic.minutes, {name: b.total_usd for name, b in costs.items()}, plans)
 
 
-def bundled(model: CostModel) -> bool:
-    """Transport priced inside something else (the realtime API without its model): shown, but it
-    cannot be "cheapest" since nobody can buy that transport for $0 on its own."""
+def not_comparable(model: CostModel) -> str | None:
+    """Why an option is shown but never marked cheapest, or None. The realtime API's transport is
+    priced inside its tokens: without them nobody can buy that transport for $0 on its own; with
+    them but no model line on the other options, it would be its model against their transport."""
     inner = base_model(model)
-    return isinstance(inner, HostedRealtimeAPI) and not inner.with_model
+    if not isinstance(inner, HostedRealtimeAPI):
+        return None
+    if not inner.with_model:
+        return "transport is bundled into the model's token price (--with-model adds the tokens)"
+    if not (isinstance(model, WithExtras) and model.extras.model):
+        return (
+            "includes its model's tokens while the other options carry no model "
+            "(give --model-rate or --gpu-hour for the all-in comparison)"
+        )
+    return None
+
+
+def bundled(model: CostModel) -> bool:
+    """Shown, but never marked cheapest (see `not_comparable`)."""
+    return not_comparable(model) is not None
 
 
 def contents(report: Report) -> str:
@@ -177,6 +192,7 @@ def report_json(report: Report) -> str:
                     "monthly_usd": b.total_usd,
                     "per_1000_minutes_usd": b.per_1000_minutes,
                     "cheapest": b.option == cheapest,
+                    "not_comparable": not_comparable(report.model(b.option)),
                     "plan": b.plan or None,
                     "contract_required": b.contract_required,
                     "line_items": [item.as_dict() for item in b.items],

@@ -302,3 +302,15 @@ def test_cli_fleet_and_agent_flags_end_to_end() -> None:
     assert livekit["Agent session minutes"] == pytest.approx((1e6 - 50_000) * 0.01)
     assert "Agent hosts" not in livekit
     assert livekit["Your model (GPUs)"] == pytest.approx(custom["Your model (GPUs)"])
+
+
+def test_with_model_alone_is_not_like_for_like() -> None:
+    # The realtime API's tokens against transport-only options: shown, never marked cheapest, said so.
+    result = runner.invoke(cost_app, ["--json", "--with-model"])
+    assert result.exit_code == 0, result.output
+    options = {o["name"]: o for o in json.loads(result.stdout)["at_volume"]["options"]}
+    assert options["realtime-api"]["monthly_usd"] == pytest.approx(48_000)
+    assert "other options carry no model" in options["realtime-api"]["not_comparable"]
+    assert options["custom"]["not_comparable"] is None
+    table = runner.invoke(cost_app, ["--with-model"])
+    assert "[not like for like: includes its model's tokens" in " ".join(table.stdout.split())
