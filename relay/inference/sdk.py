@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from splitrelay.inference import wire
 from splitrelay.inference.audio import (
@@ -43,6 +43,7 @@ from splitrelay.inference.wire import (
     LEVEL_MASK,
     LEVEL_SHIFT,
     BargeIn,
+    BargeVerdict,
     CallStart,
     Message,
     MsgType,
@@ -51,6 +52,8 @@ from splitrelay.inference.wire_auth import CALL_START_WINDOW_S, CallStartGuard, 
 
 __all__ = [
     "AudioFrame",
+    "BargeCandidateNotice",
+    "BargeConfirmer",
     "BargeInNotice",
     "CallEvent",
     "InferenceCall",
@@ -96,6 +99,34 @@ class BargeInNotice:
 
 
 @dataclass(frozen=True, slots=True)
+class BargeCandidateNotice:
+    """The relay paused playout on a voiced packet and asks: is the caller really speaking?
+
+    The call's confirmer (``InferenceCall.confirmer``) answers on its own; without one, the agent may
+    answer with ``InferenceCall.answer_barge_in``, or leave it to the relay's default policy (its window).
+    """
+
+    candidate: int
+    played_samples: int  # 48 kHz samples of the response the caller heard when playout paused
+    timestamp: int  # AUDIO_IN timestamp of the onset
+
+
+class BargeConfirmer(Protocol):
+    """Decides barge-in candidates from the caller's audio (relay/inference/vad.py is the default).
+
+    Called on the socket callback, so it must be quick. Each method returns True (confirm), False
+    (reject) or None (not decided yet); the SDK sends the first decision as BARGE_VERDICT.
+    """
+
+    def on_audio(self, seq: int, timestamp: int, payload: bytes) -> bool | None: ...
+
+    def on_candidate(self, onset_timestamp: int) -> bool | None: ...
+
+
+ConfirmerFactory = Callable[["InferenceCall"], BargeConfirmer | None]
+
+
+@dataclass(frozen=True, slots=True)
 class MarkReached:
     """Playout reached a mark this side sent with ``send_mark``."""
 
@@ -110,7 +141,7 @@ class RelayEvent:
     data: dict[str, Any]
 
 
-CallEvent = BargeInNotice | MarkReached | RelayEvent
+CallEvent = BargeInNotice | BargeCandidateNotice | MarkReached | RelayEvent
 
 
 class _Channel(Generic[T]):
@@ -182,6 +213,10 @@ class InferenceCall:
         self._rx = 0  # datagrams received, for the idle sweep
         self._done = asyncio.Event()
         self.end_reason: str | None = None
+        self._candidate: int | None = None  # the open barge-in candidate, until answered
+        self.confirmer: BargeConfirmer | None = server.confirmer(self) if server.confirmer else None
+        """Answers barge-in candidates; a handler may replace it, or set None to answer itself."""
+        self.confirmer_failed = False
 
     @property
     def call_id(self) -> int:
@@ -275,6 +310,32 @@ class InferenceCall:
         """
         return self._send_control(MsgType.CLEAR, b"", reliable=True)
 
+    def answer_barge_in(self, candidate: int, confirm: bool) -> asyncio.Future[bool] | None:
+        """Confirm (the relay flushes and sends BARGE_IN) or reject (playout resumes) a candidate.
+        An answer after the relay's window is ignored there (its default policy already decided)."""
+        if self._candidate == candidate:
+            self._candidate = None
+        payload = BargeVerdict(candidate, confirm).pack()
+        return self._send_control(MsgType.BARGE_VERDICT, payload, reliable=True)
+
+    def _confirmer_says(self, verdict: bool | None) -> None:
+        if verdict is not None and self._candidate is not None:
+            self.answer_barge_in(self._candidate, verdict)
+
+    def _run_confirmer(self, step: Callable[[BargeConfirmer], bool | None]) -> None:
+        confirmer = self.confirmer
+        if confirmer is None:
+            return
+        try:
+            self._confirmer_says(step(confirmer))
+        except Exception:  # a confirmer bug must not take the socket down: the relay's window decides
+            self._server.stats.callback_errors += 1
+            if not self.confirmer_failed:
+                self.confirmer_failed = True
+                logger.exception(
+                    "barge-in confirmer failed for call %x; further errors only counted", self.call_id
+                )
+
     async def hangup(self, reason: str = "agent_hangup") -> bool:
         """End the call and tell the relay; True when the relay acknowledged."""
         wire.pack_call_end(reason)  # a bad reason raises before anything changes
@@ -309,10 +370,20 @@ class InferenceCall:
             )
             if not self._frames.put(frame):
                 self._server.stats.frames_dropped += 1
+            if self.confirmer is not None:
+                self._run_confirmer(lambda c: c.on_audio(msg.seq, msg.timestamp, msg.payload))
             return
         if not self._server.accept_control(msg, self._state):
             return
-        if mtype is MsgType.BARGE_IN:
+        if mtype is MsgType.BARGE_CANDIDATE:
+            candidate = msg.barge_candidate()
+            self._candidate = candidate.candidate
+            self._events.put(
+                BargeCandidateNotice(candidate.candidate, candidate.played_samples, msg.timestamp)
+            )
+            self._run_confirmer(lambda c: c.on_candidate(msg.timestamp))
+        elif mtype is MsgType.BARGE_IN:
+            self._candidate = None
             self._after_barge_in = True
             self._events.put(BargeInNotice(msg.barge_in(), msg.timestamp))
         elif mtype is MsgType.MARK:
@@ -406,8 +477,12 @@ class InferenceServer(WireEndpoint):
         rto: float = DEFAULT_RTO,
         attempts: int = DEFAULT_ATTEMPTS,
         call_start_window: float = CALL_START_WINDOW_S,
+        confirmer: ConfirmerFactory | None = None,
     ) -> None:
+        """``confirmer`` makes each call's barge-in confirmer (e.g. ``lambda call: VadConfirmer()``,
+        relay/inference/vad.py); None leaves candidates to the handler or the relay's default policy."""
         super().__init__(key=key, role="inference", rto=rto, attempts=attempts)
+        self.confirmer = confirmer
         self.call_start_guard = CallStartGuard(call_start_window)
         if not 0 <= port <= 65535:
             raise ValueError(f"port: must be 0..65535, got {port}")
