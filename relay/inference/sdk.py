@@ -610,6 +610,8 @@ class InferenceServer(WireEndpoint):
         self.remember_ended(call.relay, call.call_id)
 
     def on_unacked(self, call_id: int, msg_type: MsgType, peer: Peer) -> None:
+        if msg_type is MsgType.BARGE_VERDICT:
+            return  # a v2 relay without candidates never ACKs one: the call goes on (docs/wire-protocol.md)
         call = self._calls.get((peer, call_id))
         if call is not None:
             call._end("relay_unreachable")

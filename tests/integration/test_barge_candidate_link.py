@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from splitrelay.inference.sdk import BargeCandidateNotice, CallEvent, InferenceCall, InferenceServer
+from splitrelay.inference.wire import MsgType
 from splitrelay.relay.inference_link import RelayLink
 from tests.recording_sink import RecordingSink
 from tests.wire_keys import KEY
@@ -89,6 +90,21 @@ async def test_without_a_confirmer_the_handler_sees_the_candidate_and_may_answer
         await asyncio.wait_for(sink.got.wait(), 2.0)
         assert seen == [BargeCandidateNotice(7, 9600, 1920)]
         assert sink.verdicts == [(7, False)]
+    finally:
+        await link.close()
+        await server.close()
+
+
+async def test_an_unacknowledged_candidate_or_verdict_does_not_end_the_call() -> None:
+    """A v2 peer without candidates drops them unacknowledged: the call goes on (the window decides)."""
+    sink, link, call_id, server = await _run({}, _idle)
+    try:
+        (call,) = server.calls
+        link.on_unacked(call_id, MsgType.BARGE_CANDIDATE, link._calls[call_id].peer)
+        server.on_unacked(call_id, MsgType.BARGE_VERDICT, call.relay)
+        assert link.active_calls == 1 and not call.ended and sink.ends == []
+        link.on_unacked(call_id, MsgType.BARGE_IN, link._calls[call_id].peer)  # can fail: this one ends it
+        assert link.active_calls == 0
     finally:
         await link.close()
         await server.close()
