@@ -13,6 +13,8 @@
 //           and A must end in signalingState "stable"; B's inbound stream of the second track and A's
 //           outbound stream of it keep growing afterwards.
 //   again - A pushes a third track with a new offer (Chromium may recycle the stopped m-line).
+//   update - tracks/update on B points the transceiver playing "two" at "three" (relay failover's SFU
+//           step); B's receiver stats before and 2 s after, its descriptions and connection states.
 // Every line on stdout is one JSON object; the last is {"event": "result", ...} or {"event": "error"}.
 import fs from "node:fs";
 import { chromium } from "playwright-core";
@@ -27,6 +29,7 @@ const ARGS = [
   "--disable-component-update", "--disable-sync", "--disable-default-apps",
   "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
   "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--autoplay-policy=no-user-gesture-required",
 ];
 
 // Runs inside the page. Each step records what it saw; a failed step records its error and later
@@ -175,6 +178,50 @@ async function pageScenario({ apiBase, appId, appSecret, timeoutS }) {
     again.mid = three.mid;
     again.outboundThree = await grows(pcA, "outbound-rtp", three.mid, "A's outbound stream of track three");
     again.outboundTwo = await grows(pcA, "outbound-rtp", two.mid, "A's outbound stream of track two");
+
+    // update: tracks/update points B's transceiver (playing "two") at "three", as relay failover moves
+    // a caller; B sends no offer and must keep playing on the same receiver.
+    const update = {};
+    out.steps.update = update;
+    const midB = pulledMids.two;
+    const changes = [];
+    pcB.addEventListener("connectionstatechange", () => changes.push(pcB.connectionState));
+    const descriptions = () => `${pcB.localDescription.sdp}\n${pcB.remoteDescription.sdp}`;
+    const described = descriptions();
+    const inbound = async () => {
+      const receiver = pcB.getTransceivers().find((t) => t.mid === midB)?.receiver.track.id;
+      let found = null;
+      (await pcB.getStats()).forEach((stat) => {
+        if (stat.type === "inbound-rtp" && stat.kind === "audio" && (stat.mid === midB || stat.trackIdentifier === receiver)) {
+          found = {
+            ssrc: stat.ssrc, packetsReceived: stat.packetsReceived, packetsLost: stat.packetsLost,
+            totalSamplesReceived: stat.totalSamplesReceived, concealedSamples: stat.concealedSamples,
+            jitterBufferDelay: stat.jitterBufferDelay, jitterBufferEmittedCount: stat.jitterBufferEmittedCount,
+          };
+        }
+      });
+      return found;
+    };
+    // Play B's track, so Chromium decodes it (samples and concealment count only for a played track).
+    const audio = document.createElement("audio");
+    audio.srcObject = new MediaStream([pcB.getTransceivers().find((t) => t.mid === midB).receiver.track]);
+    document.body.append(audio);
+    update.play = await audio.play().then(() => "playing", (error) => String(error.message ?? error));
+    await sleep(1000);
+    update.before = await inbound();
+    const updated = await call("PUT", `/sessions/${sessionB}/tracks/update`, {
+      tracks: [{ location: "remote", sessionId: sessionA, trackName: "three", mid: midB }],
+    });
+    update.response = updated;
+    await sleep(2000);
+    update.after = await inbound();
+    update.sameDescriptions = descriptions() === described;
+    update.signalingState = pcB.signalingState;
+    update.connectionState = pcB.connectionState;
+    update.changes = changes;
+    update.sessionTracks = (await call("GET", `/sessions/${sessionB}`)).tracks.map((t) => ({
+      mid: t.mid, sessionId: t.sessionId === sessionA ? "A" : t.sessionId, trackName: t.trackName, status: t.status,
+    }));
   } catch (error) {
     out.error = String(error.message ?? error);
   } finally {

@@ -130,3 +130,27 @@ def test_a_new_track_after_the_close_recycles_the_m_line(report: dict[str, Any])
     assert again["mid"] in offered
     for pair in (again["outboundThree"], again["outboundTwo"]):
         assert pair[1] > pair[0], again
+
+
+def test_tracks_update_keeps_chromium_playing_without_renegotiation(report: dict[str, Any]) -> None:
+    """Relay failover's SFU step in a browser (issue 15): B's transceiver playing "two" is pointed at
+    "three" by tracks/update. B sends no offer, stays connected, and its receiver goes on: the same
+    SSRC, packets and decoded samples growing for 2 s (50 packets/s, 48 kHz), few concealed."""
+    update = report["result"]["steps"]["update"]
+    response = update["response"]
+    assert response["requiresImmediateRenegotiation"] is False, response
+    assert [("errorCode" in t, t.get("trackName")) for t in response["tracks"]] == [(False, "three")], (
+        response
+    )
+    assert update["sameDescriptions"] is True and update["signalingState"] == "stable", update
+    assert update["connectionState"] == "connected" and update["changes"] == [], update
+    before, after = update["before"], update["after"]
+    assert before is not None and after is not None, update
+    assert after["ssrc"] == before["ssrc"], update
+    assert after["packetsReceived"] - before["packetsReceived"] >= 75, update
+    assert after["packetsLost"] - before["packetsLost"] <= 3, update
+    decoded = after["totalSamplesReceived"] - before["totalSamplesReceived"]
+    concealed = after["concealedSamples"] - before["concealedSamples"]
+    assert decoded >= 48_000 * 1.5 and concealed <= 0.1 * decoded, update
+    active = [t for t in update["sessionTracks"] if t["status"] == "active"]
+    assert [(t["sessionId"], t["trackName"]) for t in active] == [("A", "three")], update["sessionTracks"]
