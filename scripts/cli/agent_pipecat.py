@@ -96,6 +96,12 @@ def pipecat(
             f"must be one of {', '.join(PIPECAT_LOG_LEVELS)}, got {pipecat_log_level!r}",
             param_hint="--pipecat-log-level",
         )
+    from splitrelay.inference.wire_auth import WireKeyError, WireKeyring
+
+    try:  # as `splitrelay agent echo`: a missing or short key is named before anything starts
+        key = WireKeyring.from_env()
+    except WireKeyError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         _route_pipecat_logs(level)  # before Pipecat's import logs its banner
         import pipecat.frames  # noqa: F401  (the extra's presence, checked before anything else)
@@ -114,7 +120,7 @@ def pipecat(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with inference.InferenceServer(agent, host, port, max_calls=max_calls) as server:
+        async with inference.InferenceServer(agent, host, port, key=key, max_calls=max_calls) as server:
             assert server.address is not None
             address = server.address
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]

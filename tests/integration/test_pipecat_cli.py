@@ -96,3 +96,15 @@ def test_a_factory_that_cannot_be_loaded_is_named() -> None:
         assert result.returncode == 2, (spec, result.stderr)
         assert message in " ".join(result.stderr.replace("│", " ").split()), (spec, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_a_missing_wire_key_is_named_as_by_the_echo_agent() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPLITRELAY_WIRE_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "splitrelay.cli", "agent", "pipecat",
+         "splitrelay.integrations.pipecat_parrot:factory", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "SPLITRELAY_WIRE_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
