@@ -18,6 +18,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from splitrelay.inference.sdk import AudioFrame, BargeInNotice, InferenceCall, InferenceServer
 from splitrelay.inference.speech import (
@@ -29,6 +30,9 @@ from splitrelay.inference.speech import (
 )
 from splitrelay.inference.wire import FRAME_SAMPLES, PTIME_MS, SAMPLE_RATE, U32, u32_diff
 from splitrelay.inference.wire_auth import WireKey, WireKeyring
+
+if TYPE_CHECKING:
+    from splitrelay.inference.vad import StreamingVad
 
 logger = logging.getLogger("splitrelay.echo")
 
@@ -45,10 +49,16 @@ class EchoConfig:
     tail_ms: int = 100  # kept after the last speech frame
     lead_ms: int = 200  # how far ahead of real time the reply is sent (the relay paces playout)
     max_utterance_ms: int = 30_000  # longer utterances are cut and replied to
+    vad: bool = False
+    """End turns on Silero VAD (relay/inference/vad.py, splitrelay[pipecat]) and the level together: a
+    frame is speech only when both say so, so a loud noise neither starts nor prolongs a turn."""
+    vad_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         EndOfSpeech(self.silence_ms, onset_ms=self.onset_ms)  # range checks live there
         SpeechDetector(self.threshold_dbov)
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"vad_threshold: must be in (0, 1), got {self.vad_threshold}")
         for name, low, high in (
             ("pre_roll_ms", 0, 1000),
             ("tail_ms", 0, 1000),
@@ -83,6 +93,11 @@ class _EchoCall:
         self.utterance: list[AudioFrame] = []
         self.reply: asyncio.Task[None] | None = None
         self.max_frames = config.max_utterance_ms // PTIME_MS
+        self.vad: StreamingVad | None = None
+        if config.vad:
+            from splitrelay.inference.vad import StreamingVad
+
+            self.vad = StreamingVad(threshold=config.vad_threshold, channels=call.info.channels)
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch_events())
@@ -124,6 +139,8 @@ class _EchoCall:
 
     def _on_frame(self, frame: AudioFrame) -> None:
         speech = self.detector.is_speech(frame.payload, frame.audio_level, frame.voice)
+        if self.vad is not None:  # fed every frame: the model keeps state across the stream
+            speech = self.vad.is_speech(frame.seq, frame.payload) and speech
         if not self.tracker.speaking:
             self.history.append(frame)
         else:

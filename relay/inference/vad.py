@@ -163,3 +163,35 @@ class VadConfirmer:
         self._decoder = None
         self._pending = None
         return verdict
+
+
+class StreamingVad:
+    """Per-frame speech decisions from Silero VAD over a call's whole inbound stream (turn-taking).
+
+    Every frame is decoded (16 kHz) and each 32 ms window run through the model; a frame counts as speech
+    when the latest window's probability is at least ``threshold``. Used by the echo agent to end a turn
+    on voice activity plus a silence, where a level threshold alone counts any loud noise as speech.
+    """
+
+    def __init__(self, *, threshold: float = 0.5, channels: int = 1, vad: SileroVad | None = None) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"vad_threshold: must be in (0, 1), got {threshold}")
+        self.threshold = threshold
+        self._vad = vad or SileroVad()
+        self._channels = channels
+        self._decoder = CallerAudioDecoder(VAD_RATE, "float32", channels)
+        self._pending: Any = None
+        self.speaking = False
+        self.windows_run = 0
+
+    def is_speech(self, seq: int, payload: bytes) -> bool:
+        """Feed one caller frame (arrival order); True while the latest window was speech."""
+        np = self._vad._np
+        for chunk in self._decoder.push(seq, payload):
+            samples = chunk.pcm.reshape(-1, self._channels).mean(axis=1) if self._channels > 1 else chunk.pcm
+            self._pending = samples if self._pending is None else np.concatenate((self._pending, samples))
+            while self._pending.size >= WINDOW:
+                window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
+                self.windows_run += 1
+                self.speaking = self._vad.probability(window) >= self.threshold
+        return self.speaking

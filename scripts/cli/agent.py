@@ -73,6 +73,13 @@ def echo(
     pre_roll_ms: Annotated[int, typer.Option(help="Audio kept before the detected speech start, ms.")] = 100,
     tail_ms: Annotated[int, typer.Option(help="Audio kept after the last speech frame, ms.")] = 100,
     lead_ms: Annotated[int, typer.Option(help="How far ahead of real time replies are sent, ms.")] = 200,
+    vad: Annotated[
+        bool,
+        typer.Option(
+            "--vad/--no-vad",
+            help="End turns on Silero VAD and the level together (needs splitrelay[pipecat]).",
+        ),
+    ] = False,
     json_logs: Annotated[bool, typer.Option("--json", help="Log JSON lines on stderr.")] = False,
 ) -> None:
     """Echo agent: plays each caller utterance back after SILENCE_MS of silence (a stand-in model).
@@ -90,6 +97,13 @@ def echo(
         key = WireKeyring.from_env()
     except WireKeyError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if vad:
+        from splitrelay.inference.vad import SileroVad
+
+        try:
+            SileroVad()  # the model and onnxruntime are there, before any call comes
+        except (ModuleNotFoundError, FileNotFoundError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--vad") from None
     try:
         config = EchoConfig(
             silence_ms=silence_ms,
@@ -97,6 +111,7 @@ def echo(
             pre_roll_ms=pre_roll_ms,
             tail_ms=tail_ms,
             lead_ms=lead_ms,
+            vad=vad,
         )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
