@@ -58,6 +58,9 @@ class CallConfig:
     barge_in_confirm_ms: int = 0
     """How long a barge-in candidate waits for inference's verdict (BARGE_VERDICT) with playout paused;
     0 flushes at once on the onset, without asking (the behaviour before candidates)."""
+    barge_in_candidate_dbov: float = -50.0
+    """With a window, the level at which a packet raises a candidate: lower than the flush threshold,
+    because a pause costs little (a reject resumes with nothing lost) and the confirmer filters noise."""
     barge_in_sustain_ms: int = 100
     """Default policy when inference gives no verdict within the window: confirm if the level detector
     heard at least this much speech since the onset (onset packet included), else resume."""
@@ -68,6 +71,10 @@ class CallConfig:
             raise ValueError(f"barge_in_packets must be 1..50, got {self.barge_in_packets}")
         if not 0 <= self.barge_in_confirm_ms <= 2000:
             raise ValueError(f"barge_in_confirm_ms must be 0..2000, got {self.barge_in_confirm_ms}")
+        if not -127.0 <= self.barge_in_candidate_dbov <= 0.0:
+            raise ValueError(
+                f"barge_in_candidate_dbov must be -127..0 dBov, got {self.barge_in_candidate_dbov}"
+            )
         if not 20 <= self.barge_in_sustain_ms <= 2000:
             raise ValueError(f"barge_in_sustain_ms must be 20..2000, got {self.barge_in_sustain_ms}")
         if not 0 < self.connect_timeout_s <= 120:
@@ -145,6 +152,12 @@ class Call:
         self._playback_started = False
         self._silence_seen = False
         self._detector = SpeechDetector(self.config.barge_in_threshold_dbov)
+        # What raises a candidate (more sensitive; the default policy still counts by _detector).
+        self._trigger = (
+            SpeechDetector(self.config.barge_in_candidate_dbov)
+            if self.config.barge_in_confirm_ms
+            else self._detector
+        )
         self._candidate: _Candidate | None = None
         self._candidates = 0
         self.barge_rejected = 0
@@ -285,7 +298,7 @@ class Call:
             self._playback_started = True
             self._silence_seen = False
             self._speech_run = 0
-        if self._detector.is_speech(pkt.payload, level, pkt.voice):
+        if self._trigger.is_speech(pkt.payload, level, pkt.voice):
             if self._silence_seen:
                 self._speech_run += 1
                 if self._speech_run >= self.config.barge_in_packets:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from splitrelay.bench.bargein import command as bargein_command
 from splitrelay.bench.calls import calls_command
 from splitrelay.bench.edge import edge_command
 from splitrelay.bench.track_switch import command as track_switch_command
@@ -68,6 +69,7 @@ def relay(
     raise typer.Exit(run(config, json_output=json_output))
 
 
+app.command("bargein")(bargein_command)
 app.command("calls")(calls_command)
 app.command("edge")(edge_command)
 app.command("emulator")(emulator_command)

@@ -201,8 +201,28 @@ async def test_window_zero_flushes_at_once_as_before() -> None:
     assert not call.playout.paused
 
 
+async def test_a_candidate_rises_at_the_candidate_level_below_the_flush_threshold() -> None:
+    call, link, _fp = _call(confirm_ms=500)
+    for i in range(20):
+        call.on_audio_out(i, i * SAMPLES_PER_FRAME, bytes([i]), i == 0)
+    call._on_rtp(_packet(loud=False))
+    n = next(_seq)
+    call._on_rtp(RtpPacket(111, False, n & 0xFFFF, n * SAMPLES_PER_FRAME, 1, b"\x78" * 40, 46))  # -46 dBov
+    assert len(link.candidates) == 1 and call.playout.paused  # -46 is above -50, below the -40 flush
+    call._drop_candidate()
+    call0, link0, _ = _call(confirm_ms=0)
+    for i in range(20):
+        call0.on_audio_out(i, i * SAMPLES_PER_FRAME, bytes([i]), i == 0)
+    call0._on_rtp(_packet(loud=False))
+    n = next(_seq)
+    call0._on_rtp(RtpPacket(111, False, n & 0xFFFF, n * SAMPLES_PER_FRAME, 1, b"\x78" * 40, 46))
+    assert link0.barge_ins == []  # without a window the -40 dBov flush threshold applies
+
+
 def test_config_names_the_field_and_limit() -> None:
     with pytest.raises(ValueError, match=r"barge_in_confirm_ms must be 0\.\.2000"):
         CallConfig(barge_in_confirm_ms=5000)
     with pytest.raises(ValueError, match=r"barge_in_sustain_ms must be 20\.\.2000"):
         CallConfig(barge_in_sustain_ms=0)
+    with pytest.raises(ValueError, match="barge_in_candidate_dbov"):
+        CallConfig(barge_in_candidate_dbov=3.0)
