@@ -447,6 +447,14 @@ class PcmOutput:
         self._starting = True
         return heard
 
+    def clear(self) -> asyncio.Future[bool] | None:
+        """The agent interrupts itself (its LLM changed its mind, a tool result came in): drop what was
+        not framed yet, tell the relay to drop every frame sent so far (CLEAR), and start the next
+        ``send`` as a new response. Returns the CLEAR's ACK future (None once the call ended)."""
+        self.encoder.clear()
+        self._starting = True
+        return self._call.clear()
+
     def _send(self, frames: list[bytes]) -> int:
         for frame in frames:
             if not self._call.send_audio(frame, marker=self._starting):

@@ -71,3 +71,34 @@ async def test_pcm_in_with_a_gap_and_pcm_out_as_one_marked_response() -> None:
     spectrum = np.abs(np.fft.rfft(samples[4800:]))
     assert abs(int(np.argmax(spectrum)) * 48_000 / (len(samples) - 4800) - 300) < 10
     assert truncated == [100]  # 4,800 samples at 48 kHz: the caller heard 100 ms of the response
+
+
+async def test_pcm_output_clear_drops_the_response_at_the_relay_and_starts_a_new_one() -> None:
+    done = asyncio.Event()
+    first: list[int] = []
+
+    async def agent(call: InferenceCall) -> None:
+        output = call.pcm_output(TTS_RATE)
+        tone = (np.sin(np.arange(TTS_RATE // 5) * 2 * np.pi * 300 / TTS_RATE) * 6000).astype(np.int16)
+        first.append(output.send(tone.tobytes()))  # 200 ms (the resampler holds a little back)
+        output.send(tone[:100].tobytes())  # a fraction of a frame left unframed
+        cleared = output.clear()
+        assert cleared is not None and await cleared
+        first.append(call.out_timestamp)
+        output.send(tone.tobytes())  # the next response: marked again, nothing left from the last
+        done.set()
+        await call.wait_ended()
+
+    sink = RecordingSink()
+    async with InferenceServer(agent, "127.0.0.1", 0) as server:
+        assert server.address is not None
+        async with RelayLink(server.address) as link:
+            await link.start_call("pcm-clear", sink)
+            async with asyncio.timeout(10):
+                await done.wait()
+                await sink.wait_for(lambda: len(sink.clears) == 1 and len(sink.audio) >= 2 * first[0])
+    sent, clear_at = first
+    assert sent > 0 and clear_at == sent * F
+    assert sink.clears == [clear_at]  # the relay drops every frame of the first response
+    markers = [o.timestamp for o in sink.audio if o.marker]
+    assert markers == [0, clear_at]  # the frame after the CLEAR starts a new response
