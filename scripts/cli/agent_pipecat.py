@@ -83,6 +83,13 @@ def pipecat(
     pipecat_log_level: Annotated[
         str, typer.Option(help=f"Pipecat's own log level ({', '.join(PIPECAT_LOG_LEVELS)}).")
     ] = "WARNING",
+    confirm_barge_in: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-barge-in/--no-confirm-barge-in",
+            help="Answer the relay's barge-in candidates with Silero VAD (relay/inference/vad.py).",
+        ),
+    ] = True,
     json_logs: Annotated[bool, typer.Option("--json", help="Log JSON lines on stderr.")] = False,
 ) -> None:
     """Serve a Pipecat pipeline factory behind the relay: one pipeline per call, many calls per process."""
@@ -114,13 +121,23 @@ def pipecat(
     from splitrelay.integrations.pipecat import PipecatAgent
 
     agent = PipecatAgent(user_factory)
+    confirmer = None
+    if confirm_barge_in:
+        from splitrelay.inference.vad import SileroVad, VadConfirmer
+
+        SileroVad()  # the model loads before any call comes (the extra ships it and onnxruntime)
+
+        def confirmer(call: inference.InferenceCall) -> VadConfirmer:
+            return VadConfirmer(channels=call.info.channels)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with inference.InferenceServer(agent, host, port, key=key, max_calls=max_calls) as server:
+        async with inference.InferenceServer(
+            agent, host, port, key=key, max_calls=max_calls, confirmer=confirmer
+        ) as server:
             assert server.address is not None
             address = server.address
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]

@@ -20,6 +20,16 @@ REPO = Path(__file__).resolve().parents[2]
 F = 960
 
 
+class VerdictSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.verdicts: list[tuple[int, bool]] = []
+
+    def on_barge_verdict(self, candidate: int, confirm: bool) -> None:
+        self.verdicts.append((candidate, confirm))
+        self._changed.set()
+
+
 async def test_cli_serves_the_documented_example() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "splitrelay.cli", "agent", "pipecat",
@@ -35,7 +45,7 @@ async def test_cli_serves_the_documented_example() -> None:
         assert match, line
         utterance = load_utterance()
         frames = list(utterance.frames) + [utterance.silence_frame] * 60
-        sink = RecordingSink()
+        sink = VerdictSink()
         async with RelayLink(("127.0.0.1", int(match.group(1)))) as link:
             call_id = await link.start_call("cli-pipecat", sink)
             loop = asyncio.get_running_loop()
@@ -47,6 +57,14 @@ async def test_cli_serves_the_documented_example() -> None:
             (reply,) = [e for e in sink.events if e["type"] == "parrot.reply"]
             await sink.wait_for(lambda: len(sink.audio) >= int(reply["utterance_ms"]) // 20, within=10)
             assert sink.audio[0].marker
+            # The CLI answers barge-in candidates with the Silero confirmer: silence is rejected.
+            n = len(frames)
+            link.send_barge_candidate(call_id, 1, played_samples=0, timestamp=n * F)
+            for i in range(n, n + 15):
+                await asyncio.sleep(0.02)
+                link.send_audio_in(call_id, i, i * F, utterance.silence_frame, wire.audio_in_flags())
+            await sink.wait_for(lambda: bool(sink.verdicts), within=10)
+            assert sink.verdicts == [(1, False)]
             proc.send_signal(signal.SIGTERM)
             await sink.wait_for(lambda: bool(sink.ends), within=10)
             assert sink.ends == ["server_closing"]
