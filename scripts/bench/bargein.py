@@ -183,6 +183,40 @@ def _pcm_path_cpu(seconds: float = 10.0) -> tuple[float, float]:
     return pcm_share, vad_share
 
 
+def _smart_turn_cost(rounds: int = 20) -> str:
+    """CPU of one Smart Turn v3 inference (the ONNX model pipecat-ai ships; 8 s of 16 kHz audio) against
+    Silero's per-window cost: what a turn-detection model would add to the echo agent's turn end."""
+    try:
+        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+    except ImportError as exc:
+        return f"Smart Turn: not measured ({exc})."
+    import numpy as np
+
+    from splitrelay.devtools.utterance import read_pcm
+    from splitrelay.inference.vad import WINDOW, SileroVad
+
+    asset = Path(__file__).resolve().parents[1] / "devtools" / "assets" / "utterance.wav"
+    audio = read_pcm(asset).astype(np.float32)[::3] / 32768  # 48 -> 16 kHz (a spoken sentence)
+    analyzer = LocalSmartTurnAnalyzerV3()
+    analyzer._predict_endpoint(audio)  # warm up
+    costs = []
+    for _ in range(rounds):
+        started = time.process_time()
+        analyzer._predict_endpoint(audio)
+        costs.append((time.process_time() - started) * 1000)
+    vad = SileroVad()
+    window = np.zeros(WINDOW, dtype=np.float32)
+    started = time.process_time()
+    for _ in range(1000):
+        vad.probability(window)
+    silero_ms = time.process_time() - started  # per window, in ms (1000 windows, seconds -> ms)
+    return (
+        f"Smart Turn v3.2 (pipecat-ai's CPU model), one inference: {_pct(costs, 0.5):.0f} ms p50 / "
+        f"{_pct(costs, 0.99):.0f} ms p99 of CPU; Silero: {silero_ms:.3f} ms per 32 ms window "
+        f"({silero_ms / 32:.2%} of a core while it runs)."
+    )
+
+
 def run(sounds: Path, window_ms: int, sustain_ms: int) -> str:
     """Run every trial and return the Markdown report."""
 
@@ -258,6 +292,7 @@ def run(sounds: Path, window_ms: int, sustain_ms: int) -> str:
         f"trials held the agent's audio back {_pct(reject_ms, 0.5):.0f} ms p50 / {_pct(reject_ms, 0.99):.0f} "
         f"ms p99 per trial (delayed, not lost: a reject resumes from the paused frame).",
     ]
+    lines.append(_smart_turn_cost())
     missed = [f"{t.clip}@{t.level:g}" for t in sp if t.confirm is None]
     false = [f"{t.clip}@{t.level:g}" for t in ns if t.confirm is not None]
     if missed:
