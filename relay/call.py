@@ -25,7 +25,7 @@ from splitrelay.relay.inference_link import LinkError, RelayLink
 from splitrelay.relay.media.peer import VoicePeer
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
-from splitrelay.relay.playout import Playout, SharedPacer
+from splitrelay.relay.playout import SAMPLES_PER_FRAME, Playout, SharedPacer
 from splitrelay.relay.telemetry import CallCounters, CallSample, DwellHistogram
 
 log = logging.getLogger("splitrelay.relay.call")
@@ -33,6 +33,7 @@ log = logging.getLogger("splitrelay.relay.call")
 END_CALL_WAIT_S = 0.25
 MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
 MAX_EVENTS = 64  # the most recent inference events kept per call
+CLEARED_EVENT = "relay.cleared"  # the EVENT that answers an agent's CLEAR with the heard position
 
 
 class CallState(StrEnum):
@@ -380,7 +381,18 @@ class Call:
         self.events.append({"at_ms": round((time.perf_counter() - self._t0) * 1000, 3), "event": event})
 
     def on_clear(self, timestamp: int) -> None:
-        self.playout.clear_before(timestamp)
+        """The agent interrupted itself; tell it what the caller heard of the cleared response, as
+        BARGE_IN does: every frame already sent reaches the caller (a CLEAR cannot recall it)."""
+        dropped = self.playout.clear_before(timestamp)
+        if self.wire_id is not None:
+            event = {
+                "type": CLEARED_EVENT,
+                "timestamp": timestamp,
+                "heard_samples": self.playout.response_frames * SAMPLES_PER_FRAME,
+                "dropped_frames": dropped,
+            }
+            with contextlib.suppress(wire.WireError):
+                self.link.send_event(self.wire_id, event, reliable=True)
 
     def on_call_end(self, reason: str) -> None:
         self.wire_id = None  # inference already knows; do not send it CALL_END back

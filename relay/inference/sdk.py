@@ -75,6 +75,7 @@ Handler = Callable[["InferenceCall"], Awaitable[None]]
 
 FRAME_QUEUE: Final = 250  # 5 s of audio: past this a handler is too slow and the oldest frames go
 EVENT_QUEUE: Final = 256
+CLEARED_EVENT: Final = "relay.cleared"  # the relay's answer to CLEAR: {"heard_samples", "dropped_frames"}
 IDLE_TIMEOUT: Final = 15.0  # seconds without any datagram from the relay before a call is dropped
 
 
@@ -428,6 +429,7 @@ class PcmOutput:
         self._call = call
         self.encoder = encoder
         self._starting = True
+        self._cleared_ms = 0
 
     def send(self, pcm: bytes) -> int:
         """Encode and send every full 20 ms now available; returns the frames sent (False-y: none yet)."""
@@ -451,9 +453,20 @@ class PcmOutput:
         """The agent interrupts itself (its LLM changed its mind, a tool result came in): drop what was
         not framed yet, tell the relay to drop every frame sent so far (CLEAR), and start the next
         ``send`` as a new response. Returns the CLEAR's ACK future (None once the call ended)."""
+        self._cleared_ms = self.encoder.input_samples * 1000 // self.encoder.input_rate
         self.encoder.clear()
         self._starting = True
         return self._call.clear()
+
+    def cleared(self, event: RelayEvent) -> int | None:
+        """The relay's answer to ``clear`` (a ``relay.cleared`` event): how many ms of the cleared
+        response the caller heard, never more than the agent gave; None for any other event."""
+        if event.data.get("type") != CLEARED_EVENT:
+            return None
+        heard = event.data.get("heard_samples")
+        if type(heard) is not int or heard < 0:
+            return None
+        return max(0, min(heard * 1000 // wire.SAMPLE_RATE, self._cleared_ms))
 
     def _send(self, frames: list[bytes]) -> int:
         for frame in frames:

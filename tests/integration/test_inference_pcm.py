@@ -5,12 +5,13 @@ only speaks PCM on the other. Caller frames with a gap come out as contiguous 16
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 
 from splitrelay.inference import wire
 from splitrelay.inference.audio import CallerAudioDecoder
-from splitrelay.inference.sdk import BargeInNotice, InferenceCall, InferenceServer, PcmChunk
+from splitrelay.inference.sdk import BargeInNotice, InferenceCall, InferenceServer, PcmChunk, RelayEvent
 from splitrelay.relay.inference_link import RelayLink
 from tests.opus_fixtures import clip
 from tests.recording_sink import RecordingSink
@@ -76,6 +77,7 @@ async def test_pcm_in_with_a_gap_and_pcm_out_as_one_marked_response() -> None:
 async def test_pcm_output_clear_drops_the_response_at_the_relay_and_starts_a_new_one() -> None:
     done = asyncio.Event()
     first: list[int] = []
+    heard: list[int] = []
 
     async def agent(call: InferenceCall) -> None:
         output = call.pcm_output(TTS_RATE)
@@ -87,18 +89,32 @@ async def test_pcm_output_clear_drops_the_response_at_the_relay_and_starts_a_new
         first.append(call.out_timestamp)
         output.send(tone.tobytes())  # the next response: marked again, nothing left from the last
         done.set()
-        await call.wait_ended()
+        async for event in call.events():  # the relay answers the CLEAR with what was heard
+            if isinstance(event, RelayEvent) and (ms := output.cleared(event)) is not None:
+                heard.append(ms)
+                return
 
     sink = RecordingSink()
     async with InferenceServer(agent, "127.0.0.1", 0) as server:
         assert server.address is not None
         async with RelayLink(server.address) as link:
-            await link.start_call("pcm-clear", sink)
+            call_id = await link.start_call("pcm-clear", sink)
             async with asyncio.timeout(10):
                 await done.wait()
                 await sink.wait_for(lambda: len(sink.clears) == 1 and len(sink.audio) >= 2 * first[0])
+            link.send_event(call_id, {"type": "relay.other"})
+            link.send_event(call_id, {"type": "relay.cleared", "heard_samples": 10**6, "dropped_frames": 0})
+            await asyncio.wait_for(_until(lambda: bool(heard)), 10)
+    assert heard == [204]  # capped at what the agent gave (200 ms + 100 samples), not the 20 s claimed
     sent, clear_at = first
     assert sent > 0 and clear_at == sent * F
     assert sink.clears == [clear_at]  # the relay drops every frame of the first response
     markers = [o.timestamp for o in sink.audio if o.marker]
     assert markers == [0, clear_at]  # the frame after the CLEAR starts a new response
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):  # bounded: the caller's wait_for sets the time limit
+        if condition():
+            return
+        await asyncio.sleep(0.01)

@@ -82,6 +82,7 @@ class FakeLink:
     def __init__(self) -> None:
         self.candidates: list[tuple[int, int, int]] = []
         self.barge_ins: list[dict[str, int]] = []
+        self.events: list[dict[str, Any]] = []
 
     def send_audio_in(self, *_args: Any) -> bool:
         return True
@@ -93,6 +94,9 @@ class FakeLink:
 
     def send_barge_in(self, call_id: int, **report: int) -> None:
         self.barge_ins.append(report)
+
+    def send_event(self, call_id: int, event: dict[str, Any], *, reliable: bool = False) -> None:
+        self.events.append(event)
 
 
 class FakeFastPath:
@@ -217,6 +221,21 @@ async def test_a_candidate_rises_at_the_candidate_level_below_the_flush_threshol
     n = next(_seq)
     call0._on_rtp(RtpPacket(111, False, n & 0xFFFF, n * SAMPLES_PER_FRAME, 1, b"\x78" * 40, 46))
     assert link0.barge_ins == []  # without a window the -40 dBov flush threshold applies
+
+
+async def test_a_clear_is_answered_with_what_the_caller_heard() -> None:
+    call, link, fp = _call(confirm_ms=0)
+    for i in range(30):  # a burst: four frames leave at once (the lead), the rest wait
+        call.on_audio_out(i, i * SAMPLES_PER_FRAME, bytes([i]), i == 0)
+    sent = len(fp.sent)
+    call.on_clear(30 * SAMPLES_PER_FRAME)
+    (event,) = link.events
+    assert event == {
+        "type": "relay.cleared",
+        "timestamp": 30 * SAMPLES_PER_FRAME,
+        "heard_samples": sent * SAMPLES_PER_FRAME,
+        "dropped_frames": 30 - sent,
+    }
 
 
 def test_config_names_the_field_and_limit() -> None:
