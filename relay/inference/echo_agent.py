@@ -210,8 +210,16 @@ async def serve(
     ready: Callable[[tuple[str, int]], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run an echo agent server until ``stop`` is set (or forever); ``key`` is the wire key."""
-    async with InferenceServer(EchoAgent(config), host, port, key=key) as server:
+    """Run an echo agent server until ``stop`` is set (or forever); ``key`` is the wire key. With
+    ``config.vad`` its calls also answer the relay's barge-in candidates with ``VadConfirmer``."""
+    confirmer = None
+    if config.vad:  # the same VAD answers the relay's barge-in candidates
+        from splitrelay.inference.vad import VadConfirmer
+
+        def confirmer(call: InferenceCall) -> VadConfirmer:
+            return VadConfirmer(threshold=config.vad_threshold, channels=call.info.channels)
+
+    async with InferenceServer(EchoAgent(config), host, port, key=key, confirmer=confirmer) as server:
         assert server.address is not None
         if ready is not None:
             ready(server.address)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from splitrelay.inference.sdk import BargeCandidateNotice, CallEvent, InferenceCall, InferenceServer
 from splitrelay.inference.wire import MsgType
 from splitrelay.relay.inference_link import RelayLink
@@ -108,3 +110,34 @@ async def test_an_unacknowledged_candidate_or_verdict_does_not_end_the_call() ->
     finally:
         await link.close()
         await server.close()
+
+
+async def test_with_vad_the_echo_server_answers_barge_in_candidates() -> None:
+    import numpy as np
+
+    from splitrelay.inference import wire
+    from splitrelay.inference.echo_agent import EchoConfig, serve
+    from tests.opus_fixtures import encode
+
+    pytest.importorskip("onnxruntime")
+
+    ready: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        serve(EchoConfig(vad=True), "127.0.0.1", 0, key=KEY, ready=ready.put_nowait, stop=stop)
+    )
+    try:
+        address = await asyncio.wait_for(ready.get(), 10)
+        silence = encode(np.zeros(960 * 20, dtype=np.int16))
+        async with RelayLink(address, key=KEY) as link:
+            sink = VerdictSink()
+            call_id = await link.start_call("echo-vad", sink)
+            link.send_barge_candidate(call_id, 1, played_samples=0, timestamp=0)
+            for i, frame in enumerate(silence):
+                link.send_audio_in(call_id, i, i * 960, frame, wire.audio_in_flags())
+                await asyncio.sleep(0.005)
+            await asyncio.wait_for(sink.got.wait(), 10)
+            assert sink.verdicts == [(1, False)]  # silence: rejected, playout would resume
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
