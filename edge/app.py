@@ -166,7 +166,10 @@ class EdgeApp:
                 check_call_id(call_id)
         except SchemaError as exc:
             raise bad_request(exc.field, exc.message) from None
-        relays = await self.registry.get()
+        try:
+            relays = await self.registry.get()
+        except RegistryError as exc:
+            raise EdgeError(503, "edge_misconfigured", f"the relay registry is invalid: {exc}") from None
         if not any(relay.id == relay_id for relay in relays):
             raise EdgeError(404, "unknown_relay", f"relay_id: {relay_id!r} is not in the relay registry")
         doc = read_json_object(request)

@@ -17,11 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from splitrelay.contract.control import CALLS_PATH, DRAIN_PATH, AttachRequest
+from splitrelay.contract.control import CALLS_PATH, DRAIN_PATH, UNDRAIN_PATH, AttachRequest
 from splitrelay.contract.json_fields import SchemaError
 from splitrelay.contract.signing import SignatureError, Verifier
 from splitrelay.contract.untrusted_json import read_json
 from splitrelay.relay.backend import AttachRefused, CallBackend
+from splitrelay.relay.edge_link import CLOSED_BY_EDGE, EdgeLink
 
 log = logging.getLogger("splitrelay.relay.control")
 
@@ -101,8 +102,11 @@ class SignatureMiddleware:
         await self.app(scope, replay, send)
 
 
-def create_app(backend: CallBackend, verifier: Verifier) -> FastAPI:
-    """Build the control API around a backend and a signature verifier."""
+def create_app(backend: CallBackend, verifier: Verifier, *, edge: EdgeLink | None = None) -> FastAPI:
+    """Build the control API around a backend and a signature verifier.
+
+    ``edge``: the relay's link to the edge; a drain is announced to the edge (and acknowledged) before
+    the relay refuses its first call, so the edge never sends a call the relay would refuse."""
     app = FastAPI(title="splitrelay relay control API", version="1", docs_url=None, redoc_url=None)
 
     app.add_middleware(SignatureMiddleware, verifier=verifier)
@@ -160,13 +164,20 @@ def create_app(backend: CallBackend, verifier: Verifier) -> FastAPI:
 
     @app.delete(CALLS_PATH + "/{call_id}")
     async def close_call(call_id: str) -> dict[str, Any]:
-        summary = await backend.close(call_id, "closed by edge")
+        summary = await backend.close(call_id, CLOSED_BY_EDGE)
         # Idempotent: closing a call that is already gone is not an error.
         return {"call_id": call_id, "closed": summary is not None, "summary": summary}
 
     @app.post(DRAIN_PATH)
     async def drain() -> dict[str, Any]:
+        seen = None if edge is None else await edge.announce_drain(True)
         remaining = await backend.drain()
-        return {"draining": True, "live_calls": remaining}
+        return {"draining": True, "live_calls": remaining, "edge_acknowledged": seen}
+
+    @app.post(UNDRAIN_PATH)
+    async def undrain() -> dict[str, Any]:
+        remaining = await backend.undrain()
+        seen = None if edge is None else await edge.announce_drain(False)
+        return {"draining": False, "live_calls": remaining, "edge_acknowledged": seen}
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +53,8 @@ class CallManager:
         self.pacer = SharedPacer()  # one playout timer for every call of this process
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self.on_ended: Callable[[str, str], object] | None = None
+        """Told (call id, close reason) when a call ends, whoever ended it (relay/edge_link.py)."""
         self.collector = RelayCollector(lambda: [c.sample() for c in self.calls.values()], process)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
@@ -141,6 +144,8 @@ class CallManager:
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
             self.collector.record_ended(call.sample())
+            if self.on_ended is not None:
+                self.on_ended(call.call_id, call.close_reason or "ended")
         if self.sfu is not None:
             task = asyncio.get_running_loop().create_task(self.sfu.detach(call.call_id))
             self._tasks.add(task)
@@ -162,6 +167,11 @@ class CallManager:
     async def drain(self) -> int:
         """Take no new calls; live calls finish on their own. Returns how many are still live."""
         self._draining = True
+        return len(self.calls)
+
+    async def undrain(self) -> int:
+        """Take new calls again (a drain called off). Returns how many are live."""
+        self._draining = False
         return len(self.calls)
 
     async def metrics_text(self) -> bytes:

@@ -19,8 +19,10 @@ import uvicorn
 from aiortc import RTCIceServer
 
 from splitrelay.contract.signing import Verifier
+from splitrelay.relay.backend import CallBackend
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
+from splitrelay.relay.edge_link import EdgeLink, EdgeLinkSettings
 from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
 from splitrelay.relay.inference_link import RelayLink
 from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
@@ -66,6 +68,8 @@ class RelaySettings:
     sfu: SfuSettings | None = None
     max_calls: int = MAX_CALLS_DEFAULT
     process: str = "0"
+    edge: EdgeLinkSettings | None = None
+    """Where to send heartbeats and call-end notices (relay/edge_link.py); None: the edge is not told."""
 
 
 def bind_tcp(host: str, port: int, what: str = "control API") -> socket.socket:
@@ -144,6 +148,7 @@ class RelayServer:
         self.link = RelayLink(settings.inference)
         self._sfu_client: SfuClient | None = None
         self.manager: CallManager | None = None
+        self.edge: EdgeLink | None = None
         self._control: ControlServer | None = None
         self.port = 0
 
@@ -166,12 +171,18 @@ class RelayServer:
             max_calls=s.max_calls,
             process=s.process,
         )
+        manager = self.manager
+        if s.edge is not None:
+            self.edge = EdgeLink(s.edge, lambda: list(manager.calls), draining=lambda: manager.draining)
+            manager.on_ended = self.edge.call_ended
         try:
             self._control = ControlServer(
-                create_app(self.manager, Verifier(keys=s.signing_keys)), s.host, s.port
+                create_app(self.manager, Verifier(keys=s.signing_keys), edge=self.edge), s.host, s.port
             )
             self.port = self._control.port
             await self._control.start()
+            if self.edge is not None:
+                self.edge.start()
         except BaseException:
             await self.stop()
             raise
@@ -181,10 +192,18 @@ class RelayServer:
         assert self._control is not None, "start() the relay first"
         return self._control.url
 
+    async def drain(self, grace_s: float) -> int:
+        """Drain before a stop: see :func:`drain_for_shutdown`."""
+        assert self.manager is not None, "start() the relay first"
+        return await drain_for_shutdown(self.manager, self.edge, grace_s)
+
     async def stop(self) -> None:
-        """Close every call, stop serving, release the sockets. Idempotent."""
+        """Close every call (the edge is told), stop serving, release the sockets. Idempotent."""
         if self.manager is not None:
             await self.manager.shutdown()
+        if self.edge is not None:
+            await self.edge.aclose()
+            self.edge = None
         if self._control is not None:
             await self._control.stop()
             self._control = None
@@ -199,3 +218,23 @@ class RelayServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def drain_for_shutdown(backend: CallBackend, edge: EdgeLink | None, grace_s: float) -> int:
+    """Stop taking calls the safe way round, then wait (bounded) for live calls to end; → calls left.
+
+    The edge hears of the drain first (a heartbeat it acknowledges), so it stops choosing this relay
+    before the relay refuses anything; then the relay refuses new calls and waits up to ``grace_s`` for
+    its calls to end on their own. What is left is closed by the stop that follows (the edge is told).
+    """
+    if edge is not None:
+        await edge.announce_drain(True, within=min(2.0, max(grace_s, 0.1)))
+    await backend.drain()
+    deadline = asyncio.get_running_loop().time() + max(0.0, grace_s)
+    left = len(await backend.list_calls())
+    for _ in range(int(max(0.0, grace_s) * 10) + 1):  # bounded: one look every 100 ms
+        if left == 0 or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+        left = len(await backend.list_calls())
+    return left

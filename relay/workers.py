@@ -22,7 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from splitrelay.contract.control import CALLS_PATH, AttachRequest, AttachResult
+from splitrelay.contract.control import CALLS_PATH, UNDRAIN_PATH, AttachRequest, AttachResult
 from splitrelay.contract.signing import sign_headers
 from splitrelay.relay.backend import AttachRefused
 from splitrelay.relay.child import ChildProcess, cli_command, json_ready
@@ -148,6 +148,18 @@ class WorkerPool:
             response = await self._request(worker, "POST", "/v1/drain")
             total += int(response.json().get("live_calls", 0))
         return total
+
+    async def undrain(self) -> int:
+        self._draining = False
+        total = 0
+        for worker in (w for w in self.workers if w.alive):
+            response = await self._request(worker, "POST", UNDRAIN_PATH)
+            total += int(response.json().get("live_calls", 0))
+        return total
+
+    def live_call_ids(self) -> list[str]:
+        """The calls the supervisor believes live (what its heartbeat lists; reconciled by list_calls)."""
+        return list(self._owner)
 
     async def metrics_text(self) -> bytes:
         texts = []

@@ -9,6 +9,9 @@ const LEVELS_EVERY_MS = 40;
 const GATHER_LIMIT_MS = 3000; // the offer goes with whatever candidates are gathered by then
 const SETUP_POLLS = 40; // × 500 ms: the edge gives the relay 20 s (CALL_SETUP_TIMEOUT_S) to attach
 const BARGE_IN_SHOWN_MS = 2000;
+// While connected the page reads the edge's record once a second: a call the relay, the agent or a
+// limit ended (or a relay that died) shows as closed, with why, within about a second.
+const RECORD_EVERY_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -27,6 +30,7 @@ const view = {
   levels: { micDbfs: null, agentDbfs: null },
   turns: [],
   bargeIns: [],
+  closeReason: null, // why the edge closed the call (relay_lost, relay_ended: ...), when it did
   error: null,
 };
 window.splitrelay = view;
@@ -104,10 +108,32 @@ async function followSetup(current) {
       await api("PATCH", `/v1/calls/${view.callId}`, { answer: current.pc.localDescription });
     }
     if (doc.state === "closed") throw new Error("the edge closed the call during setup");
-    if (doc.state !== "created") { updateState(); return; }
+    if (doc.state !== "created") { updateState(); followRecord(current); return; }
     await sleep(500);
   }
   if (call === current) throw new Error(`no relay attached within ${SETUP_POLLS / 2} s`);
+}
+
+/** While the call lasts, read the edge's record; when the edge closed it, end here too and say why. */
+function followRecord(current) {
+  let busy = false;
+  current.timers.push(setInterval(async () => {
+    if (call !== current || busy) return;
+    busy = true;
+    try {
+      const doc = await api("GET", `/v1/calls/${view.callId}`);
+      if (call !== current || doc.state !== "closed") return;
+      view.record = "closed";
+      view.closeReason = doc.close_reason ?? "closed";
+      text("error", `the call ended: ${view.closeReason}`);
+      teardown();
+      setState("closed");
+    } catch (error) {
+      console.warn("reading the call record failed", error);
+    } finally {
+      busy = false;
+    }
+  }, RECORD_EVERY_MS));
 }
 
 function updateState() {
@@ -152,7 +178,7 @@ function showBargeIn(bargeIn) {
 function resetView() {
   Object.assign(view, {
     peer: null, record: null, callId: null, relay: null, answerToConnectedMs: null, stats: null,
-    levels: { micDbfs: null, agentDbfs: null }, turns: [], bargeIns: [], error: null,
+    levels: { micDbfs: null, agentDbfs: null }, turns: [], bargeIns: [], closeReason: null, error: null,
   });
   text("error", "");
   for (const id of ["call-id", "relay", "timing", "stat-rtt", "stat-jitter", "stat-lost", "stat-playout",

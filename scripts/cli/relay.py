@@ -11,9 +11,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -27,6 +28,8 @@ bootstrap_app = typer.Typer(
 app.add_typer(bootstrap_app, name="bootstrap")
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
+EDGE_URL_ENV = "SPLITRELAY_EDGE_URL"
+RELAY_ID_ENV = "SPLITRELAY_RELAY_ID"
 SFU_SECRET_ENV = "SPLITRELAY_SFU_APP_SECRET"
 
 
@@ -97,14 +100,41 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="Relay processes, one per core; >1 adds a supervisor that routes calls.")
     ] = 1,
+    edge_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The edge's base URL: heartbeats and call-end notices go there (off when unset).",
+            envvar=EDGE_URL_ENV,
+        ),
+    ] = None,
+    relay_id: Annotated[
+        str | None,
+        typer.Option(
+            help="This relay's id in the edge's registry (needed with --edge-url).", envvar=RELAY_ID_ENV
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float, typer.Option(help="Seconds between heartbeats to the edge (0.05..10).")
+    ] = 0.25,
+    drain_grace: Annotated[
+        float,
+        typer.Option(
+            help="On SIGTERM: drain, wait up to this many seconds for calls to end, then stop "
+            "(keep it under the service manager's stop timeout: the deploy's unit sets TimeoutStopSec "
+            "to this plus 15 s)."
+        ),
+    ] = 30.0,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print a JSON 'ready' line with the URL.")
     ] = False,
     use_uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Run on uvloop.")] = True,
 ) -> None:
-    """Run one relay process until SIGINT or SIGTERM; live calls are closed on the way out.
+    """Run one relay process until SIGINT or SIGTERM.
 
-    The wire key shared with inference comes from $SPLITRELAY_WIRE_KEY (docs/wire-protocol.md).
+    SIGTERM drains first: the edge is told (it stops choosing this relay), new calls are refused, and
+    live calls get up to --drain-grace seconds to end before the rest are closed (the edge is told of
+    each). SIGINT stops at once. The wire key shared with inference comes from $SPLITRELAY_WIRE_KEY
+    (docs/wire-protocol.md).
     """
     from splitrelay.contract.signing import check_key
     from splitrelay.inference.wire_auth import WireKeyError, WireKeyring
@@ -138,6 +168,18 @@ def serve(
         raise typer.BadParameter(f"--max-calls must be 1..100000, got {max_calls}")
     if not 1 <= workers <= 256:
         raise typer.BadParameter(f"--workers must be 1..256, got {workers}")
+    if not 0 <= drain_grace <= 3600:
+        raise typer.BadParameter(f"--drain-grace must be 0..3600 s, got {drain_grace}")
+    edge = None
+    if edge_url is not None or relay_id is not None:
+        from splitrelay.relay.edge_link import EdgeLinkSettings
+
+        if not edge_url or not relay_id:
+            raise typer.BadParameter("--edge-url and --relay-id go together (heartbeats name the relay)")
+        try:
+            edge = EdgeLinkSettings(edge_url, relay_id, key.encode(), interval_s=heartbeat_interval)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     settings = RelaySettings(
         signing_keys={"default": key.encode()},
         inference=parse_listen(inference),
@@ -148,19 +190,22 @@ def serve(
         public_address=public_address,
         sfu=sfu,
         max_calls=max_calls,
+        edge=edge,
     )
+    drainers: list[Callable[[], Awaitable[int]]] = []
 
     async def run_single(stop: asyncio.Event) -> str:
         server = RelayServer(settings)
         await server.start()
         stack.push_async_callback(server.stop)
+        drainers.append(lambda: server.drain(drain_grace))
         freeze_startup_heap()
         return server.url
 
     async def run_supervisor(stop: asyncio.Event) -> str:
         from splitrelay.contract.signing import Verifier
         from splitrelay.relay.control import create_app
-        from splitrelay.relay.server import ControlServer
+        from splitrelay.relay.server import ControlServer, drain_for_shutdown
         from splitrelay.relay.workers import WorkerPool, new_internal_key, spawn_workers
 
         config = {
@@ -177,18 +222,34 @@ def serve(
         internal_key = new_internal_key()
         pool = WorkerPool(await spawn_workers(workers, config, internal_key, env={}), internal_key)
         stack.push_async_callback(pool.shutdown)
-        control = ControlServer(create_app(pool, Verifier(keys=settings.signing_keys)), host, port)
+        link = None
+        if edge is not None:
+            from splitrelay.relay.edge_link import EdgeLink
+
+            link = EdgeLink(edge, pool.live_call_ids, draining=lambda: pool.draining)
+            stack.push_async_callback(link.aclose)
+            link.start()
+            reconcile = asyncio.get_running_loop().create_task(_reconcile(pool))
+            stack.callback(reconcile.cancel)
+        control = ControlServer(create_app(pool, Verifier(keys=settings.signing_keys), edge=link), host, port)
         await control.start()
         stack.push_async_callback(control.stop)
+        drainers.append(lambda: drain_for_shutdown(pool, link, drain_grace))
         return control.url
 
     stack = contextlib.AsyncExitStack()
 
     async def main() -> None:
         stop = asyncio.Event()
+        terminated: list[bool] = []
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+        def on_sigterm() -> None:
+            terminated.append(True)
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         async with stack:
             url = await (run_supervisor(stop) if workers > 1 else run_single(stop))
             ready = {"event": "ready", "url": url, "pid": os.getpid(), "workers": workers}
@@ -199,6 +260,16 @@ def serve(
                     f"relay control API on {url} ({workers} process(es); inference {inference}); Ctrl-C stops"
                 )
             await stop.wait()
+            if terminated and drainers:
+                stop.clear()  # a second signal during the drain stops at once
+                draining = asyncio.ensure_future(drainers[0]())
+                waiting = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({draining, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                if draining.done() and draining.exception() is None:
+                    print(f"drained: {draining.result()} call(s) left to close", file=sys.stderr, flush=True)
+                else:
+                    draining.cancel()
 
     if use_uvloop:
         import uvloop
@@ -207,6 +278,87 @@ def serve(
     else:
         asyncio.run(main())
     sys.exit(0)
+
+
+async def _reconcile(pool: Any, every_s: float = 1.0) -> None:
+    """Supervisor with heartbeats: calls that ended inside a worker leave the beat's list within ~1 s."""
+    while True:  # until cancelled at stop
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(Exception):
+            await pool.list_calls()
+
+
+def _control_post(url: str, path: str, key_file: Path | None, timeout_s: float) -> dict[str, Any]:
+    """One signed POST to a relay's control API; its JSON body, or a clear error (exit 2)."""
+    import httpx
+
+    from splitrelay.contract.signing import sign_headers
+
+    key = read_secret(SIGNING_KEY_ENV, key_file, "signing key")
+    if key is None:
+        raise typer.BadParameter(f"no signing key: set ${SIGNING_KEY_ENV} or pass --signing-key-file")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise typer.BadParameter(f"--url: expected http(s)://HOST:PORT, got {url[:80]!r}")
+    full_path = parts.path.rstrip("/") + path
+    try:
+        headers = sign_headers(key.encode(), "POST", full_path, b"")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        response = httpx.post(url.rstrip("/") + path, content=b"", headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        print(f"error: {path} on {url}: {type(exc).__name__}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    try:
+        doc: dict[str, Any] = response.json()
+    except ValueError:
+        doc = {}
+    if response.status_code != 200:
+        message = doc.get("error", {}).get("message") if isinstance(doc.get("error"), dict) else None
+        print(f"error: {path}: HTTP {response.status_code} {message or ''}".rstrip(), file=sys.stderr)
+        raise typer.Exit(2)
+    return doc
+
+
+def _drain_command(undo: bool, url: str, key_file: Path | None, json_output: bool) -> None:
+    from splitrelay.contract.control import DRAIN_PATH, UNDRAIN_PATH
+
+    doc = _control_post(url, UNDRAIN_PATH if undo else DRAIN_PATH, key_file, timeout_s=10.0)
+    if json_output:
+        print(json.dumps(doc))
+        return
+    seen = doc.get("edge_acknowledged")
+    edge = {True: "the edge acknowledged", False: "the edge did NOT acknowledge", None: "no edge link"}
+    state = "draining: takes no new calls" if not undo else "taking calls again"
+    print(f"{state}; {doc.get('live_calls', '?')} live call(s); {edge.get(seen, str(seen))}")
+
+
+URL_OPTION = Annotated[str, typer.Option(help="The relay's control API.")]
+KEY_FILE_OPTION = Annotated[
+    Path | None, typer.Option(help=f"File with the edge signing key (default: ${SIGNING_KEY_ENV}).")
+]
+JSON_OPTION = Annotated[bool, typer.Option("--json", help="Print the relay's answer as JSON.")]
+
+
+@app.command("drain")
+def drain(
+    url: URL_OPTION = "http://127.0.0.1:8700",
+    signing_key_file: KEY_FILE_OPTION = None,
+    json_output: JSON_OPTION = False,
+) -> None:
+    """Stop a relay taking new calls (the edge hears first); live calls go on. Undo with `undrain`."""
+    _drain_command(False, url, signing_key_file, json_output)
+
+
+@app.command("undrain")
+def undrain(
+    url: URL_OPTION = "http://127.0.0.1:8700",
+    signing_key_file: KEY_FILE_OPTION = None,
+    json_output: JSON_OPTION = False,
+) -> None:
+    """Let a drained relay take calls again (the edge is told)."""
+    _drain_command(True, url, signing_key_file, json_output)
 
 
 @app.command("worker", hidden=True)

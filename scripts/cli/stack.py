@@ -87,6 +87,9 @@ def dev(
     ] = None,
     reply_timeout: ReplyTimeout = 10.0,
     impair: Impair = None,
+    relays: Annotated[
+        int, typer.Option(help="Relay processes (the edge's registry: relay-0, relay-1...).")
+    ] = 1,
     json_output: JsonOutput = False,
 ) -> None:
     """Run emulator, echo agent, relay and edge on loopback until Ctrl-C or SIGTERM (then stop them all)."""
@@ -96,7 +99,9 @@ def dev(
     from splitrelay.devtools.stack import StackConfig, StackError
 
     try:
-        config = StackConfig(mode="direct" if direct else "sfu", run_dir=run_dir, silence_ms=silence_ms)
+        config = StackConfig(
+            mode="direct" if direct else "sfu", run_dir=run_dir, silence_ms=silence_ms, relays=relays
+        )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
         raise typer.BadParameter(f"--{name.replace('_', '-')}:{rest}") from None

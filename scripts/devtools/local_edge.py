@@ -14,7 +14,7 @@ import contextlib
 import logging
 import mimetypes
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -269,7 +269,12 @@ class LocalEdge:
             200, (("content-type", kind), ("cache-control", "no-cache")), candidate.read_bytes()
         )
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http":
             return
         response = await self._respond(scope, receive)
@@ -284,7 +289,7 @@ class LocalEdge:
         )
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _respond(self, scope: dict[str, Any], receive: Any) -> EdgeResponse | None:
+    async def _respond(self, scope: MutableMapping[str, Any], receive: Any) -> EdgeResponse | None:
         method = str(scope["method"]).upper()
         path = str(scope["path"])
         if method == "GET" and not path.startswith("/v1/") and path != "/healthz":

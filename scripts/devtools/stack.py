@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from splitrelay.inference.wire_auth import WIRE_KEY_ENV
 from splitrelay.relay.child import ChildError, ChildProcess, ReadyParser, cli_command, json_ready
 
 MODES: Final = ("sfu", "direct")
+MAX_RELAYS: Final = 8
 HOST: Final = "127.0.0.1"
 APP_ID: Final = "splitrelay-dev"
 PAGE_SUBJECT: Final = "dev"
@@ -53,10 +55,18 @@ class StackConfig:
     """Each component must print its ready line within this long."""
     stop_timeout_s: float = 5.0
     """After SIGTERM, a component gets this long before SIGKILL."""
+    relays: int = 1
+    """Relay processes (``relay``, ``relay-1``...; the edge's registry ids ``relay-0``, ``relay-1``...)."""
+    drain_grace_s: float = 0.0
+    """Each relay's ``--drain-grace``: how long a SIGTERM waits for calls to end (0: the stop is quick)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
+        if not 1 <= self.relays <= MAX_RELAYS:
+            raise ValueError(f"relays: must be 1..{MAX_RELAYS}, got {self.relays}")
+        if not 0 <= self.drain_grace_s <= 600:
+            raise ValueError(f"drain_grace_s: must be 0..600 s, got {self.drain_grace_s}")
         if not 20 <= self.silence_ms <= 10_000:
             raise ValueError(f"silence_ms: must be 20..10000, got {self.silence_ms}")
         if not 1 <= self.start_timeout_s <= 600:
@@ -77,6 +87,8 @@ class StackInfo:
     page: str | None = None
     emulator_url: str | None = None
     pids: dict[str, int] = field(default_factory=dict)
+    relay_urls: list[str] = field(default_factory=list)
+    """Every relay's control URL, in the edge registry's order (``relay_url`` is the first)."""
     tcp_ports: list[int] = field(default_factory=list)
     udp_ports: list[int] = field(default_factory=list)
     token_signing_key: str = field(default="", repr=False)
@@ -197,6 +209,13 @@ def group_members(pgids: set[int]) -> list[int]:
     return sorted(members)
 
 
+def free_tcp_port(host: str = HOST) -> int:
+    """A loopback port free right now (the kernel's pick), for a child told its port in advance."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(32)  # 43 characters, above every key's 32-byte minimum
 
@@ -315,15 +334,26 @@ class Stack:
             agent_ready,
         )
         agent_address = f"{agent.ready['host']}:{agent.ready['port']}"
-        relay_args = ["relay", "serve", "--host", HOST, "--port", "0", "--json", "--inference", agent_address]
-        relay_args += ["--candidate-address", HOST]
-        if emulator_ready is not None:
-            relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
-        relay = await self._spawn("relay", relay_args, json_ready("ready"))
-        relay_url = str(relay.ready["url"])
+        # The relays beat to the edge and the edge names the relays: the edge's port is chosen first.
+        edge_port = free_tcp_port() if emulator_ready is not None else 0
+        relay_urls: list[str] = []
+        relays: list[Component] = []
+        for index in range(c.relays):
+            relay_args = ["relay", "serve", "--host", HOST, "--port", "0", "--json"]
+            relay_args += ["--inference", agent_address, "--candidate-address", HOST]
+            relay_args += ["--drain-grace", str(c.drain_grace_s)]
+            if emulator_ready is not None:
+                relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
+                relay_args += ["--edge-url", f"http://{HOST}:{edge_port}", "--relay-id", f"relay-{index}"]
+            name = "relay" if index == 0 else f"relay-{index}"
+            relays.append(await self._spawn(name, relay_args, json_ready("ready")))
+            relay_urls.append(str(relays[-1].ready["url"]))
+        relay_url = relay_urls[0]
         edge_ready: dict[str, Any] | None = None
         if emulator_ready is not None:
-            edge_args = ["edge", "serve", "--host", HOST, "--port", "0", "--json", "--relay", relay_url]
+            edge_args = ["edge", "serve", "--host", HOST, "--port", str(edge_port), "--json"]
+            for url in relay_urls:
+                edge_args += ["--relay", url]
             edge_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
             edge = await self._spawn(
                 "edge",
@@ -331,7 +361,7 @@ class Stack:
                 json_ready("ready"),
             )
             edge_ready = edge.ready
-        tcp = [int(relay.ready["url"].rsplit(":", 1)[1])]
+        tcp = [int(url.rsplit(":", 1)[1]) for url in relay_urls]
         udp = [int(agent.ready["port"])]
         if emulator_ready is not None and edge_ready is not None:
             tcp += [int(emulator_ready["port"]), int(str(edge_ready["url"]).rsplit(":", 1)[1])]
@@ -345,6 +375,7 @@ class Stack:
             page=str(edge_ready["page"]) if edge_ready else None,
             emulator_url=str(emulator_ready["base_url"]) if emulator_ready else None,
             pids={comp.name: comp.process.pid for comp in self.components},
+            relay_urls=relay_urls,
             tcp_ports=sorted(tcp),
             udp_ports=sorted(udp),
             token_signing_key=self._secrets[TOKEN_KEY_ENV] if c.mode == "sfu" else "",

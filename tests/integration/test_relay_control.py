@@ -138,13 +138,17 @@ async def test_health_readiness_and_drain() -> None:
         assert (await stack.http.get("/healthz")).json() == {"status": "ok"}
         assert (await stack.http.get("/readyz")).status_code == 200
         drained = await stack.request("POST", "/v1/drain")
-        assert drained.status_code == 200 and drained.json() == {"draining": True, "live_calls": 0}
+        no_edge = {"draining": True, "live_calls": 0, "edge_acknowledged": None}
+        assert drained.status_code == 200 and drained.json() == no_edge
         assert (await stack.http.get("/readyz")).status_code == 503
         offer = await Caller().peer.create_offer()
         body = {"call_id": "late", "mode": "direct", "offer": {"type": "offer", "sdp": offer}}
         status, message = await _error(stack, "POST", "/v1/calls", body)
         assert status == 503 and "draining" in message
         assert (await stack.http.get("/healthz")).status_code == 200  # alive while draining
+        undrained = await stack.request("POST", "/v1/undrain")
+        assert undrained.status_code == 200 and undrained.json()["draining"] is False
+        assert (await stack.http.get("/readyz")).status_code == 200
 
 
 async def test_unknown_routes_get_the_same_error_shape() -> None:

@@ -101,6 +101,18 @@ def test_the_relay_beats_to_the_edge_and_drains_within_its_stop_timeout() -> Non
     assert "SPLITRELAY_EDGE_URL" not in no_edge
 
 
+def test_the_unit_stop_timeout_covers_the_cli_default_drain_grace() -> None:
+    """The unit does not pass --drain-grace: the CLI's default is the grace SIGTERM gives, so it must
+    be the one the stop timeout was computed from."""
+    import inspect
+
+    from splitrelay.cli.relay import serve
+
+    default = inspect.signature(serve).parameters["drain_grace"].default
+    assert default == DRAIN_GRACE_S
+    assert "--drain-grace" not in render_user_data(BOOT)
+
+
 def test_relay_options_exist_in_the_relay_cli() -> None:
     """Every option the unit passes is one `splitrelay relay serve` really has."""
     from splitrelay.cli.main import app

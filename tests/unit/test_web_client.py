@@ -83,7 +83,7 @@ async def test_hostile_paths_are_404_not_500_on_the_local_edge() -> None:
     """GET /%00 and an 8,000-character path made the file lookup raise (a 500) before any route ran."""
     edge = LocalEdge(edge_env())
     try:
-        transport = httpx.ASGITransport(app=edge)  # type: ignore[arg-type]  # ASGI: plain dict scope
+        transport = httpx.ASGITransport(app=edge)
         async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as client:
             for path in ("/%00", "/a%00b.js", "/" + "a" * 8_000, "/v1/calls/%00", "/v1/calls/" + "b" * 8_000):
                 response = await client.get(path)
