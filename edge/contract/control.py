@@ -66,6 +66,37 @@ class SfuAttach(_Control):
         check_text(self.caller_track_name, join_path(path, "caller_track_name"), limit=MAX_SFU_NAME_CHARS)
 
 
+class ContinuationReason(StrEnum):
+    """Why a call moved to this relay (docs/architecture.md, "Failover")."""
+
+    RELAY_LOST = "relay_lost"  # its relay stopped beating; the edge attached this one
+    DRAIN = "drain"  # its relay drains (a deploy); moved make-before-break
+    AGENT_LOST = "agent_lost"  # its agent went away; the relay retries another inference endpoint
+
+
+MAX_CONTINUATIONS: Final = 16
+"""A call moved more often than this is ended instead: something is wrong with every relay."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Continuation(_Control):
+    """The call this attach continues: the same edge call id, moved from another relay.
+
+    The relay passes it to inference in CALL_START (``continues``), so an agent keyed by the call id
+    can keep its conversation instead of greeting the caller again."""
+
+    previous_relay: str
+    reason: ContinuationReason
+    attempt: int  # 1 for the first move of this call
+
+    def validate(self, path: str = "") -> None:
+        check_text(self.previous_relay, join_path(path, "previous_relay"), limit=64)
+        if not 1 <= self.attempt <= MAX_CONTINUATIONS:
+            raise SchemaError(
+                join_path(path, "attempt"), f"must be 1..{MAX_CONTINUATIONS}, got {self.attempt}"
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class AttachRequest(_Control):
     """POST /v1/calls: attach one call, by the caller's offer (direct) or the caller's SFU track (sfu)."""
@@ -75,6 +106,8 @@ class AttachRequest(_Control):
     offer: SessionDescription | None = None
     sfu: SfuAttach | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    continues: Continuation | None = None
+    """Set when the call moves here from another relay (failover, drain hand-over)."""
 
     def validate(self, path: str = "") -> None:
         check_call_id(self.call_id, join_path(path, "call_id"))

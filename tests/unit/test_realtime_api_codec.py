@@ -14,6 +14,8 @@ from splitrelay.contract.control import (
     AttachMode,
     AttachRequest,
     AttachResult,
+    Continuation,
+    ContinuationReason,
     SfuAttach,
     call_path,
     check_call_id,
@@ -189,6 +191,12 @@ def test_attach_request_round_trips_in_snake_case() -> None:
         {"call_id": "c", "mode": "direct", "offer": {"type": "offer", "sdp": "v=0"}}
     )
     assert direct.offer == SessionDescription.offer("v=0")
+    moved = {**SFU_ATTACH, "continues": {"previous_relay": "relay-0", "reason": "relay_lost", "attempt": 2}}
+    continues = AttachRequest.from_json(moved).continues
+    assert continues == Continuation(
+        previous_relay="relay-0", reason=ContinuationReason.RELAY_LOST, attempt=2
+    )
+    assert AttachRequest.from_json(moved).to_json() == moved
 
 
 @pytest.mark.parametrize(
@@ -206,6 +214,11 @@ def test_attach_request_round_trips_in_snake_case() -> None:
         ({"mode": "direct", "offer": {"type": "answer", "sdp": "v=0"}}, "offer.type"),
         ({"mode": "direct", "offer": {"type": "offer", "sdp": "x" * (MAX_SDP_CHARS + 1)}}, "offer.sdp"),
         ({"mode": "direct", "offer": {"type": "offer", "sdp": "v=0", "x": 1}}, "offer.x"),
+        ({"continues": {"previous_relay": "r0", "reason": "drain", "attempt": 0}}, "continues.attempt"),
+        ({"continues": {"previous_relay": "r0", "reason": "drain", "attempt": 17}}, "continues.attempt"),
+        ({"continues": {"previous_relay": "r0", "reason": "bored", "attempt": 1}}, "continues.reason"),
+        ({"continues": {"previous_relay": "", "reason": "drain", "attempt": 1}}, "continues.previous_relay"),
+        ({"continues": {"reason": "drain", "attempt": 1}}, "continues.previous_relay"),
     ],
 )
 def test_bad_attach_requests_name_the_field(changes: dict[str, Any], field: str) -> None:
