@@ -28,6 +28,7 @@ from splitrelay.edge.ratelimit import RateLimiter, limit_key
 from splitrelay.edge.relays import (
     CachedRegistry,
     CallerLocation,
+    Choice,
     Loader,
     NoRelayError,
     RegistryError,
@@ -333,4 +334,9 @@ def build_app(
     config = load_config(env)
     calls = CallService(config, fetch, records, defer=defer, clock=clock, watches=watches)
     registry = CachedRegistry(config.relays_json, registry_loader)
+
+    async def rank(where: CallerLocation) -> list[Choice]:
+        return rank_relays(await registry.get(), where)
+
+    calls.ranker = rank
     return EdgeApp(config, calls, registry, ip_limiter, token_limiter, clock)

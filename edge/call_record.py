@@ -94,6 +94,7 @@ class CallRecord:
     closed_at: float | None = None
     close_reason: str | None = None
     next_check: float | None = None
+    moves: int = 0  # times the call moved to another relay (failover, drain hand-over)
 
     @property
     def open(self) -> bool:
@@ -119,6 +120,8 @@ class CallRecord:
             doc["answer_to_connected_ms"] = round((self.connected_at - self.answered_at) * 1000, 1)
         if self.relay_attempts:
             doc["relay_attempts"] = list(self.relay_attempts)
+        if self.moves:
+            doc["moves"] = self.moves
         if self.pending_sfu_offer is not None:
             doc["renegotiation"] = {"offer": {"type": "offer", "sdp": self.pending_sfu_offer}}
         return doc
@@ -237,6 +240,11 @@ class CallObject:
                 record = await self.connect(call_id, command.get("set") or {})
             elif op == "attempt":
                 record = await self.note_attempt(call_id, str(command.get("attempt") or ""))
+            elif op == "move":
+                moved = await self.move(call_id, str(command["if_relay"]), command.get("set") or {}, command)
+                if moved is None:
+                    return {"record": (await self._require(call_id)).to_json(), "skipped": True}
+                record = moved
             elif op == "close":
                 if_relay = command.get("if_relay")
                 current = await self._require(call_id)
@@ -247,7 +255,9 @@ class CallObject:
                 return {"record": record.to_json(), "was_open": was_open}
             else:
                 raise RecordError(
-                    400, "invalid_command", "op: must be create, get, update, connect, attempt or close"
+                    400,
+                    "invalid_command",
+                    "op: must be create, get, update, connect, attempt, move or close",
                 )
         except RecordError as exc:
             return exc.to_json()
@@ -294,6 +304,20 @@ class CallObject:
         record = await self._require(call_id)
         attempts = (*record.relay_attempts, attempt[:MAX_REASON_CHARS])[-MAX_ATTEMPTS_KEPT:]
         return await self._save(replace(record, relay_attempts=attempts))
+
+    async def move(
+        self, call_id: str, if_relay: str, values: Mapping[str, Any], command: Mapping[str, Any]
+    ) -> CallRecord | None:
+        """The call now runs on another relay (failover, drain hand-over): None if it is no longer
+        connected to ``if_relay`` (closed, or moved by someone else first), and nothing changes."""
+        changes = self._changes(values)
+        record = await self._require(call_id)
+        if record.state is not CallState.CONNECTED or record.relay.get("id") != if_relay:
+            return None
+        note = f"moved from {if_relay}: {command.get('why') or ''!s}"[:MAX_REASON_CHARS]
+        attempts = (*record.relay_attempts, note)[-MAX_ATTEMPTS_KEPT:]
+        changed = replace(record, **changes, moves=record.moves + 1, relay_attempts=attempts)
+        return await self._save(changed)
 
     async def close(self, call_id: str, reason: str) -> tuple[CallRecord, bool]:
         """→ (record, was_open). Idempotent: closing a closed call changes nothing."""

@@ -29,9 +29,12 @@ from urllib.parse import urlsplit
 from splitrelay.contract.api_error import ErrorCode, SfuApiError
 from splitrelay.contract.control import (
     CALLS_PATH,
+    MAX_CONTINUATIONS,
     AttachMode,
     AttachRequest,
     AttachResult,
+    Continuation,
+    ContinuationReason,
     SfuAttach,
     call_path,
 )
@@ -54,6 +57,7 @@ from splitrelay.contract.sfu_http import (
     build_new_session,
     build_new_tracks,
     build_renegotiate,
+    build_switch_track,
     parse_close_tracks,
     parse_get_session,
     parse_new_session,
@@ -67,7 +71,7 @@ from splitrelay.edge.config import EdgeConfig
 from splitrelay.edge.ice import IceServers, TurnCache
 from splitrelay.edge.offer import check_offer
 from splitrelay.edge.relay_watch import RelayWatch
-from splitrelay.edge.relays import CallerLocation, Choice
+from splitrelay.edge.relays import CallerLocation, Choice, NoRelayError, RegistryError
 from splitrelay.edge.web import EdgeError
 
 T = TypeVar("T")
@@ -129,6 +133,8 @@ class WatchClient(Protocol):
 
 
 RELAY_STATUS_TTL_S: Final = 30.0
+Ranker = Callable[[CallerLocation], Awaitable[list[Choice]]]
+"""The relays a call may go to, best first (EdgeApp ranks the registry: edge/relays.py)."""
 """How long this isolate trusts what it last heard of a relay (draining, lost) when it ranks relays."""
 
 
@@ -179,6 +185,7 @@ class CallService:
         self._rng = random.Random()
         self._turn = TurnCache(config.turn_ttl_s)
         self._stun = IceServers([{"urls": list(config.stun_urls)}])
+        self.ranker: Ranker | None = None  # set by EdgeApp; without it a lost relay's calls are closed
 
     # --- I/O helpers ------------------------------------------------------------------------------
 
@@ -362,7 +369,18 @@ class CallService:
         dropped = [str(call_id) for call_id in reply.get("closed") or ()]
         if dropped:
             self._defer(self._close_dropped(relay_id, dropped))
+        handed = [str(call_id) for call_id in reply.pop("hand_over", None) or ()]
+        if handed:  # the relay just started to drain: its live calls move make-before-break
+            self._defer(self._hand_over(relay_id, handed))
         return reply
+
+    async def _hand_over(self, relay_id: str, call_ids: list[str]) -> None:
+        results = await asyncio.gather(
+            *(self.move_call(relay_id, c, ContinuationReason.DRAIN) for c in call_ids), return_exceptions=True
+        )
+        for call_id, result in zip(call_ids, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("call %s: hand-over from %s failed: %r", call_id, relay_id, result)
 
     async def _close_dropped(self, relay_id: str, call_ids: list[str]) -> None:
         for call_id in call_ids:
@@ -371,14 +389,128 @@ class CallService:
             )
 
     async def relay_lost(self, relay_id: str, call_id: str, silent_s: float) -> None:
-        """The relay's alarm found it silent: this call loses its relay.
-
-        The seam for failover: today the call closes with reason ``relay_lost`` (the caller reads it
-        from GET /v1/calls/{id}); a failover attaches another relay and moves the caller's transceiver to
-        its track with ``tracks/update`` here instead, falling back to this close when none takes it.
-        """
+        """The relay's alarm found it silent: the call moves to another relay, or closes if none takes it
+        (reason ``relay_lost``, which the caller reads from GET /v1/calls/{id}). Either way the dead
+        relay's SFU session is closed here, since it cannot close it itself."""
         why = f"relay_lost: relay {relay_id} sent no heartbeat for {silent_s:.1f} s"
-        await self._close_quietly(call_id, why, relay_id, tell_relay=False)
+        try:
+            before = await self.get_record(call_id)
+        except EdgeError:
+            return
+        dead_session = before.relay_session_id if before.relay.get("id") == relay_id else None
+        try:
+            outcome = await self.move_call(relay_id, call_id, ContinuationReason.RELAY_LOST)
+        except Exception as exc:  # background work (the relay object's alarm): close, never raise
+            log.warning("call %s: failover from %s failed: %r", call_id, relay_id, exc)
+            outcome = "failed"
+        if outcome != "moved":
+            await self._close_quietly(call_id, why, relay_id, tell_relay=False)
+        if dead_session is not None:
+            await self.close_session_tracks(dead_session)
+
+    # --- failover and hand-over (docs/architecture.md, "Failover") ---------------------------------
+
+    async def move_call(self, from_relay: str, call_id: str, reason: ContinuationReason) -> str:
+        """Move a connected call to another relay without the caller renegotiating → what happened.
+
+        Make-before-break: the new relay attaches (it pulls the caller's mic and publishes its voice on
+        the SFU), then ``tracks/update`` points the caller's transceiver at the new voice, then the
+        record moves (only if the call is still on ``from_relay``), then the old relay is let go.
+        ``moved``; ``skipped`` (closed, not connected, or no longer on that relay); ``no_relay``
+        (none took it: the caller stays on the old relay if it lives, the caller decides otherwise)."""
+        try:
+            record = await self.get_record(call_id)
+        except EdgeError:
+            return "skipped"
+        if (
+            record.state is not CallState.CONNECTED
+            or record.relay.get("id") != from_relay
+            or record.caller_session_id is None
+            or record.caller_mid is None
+        ):
+            return "skipped"
+        if record.moves >= MAX_CONTINUATIONS:
+            return "no_relay"
+        continues = Continuation(previous_relay=from_relay, reason=reason, attempt=record.moves + 1)
+        for choice in (await self._alternatives(record, from_relay))[:MAX_RELAY_ATTEMPTS]:
+            if await self._claim(choice.relay.id, call_id) is not None:
+                continue
+            try:
+                session, track = await self.relay_attach(choice, record, continues=continues)
+            except RelayError as exc:
+                log.info("call %s: %s did not take the call: %s", call_id, choice.relay.id, exc)
+                if exc.maybe_attached:
+                    await self.relay_close(choice.relay.summary(), call_id)
+                continue
+            try:
+                await self._switch(record, session, track)
+                moved = await self._record(
+                    call_id,
+                    {
+                        "op": "move",
+                        "if_relay": from_relay,
+                        "why": reason.value,
+                        "set": {
+                            "relay": choice.relay.summary(),
+                            "relay_reason": f"{reason.value}: {choice.reason}"[:300],
+                            "relay_session_id": session,
+                            "relay_track": track,
+                        },
+                    },
+                )
+            except BaseException:
+                await self.relay_close(choice.relay.summary(), call_id)
+                raise
+            if moved.get("skipped"):  # closed or moved meanwhile: the new relay is not needed
+                await self.relay_close(choice.relay.summary(), call_id)
+                return "skipped"
+            if reason is ContinuationReason.DRAIN:  # break after make: the old relay lets the call go
+                await self.relay_close(record.relay, call_id)
+            log.info("call %s moved from %s to %s (%s)", call_id, from_relay, choice.relay.id, reason.value)
+            return "moved"
+        return "no_relay"
+
+    async def _alternatives(self, record: CallRecord, from_relay: str) -> list[Choice]:
+        if self.ranker is None:
+            return []
+        try:
+            where = CallerLocation(**record.caller)
+            ranked = await self.ranker(where)
+        except (NoRelayError, RegistryError, TypeError) as exc:
+            log.warning("call %s: no relay to move to: %s", record.call_id, exc)
+            return []
+        return [choice for choice in self.usable(ranked) if choice.relay.id != from_relay]
+
+    async def _switch(self, record: CallRecord, session: str, track: str) -> None:
+        """Point the caller's transceiver at another relay's voice (``tracks/update``, no new offer)."""
+        assert record.caller_session_id is not None and record.caller_mid is not None
+        request, parse = build_switch_track(
+            self.config.sfu,
+            record.caller_session_id,
+            mid=record.caller_mid,
+            to_session_id=session,
+            to_track_name=track,
+        )
+        await self._api(request, parse)
+
+    async def close_session_tracks(self, session_id: str) -> str:
+        """Close every track of an SFU session whose owner is gone (a dead relay's): report, never raise."""
+        try:
+            state = await self._api(build_get_session(self.config.sfu, session_id), parse_get_session)
+            mids = [t.mid for t in state.tracks if t.mid and t.status is not ResourceStatus.INACTIVE]
+            if not mids:
+                return "ok"
+            request = build_close_tracks(
+                self.config.sfu, session_id, CloseTracksRequest.for_mids(mids, force=True)
+            )
+            closed = await self._api(request, parse_close_tracks)
+            closed.raise_for_item_errors()
+        except SfuApiError as exc:
+            if exc.status in (404, 410):
+                return "gone"
+            log.info("closing the tracks of session %s failed: %s", session_id, exc.code)
+            return f"error: {exc.code}"
+        return "ok"
 
     async def relay_ended(self, relay_id: str, call_id: str, code: str, reason: str) -> dict[str, Any]:
         """The relay ended the call itself (signed notice): close the record and the caller's SFU track."""
@@ -470,8 +602,12 @@ class CallService:
             return False
         return True
 
-    async def relay_attach(self, choice: Choice, record: CallRecord) -> tuple[str, str]:
-        """Signed POST {control_url}/v1/calls (mode sfu) → (relay session id, relay track name)."""
+    async def relay_attach(
+        self, choice: Choice, record: CallRecord, *, continues: Continuation | None = None
+    ) -> tuple[str, str]:
+        """Signed POST {control_url}/v1/calls (mode sfu) → (relay session id, relay track name).
+
+        ``continues``: the call is moving here from another relay (the relay tells inference)."""
         if not record.caller_session_id:
             raise RuntimeError("no caller session to attach to")
         request = AttachRequest(
@@ -479,6 +615,7 @@ class CallService:
             mode=AttachMode.SFU,
             sfu=SfuAttach(caller_session_id=record.caller_session_id, caller_track_name=CALLER_TRACK),
             metadata={"edge_relay_reason": choice.reason[:200], **record.caller},
+            continues=continues,
         )
         body = json.dumps(request.to_json(), separators=(",", ":")).encode()
         try:

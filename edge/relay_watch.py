@@ -3,8 +3,9 @@
 Each relay sends one signed heartbeat every ~250 ms (relay/edge_link.py) listing its live calls and
 whether it drains. This object keeps when it last heard the relay and an alarm at that time plus
 ``timeout_s`` (1 s by default); when the alarm fires with no newer beat, the relay is lost and every
-call on it is handed to :meth:`CallService.relay_lost` (edge/calls.py), which closes it with reason
-``relay_lost`` today and is where failover through ``tracks/update`` hooks in. One object per relay,
+call on it is handed to :meth:`CallService.relay_lost` (edge/calls.py), which moves it to another relay
+(``tracks/update``, no new offer) or closes it. The beat that first says "draining" hands the relay's
+calls over the same way (``hand_over`` in the reply). One object per relay,
 not per call: the cost is one request per beat per relay, whatever the number of calls
 (docs/architecture.md, "Liveness").
 
@@ -150,6 +151,8 @@ class RelayWatch:
             raise WatchError(409, "stale_heartbeat", f"seq: {beat.seq} is not after {state.seq}")
         restarted = beat.boot_id != state.boot_id
         listed = set(beat.calls)
+        # The relay starts to drain: its live calls move to other relays before it refuses anything.
+        hand_over = sorted(listed) if beat.draining and not state.draining and not restarted else []
         # Calls the relay listed before and lists no more ended there: closed at the edge (a backstop
         # for a lost call-end notice). Claimed calls never listed are only forgotten after the grace.
         dropped = sorted(state.listed - listed)
@@ -176,6 +179,7 @@ class RelayWatch:
             "draining_seen": state.draining,
             "timeout_ms": round(self.timeout_s * 1000),
             "closed": dropped,
+            "hand_over": hand_over,
         }
 
     async def claim(self, relay_id: str, call_id: str) -> dict[str, Any]:

@@ -186,6 +186,22 @@ class FakeUpstream:
             if self.pull_renegotiates:
                 doc["sessionDescription"] = {"type": "offer", "sdp": "v=0\r\no=- 9 9 IN IP4 0.0.0.0\r\n"}
             return self._json(200, doc)
+        if rest == "/tracks/update":
+            broken = self._broken("update")
+            if broken:
+                return broken
+            items = body["tracks"]
+            state.setdefault("switched", []).extend(items)
+            return self._json(
+                200,
+                {
+                    "requiresImmediateRenegotiation": False,
+                    "tracks": [
+                        {"trackName": t["trackName"], "mid": t["mid"], "sessionId": t["sessionId"]}
+                        for t in items
+                    ],
+                },
+            )
         if rest == "/renegotiate":
             broken = self._broken("renegotiate")
             if broken:
@@ -218,7 +234,8 @@ class FakeUpstream:
             return broken
         if request.method == "DELETE":
             call_id = path.rsplit("/", 1)[1]
-            known = self.relay_calls.pop(call_id, None)
+            held = self.relay_calls.get(call_id)
+            known = self.relay_calls.pop(call_id) if held is not None and held["relay"] == relay_id else None
             return self._json(200, {"call_id": call_id, "closed": known is not None})
         body = json.loads(request.body or b"{}")
         assert body["mode"] == "sfu" and body["sfu"]["caller_track_name"] == "mic", body

@@ -59,6 +59,9 @@ class StackConfig:
     """Relay processes (``relay``, ``relay-1``...; the edge's registry ids ``relay-0``, ``relay-1``...)."""
     drain_grace_s: float = 0.0
     """Each relay's ``--drain-grace``: how long a SIGTERM waits for calls to end (0: the stop is quick)."""
+    sfu_reconnect_window_s: float | None = None
+    """The emulator's ``timers.reconnect_window`` (how long a session whose peer closed or failed lives
+    on); None: the real service's 30 s. Tests that count what is left shorten it."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +76,9 @@ class StackConfig:
             raise ValueError(f"start_timeout_s: must be 1..600 s, got {self.start_timeout_s}")
         if not 0.1 <= self.stop_timeout_s <= 60:
             raise ValueError(f"stop_timeout_s: must be 0.1..60 s, got {self.stop_timeout_s}")
+        window = self.sfu_reconnect_window_s
+        if window is not None and not 0.1 <= window <= 300:
+            raise ValueError(f"sfu_reconnect_window_s: must be 0.1..300 s, got {window}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,9 @@ class Component:
     drain: asyncio.Task[None] | None = None
     exit_code: int | None = None
     killed: bool = False
+    args: tuple[str, ...] = ()  # how it was started, so that it can be started again (restart)
+    ready_parser: ReadyParser | None = None
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def process(self) -> asyncio.subprocess.Process:
@@ -239,6 +248,7 @@ class Stack:
         }
         self.run_dir = self._make_run_dir(self.config.run_dir)
         self._stopped: StopReport | None = None
+        self._retired: list[Component] = []  # restarted: their process groups are checked at stop too
 
     @staticmethod
     def _make_run_dir(path: Path | None) -> Path:
@@ -276,7 +286,9 @@ class Stack:
             )
         except ChildError as exc:
             raise StackError(f"{exc} (log: {log_path})") from None
-        component = Component(name, child, log_path)
+        component = Component(
+            name, child, log_path, args=tuple(args), ready_parser=ready, extra_env=dict(extra_env or {})
+        )
         self.components.append(component)
         with open(log_path, "ab") as log:  # noqa: ASYNC230 - small appends, local disk
 
@@ -320,7 +332,12 @@ class Stack:
         if c.mode == "sfu":
             # The config (it holds the app secret) goes in the environment, which the emulator reads and
             # removes at start: no secrets file on disk (issue 13).
-            doc = {"apps": {APP_ID: self._secrets[SFU_SECRET_ENV]}, "candidate_addresses": [HOST]}
+            doc: dict[str, Any] = {
+                "apps": {APP_ID: self._secrets[SFU_SECRET_ENV]},
+                "candidate_addresses": [HOST],
+            }
+            if c.sfu_reconnect_window_s is not None:
+                doc["timers"] = {"reconnect_window": c.sfu_reconnect_window_s}
             emulator = await self._spawn(
                 "emulator",
                 ["emulator", "serve", "--host", HOST, "--port", "0", "--json"],
@@ -398,11 +415,26 @@ class Stack:
                 task.cancel()
         return waits[next(iter(done))]
 
+    async def restart(self, name: str) -> Component:
+        """Stop one component (if it still runs) and start it again with the same arguments, on the
+        same port when it had chosen one (a relay the edge knows by its URL): a deploy's restart."""
+        old = next((comp for comp in self.components if comp.name == name), None)
+        if old is None or old.ready_parser is None:
+            raise StackError(f"no component {name!r} to restart")
+        await self._stop_one(old)
+        self.components.remove(old)
+        self._retired.append(old)
+        args = list(old.args)
+        url = str(old.ready.get("url") or "")
+        if "--port" in args and url.rsplit(":", 1)[-1].isdigit():
+            args[args.index("--port") + 1] = url.rsplit(":", 1)[1]
+        return await self._spawn(name, args, old.ready_parser, old.extra_env)
+
     async def stop(self) -> StopReport:
         """SIGTERM each component's process group, newest first; SIGKILL after the bound. Idempotent."""
         if self._stopped is not None:
             return self._stopped
-        pgids = {comp.process.pid for comp in self.components}
+        pgids = {comp.process.pid for comp in [*self.components, *self._retired]}
         for comp in reversed(self.components):
             await self._stop_one(comp)
         with contextlib.suppress(FileNotFoundError):

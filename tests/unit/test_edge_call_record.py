@@ -53,6 +53,12 @@ async def test_lifecycle_and_alarm_times(obj: CallObject) -> None:
         ({"op": "update", "call_id": "call-1", "set": {"owner": "mallory"}}, 400, "invalid_command"),
         ({"op": "create", "call_id": "call-1", "record": record()}, 409, "call_exists"),
         ({"op": "create", "call_id": "call-1"}, 400, "invalid_command"),
+        ({"op": "move", "call_id": "call-1", "set": {}}, 400, "invalid_command"),  # no if_relay
+        (
+            {"op": "move", "call_id": "call-1", "if_relay": "r0", "set": {"owner": "x"}},
+            400,
+            "invalid_command",
+        ),
     ],
 )
 async def test_refusals(obj: CallObject, command: dict[str, Any], status: int, code: str) -> None:
@@ -103,3 +109,27 @@ async def test_alarm_on_an_empty_object_clears_it() -> None:
     await storage.set_alarm(NOW * 1000)
     assert (await CallObject(storage, lambda: NOW).alarm()).kind == "none"
     assert storage.alarm_at_ms is None and storage.values == {}
+
+
+async def test_a_move_changes_the_relay_only_from_the_relay_it_names(obj: CallObject) -> None:
+    """Failover and hand-over: the record moves once, from the relay the mover saw; a second mover
+    (or one for a call that closed meanwhile) is told ``skipped`` and changes nothing."""
+    await obj.dispatch({"op": "create", "call_id": "call-1", "record": record(relay={"id": "r0"})})
+    early = await obj.dispatch({"op": "move", "call_id": "call-1", "if_relay": "r0", "set": {}})
+    assert early["skipped"] is True  # not connected yet: nothing to move
+    await obj.dispatch({"op": "connect", "call_id": "call-1", "set": {"relay": {"id": "r0"}}})
+    to_r1 = {"relay": {"id": "r1"}, "relay_session_id": "s1", "relay_track": "t1"}
+    moved = await obj.dispatch(
+        {"op": "move", "call_id": "call-1", "if_relay": "r0", "why": "relay_lost", "set": to_r1}
+    )
+    doc = moved["record"]
+    assert doc["relay"] == {"id": "r1"} and doc["moves"] == 1 and doc["state"] == "connected"
+    assert doc["relay_attempts"] == ["moved from r0: relay_lost"]
+    again = await obj.dispatch({"op": "move", "call_id": "call-1", "if_relay": "r0", "set": {}})
+    assert again["skipped"] is True and again["record"]["relay"] == {"id": "r1"}
+    # What the old relay says of the call no longer closes it.
+    stale = await obj.dispatch({"op": "close", "call_id": "call-1", "reason": "x", "if_relay": "r0"})
+    assert stale["skipped"] is True and stale["record"]["state"] == "connected"
+    public = CallRecord.from_json(doc).public()
+    assert public["moves"] == 1 and public["relay"]["id"] == "r1"
+    await obj.storage.delete_alarm()

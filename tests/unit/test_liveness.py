@@ -16,7 +16,7 @@ import pytest
 from splitrelay.contract.control import call_end_path, heartbeat_path
 from splitrelay.contract.signing import sign_headers
 from splitrelay.devtools.local_edge import LocalWatches, MemoryStorage
-from splitrelay.edge.calls import run_relay_alarm
+from splitrelay.edge.calls import Inbound, run_relay_alarm
 from splitrelay.edge.relay_watch import CLAIM_GRACE_S, RelayWatch
 from splitrelay.edge.web import MAX_BODY_BYTES, EdgeRequest, EdgeResponse
 from tests.edge_support import RELAY_KEY, edge_env, no_secret_in
@@ -61,7 +61,7 @@ async def test_silent_relay_is_lost_after_the_timeout_with_its_calls(watch: Rela
     storage = watch.storage
     assert isinstance(storage, MemoryStorage)
     reply = await send_beat(watch, 1, ("call-a", "call-b"))
-    assert reply == {"draining_seen": False, "timeout_ms": 1000, "closed": []}
+    assert reply == {"draining_seen": False, "timeout_ms": 1000, "closed": [], "hand_over": []}
     assert storage.alarm_at_ms == (NOW + 1.0) * 1000
     for step in range(1, 4):  # beats every 250 ms keep it alive; the alarm re-arms from the last one
         clock.now = NOW + 0.25 * step
@@ -182,11 +182,47 @@ async def connected_call(h: LiveHarness) -> str:
     return call_id
 
 
-async def test_a_lost_relay_closes_its_calls_with_relay_lost() -> None:
+async def test_a_lost_relay_s_call_moves_to_another_relay_without_a_new_offer() -> None:
+    """Failover: the lost relay's call is attached to the next relay (with ``continues``), the caller's
+    transceiver is switched to its voice with tracks/update, and the record stays connected."""
+    h = LiveHarness()
+    assert (await h.beat("fra", 1)).status == 200
+    call_id = await connected_call(h)
+    caller_session = h.upstream.relay_calls[call_id]["sfu"]["caller_session_id"]
+    assert (await h.beat("fra", 2, (call_id,))).json()["closed"] == []
+    h.now += 1.0
+    steps_before = len(h.upstream.steps())
+    assert await run_relay_alarm(h.watches.object("fra"), h.app.calls) == "lost: 1 call(s)"
+    state = (await h.request("GET", f"/v1/calls/{call_id}")).json()
+    assert state["state"] == "connected" and state["relay"]["id"] == "iad" and state["moves"] == 1, state
+    new_steps = h.upstream.steps()[steps_before:]
+    assert "POST relay-iad.test/v1/calls" in new_steps
+    assert not any("relay-fra" in step for step in new_steps)  # no DELETE to a dead relay
+    attach = h.upstream.relay_calls[call_id]
+    assert attach["relay"] == "iad"
+    assert attach["continues"] == {"previous_relay": "fra", "reason": "relay_lost", "attempt": 1}
+    (switch,) = h.upstream.sessions[caller_session]["switched"]
+    assert switch == {
+        "location": "remote",
+        "sessionId": "relay-sess-iad",
+        "trackName": f"relay-{call_id}",
+        "mid": state_mid(h, caller_session),
+    }
+    await h.watches.aclose()
+
+
+def state_mid(h: LiveHarness, session: str) -> str:
+    (mid,) = h.upstream.sessions[session]["tracks"]
+    return str(mid)
+
+
+async def test_a_lost_relay_s_call_closes_with_relay_lost_when_no_relay_takes_it() -> None:
     h = LiveHarness()
     assert (await h.beat("fra", 1)).status == 200
     call_id = await connected_call(h)
     assert (await h.beat("fra", 2, (call_id,))).json()["closed"] == []
+    refused = Inbound(503, {}, b'{"error":{"code":"draining","message":"draining"}}')
+    h.upstream.fail.update({"relay:iad": refused, "relay:sin": refused})  # every other region refuses
     h.now += 1.0
     steps_before = len(h.upstream.steps())
     assert await run_relay_alarm(h.watches.object("fra"), h.app.calls) == "lost: 1 call(s)"
@@ -194,11 +230,36 @@ async def test_a_lost_relay_closes_its_calls_with_relay_lost() -> None:
     assert state["state"] == "closed" and state["close_reason"].startswith("relay_lost: relay fra")
     new_steps = h.upstream.steps()[steps_before:]
     assert any("tracks/close" in step for step in new_steps)  # the caller's SFU track is closed
-    assert not any("relay-" in step for step in new_steps)  # no DELETE to a dead relay
+    assert not any("relay-fra" in step for step in new_steps)  # no DELETE to a dead relay
     # New calls skip the lost relay: this isolate heard it was lost, and its watch refuses the claim.
+    h.upstream.fail.clear()
     created = await h.create(cf=PARIS)
     await h.drain()
     assert (await h.request("GET", f"/v1/calls/{created['call_id']}")).json()["relay"]["id"] == "iad"
+    await h.watches.aclose()
+
+
+async def test_a_draining_relay_s_calls_are_handed_over_then_let_go() -> None:
+    """Drain: the first draining beat moves the relay's calls (make: attach + switch), then the edge
+    lets the old relay go (break: a signed DELETE)."""
+    h = LiveHarness()
+    assert (await h.beat("fra", 1)).status == 200
+    call_id = await connected_call(h)
+    assert (await h.beat("fra", 2, (call_id,))).status == 200
+    steps_before = len(h.upstream.steps())
+    reply = await h.beat("fra", 3, (call_id,), draining=True)
+    assert reply.status == 200 and "hand_over" not in reply.json()  # internal: not sent to the relay
+    await h.drain()
+    new_steps = h.upstream.steps()[steps_before:]
+    post, switch = (
+        new_steps.index("POST relay-iad.test/v1/calls"),
+        next(i for i, step in enumerate(new_steps) if step.endswith("/tracks/update")),
+    )
+    delete = next(i for i, step in enumerate(new_steps) if step.startswith("DELETE relay-fra.test"))
+    assert post < switch < delete  # make before break
+    state = (await h.request("GET", f"/v1/calls/{call_id}")).json()
+    assert state["state"] == "connected" and state["relay"]["id"] == "iad"
+    assert h.upstream.relay_calls[call_id]["continues"]["reason"] == "drain"
     await h.watches.aclose()
 
 
@@ -305,3 +366,15 @@ async def test_local_watch_alarm_fires_on_the_event_loop() -> None:
         await asyncio.sleep(0.02)
     assert lost == [("call-a",)]
     await watches.aclose()
+
+
+async def test_the_first_draining_beat_hands_the_relays_calls_over_once(watch: RelayWatch) -> None:
+    """Drain with hand-over: the beat that first says "draining" names the calls to move; later beats
+    (still draining) and an undrain name none."""
+    await send_beat(watch, 1, ("call-a", "call-b"))
+    first = await send_beat(watch, 2, ("call-a", "call-b"), draining=True)
+    assert first["hand_over"] == ["call-a", "call-b"] and first["draining_seen"] is True
+    assert (await send_beat(watch, 3, ("call-a",), draining=True))["hand_over"] == []
+    assert (await send_beat(watch, 4, ("call-a",)))["hand_over"] == []
+    restarted = await send_beat(watch, 1, ("call-c",), boot="boot-b", draining=True)
+    assert restarted["hand_over"] == []  # a relay that boots draining has no calls of ours to move
