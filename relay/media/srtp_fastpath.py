@@ -21,7 +21,7 @@ from typing import Any
 import pylibsrtp
 from aiortc import RTCPeerConnection
 
-from splitrelay.relay.media import aiortc_internals
+from splitrelay.relay.media import aiortc_internals, native
 from splitrelay.relay.media.aiortc_internals import Address, SrtpLink
 from splitrelay.relay.media.impair import Impairment, ImpairStage
 from splitrelay.relay.media.peer import negotiated_streams
@@ -38,7 +38,7 @@ from splitrelay.relay.media.rtcp import (
     ntp_now,
     parse_rtcp,
 )
-from splitrelay.relay.media.rtp import RtpPacket, one_byte_extensions, pack_header, parse_rtp
+from splitrelay.relay.media.rtp import RtpPacket, one_byte_extensions
 from splitrelay.relay.media.sdp import StreamParams
 
 logger = logging.getLogger(__name__)
@@ -200,10 +200,10 @@ class OutboundStream:
         extension = (
             self._extension(audio_level, voice) if (self.audio_level_id or not self.mid_acked) else b""
         )
-        packet = pack_header(self.payload_type, sequence, timestamp, self.ssrc, marker, bool(extension))
-        try:
-            protected = fp.tx.protect(packet + extension + payload)
-        except pylibsrtp.Error:
+        protected = fp.codec.protect_rtp(
+            self.payload_type, sequence, timestamp, self.ssrc, marker, extension, payload
+        )
+        if protected is None:
             fp.send_failures += 1
             return False
         fp.transport.sendto(protected, fp.remote_addr)
@@ -252,6 +252,8 @@ class SrtpFastPath:
             raise ValueError("streams: at least one negotiated audio stream is needed")
         self.rx = link.rx
         self.tx = link.tx
+        # SRTP + RTP header in one C call per packet when built (relay/media/native), else pylibsrtp + rtp.py.
+        self.codec: native.Codec = native.codec(link.rx, link.tx)
         self.transport: Any = link.transport
         self._link_transport = link.transport
         self.impair_out: ImpairStage | None = None
@@ -381,15 +383,12 @@ class SrtpFastPath:
         if len(data) > 1 and 191 < data[1] < 224:
             self._srtcp_received(data, arrival)
             return
-        try:
-            plain = self.rx.unprotect(data)
-        except pylibsrtp.Error:
-            self.undecryptable += 1
-            return
-        try:
-            packet = parse_rtp(plain, self._audio_level_id, arrival)
-        except ValueError:
-            self.malformed += 1
+        packet = self.codec.unprotect_parse(data, self._audio_level_id, arrival)
+        if isinstance(packet, int):
+            if packet == native.UNDECRYPTABLE:
+                self.undecryptable += 1
+            else:
+                self.malformed += 1
             return
         if packet.payload_type not in self._receive_pts:
             self.dropped += 1
@@ -413,7 +412,7 @@ class SrtpFastPath:
     def _srtcp_received(self, data: bytes, arrival: int) -> None:
         try:
             plain = self.rx.unprotect_rtcp(data)
-        except pylibsrtp.Error:
+        except (pylibsrtp.Error, ValueError):  # ValueError: longer than pylibsrtp's 1500-byte buffer
             self.undecryptable += 1
             return
         try:

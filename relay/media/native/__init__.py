@@ -1,0 +1,395 @@
+"""The native per-datagram path: SRTP, RTP parse/build and wire framing in C, the Python path as reference.
+
+Why: the relay spends most of a datagram's cost in Python dispatch around small steps (unprotect, header
+parse, header build, protect), each one a call into C with its own allocations (issue 17). Here each
+direction is one call into ``fastpath.c`` over reused buffers; the SRTP itself still runs in the libsrtp
+pylibsrtp loaded (its session pointers and functions are passed in), so keys and replay windows live in
+one place and both paths can serve the same session.
+
+Two codecs with the same methods: ``PythonCodec`` (pylibsrtp + ``rtp.py``: the reference) and
+``NativeCodec``. ``codec(rx, tx)`` returns the native one when the extension is built and usable, else the
+Python one, and the process log says which once. ``SPLITRELAY_NATIVE=0`` forces the Python path (the A/B
+of ``splitrelay bench relay``). The module-level ``parse_rtp``, ``encode_audio`` and ``speech_hint`` have
+the reference's signatures, for the differential tests and the fuzz target.
+
+Python keeps the decisions: what is media and what goes to aioice/aiortc (``classify``), undecryptable or
+malformed packets (counted), new sources, RTCP, and barge-in (``speech_hint`` says when a packet needs a
+decode at all).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import struct
+from typing import Any, Final
+
+import pylibsrtp
+
+from splitrelay.relay.media.rtp import RtpPacket, pack_header
+from splitrelay.relay.media.rtp import parse_rtp as py_parse_rtp
+
+logger = logging.getLogger("splitrelay.native")
+
+NATIVE_ENV: Final = "SPLITRELAY_NATIVE"
+"""Set to 0 (or off/false/no) to force the pure-Python path."""
+
+UNDECRYPTABLE: Final = -1
+"""``unprotect_parse``: SRTP authentication or replay check failed (or the datagram is too long)."""
+MALFORMED: Final = -2
+"""``unprotect_parse``: authentic, but not a valid RTP packet."""
+
+KIND_OTHER: Final = 0
+KIND_SRTP: Final = 1
+KIND_SRTCP: Final = 2
+
+HINT_SILENCE: Final = 0
+HINT_SPEECH: Final = 1
+HINT_DECODE: Final = 2
+
+WIRE_VERSION: Final = 2  # relay/inference/wire.py VERSION (media may not import the SDK: layering)
+WIRE_HEADER: Final = struct.Struct("!BBHQII")
+WIRE_MAX_PAYLOAD: Final = 1380
+DTX_MAX_BYTES: Final = 2
+SRTP_BUFFER: Final = 1500  # pylibsrtp's per-session buffer, the limit on both paths
+_EXPECTED_SRTP_TYPE: Final = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+_RESULT: Final = struct.Struct("=iiiIIiiiii")  # sr_rtp, field by field
+_SR_TOO_LONG: Final = -101
+_SR_UNDECRYPTABLE: Final = -100
+
+_native: Any = None
+_native_reason = "not loaded yet"
+_announced = False
+
+
+def _load() -> tuple[Any, str]:
+    """The compiled module and pylibsrtp's functions, or None and why not."""
+    if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+        return None, f"{NATIVE_ENV}=0 forces the Python path"
+    try:
+        fastpath = importlib.import_module("splitrelay.relay.media.native._fastpath")
+    except ImportError as exc:
+        return None, f"extension not built ({exc}); build it with `make setup`"
+    try:
+        binding = pylibsrtp._binding
+        ffi, lib = binding.ffi, binding.lib
+        for name in ("srtp_protect", "srtp_unprotect"):
+            kind = str(ffi.typeof(ffi.addressof(lib, name)).cname)
+            if kind != _EXPECTED_SRTP_TYPE:
+                return None, f"pylibsrtp's {name} is {kind}, not the libsrtp 2 call the extension makes"
+    except (AttributeError, TypeError) as exc:
+        return None, f"pylibsrtp {getattr(pylibsrtp, '__version__', '?')} has no usable binding ({exc})"
+    return fastpath, "native"
+
+
+def available() -> bool:
+    """True when the native path is built, loadable and not forced off (loads it on first call)."""
+    global _native, _native_reason
+    if _native is None and _native_reason == "not loaded yet":
+        _native, _native_reason = _load()
+    return _native is not None
+
+
+def status() -> str:
+    """``native`` or why the Python path runs."""
+    available()
+    return _native_reason
+
+
+def reset() -> None:
+    """Forget the load decision (tests flip SPLITRELAY_NATIVE)."""
+    global _native, _native_reason, _announced
+    _native, _native_reason, _announced = None, "not loaded yet", False
+
+
+def _announce() -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        if _native is not None:
+            logger.info("fast path: native per-datagram path (relay/media/native)")
+        else:
+            logger.warning("fast path: Python per-datagram path: %s", _native_reason)
+
+
+def _srtp_functions() -> tuple[int, int, Any]:
+    binding = pylibsrtp._binding
+    ffi, lib = binding.ffi, binding.lib
+    protect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+    unprotect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect")))
+    return protect, unprotect, ffi
+
+
+def _session_pointer(session: pylibsrtp.Session, ffi: Any) -> int:
+    """The ``srtp_t`` inside a pylibsrtp Session (private: ``_srtp``, pinned with pylibsrtp 1.0.0)."""
+    return int(ffi.cast("uintptr_t", session._srtp[0]))
+
+
+# --- the two codecs -----------------------------------------------------------------------------------
+
+
+class PythonCodec:
+    """The reference: pylibsrtp for SRTP, ``rtp.py`` for the header."""
+
+    native = False
+    __slots__ = ("rx", "tx")
+
+    def __init__(self, rx: Any, tx: Any) -> None:
+        self.rx = rx
+        self.tx = tx
+
+    def unprotect_parse(self, data: bytes, audio_level_id: int | None, arrival_ns: int) -> RtpPacket | int:
+        """An SRTP datagram to its RTP packet, or UNDECRYPTABLE / MALFORMED."""
+        try:
+            plain = self.rx.unprotect(data)
+        except (pylibsrtp.Error, ValueError):  # ValueError: longer than pylibsrtp's buffer
+            return UNDECRYPTABLE
+        try:
+            return py_parse_rtp(plain, audio_level_id, arrival_ns)
+        except ValueError:
+            return MALFORMED
+
+    def protect_rtp(
+        self,
+        payload_type: int,
+        sequence: int,
+        timestamp: int,
+        ssrc: int,
+        marker: bool,
+        extension: bytes,
+        payload: bytes,
+    ) -> bytes | None:
+        """Our RTP packet, protected; None when libsrtp refused. Raises ValueError when too long."""
+        packet = pack_header(payload_type, sequence, timestamp, ssrc, marker, bool(extension))
+        try:
+            protected: bytes = self.tx.protect(packet + extension + payload)
+        except pylibsrtp.Error:
+            return None
+        return protected
+
+
+class NativeCodec:
+    """The same two steps in one call each into ``fastpath.c`` (see the module docstring)."""
+
+    native = True
+    __slots__ = (
+        "_ext_keep",
+        "_in",
+        "_in_mem",
+        "_lib",
+        "_out",
+        "_out_mem",
+        "_protect",
+        "_result",
+        "_result_mem",
+        "_rx_ptr",
+        "_tx_ptr",
+        "_unprotect",
+        "rx",
+        "tx",
+    )
+
+    def __init__(self, rx: pylibsrtp.Session, tx: pylibsrtp.Session) -> None:
+        if not available():
+            raise RuntimeError(f"native fast path unavailable: {_native_reason}")
+        module = _native
+        self.rx = rx  # kept: the sessions own the srtp_t pointers used below
+        self.tx = tx
+        self._protect, self._unprotect, srtp_ffi = _srtp_functions()
+        self._rx_ptr = _session_pointer(rx, srtp_ffi)
+        self._tx_ptr = _session_pointer(tx, srtp_ffi)
+        ffi = module.ffi
+        self._lib = module.lib
+        self._in = ffi.new("unsigned char[]", SRTP_BUFFER)
+        self._in_mem = ffi.buffer(self._in)
+        self._out = ffi.new("unsigned char[]", SRTP_BUFFER)
+        self._out_mem = ffi.buffer(self._out)
+        self._result = ffi.new("sr_rtp *")
+        self._result_mem = ffi.buffer(self._result)
+        self._ext_keep = b""
+
+    def unprotect_parse(self, data: bytes, audio_level_id: int | None, arrival_ns: int) -> RtpPacket | int:
+        """An SRTP datagram to its RTP packet, or UNDECRYPTABLE / MALFORMED (as ``PythonCodec``)."""
+        n = self._lib.sr_unprotect_parse(
+            self._unprotect,
+            self._rx_ptr,
+            data,
+            len(data),
+            self._in,
+            SRTP_BUFFER,
+            -1 if audio_level_id is None else audio_level_id,
+            self._result,
+        )
+        if n < 0:
+            return UNDECRYPTABLE if n <= _SR_UNDECRYPTABLE else MALFORMED
+        pt, marker, seq, ts, ssrc, off, size, level, voice, csrc = _RESULT.unpack_from(self._result_mem)
+        return RtpPacket(
+            pt,
+            marker == 1,
+            seq,
+            ts,
+            ssrc,
+            self._in_mem[off : off + size],
+            None if level < 0 else level,
+            voice == 1,
+            csrc,
+            arrival_ns,
+        )
+
+    def protect_rtp(
+        self,
+        payload_type: int,
+        sequence: int,
+        timestamp: int,
+        ssrc: int,
+        marker: bool,
+        extension: bytes,
+        payload: bytes,
+    ) -> bytes | None:
+        """Header, extension and payload built and protected in one call; as ``PythonCodec``."""
+        n = self._lib.sr_protect_rtp(
+            self._protect,
+            self._tx_ptr,
+            self._out,
+            SRTP_BUFFER,
+            pylibsrtp.SRTP_MAX_TRAILER_LEN,
+            payload_type,
+            sequence,
+            timestamp,
+            ssrc,
+            marker,
+            extension,
+            len(extension),
+            payload,
+            len(payload),
+        )
+        if n < 0:
+            if n == _SR_UNDECRYPTABLE:
+                return None
+            raise ValueError("packet is too long" if n == _SR_TOO_LONG else "RTP header field out of range")
+        protected: bytes = self._out_mem[:n]
+        return protected
+
+
+Codec = PythonCodec | NativeCodec
+
+
+def codec(rx: Any, tx: Any) -> Codec:
+    """The native codec for pylibsrtp sessions when it is available, else the reference; logs once."""
+    use_native = available() and isinstance(rx, pylibsrtp.Session) and isinstance(tx, pylibsrtp.Session)
+    _announce()
+    return NativeCodec(rx, tx) if use_native else PythonCodec(rx, tx)
+
+
+# --- stateless steps with the reference's signatures ------------------------------------------------
+
+
+def parse_rtp(data: bytes, audio_level_id: int | None = None, arrival_ns: int = 0) -> RtpPacket:
+    """``rtp.parse_rtp`` in C: the same packet, or ValueError for the same inputs."""
+    if not available():
+        return py_parse_rtp(data, audio_level_id, arrival_ns)
+    ffi, lib = _native.ffi, _native.lib
+    result = ffi.new("sr_rtp *")
+    status = lib.sr_parse_rtp(data, len(data), -1 if audio_level_id is None else audio_level_id, result)
+    if status < 0:
+        raise ValueError(f"RTP packet: malformed (native parser rule {-status})")
+    level = result.audio_level
+    off, size = result.payload_offset, result.payload_length
+    return RtpPacket(
+        result.payload_type,
+        bool(result.marker),
+        result.sequence,
+        result.timestamp,
+        result.ssrc,
+        data[off : off + size],
+        None if level < 0 else level,
+        bool(result.voice),
+        result.csrc_count,
+        arrival_ns,
+    )
+
+
+def py_encode_audio(
+    type_: int, call_id: int, seq: int, timestamp: int, payload: bytes, flags: int = 0
+) -> bytes:
+    """Reference of the wire's audio framing (relay/inference/wire.py ``encode_audio``), ValueError on bad
+    input (the SDK's WireError is a ValueError; media may not import the SDK)."""
+    if not 0 < len(payload) <= WIRE_MAX_PAYLOAD:
+        raise ValueError(f"payload: an Opus frame is 1..{WIRE_MAX_PAYLOAD} bytes, got {len(payload)}")
+    try:
+        return WIRE_HEADER.pack(WIRE_VERSION, type_, flags, call_id, seq, timestamp) + payload
+    except struct.error:
+        raise ValueError("header: a field is out of range") from None
+
+
+def encode_audio(type_: int, call_id: int, seq: int, timestamp: int, payload: bytes, flags: int = 0) -> bytes:
+    """The wire's AUDIO_IN/AUDIO_OUT datagram in C; the same bytes or ValueError as ``py_encode_audio``."""
+    if not available():
+        return py_encode_audio(type_, call_id, seq, timestamp, payload, flags)
+    if not (0 <= call_id <= 0xFFFFFFFFFFFFFFFF and 0 <= seq <= 0xFFFFFFFF and 0 <= timestamp <= 0xFFFFFFFF):
+        raise ValueError("header: a field is out of range")
+    ffi, lib = _native.ffi, _native.lib
+    out = ffi.new("unsigned char[]", WIRE_HEADER.size + WIRE_MAX_PAYLOAD)
+    n = lib.sr_wire_audio(out, len(out), type_, flags, call_id, seq, timestamp, payload, len(payload))
+    if n < 0:
+        raise ValueError("payload or header field out of range")
+    return bytes(ffi.buffer(out, n))
+
+
+def threshold_level(threshold_dbov: float) -> int:
+    """The largest RFC 6464 level (-dBov) that counts as speech at ``threshold_dbov``."""
+    return math.floor(-threshold_dbov)
+
+
+def py_speech_hint(
+    audio_level: int | None, voice: bool, use_voice_bit: bool, threshold_dbov: float, payload_size: int
+) -> int:
+    """Reference: what ``SpeechDetector.is_speech`` decides without decoding, or HINT_DECODE."""
+    if audio_level is not None:
+        if voice and use_voice_bit:
+            return HINT_SPEECH
+        return HINT_SPEECH if -audio_level >= threshold_dbov else HINT_SILENCE
+    return HINT_SILENCE if payload_size <= DTX_MAX_BYTES else HINT_DECODE
+
+
+def speech_hint(
+    audio_level: int | None, voice: bool, use_voice_bit: bool, threshold_dbov: float, payload_size: int
+) -> int:
+    """``py_speech_hint`` in C (the per-packet barge-in question, answered without Python when it can)."""
+    if not available():
+        return py_speech_hint(audio_level, voice, use_voice_bit, threshold_dbov, payload_size)
+    level = -1 if audio_level is None else audio_level
+    return int(
+        _native.lib.sr_speech_hint(level, voice, use_voice_bit, threshold_level(threshold_dbov), payload_size)
+    )
+
+
+def classify(data: bytes) -> int:
+    """RFC 7983 demultiplexing: KIND_SRTP, KIND_SRTCP, or KIND_OTHER (STUN, DTLS: aioice's)."""
+    if available():
+        return int(_native.lib.sr_classify(data, len(data)))
+    if not data or not 127 < data[0] < 192:
+        return KIND_OTHER
+    return KIND_SRTCP if len(data) > 1 and 191 < data[1] < 224 else KIND_SRTP
+
+
+__all__ = [
+    "HINT_DECODE",
+    "HINT_SILENCE",
+    "HINT_SPEECH",
+    "MALFORMED",
+    "NATIVE_ENV",
+    "UNDECRYPTABLE",
+    "Codec",
+    "NativeCodec",
+    "PythonCodec",
+    "available",
+    "classify",
+    "codec",
+    "encode_audio",
+    "parse_rtp",
+    "speech_hint",
+    "status",
+]

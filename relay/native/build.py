@@ -1,0 +1,106 @@
+"""Build the native fast path (cffi API mode) from ``fastpath.c`` with the machine's C compiler.
+
+Run by ``make setup`` and CI (``python -m splitrelay.relay.native.build``). Needs gcc and the
+Python headers only: SRTP runs in the libsrtp that pylibsrtp's wheel bundles, reached through function
+pointers at run time, so nothing links against libsrtp here. A failed build is not an error for the
+relay: it logs once and runs the Python path (``splitrelay.relay.media.native``).
+
+``--sanitize`` builds a separate module (``_fastpath_asan``) with AddressSanitizer and UBSan into a
+directory of your choice, for tests/unit/test_native_sanitizers.py; it is never imported by the relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import cffi
+
+PACKAGE: Final = Path(__file__).resolve().parent.parent / "media" / "native"
+SOURCE: Final = PACKAGE / "fastpath.c"
+MODULE: Final = "_fastpath"
+SANITIZED_MODULE: Final = "_fastpath_asan"
+
+CDEF: Final = """
+typedef struct {
+    int32_t payload_type;
+    int32_t marker;
+    int32_t sequence;
+    uint32_t timestamp;
+    uint32_t ssrc;
+    int32_t payload_offset;
+    int32_t payload_length;
+    int32_t audio_level;
+    int32_t voice;
+    int32_t csrc_count;
+} sr_rtp;
+
+int sr_classify(const unsigned char *data, size_t length);
+int sr_parse_rtp(const unsigned char *data, size_t length, int audio_level_id, sr_rtp *out);
+int sr_unprotect_parse(uintptr_t unprotect, uintptr_t session, const unsigned char *data, size_t length,
+                       unsigned char *buffer, size_t capacity, int audio_level_id, sr_rtp *out);
+int sr_rtp_header(unsigned char *out, int payload_type, int sequence, uint32_t timestamp, uint32_t ssrc,
+                  int marker, int has_extension, int csrc_count);
+int sr_protect_rtp(uintptr_t protect, uintptr_t session, unsigned char *buffer, size_t capacity,
+                   size_t reserve, int payload_type, int sequence, uint32_t timestamp, uint32_t ssrc,
+                   int marker, const unsigned char *extension, size_t extension_length,
+                   const unsigned char *payload, size_t payload_length);
+int sr_audio_in_flags(int marker, int level, int voice);
+int sr_wire_audio(unsigned char *out, size_t capacity, int type, int flags, uint64_t call_id, uint32_t seq,
+                  uint32_t timestamp, const unsigned char *payload, size_t payload_length);
+int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_level, size_t payload_length);
+"""
+
+OPTIMIZED: Final = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+SANITIZED: Final = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined"]  # fmt: skip
+
+
+def builder(module: str = MODULE, *, sanitize: bool = False) -> cffi.FFI:
+    """The cffi builder for ``module``; the C source is compiled into the module itself."""
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        module,
+        SOURCE.read_text(),
+        extra_compile_args=SANITIZED if sanitize else OPTIMIZED,
+        extra_link_args=["-fsanitize=address,undefined"] if sanitize else [],
+    )
+    return ffi
+
+
+def build(target: Path = PACKAGE, *, sanitize: bool = False) -> Path:
+    """Compile into a scratch directory and copy the shared object into ``target``; returns its path."""
+    module = SANITIZED_MODULE if sanitize else MODULE
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="splitrelay-native-") as tmp:
+        built = Path(builder(module, sanitize=sanitize).compile(tmpdir=tmp, verbose=False))
+        final = target / f"{module}{suffix}"
+        partial = final.with_name(final.name + ".partial")
+        shutil.copyfile(built, partial)
+        partial.replace(final)  # atomic: a relay starting meanwhile loads the old module or the new one
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sanitize", action="store_true", help="ASan + UBSan build (tests only)")
+    parser.add_argument("--target", type=Path, default=PACKAGE, help="directory for the shared object")
+    args = parser.parse_args(argv)
+    try:
+        path = build(args.target, sanitize=args.sanitize)
+    except (cffi.VerificationError, OSError) as exc:
+        print(f"native fast path NOT built ({exc}); the relay will use the Python path", file=sys.stderr)
+        return 1
+    print(f"native fast path built: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The native path built with AddressSanitizer and UBSan, run over the differential traffic.
+
+The sanitized module (relay/native/build.py ``--sanitize``) is built into a scratch directory and loaded
+in a child Python with the sanitizer runtimes preloaded, in place of the optimized one; the child runs
+the same differential rounds as tests/unit/test_native_fastpath.py plus raw parser inputs. Any
+out-of-bounds access or undefined behaviour aborts the child. A second child reads past a buffer on
+purpose, to show the sanitizer is really there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from splitrelay.relay.native import build as native_build
+
+ROUNDS = 30_000  # about 8 s here
+REPO = Path(__file__).resolve().parents[2]
+
+LOAD = textwrap.dedent(
+    """
+    import importlib.util, random, sys
+    from splitrelay.relay.media import native
+    spec = importlib.util.spec_from_file_location("_fastpath_asan", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    native._native, native._native_reason = module, "native"
+    """
+)
+
+DIFFERENTIAL = LOAD + textwrap.dedent(
+    """
+    from tests.fuzz.engine import RandomSource
+    from tests.native_traffic import Differential, check_parse, one_round
+    rng = random.Random(11)
+    source = RandomSource(rng)
+    diff = Differential()
+    for seq in range(int(sys.argv[2])):
+        one_round(source, diff, seq)
+        blob = rng.randbytes(rng.randint(0, 64))
+        check_parse(blob, rng.choice((1, None, 15)))
+        if blob:
+            check_parse(bytes((0x80 | (blob[0] & 0x3F),)) + blob[1:], 1)
+    print("compared", diff.compared)
+    """
+)
+
+OVERREAD = LOAD + textwrap.dedent(
+    """
+    ffi, lib = module.ffi, module.lib
+    data = ffi.new("unsigned char[]", 4)  # parse is told 64 bytes: reads past the allocation
+    data[0] = 0x80
+    lib.sr_parse_rtp(data, 64, 1, ffi.new("sr_rtp *"))
+    print("no sanitizer report")
+    """
+)
+
+
+def _runtime(name: str) -> str | None:
+    found = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True, check=False)
+    path = found.stdout.strip()
+    return path if found.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.fixture(scope="module")
+def sanitized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed for the sanitizer build (the CI installs it)")
+    asan, ubsan = _runtime("libasan.so"), _runtime("libubsan.so")
+    if asan is None or ubsan is None:
+        pytest.fail("gcc has no libasan/libubsan runtime (Debian: gcc brings libasan8 and libubsan1)")
+    module = native_build.build(tmp_path_factory.mktemp("asan"), sanitize=True)
+    env = {
+        **os.environ,
+        "LD_PRELOAD": f"{asan}:{ubsan}",
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=86",  # CPython's own allocations "leak"
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
+        "PYTHONPATH": str(REPO),
+    }
+    return module, env
+
+
+def test_differential_traffic_runs_clean_under_asan_and_ubsan(sanitized: tuple[Path, dict[str, str]]) -> None:
+    module, env = sanitized
+    result = subprocess.run(
+        [sys.executable, "-c", DIFFERENTIAL, str(module), str(ROUNDS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "runtime error" not in result.stderr  # UBSan reports, even ones that did not halt
+    compared = int(result.stdout.split()[-1])
+    assert compared >= 2 * ROUNDS
+
+
+def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]]) -> None:
+    module, env = sanitized
+    result = subprocess.run(
+        [sys.executable, "-c", OVERREAD, str(module)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 86, (result.returncode, result.stdout, result.stderr[-2000:])
+    assert "heap-buffer-overflow" in result.stderr
