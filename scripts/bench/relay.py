@@ -9,7 +9,10 @@ For each N the benchmark runs two phases back to back on the same cores:
    packet (packets protected before the window, echoes matched by their clear header and length, one in
    47 authenticated; a raw echo inference);
 2. baseline: a bare uvloop UDP echo pinned to the same core, fed the same number of datagrams per second
-   of the same sizes by the same workers.
+   of the same sizes by the same workers;
+3. A/B: the relay again, the same load, with its per-datagram work forced onto the pure-Python path
+   (``SPLITRELAY_NATIVE=0``; relay/media/native): phase 1 runs the native path when it is built. Both
+   relay phases are reported against the same baseline, so the CPU multiples compare directly.
 
 It reports, over a steady-state window after a warm-up: the subject's CPU (from /proc), loss, the round
 trip seen by the load generator, the relay's in-relay dwell (from its /metrics histograms), the
@@ -52,6 +55,7 @@ from splitrelay.bench.support import (
 )
 from splitrelay.inference.wire_auth import WIRE_KEY_ENV, generate_text
 from splitrelay.relay.child import cli_command
+from splitrelay.relay.media import native
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 FLOOR_CALLS = 500
@@ -296,8 +300,13 @@ class PhaseResult:
 class Row:
     calls: int
     relay: PhaseResult | None = None
+    """The relay as it runs by default: the native per-datagram path when built (see ``path``)."""
     baseline: PhaseResult | None = None
+    python: PhaseResult | None = None
+    """The A/B: the same relay and load with the pure-Python per-datagram path."""
     error: str | None = None
+    path: str = "native"
+    """What phase 1's relay ran: "native", or "python: <why>" when the extension is not available."""
 
     def ratios(self) -> dict[str, float | None]:
         r, b = self.relay, self.baseline
@@ -315,6 +324,12 @@ class Row:
             phase: PhaseResult | None = getattr(self, name)
             out[name] = None if phase is None else {**asdict(phase), "loss": phase.loss}
         out["ratios"] = self.ratios()
+        out["path"] = self.path
+        out["python"] = None if self.python is None else {**asdict(self.python), "loss": self.python.loss}
+        b = self.baseline
+        out["python_ratios"] = (
+            {} if self.python is None or b is None else {"cpu": ratio(self.python.subject_cpu, b.subject_cpu)}
+        )
         return out
 
 
@@ -679,8 +694,10 @@ def _worker_pids(workers: Sequence[Child]) -> dict[str, int]:
     return {f"load worker {i}": w.pid for i, w in enumerate(workers)}
 
 
-async def relay_phase(ctx: Context, n: int) -> PhaseResult:
-    """The relay with ``n`` callers and the echo inference; see the module docstring."""
+async def relay_phase(ctx: Context, n: int, *, python_path: bool = False) -> PhaseResult:
+    """The relay with ``n`` callers and the echo inference; see the module docstring.
+
+    ``python_path`` forces the relay's per-datagram work onto the Python reference (the A/B)."""
     import httpx
 
     cfg = ctx.config
@@ -725,7 +742,7 @@ async def relay_phase(ctx: Context, n: int) -> PhaseResult:
             ),
             cores=ctx.relay_cores,
             workdir=ctx.workdir,
-            env=ctx.env,
+            env={**ctx.env, native.NATIVE_ENV: "0"} if python_path else ctx.env,
         )
         servers.append(relay)
         url = str((await relay.wait_for("ready", 60))["url"])
@@ -813,10 +830,11 @@ async def baseline_phase(ctx: Context, n: int, srtp_overhead: int) -> PhaseResul
 
 async def bench_one(ctx: Context, n: int) -> Row:
     """Both phases at ``n`` calls; a failure is recorded in the row, never half-reported as a result."""
-    row = Row(calls=n)
+    row = Row(calls=n, path="native" if native.available() else f"python: {native.status()}")
     try:
         row.relay = await relay_phase(ctx, n)
         row.baseline = await baseline_phase(ctx, n, int(row.relay.workers.get("srtp_overhead", 0)))
+        row.python = await relay_phase(ctx, n, python_path=True)
     except (BenchError, OSError, RuntimeError, ValueError, KeyError) as exc:
         row.error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # an httpx error, a JSON shape surprise: still one row, not a crash
@@ -979,6 +997,51 @@ def summary_table(rows: Sequence[Row]) -> Table:
     return table
 
 
+def zero_loss_calls(rows: Sequence[Row], which: str) -> int | None:
+    """The most calls at which ``which`` ("relay" or "python") lost nothing, among the runs made."""
+    carried = [
+        row.calls
+        for row in rows
+        if (phase := getattr(row, which)) is not None and not row.error and phase.loss == 0 and phase.sent
+    ]
+    return max(carried, default=None)
+
+
+def ab_table(rows: Sequence[Row]) -> Table:
+    """The A/B: native vs Python per-datagram path, each as a multiple of the same run's bare echo."""
+    table = Table(
+        title="A/B: native vs pure-Python per-datagram path (same load, same baseline echo)",
+        title_justify="left",
+    )
+    for name in (
+        "calls", "path", "relay CPU", "x bare echo", "lost / sent", "dwell in p50 / p99 ms",
+        "dwell out p50 / p99 ms", "RTT p99 ms",
+    ):  # fmt: skip
+        table.add_column(name, justify="left" if name == "path" else "right")
+    for row in rows:
+        b = row.baseline
+        for label, phase in ((row.path, row.relay), ("python (SPLITRELAY_NATIVE=0)", row.python)):
+            if row.error or phase is None or b is None:
+                table.add_row(str(row.calls), label, *["-"] * 5, f"error: {row.error}")
+                continue
+            table.add_row(
+                str(row.calls),
+                label,
+                f"{phase.subject_cpu:.0f}%",
+                _x(ratio(phase.subject_cpu, b.subject_cpu)),
+                f"{phase.loss:,} / {phase.sent:,}",
+                _dwell(phase, "in"),
+                _dwell(phase, "out"),
+                _ms(phase.rtt_ms["p99"]),
+            )
+    native_max, python_max = zero_loss_calls(rows, "relay"), zero_loss_calls(rows, "python")
+    table.caption = (
+        f"calls at 0 loss (of those run): {rows[0].path if rows else 'native'} {native_max or '-'}, "
+        f"python {python_max or '-'}"
+    )
+    return table
+
+
 NOTES = (
     "Round trip: caller send -> relay -> echo inference -> relay -> caller receive, timed by the load "
     "generator (so it includes any scheduling delay on the load core). Echoes are matched to their frame "
@@ -1010,6 +1073,10 @@ def report(
         "floor": verdict(pick_row(rows, FLOOR_CALLS), FLOOR_CALLS),
         "goal": verdict(pick_row(rows, GOAL_CALLS), GOAL_CALLS),
         "projection": projection(rows),
+        "zero_loss_calls": {
+            "default_path": zero_loss_calls(rows, "relay"),
+            "python": zero_loss_calls(rows, "python"),
+        },
         "notes": list(NOTES),
     }
 
@@ -1055,6 +1122,7 @@ async def run_async(config: RelayBenchConfig, console: Console) -> dict[str, Any
     }
     result = report(rows, config, info, cores)
     console.print(summary_table(rows))
+    console.print(ab_table(rows))
     for note in NOTES:
         console.print(f"[dim]{note}[/]")
     console.print(_verdict_line("Floor", result["floor"]))
