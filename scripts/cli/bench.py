@@ -14,6 +14,7 @@ import typer
 from splitrelay.bench.bargein import command as bargein_command
 from splitrelay.bench.calls import calls_command
 from splitrelay.bench.edge import edge_command
+from splitrelay.bench.failover import command as failover_command
 from splitrelay.bench.track_switch import command as track_switch_command
 from splitrelay.cli.agent import parse_listen
 from splitrelay.emulator.bench import command as emulator_command
@@ -74,6 +75,7 @@ app.command("calls")(calls_command)
 app.command("edge")(edge_command)
 app.command("emulator")(emulator_command)
 app.command("track-switch")(track_switch_command)
+app.command("failover")(failover_command)
 
 
 @app.command("wire")

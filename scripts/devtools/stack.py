@@ -19,6 +19,7 @@ import re
 import secrets
 import signal
 import socket
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ class StackError(Exception):
     """The stack could not start (or a component died); the message names the component and its log."""
 
 
+AGENT_KINDS: Final = ("echo", "metronome")
+MAX_AGENTS: Final = 4
+
+
 @dataclass(frozen=True)
 class StackConfig:
     mode: str = "sfu"
@@ -59,6 +64,10 @@ class StackConfig:
     """Relay processes (``relay``, ``relay-1``...; the edge's registry ids ``relay-0``, ``relay-1``...)."""
     drain_grace_s: float = 0.0
     """Each relay's ``--drain-grace``: how long a SIGTERM waits for calls to end (0: the stop is quick)."""
+    agent: str = "echo"
+    """``echo`` (`splitrelay agent echo`) or ``metronome`` (a frame every 20 ms: bench/metronome.py)."""
+    agents: int = 1
+    """Agent processes (``agent``, ``agent-1``...); every relay is given all of them, in order."""
     sfu_reconnect_window_s: float | None = None
     """The emulator's ``timers.reconnect_window`` (how long a session whose peer closed or failed lives
     on); None: the real service's 30 s. Tests that count what is left shorten it."""
@@ -76,6 +85,10 @@ class StackConfig:
             raise ValueError(f"start_timeout_s: must be 1..600 s, got {self.start_timeout_s}")
         if not 0.1 <= self.stop_timeout_s <= 60:
             raise ValueError(f"stop_timeout_s: must be 0.1..60 s, got {self.stop_timeout_s}")
+        if self.agent not in AGENT_KINDS:
+            raise ValueError(f"agent: must be one of {AGENT_KINDS}, got {self.agent!r}")
+        if not 1 <= self.agents <= MAX_AGENTS:
+            raise ValueError(f"agents: must be 1..{MAX_AGENTS}, got {self.agents}")
         window = self.sfu_reconnect_window_s
         if window is not None and not 0.1 <= window <= 300:
             raise ValueError(f"sfu_reconnect_window_s: must be 0.1..300 s, got {window}")
@@ -94,6 +107,8 @@ class StackInfo:
     emulator_url: str | None = None
     pids: dict[str, int] = field(default_factory=dict)
     relay_urls: list[str] = field(default_factory=list)
+    agents: list[str] = field(default_factory=list)
+    """Every agent's UDP HOST:PORT (``agent`` is the first)."""
     """Every relay's control URL, in the edge registry's order (``relay_url`` is the first)."""
     tcp_ports: list[int] = field(default_factory=list)
     udp_ports: list[int] = field(default_factory=list)
@@ -148,6 +163,7 @@ class Component:
     exit_code: int | None = None
     killed: bool = False
     args: tuple[str, ...] = ()  # how it was started, so that it can be started again (restart)
+    command: tuple[str, ...] = ()  # a whole command line instead of `splitrelay ARGS`
     ready_parser: ReadyParser | None = None
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -271,7 +287,13 @@ class Stack:
         return env
 
     async def _spawn(
-        self, name: str, args: list[str], ready: ReadyParser, extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: list[str],
+        ready: ReadyParser,
+        extra_env: dict[str, str] | None = None,
+        *,
+        command: list[str] | None = None,
     ) -> Component:
         """Start ``splitrelay ARGS`` (relay/child.py: own session, SIGTERM if we die) and wait for its
         ready line; its stderr and stdout lines go to its log."""
@@ -279,7 +301,7 @@ class Stack:
         try:
             child = await ChildProcess.start(
                 name,
-                cli_command(*args),
+                command or cli_command(*args),
                 env={**self._env(), **(extra_env or {})},
                 cwd=self.run_dir,
                 stderr=log_path,
@@ -287,7 +309,13 @@ class Stack:
         except ChildError as exc:
             raise StackError(f"{exc} (log: {log_path})") from None
         component = Component(
-            name, child, log_path, args=tuple(args), ready_parser=ready, extra_env=dict(extra_env or {})
+            name,
+            child,
+            log_path,
+            args=tuple(args),
+            command=tuple(command or ()),
+            ready_parser=ready,
+            extra_env=dict(extra_env or {}),
         )
         self.components.append(component)
         with open(log_path, "ab") as log:  # noqa: ASYNC230 - small appends, local disk
@@ -345,19 +373,27 @@ class Stack:
                 extra_env={EMULATOR_CONFIG_ENV: json.dumps(doc)},
             )
             emulator_ready = emulator.ready
-        agent = await self._spawn(
-            "agent",
-            ["agent", "echo", "--listen", f"{HOST}:0", "--silence-ms", str(c.silence_ms), "--json"],
-            agent_ready,
-        )
-        agent_address = f"{agent.ready['host']}:{agent.ready['port']}"
+        agent_addresses: list[str] = []
+        for index in range(c.agents):
+            name = "agent" if index == 0 else f"agent-{index}"
+            if c.agent == "metronome":
+                command = [sys.executable, "-m", "splitrelay.bench.metronome", "--listen", f"{HOST}:0"]
+                command += ["--agent-id", str(index)]
+                agent = await self._spawn(name, [], agent_ready, command=command)
+            else:
+                args = ["agent", "echo", "--listen", f"{HOST}:0", "--silence-ms", str(c.silence_ms), "--json"]
+                agent = await self._spawn(name, args, agent_ready)
+            agent_addresses.append(f"{agent.ready['host']}:{agent.ready['port']}")
+        agent_address = agent_addresses[0]
         # The relays beat to the edge and the edge names the relays: the edge's port is chosen first.
         edge_port = free_tcp_port() if emulator_ready is not None else 0
         relay_urls: list[str] = []
         relays: list[Component] = []
         for index in range(c.relays):
             relay_args = ["relay", "serve", "--host", HOST, "--port", "0", "--json"]
-            relay_args += ["--inference", agent_address, "--candidate-address", HOST]
+            for address in agent_addresses:
+                relay_args += ["--inference", address]
+            relay_args += ["--candidate-address", HOST]
             relay_args += ["--drain-grace", str(c.drain_grace_s)]
             if emulator_ready is not None:
                 relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
@@ -379,7 +415,7 @@ class Stack:
             )
             edge_ready = edge.ready
         tcp = [int(url.rsplit(":", 1)[1]) for url in relay_urls]
-        udp = [int(agent.ready["port"])]
+        udp = [int(address.rsplit(":", 1)[1]) for address in agent_addresses]
         if emulator_ready is not None and edge_ready is not None:
             tcp += [int(emulator_ready["port"]), int(str(edge_ready["url"]).rsplit(":", 1)[1])]
             udp.append(int(str(emulator_ready["stun_url"]).rsplit(":", 1)[1]))
@@ -393,6 +429,7 @@ class Stack:
             emulator_url=str(emulator_ready["base_url"]) if emulator_ready else None,
             pids={comp.name: comp.process.pid for comp in self.components},
             relay_urls=relay_urls,
+            agents=agent_addresses,
             tcp_ports=sorted(tcp),
             udp_ports=sorted(udp),
             token_signing_key=self._secrets[TOKEN_KEY_ENV] if c.mode == "sfu" else "",
@@ -424,11 +461,16 @@ class Stack:
         await self._stop_one(old)
         self.components.remove(old)
         self._retired.append(old)
-        args = list(old.args)
+        args, command = list(old.args), list(old.command) or None
         url = str(old.ready.get("url") or "")
         if "--port" in args and url.rsplit(":", 1)[-1].isdigit():
             args[args.index("--port") + 1] = url.rsplit(":", 1)[1]
-        return await self._spawn(name, args, old.ready_parser, old.extra_env)
+        if "host" in old.ready and "port" in old.ready:  # an agent: the relays know it by its address
+            where = f"{old.ready['host']}:{old.ready['port']}"
+            for listed in (args, command or []):
+                if "--listen" in listed:
+                    listed[listed.index("--listen") + 1] = where
+        return await self._spawn(name, args, old.ready_parser, old.extra_env, command=command)
 
     async def stop(self) -> StopReport:
         """SIGTERM each component's process group, newest first; SIGKILL after the bound. Idempotent."""
