@@ -90,9 +90,19 @@ def dev(
     relays: Annotated[
         int, typer.Option(help="Relay processes (the edge's registry: relay-0, relay-1...).")
     ] = 1,
+    agent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent",
+            help="Your own agent's UDP HOST:PORT (e.g. `splitrelay agent pipecat ...`) instead of the echo "
+            "agent; repeat for more. It must run with the same $SPLITRELAY_WIRE_KEY as this command.",
+        ),
+    ] = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Run emulator, echo agent, relay and edge on loopback until Ctrl-C or SIGTERM (then stop them all)."""
+    """Run emulator, echo agent, relay and edge on loopback until Ctrl-C or SIGTERM (then stop them all).
+
+    With --agent, the relays send calls to your agent instead of the echo agent (docs/agents.md)."""
     from rich.console import Console
 
     from splitrelay.devtools.dev import Announcer, run_dev
@@ -100,11 +110,16 @@ def dev(
 
     try:
         config = StackConfig(
-            mode="direct" if direct else "sfu", run_dir=run_dir, silence_ms=silence_ms, relays=relays
+            mode="direct" if direct else "sfu",
+            run_dir=run_dir,
+            silence_ms=silence_ms,
+            relays=relays,
+            external_agents=tuple(agent or ()),
         )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
-        raise typer.BadParameter(f"--{name.replace('_', '-')}:{rest}") from None
+        option = "agent" if name == "external_agents" else name.replace("_", "-")
+        raise typer.BadParameter(f"--{option}:{rest}") from None
     spoken: Utterance | None = None
     options: CallOptions | None = None
     if call:

@@ -87,7 +87,11 @@ class Announcer:
         c.print(f"  relay        {info.relay_url} ({info.mode} mode, inference udp://{info.agent})")
         if info.emulator_url:
             c.print(f"  emulator     {info.emulator_url} (Cloudflare Realtime stand-in)")
-        c.print(f"  echo agent   udp://{info.agent}")
+        if "agent" in info.pids:
+            c.print(f"  echo agent   udp://{info.agent}")
+        else:
+            agents = ", ".join(f"udp://{a}" for a in info.agents) or f"udp://{info.agent}"
+            c.print(f"  your agent   {agents} (not started here; the wire key is your $SPLITRELAY_WIRE_KEY)")
         c.print(f"  logs         {info.run_dir}")
         c.print(f"  make a call: splitrelay call --stack {stack_file}")
         if info.mode == "direct":

@@ -68,6 +68,9 @@ class StackConfig:
     """``echo`` (`splitrelay agent echo`) or ``metronome`` (a frame every 20 ms: bench/metronome.py)."""
     agents: int = 1
     """Agent processes (``agent``, ``agent-1``...); every relay is given all of them, in order."""
+    external_agents: tuple[str, ...] = ()
+    """Agents of your own (UDP HOST:PORT, e.g. `splitrelay agent pipecat`) instead of starting any: the
+    relays use these, and the run's wire key is the one in $SPLITRELAY_WIRE_KEY (your agent's)."""
     sfu_reconnect_window_s: float | None = None
     """The emulator's ``timers.reconnect_window`` (how long a session whose peer closed or failed lives
     on); None: the real service's 30 s. Tests that count what is left shorten it."""
@@ -89,6 +92,12 @@ class StackConfig:
             raise ValueError(f"agent: must be one of {AGENT_KINDS}, got {self.agent!r}")
         if not 1 <= self.agents <= MAX_AGENTS:
             raise ValueError(f"agents: must be 1..{MAX_AGENTS}, got {self.agents}")
+        for address in self.external_agents:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"external_agents: expected HOST:PORT, got {address[:80]!r}")
+        if len(self.external_agents) > MAX_AGENTS:
+            raise ValueError(f"external_agents: at most {MAX_AGENTS}, got {len(self.external_agents)}")
         window = self.sfu_reconnect_window_s
         if window is not None and not 0.1 <= window <= 300:
             raise ValueError(f"sfu_reconnect_window_s: must be 0.1..300 s, got {window}")
@@ -262,6 +271,13 @@ class Stack:
             TOKEN_KEY_ENV: new_secret(),
             WIRE_KEY_ENV: new_secret(),  # relay <-> agent wire link (base64url, 32 bytes)
         }
+        if self.config.external_agents:  # your agent already runs with its key: the relays need the same
+            key = os.environ.get(WIRE_KEY_ENV, "")
+            if not key:
+                raise StackError(
+                    f"an external agent needs ${WIRE_KEY_ENV}: set it to the key your agent was started with"
+                )
+            self._secrets[WIRE_KEY_ENV] = key
         self.run_dir = self._make_run_dir(self.config.run_dir)
         self._stopped: StopReport | None = None
         self._retired: list[Component] = []  # restarted: their process groups are checked at stop too
@@ -373,8 +389,8 @@ class Stack:
                 extra_env={EMULATOR_CONFIG_ENV: json.dumps(doc)},
             )
             emulator_ready = emulator.ready
-        agent_addresses: list[str] = []
-        for index in range(c.agents):
+        agent_addresses: list[str] = list(c.external_agents)
+        for index in range(0 if c.external_agents else c.agents):
             name = "agent" if index == 0 else f"agent-{index}"
             if c.agent == "metronome":
                 command = [sys.executable, "-m", "splitrelay.bench.metronome", "--listen", f"{HOST}:0"]
@@ -415,7 +431,7 @@ class Stack:
             )
             edge_ready = edge.ready
         tcp = [int(url.rsplit(":", 1)[1]) for url in relay_urls]
-        udp = [int(address.rsplit(":", 1)[1]) for address in agent_addresses]
+        udp = [int(address.rsplit(":", 1)[1]) for address in agent_addresses if not c.external_agents]
         if emulator_ready is not None and edge_ready is not None:
             tcp += [int(emulator_ready["port"]), int(str(edge_ready["url"]).rsplit(":", 1)[1])]
             udp.append(int(str(emulator_ready["stun_url"]).rsplit(":", 1)[1]))
