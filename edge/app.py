@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from splitrelay.contract.control import CallEnded, Heartbeat, HeartbeatReply, check_call_id, check_relay_id
+from splitrelay.contract.control import (
+    CallEnded,
+    CallStages,
+    Heartbeat,
+    HeartbeatReply,
+    check_call_id,
+    check_relay_id,
+)
 from splitrelay.contract.json_fields import SchemaError
 from splitrelay.contract.sfu import SdpType, SessionDescription
 from splitrelay.contract.signing import SignatureError, Verifier
@@ -47,7 +54,7 @@ from splitrelay.edge.web import (
 log = logging.getLogger("splitrelay.edge")
 
 CALL_PATH: Final = re.compile(r"/v1/calls/([^/]{1,128})")
-RELAY_PATH: Final = re.compile(r"/v1/relays/([^/]{1,64})/(?:heartbeat|calls/([^/]{1,128})/end)")
+RELAY_PATH: Final = re.compile(r"/v1/relays/([^/]{1,64})/(?:heartbeat|calls/([^/]{1,128})/(end|stages))")
 ROUTES: Final = {
     "/healthz": ("GET",),
     "/v1/tokens": ("POST",),
@@ -116,7 +123,9 @@ class EdgeApp:
                 error = EdgeError(405, "method_not_allowed", f"method: {path[:80]} allows POST")
                 response = error.response()
                 return EdgeResponse(response.status, (*response.headers, ("allow", "POST")), response.body)
-            return await self._from_relay(request, relay_match.group(1), relay_match.group(2))
+            return await self._from_relay(
+                request, relay_match.group(1), relay_match.group(2), relay_match.group(3)
+            )
         match = CALL_PATH.fullmatch(path)
         allowed = ROUTES.get(path) or (CALL_METHODS if match else None)
         if allowed is None:
@@ -150,8 +159,11 @@ class EdgeApp:
         ]
         return await handler(request, claims)
 
-    async def _from_relay(self, request: EdgeRequest, relay_id: str, call_id: str | None) -> EdgeResponse:
-        """A relay's signed heartbeat or call end. Signed, so no IP limit (a relay beats 4 times a second)."""
+    async def _from_relay(
+        self, request: EdgeRequest, relay_id: str, call_id: str | None, what: str | None = None
+    ) -> EdgeResponse:
+        """A relay's signed heartbeat, call end or agent stage marks. Signed, so no IP limit (a relay
+        beats 4 times a second)."""
         assert self.relay_verifier is not None
         target = request.path + (f"?{request.query}" if request.query else "")
         try:
@@ -187,9 +199,15 @@ class EdgeApp:
                         "closed": list(answer.closed),
                     },
                 )
-            ended = CallEnded.from_json(doc)
+            if what == "stages":
+                marks = CallStages.from_json(doc)
+            else:
+                ended = CallEnded.from_json(doc)
         except SchemaError as exc:
             raise bad_request(exc.field, exc.message) from None
+        if what == "stages":
+            stages = [stage.to_json() for stage in marks.stages]
+            return json_response(200, await self.calls.relay_stages(relay_id, call_id, stages))
         result = await self.calls.relay_ended(relay_id, call_id, ended.code.value, ended.reason)
         return json_response(200, result)
 

@@ -39,6 +39,7 @@ CLOSED_RETENTION_S: Final = 30.0
 read why its call ended; then the alarm deletes every key and the object keeps nothing."""
 MAX_ATTEMPTS_KEPT: Final = 8
 MAX_REASON_CHARS: Final = 300
+MAX_STAGES_KEPT: Final = 24
 
 
 class RecordError(Exception):
@@ -95,6 +96,7 @@ class CallRecord:
     close_reason: str | None = None
     next_check: float | None = None
     moves: int = 0  # times the call moved to another relay (failover, drain hand-over)
+    stages: tuple[dict[str, Any], ...] = ()  # the agent's last stage marks ({turn, name, ms}), for the page
 
     @property
     def open(self) -> bool:
@@ -122,6 +124,8 @@ class CallRecord:
             doc["relay_attempts"] = list(self.relay_attempts)
         if self.moves:
             doc["moves"] = self.moves
+        if self.stages:
+            doc["stages"] = [dict(stage) for stage in self.stages]
         if self.pending_sfu_offer is not None:
             doc["renegotiation"] = {"offer": {"type": "offer", "sdp": self.pending_sfu_offer}}
         return doc
@@ -130,12 +134,14 @@ class CallRecord:
         # Flat and JSON-ready already (relay and caller are small dicts of scalars): no deep copy.
         doc = {name: getattr(self, name) for name in _FIELD_NAMES}
         doc["relay_attempts"] = list(self.relay_attempts)
+        doc["stages"] = [dict(stage) for stage in self.stages]
         return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> CallRecord:
         values = {key: value for key, value in doc.items() if key in _FIELD_SET}
         values["relay_attempts"] = tuple(values.get("relay_attempts") or ())
+        values["stages"] = tuple(values.get("stages") or ())
         if "state" in values:  # absent: the constructor refuses the record
             try:
                 values["state"] = CallState(values["state"])
@@ -240,6 +246,8 @@ class CallObject:
                 record = await self.connect(call_id, command.get("set") or {})
             elif op == "attempt":
                 record = await self.note_attempt(call_id, str(command.get("attempt") or ""))
+            elif op == "stages":
+                record = await self.add_stages(call_id, str(command["if_relay"]), command["stages"])
             elif op == "move":
                 moved = await self.move(call_id, str(command["if_relay"]), command.get("set") or {}, command)
                 if moved is None:
@@ -257,7 +265,7 @@ class CallObject:
                 raise RecordError(
                     400,
                     "invalid_command",
-                    "op: must be create, get, update, connect, attempt, move or close",
+                    "op: must be create, get, update, connect, attempt, move, stages or close",
                 )
         except RecordError as exc:
             return exc.to_json()
@@ -318,6 +326,15 @@ class CallObject:
         attempts = (*record.relay_attempts, note)[-MAX_ATTEMPTS_KEPT:]
         changed = replace(record, **changes, moves=record.moves + 1, relay_attempts=attempts)
         return await self._save(changed)
+
+    async def add_stages(self, call_id: str, if_relay: str, stages: list[dict[str, Any]]) -> CallRecord:
+        """Keep the agent's latest stage marks (validated by the edge: contract AgentStage) for the
+        caller's page; marks from a relay the call has left, or for a closed call, are dropped."""
+        record = await self._require(call_id)
+        if not record.open or record.relay.get("id") != if_relay:
+            return record
+        kept = (*record.stages, *({"turn": s["turn"], "name": s["name"], "ms": s["ms"]} for s in stages))
+        return await self._save(replace(record, stages=kept[-MAX_STAGES_KEPT:]))
 
     async def close(self, call_id: str, reason: str) -> tuple[CallRecord, bool]:
         """→ (record, was_open). Idempotent: closing a closed call changes nothing."""

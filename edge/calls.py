@@ -523,6 +523,12 @@ class CallService:
             await self.teardown(record, tell_relay=False)
         return {"call_id": call_id, "closed_now": bool(reply.get("was_open")), "state": record.state}
 
+    async def relay_stages(self, relay_id: str, call_id: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The agent's stage marks, from the call's relay: kept on the record for the caller's page."""
+        reply = await self._record(call_id, {"op": "stages", "if_relay": relay_id, "stages": stages})
+        record = CallRecord.from_json(reply["record"])
+        return {"call_id": call_id, "stages": len(record.stages)}
+
     async def _close_quietly(self, call_id: str, reason: str, relay_id: str, *, tell_relay: bool) -> None:
         try:
             reply = await self._record(call_id, {"op": "close", "reason": reason, "if_relay": relay_id})

@@ -29,13 +29,17 @@ from urllib.parse import urlsplit
 import httpx
 
 from splitrelay.contract.control import (
+    MAX_STAGES_PER_POST,
+    AgentStage,
     CallEnded,
+    CallStages,
     EndCode,
     Heartbeat,
     HeartbeatReply,
     call_end_path,
     check_relay_id,
     heartbeat_path,
+    stages_path,
 )
 from splitrelay.contract.signing import check_key, sign_headers
 
@@ -108,6 +112,8 @@ class EdgeLink:
         self.beats_failed = 0
         self.notices_sent = 0
         self.notices_failed = 0
+        self.stages_sent = 0
+        self.stages_dropped = 0
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -200,6 +206,36 @@ class EdgeLink:
         task.add_done_callback(self._pending.discard)
         self._wake.set()  # the next beat goes now too, without the call
 
+    def call_stages(self, call_id: str, event: dict[str, object]) -> None:
+        """Pass an agent's ``agent.stage`` event to the edge (in the background, one try), so the caller's
+        page can split the agent's time into its stages. A malformed mark is dropped here."""
+        try:
+            stage = AgentStage.from_json(
+                {"turn": event.get("turn"), "name": event.get("name"), "ms": event.get("ms")}
+            )
+        except ValueError:
+            self.stages_dropped += 1
+            return
+        if len(self._pending) >= MAX_PENDING_NOTICES:
+            self.stages_dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._post_stages(call_id, (stage,)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _post_stages(self, call_id: str, stages: tuple[AgentStage, ...]) -> None:
+        body = json.dumps(CallStages(stages=stages[:MAX_STAGES_PER_POST]).to_json(), separators=(",", ":"))
+        try:
+            response = await self._post(stages_path(self.settings.relay_id, call_id), body.encode())
+        except httpx.HTTPError as exc:
+            self.stages_dropped += 1
+            self._warn("stage marks to the edge failed: %s", type(exc).__name__)
+            return
+        if response.status_code == 200:
+            self.stages_sent += len(stages)
+        else:
+            self.stages_dropped += len(stages)
+
     async def _notice(self, call_id: str, reason: str) -> None:
         notice = CallEnded(code=end_code(reason), reason=reason[:300] or "ended")
         body = json.dumps(notice.to_json(), separators=(",", ":")).encode()
@@ -237,6 +273,8 @@ class EdgeLink:
             "beats_failed": self.beats_failed,
             "notices_sent": self.notices_sent,
             "notices_failed": self.notices_failed,
+            "stages_sent": self.stages_sent,
+            "stages_dropped": self.stages_dropped,
             "draining_seen": self.draining_seen,
         }
 

@@ -238,3 +238,44 @@ class CallEnded(_Control):
 
     def validate(self, path: str = "") -> None:
         check_text(self.reason, join_path(path, "reason"), limit=MAX_END_REASON_CHARS)
+
+
+# --- relay → edge: the agent's stage marks, for the caller's page (docs/edge.md) -----------------------
+
+STAGE_NAME: Final = re.compile(r"[a-z0-9_.-]{1,40}")
+MAX_STAGES_PER_POST: Final = 16
+MAX_STAGE_MS: Final = 600_000.0
+
+
+def stages_path(relay_id: str, call_id: str) -> str:
+    """``/v1/relays/{relay_id}/calls/{call_id}/stages`` on the edge: the agent's stage marks of a turn."""
+    return f"{RELAYS_PATH}/{check_relay_id(relay_id)}/calls/{check_call_id(call_id)}/stages"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentStage(_Control):
+    """One stage mark an agent reported (``agent.stage``, docs/wire-protocol.md): ``ms`` after the agent
+    decided the caller's turn had ended, in turn ``turn`` of the call."""
+
+    turn: int
+    name: str
+    ms: float
+
+    def validate(self, path: str = "") -> None:
+        if not 0 <= self.turn < 2**31:
+            raise SchemaError(join_path(path, "turn"), "must be 0 to 2^31-1")
+        if not isinstance(self.name, str) or not STAGE_NAME.fullmatch(self.name):
+            raise SchemaError(join_path(path, "name"), "must be 1-40 of a-z 0-9 _ . -")
+        if not 0 <= self.ms <= MAX_STAGE_MS:
+            raise SchemaError(join_path(path, "ms"), f"must be 0 to {MAX_STAGE_MS:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallStages(_Control):
+    """POST body of :func:`stages_path`: stage marks in the order the agent reported them."""
+
+    stages: tuple[AgentStage, ...]
+
+    def validate(self, path: str = "") -> None:
+        if not 1 <= len(self.stages) <= MAX_STAGES_PER_POST:
+            raise SchemaError(join_path(path, "stages"), f"1 to {MAX_STAGES_PER_POST} stage marks")

@@ -30,6 +30,7 @@ const view = {
   levels: { micDbfs: null, agentDbfs: null },
   turns: [],
   bargeIns: [],
+  stages: [], // the agent's stage marks of its latest turn, from the edge's record
   closeReason: null, // why the edge closed the call (relay_lost, relay_ended: ...), when it did
   error: null,
 };
@@ -122,7 +123,9 @@ function followRecord(current) {
     busy = true;
     try {
       const doc = await api("GET", `/v1/calls/${view.callId}`);
-      if (call !== current || doc.state !== "closed") return;
+      if (call !== current) return;
+      showStages(doc.stages ?? []);
+      if (doc.state !== "closed") return;
       view.record = "closed";
       view.closeReason = doc.close_reason ?? "closed";
       text("error", `the call ended: ${view.closeReason}`);
@@ -134,6 +137,14 @@ function followRecord(current) {
       busy = false;
     }
   }, RECORD_EVERY_MS));
+}
+
+/** The agent's stage marks of its latest turn (stt_final 180 ms · llm_first_token 420 ms ...). */
+function showStages(stages) {
+  if (!stages.length) return;
+  const turn = Math.max(...stages.map((stage) => stage.turn));
+  view.stages = stages.filter((stage) => stage.turn === turn);
+  text("stages", view.stages.map((stage) => `${stage.name} ${Math.round(stage.ms)} ms`).join(" · "));
 }
 
 function updateState() {
@@ -178,12 +189,14 @@ function showBargeIn(bargeIn) {
 function resetView() {
   Object.assign(view, {
     peer: null, record: null, callId: null, relay: null, answerToConnectedMs: null, stats: null,
-    levels: { micDbfs: null, agentDbfs: null }, turns: [], bargeIns: [], closeReason: null, error: null,
+    levels: { micDbfs: null, agentDbfs: null }, turns: [], bargeIns: [], stages: [], closeReason: null,
+    error: null,
   });
   text("error", "");
   for (const id of ["call-id", "relay", "timing", "stat-rtt", "stat-jitter", "stat-lost", "stat-playout",
     "stat-packets", "stat-bitrate", "stat-path", "barge-in-last"]) text(id, id === "barge-in-last" ? "" : "-");
   text("barge-in-count", "0");
+  text("stages", "none reported");
   $("turns").innerHTML = '<tr class="empty"><td colspan="3">no turn yet</td></tr>';
 }
 

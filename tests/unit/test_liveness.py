@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from splitrelay.contract.control import call_end_path, heartbeat_path
+from splitrelay.contract.control import call_end_path, heartbeat_path, stages_path
 from splitrelay.contract.signing import sign_headers
 from splitrelay.devtools.local_edge import LocalWatches, MemoryStorage
 from splitrelay.edge.calls import Inbound, run_relay_alarm
@@ -293,6 +293,39 @@ async def test_call_end_from_the_relay_closes_the_record_and_the_sfu_track() -> 
     wrong = await h.relay_post(call_end_path("iad", other), {"code": "other", "reason": "x"})
     assert wrong.status == 200 and wrong.json()["closed_now"] is False
     assert (await h.request("GET", f"/v1/calls/{other}")).json()["state"] == "connected"
+
+
+async def test_the_agents_stage_marks_reach_the_callers_record() -> None:
+    """The relay posts the agent's stage marks (signed); the caller reads the last ones in its record.
+    Marks from a relay the call is not on are dropped; a bad mark is refused by field."""
+    h = LiveHarness()
+    call_id = await connected_call(h)
+    marks = [
+        {"turn": 1, "name": "stt_final", "ms": 180.5},
+        {"turn": 1, "name": "llm_first_token", "ms": 402.0},
+    ]
+    posted = await h.relay_post(stages_path("fra", call_id), {"stages": marks})
+    assert posted.status == 200 and posted.json() == {"call_id": call_id, "stages": 2}
+    assert (await h.request("GET", f"/v1/calls/{call_id}")).json()["stages"] == marks
+    other = await h.relay_post(stages_path("iad", call_id), {"stages": marks})
+    assert other.status == 200 and other.json()["stages"] == 2  # not its call: nothing added
+    many = [{"turn": t, "name": "tts_first_byte", "ms": 1.0} for t in range(16)]
+    for _ in range(2):
+        assert (await h.relay_post(stages_path("fra", call_id), {"stages": many})).status == 200
+    kept = (await h.request("GET", f"/v1/calls/{call_id}")).json()["stages"]
+    assert len(kept) == 24 and kept[-1] == many[-1]  # the latest, bounded
+    for body, field in (
+        ({"stages": []}, "stages"),
+        ({"stages": [{"turn": 1, "name": "STT final", "ms": 1}]}, "stages[0].name"),
+        ({"stages": [{"turn": 1, "name": "stt", "ms": 1e9}]}, "stages[0].ms"),
+        ({"stages": marks, "more": 1}, "more"),
+    ):
+        refused = await h.relay_post(stages_path("fra", call_id), body)
+        assert refused.status == 400 and refused.json()["error"]["field"] == field, refused.json()
+    unsigned = await h.relay_post(stages_path("fra", call_id), {"stages": marks}, key="k" * 40)
+    assert unsigned.status == 401
+    unknown = await h.relay_post(stages_path("fra", "call-unknown"), {"stages": marks})
+    assert unknown.status == 404
 
 
 async def test_a_beat_that_drops_a_call_closes_it_at_the_edge() -> None:

@@ -94,6 +94,18 @@ async def test_beats_drain_and_call_ends_reach_the_edge(edge: LocalEdge) -> None
     assert record.close_reason == "relay_ended: agent_ended: inference ended the call: bye"
 
 
+async def test_agent_stage_marks_reach_the_callers_record(edge: LocalEdge) -> None:
+    await new_record(edge, "call-5")
+    await edge.records.send("call-5", {"op": "connect", "call_id": "call-5", "set": {}})
+    link = link_to(edge, ["call-5"])
+    link.call_stages("call-5", {"type": "agent.stage", "turn": 2, "name": "stt_final", "ms": 151.25})
+    link.call_stages("call-5", {"type": "agent.stage", "turn": 2, "name": "Bad Name", "ms": 1})
+    await link.aclose()
+    assert link.stages_sent == 1 and link.stages_dropped == 1
+    record = await edge.app.calls.get_record("call-5")
+    assert record.public()["stages"] == [{"turn": 2, "name": "stt_final", "ms": 151.25}]
+
+
 async def test_a_link_that_stops_beating_is_declared_lost(edge: LocalEdge) -> None:
     await new_record(edge, "call-9")
     await edge.records.send("call-9", {"op": "connect", "call_id": "call-9", "set": {}})
