@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from splitrelay.contract.control import call_end_path, heartbeat_path
+from splitrelay.contract.control import call_end_path, heartbeat_path, stages_path
 from splitrelay.contract.signing import sign_headers
 from splitrelay.edge import tokens
 from tests.edge_support import API_KEY, RELAY_KEY, TOKEN_KEY, edge_env, no_secret_in
@@ -139,6 +139,21 @@ async def test_relay_heartbeat_and_call_end_in_the_worker(
     }
     unknown = await http.post(end_path, content=end_body, headers=end_headers)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_call"
+    marks_path = stages_path("near", "call-000000000000")
+    marks = json.dumps({"stages": [{"turn": 1, "name": "stt_final", "ms": 12.5}]}).encode()
+    marks_headers = {
+        **sign_headers(RELAY_KEY.encode(), "POST", marks_path, marks),
+        "content-type": "application/json",
+    }
+    no_call = await http.post(marks_path, content=marks, headers=marks_headers)
+    assert no_call.status_code == 404 and no_call.json()["error"]["code"] == "unknown_call"
+    bad = json.dumps({"stages": [{"turn": 1, "name": "STT", "ms": 1}]}).encode()
+    bad_headers = {
+        **sign_headers(RELAY_KEY.encode(), "POST", marks_path, bad),
+        "content-type": "application/json",
+    }
+    refused = await http.post(marks_path, content=bad, headers=bad_headers)
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "stages[0].name"
     undrain = json.dumps({"boot_id": "boot-1", "seq": 2, "calls": [], "draining": False}).encode()
     headers = {**sign_headers(RELAY_KEY.encode(), "POST", path, undrain), "content-type": "application/json"}
     assert (await http.post(path, content=undrain, headers=headers)).json()["draining_seen"] is False
