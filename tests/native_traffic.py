@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pylibsrtp
@@ -217,3 +218,32 @@ def check_parse(data: bytes, audio_level_id: int | None) -> None:
     except ValueError:
         got = ValueError
     assert got == expected, f"parse: native {got!r} != python {expected!r} <- {data.hex()}"
+
+
+CAPTURE = Path(__file__).resolve().parent / "unit" / "data" / "native_capture.json"
+"""One real call's SRTP both ways with its negotiated keys (tests/integration/test_native_fastpath.py
+writes it with SPLITRELAY_WRITE_NATIVE_CAPTURE=1)."""
+
+
+def _session(key: bytes, profile: int, window: int) -> pylibsrtp.Session:
+    """A receive session as aiortc builds it (its window and repeat policy)."""
+    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+    policy.allow_repeat_tx = True
+    policy.window_size = window
+    return pylibsrtp.Session(policy)
+
+
+def replay_capture(side: dict[str, Any]) -> list[RtpPacket]:
+    """One direction of a capture through a Python and a native codec: equal packets, all authentic."""
+    key, profile, window = bytes.fromhex(side["key"]), int(side["profile"]), int(side["window"])
+    python = native.PythonCodec(_session(key, profile, window), None)
+    fast = native.NativeCodec(_session(key, profile, window), _session(key, profile, window))
+    packets: list[RtpPacket] = []
+    for text in side["datagrams"]:
+        datagram = bytes.fromhex(text)
+        expected = python.unprotect_parse(datagram, side["audio_level_id"], 0)
+        got = fast.unprotect_parse(datagram, side["audio_level_id"], 0)
+        assert got == expected, f"captured datagram: native {got!r} != python {expected!r}"
+        assert isinstance(expected, RtpPacket), f"captured datagram not authentic: {expected}"
+        packets.append(expected)
+    return packets

@@ -5,15 +5,21 @@ tests). tests/integration/test_fastpath.py runs the default (native when built) 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from typing import Any
 
+import pylibsrtp
 import pytest
+from aiortc import rtcdtlstransport
 
 from splitrelay.relay.media import native
+from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
 from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
-from tests.integration.conftest import VoicePair
+from tests.integration.conftest import VoicePair, connect_voice_peers
 from tests.integration.test_fastpath import Collector, Echo
-from tests.opus_fixtures import encode, tone
+from tests.native_traffic import CAPTURE, _session, replay_capture
+from tests.opus_fixtures import encode, silence, tone
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +65,85 @@ async def test_each_path_reads_what_the_other_protected(
     for fast_path in (relay.fast_path, client):
         stats = fast_path.stats()
         assert (stats.undecryptable, stats.malformed, stats.dropped, stats.send_failures) == (0, 0, 0, 0)
+
+
+class _Recorder:
+    """Stands in for a fast path's transport: keeps a copy of every datagram it sends, then sends it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append(bytes(data))
+        self.inner.sendto(data, addr)
+
+
+async def test_captured_call_traffic_decodes_alike_on_both_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real call's SRTP, both directions, captured on the wire with the keys aiortc negotiated (its
+    DTLS-SRTP policies, recorded), then replayed through a Python and a native codec: the same packets.
+    With SPLITRELAY_WRITE_NATIVE_CAPTURE set, the capture is also written for the unit tier's replay."""
+    _use("native", monkeypatch)
+    policies: list[pylibsrtp.Policy] = []
+
+    class RecordingPolicy(pylibsrtp.Policy):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            policies.append(self)
+
+    monkeypatch.setattr(rtcdtlstransport, "Policy", RecordingPolicy)
+    config = VoicePeerConfig(candidates=LOOPBACK)
+    client_peer, relay_peer = VoicePeer(config), VoicePeer(config)
+    frames = encode(tone(600)) + encode(silence(200))
+    try:
+        await connect_voice_peers(client_peer, relay_peer)
+        level_id = relay_peer.stream_params().audio_level_id
+        assert level_id is not None and level_id == client_peer.stream_params().audio_level_id
+        relay = Echo(relay_peer.pc)
+        echoed = Collector()
+        client = SrtpFastPath.attach(client_peer.pc, echoed)
+        taps = {"client": _Recorder(client.transport), "relay": _Recorder(relay.fast_path.transport)}
+        client.transport, relay.fast_path.transport = taps["client"], taps["relay"]
+        for i, frame in enumerate(frames):
+            assert client.send(frame, 960 * i, marker=i == 0, audio_level=20 if i < 30 else 127, voice=i < 30)
+            await asyncio.sleep(0.004)
+        await echoed.wait_for_count(len(frames))
+        await client.close()
+        await relay.fast_path.close()
+    finally:
+        await client_peer.close()
+        await relay_peer.close()
+    inbound = [p for p in policies if p.ssrc_type == pylibsrtp.Policy.SSRC_ANY_INBOUND]
+    capture: dict[str, Any] = {}
+    for side, tap in taps.items():
+        srtp = [d for d in tap.sent if native.classify(d) == native.KIND_SRTP]
+        assert len(srtp) == len(frames)
+        policy = next(p for p in inbound if _opens(p, srtp[0]))
+        capture[side] = {
+            "key": _key(policy).hex(),
+            "profile": policy.srtp_profile,
+            "window": policy.window_size,
+            "audio_level_id": level_id,
+            "datagrams": [d.hex() for d in srtp],
+        }
+        packets = replay_capture(capture[side])
+        assert [p.payload for p in packets] == frames
+    if os.environ.get("SPLITRELAY_WRITE_NATIVE_CAPTURE"):
+        CAPTURE.write_text(json.dumps(capture, indent=1) + "\n")
+
+
+def _opens(policy: pylibsrtp.Policy, datagram: bytes) -> bool:
+    try:
+        _session(_key(policy), policy.srtp_profile, policy.window_size).unprotect(datagram)
+    except pylibsrtp.Error:
+        return False
+    return True
+
+
+def _key(policy: pylibsrtp.Policy) -> bytes:
+    """The policy's master key and salt (pylibsrtp returns a cffi buffer, typed bytes | None)."""
+    key = policy.key
+    assert key is not None
+    return bytes(key)
