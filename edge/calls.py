@@ -432,13 +432,16 @@ class CallService:
         if record.moves >= MAX_CONTINUATIONS:
             return "no_relay"
         continues = Continuation(previous_relay=from_relay, reason=reason, attempt=record.moves + 1)
-        for choice in (await self._alternatives(record, from_relay))[:MAX_RELAY_ATTEMPTS]:
-            if await self._claim(choice.relay.id, call_id) is not None:
+        alternatives = (await self._alternatives(record, from_relay))[:MAX_RELAY_ATTEMPTS]
+        for choice in alternatives:
+            refused = await self._claim(choice.relay.id, call_id)
+            if refused is not None:
+                await self._note_attempt(call_id, f"move to {choice.relay.id}: {refused}")
                 continue
             try:
                 session, track = await self.relay_attach(choice, record, continues=continues)
             except RelayError as exc:
-                log.info("call %s: %s did not take the call: %s", call_id, choice.relay.id, exc)
+                await self._note_attempt(call_id, f"move to {choice.relay.id}: {exc}")
                 if exc.maybe_attached:
                     await self.relay_close(choice.relay.summary(), call_id)
                 continue
@@ -468,7 +471,17 @@ class CallService:
                 await self.relay_close(record.relay, call_id)
             log.info("call %s moved from %s to %s (%s)", call_id, from_relay, choice.relay.id, reason.value)
             return "moved"
+        if not alternatives:
+            await self._note_attempt(call_id, f"move from {from_relay}: no other usable relay")
+        log.warning("call %s: no relay took it from %s (%s)", call_id, from_relay, reason.value)
         return "no_relay"
+
+    async def _note_attempt(self, call_id: str, attempt: str) -> None:
+        """Keep why a move failed on the record (the caller and the operator read relay_attempts)."""
+        try:
+            await self._record(call_id, {"op": "attempt", "attempt": attempt})
+        except EdgeError as exc:  # gone meanwhile: nothing to note on
+            log.info("call %s: attempt not noted: %s", call_id, exc.code)
 
     async def _alternatives(self, record: CallRecord, from_relay: str) -> list[Choice]:
         if self.ranker is None:

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from splitrelay.contract.control import MAX_CONTINUATIONS
 from splitrelay.inference import wire
+from splitrelay.inference.endpoint import Peer
 from splitrelay.inference.speech import SpeechDetector
-from splitrelay.relay.inference_link import LinkError, RelayLink
+from splitrelay.inference.wire import Continuation
+from splitrelay.relay.inference_link import AGENT_LOST, LinkError, RelayLink
 from splitrelay.relay.media.peer import VoicePeer
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
@@ -34,6 +37,8 @@ END_CALL_WAIT_S = 0.25
 MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
 MAX_EVENTS = 64  # the most recent inference events kept per call
 CLEARED_EVENT = "relay.cleared"  # the EVENT that answers an agent's CLEAR with the heard position
+AGENT_GONE_REASONS = frozenset({AGENT_LOST, "unknown_call", "inference_unreachable"})
+"""Why inference ended a call when its agent, not the conversation, is gone: another endpoint may take it."""
 
 
 class CallState(StrEnum):
@@ -127,7 +132,12 @@ class Call:
         metadata: dict[str, Any] | None = None,
         on_closed: Callable[[Call], object] = lambda _c: None,
         pacer: SharedPacer | None = None,
+        endpoints: tuple[Peer, ...] = (),
+        relay_id: str = "relay",
+        continues: Continuation | None = None,
     ) -> None:
+        """``endpoints``: the inference endpoints in the order the call tries them (empty: the link's one);
+        ``continues``: the call this attach continues (a relay failover), passed on in CALL_START."""
         self.call_id = call_id
         self.mode = mode
         self.peer = peer
@@ -163,6 +173,13 @@ class Call:
         self._candidates = 0
         self.barge_rejected = 0
         self.barge_by_policy = 0  # candidates the window's end decided (inference did not answer)
+        self.endpoints = endpoints
+        self.relay_id = relay_id
+        self.continues = continues
+        self._endpoint = 0  # index in ``endpoints`` of the agent that has the call
+        self._attempt = continues.attempt if continues is not None else 0  # the call's moves so far
+        self.agent_switches = 0
+        self._switch_task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self.playout = Playout(
             self._send_frame,
@@ -189,9 +206,7 @@ class Call:
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             self._on_connection_state()
-            self.wire_id = await self.link.start_call(
-                self.call_id, self, metadata=dict(self.metadata, mode=self.mode)
-            )
+            self.wire_id = await self._open_first_agent()
             early, self._early = self._early, []
             for pkt in early:
                 self._on_rtp(pkt)
@@ -203,6 +218,27 @@ class Call:
             raise
         self.state = CallState.LIVE
         self.counters.setup_ms = (time.perf_counter() - self._t0) * 1000
+
+    async def _open_first_agent(self) -> int:
+        """CALL_START on the first endpoint that takes it. No ``agent_lost`` continuation here: no agent
+        had this call's conversation yet (a relay failover's own continuation is passed on as it came)."""
+        metadata = dict(self.metadata, mode=self.mode)
+        if not self.endpoints:
+            return await self.link.start_call(self.call_id, self, metadata=metadata, continues=self.continues)
+        failure: LinkError | None = None
+        for index, endpoint in enumerate(self.endpoints):  # bounded: each endpoint once
+            try:
+                wire_id = await self.link.start_call(
+                    self.call_id, self, metadata=metadata, inference=endpoint, continues=self.continues
+                )
+            except LinkError as exc:
+                log.warning("call %s: inference %s:%d did not take it: %s", self.call_id, *endpoint, exc)
+                failure = exc
+                continue
+            self._endpoint = index
+            return wire_id
+        assert failure is not None
+        raise failure
 
     def _on_connection_state(self) -> None:
         state = self.peer.pc.connectionState
@@ -234,6 +270,9 @@ class Call:
         self.close_reason = reason
         self.playout.close()
         self._drop_candidate()
+        switching = self._switch_task
+        if switching is not None and not switching.done() and switching is not asyncio.current_task():
+            switching.cancel()  # a CALL_START in flight is ended by start_call itself
         if self.wire_id is not None:
             # Tell inference, but do not hold the hang-up for its ACK: the link keeps retransmitting
             # in the background (shielded) if the first datagram is lost.
@@ -396,7 +435,71 @@ class Call:
 
     def on_call_end(self, reason: str) -> None:
         self.wire_id = None  # inference already knows; do not send it CALL_END back
+        if reason in AGENT_GONE_REASONS and self.state is CallState.LIVE:
+            if len(self.endpoints) > 1 and self._switch_task is None:
+                self._switch_task = asyncio.get_running_loop().create_task(self._switch_agent(reason))
+                return
+            if reason == AGENT_LOST:
+                silent = f"silent for {self.link.agent_timeout_s:g} s"
+                self.schedule_close(self._agent_lost_reason(f"{silent}; no other inference endpoint"))
+                return
         self.schedule_close(f"inference ended the call: {reason}")
+
+    def _agent_lost_reason(self, why: str) -> str:
+        # "inference ended the call" + "unknown_call" is what relay/edge_link.py's end_code maps to the
+        # edge's agent_lost (the caller's page says so): a silent agent is one that no longer has the call.
+        return f"inference ended the call: unknown_call (agent lost: {why})"
+
+    async def _switch_agent(self, reason: str) -> None:
+        """The agent is gone mid-call: CALL_START with ``continues`` (agent_lost, the call's next attempt)
+        on each other endpoint in turn, the first that takes it carries on; else the call ends."""
+        self._drop_candidate()
+        dropped = self.playout.new_source()  # the lost agent's queued reply would never be finished
+        count = len(self.endpoints)
+        lost = self.endpoints[self._endpoint]
+        log.warning("call %s: agent %s:%d gone (%s); trying the other endpoints", self.call_id, *lost, reason)
+        try:
+            for step in range(1, count):  # bounded: every other endpoint once
+                if self._attempt >= MAX_CONTINUATIONS or self.state is CallState.CLOSED:
+                    break
+                index = (self._endpoint + step) % count
+                self._attempt += 1
+                continuation = Continuation(self.relay_id, AGENT_LOST, self._attempt)
+                try:
+                    wire_id = await self.link.start_call(
+                        self.call_id,
+                        self,
+                        metadata=dict(self.metadata, mode=self.mode),
+                        inference=self.endpoints[index],
+                        continues=continuation,
+                    )
+                except LinkError as exc:
+                    log.warning(
+                        "call %s: inference %s:%d did not take it: %s",
+                        self.call_id,
+                        *self.endpoints[index],
+                        exc,
+                    )
+                    continue
+                if self._closed.is_set() or self.close_reason is not None:  # the caller hung up meanwhile
+                    with contextlib.suppress(LinkError, wire.WireError):
+                        await self.link.end_call(wire_id, "relay_closed")
+                    return
+                self._endpoint = index
+                self.continues = continuation
+                self.wire_id = wire_id
+                self.agent_switches += 1
+                log.info(
+                    "call %s continues on inference %s:%d (attempt %d; %d frames of the lost agent dropped)",
+                    self.call_id,
+                    *self.endpoints[index],
+                    self._attempt,
+                    dropped,
+                )
+                return
+        finally:
+            self._switch_task = None
+        self.schedule_close(self._agent_lost_reason(f"{reason}; no other inference endpoint took the call"))
 
     def _send_frame(self, payload: bytes, timestamp: int, marker: bool) -> None:
         fp = self.fast_path
@@ -463,6 +566,8 @@ class Call:
             "dwell_out_p50_ms": _round(self.dwell_out.quantile_ms(0.5)),
             "dwell_out_p99_ms": _round(self.dwell_out.quantile_ms(0.99)),
             "events_kept": len(self.events),
+            "agent_switches": self.agent_switches,
+            "inference": "{}:{}".format(*self.endpoints[self._endpoint]) if self.endpoints else None,
         } | ({"events": list(self.events)} if with_events else {})
 
 

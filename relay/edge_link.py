@@ -51,6 +51,8 @@ DEFAULT_INTERVAL_S: Final = 0.25
 NOTICE_ATTEMPTS: Final = 3
 MAX_PENDING_NOTICES: Final = 10_000
 LOG_EVERY_S: Final = 10.0
+STAGE_BATCH_S: Final = 0.3
+"""An agent reports a turn's stages within a few hundred ms of each other: one POST carries them."""
 
 
 def end_code(reason: str) -> EndCode:
@@ -114,6 +116,8 @@ class EdgeLink:
         self.notices_failed = 0
         self.stages_sent = 0
         self.stages_dropped = 0
+        self.stage_posts = 0
+        self._stage_batches: dict[str, list[AgentStage]] = {}
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -207,8 +211,9 @@ class EdgeLink:
         self._wake.set()  # the next beat goes now too, without the call
 
     def call_stages(self, call_id: str, event: dict[str, object]) -> None:
-        """Pass an agent's ``agent.stage`` event to the edge (in the background, one try), so the caller's
-        page can split the agent's time into its stages. A malformed mark is dropped here."""
+        """Pass an agent's ``agent.stage`` event to the edge, so the caller's page can split the agent's
+        time into its stages. Marks of a call are gathered for ``STAGE_BATCH_S`` and sent in one signed
+        POST (one Worker request per turn, not per mark; one try). A malformed mark is dropped here."""
         try:
             stage = AgentStage.from_json(
                 {"turn": event.get("turn"), "name": event.get("name"), "ms": event.get("ms")}
@@ -216,23 +221,36 @@ class EdgeLink:
         except ValueError:
             self.stages_dropped += 1
             return
+        batch = self._stage_batches.get(call_id)
+        if batch is not None:
+            if len(batch) >= MAX_STAGES_PER_POST:
+                self.stages_dropped += 1
+            else:
+                batch.append(stage)
+            return
         if len(self._pending) >= MAX_PENDING_NOTICES:
             self.stages_dropped += 1
             return
-        task = asyncio.get_running_loop().create_task(self._post_stages(call_id, (stage,)))
+        self._stage_batches[call_id] = [stage]
+        task = asyncio.get_running_loop().create_task(self._flush_stages(call_id))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _flush_stages(self, call_id: str) -> None:
+        await asyncio.sleep(STAGE_BATCH_S)  # aclose() waits for it: a batch is not lost at a clean stop
+        await self._post_stages(call_id, tuple(self._stage_batches.pop(call_id, ())))
 
     async def _post_stages(self, call_id: str, stages: tuple[AgentStage, ...]) -> None:
         body = json.dumps(CallStages(stages=stages[:MAX_STAGES_PER_POST]).to_json(), separators=(",", ":"))
         try:
             response = await self._post(stages_path(self.settings.relay_id, call_id), body.encode())
         except httpx.HTTPError as exc:
-            self.stages_dropped += 1
+            self.stages_dropped += len(stages)
             self._warn("stage marks to the edge failed: %s", type(exc).__name__)
             return
         if response.status_code == 200:
             self.stages_sent += len(stages)
+            self.stage_posts += 1
         else:
             self.stages_dropped += len(stages)
 

@@ -10,6 +10,7 @@ sinks must be quick (queue the frame, set a flag) and must not raise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -27,10 +28,19 @@ from splitrelay.inference.endpoint import (
     call_end_message,
 )
 from splitrelay.inference.udp_batch import ObserveNs
-from splitrelay.inference.wire import BargeIn, CallStart, Message, MsgType
+from splitrelay.inference.wire import BargeIn, CallStart, Continuation, Message, MsgType
 from splitrelay.inference.wire_auth import WireKey, WireKeyring
 
-__all__ = ["CallSink", "LinkError", "RelayLink"]
+__all__ = ["AGENT_LOST", "CallSink", "LinkError", "RelayLink"]
+
+AGENT_LOST = "agent_lost"
+"""The CALL_END reason (to inference, and to the sink) of a call whose agent went silent (see RelayLink)."""
+DEFAULT_KEEPALIVE_MS = 200
+"""What CALL_START asks of the agent: send something for the call at least this often."""
+DEFAULT_AGENT_TIMEOUT_S = 0.8
+"""A watched call is lost after this long with nothing from its agent: with the sweep's 100 ms, an agent
+that dies is declared lost 0.5..0.9 s after its death, and three lost keep-alives in a row are tolerated."""
+SWEEP_S = 0.1
 
 _AUDIO_OUT: int = MsgType.AUDIO_OUT.value
 _AUDIO_IN: int = MsgType.AUDIO_IN.value
@@ -55,7 +65,17 @@ class CallSink(Protocol):
 
 
 class _LinkCall(CallState):
-    __slots__ = ("end_reason", "sink", "sink_failed", "starting")
+    __slots__ = (
+        "end_reason",
+        "heard",
+        "heard_at",
+        "sent",
+        "sent_at",
+        "sink",
+        "sink_failed",
+        "starting",
+        "watched",
+    )
 
     def __init__(self, call_id: int, peer: Peer, sink: CallSink) -> None:
         super().__init__(call_id, peer)
@@ -63,6 +83,13 @@ class _LinkCall(CallState):
         self.starting = True
         self.sink_failed = False
         self.end_reason: str | None = None
+        # Liveness (docs/wire-protocol.md, "Keep-alives"): plain flags on the per-datagram paths, looked
+        # at by one sweep per link every SWEEP_S, so a datagram costs an attribute store, not a clock read.
+        self.watched = False  # the agent sent a KEEPALIVE: it knows them, so silence means it is gone
+        self.heard = False  # something valid came from the agent since the last sweep
+        self.heard_at = 0.0  # loop time of the sweep that last saw ``heard``
+        self.sent = False  # something went to the agent since the last sweep
+        self.sent_at = 0.0
 
 
 async def resolve_numeric(host: str, port: int) -> tuple[Peer, socket.AddressFamily]:
@@ -102,14 +129,36 @@ class RelayLink(WireEndpoint):
         local_host: str | None = None,
         rto: float = DEFAULT_RTO,
         attempts: int = DEFAULT_ATTEMPTS,
+        keepalive_ms: int = DEFAULT_KEEPALIVE_MS,
+        agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S,
     ) -> None:
+        """``keepalive_ms`` goes to the agent in CALL_START; a call whose agent sent a KEEPALIVE is ended
+        with ``agent_lost`` after ``agent_timeout_s`` with nothing from it (0 turns the watch off)."""
         super().__init__(key=key, role="relay", rto=rto, attempts=attempts)
+        if not wire.MIN_KEEPALIVE_MS <= keepalive_ms <= wire.MAX_KEEPALIVE_MS:
+            raise ValueError(
+                f"keepalive_ms: must be {wire.MIN_KEEPALIVE_MS}..{wire.MAX_KEEPALIVE_MS}, got {keepalive_ms}"
+            )
+        if agent_timeout_s and not 2 * keepalive_ms / 1000 <= agent_timeout_s <= 60:
+            raise ValueError(
+                f"agent_timeout_s: must be 0 (off) or 2 keep-alive intervals..60 s, got {agent_timeout_s}"
+            )
+        self.keepalive_ms = keepalive_ms
+        self.agent_timeout_s = agent_timeout_s
         self._target = inference
         self._local_host = local_host
         self._inference: Peer | None = None
         self._family = socket.AF_INET
         self._calls: dict[int, _LinkCall] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.agents_lost = 0  # calls ended because their agent went silent
+        self.keepalives_sent = 0
         self.address: Peer | None = None
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        """The socket's address family (known once started): every endpoint a call uses must share it."""
+        return self._family
 
     @property
     def active_calls(self) -> int:
@@ -120,10 +169,16 @@ class RelayLink(WireEndpoint):
         self._inference, self._family = await resolve_numeric(*self._target)
         host = self._local_host or ("::" if self._family == socket.AF_INET6 else "0.0.0.0")
         self.address = await self._open((host, 0))
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-link-liveness")
         return self.address
 
     async def close(self) -> None:
         """End every call (telling inference, without waiting long) and close the socket."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         ends = [
             self._end(state, "relay_closing", notify=True, tell_sink=True)
             for state in list(self._calls.values())
@@ -150,8 +205,12 @@ class RelayLink(WireEndpoint):
         channels: int = 1,
         metadata: dict[str, Any] | None = None,
         inference: tuple[str, int] | None = None,
+        continues: Continuation | None = None,
     ) -> int:
         """Open a call at inference and wait for its ACK; returns the u64 call id for this call.
+
+        ``inference`` picks another endpoint than the link's (same address family); ``continues`` tells
+        the agent which call this one continues (a relay failover, or another agent after one was lost).
 
         Raises WireError for bad call/channels/metadata (nothing sent) and LinkError when
         inference does not acknowledge or refuses the call (e.g. "capacity"). Otherwise the sink
@@ -161,7 +220,12 @@ class RelayLink(WireEndpoint):
         if self._inference is None:
             raise LinkError("relay link: start() it before start_call()")
         payload = CallStart(
-            call=call, channels=channels, metadata=metadata or {}, sent_at_ms=int(time.time() * 1000)
+            call=call,
+            channels=channels,
+            metadata=metadata or {},
+            sent_at_ms=int(time.time() * 1000),
+            continues=continues,
+            keepalive_ms=self.keepalive_ms if self.agent_timeout_s else None,
         ).pack()
         peer = self._inference
         if inference is not None:
@@ -207,6 +271,7 @@ class RelayLink(WireEndpoint):
         state = self._calls.get(call_id)
         if state is None:
             return False
+        state.sent = True
         data = wire.encode_audio(_AUDIO_IN, call_id, seq, timestamp, payload, flags)
         return self.send_batched(data, state.peer, observe, since_ns)
 
@@ -250,6 +315,7 @@ class RelayLink(WireEndpoint):
         if state is None:
             return None
         msg = Message(mtype, call_id, state.next_control_seq(), timestamp, payload=payload)
+        state.sent = True
         if reliable:
             return self.send_reliable(msg, state.peer)
         self.send_control(msg, state.peer)
@@ -298,6 +364,7 @@ class RelayLink(WireEndpoint):
             if state is not None and not flags & ~wire.FLAG_MARKER and state.peer == (addr[0], addr[1]):
                 self.stats.datagrams_in += 1
                 state.starting = False
+                state.heard = True
                 if not state.audio_in_order(seq):
                     self.stats.audio_late += 1
                     return
@@ -322,12 +389,20 @@ class RelayLink(WireEndpoint):
         mtype = msg.type
         if mtype is MsgType.AUDIO_OUT:
             state.starting = False
+            state.heard = True
             if state.audio_in_order(msg.seq):
                 state.sink.on_audio_out(msg.seq, msg.timestamp, msg.payload, msg.marker)
             else:
                 self.stats.audio_late += 1
             return
         if not self.accept_control(msg, state):
+            return
+        state.heard = True
+        if mtype is MsgType.KEEPALIVE:
+            if not state.watched and self.agent_timeout_s:
+                state.watched = True  # the agent knows keep-alives: from now on its silence means loss
+                state.heard_at = asyncio.get_running_loop().time()
+            state.starting = False
             return
         if mtype is MsgType.CALL_END:
             # While starting, a CALL_END is a refusal: start_call raises and the sink hears nothing.
@@ -347,6 +422,57 @@ class RelayLink(WireEndpoint):
                 on_verdict(verdict.candidate, verdict.confirm)
         else:  # an inference-bound type sent the wrong way
             self.stats.garbage += 1
+
+    async def _sweep(self) -> None:
+        """Every SWEEP_S: end watched calls whose agent was silent for ``agent_timeout_s`` (``agent_lost``),
+        and send a KEEPALIVE to watched calls this end sent nothing to for a keep-alive interval, so the
+        agent's own idle timer holds on a quiet call.
+
+        A sweep that runs late (this process stalled: a collection, a busy core) declares nothing lost:
+        the agent's datagrams may be waiting in the socket, and uvloop runs timers before reading it.
+        """
+        loop = asyncio.get_running_loop()
+        keepalive_s = self.keepalive_ms / 1000
+        last = loop.time()
+        while True:  # bounded by the link's life: close() cancels it
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            late = now - last > 2 * SWEEP_S
+            last = now
+            lost: list[_LinkCall] = []
+            for state in self._calls.values():
+                if not state.watched:
+                    continue
+                if state.heard:
+                    state.heard = False
+                    state.heard_at = now
+                elif not late and now - state.heard_at >= self.agent_timeout_s:
+                    lost.append(state)
+                    continue
+                if state.sent:
+                    state.sent = False
+                    state.sent_at = now
+                elif now - state.sent_at >= keepalive_s - SWEEP_S / 2:
+                    self._send_keepalive(state)
+                    state.sent_at = now
+            for state in lost:
+                self.agents_lost += 1
+                logger.warning(
+                    "agent at %s:%d sent nothing for call %x in %.2f s: agent lost",
+                    state.peer[0],
+                    state.peer[1],
+                    state.call_id,
+                    now - state.heard_at,
+                )
+                self._end(state, AGENT_LOST, notify=True, tell_sink=True)
+
+    def _send_keepalive(self, state: _LinkCall) -> None:
+        msg = Message(MsgType.KEEPALIVE, state.call_id, state.next_control_seq())
+        try:
+            self.send_control(msg, state.peer)
+        except LinkError:
+            return
+        self.keepalives_sent += 1
 
     def on_unacked(self, call_id: int, msg_type: MsgType, peer: Peer) -> None:
         state = self._calls.get(call_id)

@@ -16,8 +16,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from splitrelay.contract.control import AttachMode, AttachRequest, AttachResult
+from splitrelay.contract.control import AttachMode, AttachRequest, AttachResult, Continuation
 from splitrelay.contract.sfu import SessionDescription
+from splitrelay.inference import wire
+from splitrelay.inference.endpoint import Peer
 from splitrelay.relay.backend import AttachRefused
 from splitrelay.relay.call import Call, CallConfig
 from splitrelay.relay.inference_link import RelayLink
@@ -29,6 +31,13 @@ from splitrelay.relay.telemetry import RelayCollector
 log = logging.getLogger("splitrelay.relay.manager")
 
 MAX_CALLS_DEFAULT = 1_000
+
+
+def wire_continuation(continues: Continuation | None) -> wire.Continuation | None:
+    """The edge's continuation (a relay failover or drain hand-over) as CALL_START carries it."""
+    if continues is None:
+        return None
+    return wire.Continuation(continues.previous_relay, continues.reason.value, continues.attempt)
 
 
 class CallManager:
@@ -43,8 +52,14 @@ class CallManager:
         sfu: SfuAttacher | None = None,
         max_calls: int = MAX_CALLS_DEFAULT,
         process: str = "0",
+        inference_endpoints: tuple[Peer, ...] = (),
+        relay_id: str = "relay",
     ) -> None:
+        """``inference_endpoints``: resolved, in the order each call tries them (relay/call.py); empty
+        or one: every call goes to the link's endpoint and an agent lost mid-call ends it."""
         self.link = link
+        self.inference_endpoints = inference_endpoints if len(inference_endpoints) > 1 else ()
+        self.relay_id = relay_id
         self.peer_config = peer_config or VoicePeerConfig()
         self.call_config = call_config or CallConfig()
         self.sfu = sfu
@@ -125,6 +140,9 @@ class CallManager:
             metadata=request.metadata,
             on_closed=self._forget,
             pacer=self.pacer,
+            endpoints=self.inference_endpoints,
+            relay_id=self.relay_id,
+            continues=wire_continuation(request.continues),
         )
         self.calls[request.call_id] = call
         task = asyncio.get_running_loop().create_task(self._run(call))

@@ -266,6 +266,17 @@ class Playout:
         self._next_position = None  # what follows a flush never catches up over the hole
         return dropped
 
+    def new_source(self) -> int:
+        """Another agent takes the call over (relay/call.py): drop what the old one queued and forget its
+        stream positions (a CLEAR, an interrupted response), keeping the caller's RTP timeline; the next
+        frame starts a new talk spurt. Returns the frames dropped."""
+        dropped = self.flush()
+        self._clear_before = None
+        self._interrupted = False
+        self.paused = False
+        self._new_spurt = True
+        return dropped
+
     def clear_before(self, timestamp: int) -> int:
         """CLEAR: drop queued frames (and marks among them) before `timestamp`, and such frames that
         arrive later; frames from `timestamp` on stay. Returns the frames dropped now."""

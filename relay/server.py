@@ -24,7 +24,12 @@ from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
 from splitrelay.relay.edge_link import EdgeLink, EdgeLinkSettings
 from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
-from splitrelay.relay.inference_link import RelayLink
+from splitrelay.relay.inference_link import (
+    DEFAULT_AGENT_TIMEOUT_S,
+    DEFAULT_KEEPALIVE_MS,
+    RelayLink,
+    resolve_numeric,
+)
 from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
 from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig
 from splitrelay.relay.sfu_attach import SfuAttacher
@@ -70,6 +75,14 @@ class RelaySettings:
     process: str = "0"
     edge: EdgeLinkSettings | None = None
     """Where to send heartbeats and call-end notices (relay/edge_link.py); None: the edge is not told."""
+    inference_more: tuple[tuple[str, int], ...] = ()
+    """Further inference endpoints, tried in order when a call's agent is lost or refuses the call."""
+    relay_id: str | None = None
+    """This relay's name in CALL_START ``continues.previous_relay`` on an agent retry (default: the
+    edge link's relay id, else "relay")."""
+    keepalive_ms: int = DEFAULT_KEEPALIVE_MS
+    agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S
+    """A call whose agent sends keep-alives is lost after this long with nothing from it (0: off)."""
 
 
 def bind_tcp(host: str, port: int, what: str = "control API") -> socket.socket:
@@ -145,7 +158,9 @@ class RelayServer:
 
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
-        self.link = RelayLink(settings.inference)
+        self.link = RelayLink(
+            settings.inference, keepalive_ms=settings.keepalive_ms, agent_timeout_s=settings.agent_timeout_s
+        )
         self._sfu_client: SfuClient | None = None
         self.manager: CallManager | None = None
         self.edge: EdgeLink | None = None
@@ -155,6 +170,13 @@ class RelayServer:
     async def start(self) -> None:
         s = self.settings
         await self.link.start()
+        endpoints = []
+        for host, port in (s.inference, *s.inference_more) if s.inference_more else ():
+            peer, family = await resolve_numeric(host, port)
+            if family != self.link.family:
+                await self.link.close()
+                raise ValueError(f"inference {host}:{port}: not of the first endpoint's address family")
+            endpoints.append(peer)
         attacher = None
         if s.sfu is not None:
             self._sfu_client = SfuClient(s.sfu.base_url, s.sfu.app_id, s.sfu.app_secret)
@@ -170,6 +192,8 @@ class RelayServer:
             sfu=attacher,
             max_calls=s.max_calls,
             process=s.process,
+            inference_endpoints=tuple(endpoints),
+            relay_id=s.relay_id or (s.edge.relay_id if s.edge is not None else "relay"),
         )
         manager = self.manager
         if s.edge is not None:

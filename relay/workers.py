@@ -243,6 +243,7 @@ def worker_main() -> None:
     import uvloop
 
     from splitrelay.relay.call import CallConfig
+    from splitrelay.relay.inference_link import DEFAULT_AGENT_TIMEOUT_S
     from splitrelay.relay.media.peer import CandidatePolicy
     from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
 
@@ -252,6 +253,9 @@ def worker_main() -> None:
     settings = RelaySettings(
         signing_keys={"default": key},
         inference=(config["inference"][0], int(config["inference"][1])),
+        inference_more=tuple((str(h), int(p)) for h, p in config.get("inference_more") or ()),
+        relay_id=config.get("relay_id"),
+        agent_timeout_s=float(config.get("agent_timeout_s", DEFAULT_AGENT_TIMEOUT_S)),
         host="127.0.0.1",
         port=0,
         candidates=CandidatePolicy(

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("splitrelay.echo")
 
 HISTORY_FRAMES = 128  # idle frames kept for the pre-roll (bounded whatever pre_roll_ms says)
+CONTINUED_EVENT = "agent.continued"  # the echo agent's EVENT when its CALL_START carried ``continues``
 JITTER_GRACE_S = 0.04  # extra wait before wall time stands in for media time (packets stopped)
 
 
@@ -78,6 +79,18 @@ class EchoAgent:
 
     async def __call__(self, call: InferenceCall) -> None:
         logger.info("call %s started from %s:%d", call.info.call, *call.relay)
+        continues = call.continues
+        if continues is not None:
+            # An echo has no conversation to keep; a real agent would look its context up by info.call.
+            # Said on the wire too, so a relay's call record (and a test) shows which agent carried on.
+            logger.info(
+                "call %s continues (%s, attempt %d, previous relay %s)",
+                call.info.call,
+                continues.reason,
+                continues.attempt,
+                continues.previous_relay,
+            )
+            call.send_event({"type": CONTINUED_EVENT, **continues.to_json()}, reliable=True)
         session = _EchoCall(call, self.config)
         await session.run()
         logger.info("call %s ended (%s)", call.info.call, call.end_reason or "agent_done")

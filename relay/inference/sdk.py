@@ -45,6 +45,7 @@ from splitrelay.inference.wire import (
     BargeIn,
     BargeVerdict,
     CallStart,
+    Continuation,
     Message,
     MsgType,
 )
@@ -77,6 +78,7 @@ FRAME_QUEUE: Final = 250  # 5 s of audio: past this a handler is too slow and th
 EVENT_QUEUE: Final = 256
 CLEARED_EVENT: Final = "relay.cleared"  # the relay's answer to CLEAR: {"heard_samples", "dropped_frames"}
 IDLE_TIMEOUT: Final = 15.0  # seconds without any datagram from the relay before a call is dropped
+KEEPALIVE_TICK_S: Final = 0.05  # how often the server looks for calls that owe their relay a KEEPALIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,11 @@ class InferenceCall:
         self._out_ts = 0
         self._after_barge_in = False
         self._rx = 0  # datagrams received, for the idle sweep
+        # Keep-alives (docs/wire-protocol.md): only when the relay asked in CALL_START (keepalive_ms).
+        self._keepalive_s = None if info.keepalive_ms is None else info.keepalive_ms / 1000
+        self._sent = False  # something went to the relay since the server's last keep-alive tick
+        self._sent_at = 0.0
+        self.keepalives_sent = 0
         self._done = asyncio.Event()
         self.end_reason: str | None = None
         self._candidate: int | None = None  # the open barge-in candidate, until answered
@@ -226,6 +233,13 @@ class InferenceCall:
     @property
     def relay(self) -> Peer:
         return self._state.peer
+
+    @property
+    def continues(self) -> Continuation | None:
+        """Set when this call continues one that was on another relay or another agent: the same
+        ``info.call`` (the edge's call id), so an agent keyed by it keeps its conversation instead of
+        greeting again. ``continues.reason`` is "relay_lost", "drain" or "agent_lost"."""
+        return self.info.continues
 
     @property
     def ended(self) -> bool:
@@ -291,6 +305,7 @@ class InferenceCall:
         )
         if not self._server.send_batched(data, self._state.peer):
             raise LinkError("endpoint: the socket is not open")
+        self._sent = True
         self._out_seq = (self._out_seq + 1) & wire.U32
         self._out_ts = (self._out_ts + wire.FRAME_SAMPLES) & wire.U32
         return True
@@ -337,6 +352,27 @@ class InferenceCall:
                     "barge-in confirmer failed for call %x; further errors only counted", self.call_id
                 )
 
+    def _keepalive_due(self, now: float) -> None:
+        """The server's tick: send a KEEPALIVE when nothing went to the relay for the asked interval."""
+        interval = self._keepalive_s
+        if interval is None or self._state.ended:
+            return
+        if self._sent:
+            self._sent = False
+            self._sent_at = now
+        elif now - self._sent_at >= interval - KEEPALIVE_TICK_S / 2:
+            self.send_keepalive()
+            self._sent_at = now
+
+    def send_keepalive(self) -> None:
+        """Tell the relay this agent is alive (the server does it on its own for calls that asked)."""
+        if self._state.ended or self._keepalive_s is None:
+            return  # never to a relay that did not ask: an older one would count it as garbage
+        msg = Message(MsgType.KEEPALIVE, self.call_id, self._state.next_control_seq(), self._out_ts)
+        with contextlib.suppress(LinkError):
+            self._server.send_control(msg, self._state.peer, self._state.key_id)
+            self.keepalives_sent += 1
+
     async def hangup(self, reason: str = "agent_hangup") -> bool:
         """End the call and tell the relay; True when the relay acknowledged."""
         wire.pack_call_end(reason)  # a bad reason raises before anything changes
@@ -347,6 +383,7 @@ class InferenceCall:
         if self._state.ended:
             return None
         msg = Message(mtype, self.call_id, self._state.next_control_seq(), self._out_ts, payload=payload)
+        self._sent = True
         if reliable:
             return self._server.send_reliable(msg, self._state.peer, self._state.key_id)
         self._server.send_control(msg, self._state.peer, self._state.key_id)
@@ -393,6 +430,8 @@ class InferenceCall:
             self._events.put(RelayEvent(msg.json()))
         elif mtype is MsgType.CALL_END:
             self._end(msg.reason(), notify=False)
+        elif mtype is MsgType.KEEPALIVE:
+            pass  # the relay is there (the server counted the datagram for the idle sweep)
         else:  # CALL_START retransmitted with a new seq, or a relay-bound type sent the wrong way
             self._server.stats.garbage += 1
 
@@ -522,6 +561,7 @@ class InferenceServer(WireEndpoint):
         self._calls: dict[tuple[Peer, int], InferenceCall] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     @property
     def calls(self) -> list[InferenceCall]:
@@ -531,15 +571,17 @@ class InferenceServer(WireEndpoint):
         """Bind the socket; returns the bound (host, port) (useful with port 0)."""
         self.address = await self._open(self._local)
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="inference-idle-sweep")
+        self._keepalive_task = asyncio.create_task(self._keepalives(), name="inference-keepalives")
         return self.address
 
     async def close(self, grace: float = 1.0) -> None:
         """End every call (telling its relay), let handlers finish for ``grace`` s, then cancel them."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for background in (self._sweeper, self._keepalive_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._sweeper = self._keepalive_task = None
         waiting: set[asyncio.Future[Any]] = set(self._tasks)
         for call in list(self._calls.values()):
             future = call._end("server_closing", notify=True)
@@ -607,6 +649,8 @@ class InferenceServer(WireEndpoint):
         self.accept_control(msg, state)
         call = InferenceCall(self, state, info)
         self._calls[(peer, msg.call_id)] = call
+        call.send_keepalive()  # at once: the relay watches this call's liveness from its first one
+        call._sent_at = asyncio.get_running_loop().time()
         task = asyncio.get_running_loop().create_task(self._run(call), name=f"inference-call-{msg.call_id:x}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -636,6 +680,16 @@ class InferenceServer(WireEndpoint):
         call = self._calls.get((peer, call_id))
         if call is not None:
             call._end("relay_unreachable")
+
+    async def _keepalives(self) -> None:
+        """Every KEEPALIVE_TICK_S: a KEEPALIVE for each call that asked and sent nothing for its interval
+        (a call that streams audio sends none). Bounded by the server's lifetime: close() cancels it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEPALIVE_TICK_S)
+            now = loop.time()
+            for call in list(self._calls.values()):
+                call._keepalive_due(now)
 
     async def _sweep_idle(self) -> None:
         """End calls whose relay went silent (crashed or partitioned) without a CALL_END."""

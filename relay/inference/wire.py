@@ -62,6 +62,7 @@ class MsgType(IntEnum):
     CLEAR = 9  # inference -> relay, empty payload, reliable; timestamp = AUDIO_OUT position
     BARGE_CANDIDATE = 10  # relay -> inference, 8-byte binary payload, reliable (additive to v2)
     BARGE_VERDICT = 11  # inference -> relay, 5-byte binary payload, reliable (additive to v2)
+    KEEPALIVE = 12  # either way, empty, never reliable; only on calls whose CALL_START asked (additive to v2)
 
 
 AUDIO_TYPES: Final = frozenset({MsgType.AUDIO_IN, MsgType.AUDIO_OUT})
@@ -91,6 +92,7 @@ _ALLOWED_FLAGS: Final[dict[int, int]] = {
     MsgType.CLEAR: FLAG_RELIABLE,
     MsgType.BARGE_CANDIDATE: FLAG_RELIABLE,
     MsgType.BARGE_VERDICT: FLAG_RELIABLE,
+    MsgType.KEEPALIVE: 0,
 }
 _TYPE_VALUES: Final = frozenset(int(t) for t in MsgType)
 
@@ -172,11 +174,47 @@ class BargeVerdict:
         return cls(candidate, verdict == VERDICT_CONFIRM)
 
 
+CONTINUATION_REASONS: Final = frozenset({"relay_lost", "drain", "agent_lost"})
+MAX_CONTINUATIONS: Final = 16  # the contract's limit (splitrelay.contract.control.MAX_CONTINUATIONS)
+MIN_KEEPALIVE_MS: Final = 20
+MAX_KEEPALIVE_MS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """CALL_START ``continues``: the call moved here (another relay, or another agent) and is the same
+    conversation, so an agent keyed by ``CallStart.call`` keeps its context instead of greeting again."""
+
+    previous_relay: str  # the relay the call was on before (this relay's own id on an agent retry)
+    reason: str  # "relay_lost", "drain" or "agent_lost"
+    attempt: int  # 1 for the call's first move, up to MAX_CONTINUATIONS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"previous_relay": self.previous_relay, "reason": self.reason, "attempt": self.attempt}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Continuation:
+        if not isinstance(obj, dict):
+            raise WireError("call_start.continues: must be a JSON object")
+        relay = obj.get("previous_relay")
+        if not isinstance(relay, str) or not 1 <= len(relay) <= 128:
+            raise WireError("call_start.continues.previous_relay: must be a string of 1..128 characters")
+        reason = obj.get("reason")
+        if reason not in CONTINUATION_REASONS:
+            raise WireError(
+                f"call_start.continues.reason: must be one of {', '.join(sorted(CONTINUATION_REASONS))}"
+            )
+        attempt = obj.get("attempt")
+        if type(attempt) is not int or not 1 <= attempt <= MAX_CONTINUATIONS:
+            raise WireError(f"call_start.continues.attempt: must be an integer 1..{MAX_CONTINUATIONS}")
+        return cls(previous_relay=relay, reason=str(reason), attempt=attempt)
+
+
 @dataclass(frozen=True, slots=True)
 class CallStart:
     """Payload of CALL_START: what inference needs to know before the first frame."""
 
-    call: str  # the relay's call identifier (for logs and correlation; the header carries the u64 id)
+    call: str  # the edge's call id (the same on every relay a call moves to; the header carries the u64 id)
     channels: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
     codec: str = "opus"
@@ -185,9 +223,14 @@ class CallStart:
     sent_at_ms: int = 0
     """Sender's wall clock (Unix ms) when the call was opened: inference refuses a stale CALL_START,
     so a recorded one cannot open a call once its id is forgotten. RelayLink sets it."""
+    continues: Continuation | None = None
+    """Optional (additive to v2): the call this one continues. Older agents ignore the key."""
+    keepalive_ms: int | None = None
+    """Optional (additive to v2): the relay watches the agent's liveness; an agent that knows KEEPALIVE
+    sends something for the call at least this often. Older agents ignore the key (and are not watched)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "call": self.call,
             "codec": self.codec,
             "sample_rate": self.sample_rate,
@@ -196,6 +239,11 @@ class CallStart:
             "sent_at_ms": self.sent_at_ms,
             "metadata": self.metadata,
         }
+        if self.continues is not None:
+            obj["continues"] = self.continues.to_json()
+        if self.keepalive_ms is not None:
+            obj["keepalive_ms"] = self.keepalive_ms
+        return obj
 
     def pack(self) -> bytes:
         self.from_json(self.to_json())  # one validation path for both directions
@@ -221,7 +269,22 @@ class CallStart:
         metadata = obj.get("metadata", {})
         if not isinstance(metadata, dict):
             raise WireError("call_start.metadata: must be a JSON object")
-        return cls(call=call, channels=channels, metadata=metadata, sent_at_ms=sent_at_ms)
+        continues = None if obj.get("continues") is None else Continuation.from_json(obj["continues"])
+        keepalive_ms = obj.get("keepalive_ms")
+        if keepalive_ms is not None and (
+            type(keepalive_ms) is not int or not MIN_KEEPALIVE_MS <= keepalive_ms <= MAX_KEEPALIVE_MS
+        ):
+            raise WireError(
+                f"call_start.keepalive_ms: must be an integer {MIN_KEEPALIVE_MS}..{MAX_KEEPALIVE_MS}"
+            )
+        return cls(
+            call=call,
+            channels=channels,
+            metadata=metadata,
+            sent_at_ms=sent_at_ms,
+            continues=continues,
+            keepalive_ms=keepalive_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +569,8 @@ def _check_shape(mtype: MsgType, flags: int, payload: bytes) -> None:
         unpack_ack(payload)
     elif mtype is MsgType.CLEAR and payload:
         raise WireError(f"payload: CLEAR carries no payload, got {len(payload)} bytes")
+    elif mtype is MsgType.KEEPALIVE and payload:
+        raise WireError(f"payload: KEEPALIVE carries no payload, got {len(payload)} bytes")
 
 
 def _check_u32(name: str, value: int) -> None:

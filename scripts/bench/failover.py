@@ -251,7 +251,8 @@ class FailoverBench:
             record = await caller.record()
             if record["state"] != "connected":
                 result.calls_lost += 1
-                result.notes.append(f"{call_id}: {record.get('close_reason')}")
+                tried = "; ".join(record.get("relay_attempts") or [])
+                result.notes.append(f"{call_id}: {record.get('close_reason')} [{tried}]")
                 await caller.close()
                 del callers[call_id]
                 continue

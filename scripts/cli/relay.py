@@ -64,13 +64,46 @@ def parse_stun(value: str) -> str:
     return value
 
 
+MAX_INFERENCE_ENDPOINTS = 16
+
+
+def parse_inference(values: list[str] | None) -> list[tuple[str, int]]:
+    """``--inference`` repeated or comma-separated: the endpoints in the order a call tries them."""
+    texts = [part.strip() for value in values or ["127.0.0.1:7000"] for part in value.split(",")]
+    endpoints: list[tuple[str, int]] = []
+    for text in texts:
+        try:
+            host, port = parse_listen(text)
+        except typer.BadParameter as exc:
+            raise typer.BadParameter(str(exc).replace("--listen", "--inference")) from None
+        if port == 0:
+            raise typer.BadParameter(f"--inference: port must be 1..65535, got 0 in {text!r}")
+        if (host, port) not in endpoints:
+            endpoints.append((host, port))
+    if not 1 <= len(endpoints) <= MAX_INFERENCE_ENDPOINTS:
+        raise typer.BadParameter(f"--inference: 1..{MAX_INFERENCE_ENDPOINTS} endpoints, got {len(endpoints)}")
+    return endpoints
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address of the control API.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the control API (0 picks a free one).")] = 8700,
-    inference: Annotated[str, typer.Option(help="Inference service HOST:PORT (UDP wire protocol).")] = (
-        "127.0.0.1:7000"
-    ),
+    inference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Inference service HOST:PORT (UDP wire protocol); repeat or comma-separate for more: "
+            "calls start on the first, and a call whose agent is lost or refuses moves to the next "
+            "(default 127.0.0.1:7000)."
+        ),
+    ] = None,
+    agent_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds without anything from a call's agent (one that sends keep-alives) before it is "
+            "lost: the call moves to the next --inference, or ends (agent_lost). 0 turns the watch off."
+        ),
+    ] = 0.8,
     candidate_address: Annotated[
         list[str] | None,
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
@@ -158,6 +191,9 @@ def serve(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    endpoints = parse_inference(inference)
+    if agent_timeout and not 0.4 <= agent_timeout <= 60:
+        raise typer.BadParameter(f"--agent-timeout must be 0 (off) or 0.4..60 s, got {agent_timeout}")
     sfu = None
     if sfu_url is not None:
         secret = os.environ.get(SFU_SECRET_ENV)
@@ -182,7 +218,10 @@ def serve(
             raise typer.BadParameter(str(exc)) from None
     settings = RelaySettings(
         signing_keys={"default": key.encode()},
-        inference=parse_listen(inference),
+        inference=endpoints[0],
+        inference_more=tuple(endpoints[1:]),
+        relay_id=relay_id,
+        agent_timeout_s=agent_timeout,
         host=host,
         port=port,
         candidates=candidates,
@@ -210,6 +249,9 @@ def serve(
 
         config = {
             "inference": list(settings.inference),
+            "inference_more": [list(e) for e in settings.inference_more],
+            "relay_id": relay_id,
+            "agent_timeout_s": agent_timeout,
             "candidate_addresses": list(candidates.addresses or ()),
             "port_range": list(candidates.port_range) if candidates.port_range else None,
             "max_calls": max_calls,
@@ -257,7 +299,8 @@ def serve(
                 print(json.dumps(ready), flush=True)
             else:
                 print(
-                    f"relay control API on {url} ({workers} process(es); inference {inference}); Ctrl-C stops"
+                    f"relay control API on {url} ({workers} process(es); inference "
+                    f"{', '.join(f'{h}:{p}' for h, p in endpoints)}); Ctrl-C stops"
                 )
             await stop.wait()
             if terminated and drainers:

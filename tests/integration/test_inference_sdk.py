@@ -389,7 +389,9 @@ async def test_garbage_and_strangers_do_not_disturb_a_call() -> None:
 async def test_idle_call_is_dropped_and_the_relay_told() -> None:
     recorder = Recorder()
     sink = RecordingSink()
-    async with pair(recorder, server_kw={"idle_timeout": 0.2}) as (_, link):
+    # A relay that sends nothing at all: no audio and, with its agent watch off, no keep-alives (a
+    # watching relay's keep-alives hold an idle call: tests/integration/test_agent_liveness.py).
+    async with pair(recorder, server_kw={"idle_timeout": 0.2}, link_kw={"agent_timeout_s": 0}) as (_, link):
         await link.start_call("idle", sink)
         await sink.wait_for(lambda: bool(sink.ends))
         assert sink.ends == ["idle_timeout"]

@@ -100,10 +100,15 @@ async def test_agent_stage_marks_reach_the_callers_record(edge: LocalEdge) -> No
     link = link_to(edge, ["call-5"])
     link.call_stages("call-5", {"type": "agent.stage", "turn": 2, "name": "stt_final", "ms": 151.25})
     link.call_stages("call-5", {"type": "agent.stage", "turn": 2, "name": "Bad Name", "ms": 1})
+    link.call_stages("call-5", {"type": "agent.stage", "turn": 2, "name": "llm_first_token", "ms": 390})
     await link.aclose()
-    assert link.stages_sent == 1 and link.stages_dropped == 1
+    assert link.stages_sent == 2 and link.stages_dropped == 1
+    assert link.stage_posts == 1  # one turn's marks, one request
     record = await edge.app.calls.get_record("call-5")
-    assert record.public()["stages"] == [{"turn": 2, "name": "stt_final", "ms": 151.25}]
+    assert record.public()["stages"] == [
+        {"turn": 2, "name": "stt_final", "ms": 151.25},
+        {"turn": 2, "name": "llm_first_token", "ms": 390.0},
+    ]
 
 
 async def test_a_link_that_stops_beating_is_declared_lost(edge: LocalEdge) -> None:

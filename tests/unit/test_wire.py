@@ -173,7 +173,7 @@ def test_decode_accepts_memoryview_and_bytearray() -> None:
         (header(3, version=1) + b"x", r"version: got 1, this end speaks 2"),
         (header(9, flags=FLAG_RELIABLE, version=3), r"version: got 3, this end speaks 2"),
         (header(7) + b"x" * 1364, r"payload: EVENT carries 1364 bytes, limit 1363"),
-        (header(0) + b"x", r"type: unknown message type 0 \(known 1..11\)"),
+        (header(0) + b"x", r"type: unknown message type 0 \(known 1..12\)"),
         (header(13) + b"x", r"type: unknown message type 13"),
         (header(3, call_id=0) + b"x", r"call_id: 0 is reserved"),
         (header(3), r"payload: AUDIO_IN carries one Opus frame of 1..1380 bytes, got 0"),
@@ -452,7 +452,7 @@ def test_barge_candidate_and_verdict_round_trip() -> None:
         (header(11, flags=FLAG_RELIABLE) + bytes(6), "BARGE_VERDICT carries exactly 5 bytes, got 6"),
         (header(11, flags=FLAG_RELIABLE) + bytes(4) + b"\x02", "verdict is 0 .reject. or 1 .confirm., got 2"),
         (header(11) + bytes(5), "BARGE_VERDICT must set RELIABLE"),
-        (header(12, flags=FLAG_RELIABLE), "unknown message type 12"),
+        (header(13, flags=FLAG_RELIABLE), "unknown message type 13"),
     ],
 )
 def test_barge_messages_reject(data: bytes, pattern: str) -> None:

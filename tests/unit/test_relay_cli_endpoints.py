@@ -1,0 +1,45 @@
+"""`splitrelay relay serve`: several inference endpoints and the agent watch (issue 15); each bad value
+is refused by the flag's name."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from splitrelay.cli.main import app
+from splitrelay.cli.relay import parse_inference
+
+KEY = "k" * 40
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agent-timeout", "0.1"], "--agent-timeout must be 0 (off) or 0.4..60"),
+        (["--inference", "127.0.0.1:7000,nohost"], "--inference: expected HOST:PORT"),
+        (["--inference", "127.0.0.1:0"], "--inference: port must be 1..65535"),
+        (["--inference", "::1:7000"], "--inference: put an IPv6 address in brackets"),
+    ],
+)
+def test_bad_values_are_refused_by_name(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPLITRELAY_RELAY_SIGNING_KEY", KEY)
+    result = CliRunner().invoke(app, ["relay", "serve", *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output  # rich wraps long lines
+    assert KEY not in result.output
+
+
+def test_inference_endpoints_repeat_or_comma_separate_in_order() -> None:
+    assert parse_inference(None) == [("127.0.0.1", 7000)]
+    assert parse_inference(["10.0.0.5:7000"]) == [("10.0.0.5", 7000)]  # the deploy's single form
+    assert parse_inference(["10.0.0.5:7000,10.0.0.6:7000", "[::1]:7001"]) == [
+        ("10.0.0.5", 7000),
+        ("10.0.0.6", 7000),
+        ("::1", 7001),
+    ]
+    assert parse_inference(["10.0.0.5:7000", "10.0.0.5:7000"]) == [("10.0.0.5", 7000)]  # once each
+    with pytest.raises(typer.BadParameter, match=r"1\.\.16 endpoints"):
+        parse_inference([",".join(f"10.0.0.{i}:7000" for i in range(17))])
