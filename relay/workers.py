@@ -266,7 +266,7 @@ def worker_main() -> None:
         ),
         stun_urls=tuple(config.get("stun_urls") or ()),
         public_address=config.get("public_address"),
-        call=CallConfig(),
+        call=CallConfig(**(config.get("call") or {})),  # the supervisor checked it (barge-in flags)
         sfu=SfuSettings(sfu["base_url"], sfu["app_id"], os.environ[sfu["secret_env"]]) if sfu else None,
         max_calls=int(config.get("max_calls", 1000)),
         process=config["process"],

@@ -85,6 +85,32 @@ def parse_inference(values: list[str] | None) -> list[tuple[str, int]]:
     return endpoints
 
 
+_CALL_FLAGS = {
+    "barge_in_confirm_ms": "--barge-in-confirm-ms",
+    "barge_in_candidate_dbov": "--barge-in-candidate-dbov",
+    "barge_in_sustain_ms": "--barge-in-sustain-ms",
+}
+
+
+def barge_in_settings(confirm_ms: int, candidate_dbov: float, sustain_ms: int) -> dict[str, Any]:
+    """The pause-and-confirm settings of CallConfig, checked there; an error names the flag."""
+    from splitrelay.relay.call import CallConfig
+
+    settings: dict[str, Any] = {
+        "barge_in_confirm_ms": confirm_ms,
+        "barge_in_candidate_dbov": candidate_dbov,
+        "barge_in_sustain_ms": sustain_ms,
+    }
+    try:
+        CallConfig(**settings)
+    except ValueError as exc:
+        message = str(exc)
+        for name, flag in _CALL_FLAGS.items():
+            message = message.replace(name, flag)
+        raise typer.BadParameter(message) from None
+    return settings
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address of the control API.")] = "127.0.0.1",
@@ -104,6 +130,24 @@ def serve(
             "lost: the call moves to the next --inference, or ends (agent_lost). 0 turns the watch off."
         ),
     ] = 0.8,
+    barge_in_confirm_ms: Annotated[
+        int,
+        typer.Option(
+            help="Pause and confirm barge-in: how long (ms, 0..2000) playout stays paused for the agent's "
+            "verdict on a barge-in candidate; 0 flushes at once on speech (no candidates)."
+        ),
+    ] = 0,
+    barge_in_candidate_dbov: Annotated[
+        float,
+        typer.Option(help="With --barge-in-confirm-ms: the level (dBov, -127..0) that raises a candidate."),
+    ] = -50.0,
+    barge_in_sustain_ms: Annotated[
+        int,
+        typer.Option(
+            help="With --barge-in-confirm-ms: speech (ms, 20..2000) by level that confirms a candidate "
+            "the agent did not answer within the window."
+        ),
+    ] = 100,
     candidate_address: Annotated[
         list[str] | None,
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
@@ -192,6 +236,7 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     endpoints = parse_inference(inference)
+    barge = barge_in_settings(barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms)
     if agent_timeout and not 0.4 <= agent_timeout <= 60:
         raise typer.BadParameter(f"--agent-timeout must be 0 (off) or 0.4..60 s, got {agent_timeout}")
     sfu = None
@@ -216,12 +261,15 @@ def serve(
             edge = EdgeLinkSettings(edge_url, relay_id, key.encode(), interval_s=heartbeat_interval)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
+    from splitrelay.relay.call import CallConfig
+
     settings = RelaySettings(
         signing_keys={"default": key.encode()},
         inference=endpoints[0],
         inference_more=tuple(endpoints[1:]),
         relay_id=relay_id,
         agent_timeout_s=agent_timeout,
+        call=CallConfig(**barge),
         host=host,
         port=port,
         candidates=candidates,
@@ -252,6 +300,7 @@ def serve(
             "inference_more": [list(e) for e in settings.inference_more],
             "relay_id": relay_id,
             "agent_timeout_s": agent_timeout,
+            "call": barge,
             "candidate_addresses": list(candidates.addresses or ()),
             "port_range": list(candidates.port_range) if candidates.port_range else None,
             "max_calls": max_calls,
