@@ -37,6 +37,9 @@ END_CALL_WAIT_S = 0.25
 MAX_EARLY_PACKETS = 50  # one second of audio may arrive before inference acknowledged the call
 MAX_EVENTS = 64  # the most recent inference events kept per call
 CLEARED_EVENT = "relay.cleared"  # the EVENT that answers an agent's CLEAR with the heard position
+SWITCH_START_WAIT_S = 1.0
+"""How long a mid-call retry waits for the next agent's ACK (a live one answers in milliseconds; the link's
+full retransmission schedule would hold the caller ~3 s per dead endpoint)."""
 AGENT_GONE_REASONS = frozenset({AGENT_LOST, "unknown_call", "inference_unreachable"})
 """Why inference ended a call when its agent, not the conversation, is gone: another endpoint may take it."""
 
@@ -466,19 +469,22 @@ class Call:
                 self._attempt += 1
                 continuation = Continuation(self.relay_id, AGENT_LOST, self._attempt)
                 try:
-                    wire_id = await self.link.start_call(
-                        self.call_id,
-                        self,
-                        metadata=dict(self.metadata, mode=self.mode),
-                        inference=self.endpoints[index],
-                        continues=continuation,
+                    wire_id = await asyncio.wait_for(
+                        self.link.start_call(
+                            self.call_id,
+                            self,
+                            metadata=dict(self.metadata, mode=self.mode),
+                            inference=self.endpoints[index],
+                            continues=continuation,
+                        ),
+                        timeout=SWITCH_START_WAIT_S,
                     )
-                except LinkError as exc:
+                except (LinkError, TimeoutError) as exc:
                     log.warning(
                         "call %s: inference %s:%d did not take it: %s",
                         self.call_id,
                         *self.endpoints[index],
-                        exc,
+                        str(exc) or f"no ACK within {SWITCH_START_WAIT_S:g} s",
                     )
                     continue
                 if self._closed.is_set() or self.close_reason is not None:  # the caller hung up meanwhile
