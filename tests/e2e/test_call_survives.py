@@ -221,3 +221,61 @@ async def test_the_agent_restarting_ends_the_call_and_the_edge_hears_why(
                 await restarted.stop(5.0)
         finally:
             await caller.close()
+
+
+async def test_sigkill_of_the_agent_moves_the_call_to_the_second_agent_then_ends_it_as_agent_lost(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A stack of its own with two agents behind the relay: the first agent's SIGKILL moves the call to
+    the second (CALL_START ``continues``: agent_lost, attempt 1; the caller hears the agent again, the
+    edge's record never closes); the second's SIGKILL, with the first still dead, ends the call and the
+    edge's record closes with agent_lost, which is what the caller's page shows."""
+    running = Stack(StackConfig(relays=1, agents=2, run_dir=tmp_path_factory.mktemp("two-agents")))
+    info = await running.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            relay = RelayInspector(http, RelayAccess(info.relay_urls[0], info.relay_signing_key.encode()))
+            caller = await call(http, info)
+            try:
+                await caller.hears_the_agent(within=10)
+                first, second = (
+                    next(c for c in running.components if c.name == n) for n in ("agent", "agent-1")
+                )
+                killed_at = time.perf_counter()
+                os.kill(first.process.pid, signal.SIGKILL)
+                summary: dict[str, Any] | None = None
+                for _ in range(int(CLOSE_WITHIN_S / 0.05)):  # bounded
+                    summary = await relay.call(caller.call_id)
+                    if summary is not None and summary["agent_switches"] == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert summary is not None and summary["agent_switches"] == 1, summary
+                moved_s = time.perf_counter() - killed_at
+                echo_s = await caller.hears_the_agent(within=10)
+                print(f"agent SIGKILL → call on the second agent {moved_s:.2f} s later; echo {echo_s:.2f} s")
+                assert summary["inference"] == info.agents[1]
+                summary = await relay.call(caller.call_id)
+                assert summary is not None
+                continued = [e["event"] for e in summary["events"] if e["event"]["type"] == "agent.continued"]
+                assert continued == [
+                    {
+                        "type": "agent.continued",
+                        "previous_relay": "relay-0",
+                        "reason": "agent_lost",
+                        "attempt": 1,
+                    }
+                ]
+                record = await caller.record()
+                assert record["state"] == "connected" and caller.peer.pc.connectionState == "connected"
+
+                killed_at = time.perf_counter()
+                os.kill(second.process.pid, signal.SIGKILL)
+                record, _ = await caller.wait_closed(CLOSE_WITHIN_S)
+                closed_s = time.perf_counter() - killed_at
+                print(f"second agent SIGKILL (none left) → edge record closed {closed_s:.2f} s later")
+                assert record["close_reason"].startswith("relay_ended: agent_lost"), record
+            finally:
+                await caller.close()
+    finally:
+        report = await running.stop()
+        assert not report.leftovers
