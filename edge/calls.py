@@ -430,6 +430,7 @@ class CallService:
         ):
             return "skipped"
         if record.moves >= MAX_CONTINUATIONS:
+            await self._note_attempt(call_id, f"not moved again: moved {record.moves} times already")
             return "no_relay"
         continues = Continuation(previous_relay=from_relay, reason=reason, attempt=record.moves + 1)
         alternatives = (await self._alternatives(record, from_relay))[:MAX_RELAY_ATTEMPTS]
