@@ -193,3 +193,32 @@ async def test_when_every_other_endpoint_is_gone_the_call_ends_as_agent_lost(tmp
             assert end_code(reason) is EndCode.AGENT_LOST
         finally:
             await caller.close()
+
+
+async def test_a_hang_up_while_the_call_moves_ends_it_once(tmp_path: Path) -> None:
+    """The caller hangs up while the relay waits for the next agent's ACK (a dead one here): the move is
+    called off and the call is closed once."""
+    async with (
+        echo_agents(1, tmp_path) as agents,
+        relay([agents[0][1], _dead_udp_port()]) as (api, server, ended),
+    ):
+        caller = Caller()
+        try:
+            await caller.attach(api, "call-hangs-up")
+            assert await turn(caller) > 0
+            os.kill(agents[0][0].pid, signal.SIGKILL)
+            assert server.manager is not None
+            call = server.manager.calls["call-hangs-up"]
+            for _ in range(int(BOUND_S / 0.02)):  # bounded: until the move starts
+                if call._switch_task is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert call._switch_task is not None
+            response = await api.request("DELETE", "/v1/calls/call-hangs-up")
+            assert response.status_code == 200, response.text
+            await asyncio.sleep(1.5)  # past the move's 1 s wait: nothing more happens to the call
+            assert len(ended) == 1 and ended[0][0] == "call-hangs-up", ended  # closed once
+            assert call.agent_switches == 0 and call._switch_task is None
+            assert server.link.active_calls == 0
+        finally:
+            await caller.close()

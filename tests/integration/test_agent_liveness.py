@@ -211,3 +211,25 @@ async def test_the_relay_can_turn_the_watch_off() -> None:
             (call,) = server.calls
             assert call.info.keepalive_ms is None and call.keepalives_sent == 0
             assert await link.end_call(call_id)
+
+
+async def test_a_stalled_relay_does_not_take_its_agents_for_dead() -> None:
+    """The relay's own process stalls for 1.5 s (a long collection, a busy core): when it runs again its
+    sweep is late and the agents' datagrams still wait in the socket, so it declares nothing lost."""
+    async with InferenceServer(_idle, "127.0.0.1", 0, key=KEY) as server:
+        assert server.address is not None
+        async with RelayLink(server.address, key=KEY) as link:
+            sinks = [RecordingSink() for _ in range(10)]
+            for index, sink in enumerate(sinks):
+                await link.start_call(f"stall-{index}", sink)
+            await asyncio.sleep(0.5)  # watched
+            states = list(link._calls.values())
+            for _ in range(200):  # bounded: 1 s; stall just after a sweep, before the next keep-alives
+                if not any(state.heard for state in states):
+                    break
+                await asyncio.sleep(0.005)
+            assert not any(state.heard for state in states)
+            time.sleep(1.5)  # noqa: ASYNC251 (the point: the whole loop stalls, no timer, no read)
+            await asyncio.sleep(1.0)
+            assert [s.ends for s in sinks] == [[] for _ in sinks]
+            assert link.agents_lost == 0 and link.active_calls == 10
