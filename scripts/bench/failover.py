@@ -14,9 +14,10 @@ applied one at a time, round-robin over ``--kinds``:
 Per fault and call on the faulted part, measured at the caller from the metronome's ticks: the gap (the
 longest time between two frames from the fault until the call settles), the ticks lost and the ticks
 heard twice (duplicated audio), and whether the call was lost. The baseline is the same measure over
-the same calls in a window with no fault, in the same run. At the end every call hangs up and the
-stack is checked for leaks: calls on any relay, emulator sessions and tracks, and sockets held by the
-processes (bench/calls_leaks.py).
+the same calls in windows with no fault, in the same run: one before the first fault, and after each
+fault the window that follows the judged one (as long, under the same load). At the end every call
+hangs up and the stack is checked for leaks: calls on any relay, emulator sessions and tracks, and
+sockets held by the processes (bench/calls_leaks.py).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ import typer
 from splitrelay.bench.stats import percentile
 
 KINDS: Final = ("relay-kill", "relay-drain", "agent-kill")
-SETTLE_S: Final = 6.0
-"""After a fault: how long the calls get to recover before it is judged (and the next fault comes)."""
-BASELINE_S: Final = 3.0
+JUDGE_S: Final = 3.0
+"""A fault is judged on the window from the fault to this many seconds after it (recovery takes ~1 s)."""
+SETTLE_S: Final = 2 * JUDGE_S
+"""The window after that, as long and under the same load, is a no-fault baseline window."""
+BASELINE_S: Final = JUDGE_S
 FRAME_MS: Final = 20.0
 
 
@@ -147,6 +150,7 @@ class FailoverBench:
         self.kinds = list(kinds)
         self.progress = progress
         self.results = {kind: KindResult(kind) for kind in self.kinds}
+        self.base_gaps: list[float] = []
         self.retired = 0  # calls hung up (and replaced) before reaching the edge's move limit
 
     async def run(self) -> FailoverReport:
@@ -179,7 +183,7 @@ class FailoverBench:
                 await asyncio.sleep(BASELINE_S)
                 base_end = time.perf_counter_ns()
                 baseline = [trace.window(base_start, base_end) for _, trace in callers.values()]
-                base_gaps = [w.gap_ms for w in baseline if w.gap_ms is not None]
+                self.base_gaps = [w.gap_ms for w in baseline if w.gap_ms is not None]
                 for index in range(self.faults):
                     kind = self.kinds[index % len(self.kinds)]
                     await self._fault(kind, callers)
@@ -201,9 +205,9 @@ class FailoverBench:
             machine=machine_info(),
             calls=self.calls_wanted,
             baseline={
-                "windows": len(base_gaps),
-                "gap_p50_ms": _round(percentile(base_gaps, 50)),
-                "gap_p99_ms": _round(percentile(base_gaps, 99)),
+                "windows": len(self.base_gaps),
+                "gap_p50_ms": _round(percentile(self.base_gaps, 50)),
+                "gap_p99_ms": _round(percentile(self.base_gaps, 99)),
             },
             kinds=[result.summary() for result in self.results.values()],
             leaks=leaks,
@@ -261,7 +265,6 @@ class FailoverBench:
         result.calls_hit += len(hit)
         moves = await asyncio.gather(*(self._follow(callers[c][0], relays[c], kind) for c in hit))
         await asyncio.sleep(max(0.0, SETTLE_S - (time.perf_counter_ns() - started_ns) / 1e9))
-        end_ns = time.perf_counter_ns()
         for call_id, moved in zip(hit, moves, strict=True):
             caller, trace = callers[call_id]
             record = await caller.record()
@@ -274,7 +277,11 @@ class FailoverBench:
                 continue
             if caller.renegotiated:
                 result.notes.append(f"{call_id}: the caller renegotiated")
-            window = trace.window(started_ns, end_ns)
+            judged_ns = started_ns + int(JUDGE_S * 1e9)
+            window = trace.window(started_ns, judged_ns)
+            quiet = trace.window(judged_ns, judged_ns + int(JUDGE_S * 1e9))  # after recovery: baseline
+            if quiet.gap_ms is not None:
+                self.base_gaps.append(quiet.gap_ms)
             if window.gap_ms is not None:
                 result.gaps_ms.append(window.gap_ms)
             result.lost_ticks += window.lost
