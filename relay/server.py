@@ -27,6 +27,7 @@ from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_k
 from splitrelay.relay.inference_link import (
     DEFAULT_AGENT_TIMEOUT_S,
     DEFAULT_KEEPALIVE_MS,
+    LinkError,
     RelayLink,
     resolve_numeric,
 )
@@ -172,10 +173,14 @@ class RelayServer:
         await self.link.start()
         endpoints = []
         for host, port in (s.inference, *s.inference_more) if s.inference_more else ():
-            peer, family = await resolve_numeric(host, port)
+            try:
+                peer, family = await resolve_numeric(host, port)
+            except LinkError:
+                await self.link.close()
+                raise
             if family != self.link.family:
                 await self.link.close()
-                raise ValueError(f"inference {host}:{port}: not of the first endpoint's address family")
+                raise LinkError(f"inference {host}:{port}: not of the first endpoint's address family")
             endpoints.append(peer)
         attacher = None
         if s.sfu is not None:

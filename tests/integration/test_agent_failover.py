@@ -25,6 +25,7 @@ from splitrelay.inference.echo_agent import CONTINUED_EVENT
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.child import ChildProcess, cli_command
 from splitrelay.relay.edge_link import end_code
+from splitrelay.relay.inference_link import LinkError
 from splitrelay.relay.media.peer import LOOPBACK
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig
 from splitrelay.relay.server import RelayServer, RelaySettings
@@ -222,3 +223,18 @@ async def test_a_hang_up_while_the_call_moves_ends_it_once(tmp_path: Path) -> No
             assert server.link.active_calls == 0
         finally:
             await caller.close()
+
+
+async def test_endpoints_of_another_address_family_stop_the_start_and_release_the_socket() -> None:
+    settings = RelaySettings(
+        signing_keys={"default": SIGNING_KEY},
+        inference=("127.0.0.1", 7000),
+        inference_more=(("::1", 7000),),
+        host="127.0.0.1",
+        port=0,
+        candidates=LOOPBACK,
+    )
+    server = RelayServer(settings)
+    with pytest.raises(LinkError, match=r"inference ::1:7000: not of the first endpoint's address family"):
+        await server.start()
+    assert server.link.batch is None  # the link's socket is closed again
