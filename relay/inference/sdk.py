@@ -79,6 +79,9 @@ EVENT_QUEUE: Final = 256
 CLEARED_EVENT: Final = "relay.cleared"  # the relay's answer to CLEAR: {"heard_samples", "dropped_frames"}
 IDLE_TIMEOUT: Final = 15.0  # seconds without any datagram from the relay before a call is dropped
 KEEPALIVE_TICK_S: Final = 0.05  # how often the server looks for calls that owe their relay a KEEPALIVE
+RELAY_TIMEOUT: Final = 3.0
+"""Seconds without any datagram from a relay that sends keep-alives before its call is dropped (relay_lost):
+such a relay is never quiet for long while it lives, so its death need not wait for ``idle_timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,7 @@ class InferenceCall:
         self._sent = False  # something went to the relay since the server's last keep-alive tick
         self._sent_at = 0.0
         self.keepalives_sent = 0
+        self._relay_keeps_alive = False  # the relay sent a KEEPALIVE: its silence is its death
         self._done = asyncio.Event()
         self.end_reason: str | None = None
         self._candidate: int | None = None  # the open barge-in candidate, until answered
@@ -431,7 +435,7 @@ class InferenceCall:
         elif mtype is MsgType.CALL_END:
             self._end(msg.reason(), notify=False)
         elif mtype is MsgType.KEEPALIVE:
-            pass  # the relay is there (the server counted the datagram for the idle sweep)
+            self._relay_keeps_alive = True  # (the server counted the datagram for the idle sweep)
         else:  # CALL_START retransmitted with a new seq, or a relay-bound type sent the wrong way
             self._server.stats.garbage += 1
 
@@ -538,6 +542,7 @@ class InferenceServer(WireEndpoint):
         attempts: int = DEFAULT_ATTEMPTS,
         call_start_window: float = CALL_START_WINDOW_S,
         confirmer: ConfirmerFactory | None = None,
+        relay_timeout: float = RELAY_TIMEOUT,
     ) -> None:
         """``confirmer`` makes each call's barge-in confirmer (e.g. ``lambda call: VadConfirmer()``,
         relay/inference/vad.py); None leaves candidates to the handler or the relay's default policy."""
@@ -550,12 +555,15 @@ class InferenceServer(WireEndpoint):
             raise ValueError(f"max_calls: must be 1..100000, got {max_calls}")
         if not 0.1 <= idle_timeout <= 3600:
             raise ValueError(f"idle_timeout: must be 0.1..3600 seconds, got {idle_timeout}")
+        if relay_timeout and not 0.5 <= relay_timeout <= 3600:
+            raise ValueError(f"relay_timeout: must be 0 (off) or 0.5..3600 seconds, got {relay_timeout}")
         if not 1 <= frame_queue <= 50_000:
             raise ValueError(f"frame_queue: must be 1..50000 frames, got {frame_queue}")
         self._handler = handler
         self._local: Peer = (host, port)
         self.max_calls = max_calls
         self.idle_timeout = idle_timeout
+        self.relay_timeout = relay_timeout
         self.frame_queue = frame_queue
         self.address: Peer | None = None
         self._calls: dict[tuple[Peer, int], InferenceCall] = {}
@@ -692,8 +700,9 @@ class InferenceServer(WireEndpoint):
                 call._keepalive_due(now)
 
     async def _sweep_idle(self) -> None:
-        """End calls whose relay went silent (crashed or partitioned) without a CALL_END."""
-        period = min(1.0, self.idle_timeout / 4)
+        """End calls whose relay went silent (crashed or partitioned) without a CALL_END: after
+        ``idle_timeout``, or ``relay_timeout`` for a relay that sends keep-alives (``relay_lost``)."""
+        period = min(1.0, self.idle_timeout / 4, (self.relay_timeout or 4.0) / 4)
         seen: dict[InferenceCall, tuple[int, float]] = {}
         loop = asyncio.get_running_loop()
         while True:  # bounded by the server's lifetime: close() cancels it
@@ -704,6 +713,8 @@ class InferenceServer(WireEndpoint):
                 last = seen.get(call)
                 if last is None or last[0] != call._rx:
                     seen[call] = (call._rx, now)
+                elif self.relay_timeout and call._relay_keeps_alive and now - last[1] >= self.relay_timeout:
+                    call._end("relay_lost", notify=True)
                 elif now - last[1] >= self.idle_timeout:
                     call._end("idle_timeout", notify=True)
             for call in set(seen) - live:

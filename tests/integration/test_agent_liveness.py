@@ -233,3 +233,33 @@ async def test_a_stalled_relay_does_not_take_its_agents_for_dead() -> None:
             await asyncio.sleep(1.0)
             assert [s.ends for s in sinks] == [[] for _ in sinks]
             assert link.agents_lost == 0 and link.active_calls == 10
+
+
+@pytest.mark.parametrize("relay_keeps_alive", [True, False])
+async def test_the_agent_drops_a_call_whose_relay_went_silent(relay_keeps_alive: bool) -> None:
+    """The other way round: a relay that sends keep-alives and then nothing (it died) loses its call at
+    the agent after ``relay_timeout`` (relay_lost), not after the 15 s ``idle_timeout``; a relay that
+    never sent one (an older relay, or its watch off) keeps the idle timeout."""
+    async with InferenceServer(_idle, "127.0.0.1", 0, key=KEY, relay_timeout=1.0) as server:
+        assert server.address is not None
+        timeout_s = 0.8 if relay_keeps_alive else 0
+        async with RelayLink(server.address, key=KEY, agent_timeout_s=timeout_s) as link:
+            sink = RecordingSink()
+            await link.start_call("relay-dies", sink)
+            (call,) = server.calls
+            await asyncio.sleep(0.6)
+
+            def nothing(*_args: object, **_kw: object) -> bool:
+                return False
+
+            setattr(link, "send_raw", nothing)  # noqa: B010 (the relay goes silent)
+            setattr(link, "send_batched", nothing)  # noqa: B010
+            silenced_at = time.perf_counter()
+            if relay_keeps_alive:
+                reason = await asyncio.wait_for(call.wait_ended(), timeout=DETECT_BOUND_S + 1)
+                took = time.perf_counter() - silenced_at
+                print(f"silent relay: the agent dropped the call {took:.2f} s later ({reason})")
+                assert reason == "relay_lost" and took < DETECT_BOUND_S
+            else:
+                await asyncio.sleep(2.0)
+                assert not call.ended
