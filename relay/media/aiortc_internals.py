@@ -23,6 +23,9 @@ from typing import Any
 import aioice.ice
 import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcicetransport import RTCIceGatherer
+
+from splitrelay.relay.media.demux import SharedUdpPort
 
 PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0"}
 UPGRADE_MESSAGE = (
@@ -49,6 +52,7 @@ def _changed(what: str) -> InternalsChanged:
 class _GatherScope:
     addresses: tuple[str, ...] | None
     port_range: tuple[int, int] | None
+    shared_port: SharedUdpPort | None = None
 
 
 # Set around setLocalDescription(); aiortc gathers in tasks created there, which copy the context, so
@@ -63,10 +67,16 @@ _LOOP_MARK = "_splitrelay_port_range_installed"
 
 def _scoped_get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     scope = _GATHER_SCOPE.get()
-    if scope is None or scope.addresses is None:
+    if scope is None or (scope.addresses is None and scope.shared_port is None):
+        return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
+    if scope.shared_port is not None and not scope.shared_port.wildcard:
+        candidates: tuple[str, ...] = (scope.shared_port.host,)  # the one address the port is bound to
+    elif scope.addresses is not None:
+        candidates = scope.addresses
+    else:
         return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
     out = []
-    for address in scope.addresses:
+    for address in candidates:
         version = ipaddress.ip_address(address).version
         if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
             out.append(address)
@@ -85,7 +95,11 @@ def _install_host_address_hook() -> None:
 
 
 def _install_port_range_hook(loop: asyncio.AbstractEventLoop) -> None:
-    """Wrap the loop's create_datagram_endpoint, which aioice calls with ``local_addr=(address, 0)``."""
+    """Wrap the loop's create_datagram_endpoint, which aioice calls with ``local_addr=(address, 0)``.
+
+    Under a port range it binds inside the range; under a shared port it binds nothing and returns the
+    call's virtual transport on the shared socket (relay/media/demux.py).
+    """
     if getattr(loop, _LOOP_MARK, False):
         return
     original = loop.create_datagram_endpoint
@@ -93,7 +107,12 @@ def _install_port_range_hook(loop: asyncio.AbstractEventLoop) -> None:
     async def create_datagram_endpoint(*args: Any, **kwargs: Any) -> Any:
         scope = _GATHER_SCOPE.get()
         local_addr = kwargs.get("local_addr")
-        if scope is None or scope.port_range is None or local_addr is None or local_addr[1] != 0:
+        if scope is None or local_addr is None or local_addr[1] != 0:
+            return await original(*args, **kwargs)
+        if scope.shared_port is not None:
+            factory = args[0] if args else kwargs["protocol_factory"]
+            return _attach_shared(scope.shared_port, factory, str(local_addr[0]))
+        if scope.port_range is None:
             return await original(*args, **kwargs)
         low, high = scope.port_range
         count = high - low + 1
@@ -111,13 +130,60 @@ def _install_port_range_hook(loop: asyncio.AbstractEventLoop) -> None:
     setattr(loop, _LOOP_MARK, True)
 
 
+def _attach_shared(
+    port: SharedUdpPort, factory: Callable[[], asyncio.DatagramProtocol], host: str
+) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+    """aioice's host-candidate endpoint on a shared port: its StunProtocol on a virtual transport.
+
+    The call is registered under its aioice Connection's ufrag and password (minted by VoicePeer through
+    ``set_local_ufrag``), so the demultiplexer routes and authenticates its STUN. OSError when the port
+    refuses it: aioice then skips the address, as for a failed bind.
+    """
+    protocol = factory()
+    connection = getattr(protocol, "receiver", None)
+    if not isinstance(protocol, aioice.ice.StunProtocol) or not isinstance(connection, aioice.ice.Connection):
+        raise _changed("aioice's host endpoint protocol is no longer a StunProtocol with .receiver")
+    transport = port.attach(connection.local_username, connection.local_password, protocol, host)
+    protocol.connection_made(transport)
+    return transport, protocol
+
+
+def set_local_ufrag(pc: RTCPeerConnection, ufrag: str) -> None:
+    """Give ``pc``'s (one, bundled) ICE connection our ufrag, before its first offer or answer.
+
+    aioice takes ``local_username`` only in Connection's constructor, which aiortc calls without it; the
+    attribute is set on the new connection instead, before anything has read it.
+    """
+    aioice.ice.validate_username(ufrag)
+    gatherer = dtls_transport(pc).transport.iceGatherer
+    connection = getattr(gatherer, "_connection", None)
+    if not isinstance(gatherer, RTCIceGatherer) or not isinstance(connection, aioice.ice.Connection):
+        raise _changed("RTCIceGatherer._connection is not an aioice Connection")
+    if gatherer.state != "new":
+        raise RuntimeError(f"ICE gatherer is {gatherer.state!r}: set the ufrag before the first offer/answer")
+    if not isinstance(getattr(connection, "_local_username", None), str):
+        raise _changed("aioice Connection._local_username is missing")
+    setattr(connection, "_local_username", ufrag)  # noqa: B010 (the private contact)
+    if connection.local_username != ufrag or gatherer.getLocalParameters().usernameFragment != ufrag:
+        raise _changed("aioice Connection.local_username no longer reads Connection._local_username")
+
+
+def local_ufrag(pc: RTCPeerConnection) -> str:
+    """The ufrag ``pc``'s ICE connection uses (the demultiplexer's key on a shared port)."""
+    return str(dtls_transport(pc).transport.iceGatherer.getLocalParameters().usernameFragment)
+
+
 @contextlib.contextmanager
-def gathering_scope(addresses: tuple[str, ...] | None, port_range: tuple[int, int] | None) -> Iterator[None]:
-    """Apply a host-address list and a UDP port range to the candidates gathered inside this block."""
+def gathering_scope(
+    addresses: tuple[str, ...] | None,
+    port_range: tuple[int, int] | None,
+    shared_port: SharedUdpPort | None = None,
+) -> Iterator[None]:
+    """Apply a host-address list and a UDP port range or a shared port to the candidates gathered here."""
     _install_host_address_hook()
-    if port_range is not None:
+    if port_range is not None or shared_port is not None:
         _install_port_range_hook(asyncio.get_running_loop())
-    token = _GATHER_SCOPE.set(_GatherScope(addresses, port_range))
+    token = _GATHER_SCOPE.set(_GatherScope(addresses, port_range, shared_port))
     try:
         yield
     finally:
@@ -271,7 +337,10 @@ def _source_has(owner: type, name: str, *needles: str) -> list[str]:
     """Which of ``needles`` the source of ``owner.name`` no longer contains."""
     label = f"{owner.__module__}.{owner.__qualname__}.{name}"
     try:
-        source = inspect.getsource(getattr(owner, name))
+        target: Any = getattr(owner, name)
+        if isinstance(target, property):
+            target = target.fget
+        source = inspect.getsource(target)
     except (AttributeError, OSError, TypeError):
         return [f"{label}: source unavailable"]
     return [f"{label} no longer contains {n!r}" for n in needles if n not in source]
@@ -295,7 +364,36 @@ def check_static() -> list[str]:
         "local_addr=(address, 0)",
         "asyncio.get_running_loop()",
     )
-    problems += _source_has(aioice.ice.Connection, "__init__", "self._nominated", "self._queue")
+    problems += _source_has(
+        aioice.ice.Connection,
+        "__init__",
+        "self._nominated",
+        "self._queue",
+        "self._local_username = local_username",
+        "self._local_password = local_password",
+    )
+    # The shared port (relay/media/demux.py): the ufrag we set, the endpoint we hand aioice, its close.
+    problems += _source_has(aioice.ice.Connection, "local_username", "return self._local_username")
+    problems += _source_has(aioice.ice.Connection, "local_password", "return self._local_password")
+    problems += _source_has(
+        aioice.ice.Connection,
+        "get_component_candidates",
+        "lambda: StunProtocol(self)",
+        'get_extra_info("sockname")',
+        "protocol.local_candidate = Candidate(",
+    )
+    problems += _source_has(aioice.ice.StunProtocol, "__init__", "self.receiver = receiver")
+    problems += _source_has(aioice.ice.StunProtocol, "connection_made", "self.transport = ")
+    problems += _source_has(aioice.ice.StunProtocol, "close", "self.transport.close()", "await self.__closed")
+    problems += _source_has(aioice.ice.StunProtocol, "connection_lost", "self.__closed.set_result(True)")
+    problems += _source_has(aioice.ice.StunProtocol, "send_stun", "self.transport.sendto(")
+    problems += _source_has(aioice.ice.StunProtocol, "send_data", "self.transport.sendto(")
+    problems += _source_has(
+        aioice.ice.Connection, "request_received", "self._valid_username(", "check_message_integrity("
+    )
+    problems += _source_has(aioice.ice.Connection, "_valid_username", "== self.local_username")
+    problems += _source_has(RTCIceGatherer, "getLocalParameters", "self._connection.local_username")
+    problems += _source_has(RTCIceGatherer, "__init__", "self._connection = Connection(")
     problems += _source_has(
         aioice.ice.Connection, "data_received", "self._queue.put_nowait((data, component))"
     )

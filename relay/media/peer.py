@@ -29,6 +29,7 @@ from av.frame import Frame
 from av.packet import Packet
 
 from splitrelay.relay.media import aiortc_internals
+from splitrelay.relay.media.demux import SharedUdpPort
 from splitrelay.relay.media.sdp import (
     StreamParams,
     advertise_public_address,
@@ -48,11 +49,15 @@ class CandidatePolicy:
     """Which local addresses and UDP ports ICE host candidates use.
 
     ``addresses=None`` keeps aioice's own choice (every interface except loopback); a tuple gathers on
-    exactly those addresses, loopback included. ``port_range`` binds inside [low, high].
+    exactly those addresses, loopback included. ``port_range`` binds inside [low, high]. ``shared_port``
+    binds nothing: every peer built with it gathers one host candidate on that one socket, and VoicePeer
+    mints its ICE ufrag there so the demultiplexer can route it (relay/media/demux.py). A port bound to a
+    specific address gathers on that address only (``addresses``, if given, must include it).
     """
 
     addresses: tuple[str, ...] | None = None
     port_range: tuple[int, int] | None = None
+    shared_port: SharedUdpPort | None = None
 
     def __post_init__(self) -> None:
         if self.addresses is not None:
@@ -73,6 +78,14 @@ class CandidatePolicy:
                 raise ValueError(
                     f"candidates.port_range must satisfy 1024 <= low <= high <= 65535, got {low}-{high}"
                 )
+        if self.shared_port is not None:
+            if self.port_range is not None:
+                raise ValueError("candidates: give port_range or shared_port, not both")
+            port = self.shared_port
+            if self.addresses is not None and not any(port.candidate_host(a) for a in self.addresses):
+                raise ValueError(
+                    f"candidates.addresses {self.addresses} do not include the shared port's {port.host}"
+                )
 
 
 LOOPBACK = CandidatePolicy(addresses=("127.0.0.1",))
@@ -81,7 +94,7 @@ LOOPBACK = CandidatePolicy(addresses=("127.0.0.1",))
 @contextlib.contextmanager
 def candidate_policy(policy: CandidatePolicy) -> Iterator[None]:
     """Apply ``policy`` to the candidates any aiortc peer gathers in this block (setLocalDescription)."""
-    with aiortc_internals.gathering_scope(policy.addresses, policy.port_range):
+    with aiortc_internals.gathering_scope(policy.addresses, policy.port_range, policy.shared_port):
         yield
 
 
@@ -121,7 +134,8 @@ class PlaceholderAudioTrack(MediaStreamTrack):
 class VoicePeer:
     """One voice call's RTCPeerConnection: offer/answer helpers, connection wait, negotiated parameters."""
 
-    def __init__(self, config: VoicePeerConfig | None = None) -> None:
+    def __init__(self, config: VoicePeerConfig | None = None, *, ufrag_label: str = "") -> None:
+        """``ufrag_label`` (a call id) goes into the ICE ufrag a shared port mints, for captures and logs."""
         self.config = config or VoicePeerConfig()
         check_fmtp(self.config.opus_fmtp)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.config.ice_servers)))
@@ -130,6 +144,12 @@ class VoicePeer:
         self.transceiver.setCodecPreferences([OPUS])
         if self.config.own_rtcp:
             aiortc_internals.silence_rtcp(self.transceiver)
+        self.ufrag: str | None = None
+        """Our ICE ufrag when minted by a shared port (the demultiplexer's key for this call)."""
+        port = self.config.candidates.shared_port
+        if port is not None:
+            self.ufrag = port.mint_ufrag(ufrag_label)
+            aiortc_internals.set_local_ufrag(self.pc, self.ufrag)
 
     async def create_offer(self) -> str:
         """Create and apply our offer (gathering candidates under the policy); return its SDP."""
@@ -171,9 +191,12 @@ class VoicePeer:
             await self.pc.setLocalDescription(description)
         if "\na=candidate:" not in self.pc.localDescription.sdp:
             policy = self.config.candidates
+            shared = policy.shared_port
             raise ConnectionError(
                 f"no ICE candidate gathered (candidates.addresses={policy.addresses}, "
-                f"candidates.port_range={policy.port_range}, {len(self.config.ice_servers)} ICE servers)"
+                f"candidates.port_range={policy.port_range}, "
+                f"candidates.shared_port={shared.address if shared is not None else None}, "
+                f"{len(self.config.ice_servers)} ICE servers)"
             )
 
     async def wait_connected(self, *, within: float = 10.0) -> None:

@@ -104,3 +104,56 @@ async def test_datagram_hook_round_trip(voice_pair: VoicePair) -> None:
 async def test_rtcp_cannot_be_silenced_once_running(voice_pair: VoicePair) -> None:
     with pytest.raises(RuntimeError, match="RTCP already running"):
         aiortc_internals.silence_rtcp(voice_pair.relay.transceiver)
+
+
+# --- the shared port (relay/media/demux.py): the ufrag we set and the endpoint we hand aioice ----------
+
+
+def test_the_check_detects_a_moved_ufrag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice.Connection, "local_username", property(lambda self: self._ufrag))
+    assert any(
+        "Connection.local_username no longer contains 'return self._local_username'" in p
+        for p in check_static()
+    )
+
+
+async def test_set_local_ufrag_reaches_the_sdp_and_only_before_gathering() -> None:
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio")
+        aiortc_internals.set_local_ufrag(pc, "w0+contact+test")
+        offer = await pc.createOffer()
+        assert "a=ice-ufrag:w0+contact+test\r\n" in offer.sdp
+        await pc.setLocalDescription(offer)
+        assert aiortc_internals.local_ufrag(pc) == "w0+contact+test"
+        assert "a=ice-ufrag:w0+contact+test\r\n" in pc.localDescription.sdp
+        with pytest.raises(RuntimeError, match="set the ufrag before the first offer/answer"):
+            aiortc_internals.set_local_ufrag(pc, "w0+later")
+        with pytest.raises(ValueError, match="Username must satisfy"):
+            aiortc_internals.set_local_ufrag(pc, "a:b")
+    finally:
+        await pc.close()
+
+
+async def test_a_shared_port_peer_gathers_a_virtual_transport_and_connects() -> None:
+    from splitrelay.relay.media.demux import SharedUdpPort, VirtualTransport
+    from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
+    from tests.integration.conftest import connect_voice_peers
+
+    port = await SharedUdpPort.open("127.0.0.1", 0)
+    client = VoicePeer(VoicePeerConfig(candidates=LOOPBACK))
+    relay = VoicePeer(VoicePeerConfig(candidates=CandidatePolicy(shared_port=port)))
+    try:
+        await connect_voice_peers(client, relay)
+        problems = check_peer(relay.pc)
+        assert problems == [], f"{UPGRADE_MESSAGE}:\n" + "\n".join(problems)
+        link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(relay.pc))
+        assert isinstance(link.transport, VirtualTransport) and link.transport.ufrag == relay.ufrag
+        assert port.demux.flow_owner(link.remote_addr) == relay.ufrag
+    finally:
+        await client.close()
+        await relay.close()
+        await port.close()
+    assert port.stats().calls == 0  # aioice's close reached the virtual transport

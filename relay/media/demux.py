@@ -1,0 +1,543 @@
+"""One UDP port for every call of a relay process: the demultiplexer (issue 17).
+
+Each call's ICE username fragment (ufrag) is minted here, so the first STUN packet of a flow says
+which call it belongs to. STUN binding requests are routed by the local half of their USERNAME (and
+only after their MESSAGE-INTEGRITY checks out with that call's ICE password), STUN responses by the
+transaction id of the request the call sent, and everything else (DTLS, SRTP, SRTCP; RFC 7983 first
+byte ranges) by the remote address a STUN packet of that call last came from. aioice and aiortc keep
+doing ICE and DTLS: each call gets a ``VirtualTransport`` that sends through the shared socket and
+receives what the demultiplexer hands its protocol. The state is soft (a lost or evicted flow is
+learned again from the next STUN packet), every table is bounded, and a datagram that belongs to no
+call is dropped and counted, never raised. docs/architecture.md, "One port per worker".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import socket
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+SendTo = Callable[[bytes, Address], None]
+
+_STUN_COOKIE = b"\x21\x12\xa4\x42"
+_STUN_USERNAME = 0x0006
+_STUN_INTEGRITY = 0x0008
+_STUN_BINDING = 0x0001
+_STUN_HEADER = 20
+_INTEGRITY_LEN = 20
+_MAX_USERNAME = 513  # RFC 8489 section 14.3
+_UFRAG_ALPHABET = string.ascii_letters + string.digits
+_UFRAG_TOKEN_LEN = 16  # 16 base62 characters: 95 bits, not guessable by an off-path sender
+_MAX_LABEL = 24
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DemuxLimits:
+    """Bounds of every table the demultiplexer keeps (memory is bounded whatever arrives)."""
+
+    max_calls: int = 4096
+    """Calls registered at once; the next call gathers no candidate (a clear error at offer time)."""
+    max_flows_per_call: int = 8
+    """Remote addresses remembered per call (a caller's host, srflx and relay candidates); oldest goes."""
+    max_flows: int = 32768
+    """Remote addresses remembered in all; the oldest is forgotten (and relearned from its next STUN)."""
+    max_transactions: int = 16384
+    """Outstanding STUN requests the calls sent, to route their responses; the oldest is forgotten."""
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("max_calls", 1, 1_000_000),
+            ("max_flows_per_call", 1, 64),
+            ("max_flows", 1, 10_000_000),
+            ("max_transactions", 1, 10_000_000),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"DemuxLimits.{name} must be {low}..{high}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class DemuxStats:
+    """A snapshot of the demultiplexer's tables and counters."""
+
+    calls: int
+    flows: int
+    transactions: int
+    datagrams_in: int
+    routed_by_ufrag: int
+    """STUN requests routed by their USERNAME."""
+    routed_by_transaction: int
+    """STUN responses routed by the request a call sent."""
+    routed_by_flow: int
+    """DTLS, SRTP, SRTCP (and STUN indications) routed by the learned remote address."""
+    unknown: int
+    """Dropped: no call has that ufrag, transaction or remote address."""
+    forged: int
+    """Dropped: a STUN request for a known ufrag whose MESSAGE-INTEGRITY did not check out."""
+    malformed: int
+    """Dropped: not a well-formed STUN message, or outside every RFC 7983 range we carry."""
+    foreign_worker: int
+    """Dropped: a STUN request whose ufrag another worker minted (the caller reached the wrong port)."""
+    flows_learned: int
+    flows_moved: int
+    """A remote address learned for one call that another call held (rebinding or a shared NAT port)."""
+    flows_evicted: int
+    transactions_evicted: int
+    delivery_errors: int
+    """Exceptions raised by a call's protocol while handling its datagram (counted, never propagated)."""
+    sent: int
+    send_after_close: int
+
+
+class _Call:
+    """One registered call: its ufrag, ICE password, protocol and the remote addresses learned for it."""
+
+    __slots__ = ("flows", "key", "protocol", "transport", "ufrag")
+
+    def __init__(self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol) -> None:
+        self.ufrag = ufrag
+        self.key = password.encode()
+        self.protocol = protocol
+        self.flows: list[Address] = []
+        self.transport: VirtualTransport | None = None
+
+
+def stun_username_and_integrity(data: bytes) -> tuple[bytes | None, int | None]:
+    """USERNAME and the offset of MESSAGE-INTEGRITY of a STUN message (header already checked).
+
+    Attributes after MESSAGE-INTEGRITY are not authenticated (RFC 8489 section 14.5), so a USERNAME
+    that follows it is treated as absent.
+    """
+    username: bytes | None = None
+    end = len(data)
+    pos = _STUN_HEADER
+    for _ in range(end // 4):  # each attribute takes at least 4 bytes: bounded by the length
+        if pos + 4 > end:
+            break
+        kind = (data[pos] << 8) | data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if pos + 4 + length > end:
+            return username, None  # truncated attribute: not a message we take
+        if kind == _STUN_USERNAME and length <= _MAX_USERNAME:
+            username = data[pos + 4 : pos + 4 + length]
+        elif kind == _STUN_INTEGRITY:
+            return username, (pos if length == _INTEGRITY_LEN else None)
+        pos += 4 + length + (-length % 4)
+    return username, None
+
+
+def stun_integrity_ok(data: bytes, offset: int, key: bytes) -> bool:
+    """RFC 8489 section 14.5: HMAC-SHA1 over the message up to MESSAGE-INTEGRITY, length adjusted."""
+    length = offset - _STUN_HEADER + 4 + _INTEGRITY_LEN
+    signed = data[:2] + length.to_bytes(2, "big") + data[4:offset]
+    expected = hmac.new(key, signed, hashlib.sha1).digest()
+    return hmac.compare_digest(expected, data[offset + 4 : offset + 4 + _INTEGRITY_LEN])
+
+
+def _stun_header_ok(data: bytes) -> bool:
+    size = len(data)
+    return (
+        size >= _STUN_HEADER
+        and data[4:8] == _STUN_COOKIE
+        and ((data[2] << 8) | data[3]) == size - _STUN_HEADER
+        and size % 4 == 0
+    )
+
+
+class Demux:
+    """The routing tables and rules, without a socket (``SharedUdpPort`` gives it one)."""
+
+    def __init__(self, send: SendTo, *, worker: int = 0, limits: DemuxLimits | None = None) -> None:
+        if not 0 <= worker <= 9999:
+            raise ValueError(f"worker must be 0..9999, got {worker}")
+        self.limits = limits or DemuxLimits()
+        self.send = send
+        self.worker = worker
+        self.prefix = f"w{worker}+"
+        self._calls: dict[str, _Call] = {}
+        self._flows: dict[Address, _Call] = {}
+        self._transactions: dict[bytes, tuple[_Call, Address, bool]] = {}
+        self.datagrams_in = 0
+        self.routed_by_ufrag = 0
+        self.routed_by_transaction = 0
+        self.routed_by_flow = 0
+        self.unknown = 0
+        self.forged = 0
+        self.malformed = 0
+        self.foreign_worker = 0
+        self.flows_learned = 0
+        self.flows_moved = 0
+        self.flows_evicted = 0
+        self.transactions_evicted = 0
+        self.delivery_errors = 0
+        self.sent = 0
+        self.send_after_close = 0
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def mint_ufrag(self, label: str = "") -> str:
+        """A fresh ICE ufrag that names this worker and (optionally) the call: ``w<worker>+[label+]<token>``.
+
+        ``label`` (a call id, say) is reduced to letters and digits and cut to 24 characters; it is for
+        people reading captures and logs. The random token is what makes the ufrag unguessable.
+        """
+        clean = "".join(c for c in label if c in _UFRAG_ALPHABET)[:_MAX_LABEL]
+        for _ in range(8):  # a collision of 95 random bits does not happen; bounded all the same
+            token = "".join(secrets.choice(_UFRAG_ALPHABET) for _ in range(_UFRAG_TOKEN_LEN))
+            ufrag = f"{self.prefix}{clean}+{token}" if clean else f"{self.prefix}{token}"
+            if ufrag not in self._calls:
+                return ufrag
+        raise RuntimeError("could not mint an unused ufrag in 8 tries")
+
+    def register(self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol) -> _Call:
+        """Give ``ufrag``'s STUN and flows to ``protocol``; OSError (aioice skips the address) if refused."""
+        if not ufrag.startswith(self.prefix):
+            raise OSError(
+                f"ICE ufrag {ufrag!r} was not minted by this shared port (worker {self.worker}): "
+                "build the peer with CandidatePolicy(shared_port=...) so VoicePeer mints it"
+            )
+        if ufrag in self._calls:
+            raise OSError(f"ICE ufrag {ufrag!r} already has a candidate on this shared port")
+        if len(self._calls) >= self.limits.max_calls:
+            raise OSError(f"shared port full: {self.limits.max_calls} calls (DemuxLimits.max_calls)")
+        call = self._calls[ufrag] = _Call(ufrag, password, protocol)
+        return call
+
+    def unregister(self, call: _Call) -> None:
+        """Forget a call and its flows (its outstanding transactions age out of their bounded table)."""
+        if self._calls.get(call.ufrag) is call:
+            del self._calls[call.ufrag]
+        for addr in call.flows:
+            if self._flows.get(addr) is call:
+                del self._flows[addr]
+        call.flows.clear()
+
+    def flow_owner(self, addr: Address) -> str | None:
+        """The ufrag of the call ``addr``'s DTLS and media go to, if any."""
+        call = self._flows.get(addr)
+        return call.ufrag if call is not None else None
+
+    # --- inbound -------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Route one datagram of the shared socket to its call, or drop and count it."""
+        self.datagrams_in += 1
+        first = data[0] if data else 255
+        if 127 < first < 192 or 19 < first < 64:  # SRTP/SRTCP, DTLS: by the learned flow
+            call = self._flows.get(addr)
+            if call is None:
+                self.unknown += 1
+                return
+            self.routed_by_flow += 1
+            self._deliver(call, data, addr)
+        elif first < 4:
+            self._stun_received(data, addr)
+        else:  # ZRTP, TURN channels, QUIC, empty: nothing we carry
+            self.malformed += 1
+
+    def _stun_received(self, data: bytes, addr: Address) -> None:
+        if not _stun_header_ok(data):
+            self.malformed += 1
+            return
+        kind = (data[0] << 8) | data[1]
+        klass = kind & 0x0110
+        if klass == 0x0000:  # request
+            self._stun_request(data, addr, kind)
+        elif klass == 0x0010:  # indication (keep-alive): by the flow, like media
+            call = self._flows.get(addr)
+            if call is None:
+                self.unknown += 1
+                return
+            self.routed_by_flow += 1
+            self._deliver(call, data, addr)
+        else:  # success or error response: by the request a call sent
+            txid = data[8:20]
+            pending = self._transactions.get(txid)
+            if pending is None or pending[1] != addr:  # only the address asked may answer
+                self.unknown += 1
+                return
+            del self._transactions[txid]
+            if self._calls.get(pending[0].ufrag) is not pending[0]:  # the call has gone meanwhile
+                self.unknown += 1
+                return
+            call, _, is_check = pending
+            if is_check:
+                self._learn(call, addr)
+            self.routed_by_transaction += 1
+            self._deliver(call, data, addr)
+
+    def _stun_request(self, data: bytes, addr: Address, kind: int) -> None:
+        username, integrity = stun_username_and_integrity(data)
+        if username is None:
+            self.unknown += 1
+            return
+        local, colon, _ = username.partition(b":")
+        try:
+            ufrag = local.decode("ascii")
+        except UnicodeDecodeError:
+            self.malformed += 1
+            return
+        call = self._calls.get(ufrag)
+        if call is None:
+            if ufrag.startswith("w") and "+" in ufrag and not ufrag.startswith(self.prefix):
+                self.foreign_worker += 1
+            else:
+                self.unknown += 1
+            return
+        if not colon or integrity is None or not stun_integrity_ok(data, integrity, call.key):
+            self.forged += 1
+            return
+        if kind == _STUN_BINDING:
+            self._learn(call, addr)
+        self.routed_by_ufrag += 1
+        self._deliver(call, data, addr)
+
+    def _learn(self, call: _Call, addr: Address) -> None:
+        """``addr``'s DTLS and media now go to ``call`` (the newest authenticated STUN wins)."""
+        owner = self._flows.get(addr)
+        if owner is call:
+            return
+        if owner is not None:
+            owner.flows.remove(addr)
+            del self._flows[addr]
+            self.flows_moved += 1
+        if len(call.flows) >= self.limits.max_flows_per_call:
+            oldest = call.flows.pop(0)
+            del self._flows[oldest]
+            self.flows_evicted += 1
+        if len(self._flows) >= self.limits.max_flows:
+            oldest_addr = next(iter(self._flows))
+            self._flows.pop(oldest_addr).flows.remove(oldest_addr)
+            self.flows_evicted += 1
+        self._flows[addr] = call
+        call.flows.append(addr)
+        self.flows_learned += 1
+
+    def _deliver(self, call: _Call, data: bytes, addr: Address) -> None:
+        try:
+            call.protocol.datagram_received(data, addr)  # looked up per datagram: the fast path hooks it
+        except Exception:
+            self.delivery_errors += 1
+            if self.delivery_errors == 1:
+                logger.exception("shared port: a call's protocol raised on a datagram (further only counted)")
+
+    # --- outbound ------------------------------------------------------------------------------
+
+    def send_from(self, call: _Call, data: bytes, addr: Address) -> None:
+        """Send for ``call``; a STUN request is remembered so its response finds the call again."""
+        if data and data[0] < 2 and len(data) >= _STUN_HEADER and ((data[0] << 8) | data[1]) & 0x0110 == 0:
+            transactions = self._transactions
+            if len(transactions) >= self.limits.max_transactions:
+                del transactions[next(iter(transactions))]
+                self.transactions_evicted += 1
+            username, _ = stun_username_and_integrity(data)
+            transactions[data[8:20]] = (call, addr, username is not None)
+        self.sent += 1
+        self.send(data, addr)
+
+    def stats(self) -> DemuxStats:
+        return DemuxStats(
+            calls=len(self._calls),
+            flows=len(self._flows),
+            transactions=len(self._transactions),
+            datagrams_in=self.datagrams_in,
+            routed_by_ufrag=self.routed_by_ufrag,
+            routed_by_transaction=self.routed_by_transaction,
+            routed_by_flow=self.routed_by_flow,
+            unknown=self.unknown,
+            forged=self.forged,
+            malformed=self.malformed,
+            foreign_worker=self.foreign_worker,
+            flows_learned=self.flows_learned,
+            flows_moved=self.flows_moved,
+            flows_evicted=self.flows_evicted,
+            transactions_evicted=self.transactions_evicted,
+            delivery_errors=self.delivery_errors,
+            sent=self.sent,
+            send_after_close=self.send_after_close,
+        )
+
+
+class VirtualTransport(asyncio.DatagramTransport):
+    """What one call's aioice protocol holds instead of a socket: sends through the shared one."""
+
+    def __init__(self, port: SharedUdpPort, call: _Call, sockname: Address) -> None:
+        super().__init__()
+        self._port = port
+        self._demux = port.demux
+        self._call = call
+        self._sockname = sockname
+        self._closing = False
+        call.transport = self
+
+    @property
+    def ufrag(self) -> str:
+        return self._call.ufrag
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing or addr is None:
+            self._demux.send_after_close += 1
+            return
+        self._demux.send_from(self._call, bytes(data), (addr[0], addr[1]))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Unregister the call and tell its protocol, as a socket's close would (on the next loop turn)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._demux.unregister(self._call)
+        self._port._transports.discard(self)
+        asyncio.get_running_loop().call_soon(self._call.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._sockname
+        if name == "peername":
+            return None
+        # No "socket": aioice would set buffer sizes on the shared socket for each call.
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._call.protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        raise NotImplementedError("a shared-port call keeps its protocol")
+
+    def __repr__(self) -> str:
+        return f"<VirtualTransport ufrag={self._call.ufrag} closing={self._closing}>"
+
+
+class _SharedProtocol(asyncio.DatagramProtocol):
+    def __init__(self, port: SharedUdpPort) -> None:
+        self._port = port
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._port.demux.datagram_received(data, addr if len(addr) == 2 else (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self._port.socket_errors += 1  # ICMP unreachable for one peer: not a reason to stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._port._lost()
+
+
+class SharedUdpPort:
+    """One UDP socket that carries every call of a process. Build it with ``await SharedUdpPort.open``."""
+
+    def __init__(self, worker: int = 0, limits: DemuxLimits | None = None) -> None:
+        self.demux = Demux(self._send_unopened, worker=worker, limits=limits)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._transports: set[VirtualTransport] = set()
+        self.address: Address = ("", 0)
+        self.socket_errors = 0
+        self.closed = False
+
+    @classmethod
+    async def open(
+        cls, host: str, port: int = 0, *, worker: int = 0, limits: DemuxLimits | None = None
+    ) -> SharedUdpPort:
+        """Bind ``host:port`` (0: any free port); ``host`` is an address literal, best not a wildcard."""
+        ipaddress.ip_address(host)  # raises ValueError for a name
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {port}")
+        self = cls(worker, limits)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _SharedProtocol(self), local_addr=(host, port)
+        )
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # the kernel caps it at rmem_max/wmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        self._transport = transport
+        self.demux.send = transport.sendto
+        name = transport.get_extra_info("sockname")
+        self.address = (str(name[0]), int(name[1]))
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def wildcard(self) -> bool:
+        return ipaddress.ip_address(self.host).is_unspecified
+
+    def candidate_host(self, host: str) -> bool:
+        """Whether a host candidate on ``host`` can use this port (same address, or family on a wildcard)."""
+        try:
+            want = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mine = ipaddress.ip_address(self.host)
+        return want == mine or (mine.is_unspecified and want.version == mine.version)
+
+    def mint_ufrag(self, label: str = "") -> str:
+        return self.demux.mint_ufrag(label)
+
+    def attach(
+        self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol, host: str
+    ) -> VirtualTransport:
+        """A call's transport for a host candidate on ``host``; OSError (aioice skips it) when refused.
+
+        One candidate per call: on a wildcard port a second address of the same call is refused, since
+        the shared socket cannot tell which local address a datagram came to.
+        """
+        if self.closed or self._transport is None:
+            raise OSError(f"shared port {self.address} is closed")
+        if not self.candidate_host(host):
+            raise OSError(f"shared port {self.address} does not serve host candidates on {host}")
+        call = self.demux.register(ufrag, password, protocol)
+        transport = VirtualTransport(self, call, (host, self.port))
+        self._transports.add(transport)
+        return transport
+
+    def stats(self) -> DemuxStats:
+        return self.demux.stats()
+
+    def _send_unopened(self, data: bytes, addr: Address) -> None:
+        raise RuntimeError("SharedUdpPort: use `await SharedUdpPort.open(...)`")
+
+    def _lost(self) -> None:
+        self.closed = True
+        for transport in list(self._transports):  # bounded by DemuxLimits.max_calls
+            transport.close()
+
+    async def close(self) -> None:
+        """Close the socket; every call's transport closes with it (aioice then ends its connection)."""
+        if self._transport is None or self.closed:
+            self.closed = True
+            return
+        self._transport.close()
+        for _ in range(100):  # connection_lost arrives on the next turns
+            if self.closed:
+                break
+            await asyncio.sleep(0)
+        self._lost()

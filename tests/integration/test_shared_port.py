@@ -1,0 +1,190 @@
+"""One UDP port for every call (relay/media/demux.py) between real aiortc peers on loopback.
+
+Several callers (VoicePeer, each on its own socket) reach relay peers that all share ONE UDP socket;
+ICE and DTLS run through the demultiplexer and media flows both ways on the SRTP fast path, on the
+native and on the Python per-datagram path. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from splitrelay.relay.media import aiortc_internals
+from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
+from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
+from tests.integration.conftest import CONNECT_WITHIN_S, connect_voice_peers
+from tests.integration.test_fastpath import Collector, Echo
+from tests.integration.test_fastpath_peer import candidate_ports
+from tests.integration.test_native_fastpath import _use
+from tests.opus_fixtures import encode, tone
+
+pytestmark = pytest.mark.integration
+
+CALLS = 3
+
+
+@pytest.fixture
+async def shared_port() -> AsyncIterator[SharedUdpPort]:
+    port = await SharedUdpPort.open("127.0.0.1", 0, worker=3)
+    try:
+        yield port
+    finally:
+        await port.close()
+
+
+def relay_config(port: SharedUdpPort) -> VoicePeerConfig:
+    return VoicePeerConfig(candidates=CandidatePolicy(shared_port=port))
+
+
+async def _close_all(*peers: VoicePeer) -> None:
+    await asyncio.gather(*(peer.close() for peer in peers))
+
+
+async def _echo_calls(clients: list[VoicePeer], relays: list[VoicePeer], frames: list[bytes]) -> None:
+    """Each client sends ``frames`` (tagged with its call's index) and must get exactly its own back."""
+    echoes = [Echo(relay.pc) for relay in relays]
+    collectors = [Collector() for _ in clients]
+    paths = [SrtpFastPath.attach(c.pc, col) for c, col in zip(clients, collectors, strict=True)]
+    try:
+        for i, frame in enumerate(frames):
+            for call, path in enumerate(paths):
+                assert path.send(bytes([call]) + frame, (5000 + 960 * i) & 0xFFFFFFFF, marker=i == 0)
+            await asyncio.sleep(0.004)
+        for collector in collectors:
+            await collector.wait_for_count(len(frames))
+    finally:
+        for path in paths:
+            await path.close()
+        for echo in echoes:
+            await echo.fast_path.close()
+    for call, (echo, collector) in enumerate(zip(echoes, collectors, strict=True)):
+        want = [bytes([call]) + f for f in frames]
+        assert [p.payload for p in echo.received] == want, f"call {call}: the relay got another call's media"
+        assert [p.payload for p in collector.packets] == want, f"call {call}: the echo went astray"
+        stats = echo.fast_path.stats()
+        assert (stats.packets_in, stats.packets_out, stats.undecryptable, stats.malformed) == (
+            len(frames),
+            len(frames),
+            0,
+            0,
+        )
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+async def test_calls_share_one_port_and_media_flows_both_ways(
+    shared_port: SharedUdpPort, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(path, monkeypatch)
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(CALLS)]
+    relays = [VoicePeer(relay_config(shared_port), ufrag_label=f"call-{i}") for i in range(CALLS)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        # Every relay peer advertised the same one address and port, under its own minted ufrag.
+        for i, relay in enumerate(relays):
+            assert candidate_ports(relay.pc.localDescription.sdp) == [shared_port.address]
+            assert relay.ufrag is not None and relay.ufrag.startswith(f"w3+call{i}+")
+            assert f"a=ice-ufrag:{relay.ufrag}\r\n" in relay.local_sdp()
+            assert aiortc_internals.local_ufrag(relay.pc) == relay.ufrag
+            link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(relay.pc))
+            assert link.transport.get_extra_info("sockname") == shared_port.address
+        await _echo_calls(clients, relays, encode(tone(400)))
+        stats = shared_port.stats()
+        assert stats.calls == CALLS
+        assert stats.routed_by_ufrag >= CALLS and stats.routed_by_flow >= CALLS * 20
+        assert (stats.forged, stats.malformed, stats.delivery_errors) == (0, 0, 0)
+    finally:
+        await _close_all(*clients, *relays)
+    assert shared_port.stats().calls == 0 and shared_port.stats().flows == 0  # closing unregistered them
+
+
+async def test_relay_as_offerer_learns_flows_from_responses(shared_port: SharedUdpPort) -> None:
+    """SFU mode's shape: the relay offers (ICE controlling); its checks' responses teach the flows too."""
+    relays = [VoicePeer(relay_config(shared_port)) for _ in range(2)]
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(r, c) for r, c in zip(relays, clients, strict=True)))
+        await _echo_calls(clients, relays, encode(tone(200)))
+        assert shared_port.stats().routed_by_transaction >= 2
+    finally:
+        await _close_all(*clients, *relays)
+
+
+async def test_forged_and_unknown_datagrams_do_not_disturb_live_calls(shared_port: SharedUdpPort) -> None:
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+    relays = [VoicePeer(relay_config(shared_port)) for _ in range(2)]
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    attacker.bind(("127.0.0.1", 0))
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        before = shared_port.stats()
+        ufrag = relays[0].ufrag
+        assert ufrag is not None
+        from tests.unit.test_demux import binding_request
+
+        junk = [
+            b"",
+            b"\x80\x6f" + bytes(30),  # SRTP-looking, from an address no call has
+            b"\x16\xfe\xfd" + bytes(40),  # DTLS-looking
+            binding_request(ufrag, "wrong-password-0123456789"),  # forged: bad MESSAGE-INTEGRITY
+            binding_request("w3+nosuchcall", "x" * 22),  # unknown ufrag
+            binding_request("w9+anotherworker", "x" * 22),  # another worker's ufrag
+            b"\x00\x01\x00\x04" + bytes(20),  # bad STUN header
+            b"\x41" * 50,  # TURN channel range
+        ]
+        for datagram in junk * 5:
+            attacker.sendto(datagram, shared_port.address)
+        await asyncio.sleep(0.2)
+        after = shared_port.stats()
+        assert after.forged - before.forged == 5
+        assert after.foreign_worker - before.foreign_worker == 5
+        assert after.unknown - before.unknown >= 15
+        assert after.malformed - before.malformed >= 15
+        assert shared_port.demux.flow_owner(attacker.getsockname()) is None  # nothing learned from it
+        await _echo_calls(clients, relays, encode(tone(200)))
+    finally:
+        attacker.close()
+        await _close_all(*clients, *relays)
+
+
+async def test_a_full_port_refuses_the_next_call_clearly() -> None:
+    port = await SharedUdpPort.open("127.0.0.1", 0, limits=DemuxLimits(max_calls=1))
+    first, second = VoicePeer(relay_config(port)), VoicePeer(relay_config(port))
+    try:
+        await first.create_offer()
+        with pytest.raises(ConnectionError, match=r"no ICE candidate gathered .*shared_port=\('127.0.0.1'"):
+            await second.create_offer()
+    finally:
+        await _close_all(first, second)
+        await port.close()
+    assert port.stats().calls == 0
+
+
+async def test_closing_the_port_ends_its_calls() -> None:
+    port = await SharedUdpPort.open("127.0.0.1", 0)
+    client, relay = VoicePeer(VoicePeerConfig(candidates=LOOPBACK)), VoicePeer(relay_config(port))
+    try:
+        await connect_voice_peers(client, relay)
+        ended = asyncio.Event()
+        relay.pc.on(
+            "connectionstatechange",
+            lambda: ended.set() if relay.pc.connectionState in ("closed", "failed") else None,
+        )
+        await port.close()
+        async with asyncio.timeout(CONNECT_WITHIN_S):
+            await ended.wait()
+    finally:
+        await _close_all(client, relay)
+
+
+def test_policy_refuses_a_port_range_with_a_shared_port() -> None:
+    port = SharedUdpPort()
+    port.address = ("127.0.0.1", 40000)
+    with pytest.raises(ValueError, match="port_range or shared_port, not both"):
+        CandidatePolicy(port_range=(40000, 40010), shared_port=port)
+    with pytest.raises(ValueError, match=r"do not include the shared port's 127\.0\.0\.1"):
+        CandidatePolicy(addresses=("10.0.0.1",), shared_port=port)
