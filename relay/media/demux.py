@@ -464,7 +464,7 @@ class SharedUdpPort:
             raise ValueError(f"port must be 0..65535, got {port}")
         self = cls(worker, limits)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
+        transport, protocol = await loop.create_datagram_endpoint(
             lambda: _SharedProtocol(self), local_addr=(host, port)
         )
         sock = transport.get_extra_info("socket")
@@ -476,6 +476,8 @@ class SharedUdpPort:
         self.demux.send = transport.sendto
         name = transport.get_extra_info("sockname")
         self.address = (str(name[0]), int(name[1]))
+        if len(name) == 2:  # IPv4: addresses arrive as (host, port), so skip a call frame per datagram
+            setattr(protocol, "datagram_received", self.demux.datagram_received)  # noqa: B010
         return self
 
     @property

@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+import uvloop
 
 from splitrelay.relay.media import aiortc_internals
 from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
@@ -188,3 +189,24 @@ def test_policy_refuses_a_port_range_with_a_shared_port() -> None:
         CandidatePolicy(port_range=(40000, 40010), shared_port=port)
     with pytest.raises(ValueError, match=r"do not include the shared port's 127\.0\.0\.1"):
         CandidatePolicy(addresses=("10.0.0.1",), shared_port=port)
+
+
+def test_shared_port_under_uvloop() -> None:
+    """The relay runs on uvloop: the endpoint hook and the shared socket must work on its loop too."""
+
+    async def main() -> tuple[SharedUdpPort, int]:
+        port = await SharedUdpPort.open("127.0.0.1", 0)
+        clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+        relays = [VoicePeer(relay_config(port)) for _ in range(2)]
+        try:
+            await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+            await _echo_calls(clients, relays, encode(tone(200)))
+            return port, port.stats().routed_by_flow
+        finally:
+            await _close_all(*clients, *relays)
+            await port.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+        port, routed = runner.run(main())
+    assert routed >= 2 * 10 and port.closed
