@@ -79,6 +79,7 @@ log = logging.getLogger("splitrelay.edge.calls")
 
 CALLER_TRACK: Final = "mic"
 MAX_RELAY_ATTEMPTS: Final = 3
+HAND_OVER_CONCURRENCY: Final = 4
 MAX_RESPONSE_BYTES: Final = 1 << 20
 # The caller is waiting: few, short retries (429 and 5xx only; RetryPolicy decides).
 EDGE_RETRY: Final = RetryPolicy(
@@ -375,12 +376,19 @@ class CallService:
         return reply
 
     async def _hand_over(self, relay_id: str, call_ids: list[str]) -> None:
-        results = await asyncio.gather(
-            *(self.move_call(relay_id, c, ContinuationReason.DRAIN) for c in call_ids), return_exceptions=True
-        )
-        for call_id, result in zip(call_ids, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("call %s: hand-over from %s failed: %r", call_id, relay_id, result)
+        """Move a draining relay's calls, ``HAND_OVER_CONCURRENCY`` at a time: nothing is urgent (the old
+        relay still plays), and a burst of attaches (each a DTLS handshake) on the new relay would stall
+        the audio of the calls already switched to it."""
+        gate = asyncio.Semaphore(HAND_OVER_CONCURRENCY)
+
+        async def one(call_id: str) -> None:
+            async with gate:
+                try:
+                    await self.move_call(relay_id, call_id, ContinuationReason.DRAIN)
+                except Exception as exc:  # background work: log, never raise into waitUntil
+                    log.warning("call %s: hand-over from %s failed: %r", call_id, relay_id, exc)
+
+        await asyncio.gather(*(one(call_id) for call_id in call_ids))
 
     async def _close_dropped(self, relay_id: str, call_ids: list[str]) -> None:
         for call_id in call_ids:
