@@ -19,6 +19,9 @@ U32: Final = 0xFFFFFFFF
 CLOCK_RATE: Final = 48_000
 FRAME_TS: Final = 960  # RTP timestamp units per 20 ms frame
 MODES: Final = ("sfu", "direct")
+STAGE_EVENT: Final = "agent.stage"  # relay/inference/stages.py
+MAX_STAGES_PER_TURN: Final = 16  # as the SDK bounds them
+MAX_STAGE_TURNS: Final = 256  # more than the relay's record keeps (64 events)
 
 # Per-turn metrics summarised as p50/p95, in the order tables show them.
 TURN_METRICS: Final = (
@@ -149,6 +152,86 @@ class AgentReply:
         return ts_ms(ts_diff(self.detected_at, self.end_of_speech_at))
 
 
+@dataclass(frozen=True)
+class StageMark:
+    """One ``agent.stage`` mark: a named stage reached ``at_ms`` after the agent's turn started."""
+
+    name: str
+    at_ms: float
+
+
+@dataclass(frozen=True)
+class AgentStages:
+    """One agent turn's ``agent.stage`` marks (relay/inference/stages.py), in the order they were reached.
+
+    ``detected_at`` is the turn's start as a media time (the same moment as ``agent.reply``'s), or None.
+    """
+
+    turn: int
+    detected_at: int | None
+    marks: tuple[StageMark, ...]
+
+    @staticmethod
+    def parse(event: Mapping[str, Any]) -> tuple[int, int | None, StageMark]:
+        """(turn, detected_at, mark) of one agent.stage event; BudgetError names a bad field."""
+        turn = event.get("turn")
+        if isinstance(turn, bool) or not isinstance(turn, int) or not 1 <= turn <= U32:
+            raise BudgetError(f"agent.stage.turn: must be a positive integer, got {turn!r}")
+        name = event.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 40:
+            raise BudgetError(f"agent.stage.name: must be a string of 1..40 characters, got {name!r}")
+        at = event.get("ms")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) or at < 0:
+            raise BudgetError(f"agent.stage.ms: must be a number >= 0, got {at!r}")
+        detected = event.get("detected_at")
+        if detected is not None and (
+            isinstance(detected, bool) or not isinstance(detected, int) or not 0 <= detected <= U32
+        ):
+            raise BudgetError(
+                f"agent.stage.detected_at: must be a u32 media timestamp or null, got {detected!r}"
+            )
+        return turn, detected, StageMark(name, float(at))
+
+    @classmethod
+    def from_events(cls, events: list[Mapping[str, Any]]) -> tuple[AgentStages, ...]:
+        """Group agent.stage events by (turn, detected_at), in order of appearance: a call that moved to
+        another agent restarts its turn count, and its detected_at tells the turns apart. Within a turn the
+        first mark of a name counts, marks are sorted by time, at most MAX_STAGES_PER_TURN are kept."""
+        groups: dict[tuple[int, int | None], list[StageMark]] = {}
+        for event in events[: MAX_STAGE_TURNS * MAX_STAGES_PER_TURN]:
+            turn, detected, mark = cls.parse(event)
+            marks = groups.get((turn, detected))
+            if marks is None:
+                if len(groups) >= MAX_STAGE_TURNS:
+                    continue
+                marks = groups[(turn, detected)] = []
+            if len(marks) < MAX_STAGES_PER_TURN and all(m.name != mark.name for m in marks):
+                marks.append(mark)
+        return tuple(
+            cls(turn, detected, tuple(sorted(marks, key=lambda m: m.at_ms)))
+            for (turn, detected), marks in groups.items()
+        )
+
+
+@dataclass(frozen=True)
+class StageSplit:
+    """One stage of a turn's inference: reached ``at_ms`` after the turn started, ``ms`` after the previous
+    mark (the first: after the turn started). A turn's splits sum to its last ``at_ms``."""
+
+    name: str
+    at_ms: float
+    ms: float
+
+
+def stage_splits(stages: AgentStages) -> tuple[StageSplit, ...]:
+    out = []
+    previous = 0.0
+    for mark in stages.marks:
+        out.append(StageSplit(mark.name, mark.at_ms, mark.at_ms - previous))
+        previous = mark.at_ms
+    return tuple(out)
+
+
 def _opt_float(doc: Mapping[str, Any], key: str) -> float | None:
     value = doc.get(key)
     if value is None:
@@ -175,6 +258,8 @@ class RelayView:
     packets_out: int | None = None
     lost_in: int | None = None
     state: str | None = None
+    stages: tuple[AgentStages, ...] = ()
+    """The agent's agent.stage marks, one entry per agent turn (empty: it reported none)."""
 
     @classmethod
     def from_summary(cls, doc: Mapping[str, Any]) -> RelayView:
@@ -185,10 +270,13 @@ class RelayView:
         if not isinstance(events, list):
             raise BudgetError("relay summary.events: must be a list")
         replies = []
+        stage_events: list[Mapping[str, Any]] = []
         for item in events:
             event = item.get("event") if isinstance(item, dict) else None
             if isinstance(event, dict) and event.get("type") == "agent.reply":
                 replies.append(AgentReply.from_event(event))
+            elif isinstance(event, dict) and event.get("type") == STAGE_EVENT:
+                stage_events.append(event)
         counts = {}
         for key in ("packets_in", "packets_out", "lost_in"):
             value = doc.get(key)
@@ -204,6 +292,7 @@ class RelayView:
             rtp_timestamp_base=base,
             replies=tuple(replies),
             state=state if isinstance(state, str) else None,
+            stages=AgentStages.from_events(stage_events),
             **counts,
         )
 
@@ -254,6 +343,10 @@ class TurnBudget:
     reply_match: int | None
     send_lag_ms: float | None
     """Most a frame left behind schedule between the last speech frame and the reply (a CPU stall)."""
+    stages: tuple[StageSplit, ...] = ()
+    """Inference split by the agent's agent.stage marks (empty: it reported none for this turn)."""
+    after_last_stage_ms: float | None = None
+    """inference - the last mark's at_ms: what follows the last stage (and what nobody measures)."""
 
 
 def match_reply(record: TurnRecord, relay: RelayView | None, order: int) -> AgentReply | None:
@@ -273,6 +366,44 @@ def match_reply(record: TurnRecord, relay: RelayView | None, order: int) -> Agen
         if 0 < offset <= span:
             return reply
     return None
+
+
+def match_stages(
+    record: TurnRecord,
+    clock: SendClock,
+    relay: RelayView | None,
+    order: int,
+    reply: AgentReply | None = None,
+) -> AgentStages | None:
+    """The agent.stage marks of this turn.
+
+    1. The agent turn whose ``detected_at`` is the matched agent.reply's (the same decision).
+    2. With the relay's timestamp base, the last agent turn whose decision falls after this utterance
+       started and whose audio was due before the reply arrived (an agent decides before it replies).
+    3. Marks without ``detected_at``, or no base: in order (``order``: this turn's position).
+    """
+    if relay is None or not relay.stages:
+        return None
+    if reply is not None:
+        for stages in relay.stages:
+            if stages.detected_at is not None and stages.detected_at == reply.detected_at:
+                return stages
+    base = relay.rtp_timestamp_base
+    if base is None or any(s.detected_at is None for s in relay.stages):
+        return relay.stages[order] if order < len(relay.stages) else None
+    if record.reply_first_at is None:
+        return None
+    found = None
+    for stages in relay.stages:
+        assert stages.detected_at is not None
+        caller_ts = relay_to_caller_ts(stages.detected_at, base)
+        if ts_diff(caller_ts, record.first_frame_ts) <= 0:
+            continue
+        # On the caller's clock the decision's audio existed when the frame ending there was due.
+        due = clock.due_at((caller_ts - FRAME_TS) & U32)
+        if due is not None and due <= record.reply_first_at:
+            found = stages
+    return found
 
 
 def _sum(*parts: float | None) -> float | None:
@@ -312,6 +443,9 @@ def turn_budget(
     inference = None
     if response is not None and network is not None and dwell is not None:
         inference = response - network - dwell
+    stages = match_stages(record, clock, relay, order, reply)
+    splits = stage_splits(stages) if stages is not None else ()
+    after_last = inference - splits[-1].at_ms if splits and inference is not None else None
     reply_ms = None
     if record.reply_first_at is not None and record.reply_last_at is not None:
         reply_ms = (record.reply_last_at - record.reply_first_at) * 1000
@@ -332,6 +466,8 @@ def turn_budget(
         reply_frames=record.reply_frames,
         reply_match=record.reply_match,
         send_lag_ms=lag,
+        stages=splits,
+        after_last_stage_ms=after_last,
     )
 
 
@@ -379,6 +515,35 @@ class CallReport:
             out[name] = {"p50": percentile(values, 50), "p95": percentile(values, 95)}
         return out
 
+    def stage_names(self) -> list[str]:
+        """Every stage any turn reported, merged in the order the turns reached them (a stage one turn
+        skipped keeps its place between the ones around it)."""
+        names: list[str] = []
+        for turn in self.turns:
+            at = -1
+            for split in turn.stages:  # bounded: MAX_STAGES_PER_TURN each
+                if split.name in names:
+                    at = names.index(split.name)
+                else:
+                    at += 1
+                    names.insert(at, split.name)
+        return names
+
+    def stage_summary(self) -> dict[str, Any]:
+        """p50 and p95 over the turns of each stage's ``ms`` and of after_last_stage_ms; {} without stages."""
+        names = self.stage_names()
+        if not names:
+            return {}
+        stages: dict[str, dict[str, float | None]] = {}
+        for name in names:
+            values = [s.ms for t in self.turns for s in t.stages if s.name == name]
+            stages[name] = {"p50": percentile(values, 50), "p95": percentile(values, 95)}
+        after = [v for t in self.turns if (v := t.after_last_stage_ms) is not None]
+        return {
+            "stages": stages,
+            "after_last_stage_ms": {"p50": percentile(after, 50), "p95": percentile(after, 95)},
+        }
+
     def headline(self) -> str:
         """One line: voice-to-voice p50 and how much of it is the agent's endpointing wait."""
         stats = self.summary()
@@ -397,8 +562,17 @@ class CallReport:
         """JSON-ready, milliseconds rounded to microseconds."""
         relay = None
         if self.relay is not None:
-            relay = {k: v for k, v in asdict(self.relay).items() if k != "replies"}
+            relay = {k: v for k, v in asdict(self.relay).items() if k not in ("replies", "stages")}
             relay["agent_replies"] = len(self.relay.replies)
+            if self.relay.stages:
+                relay["agent_stage_turns"] = len(self.relay.stages)
+        turns = []
+        for t in self.turns:
+            turn = asdict(t)
+            if not t.stages:  # where no stages were reported the JSON is as before
+                del turn["stages"], turn["after_last_stage_ms"]
+            turns.append(turn)
+        stage_summary = self.stage_summary()
         doc: dict[str, Any] = _rounded(
             {
                 "ok": self.ok,
@@ -406,8 +580,9 @@ class CallReport:
                 "call_id": self.call_id,
                 "utterance": {"name": self.utterance, "ms": self.utterance_ms},
                 "connect": asdict(self.connect) if self.connect is not None else None,
-                "turns": [asdict(t) for t in self.turns],
+                "turns": turns,
                 "summary": self.summary(),
+                **({"stage_summary": stage_summary} if stage_summary else {}),
                 "relay": relay,
                 "caller": self.caller,
                 "headline": self.headline(),

@@ -73,6 +73,47 @@ def turn_table(report: CallReport) -> Table:
     return table
 
 
+AFTER_LAST_STAGE = "after last stage"
+STAGE_LEGEND = (
+    "  inference by the agent's agent.stage marks: each stage from the previous mark (the first from the"
+    " agent's end-of-speech decision), on the agent's clock; after last stage: inference - the last mark"
+    " (the agent after it, SFU, wire)"
+)
+
+
+def stage_table(report: CallReport) -> Table | None:
+    """Inference split into the stages the agent reported, per turn; None when it reported none."""
+    names = report.stage_names()
+    if not names:
+        return None
+    table = Table(
+        title="inference by stage in ms",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),
+        pad_edge=False,
+    )
+    table.add_column("turn", justify="right", no_wrap=True, min_width=4)
+    for header in ("inference", *names, AFTER_LAST_STAGE):
+        table.add_column(header, justify="right", no_wrap=True)
+    for turn in report.turns:
+        by_name = {s.name: s.ms for s in turn.stages}
+        cells = [ms(by_name.get(name)) for name in names]
+        table.add_row(str(turn.turn), ms(turn.inference_ms), *cells, ms(turn.after_last_stage_ms))
+    stats = report.summary()["inference_ms"]
+    split = report.stage_summary()
+    table.add_section()
+    for quantile in ("p50", "p95"):
+        table.add_row(
+            quantile,
+            ms(stats[quantile]),
+            *(ms(split["stages"][name][quantile]) for name in names),
+            ms(split["after_last_stage_ms"][quantile]),
+            style="bold",
+        )
+    return table
+
+
 def setup_lines(report: CallReport) -> list[str]:
     lines = []
     c = report.connect
@@ -114,6 +155,11 @@ def render(report: CallReport, console: Console, *, legend: bool = True) -> None
         if legend:
             for _, _, name, meaning in COLUMNS:
                 console.print(f"  [dim]{name}: {meaning}[/]", soft_wrap=True)
+        stages = stage_table(report)
+        if stages is not None:
+            console.print(stages)
+            if legend:
+                console.print(f"[dim]{STAGE_LEGEND}[/]", soft_wrap=True)
     for line in setup_lines(report):
         console.print(line, soft_wrap=True)
     console.print(f"[bold]{report.headline()}[/]", soft_wrap=True)
