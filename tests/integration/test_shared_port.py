@@ -210,3 +210,52 @@ def test_shared_port_under_uvloop() -> None:
         assert isinstance(runner.get_loop(), uvloop.Loop)
         port, routed = runner.run(main())
     assert routed >= 2 * 10 and port.closed
+
+
+class _StunServer(asyncio.DatagramProtocol):
+    """A minimal STUN server on loopback: answers binding requests with the sender's address."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.asked: list[tuple[str, int]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        from aioice import stun
+
+        request = stun.parse_message(data)
+        response = stun.Message(
+            stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=request.transaction_id
+        )
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        self.asked.append(addr)
+        assert self.transport is not None
+        self.transport.sendto(bytes(response), addr)
+
+
+async def test_a_stun_server_answers_through_the_shared_port(shared_port: SharedUdpPort) -> None:
+    """Behind 1:1 NAT the relay asks STUN servers (--stun-url): their answers come back by transaction."""
+    from aiortc import RTCIceServer
+
+    loop = asyncio.get_running_loop()
+    server_transport, server = await loop.create_datagram_endpoint(_StunServer, local_addr=("127.0.0.1", 0))
+    host, port = server_transport.get_extra_info("sockname")
+    config = VoicePeerConfig(
+        candidates=CandidatePolicy(shared_port=shared_port),
+        ice_servers=(RTCIceServer(f"stun:{host}:{port}"),),
+    )
+    relay = VoicePeer(config)
+    try:
+        sdp = await relay.create_offer()
+        srflx = [
+            line for line in sdp.split("\r\n") if line.startswith("a=candidate:") and "typ srflx" in line
+        ]
+        assert server.asked and set(server.asked) == {shared_port.address}  # not from a socket of its own
+        assert len(srflx) == 1 and f" {shared_port.port} typ srflx" in srflx[0]
+        stats = shared_port.stats()
+        assert stats.routed_by_transaction >= 1 and stats.flows == 0  # a STUN server is no call's flow
+    finally:
+        await relay.close()
+        server_transport.close()
