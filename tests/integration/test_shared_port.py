@@ -259,3 +259,36 @@ async def test_a_stun_server_answers_through_the_shared_port(shared_port: Shared
     finally:
         await relay.close()
         server_transport.close()
+
+
+async def test_answered_checks_alone_carry_a_call(
+    shared_port: SharedUdpPort, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ICE-lite remote (an SFU) never sends checks: the flows must come from the answers to ours."""
+    demux = shared_port.demux
+    in_request = False
+    stun_request, learn = demux._stun_request, demux._learn
+
+    def request_teaching_nothing(data: bytes, addr: tuple[str, int], kind: int) -> None:
+        nonlocal in_request
+        in_request = True
+        try:
+            stun_request(data, addr, kind)
+        finally:
+            in_request = False
+
+    def learn_from_answers_only(call: object, addr: tuple[str, int]) -> None:
+        if not in_request:
+            learn(call, addr)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(demux, "_stun_request", request_teaching_nothing)
+    monkeypatch.setattr(demux, "_learn", learn_from_answers_only)
+    relays = [VoicePeer(relay_config(shared_port)) for _ in range(2)]
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(r, c) for r, c in zip(relays, clients, strict=True)))
+        await _echo_calls(clients, relays, encode(tone(200)))
+        stats = shared_port.stats()
+        assert stats.flows_learned >= 2 and stats.flows == 2
+    finally:
+        await _close_all(*clients, *relays)
