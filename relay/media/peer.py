@@ -29,7 +29,7 @@ from av.frame import Frame
 from av.packet import Packet
 
 from splitrelay.relay.media import aiortc_internals
-from splitrelay.relay.media.demux import SharedUdpPort
+from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
 from splitrelay.relay.media.sdp import (
     StreamParams,
     advertise_public_address,
@@ -89,6 +89,27 @@ class CandidatePolicy:
 
 
 LOOPBACK = CandidatePolicy(addresses=("127.0.0.1",))
+
+
+async def open_shared_port(
+    policy: CandidatePolicy, base_port: int, *, worker: int = 0, limits: DemuxLimits | None = None
+) -> tuple[CandidatePolicy, SharedUdpPort]:
+    """Open worker ``worker``'s shared UDP port (``base_port + worker``) and the policy that uses it.
+
+    The socket binds the policy's one address (``addresses=None``: the IPv4 wildcard, one candidate per
+    call on the first address aioice gathers); the port range, if any, is dropped. Close the port after
+    the calls (``await port.close()``). What a relay process does at start with one port per worker.
+    """
+    if policy.addresses is not None and len(policy.addresses) != 1:
+        raise ValueError(
+            f"shared port: give exactly one candidate address to bind (got {policy.addresses}); "
+            "one socket cannot serve several host candidates"
+        )
+    if not 0 < base_port + worker <= 65535 or base_port < 1024:
+        raise ValueError(f"shared port: base port {base_port} + worker {worker} is not a port >= 1024")
+    host = policy.addresses[0] if policy.addresses is not None else "0.0.0.0"
+    port = await SharedUdpPort.open(host, base_port + worker, worker=worker, limits=limits)
+    return CandidatePolicy(addresses=policy.addresses, shared_port=port), port
 
 
 @contextlib.contextmanager

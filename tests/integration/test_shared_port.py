@@ -16,7 +16,13 @@ import uvloop
 
 from splitrelay.relay.media import aiortc_internals
 from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
-from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
+from splitrelay.relay.media.peer import (
+    LOOPBACK,
+    CandidatePolicy,
+    VoicePeer,
+    VoicePeerConfig,
+    open_shared_port,
+)
 from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
 from tests.integration.conftest import CONNECT_WITHIN_S, connect_voice_peers
 from tests.integration.test_fastpath import Collector, Echo
@@ -292,3 +298,26 @@ async def test_answered_checks_alone_carry_a_call(
         assert stats.flows_learned >= 2 and stats.flows == 2
     finally:
         await _close_all(*clients, *relays)
+
+
+async def test_open_shared_port_binds_base_plus_worker_on_the_one_address() -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    base = probe.getsockname()[1]
+    probe.close()
+    base = min(base, 65000)
+    policy, port = await open_shared_port(LOOPBACK, base, worker=2)
+    client = VoicePeer(VoicePeerConfig(candidates=LOOPBACK))
+    relay = VoicePeer(VoicePeerConfig(candidates=policy), ufrag_label="c1")
+    try:
+        assert port.address == ("127.0.0.1", base + 2) and policy.shared_port is port
+        await connect_voice_peers(client, relay)
+        assert candidate_ports(relay.pc.localDescription.sdp) == [("127.0.0.1", base + 2)]
+        assert relay.ufrag is not None and relay.ufrag.startswith("w2+c1+")
+    finally:
+        await _close_all(client, relay)
+        await port.close()
+    with pytest.raises(ValueError, match="exactly one candidate address"):
+        await open_shared_port(CandidatePolicy(addresses=("127.0.0.1", "::1")), base)
+    with pytest.raises(ValueError, match="is not a port >= 1024"):
+        await open_shared_port(LOOPBACK, 80)
