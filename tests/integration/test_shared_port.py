@@ -321,3 +321,32 @@ async def test_open_shared_port_binds_base_plus_worker_on_the_one_address() -> N
         await open_shared_port(CandidatePolicy(addresses=("127.0.0.1", "::1")), base)
     with pytest.raises(ValueError, match="is not a port >= 1024"):
         await open_shared_port(LOOPBACK, 80)
+
+
+async def test_sixteen_calls_on_one_port_keep_their_media_apart(shared_port: SharedUdpPort) -> None:
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(16)]
+    relays = [VoicePeer(relay_config(shared_port)) for _ in range(16)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        await _echo_calls(clients, relays, encode(tone(100)))
+        assert shared_port.stats().calls == 16 and shared_port.stats().flows == 16
+    finally:
+        await _close_all(*clients, *relays)
+
+
+async def test_ipv6_shared_port() -> None:
+    try:
+        port = await SharedUdpPort.open("::1", 0)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    v6 = CandidatePolicy(addresses=("::1",))
+    clients = [VoicePeer(VoicePeerConfig(candidates=v6)) for _ in range(2)]
+    relays = [VoicePeer(VoicePeerConfig(candidates=CandidatePolicy(shared_port=port))) for _ in range(2)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        assert candidate_ports(relays[0].pc.localDescription.sdp) == [port.address]
+        await _echo_calls(clients, relays, encode(tone(100)))
+        assert all(addr[0] == "::1" for addr in port.demux._flows)
+    finally:
+        await _close_all(*clients, *relays)
+        await port.close()
