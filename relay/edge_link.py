@@ -58,7 +58,8 @@ STAGE_BATCH_S: Final = 0.3
 def end_code(reason: str) -> EndCode:
     """The machine code for a relay close reason (relay/call.py writes the reasons)."""
     if reason.startswith("inference ended the call"):
-        return EndCode.AGENT_LOST if "unknown_call" in reason else EndCode.AGENT_ENDED
+        lost = "unknown_call" in reason or "agent lost" in reason
+        return EndCode.AGENT_LOST if lost else EndCode.AGENT_ENDED
     if reason.startswith("setup failed") or reason.startswith("attach"):
         return EndCode.SETUP_FAILED
     if reason.startswith("peer connection") or "BYE" in reason:

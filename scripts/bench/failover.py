@@ -51,6 +51,7 @@ class CallTrace:
 
     arrivals: list[tuple[int, int]] = field(default_factory=list)  # (arrival ns, tick)
     streams: list[int] = field(default_factory=list)  # the stream of each arrival
+    agent_id: int | None = None  # the agent the latest frame came from
 
     def on_packet(self, packet: Any) -> None:
         from splitrelay.bench.metronome import read_tag
@@ -60,6 +61,7 @@ class CallTrace:
             arrived = packet.arrival_ns or time.perf_counter_ns()
             self.arrivals.append((arrived, tag.tick))
             self.streams.append(tag.stream)
+            self.agent_id = tag.agent_id
 
     def window(self, start_ns: int, end_ns: int) -> Window:
         """Gap, lost ticks and duplicated frames of what arrived in [start, end).
@@ -244,9 +246,11 @@ class FailoverBench:
     async def _fault(self, kind: str, callers: dict[str, tuple[Any, CallTrace]]) -> None:
         result = self.results[kind]
         relays = await self._relays_of(callers)
-        if kind == "agent-kill":
-            victim_name = "agent"
-            hit = list(relays)
+        if kind == "agent-kill":  # the metronome agent most calls hear (its id is in every frame)
+            heard = [callers[call_id][1].agent_id for call_id in relays]
+            agent_id = max(sorted({a for a in heard if a is not None}), key=heard.count, default=0)
+            victim_name = "agent" if agent_id == 0 else f"agent-{agent_id}"
+            hit = [call_id for call_id in relays if callers[call_id][1].agent_id == agent_id]
         else:
             counts: dict[str, int] = {}
             for relay_id in relays.values():

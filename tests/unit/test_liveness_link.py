@@ -53,6 +53,7 @@ async def new_record(edge: LocalEdge, call_id: str) -> None:
 def test_end_codes_from_relay_reasons() -> None:
     assert end_code("inference ended the call: unknown_call") is EndCode.AGENT_LOST
     assert end_code("inference ended the call: done") is EndCode.AGENT_ENDED
+    assert end_code("inference ended the call: agent lost (silent 0.8 s)") is EndCode.AGENT_LOST
     assert end_code("setup failed: no answer") is EndCode.SETUP_FAILED
     assert end_code("peer connection failed") is EndCode.PEER_CLOSED
     assert end_code("caller sent RTCP BYE") is EndCode.PEER_CLOSED
