@@ -42,6 +42,7 @@ U32: Final = 0xFFFFFFFF
 # Names the Pipecat integration reports (scripts/integrations/pipecat.py); any other valid name is fine.
 STT_FINAL: Final = "stt_final"
 LLM_FIRST_TOKEN: Final = "llm_first_token"
+TTS_STARTED: Final = "tts_started"
 TTS_FIRST_BYTE: Final = "tts_first_byte"
 
 
@@ -100,6 +101,10 @@ class StageMarks:
         self._started = self._clock()
         self._marked = {}
         return self.turn
+
+    def __contains__(self, name: object) -> bool:
+        """Whether the current turn has marked ``name`` already (cheap: for per-frame checks)."""
+        return name in self._marked
 
     @property
     def marks(self) -> dict[str, float]:

@@ -22,6 +22,10 @@ Built only on the inference SDK's public API (relay/inference/sdk.py):
   ``on_relay_event`` handler. Transcripts and tool calls seen anywhere in the pipeline leave as wire
   EVENTs (:class:`RelayEventObserver`, added by :class:`PipecatAgent`); ``OutputTransportMessageFrame``
   / ``OutputTransportMessageUrgentFrame`` messages leave as EVENTs too.
+- **Stage timings.** The same observer turns Pipecat's frames into ``agent.stage`` marks
+  (relay/inference/stages.py): a turn starts when the user stopped speaking, then ``stt_final``,
+  ``llm_first_token``, ``tts_started`` and ``tts_first_byte``; ``transport.stages.mark(name)`` adds any
+  other stage. ``splitrelay call`` splits the budget's inference by them.
 
 Event handlers on :class:`SplitRelayTransport`: ``on_client_connected(transport, call)``,
 ``on_client_disconnected(transport, call)``, ``on_barge_in(transport, frame)``,
@@ -53,13 +57,21 @@ try:
         InputTransportMessageFrame,
         InterimTranscriptionFrame,
         InterruptionFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
         OutputAudioRawFrame,
         OutputTransportMessageFrame,
         OutputTransportMessageUrgentFrame,
         StartFrame,
         SystemFrame,
         TranscriptionFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
         TTSTextFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
     )
     from pipecat.observers.base_observer import BaseObserver, FramePushed
     from pipecat.pipeline.base_pipeline import BasePipeline
@@ -75,11 +87,20 @@ except ImportError as exc:  # pragma: no cover - exercised by the CLI test in a 
         f"splitrelay.integrations.pipecat needs Pipecat: pip install 'splitrelay[pipecat]' ({exc})"
     ) from None
 
-from splitrelay.inference.audio import FRAME_MS, EncoderSettings
+from splitrelay.inference.audio import FRAME_MS, CallerAudioDecoder, EncoderSettings
 from splitrelay.inference.sdk import BargeInNotice, InferenceCall, MarkReached, PcmOutput, RelayEvent
+from splitrelay.inference.stages import (
+    LLM_FIRST_TOKEN,
+    STT_FINAL,
+    TTS_FIRST_BYTE,
+    TTS_STARTED,
+    StageMarks,
+)
+from splitrelay.inference.wire import FRAME_SAMPLES, U32
 
 __all__ = [
     "PipecatAgent",
+    "PipecatStages",
     "PipelineFactory",
     "RelayBargeInFrame",
     "RelayEventObserver",
@@ -173,6 +194,10 @@ class SplitRelayTransport(BaseTransport):
             update={"audio_in_channels": channels, "audio_out_channels": channels}
         )
         self.stats = TransportStats()
+        self.stages = StageMarks(call)
+        """The call's stage marks: the observer marks Pipecat's stages; ``mark`` any stage of your own."""
+        self.media_time: int | None = None
+        """Media time (AUDIO_IN, 48 kHz) at the end of the latest caller frame handed to the pipeline."""
         self._relay_interrupted_at: float | None = None
         self._disconnected = False
         self._input = SplitRelayInputTransport(self, self.params, name=input_name)
@@ -253,14 +278,20 @@ class SplitRelayInputTransport(BaseInputTransport):
             await self.cancel_task(task)
 
     async def _read_audio(self) -> None:
+        """What ``call.pcm(rate)`` does (the SDK's decoder), keeping each frame's media time: a stage
+        turn starts at the media time the pipeline had heard up to when it decided the user stopped."""
+        transport = self._transport
         channels = self._call.info.channels
-        stats = self._transport.stats
-        async for chunk in self._call.pcm(self.sample_rate):  # ends with the call
-            stats.frames_in += 1
-            await self.push_audio_frame(
-                InputAudioRawFrame(audio=chunk.pcm, sample_rate=chunk.rate, num_channels=channels)
-            )
-        await self._transport._client_disconnected()
+        stats = transport.stats
+        decoder = CallerAudioDecoder(self.sample_rate, "int16", channels)
+        async for frame in self._call.frames():  # ends with the call
+            transport.media_time = (frame.timestamp + FRAME_SAMPLES) & U32
+            for chunk in decoder.push(frame.seq, frame.payload):  # bounded: a gap over 200 ms is not filled
+                stats.frames_in += 1
+                await self.push_audio_frame(
+                    InputAudioRawFrame(audio=chunk.pcm, sample_rate=chunk.rate, num_channels=channels)
+                )
+        await transport._client_disconnected()
 
     async def _read_events(self) -> None:
         transport = self._transport
@@ -449,16 +480,20 @@ class RelayEventObserver(BaseObserver):
     - ``FunctionCallInProgressFrame`` → ``{"type": "tool_call.started", "tool_call_id", "name",
       "arguments"}``; ``FunctionCallResultFrame`` → ``tool_call.result`` (with ``result``);
       ``FunctionCallCancelFrame`` → ``tool_call.cancelled`` (all reliable).
+    - Stage marks (``agent.stage``, through ``transport.stages``): see :class:`PipecatStages`.
     """
 
     def __init__(self, transport: SplitRelayTransport) -> None:
         super().__init__(observe_every_push=True)  # TTS text counts when the output pushes it (played)
         self._transport = transport
         self._params = transport.params
+        self.stages = PipecatStages(transport)
 
     async def on_push_frame(self, data: FramePushed) -> None:
         frame = data.frame
         if isinstance(frame, AudioRawFrame):
+            if isinstance(frame, TTSAudioRawFrame) and data.first_push:
+                self.stages.on_frame(frame)
             return
         send = self._transport.send_event
         if isinstance(frame, TTSTextFrame):
@@ -469,6 +504,7 @@ class RelayEventObserver(BaseObserver):
             return
         if frame.broadcast_sibling_id is not None and data.direction != FrameDirection.DOWNSTREAM:
             return
+        self.stages.on_frame(frame)
         if isinstance(frame, TranscriptionFrame):
             send(_transcript("transcript.final", frame), reliable=True)
         elif isinstance(frame, InterimTranscriptionFrame) and self._params.interim_transcripts:
@@ -502,6 +538,63 @@ class RelayEventObserver(BaseObserver):
                 },
                 reliable=True,
             )
+
+
+class PipecatStages:
+    """Pipecat's own frames as stage marks, so any pipeline reports its stages with no code of its own.
+
+    - A turn starts when the user stopped speaking: ``UserStoppedSpeakingFrame`` (Pipecat's user turn, after
+      its turn analyzer), or ``VADUserStoppedSpeakingFrame`` in a pipeline that has no user turns (a VAD
+      processor alone, like the parrot). Its ``detected_at`` is the transport's media time then.
+    - ``stt_final``: the first ``TranscriptionFrame`` after that; one that came during the user's turn,
+      before it ended, is marked as the turn starts (0 ms: the transcript was ready at the decision).
+    - ``llm_first_token``: the first ``LLMTextFrame`` after an ``LLMFullResponseStartFrame``.
+    - ``tts_started``: the first ``TTSStartedFrame`` (the TTS request); ``tts_first_byte``: the first
+      ``TTSAudioRawFrame`` (its first audio).
+
+    Each counts once per turn (StageMarks); anything before the first turn (a greeting) is not a stage.
+    """
+
+    def __init__(self, transport: SplitRelayTransport) -> None:
+        self._transport = transport
+        self.marks = transport.stages
+        self._user_turns = False  # the pipeline has Pipecat user turns: VAD frames do not end turns
+        self._listening = False  # the user is in a turn that has not ended yet
+        self._final_heard = False  # a final transcript came during that turn
+        self._llm_started = False
+
+    def on_frame(self, frame: Frame) -> None:
+        """One frame's first push (downstream for broadcast frames)."""
+        marks = self.marks
+        if isinstance(frame, UserStartedSpeakingFrame) or (
+            isinstance(frame, VADUserStartedSpeakingFrame) and not self._user_turns
+        ):
+            self._user_turns = self._user_turns or isinstance(frame, UserStartedSpeakingFrame)
+            self._listening, self._final_heard = True, False
+        elif isinstance(frame, UserStoppedSpeakingFrame) or (
+            isinstance(frame, VADUserStoppedSpeakingFrame) and not self._user_turns
+        ):
+            self._user_turns = self._user_turns or isinstance(frame, UserStoppedSpeakingFrame)
+            marks.turn_started(self._transport.media_time)
+            self._listening, self._llm_started = False, False
+            if self._final_heard:
+                self._final_heard = False
+                marks.mark(STT_FINAL)
+        elif isinstance(frame, TranscriptionFrame):
+            if self._listening:
+                self._final_heard = True
+            elif STT_FINAL not in marks:
+                marks.mark(STT_FINAL)
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self._llm_started = True
+        elif isinstance(frame, LLMTextFrame):
+            if self._llm_started and LLM_FIRST_TOKEN not in marks:
+                marks.mark(LLM_FIRST_TOKEN)
+        elif isinstance(frame, TTSStartedFrame):
+            if TTS_STARTED not in marks:
+                marks.mark(TTS_STARTED)
+        elif isinstance(frame, TTSAudioRawFrame) and TTS_FIRST_BYTE not in marks:
+            marks.mark(TTS_FIRST_BYTE)
 
 
 def _transcript(kind: str, frame: TranscriptionFrame | InterimTranscriptionFrame) -> dict[str, Any]:
