@@ -22,6 +22,7 @@ import logging
 import secrets
 import socket
 import string
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,10 @@ class DemuxLimits:
     """Remote addresses remembered in all; the oldest is forgotten (and relearned from its next STUN)."""
     max_transactions: int = 16384
     """Outstanding STUN requests the calls sent, to route their responses; the oldest is forgotten."""
+    flow_hold_s: float = 30.0
+    """A remote address stays with its call while that call's STUN refreshed it this recently: another
+    call's check from the same address is refused (a spoofed source address cannot take a live flow).
+    30 s is RFC 7675's consent expiry: a caller that sent no STUN for that long is gone."""
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -67,6 +72,8 @@ class DemuxLimits:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"DemuxLimits.{name} must be {low}..{high}, got {value}")
+        if not 0 <= self.flow_hold_s <= 3600:
+            raise ValueError(f"DemuxLimits.flow_hold_s must be 0..3600 seconds, got {self.flow_hold_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,10 @@ class DemuxStats:
     """Dropped: a STUN request whose ufrag another worker minted (the caller reached the wrong port)."""
     flows_learned: int
     flows_moved: int
-    """A remote address learned for one call that another call held (rebinding or a shared NAT port)."""
+    """A remote address taken over by another call after its old call's STUN went quiet."""
+    flow_conflicts: int
+    """Dropped: another call's STUN from an address a live call holds (spoofing, or an SFU that reaches
+    two calls from one address and port)."""
     flows_evicted: int
     transactions_evicted: int
     delivery_errors: int
@@ -160,7 +170,14 @@ def _stun_header_ok(data: bytes) -> bool:
 class Demux:
     """The routing tables and rules, without a socket (``SharedUdpPort`` gives it one)."""
 
-    def __init__(self, send: SendTo, *, worker: int = 0, limits: DemuxLimits | None = None) -> None:
+    def __init__(
+        self,
+        send: SendTo,
+        *,
+        worker: int = 0,
+        limits: DemuxLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0 <= worker <= 9999:
             raise ValueError(f"worker must be 0..9999, got {worker}")
         self.limits = limits or DemuxLimits()
@@ -169,6 +186,8 @@ class Demux:
         self.prefix = f"w{worker}+"
         self._calls: dict[str, _Call] = {}
         self._flows: dict[Address, _Call] = {}
+        self._refreshed: dict[Address, float] = {}  # same keys as _flows: when its call's STUN last came
+        self._clock = clock
         self._transactions: dict[bytes, tuple[_Call, Address, bool]] = {}
         self.datagrams_in = 0
         self.routed_by_ufrag = 0
@@ -180,6 +199,7 @@ class Demux:
         self.foreign_worker = 0
         self.flows_learned = 0
         self.flows_moved = 0
+        self.flow_conflicts = 0
         self.flows_evicted = 0
         self.transactions_evicted = 0
         self.delivery_errors = 0
@@ -223,6 +243,7 @@ class Demux:
         for addr in call.flows:
             if self._flows.get(addr) is call:
                 del self._flows[addr]
+                del self._refreshed[addr]
         call.flows.clear()
 
     def flow_owner(self, addr: Address) -> str | None:
@@ -274,8 +295,8 @@ class Demux:
                 self.unknown += 1
                 return
             call, _, is_check = pending
-            if is_check:
-                self._learn(call, addr)
+            if is_check and not self._learn(call, addr):
+                return
             self.routed_by_transaction += 1
             self._deliver(call, data, addr)
 
@@ -300,31 +321,47 @@ class Demux:
         if not colon or integrity is None or not stun_integrity_ok(data, integrity, call.key):
             self.forged += 1
             return
-        if kind == _STUN_BINDING:
-            self._learn(call, addr)
+        if kind == _STUN_BINDING and not self._learn(call, addr):
+            return
         self.routed_by_ufrag += 1
         self._deliver(call, data, addr)
 
-    def _learn(self, call: _Call, addr: Address) -> None:
-        """``addr``'s DTLS and media now go to ``call`` (the newest authenticated STUN wins)."""
-        owner = self._flows.get(addr)
-        if owner is call:
-            return
+    def _learn(self, call: _Call, addr: Address) -> bool:
+        """``addr``'s DTLS and media go to ``call`` from now on; False (counted) if a live call holds it.
+
+        Each authenticated STUN refreshes its flow and moves it to the young end of the table, so the
+        global bound forgets the flow refreshed longest ago.
+        """
+        now = self._clock()
+        flows = self._flows
+        owner = flows.get(addr)
         if owner is not None:
+            if owner is not call and now - self._refreshed[addr] < self.limits.flow_hold_s:
+                self.flow_conflicts += 1
+                return False
+            del flows[addr]
+            del self._refreshed[addr]
+            if owner is call:
+                flows[addr] = call
+                self._refreshed[addr] = now
+                return True
             owner.flows.remove(addr)
-            del self._flows[addr]
             self.flows_moved += 1
         if len(call.flows) >= self.limits.max_flows_per_call:
             oldest = call.flows.pop(0)
-            del self._flows[oldest]
+            del flows[oldest]
+            del self._refreshed[oldest]
             self.flows_evicted += 1
-        if len(self._flows) >= self.limits.max_flows:
-            oldest_addr = next(iter(self._flows))
-            self._flows.pop(oldest_addr).flows.remove(oldest_addr)
+        if len(flows) >= self.limits.max_flows:
+            oldest_addr = next(iter(flows))
+            flows.pop(oldest_addr).flows.remove(oldest_addr)
+            del self._refreshed[oldest_addr]
             self.flows_evicted += 1
-        self._flows[addr] = call
+        flows[addr] = call
+        self._refreshed[addr] = now
         call.flows.append(addr)
         self.flows_learned += 1
+        return True
 
     def _deliver(self, call: _Call, data: bytes, addr: Address) -> None:
         try:
@@ -363,6 +400,7 @@ class Demux:
             foreign_worker=self.foreign_worker,
             flows_learned=self.flows_learned,
             flows_moved=self.flows_moved,
+            flow_conflicts=self.flow_conflicts,
             flows_evicted=self.flows_evicted,
             transactions_evicted=self.transactions_evicted,
             delivery_errors=self.delivery_errors,

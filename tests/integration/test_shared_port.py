@@ -283,9 +283,8 @@ async def test_answered_checks_alone_carry_a_call(
         finally:
             in_request = False
 
-    def learn_from_answers_only(call: object, addr: tuple[str, int]) -> None:
-        if not in_request:
-            learn(call, addr)  # type: ignore[arg-type]
+    def learn_from_answers_only(call: object, addr: tuple[str, int]) -> bool:
+        return True if in_request else learn(call, addr)  # type: ignore[arg-type]
 
     monkeypatch.setattr(demux, "_stun_request", request_teaching_nothing)
     monkeypatch.setattr(demux, "_learn", learn_from_answers_only)

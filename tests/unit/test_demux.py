@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from collections.abc import Callable
 
 import aioice.ice
 import pytest
@@ -69,9 +71,13 @@ class Recorder(asyncio.DatagramProtocol):
 class Net:
     """A Demux whose sends are recorded."""
 
-    def __init__(self, limits: DemuxLimits | None = None, worker: int = 0) -> None:
+    def __init__(
+        self, limits: DemuxLimits | None = None, worker: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.sent: list[tuple[bytes, Address]] = []
-        self.demux = Demux(lambda data, addr: self.sent.append((data, addr)), worker=worker, limits=limits)
+        self.demux = Demux(
+            lambda data, addr: self.sent.append((data, addr)), worker=worker, limits=limits, clock=clock
+        )
 
     def call(self, *, fail: bool = False) -> tuple[str, Recorder]:
         ufrag = self.demux.mint_ufrag()
@@ -179,13 +185,24 @@ def test_responses_find_the_call_that_asked() -> None:
     assert len(c2.got) == 1 and net.demux.flow_owner(OTHER) is None
 
 
-def test_the_newest_authenticated_check_wins_an_address() -> None:
-    net = Net()
+def test_a_live_flow_is_not_taken_but_a_quiet_one_moves() -> None:
+    """Another call's check from a held address (a spoofed source) is refused while the holder's STUN
+    is fresh; once the holder has been quiet for flow_hold_s (a gone caller), the address moves."""
+    now = [1000.0]
+    net = Net(DemuxLimits(flow_hold_s=30.0), clock=lambda: now[0])
     (u1, c1), (u2, c2) = net.call(), net.call()
     net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)
-    net.demux.datagram_received(binding_request(u2, PASSWORD), CALLER)
+    now[0] += 20
+    net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)  # the holder refreshes it
+    now[0] += 29
+    net.demux.datagram_received(binding_request(u2, PASSWORD), CALLER)  # 29 s after: refused
     net.demux.datagram_received(SRTP, CALLER)
-    assert [d for d, _ in c2.got][-1] == SRTP and len(c1.got) == 1
+    assert c2.got == [] and [d for d, _ in c1.got][-1] == SRTP
+    assert (net.demux.flow_conflicts, net.demux.flows_moved) == (1, 0)
+    now[0] += 1.5
+    net.demux.datagram_received(binding_request(u2, PASSWORD), CALLER)  # 30.5 s after: moves
+    net.demux.datagram_received(SRTP, CALLER)
+    assert [d for d, _ in c2.got][-1] == SRTP and len(c1.got) == 3
     assert net.demux.flows_moved == 1 and net.demux._calls[u1].flows == []
 
 
@@ -261,6 +278,8 @@ def test_minted_ufrags_are_valid_unique_and_labelled() -> None:
         Demux(lambda d, a: None, worker=-1)
     with pytest.raises(ValueError, match=r"DemuxLimits\.max_flows_per_call must be 1\.\.64, got 0"):
         DemuxLimits(max_flows_per_call=0)
+    with pytest.raises(ValueError, match=r"DemuxLimits\.flow_hold_s must be 0\.\.3600 seconds, got -1"):
+        DemuxLimits(flow_hold_s=-1)
 
 
 addresses = st.tuples(st.sampled_from(["198.51.100.7", "203.0.113.9", "::1"]), st.integers(1, 4))
@@ -276,7 +295,7 @@ def test_random_datagrams_never_raise_and_tables_stay_bounded(datagrams: list[tu
         net.demux.datagram_received(data, addr)
     stats = net.demux.stats()
     routed = stats.routed_by_ufrag + stats.routed_by_transaction + stats.routed_by_flow
-    dropped = stats.unknown + stats.forged + stats.malformed + stats.foreign_worker
+    dropped = stats.unknown + stats.forged + stats.malformed + stats.foreign_worker + stats.flow_conflicts
     assert routed + dropped == stats.datagrams_in == len(datagrams)
     assert stats.flows <= limits.max_flows and stats.flows_learned == 0  # random bytes never authenticate
     assert all(call.got == [] for _, call in calls)
@@ -301,3 +320,24 @@ def test_a_damaged_check_teaches_a_flow_only_if_its_signed_part_is_intact(
         assert call.got == [(bytes(data), addr)]
     elif position % len(data) < signed_end:
         assert call.got == []
+
+
+def test_the_global_bound_forgets_the_flow_refreshed_longest_ago() -> None:
+    net = Net(DemuxLimits(max_flows=2))
+    (u1, _), (u2, _), (u3, _) = net.call(), net.call(), net.call()
+    net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)
+    net.demux.datagram_received(binding_request(u2, PASSWORD), OTHER)
+    net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)  # refreshed: now the youngest
+    net.demux.datagram_received(binding_request(u3, PASSWORD), ("192.0.2.5", 7))
+    assert net.demux.flow_owner(CALLER) == u1 and net.demux.flow_owner(OTHER) is None
+    assert net.demux.flows_evicted == 1
+
+
+def test_an_answer_from_a_held_address_is_refused_too() -> None:
+    net = Net()
+    (u1, _), (u2, c2) = net.call(), net.call()
+    net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)
+    check = binding_request("remote", "r" * 22, remote=u2)
+    net.demux.send_from(net.demux._calls[u2], check, CALLER)
+    net.demux.datagram_received(binding_response(check[8:20]), CALLER)
+    assert c2.got == [] and net.demux.flow_conflicts == 1 and net.demux.flow_owner(CALLER) == u1
