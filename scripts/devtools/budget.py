@@ -422,20 +422,26 @@ def turn_budget(
         frame_lag = clock.max_lag(record.last_speech_ts, record.reply_first_at)
         lag = None if frame_lag is None else frame_lag * 1000
     reply = match_reply(record, relay, order)
+    stages = match_stages(record, clock, relay, order, reply)
     endpointing = reply.endpointing_ms if reply is not None else None
+    # The agent's decision: agent.reply's detected_at, else (an agent that sends none, e.g. Pipecat's)
+    # the detected_at of its stage marks: the same moment.
+    decided = reply.detected_at if reply is not None else stages.detected_at if stages is not None else None
     eos_skew = response = None
-    if reply is not None and relay is not None and relay.rtp_timestamp_base is not None:
+    if relay is not None and relay.rtp_timestamp_base is not None:
         base = relay.rtp_timestamp_base
-        caller_eos = relay_to_caller_ts(reply.end_of_speech_at, base)
-        eos_skew = ts_ms(ts_diff(caller_eos, (record.last_speech_ts + FRAME_TS) & U32))
-        # The agent's silence threshold was met at media time detected_at: on the caller's clock, that
-        # audio existed when the frame ending there was due. The agent cannot decide earlier (on that
-        # frame's arrival, or on its wall clock when packets pause), so response >= 0 and
-        # voice-to-voice = endpointing + eos skew + response, exactly.
-        detect_frame = (relay_to_caller_ts(reply.detected_at, base) - FRAME_TS) & U32
-        detect_due = clock.due_at(detect_frame)
-        if detect_due is not None and record.reply_first_at is not None:
-            response = (record.reply_first_at - detect_due) * 1000
+        if reply is not None:
+            caller_eos = relay_to_caller_ts(reply.end_of_speech_at, base)
+            eos_skew = ts_ms(ts_diff(caller_eos, (record.last_speech_ts + FRAME_TS) & U32))
+        if decided is not None:
+            # The agent's silence threshold was met at media time detected_at: on the caller's clock, that
+            # audio existed when the frame ending there was due. The agent cannot decide earlier (on that
+            # frame's arrival, or on its wall clock when packets pause), so response >= 0 and
+            # voice-to-voice = endpointing + eos skew + response, exactly.
+            detect_frame = (relay_to_caller_ts(decided, base) - FRAME_TS) & U32
+            detect_due = clock.due_at(detect_frame)
+            if detect_due is not None and record.reply_first_at is not None:
+                response = (record.reply_first_at - detect_due) * 1000
     relay_rtt = relay.rtt_ms if relay is not None else None
     # Direct mode has one WebRTC leg, seen from both ends; through the SFU there are two.
     network = record.caller_rtt_ms if mode == "direct" else _sum(record.caller_rtt_ms, relay_rtt)
@@ -443,7 +449,6 @@ def turn_budget(
     inference = None
     if response is not None and network is not None and dwell is not None:
         inference = response - network - dwell
-    stages = match_stages(record, clock, relay, order, reply)
     splits = stage_splits(stages) if stages is not None else ()
     after_last = inference - splits[-1].at_ms if splits and inference is not None else None
     reply_ms = None

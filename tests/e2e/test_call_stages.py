@@ -22,6 +22,8 @@ from splitrelay.inference.sdk import AudioFrame, InferenceCall, InferenceServer
 from splitrelay.inference.speech import EndOfSpeech, SpeechDetector, SpeechEnded, SpeechStarted
 from splitrelay.inference.stages import LLM_FIRST_TOKEN, STT_FINAL, TTS_FIRST_BYTE, StageMarks
 from splitrelay.inference.wire import PTIME_MS, u32_diff
+from splitrelay.integrations import pipecat_parrot
+from splitrelay.integrations.pipecat import PipecatAgent
 from splitrelay.relay.media.peer import LOOPBACK
 from splitrelay.relay.server import RelayServer, RelaySettings
 
@@ -86,7 +88,7 @@ class StagedEcho:
 
 
 @asynccontextmanager
-async def relay_with(agent: StagedEcho) -> AsyncIterator[RelayServer]:
+async def relay_with(agent: StagedEcho | PipecatAgent) -> AsyncIterator[RelayServer]:
     async with InferenceServer(agent, "127.0.0.1", 0) as inference:
         assert inference.address is not None
         settings = RelaySettings(
@@ -120,3 +122,21 @@ async def test_the_budget_splits_inference_into_the_agents_stages() -> None:
     doc = report.to_json()
     assert [s["name"] for s in doc["turns"][0]["stages"]] == list(STAGES)
     assert list(doc["stage_summary"]["stages"]) == list(STAGES)
+
+
+async def test_a_pipecat_pipeline_reports_its_stages_with_no_code_of_its_own() -> None:
+    """The documented parrot (Silero VAD, then TTSStartedFrame and TTSAudioRawFrame) sends no agent.reply:
+    its stage marks alone give the budget the decision, so response and inference are known and split."""
+    async with relay_with(PipecatAgent(pipecat_parrot.factory)) as relay:
+        report = await run_direct_call(RelayAccess(relay.url, KEY.encode()), load_utterance(), turns=2)
+    # The parrot re-encodes what it heard, so its reply is not a run of the sent frames: that error only.
+    assert all("not a run of the sent frames" in error for error in report.errors), report.errors
+    assert report.relay is not None and report.relay.replies == ()
+    assert [s.turn for s in report.relay.stages] == [1, 2]
+    for turn in report.turns:
+        assert [s.name for s in turn.stages] == ["tts_started", "tts_first_byte"], turn
+        assert turn.endpointing_ms is None  # needs agent.reply's end of speech
+        assert turn.response_ms is not None and turn.response_ms >= 0
+        assert turn.voice_to_voice_ms is not None and turn.voice_to_voice_ms >= turn.response_ms
+        assert turn.inference_ms is not None and turn.after_last_stage_ms is not None
+        assert turn.after_last_stage_ms == pytest.approx(turn.inference_ms - turn.stages[-1].at_ms)

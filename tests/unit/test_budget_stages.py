@@ -124,7 +124,12 @@ def test_without_an_agent_reply_marks_are_matched_on_the_callers_timeline() -> N
     assert found is not None and found.turn == 3
     budget = turn_budget(record, clock, view, "sfu")
     assert budget.stages == (StageSplit("stt_final", 30.0, 30.0),)
-    assert budget.inference_ms is None and budget.after_last_stage_ms is None  # no agent.reply: no response
+    # No agent.reply: the marks' detected_at is the decision, so response and inference are still known;
+    # endpointing and eos skew need agent.reply's end of speech.
+    assert budget.endpointing_ms is None and budget.eos_skew_ms is None
+    assert budget.response_ms == pytest.approx(250.0)
+    assert budget.inference_ms == pytest.approx(248.0)
+    assert budget.after_last_stage_ms == pytest.approx(218.0)
     only_after = with_stages(relay, marks[3], reply=False)
     assert match_stages(record, clock, only_after, order=0) is None
     unanswered = type(record)(**{**record.__dict__, "reply_first_at": None})
