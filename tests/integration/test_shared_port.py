@@ -349,3 +349,30 @@ async def test_ipv6_shared_port() -> None:
     finally:
         await _close_all(*clients, *relays)
         await port.close()
+
+
+async def test_consent_checks_are_answered_through_the_shared_port(
+    shared_port: SharedUdpPort, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 7675 consent (every ~5 s; 6 unanswered and aioice closes the call) runs through the demux.
+
+    Sped up to every ~0.1 s: a demux that lost consent answers would show here in seconds, where a
+    short test at the real interval would never notice and production calls would die after ~30 s.
+    """
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+    relays = [VoicePeer(relay_config(shared_port)) for _ in range(2)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        before = shared_port.stats()
+        await asyncio.sleep(1.5)
+        after = shared_port.stats()
+        # The relays' consent requests were answered (by transaction), the callers' were routed (by ufrag).
+        assert after.routed_by_transaction - before.routed_by_transaction >= 2 * 8
+        assert after.routed_by_ufrag - before.routed_by_ufrag >= 2 * 8
+        assert [r.pc.connectionState for r in relays] == ["connected", "connected"]
+        await _echo_calls(clients, relays, encode(tone(100)))
+    finally:
+        await _close_all(*clients, *relays)
