@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +25,7 @@ from splitrelay.inference.endpoint import Peer
 from splitrelay.inference.speech import SpeechDetector
 from splitrelay.inference.wire import Continuation
 from splitrelay.relay.inference_link import AGENT_LOST, LinkError, RelayLink
+from splitrelay.relay.media.impair import Impairment
 from splitrelay.relay.media.peer import VoicePeer
 from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
@@ -88,6 +89,14 @@ class CallConfig:
             raise ValueError(f"barge_in_sustain_ms must be 20..2000, got {self.barge_in_sustain_ms}")
         if not 0 < self.connect_timeout_s <= 120:
             raise ValueError(f"connect_timeout_s must be in (0, 120], got {self.connect_timeout_s}")
+
+
+def impaired(config: CallConfig, impairment: Impairment | None) -> CallConfig:
+    """``config`` with every call's media leg impaired both ways (``relay serve --impair``): the relay's
+    SFU leg in SFU mode, the caller's leg in direct mode (relay/media/impair.py)."""
+    if impairment is None or not impairment.active:
+        return config
+    return replace(config, fast_path=replace(config.fast_path, impair_in=impairment, impair_out=impairment))
 
 
 class SequenceUnwrapper:

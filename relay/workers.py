@@ -242,8 +242,9 @@ def worker_main() -> None:
 
     import uvloop
 
-    from splitrelay.relay.call import CallConfig
+    from splitrelay.relay.call import CallConfig, impaired
     from splitrelay.relay.inference_link import DEFAULT_AGENT_TIMEOUT_S
+    from splitrelay.relay.media.impair import parse_impairment
     from splitrelay.relay.media.peer import CandidatePolicy
     from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings, freeze_startup_heap
 
@@ -266,7 +267,11 @@ def worker_main() -> None:
         ),
         stun_urls=tuple(config.get("stun_urls") or ()),
         public_address=config.get("public_address"),
-        call=CallConfig(**(config.get("call") or {})),  # the supervisor checked it (barge-in flags)
+        # The supervisor checked both (barge-in flags, --impair).
+        call=impaired(
+            CallConfig(**(config.get("call") or {})),
+            parse_impairment(config["impair"]) if config.get("impair") else None,
+        ),
         sfu=SfuSettings(sfu["base_url"], sfu["app_id"], os.environ[sfu["secret_env"]]) if sfu else None,
         max_calls=int(config.get("max_calls", 1000)),
         process=config["process"],

@@ -132,8 +132,13 @@ class Bench:
         self.options = CallOptions(
             reply_timeout_s=config.reply_timeout_s, max_reply_s=min(600.0, utterance_s + 5.0)
         )
-        # Configuration A's callers impair their own leg when asked; B's stay clean (the baseline).
-        self.options_by_label = {"a": replace(self.options, impair=config.impair), "b": self.options}
+        # Configuration A's callers impair their own leg when asked (and its relays theirs, with
+        # --impair-relay); B's stay clean (the baseline).
+        lossy = config.impair_relay is not None
+        self.options_by_label = {
+            "a": replace(self.options, impair=config.impair, lossy_path=lossy),
+            "b": self.options,
+        }
         o = self.options
         self.call_timeout_s = (
             2 * o.connect_timeout_s
@@ -149,6 +154,11 @@ class Bench:
                     mode=variant.mode,
                     run_dir=out_dir / f"{variant.label}-stack",
                     silence_ms=variant.silence_ms,
+                    relay_impair=(
+                        config.impair_relay.describe()
+                        if config.impair_relay is not None and variant.label == "a"
+                        else None
+                    ),
                 )
             )
             total = config.warmup + config.calls
@@ -347,6 +357,13 @@ class Bench:
                     "engine": "userspace",
                     "where": "configuration a's caller legs",
                 },
+                "impair_relay": None
+                if c.impair_relay is None
+                else {
+                    "spec": c.impair_relay.describe(),
+                    "engine": "userspace",
+                    "where": "configuration a's relay legs (SFU-relay, or caller-relay in direct mode)",
+                },
             },
             "configs": configs,
             "ratio_a_over_b": ratios(configs["a"]["summary"], configs["b"]["summary"]),
@@ -419,7 +436,12 @@ def _config(**values: Any) -> BenchCallsConfig:
             impair = parse_impairment(impair_text) if impair_text is not None else None
         except ImpairmentError as exc:
             raise ValueError(f"--impair: {exc}") from None
-        return BenchCallsConfig(a=a, b=b, netem=netem, impair=impair, **values)
+        relay_text = values.pop("impair_relay", None)
+        try:
+            impair_relay = parse_impairment(relay_text) if relay_text is not None else None
+        except ImpairmentError as exc:
+            raise ValueError(f"--impair-relay: {exc}") from None
+        return BenchCallsConfig(a=a, b=b, netem=netem, impair=impair, impair_relay=impair_relay, **values)
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
         option = name if name.startswith("--") else OPTIONS.get(name, f"--{name.replace('_', '-')}")
@@ -475,6 +497,13 @@ def calls_command(
             "loss=2%,jitter=30ms: for kernels without netem."
         ),
     ] = None,
+    impair_relay: Annotated[
+        str | None,
+        typer.Option(
+            help="Impair configuration A's relay leg (SFU↔relay) both ways in userspace, same syntax; "
+            "with --impair, both legs at once."
+        ),
+    ] = None,
     netns: Annotated[
         bool, typer.Option("--netns", help="Run in a fresh network namespace (implied by --netem).")
     ] = False,
@@ -496,6 +525,7 @@ def calls_command(
         b=b,
         netem=netem,
         impair=impair,
+        impair_relay=impair_relay,
         calls=calls,
         concurrency=concurrency,
         block=block,

@@ -121,6 +121,8 @@ class BenchCallsConfig:
     impair: Impairment | None = None
     """Userspace impairment of configuration A's caller legs (B stays clean: the baseline in the same
     run). For kernels without netem; relay/media/impair.py."""
+    impair_relay: Impairment | None = None
+    """Userspace impairment of configuration A's relay leg (SFU↔relay, both ways; `relay serve --impair`)."""
     netns: bool = False
     """Run stacks and callers in a fresh network namespace (implied by ``netem``)."""
     out_dir: Path | None = None
@@ -149,6 +151,10 @@ class BenchCallsConfig:
             raise ValueError(f"reply_timeout_s: must be 1..120 s, got {self.reply_timeout_s}")
         if not 1.0 <= self.settle_timeout_s <= 600.0:
             raise ValueError(f"settle_timeout_s: must be 1..600 s, got {self.settle_timeout_s}")
+        if self.impair_relay is not None and self.netem is not None:
+            raise ValueError(
+                "--impair-relay: give --netem or --impair-relay, not both (netem impairs every hop)"
+            )
         if self.impair is not None and self.netem is not None:
             raise ValueError("--impair: give --netem or --impair, not both (netem impairs every hop)")
         if self.plot is not None and self.plot.suffix.lower() not in PLOT_SUFFIXES:

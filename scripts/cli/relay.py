@@ -153,6 +153,14 @@ def serve(
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
     ] = None,
     port_range: Annotated[str | None, typer.Option(help="UDP port range for media, LOW-HIGH.")] = None,
+    impair: Annotated[
+        str | None,
+        typer.Option(
+            help="Impair every call's media leg of this relay in userspace, both ways (SFU mode: the "
+            "SFU↔relay leg), e.g. loss=2%,burst=3,jitter=30ms,reorder=1%,duplicate=0.5% "
+            "(docs/local-stack.md). For testing: a kernel without netem."
+        ),
+    ] = None,
     public_address: Annotated[
         str | None,
         typer.Option(
@@ -237,6 +245,12 @@ def serve(
         raise typer.BadParameter(str(exc)) from None
     endpoints = parse_inference(inference)
     barge = barge_in_settings(barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms)
+    from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
+
+    try:
+        impairment = parse_impairment(impair) if impair is not None else None
+    except ImpairmentError as exc:
+        raise typer.BadParameter(f"--impair: {exc}") from None
     if agent_timeout and not 0.4 <= agent_timeout <= 60:
         raise typer.BadParameter(f"--agent-timeout must be 0 (off) or 0.4..60 s, got {agent_timeout}")
     sfu = None
@@ -261,7 +275,7 @@ def serve(
             edge = EdgeLinkSettings(edge_url, relay_id, key.encode(), interval_s=heartbeat_interval)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-    from splitrelay.relay.call import CallConfig
+    from splitrelay.relay.call import CallConfig, impaired
 
     settings = RelaySettings(
         signing_keys={"default": key.encode()},
@@ -269,7 +283,7 @@ def serve(
         inference_more=tuple(endpoints[1:]),
         relay_id=relay_id,
         agent_timeout_s=agent_timeout,
-        call=CallConfig(**barge),
+        call=impaired(CallConfig(**barge), impairment),
         host=host,
         port=port,
         candidates=candidates,
@@ -301,6 +315,7 @@ def serve(
             "relay_id": relay_id,
             "agent_timeout_s": agent_timeout,
             "call": barge,
+            "impair": impair,
             "candidate_addresses": list(candidates.addresses or ()),
             "port_range": list(candidates.port_range) if candidates.port_range else None,
             "max_calls": max_calls,

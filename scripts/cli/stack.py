@@ -90,6 +90,13 @@ def dev(
     relays: Annotated[
         int, typer.Option(help="Relay processes (the edge's registry: relay-0, relay-1...).")
     ] = 1,
+    impair_relay: Annotated[
+        str | None,
+        typer.Option(
+            help="Impair the relays' media leg (SFU↔relay) both ways in userspace, e.g. "
+            "loss=2%,jitter=30ms (--impair is the caller's leg; docs/local-stack.md)."
+        ),
+    ] = None,
     agent: Annotated[
         list[str] | None,
         typer.Option(
@@ -115,10 +122,13 @@ def dev(
             silence_ms=silence_ms,
             relays=relays,
             external_agents=tuple(agent or ()),
+            relay_impair=impair_relay,
         )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")
-        option = "agent" if name == "external_agents" else name.replace("_", "-")
+        option = {"external_agents": "agent", "relay_impair": "impair-relay"}.get(
+            name, name.replace("_", "-")
+        )
         raise typer.BadParameter(f"--{option}:{rest}") from None
     spoken: Utterance | None = None
     options: CallOptions | None = None

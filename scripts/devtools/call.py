@@ -86,6 +86,9 @@ class CallOptions:
     """ICE host candidates; None: loopback when the edge is on loopback, else aioice's choice."""
     impair: Impairment | None = None
     """Impair the caller's leg (both directions of its media): relay/media/impair.py."""
+    lossy_path: bool = False
+    """Another leg of the path is impaired (the relay's, `relay serve --impair`): replies may miss
+    frames, so they are matched allowing gaps, as with ``impair``."""
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -725,7 +728,7 @@ class _Call:
             reply_frames=len(reply.payloads),
             reply_match=(
                 find_run(self.utterance.frames, reply.payloads)
-                if self.options.impair is None
+                if self.options.impair is None and not self.options.lossy_path
                 else find_run_with_gaps(
                     self.utterance.frames, reply.in_sequence_order(), IMPAIRED_MAX_GAP_SHARE
                 )

@@ -71,6 +71,8 @@ class StackConfig:
     external_agents: tuple[str, ...] = ()
     """Agents of your own (UDP HOST:PORT, e.g. `splitrelay agent pipecat`) instead of starting any: the
     relays use these, and the run's wire key is the one in $SPLITRELAY_WIRE_KEY (your agent's)."""
+    relay_impair: str | None = None
+    """Each relay's ``--impair`` spec (its media leg, both ways: SFU↔relay in SFU mode); None: clean."""
     sfu_reconnect_window_s: float | None = None
     """The emulator's ``timers.reconnect_window`` (how long a session whose peer closed or failed lives
     on); None: the real service's 30 s. Tests that count what is left shorten it."""
@@ -98,6 +100,13 @@ class StackConfig:
                 raise ValueError(f"external_agents: expected HOST:PORT, got {address[:80]!r}")
         if len(self.external_agents) > MAX_AGENTS:
             raise ValueError(f"external_agents: at most {MAX_AGENTS}, got {len(self.external_agents)}")
+        if self.relay_impair is not None:
+            from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
+
+            try:
+                parse_impairment(self.relay_impair)
+            except ImpairmentError as exc:
+                raise ValueError(f"relay_impair: {exc}") from None
         window = self.sfu_reconnect_window_s
         if window is not None and not 0.1 <= window <= 300:
             raise ValueError(f"sfu_reconnect_window_s: must be 0.1..300 s, got {window}")
@@ -118,6 +127,8 @@ class StackInfo:
     relay_urls: list[str] = field(default_factory=list)
     agents: list[str] = field(default_factory=list)
     """Every agent's UDP HOST:PORT (``agent`` is the first)."""
+    relay_impair: str | None = None
+    """The relays' ``--impair`` spec, if any (a caller then expects replies with gaps)."""
     """Every relay's control URL, in the edge registry's order (``relay_url`` is the first)."""
     tcp_ports: list[int] = field(default_factory=list)
     udp_ports: list[int] = field(default_factory=list)
@@ -411,6 +422,8 @@ class Stack:
                 relay_args += ["--inference", address]
             relay_args += ["--candidate-address", HOST]
             relay_args += ["--drain-grace", str(c.drain_grace_s)]
+            if c.relay_impair is not None:
+                relay_args += ["--impair", c.relay_impair]
             if emulator_ready is not None:
                 relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
                 relay_args += ["--edge-url", f"http://{HOST}:{edge_port}", "--relay-id", f"relay-{index}"]
@@ -446,6 +459,7 @@ class Stack:
             pids={comp.name: comp.process.pid for comp in self.components},
             relay_urls=relay_urls,
             agents=agent_addresses,
+            relay_impair=c.relay_impair,
             tcp_ports=sorted(tcp),
             udp_ports=sorted(udp),
             token_signing_key=self._secrets[TOKEN_KEY_ENV] if c.mode == "sfu" else "",
