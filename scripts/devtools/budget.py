@@ -559,6 +559,8 @@ class CallReport:
         endpointing = stats["endpointing_ms"]["p50"]
         if endpointing is not None:
             line += f", of which endpointing {endpointing:.0f} ms (the echo agent's silence threshold)"
+        elif self.relay is not None and not self.relay.replies:
+            line += " (endpointing n/a: the agent sent no agent.reply event)"
         else:
             line += " (endpointing n/a: the relay's record of the call was not available)"
         return line

@@ -133,6 +133,7 @@ async def test_a_pipecat_pipeline_reports_its_stages_with_no_code_of_its_own() -
     assert all("not a run of the sent frames" in error for error in report.errors), report.errors
     assert report.relay is not None and report.relay.replies == ()
     assert [s.turn for s in report.relay.stages] == [1, 2]
+    assert report.headline().endswith("(endpointing n/a: the agent sent no agent.reply event)")
     for turn in report.turns:
         assert [s.name for s in turn.stages] == ["tts_started", "tts_first_byte"], turn
         assert turn.endpointing_ms is None  # needs agent.reply's end of speech
