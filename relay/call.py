@@ -23,6 +23,7 @@ from splitrelay.contract.control import MAX_CONTINUATIONS
 from splitrelay.inference import wire
 from splitrelay.inference.endpoint import Peer
 from splitrelay.inference.speech import SpeechDetector
+from splitrelay.inference.stages import STAGE_EVENT
 from splitrelay.inference.wire import Continuation
 from splitrelay.relay.inference_link import AGENT_LOST, LinkError, RelayLink
 from splitrelay.relay.media.impair import Impairment
@@ -169,6 +170,8 @@ class Call:
         self.early_packets = 0
         self._early: list[RtpPacket] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.on_stage: Callable[[str, dict[str, Any]], object] | None = None
+        """Told (call id, event) of each ``agent.stage`` mark (the manager wires it to the edge link)."""
         self._seq = SequenceUnwrapper()
         self._ts0: int | None = None
         self._speech_run = 0
@@ -428,8 +431,11 @@ class Call:
         self.playout.push_mark(name, timestamp)
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Keep inference's JSON events (transcripts, tool status, agent timings) for the call's record."""
+        """Keep inference's JSON events (transcripts, tool status, agent timings) for the call's record;
+        stage marks also go to ``on_stage`` (the edge, for the caller's page: relay/edge_link.py)."""
         self.events.append({"at_ms": round((time.perf_counter() - self._t0) * 1000, 3), "event": event})
+        if self.on_stage is not None and event.get("type") == STAGE_EVENT:
+            self.on_stage(self.call_id, event)
 
     def on_clear(self, timestamp: int) -> None:
         """The agent interrupted itself; tell it what the caller heard of the cleared response, as

@@ -68,6 +68,8 @@ class CallManager:
         self.pacer = SharedPacer()  # one playout timer for every call of this process
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self.on_stage: Callable[[str, dict[str, Any]], object] | None = None
+        """Told (call id, event) of each agent stage mark of any call (relay/edge_link.py)."""
         self.on_ended: Callable[[str, str], object] | None = None
         """Told (call id, close reason) when a call ends, whoever ended it (relay/edge_link.py)."""
         self.collector = RelayCollector(lambda: [c.sample() for c in self.calls.values()], process)
@@ -144,6 +146,7 @@ class CallManager:
             relay_id=self.relay_id,
             continues=wire_continuation(request.continues),
         )
+        call.on_stage = self.on_stage
         self.calls[request.call_id] = call
         task = asyncio.get_running_loop().create_task(self._run(call))
         self._tasks.add(task)

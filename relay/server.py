@@ -204,6 +204,7 @@ class RelayServer:
         if s.edge is not None:
             self.edge = EdgeLink(s.edge, lambda: list(manager.calls), draining=lambda: manager.draining)
             manager.on_ended = self.edge.call_ended
+            manager.on_stage = self.edge.call_stages
         try:
             self._control = ControlServer(
                 create_app(self.manager, Verifier(keys=s.signing_keys), edge=self.edge), s.host, s.port
