@@ -99,6 +99,10 @@ def test_inference_is_split_by_the_marks_of_the_replys_decision() -> None:
     )
     assert budget.after_last_stage_ms == pytest.approx(248.0 - 240.0)
     assert sum(s.ms for s in budget.stages) + (budget.after_last_stage_ms or 0) == pytest.approx(248.0)
+    # Without the relay's base the reply's own detected_at still finds them, wherever they are in the list.
+    unmapped = RelayView(**{**view.__dict__, "rtp_timestamp_base": None, "stages": view.stages[::-1]})
+    found = match_stages(record, clock, unmapped, order=0, reply=view.replies[0])
+    assert found is not None and found.turn == 1
     without = turn_budget(record, clock, relay, "sfu")  # the same turn, no marks: nothing changes
     assert without.stages == () and without.after_last_stage_ms is None
     assert without.inference_ms == budget.inference_ms
