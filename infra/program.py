@@ -32,6 +32,7 @@ _SCALARS = (
     "packageSpec",  # refused with a clear message: relays install their bundle from S3
     "relayBundle",
     "relayPortRange",
+    "relayMediaPort",
     "stableAddress",
     "workerCodeOwner",
     "edgeAttach",

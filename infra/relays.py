@@ -196,7 +196,7 @@ def security_group_rules(
     needs HTTPS (SSM, PyPI, the SFU API), apt over HTTP, and UDP to the SFU and inference."""
     control_v4, control_v6 = _split(settings.control_allow_list)
     media_v4, media_v6 = _split(settings.media_allow_list)
-    low, high = settings.port_range
+    low, high = settings.media_ports
     ingress = [
         aws.ec2.SecurityGroupIngressArgs(
             description="relay control API (HTTPS) from the Worker via Cloudflare",
@@ -485,7 +485,7 @@ def slot_accelerator(
         tags={TAG_STACK: settings.stack, TAG_REGION: region.key, TAG_SLOT: str(slot)},
         opts=opts,
     )
-    low, high = settings.port_range
+    low, high = settings.media_ports
     groups = []
     for protocol, ports in (("TCP", (CONTROL_TLS_PORT, CONTROL_TLS_PORT)), ("UDP", (low, high))):
         listener = aws.globalaccelerator.Listener(
@@ -583,6 +583,7 @@ def build_region(
                     bundle_requirement=bundle.requirement,
                     inference=region.inference,
                     port_range=settings.port_range,
+                    media_port=settings.media_port,
                     sfu_api_url=settings.sfu_api_url,
                     sfu_app_id=values[0],
                     accelerator=settings.stable_address == "global-accelerator",

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 STABLE_ADDRESSES = ("elastic-ip", "global-accelerator")
 CODE_OWNERS = ("pulumi", "wrangler")
@@ -101,6 +101,9 @@ class StackSettings:
     relay_bundle: str | None = None
     """A bundle built beforehand (infra/bundle.py); None: `pulumi up` builds one from this checkout."""
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    media_port: int | None = None
+    """``relayMediaPort``: one UDP port per relay worker (``relay serve --media-port``) instead of
+    ``port_range`` per call; worker i uses ``media_port + i``, at most MEDIA_PORT_WORKERS workers."""
     allowed_origins: tuple[str, ...] = ()
     control_allow_list: tuple[str, ...] = ()
     media_allow_list: tuple[str, ...] = ("0.0.0.0/0",)
@@ -112,6 +115,13 @@ class StackSettings:
     sfu_api_url: str = DEFAULT_SFU_API
     relay_host_prefix: str = "relay"
     manage_ssl_rule: bool = True
+
+    @property
+    def media_ports(self) -> tuple[int, int]:
+        """The UDP ports relays receive media on: what the security group and the accelerator open."""
+        if self.media_port is None:
+            return self.port_range
+        return self.media_port, self.media_port + MEDIA_PORT_WORKERS - 1
 
     @property
     def edge_url(self) -> str:
@@ -228,6 +238,27 @@ def _cidrs(raw: Mapping[str, Any], key: str, default: Sequence[str]) -> tuple[st
         except ValueError as exc:
             raise InfraConfigError(f"{key}[{i}]", f"not a CIDR block: {exc}") from None
     return tuple(out)
+
+
+MEDIA_PORT_WORKERS: Final = 64
+"""With ``relayMediaPort``: the relay runs at most this many workers (one port each), so the security
+group opens exactly ``media_port .. media_port + 63``."""
+
+
+def parse_media_port(value: Any, key: str = "relayMediaPort") -> int | None:
+    """None (unset: a port per call), or the base UDP port, 1024..65535-63."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if not text.isdigit():
+        raise InfraConfigError(key, f"must be a port number such as 40000, got {value!r}")
+    port = int(text)
+    if not 1024 <= port <= 65535 - (MEDIA_PORT_WORKERS - 1):
+        raise InfraConfigError(
+            key,
+            f"must be 1024..{65535 - (MEDIA_PORT_WORKERS - 1)} (one port per worker, 64 at most), got {port}",
+        )
+    return port
 
 
 def parse_port_range(value: Any, key: str = "relayPortRange") -> tuple[int, int]:
@@ -454,6 +485,7 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
         regions=regions,
         relay_bundle=relay_bundle,
         port_range=parse_port_range(raw.get("relayPortRange", "{}-{}".format(*DEFAULT_PORT_RANGE))),
+        media_port=parse_media_port(raw.get("relayMediaPort")),
         allowed_origins=tuple(_origin(o, f"allowedOrigins[{i}]") for i, o in enumerate(origins_raw)),
         control_allow_list=_cidrs(raw, "controlAllowList", cloudflare_ip_ranges()),
         media_allow_list=_cidrs(raw, "mediaAllowList", ("0.0.0.0/0",)),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from splitrelay.infra.settings import CONTROL_PORT, METRICS_PORT
+from splitrelay.infra.settings import CONTROL_PORT, MEDIA_PORT_WORKERS, METRICS_PORT
 
 VENV = "/opt/splitrelay"
 TLS_DIR = "/etc/splitrelay/tls"
@@ -47,6 +47,9 @@ class RelayBoot:
     sfu_api_url: str
     sfu_app_id: str
     accelerator: bool
+    media_port: int | None = None
+    """One UDP port per worker (``--media-port``, workers capped at MEDIA_PORT_WORKERS) instead of
+    ``port_range``; None: a port per call."""
     edge_url: str = ""
     """The edge's base URL (``https://<hostname>``): the relay's heartbeats and call-end notices go there,
     naming it by the slot id ``prepare`` claimed ($SPLITRELAY_RELAY_ID). Empty: no heartbeats."""
@@ -80,6 +83,11 @@ def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
 def relay_command(boot: RelayBoot) -> list[str]:
     """The relay's command line; PRIVATE_IP and CORES are filled in by the script at boot."""
     low, high = boot.port_range
+    media = (
+        ["--port-range", f"{low}-{high}"]
+        if boot.media_port is None
+        else ["--media-port", str(boot.media_port)]
+    )
     return [
         f"{VENV}/bin/splitrelay",
         "relay",
@@ -92,8 +100,7 @@ def relay_command(boot: RelayBoot) -> list[str]:
         _unit_arg(boot.inference, "inference"),
         "--candidate-address",
         "${PRIVATE_IP}",
-        "--port-range",
-        f"{low}-{high}",
+        *media,
         "--workers",
         "${CORES}",
         "--sfu-url",
@@ -166,6 +173,12 @@ def render_user_data(boot: RelayBoot) -> str:
     region_key = _unit_arg(boot.region_key, "region key")
     accel = " --accelerator" if boot.accelerator else ""
     relay = " ".join(relay_command(boot))
+    cores_cap = (
+        ""
+        if boot.media_port is None
+        else f"# One media port per worker: the security group opens {MEDIA_PORT_WORKERS} of them.\n"
+        f'if [ "$CORES" -gt {MEDIA_PORT_WORKERS} ]; then CORES={MEDIA_PORT_WORKERS}; fi'
+    )
     edge_env = (
         f"Environment=SPLITRELAY_EDGE_URL={_checked(_EDGE_URL, boot.edge_url, 'edge URL')}\n"
         if boot.edge_url
@@ -193,6 +206,7 @@ TOKEN=$(curl -fsS -X PUT $IMDS/latest/api/token -H 'X-aws-ec2-metadata-token-ttl
 imds() {{ curl -fsS -H "X-aws-ec2-metadata-token: $TOKEN" "$IMDS/latest/meta-data/$1"; }}
 PRIVATE_IP=$(imds local-ipv4)
 CORES=$(nproc)
+{cores_cap}
 
 # The relay bundle: the stack's private S3 object, read with the instance role's credentials (curl
 # signs with SigV4; the keys go to curl on stdin, never on a command line), then its hash is checked.

@@ -32,7 +32,8 @@ from splitrelay.relay.inference_link import (
     resolve_numeric,
 )
 from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
-from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig
+from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig, open_shared_port
 from splitrelay.relay.sfu_attach import SfuAttacher
 from splitrelay.relay.sfu_client import SfuClient
 
@@ -84,6 +85,9 @@ class RelaySettings:
     keepalive_ms: int = DEFAULT_KEEPALIVE_MS
     agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S
     """A call whose agent sends keep-alives is lost after this long with nothing from it (0: off)."""
+    media_port: int | None = None
+    """One UDP port for every call of this process: ``media_port + process`` (relay/media/demux.py);
+    None: one port per call (``candidates.port_range`` or any)."""
 
 
 def bind_tcp(host: str, port: int, what: str = "control API") -> socket.socket:
@@ -166,11 +170,29 @@ class RelayServer:
         self.manager: CallManager | None = None
         self.edge: EdgeLink | None = None
         self._control: ControlServer | None = None
+        self._shared_port: SharedUdpPort | None = None
         self.port = 0
+
+    @property
+    def media_port(self) -> int | None:
+        """The UDP port every call of this process uses, when it has one (``media_port``)."""
+        return None if self._shared_port is None else self._shared_port.port
 
     async def start(self) -> None:
         s = self.settings
-        await self.link.start()
+        candidates = s.candidates
+        if s.media_port is not None:
+            candidates, self._shared_port = await open_shared_port(
+                s.candidates,
+                s.media_port,
+                worker=int(s.process),
+                limits=DemuxLimits(max_calls=max(s.max_calls, 1)),
+            )
+        try:
+            await self.link.start()
+        except BaseException:
+            await self.stop()
+            raise
         endpoints = []
         for host, port in (s.inference, *s.inference_more) if s.inference_more else ():
             try:
@@ -189,7 +211,7 @@ class RelayServer:
         self.manager = CallManager(
             self.link,
             peer_config=VoicePeerConfig(
-                candidates=s.candidates,
+                candidates=candidates,
                 ice_servers=tuple(RTCIceServer(urls=u) for u in s.stun_urls),
                 public_address=s.public_address,
             ),
@@ -241,6 +263,9 @@ class RelayServer:
             await self._sfu_client.aclose()
             self._sfu_client = None
         await self.link.close()
+        if self._shared_port is not None:  # after the calls: their peers sent through it
+            await self._shared_port.close()
+            self._shared_port = None
 
     async def __aenter__(self) -> RelayServer:
         await self.start()

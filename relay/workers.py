@@ -275,6 +275,7 @@ def worker_main() -> None:
         sfu=SfuSettings(sfu["base_url"], sfu["app_id"], os.environ[sfu["secret_env"]]) if sfu else None,
         max_calls=int(config.get("max_calls", 1000)),
         process=config["process"],
+        media_port=config.get("media_port"),
     )
 
     async def main() -> None:

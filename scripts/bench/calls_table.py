@@ -138,14 +138,18 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
         console.print(f"[red]caller leak[/]: sockets beyond the baseline {caller['leaked']}", soft_wrap=True)
     netem = settings["netem"]
     where = "in a fresh network namespace" if settings["namespace"] else "on this machine's loopback"
-    impair = settings.get("impair")
+    impairs = [i for i in (settings.get("impair"), settings.get("impair_relay")) if i]
     if netem:
         impairment = f", netem on lo: {netem['spec']}"
-    elif impair:
-        impairment = f", userspace impairment of {impair['where']} (no netem here): {impair['spec']}; b clean"
+    elif impairs:
+        legs = " and ".join(f"{i['where']}: {i['spec']}" for i in impairs)
+        impairment = f", userspace impairment (no netem here) of {legs}; b clean"
     else:
         impairment = ", no impairment"
-    console.print(f"run {where}{impairment}; blocks of {settings['block']} alternating {settings['order']}")
+    console.print(
+        f"run {where}{impairment}; blocks of {settings['block']} alternating {settings['order']}",
+        soft_wrap=True,
+    )
     console.print(f"machine: {doc['machine_line']}", soft_wrap=True)
     console.print(f"per-call results: {doc['results_file']}", soft_wrap=True)
     if doc.get("plot"):

@@ -152,7 +152,16 @@ def serve(
         list[str] | None,
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
     ] = None,
-    port_range: Annotated[str | None, typer.Option(help="UDP port range for media, LOW-HIGH.")] = None,
+    port_range: Annotated[
+        str | None, typer.Option(help="UDP port range for media, LOW-HIGH: one port per call.")
+    ] = None,
+    media_port: Annotated[
+        int | None,
+        typer.Option(
+            help="One UDP port for every call: worker i uses MEDIA_PORT+i (a demultiplexer routes by ICE "
+            "ufrag, docs/architecture.md). Needs one --candidate-address; not with --port-range."
+        ),
+    ] = None,
     impair: Annotated[
         str | None,
         typer.Option(
@@ -243,6 +252,17 @@ def serve(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if media_port is not None:
+        if port_range is not None:
+            raise typer.BadParameter("--media-port: give --media-port or --port-range, not both")
+        if not 1024 <= media_port <= 65535 - (workers - 1):
+            raise typer.BadParameter(
+                f"--media-port: must be 1024..{65535 - (workers - 1)} (one port per worker), got {media_port}"
+            )
+        if not candidate_address or len(candidate_address) != 1:
+            raise typer.BadParameter(
+                "--media-port: needs exactly one --candidate-address (the socket's address)"
+            )
     endpoints = parse_inference(inference)
     barge = barge_in_settings(barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms)
     from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
@@ -292,6 +312,7 @@ def serve(
         sfu=sfu,
         max_calls=max_calls,
         edge=edge,
+        media_port=media_port,
     )
     drainers: list[Callable[[], Awaitable[int]]] = []
 
@@ -318,6 +339,7 @@ def serve(
             "impair": impair,
             "candidate_addresses": list(candidates.addresses or ()),
             "port_range": list(candidates.port_range) if candidates.port_range else None,
+            "media_port": media_port,
             "max_calls": max_calls,
             "stun_urls": list(settings.stun_urls),
             "public_address": public_address,
@@ -359,6 +381,8 @@ def serve(
         async with stack:
             url = await (run_supervisor(stop) if workers > 1 else run_single(stop))
             ready = {"event": "ready", "url": url, "pid": os.getpid(), "workers": workers}
+            if media_port is not None:
+                ready["media_ports"] = [media_port + i for i in range(workers)]
             if json_output:
                 print(json.dumps(ready), flush=True)
             else:

@@ -90,6 +90,14 @@ def dev(
     relays: Annotated[
         int, typer.Option(help="Relay processes (the edge's registry: relay-0, relay-1...).")
     ] = 1,
+    shared_port: Annotated[
+        bool,
+        typer.Option(
+            "--shared-port/--port-per-call",
+            help="Each relay serves every call on one UDP port (relay serve --media-port), or one port per "
+            "call (the deploy's default until the shared port is proven against Cloudflare's SFU).",
+        ),
+    ] = True,
     impair_relay: Annotated[
         str | None,
         typer.Option(
@@ -123,6 +131,7 @@ def dev(
             relays=relays,
             external_agents=tuple(agent or ()),
             relay_impair=impair_relay,
+            shared_media_port=shared_port,
         )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")

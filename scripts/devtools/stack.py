@@ -45,6 +45,7 @@ class StackError(Exception):
 
 
 AGENT_KINDS: Final = ("echo", "metronome")
+RELAY_FIRST_BEATS_S: Final = 1.0  # four beats at the relays' default 250 ms
 MAX_AGENTS: Final = 4
 
 
@@ -71,6 +72,9 @@ class StackConfig:
     external_agents: tuple[str, ...] = ()
     """Agents of your own (UDP HOST:PORT, e.g. `splitrelay agent pipecat`) instead of starting any: the
     relays use these, and the run's wire key is the one in $SPLITRELAY_WIRE_KEY (your agent's)."""
+    shared_media_port: bool = True
+    """Each relay serves all its calls on one UDP port (``relay serve --media-port``, picked free here)
+    instead of one port per call."""
     relay_impair: str | None = None
     """Each relay's ``--impair`` spec (its media leg, both ways: SFU↔relay in SFU mode); None: clean."""
     sfu_reconnect_window_s: float | None = None
@@ -261,6 +265,17 @@ def free_tcp_port(host: str = HOST) -> int:
         return int(probe.getsockname()[1])
 
 
+def free_udp_port(host: str = HOST) -> int:
+    """A loopback UDP port free right now (the kernel's pick, >= 1024), for a relay's --media-port."""
+    for _ in range(20):  # bounded: the kernel's ephemeral range is above 1024 anyway
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port >= 1024:
+            return port
+    raise StackError("no free UDP port above 1023")
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(32)  # 43 characters, above every key's 32-byte minimum
 
@@ -424,6 +439,8 @@ class Stack:
             relay_args += ["--drain-grace", str(c.drain_grace_s)]
             if c.relay_impair is not None:
                 relay_args += ["--impair", c.relay_impair]
+            if c.shared_media_port:
+                relay_args += ["--media-port", str(free_udp_port())]
             if emulator_ready is not None:
                 relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
                 relay_args += ["--edge-url", f"http://{HOST}:{edge_port}", "--relay-id", f"relay-{index}"]
@@ -443,6 +460,10 @@ class Stack:
                 json_ready("ready"),
             )
             edge_ready = edge.ready
+            # The relays started beating before the edge listened: let their first beats land, so the
+            # edge knows them alive and their pooled connection to it exists before anyone counts
+            # sockets (bench calls' leak baseline) or calls.
+            await asyncio.sleep(RELAY_FIRST_BEATS_S)
         tcp = [int(url.rsplit(":", 1)[1]) for url in relay_urls]
         udp = [int(address.rsplit(":", 1)[1]) for address in agent_addresses if not c.external_agents]
         if emulator_ready is not None and edge_ready is not None:

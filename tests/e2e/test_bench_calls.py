@@ -224,16 +224,19 @@ async def test_userspace_impairment_of_a_against_a_clean_b_in_the_same_run(tmp_p
     out = tmp_path / "run"
     code, stdout, stderr = await bench(
         "--a", "direct", "--b", "direct", "--calls", "2", "--concurrency", "2", "--block", "2",
-        "--warmup", "0", "--impair", "loss=3%,delay=30ms,jitter=10ms,seed=5", "--out", str(out),
+        "--warmup", "0", "--impair", "loss=3%,delay=30ms,jitter=10ms,seed=5",
+        "--impair-relay", "loss=2%,seed=6", "--out", str(out),
     )  # fmt: skip
     assert code in (0, 1), stdout + stderr  # a lost frame may make a reply "not a run of the sent frames"
-    assert "userspace impairment of configuration a's caller legs" in stdout, stdout
+    assert "of configuration a's caller legs: loss=3%" in stdout, stdout
+    assert "configuration a's relay legs" in stdout and "loss=2%" in stdout, stdout
     doc = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert doc["settings"]["impair"] == {
         "spec": "loss=3%,delay=30ms,jitter=10ms",
         "engine": "userspace",
         "where": "configuration a's caller legs",
     }
+    assert doc["settings"]["impair_relay"]["spec"] == "loss=2%,delay=0ms,jitter=0ms"
     rows = results(out)
     impaired = [r["report"]["caller"] for r in rows if r["config"] == "a" and r["report"]]
     clean = [r["report"]["caller"] for r in rows if r["config"] == "b" and r["report"]]

@@ -8,9 +8,10 @@ through the signed control API exactly as the edge would, and speaks over the SR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,3 +151,21 @@ async def relay_towards(inference: tuple[str, int]) -> AsyncIterator[SignedApi]:
     )
     async with RelayServer(settings) as relay, httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
         yield SignedApi(http)
+
+
+async def reply_on_first_frame(
+    call: InferenceCall, reply: list[bytes], got_first: asyncio.Event, watch: Coroutine[Any, Any, None]
+) -> None:
+    """An agent's body in the barge-in tests: send ``reply`` when the caller's first frame arrives, then
+    read the caller's frames to the end; ``watch`` (reading ``call.events()``) runs alongside."""
+    task = asyncio.create_task(watch)
+    try:
+        async for _frame in call.frames():
+            if not got_first.is_set():
+                got_first.set()
+                for i, payload in enumerate(reply):
+                    call.send_audio(payload, marker=i == 0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

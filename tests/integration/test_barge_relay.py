@@ -5,14 +5,13 @@ a confirm flushes it and BARGE_IN tells inference what was heard."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
 from splitrelay.inference.sdk import BargeCandidateNotice, BargeInNotice, CallEvent, InferenceCall
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig
-from tests.integration.relay_harness import Caller, relay_stack
+from tests.integration.relay_harness import Caller, relay_stack, reply_on_first_frame
 from tests.opus_fixtures import clip
 
 
@@ -33,17 +32,7 @@ async def test_a_candidate_pauses_then_the_verdict_resumes_or_flushes(confirm: b
                     await answer.wait()  # the test looks at the paused stream first
                     call.answer_barge_in(event.candidate, confirm)
 
-        task = asyncio.create_task(on_events())
-        try:
-            async for _frame in call.frames():
-                if not got_first.is_set():
-                    got_first.set()
-                    for i, payload in enumerate(reply):
-                        call.send_audio(payload, marker=i == 0)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await reply_on_first_frame(call, reply, got_first, on_events())
 
     quiet = clip((("silence", 40),))
     loud = clip((("tone", 100),))

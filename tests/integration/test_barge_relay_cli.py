@@ -7,7 +7,6 @@ flags the same speech flushes at once (BARGE_IN, no candidate), so the flags are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from pathlib import Path
@@ -23,7 +22,7 @@ from splitrelay.inference.sdk import (
     InferenceServer,
 )
 from splitrelay.relay.child import ChildProcess, cli_command, json_ready
-from tests.integration.relay_harness import SIGNING_KEY, Caller, SignedApi
+from tests.integration.relay_harness import SIGNING_KEY, Caller, SignedApi, reply_on_first_frame
 from tests.opus_fixtures import clip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -57,17 +56,7 @@ async def test_the_barge_in_flags_turn_pause_and_confirm_on(
                 if isinstance(event, BargeCandidateNotice) and verdict is not None:
                     call.answer_barge_in(event.candidate, verdict)
 
-        task = asyncio.create_task(on_events())
-        try:
-            async for _frame in call.frames():
-                if not got_first.is_set():
-                    got_first.set()
-                    for i, payload in enumerate(reply):
-                        call.send_audio(payload, marker=i == 0)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await reply_on_first_frame(call, reply, got_first, on_events())
 
     async with InferenceServer(talker, "127.0.0.1", 0) as agent:
         assert agent.address is not None

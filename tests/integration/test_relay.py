@@ -10,7 +10,7 @@ import pytest
 
 from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
 from splitrelay.inference.sdk import AudioFrame, BargeInNotice, InferenceCall, MarkReached
-from tests.integration.relay_harness import Caller, relay_stack
+from tests.integration.relay_harness import Caller, relay_stack, reply_on_first_frame
 from tests.opus_fixtures import UTTERANCE, clip
 
 pytestmark = pytest.mark.integration
@@ -106,17 +106,7 @@ async def test_barge_in_flushes_the_reply_and_tells_inference_what_was_heard(wit
                 if isinstance(event, BargeInNotice):
                     notices.append(event)
 
-        task = asyncio.create_task(events())
-        try:
-            async for _frame in call.frames():
-                if not got_first.is_set():
-                    got_first.set()
-                    for i, payload in enumerate(reply):
-                        call.send_audio(payload, marker=i == 0)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await reply_on_first_frame(call, reply, got_first, events())
 
     quiet = clip((("silence", 40),))
     loud = clip((("tone", 100),))

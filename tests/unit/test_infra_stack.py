@@ -395,6 +395,19 @@ def test_security_groups_open_only_https_and_the_media_range(spec: WorkerSpec) -
     assert "vpc-0123456789abcdef0" in vpcs and len(vpcs) == 3
 
 
+def test_a_media_port_opens_one_port_per_worker_and_the_relay_uses_it(spec: WorkerSpec) -> None:
+    """relayMediaPort: the group opens base..base+63 (MEDIA_PORT_WORKERS), and the user data runs
+    `relay serve --media-port base` with the workers capped at 64, instead of a port range."""
+    recorded, _ = run_stack(make_settings(ONE_REGION, relayMediaPort=42000), spec)
+    (group,) = recorded.of_type(T_SG)
+    udp = [(r["fromPort"], r["toPort"]) for r in unwrap(group.inputs["ingress"]) if r["protocol"] == "udp"]
+    assert udp == [(42000, 42063)]
+    for template in recorded.of_type(T_LT):
+        text = base64.b64decode(unwrap(template.inputs["userData"])).decode()
+        assert "--media-port 42000" in text and "--port-range" not in text
+        assert 'if [ "$CORES" -gt 64 ]; then CORES=64; fi' in text
+
+
 def test_configured_allow_lists_replace_the_defaults(spec: WorkerSpec) -> None:
     settings = make_settings(
         ONE_REGION, controlAllowList=["203.0.113.0/24"], mediaAllowList=["198.51.100.0/24", "2001:db8::/32"]
