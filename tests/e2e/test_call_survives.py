@@ -129,10 +129,13 @@ async def test_sigkill_of_the_relay_moves_the_call_without_a_new_offer(
         finally:
             await caller.close()
             await running.restart(relay_component(running, relay_id).name)
-    # A relay restart leaves nothing behind: the dead relay's SFU session was closed by the edge, the
-    # caller's by its hang-up, and the restarted relay starts empty.
-    left = await settled_emulator(info, within=45)
-    assert left == dict.fromkeys(EMULATOR_KEYS, 0), left
+    # A relay restart leaves nothing behind: the edge closed the dead relay's SFU tracks, the caller's
+    # hang-up its own, and the restarted relay starts empty. The dead relay's SFU session itself ends
+    # when the SFU sees its peer gone (ICE consent, ~30 s, then the reconnect window): at most that one
+    # session may still be open, with no track (bench failover's leak check waits it out).
+    left = await settled_emulator(info, within=10, sessions_allowed=1)
+    assert left["publications"] == left["subscriptions"] == 0, left
+    assert left["sessions"] <= 1 and left["peer_connections"] <= 1, left
     for url in info.relay_urls:
         assert await relay_calls(http_url=url, info=info) == 0
 
@@ -176,9 +179,9 @@ async def relay_calls(*, http_url: str, info: StackInfo) -> int:
         return len(response.json()["calls"])
 
 
-async def settled_emulator(info: StackInfo, within: float) -> dict[str, int]:
-    """The emulator's counts of sessions, peers, publications and subscriptions once they reach zero
-    (or what they are after ``within`` seconds)."""
+async def settled_emulator(info: StackInfo, within: float, sessions_allowed: int = 0) -> dict[str, int]:
+    """The emulator's counts of sessions, peers, publications and subscriptions once no track is left
+    and at most ``sessions_allowed`` sessions (or what they are after ``within`` seconds)."""
     assert info.emulator_url is not None
     url = info.emulator_url.removesuffix("/v1") + STATE_PATH
     counts: dict[str, int] = {}
@@ -187,7 +190,8 @@ async def settled_emulator(info: StackInfo, within: float) -> dict[str, int]:
             response = await http.get(url, headers={"authorization": f"Bearer {info.sfu_app_secret}"})
             state = response.json()["state"]
             counts = {key: int(state.get(key, 0)) for key in EMULATOR_KEYS}
-            if not any(counts.values()):
+            tracks = counts["publications"] + counts["subscriptions"]
+            if tracks == 0 and counts["sessions"] <= sessions_allowed:
                 break
             await asyncio.sleep(0.25)
     return counts
