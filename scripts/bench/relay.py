@@ -10,14 +10,22 @@ For each N the benchmark runs two phases back to back on the same cores:
    47 authenticated; a raw echo inference);
 2. baseline: a bare uvloop UDP echo pinned to the same core, fed the same number of datagrams per second
    of the same sizes by the same workers;
-3. A/B: the relay again, the same load, with its per-datagram work forced onto the pure-Python path
-   (``SPLITRELAY_NATIVE=0``; relay/media/native): phase 1 runs the native path when it is built. Both
-   relay phases are reported against the same baseline, so the CPU multiples compare directly.
+3. A/B: the relay again, the same load, once per ``--ab`` variant: ``port-per-call`` (one UDP socket per
+   call, the path before issue 17's shared port), ``python`` (``SPLITRELAY_NATIVE=0``: the pure-Python
+   per-datagram path, relay/media/native), ``unbatched`` (the shared port without batched receive and
+   send). Phase 1 runs the relay as it is deployed: every call on one UDP port (``relay serve
+   --media-port``), the native path when it is built (``--port-per-call`` runs one port per call instead).
+   Every relay phase is reported against the same baseline, so the CPU multiples compare directly.
 
 It reports, over a steady-state window after a warm-up: the subject's CPU (from /proc), loss, the round
 trip seen by the load generator, the relay's in-relay dwell (from its /metrics histograms), the
 load generator's own CPU (also per frame), and ratios against the baseline. When the load generator is
 the bottleneck the run says so, and the floor is reported as not tested rather than passed or failed.
+
+Datagrams per system call: ``perf stat`` counts the subject's receive (recvfrom, recvmsg, recvmmsg) and send
+(sendto, sendmsg, sendmmsg) system calls over the window through the kernel's syscall tracepoints, and the
+relay's own counters (or, for the echo, the load's) give the audio datagrams it moved: so calls that found
+the socket empty count too. Without a usable ``perf`` the figure is reported as unavailable, with why.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ import math
 import os
 import secrets
 import shlex
+import shutil
+import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +80,43 @@ NOISE_LIMIT = 10.0  # % of the subject's core used by anything but the subject a
 DATAGRAMS_PER_FRAME = 4
 START_DELAY_S = 1.0
 MAX_CALLS = 5000
+AB_CHOICES = ("port-per-call", "python", "unbatched")
+"""A/B variants: see the module docstring and ``VARIANTS``."""
+DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
+BATCH_ENV = "SPLITRELAY_MEDIA_BATCH"  # relay/media/demux.py (media may not be imported for a constant)
+SYSCALLS = {
+    "recv": ("recvfrom", "recvmsg", "recvmmsg"),
+    "send": ("sendto", "sendmsg", "sendmmsg"),
+    "poll": ("epoll_wait", "epoll_pwait", "epoll_pwait2"),
+}
+PERF_STOP_S = 10.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one relay phase runs: its port mode and the environment that picks its paths."""
+
+    name: str
+    label: str
+    shared_port: bool
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
+    """Phase 1's relay and the A/B variants ``config.ab`` asks for, in that order."""
+    shared = not config.port_per_call
+    ports = "shared port" if shared else "port per call"
+    main = Variant("default", f"{ports}, {'native' if native.available() else 'python'}", shared)
+    table = {
+        "port-per-call": Variant("port-per-call", "port per call (before the shared port)", False),
+        "python": Variant(
+            "python", f"{ports}, python (SPLITRELAY_NATIVE=0)", shared, ((native.NATIVE_ENV, "0"),)
+        ),
+        "unbatched": Variant(
+            "unbatched", f"shared port, unbatched ({BATCH_ENV}=0)", True, ((BATCH_ENV, "0"),)
+        ),
+    }
+    return main, [table[name] for name in config.ab]
 
 
 @dataclass(frozen=True)
@@ -84,8 +132,21 @@ class RelayBenchConfig:
     setup_concurrency: int = 16
     setup_timeout: float = 30.0
     """Seconds one call may take to attach and connect."""
+    port_per_call: bool = False
+    """Phase 1's relay takes one UDP port per call instead of one for all (``relay serve --media-port``)."""
+    ab: tuple[str, ...] = DEFAULT_AB
+    """A/B variants run after the baseline at each N (``AB_CHOICES``); empty: none."""
 
     def __post_init__(self) -> None:
+        for name in self.ab:
+            if name not in AB_CHOICES:
+                raise ValueError(f"ab: {name!r} is not one of {', '.join(AB_CHOICES)} (or none)")
+        if len(set(self.ab)) != len(self.ab):
+            raise ValueError(f"ab: each variant once, got {','.join(self.ab)}")
+        if self.port_per_call and "port-per-call" in self.ab:
+            raise ValueError("ab: port-per-call is already phase 1 with --port-per-call")
+        if self.port_per_call and "unbatched" in self.ab:
+            raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:
             raise ValueError(f"calls: give 1..10 values, got {len(self.calls)}")
         for n in self.calls:
@@ -116,7 +177,22 @@ class RelayBenchConfig:
             value = getattr(self, name)
             if value != getattr(default, name):
                 args += [flag, f"{value:g}"]
+        if self.port_per_call:
+            args.append("--port-per-call")
+        if self.ab != default.ab:
+            args += ["--ab", ",".join(self.ab) or "none"]
         return shlex.join(args)
+
+
+def parse_ab(text: str) -> tuple[str, ...]:
+    """'port-per-call,python' -> ('port-per-call', 'python'); 'none' or '' -> ()."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if names == ("none",):
+        return ()
+    for name in names:
+        if name not in AB_CHOICES:
+            raise ValueError(f"--ab: {name!r} is not one of {', '.join(AB_CHOICES)} or none")
+    return names
 
 
 def check_prepared(config: RelayBenchConfig, load_procs: int) -> None:
@@ -286,6 +362,10 @@ class PhaseResult:
     noisy: list[str] = field(default_factory=list)
     relay: dict[str, Any] = field(default_factory=dict)
     workers: dict[str, Any] = field(default_factory=dict)
+    syscalls: dict[str, Any] = field(default_factory=dict)
+    """The subject's system calls in the window (``SyscallCounter``) and datagrams per call, or ``error``."""
+    label: str = ""
+    """What ran: the variant's label for a relay phase."""
 
     @property
     def loss(self) -> int:
@@ -300,13 +380,17 @@ class PhaseResult:
 class Row:
     calls: int
     relay: PhaseResult | None = None
-    """The relay as it runs by default: the native per-datagram path when built (see ``path``)."""
+    """The relay as it runs by default: the shared port, the native per-datagram path when built."""
     baseline: PhaseResult | None = None
-    python: PhaseResult | None = None
-    """The A/B: the same relay and load with the pure-Python per-datagram path."""
+    ab: dict[str, PhaseResult | None] = field(default_factory=dict)
+    """The A/B variants (``--ab``): the same load through the relay run another way, by variant name."""
     error: str | None = None
     path: str = "native"
-    """What phase 1's relay ran: "native", or "python: <why>" when the extension is not available."""
+    """What phase 1's relay ran: its variant label ("shared port, native"; "..., python" with why)."""
+
+    def phase(self, which: str) -> PhaseResult | None:
+        """``relay`` (phase 1) or an A/B variant by name."""
+        return self.relay if which == "relay" else self.ab.get(which)
 
     def ratios(self) -> dict[str, float | None]:
         r, b = self.relay, self.baseline
@@ -325,11 +409,17 @@ class Row:
             out[name] = None if phase is None else {**asdict(phase), "loss": phase.loss}
         out["ratios"] = self.ratios()
         out["path"] = self.path
-        out["python"] = None if self.python is None else {**asdict(self.python), "loss": self.python.loss}
         b = self.baseline
-        out["python_ratios"] = (
-            {} if self.python is None or b is None else {"cpu": ratio(self.python.subject_cpu, b.subject_cpu)}
-        )
+        out["ab"] = {
+            name: None
+            if phase is None
+            else {
+                **asdict(phase),
+                "loss": phase.loss,
+                "cpu_x_echo": None if b is None else ratio(phase.subject_cpu, b.subject_cpu),
+            }
+            for name, phase in self.ab.items()
+        }
         return out
 
 
@@ -511,12 +601,99 @@ async def _scrape(http: Any) -> RelayMetrics:
     return parse_metrics(response.text)
 
 
+class SyscallCounter:
+    """``perf stat`` on one process's syscall tracepoints (``SYSCALLS``) from ``start`` to ``stop``.
+
+    Counting mode (no samples are recorded), so the subject pays a counter increment per call. Where perf
+    is missing or may not trace, ``stop`` returns ``{"error": why}`` and the run goes on without it.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process | None, error: str | None) -> None:
+        self._process = process
+        self._error = error
+
+    @classmethod
+    async def start(cls, pid: int) -> SyscallCounter:
+        perf = shutil.which("perf")
+        if perf is None:
+            return cls(None, "perf is not installed")
+        events = ",".join(f"syscalls:sys_enter_{name}" for names in SYSCALLS.values() for name in names)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                perf, "stat", "--no-big-num", "-x", ",", "-e", events, "-p", str(pid),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:
+            return cls(None, f"perf: {exc}")
+        return cls(process, None)
+
+    async def stop(self) -> dict[str, Any]:
+        """The calls counted, by name (plus ``recv``, ``send``, ``poll`` totals), or ``{"error": ...}``."""
+        process = self._process
+        if process is None:
+            return {"error": self._error or "not started"}
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), PERF_STOP_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return {"error": f"perf stat did not stop within {PERF_STOP_S:g} s"}
+        return parse_perf_stat(err.decode(errors="replace"))
+
+
+def parse_perf_stat(text: str) -> dict[str, Any]:
+    """``perf stat -x ,`` output to counts by syscall name and per ``SYSCALLS`` group; error if unusable."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[2].startswith("syscalls:sys_enter_"):
+            continue
+        name = fields[2].removeprefix("syscalls:sys_enter_")
+        if not fields[0].strip().isdigit():  # "<not counted>", "<not supported>"
+            return {"error": f"perf could not count {name}: {fields[0].strip()}"}
+        counts[name] = int(fields[0])
+    wanted = [name for names in SYSCALLS.values() for name in names]
+    if not all(name in counts for name in wanted):
+        last = text.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"perf stat gave no counts ({last[0][:200]})"}
+    out: dict[str, Any] = dict(counts)
+    for group, names in SYSCALLS.items():
+        out[group] = sum(counts[name] for name in names)
+    return out
+
+
+def with_datagrams(syscalls: dict[str, Any], received: int, sent: int) -> dict[str, Any]:
+    """Add the datagrams moved and datagrams per receive / send system call to a ``parse_perf_stat``."""
+    if "error" in syscalls:
+        return syscalls
+    return {
+        **syscalls,
+        "datagrams_received": received,
+        "datagrams_sent": sent,
+        "datagrams_per_recv": round(received / syscalls["recv"], 3) if syscalls["recv"] else 0.0,
+        "datagrams_per_send": round(sent / syscalls["send"], 3) if syscalls["send"] else 0.0,
+    }
+
+
+def free_udp_port(host: str) -> int:
+    """A UDP port the kernel just gave out on ``host`` (released again: the relay binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class Window:
     cpu: CpuWindow
     results: list[dict[str, Any]]
     rtt_us: np.ndarray[Any, Any]
     metrics: tuple[RelayMetrics, RelayMetrics] | None
+    syscalls: dict[str, Any]
 
 
 async def _measure(
@@ -525,8 +702,10 @@ async def _measure(
     pids: dict[str, int],
     scrape: Callable[[], Any] | None,
     tag: str,
+    subject_pid: int,
 ) -> Window:
-    """Start every worker on one schedule, snapshot CPU (and /metrics) around the steady-state window."""
+    """Start every worker on one schedule, snapshot CPU (and /metrics) around the steady-state window;
+    the subject's system calls are counted over it."""
     cfg = ctx.config
     t0 = time.monotonic() + START_DELAY_S
     paths = [ctx.workdir / f"rtt-{tag}-{i}.npy" for i in range(len(workers))]
@@ -534,14 +713,16 @@ async def _measure(
         await worker.send({"cmd": "run", "t0": t0, "rtt_path": str(path)})
     await asyncio.sleep(max(0.0, t0 + cfg.warmup - time.monotonic()))
     m0 = await scrape() if scrape else None
+    counter = await SyscallCounter.start(subject_pid)
     s0 = CpuSnapshot.take(pids)
     await asyncio.sleep(max(0.0, t0 + cfg.warmup + cfg.duration - time.monotonic()))
     s1 = CpuSnapshot.take(pids)
+    syscalls = await counter.stop()
     m1 = await scrape() if scrape else None
     results = await asyncio.gather(*(w.wait_for("result", DRAIN_S + 60) for w in workers))
     rtt = np.concatenate([np.load(p) for p in paths]) if paths else np.zeros(0, dtype=np.float32)
     metrics = (m0, m1) if m0 is not None and m1 is not None else None
-    return Window(CpuWindow.between(s0, s1, pids.values()), list(results), rtt, metrics)
+    return Window(CpuWindow.between(s0, s1, pids.values()), list(results), rtt, metrics, syscalls)
 
 
 def _phase_result(
@@ -694,10 +875,8 @@ def _worker_pids(workers: Sequence[Child]) -> dict[str, int]:
     return {f"load worker {i}": w.pid for i, w in enumerate(workers)}
 
 
-async def relay_phase(ctx: Context, n: int, *, python_path: bool = False) -> PhaseResult:
-    """The relay with ``n`` callers and the echo inference; see the module docstring.
-
-    ``python_path`` forces the relay's per-datagram work onto the Python reference (the A/B)."""
+async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
+    """The relay with ``n`` callers and the echo inference, run as ``variant`` says (module docstring)."""
     import httpx
 
     cfg = ctx.config
@@ -723,6 +902,7 @@ async def relay_phase(ctx: Context, n: int, *, python_path: bool = False) -> Pha
         )
         servers.append(inference)
         inference_port = int((await inference.wait_for("ready", 30))["port"])
+        media = ["--media-port", str(free_udp_port("127.0.0.1"))] if variant.shared_port else []
         relay = await Child.spawn(
             f"relay-{n}",
             cli_command(
@@ -739,10 +919,11 @@ async def relay_phase(ctx: Context, n: int, *, python_path: bool = False) -> Pha
                 f"127.0.0.1:{inference_port}",
                 "--max-calls",
                 str(n),
+                *media,
             ),
             cores=ctx.relay_cores,
             workdir=ctx.workdir,
-            env={**ctx.env, native.NATIVE_ENV: "0"} if python_path else ctx.env,
+            env={**ctx.env, **dict(variant.env)},
         )
         servers.append(relay)
         url = str((await relay.wait_for("ready", 60))["url"])
@@ -775,7 +956,7 @@ async def relay_phase(ctx: Context, n: int, *, python_path: bool = False) -> Pha
             async def scrape() -> RelayMetrics:
                 return await _scrape(http)
 
-            window = await _measure(ctx, workers, pids, scrape, f"relay-{n}")
+            window = await _measure(ctx, workers, pids, scrape, f"relay-{n}-{variant.name}", relay.pid)
             live_after = await _live_calls(http, ctx.key)
     finally:
         await _retire(workers)
@@ -784,6 +965,13 @@ async def relay_phase(ctx: Context, n: int, *, python_path: bool = False) -> Pha
     m0, m1 = window.metrics
     phase = _phase_result(ctx, "relay", n, window, "relay", pids)
     phase.setup_s = round(setup_s, 2)
+    phase.label = variant.label
+    moved = {k: int(m1.counters[k] - m0.counters[k]) for k in COUNTERS}
+    phase.syscalls = with_datagrams(
+        window.syscalls,
+        received=moved["packets_in"] + moved["frames_from_inference"],
+        sent=moved["packets_to_inference"] + moved["packets_out"],
+    )
     stats = [e for e in await inference.remaining_events() if e.get("event") == "stats"]
     phase.relay = {
         "dwell_in": dwell_summary(bucket_delta(m0.dwell_in, m1.dwell_in)),
@@ -819,22 +1007,28 @@ async def baseline_phase(ctx: Context, n: int, srtp_overhead: int) -> PhaseResul
         await _await_ready(ctx, workers, n, f"{n} flows: opening")
         setup_s = time.monotonic() - setup_started
         pids = {"udp echo": echo.pid, "bench": os.getpid(), **_worker_pids(workers)}
-        window = await _measure(ctx, workers, pids, None, f"udp-{n}")
+        window = await _measure(ctx, workers, pids, None, f"udp-{n}", echo.pid)
     finally:
         await _retire(workers)
         await stop_all(servers)
     phase = _phase_result(ctx, "udp echo", n, window, "udp echo", pids)
     phase.setup_s = round(setup_s, 2)
+    phase.label = "bare uvloop UDP echo"
+    # Each frame crosses the echo twice (module docstring): two datagrams in, two out, less what was lost.
+    phase.syscalls = with_datagrams(window.syscalls, 2 * phase.sent, 2 * phase.sent - phase.loss)
     return phase
 
 
 async def bench_one(ctx: Context, n: int) -> Row:
     """Both phases at ``n`` calls; a failure is recorded in the row, never half-reported as a result."""
-    row = Row(calls=n, path="native" if native.available() else f"python: {native.status()}")
+    main, others = variants(ctx.config)
+    path = main.label if native.available() else f"{main.label}: {native.status()}"
+    row = Row(calls=n, path=path)
     try:
-        row.relay = await relay_phase(ctx, n)
+        row.relay = await relay_phase(ctx, n, main)
         row.baseline = await baseline_phase(ctx, n, int(row.relay.workers.get("srtp_overhead", 0)))
-        row.python = await relay_phase(ctx, n, python_path=True)
+        for variant in others:
+            row.ab[variant.name] = await relay_phase(ctx, n, variant)
     except (BenchError, OSError, RuntimeError, ValueError, KeyError) as exc:
         row.error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # an httpx error, a JSON shape surprise: still one row, not a crash
@@ -928,6 +1122,7 @@ def row_table(row: Row, config: RelayBenchConfig) -> Table:
     table.add_row(
         "dwell within 1 ms (in / out)", " / ".join("-" if s is None else f"{s:.3%}" for s in shares), "-", ""
     )
+    table.add_row("datagrams per syscall: receive / send", per_syscall(r), per_syscall(b), "")
     table.add_row("load generator CPU (% of one core)", _load(r), _load(b), "")
     table.add_row(
         "load generator CPU per frame (us)", f"{r.load_us_per_frame:.1f}", f"{b.load_us_per_frame:.1f}", ""
@@ -974,13 +1169,13 @@ def summary_table(rows: Sequence[Row]) -> Table:
     for name in (
         "calls", "CPU relay / echo (x)", "relay core busy", "lost relay / echo",
         "RTT p50 ms relay / echo (x)", "RTT p99 ms relay / echo (x)", "dwell p99 ms in / out",
-        "load gen CPU (us/frame)", "status",
+        "dgrams/syscall rx / tx relay; echo", "load gen CPU (us/frame)", "status",
     ):  # fmt: skip
         table.add_column(name, justify="left" if name == "status" else "right")
     for row in rows:
         r, b = row.relay, row.baseline
         if row.error or r is None or b is None:
-            table.add_row(str(row.calls), *["-"] * 7, f"error: {row.error}")
+            table.add_row(str(row.calls), *["-"] * 8, f"error: {row.error}")
             continue
         x = row.ratios()
         table.add_row(
@@ -991,6 +1186,7 @@ def summary_table(rows: Sequence[Row]) -> Table:
             f"{_ms(r.rtt_ms['p50'])} / {_ms(b.rtt_ms['p50'])} ({_x(x['rtt_p50'])})",
             f"{_ms(r.rtt_ms['p99'])} / {_ms(b.rtt_ms['p99'])} ({_x(x['rtt_p99'])})",
             f"{_ms(r.relay['dwell_in']['p99_ms'])} / {_ms(r.relay['dwell_out']['p99_ms'])}",
+            f"{per_syscall(r)}; {per_syscall(b)}",
             f"{r.load_cpu_total:.0f}% / {b.load_cpu_total:.0f}% ({r.load_us_per_frame:.0f})",
             "load-generator bound" if r.load_bound or b.load_bound else ("noisy" if r.noisy else "ok"),
         )
@@ -998,31 +1194,45 @@ def summary_table(rows: Sequence[Row]) -> Table:
 
 
 def zero_loss_calls(rows: Sequence[Row], which: str) -> int | None:
-    """The most calls at which ``which`` ("relay" or "python") lost nothing, among the runs made."""
+    """The most calls at which ``which`` ("relay" or an A/B variant) lost nothing, among the runs made."""
     carried = [
         row.calls
         for row in rows
-        if (phase := getattr(row, which)) is not None and not row.error and phase.loss == 0 and phase.sent
+        if (phase := row.phase(which)) is not None and not row.error and phase.loss == 0 and phase.sent
     ]
     return max(carried, default=None)
+
+
+def per_syscall(p: PhaseResult) -> str:
+    """'rx / tx' datagrams per receive and per send system call, or why there is no figure."""
+    sc = p.syscalls
+    if not sc:
+        return "-"
+    if "error" in sc:
+        return "n/a"
+    return f"{sc['datagrams_per_recv']:.2f} / {sc['datagrams_per_send']:.2f}"
 
 
 def ab_table(rows: Sequence[Row]) -> Table:
     """The A/B: native vs Python per-datagram path, each as a multiple of the same run's bare echo."""
     table = Table(
-        title="A/B: native vs pure-Python per-datagram path (same load, same baseline echo)",
+        title="A/B: the relay as deployed vs the --ab variants (same load, same baseline echo)",
         title_justify="left",
     )
     for name in (
         "calls", "path", "relay CPU", "x bare echo", "lost / sent", "dwell in p50 / p99 ms",
-        "dwell out p50 / p99 ms", "RTT p99 ms",
+        "dwell out p50 / p99 ms", "RTT p99 ms", "datagrams / syscall rx / tx",
     ):  # fmt: skip
         table.add_column(name, justify="left" if name == "path" else "right")
+    names = list(dict.fromkeys(name for row in rows for name in row.ab))
     for row in rows:
         b = row.baseline
-        for label, phase in ((row.path, row.relay), ("python (SPLITRELAY_NATIVE=0)", row.python)):
+        phases = [(row.path, row.relay)] + [
+            (p.label if (p := row.ab.get(name)) is not None else name, p) for name in names
+        ]
+        for label, phase in phases:
             if row.error or phase is None or b is None:
-                table.add_row(str(row.calls), label, *["-"] * 5, f"error: {row.error}")
+                table.add_row(str(row.calls), label, *["-"] * 6, f"error: {row.error}")
                 continue
             table.add_row(
                 str(row.calls),
@@ -1033,12 +1243,11 @@ def ab_table(rows: Sequence[Row]) -> Table:
                 _dwell(phase, "in"),
                 _dwell(phase, "out"),
                 _ms(phase.rtt_ms["p99"]),
+                per_syscall(phase),
             )
-    native_max, python_max = zero_loss_calls(rows, "relay"), zero_loss_calls(rows, "python")
-    table.caption = (
-        f"calls at 0 loss (of those run): {rows[0].path if rows else 'native'} {native_max or '-'}, "
-        f"python {python_max or '-'}"
-    )
+    parts = [f"{rows[0].path if rows else 'relay'} {zero_loss_calls(rows, 'relay') or '-'}"]
+    parts += [f"{name} {zero_loss_calls(rows, name) or '-'}" for name in names]
+    table.caption = "calls at 0 loss (of those run): " + ", ".join(parts)
     return table
 
 
@@ -1075,7 +1284,7 @@ def report(
         "projection": projection(rows),
         "zero_loss_calls": {
             "default_path": zero_loss_calls(rows, "relay"),
-            "python": zero_loss_calls(rows, "python"),
+            **{name: zero_loss_calls(rows, name) for name in config.ab},
         },
         "notes": list(NOTES),
     }

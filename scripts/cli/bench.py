@@ -45,12 +45,19 @@ def relay(
     ] = 0,
     setup_concurrency: Annotated[int, typer.Option(help="Call set-ups in flight at once (1..64).")] = 16,
     setup_timeout: Annotated[float, typer.Option(help="Seconds one call may take to connect.")] = 30.0,
+    port_per_call: Annotated[
+        bool, typer.Option(help="Relay with one UDP port per call, not one for all (--media-port).")
+    ] = False,
+    ab: Annotated[
+        str,
+        typer.Option(help="A/B variants after the baseline: port-per-call, python, unbatched (or none)."),
+    ] = "port-per-call",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout (tables go to stderr).")
     ] = False,
 ) -> None:
     """N calls at 50 packets/s each way through one relay process on one core, beside a bare UDP echo."""
-    from splitrelay.bench.relay import RelayBenchConfig, parse_calls, run
+    from splitrelay.bench.relay import RelayBenchConfig, parse_ab, parse_calls, run
 
     try:
         config = RelayBenchConfig(
@@ -61,6 +68,8 @@ def relay(
             load_procs=load_procs,
             setup_concurrency=setup_concurrency,
             setup_timeout=setup_timeout,
+            port_per_call=port_per_call,
+            ab=parse_ab(ab),
         )
         from splitrelay.bench.support import split_cores
 
