@@ -19,6 +19,7 @@ import uvicorn
 from aiortc import RTCIceServer
 
 from splitrelay.contract.signing import Verifier
+from splitrelay.inference.udp_batch import SendBatch
 from splitrelay.relay.backend import CallBackend
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
@@ -32,7 +33,7 @@ from splitrelay.relay.inference_link import (
     resolve_numeric,
 )
 from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
-from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.demux import SEND_BATCH, DemuxLimits, SharedUdpPort
 from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig, open_shared_port
 from splitrelay.relay.sfu_attach import SfuAttacher
 from splitrelay.relay.sfu_client import SfuClient
@@ -188,6 +189,8 @@ class RelayServer:
                 worker=int(s.process),
                 limits=DemuxLimits(max_calls=max(s.max_calls, 1)),
             )
+            # What the calls send toward callers leaves in one sendmmsg per loop turn, as AUDIO_IN does.
+            self._shared_port.batch_sends(lambda transport: SendBatch(transport, max_batch=SEND_BATCH))
         try:
             await self.link.start()
         except BaseException:

@@ -23,6 +23,7 @@ from aiortc import RTCPeerConnection
 
 from splitrelay.relay.media import aiortc_internals, native
 from splitrelay.relay.media.aiortc_internals import Address, SrtpLink
+from splitrelay.relay.media.demux import arrival_ns
 from splitrelay.relay.media.impair import Impairment, ImpairStage
 from splitrelay.relay.media.peer import negotiated_streams
 from splitrelay.relay.media.rtcp import (
@@ -379,7 +380,7 @@ class SrtpFastPath:
     def _media_received(self, data: bytes, addr: Address) -> None:
         if self.closed:
             return
-        arrival = time.perf_counter_ns()
+        arrival = arrival_ns()  # the batched shared port's receive time, else now
         if len(data) > 1 and 191 < data[1] < 224:
             self._srtcp_received(data, arrival)
             return

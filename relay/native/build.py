@@ -54,6 +54,8 @@ int sr_audio_in_flags(int marker, int level, int voice);
 int sr_wire_audio(unsigned char *out, size_t capacity, int type, int flags, uint64_t call_id, uint32_t seq,
                   uint32_t timestamp, const unsigned char *payload, size_t payload_length);
 int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_level, size_t payload_length);
+int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *names, size_t name_slot,
+                  int32_t *lengths, int32_t *name_lengths, int count);
 """
 
 OPTIMIZED: Final = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]

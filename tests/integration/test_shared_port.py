@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 import pytest
 import uvloop
 
+from splitrelay.inference.udp_batch import SendBatch
 from splitrelay.relay.media import aiortc_internals
-from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.demux import SEND_BATCH, DemuxLimits, SharedUdpPort
 from splitrelay.relay.media.peer import (
     LOOPBACK,
     CandidatePolicy,
@@ -35,9 +36,12 @@ pytestmark = pytest.mark.integration
 CALLS = 3
 
 
-@pytest.fixture
-async def shared_port() -> AsyncIterator[SharedUdpPort]:
-    port = await SharedUdpPort.open("127.0.0.1", 0, worker=3)
+@pytest.fixture(params=["batched", "unbatched"])
+async def shared_port(request: pytest.FixtureRequest) -> AsyncIterator[SharedUdpPort]:
+    """The port as the relay runs it (recvmmsg in, SendBatch's sendmmsg out) and the uvloop-transport one."""
+    batched = request.param == "batched"
+    port = await SharedUdpPort.open("127.0.0.1", 0, worker=3, batched=batched)
+    assert port.batch_sends(lambda transport: SendBatch(transport, max_batch=SEND_BATCH)) == batched
     try:
         yield port
     finally:

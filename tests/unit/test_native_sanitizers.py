@@ -51,6 +51,34 @@ DIFFERENTIAL = LOAD + textwrap.dedent(
     """
 )
 
+RECEIVE = LOAD + textwrap.dedent(
+    """
+    import socket
+    from splitrelay.relay.media.demux import BatchReader
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    results = []
+    for native_path in (True, False):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        got = []
+        deliver = lambda d, a: got.append((d, a))
+        reader = BatchReader(rx, deliver, native_path=native_path, batch=int(sys.argv[2]))
+        chunk = random.Random(7)
+        sizes = (0, 1, 12, 172, 1200, native.RECV_SLOT, native.RECV_SLOT + 9)
+        for _ in range(40):  # in chunks the socket buffer holds
+            for _ in range(chunk.randint(1, 60)):
+                tx.sendto(chunk.randbytes(chunk.choice(sizes)), rx.getsockname())
+            for _ in range(8):
+                reader.drain()
+        results.append((got, reader.oversize))
+        rx.close()
+    assert results[0] == results[1], "native and Python readers differ"
+    print("received", len(results[0][0]))
+    """
+)
+
 OVERREAD = LOAD + textwrap.dedent(
     """
     ffi, lib = module.ffi, module.lib
@@ -116,3 +144,22 @@ def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]
     )
     assert result.returncode == 86, (result.returncode, result.stdout, result.stderr[-2000:])
     assert "heap-buffer-overflow" in result.stderr
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_batched_receive_runs_clean_and_matches_the_reference(
+    sanitized: tuple[Path, dict[str, str]], batch: int
+) -> None:
+    module, env = sanitized
+    result = subprocess.run(
+        [sys.executable, "-c", RECEIVE, str(module), str(batch)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "runtime error" not in result.stderr
+    assert int(result.stdout.split()[-1]) > 500

@@ -366,6 +366,67 @@ def speech_hint(
     )
 
 
+RECV_SLOT: Final = 4096
+"""Bytes per datagram in a batched receive: longer ones are cut by the kernel, dropped and counted (on the
+Python path too). Media is at most 1500 bytes (``SRTP_BUFFER``); STUN and DTLS flights stay under the MTU."""
+RECV_NAME_SLOT: Final = 28  # sizeof(struct sockaddr_in6): IPv4 and IPv6 sources
+RECV_BATCH_MAX: Final = 256  # fastpath.c SR_RECV_MAX
+
+
+class RecvBatch:
+    """``recvmmsg`` into reused buffers (fastpath.c ``sr_recv_batch``): many datagrams per system call.
+
+    ``receive()`` returns how many arrived (0: the socket is empty; negative: -errno). Datagram i is then
+    ``payload(i)`` (bytes) from ``lengths[i]`` (-1: longer than ``RECV_SLOT``, cut) and its source is the
+    raw ``sockaddr`` ``name(i)``; the shared port (relay/media/demux.py) reads them in its own loop.
+    """
+
+    __slots__ = (
+        "_buffers",
+        "_count",
+        "_fd",
+        "_lengths",
+        "_lib",
+        "_name_lengths",
+        "_names",
+        "lengths",
+        "mem",
+        "name_lengths",
+        "names_mem",
+    )
+
+    def __init__(self, fd: int, count: int = 64) -> None:
+        if not available():
+            raise RuntimeError(f"native fast path unavailable: {_native_reason}")
+        if not 1 <= count <= RECV_BATCH_MAX:
+            raise ValueError(f"count must be 1..{RECV_BATCH_MAX}, got {count}")
+        ffi = _native.ffi
+        self._lib = _native.lib
+        self._fd = fd
+        self._count = count
+        self._buffers = ffi.new("unsigned char[]", count * RECV_SLOT)
+        self._names = ffi.new("unsigned char[]", count * RECV_NAME_SLOT)
+        self._lengths = ffi.new("int32_t[]", count)
+        self._name_lengths = ffi.new("int32_t[]", count)
+        self.mem = ffi.buffer(self._buffers)
+        self.names_mem = ffi.buffer(self._names)
+        self.lengths = memoryview(ffi.buffer(self._lengths)).cast("i")
+        self.name_lengths = memoryview(ffi.buffer(self._name_lengths)).cast("i")
+
+    def receive(self) -> int:
+        n: int = self._lib.sr_recv_batch(
+            self._fd,
+            self._buffers,
+            RECV_SLOT,
+            self._names,
+            RECV_NAME_SLOT,
+            self._lengths,
+            self._name_lengths,
+            self._count,
+        )
+        return n
+
+
 def classify(data: bytes) -> int:
     """RFC 7983 demultiplexing: KIND_SRTP, KIND_SRTCP, or KIND_OTHER (STUN, DTLS: aioice's)."""
     if available():
@@ -385,6 +446,7 @@ __all__ = [
     "Codec",
     "NativeCodec",
     "PythonCodec",
+    "RecvBatch",
     "available",
     "classify",
     "codec",

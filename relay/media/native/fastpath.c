@@ -6,9 +6,15 @@
  * length. The Python reference (relay/media/rtp.py, relay/inference/wire.py) is the specification;
  * tests/unit/test_native_fastpath.py checks both give the same bytes and the same decisions.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* recvmmsg; in the cffi build Python.h (pyconfig.h) has defined it already */
+#endif
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define SR_RTP_HEADER 12
 #define SR_SRTP_BUFFER 1500 /* pylibsrtp's per-session buffer: the same limit on both paths */
@@ -16,6 +22,9 @@
 #define SR_WIRE_VERSION 2
 #define SR_WIRE_MAX_PAYLOAD 1380
 #define SR_DTX_MAX_BYTES 2
+#define SR_RECV_MAX 256     /* datagrams one sr_recv_batch call takes at most */
+#define SR_RECV_SLOT_MAX 65536
+#define SR_RECV_NAME_MAX 128 /* sizeof(struct sockaddr_storage) */
 
 /* Parse results (negative: the packet is malformed, and which rule it broke). */
 #define SR_OK 0
@@ -242,4 +251,36 @@ int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_
         return audio_level <= threshold_level ? SR_HINT_SPEECH : SR_HINT_SILENCE;
     }
     return payload_length <= SR_DTX_MAX_BYTES ? SR_HINT_SILENCE : SR_HINT_DECODE;
+}
+
+/* Up to `count` datagrams from the non-blocking UDP socket `fd` in one recvmmsg(2) (the shared media
+ * port: issue 17). Datagram i lands at buffers + i * slot with its length in lengths[i] (-1 when it was
+ * longer than `slot` and cut: the caller drops it), its source address at names + i * name_slot with
+ * its length in name_lengths[i]. Returns how many arrived, 0 when the socket is empty, or -errno (an
+ * ICMP error queued on the socket, say: the next call goes on with the datagrams behind it). */
+int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *names, size_t name_slot,
+                  int32_t *lengths, int32_t *name_lengths, int count) {
+    struct mmsghdr msgs[SR_RECV_MAX];
+    struct iovec iov[SR_RECV_MAX];
+    if (fd < 0 || count <= 0 || count > SR_RECV_MAX || slot == 0 || slot > SR_RECV_SLOT_MAX
+        || name_slot == 0 || name_slot > SR_RECV_NAME_MAX)
+        return -EINVAL;
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = buffers + (size_t)i * slot;
+        iov[i].iov_len = slot;
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = names + (size_t)i * name_slot;
+        msgs[i].msg_hdr.msg_namelen = (socklen_t)name_slot;
+    }
+    int n = recvmmsg(fd, msgs, (unsigned int)count, MSG_DONTWAIT, NULL);
+    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        int cut = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) || msgs[i].msg_len > slot;
+        lengths[i] = cut ? -1 : (int32_t)msgs[i].msg_len;
+        socklen_t name_length = msgs[i].msg_hdr.msg_namelen;
+        name_lengths[i] = (int32_t)(name_length > name_slot ? name_slot : name_length);
+    }
+    return n;
 }
