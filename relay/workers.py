@@ -5,6 +5,12 @@ one worker process: the least loaded, by live calls. Workers are ordinary relay 
 (`RelayServer`) on loopback ports, pinned to a core each, reached over HTTP with requests re-signed by
 a per-run internal key. The supervisor remembers which worker owns which call, so close and inspect
 go straight to it; metrics are merged from every worker.
+
+The other way, a worker tells the supervisor what the edge must hear: each call it ends and each stage
+mark an agent sends, one JSON line each on its stdout (the pipe the ready line came on, private to the
+two processes, so nothing to sign). The supervisor forwards them through its one EdgeLink
+(relay/edge_link.py), which signs them with the relay's edge key, batches stage marks and retries
+notices, exactly as for a single-process relay; the edge key never reaches a worker.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +39,12 @@ log = logging.getLogger("splitrelay.relay.workers")
 INTERNAL_KEY_ENV = "SPLITRELAY_WORKER_KEY"
 WORKER_CONFIG_ENV = "SPLITRELAY_WORKER_CONFIG"
 READY_TIMEOUT_S = 30.0
+EVENT_CALL_ENDED: Final = "call_ended"
+EVENT_STAGE: Final = "stage"
+MAX_EVENT_BUFFER: Final = 1 << 20
+"""A worker drops a report rather than buffer more than this for a supervisor that stopped reading."""
+LISTENER_FLUSH_S: Final = 5.0
+"""At shutdown, how long the supervisor waits for the stopped workers' last reports."""
 
 
 @dataclass
@@ -47,7 +60,11 @@ class Worker:
 
 
 class WorkerPool:
-    """A `CallBackend` that spreads calls over worker processes (see the module docstring)."""
+    """A `CallBackend` that spreads calls over worker processes (see the module docstring).
+
+    Made inside the running loop: it starts reading each worker's reports at once. Set ``on_ended``
+    and ``on_stage`` (an EdgeLink's ``call_ended``/``call_stages``) to pass them to the edge.
+    """
 
     def __init__(self, workers: list[Worker], internal_key: bytes) -> None:
         self.workers = workers
@@ -55,6 +72,13 @@ class WorkerPool:
         self._owner: dict[str, Worker] = {}
         self._draining = False
         self._http = httpx.AsyncClient(timeout=15)
+        self.on_ended: Callable[[str, str], object] | None = None
+        """Told (call id, close reason) when a worker ended a call, whoever ended it."""
+        self.on_stage: Callable[[str, dict[str, Any]], object] | None = None
+        """Told (call id, stage event) of each agent stage mark a worker passed on."""
+        self.reports_refused = 0  # lines that were not a report about one of that worker's calls
+        loop = asyncio.get_running_loop()
+        self._listeners = [loop.create_task(self._listen(w)) for w in workers]
 
     def __repr__(self) -> str:
         return f"WorkerPool(workers={len(self.workers)})"
@@ -97,6 +121,46 @@ class WorkerPool:
         worker = self._owner.pop(call_id, None)
         if worker is not None:
             worker.calls.discard(call_id)
+
+    async def _listen(self, worker: Worker) -> None:
+        """Read ``worker``'s reports until its stdout closes (it exited); then its calls are over."""
+        stdout = worker.process.process.stdout
+        assert stdout is not None
+        while True:  # bounded by the worker's life: EOF when it exits (or cancelled at shutdown)
+            try:
+                line = await stdout.readline()
+            except ValueError:  # an overlong line (asyncio dropped it): not a report
+                self.reports_refused += 1
+                continue
+            if not line:
+                break
+            self._report(worker, line)
+        left = list(worker.calls)  # a worker that died holding calls: the edge hears now, not in a beat
+        for call_id in left:
+            self._forget(call_id)
+            if self.on_ended is not None:
+                self.on_ended(call_id, f"relay worker {worker.index} exited")
+
+    def _report(self, worker: Worker, line: bytes) -> None:
+        """One report line from ``worker``; only about a call that worker holds."""
+        try:
+            doc = json.loads(line)
+            kind, call_id = doc["event"], doc["call_id"]
+        except (ValueError, KeyError, TypeError):
+            self.reports_refused += 1
+            return
+        if not isinstance(call_id, str) or self._owner.get(call_id) is not worker:
+            self.reports_refused += 1
+            return
+        if kind == EVENT_CALL_ENDED:
+            self._forget(call_id)  # first: the beat the notice wakes no longer lists the call
+            if self.on_ended is not None:
+                self.on_ended(call_id, str(doc.get("reason") or "ended"))
+        elif kind == EVENT_STAGE and isinstance(doc.get("stage"), dict):
+            if self.on_stage is not None:
+                self.on_stage(call_id, doc["stage"])
+        else:
+            self.reports_refused += 1
 
     async def close(self, call_id: str, reason: str) -> dict[str, Any] | None:
         worker = self._owner.get(call_id)
@@ -170,8 +234,64 @@ class WorkerPool:
         return merge_metrics(texts)
 
     async def shutdown(self) -> None:
+        """Stop the workers, then forward their last reports (the calls a stop ended); bounded."""
         await self._http.aclose()
         await stop_workers(self.workers)
+        if self._listeners:
+            await asyncio.wait(self._listeners, timeout=LISTENER_FLUSH_S)
+        for task in self._listeners:
+            task.cancel()
+
+
+class SupervisorChannel:
+    """A worker's side of the reports (module docstring): JSON lines on its stdout, never blocking.
+
+    The pipe is written without blocking the worker's loop (its calls' media runs there): a supervisor
+    that stops reading costs at most ``MAX_EVENT_BUFFER`` bytes, then reports are dropped and counted.
+    """
+
+    def __init__(self, transport: asyncio.WriteTransport, closed: asyncio.Future[None]) -> None:
+        self._transport = transport
+        self._closed = closed
+        self.dropped = 0
+
+    @classmethod
+    async def open(cls, fd: int = 1) -> SupervisorChannel:
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+
+        class _Pipe(asyncio.BaseProtocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not closed.done():
+                    closed.set_result(None)
+
+        pipe = os.fdopen(os.dup(fd), "wb", buffering=0)
+        transport, _ = await loop.connect_write_pipe(_Pipe, pipe)
+        return cls(transport, closed)
+
+    def send(self, doc: dict[str, Any]) -> None:
+        """One JSON line (the ready line too), or dropped when the pipe is closing or too far behind."""
+        if self._transport.is_closing() or self._transport.get_write_buffer_size() > MAX_EVENT_BUFFER:
+            self.dropped += 1
+            return
+        self._transport.write(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+
+    def call_ended(self, call_id: str, reason: str) -> None:
+        """The manager's ``on_ended``: the supervisor tells the edge."""
+        self.send({"event": EVENT_CALL_ENDED, "call_id": call_id, "reason": reason[:300]})
+
+    def call_stages(self, call_id: str, event: dict[str, Any]) -> None:
+        """The manager's ``on_stage``: the supervisor batches and signs them for the edge."""
+        stage = {key: event.get(key) for key in ("turn", "name", "ms")}
+        self.send({"event": EVENT_STAGE, "call_id": call_id, "stage": stage})
+
+    async def aclose(self, within: float = 2.0) -> None:
+        """Flush what is buffered (bounded), then close the pipe."""
+        self._transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._closed), within)
+        if not self._closed.done():
+            self._transport.abort()
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -283,9 +403,19 @@ def worker_main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with RelayServer(settings) as server:
-            freeze_startup_heap()
-            print(json.dumps({"event": "ready", "url": server.url, "pid": os.getpid()}), flush=True)
-            await stop.wait()
+        channel: SupervisorChannel | None = None
+        try:
+            async with RelayServer(settings) as server:
+                assert server.manager is not None
+                channel = await SupervisorChannel.open()
+                server.manager.on_ended = channel.call_ended  # before the ready line: no call misses them
+                server.manager.on_stage = channel.call_stages
+                freeze_startup_heap()
+                channel.send({"event": "ready", "url": server.url, "pid": os.getpid()})
+                await stop.wait()
+            # leaving the block closed the calls (each one reported): send those reports before exiting
+        finally:
+            if channel is not None:
+                await channel.aclose()
 
     uvloop.run(main())

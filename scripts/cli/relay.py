@@ -349,13 +349,15 @@ def serve(
         }
         internal_key = new_internal_key()
         pool = WorkerPool(await spawn_workers(workers, config, internal_key, env={}), internal_key)
-        stack.push_async_callback(pool.shutdown)
         link = None
         if edge is not None:
             from splitrelay.relay.edge_link import EdgeLink
 
             link = EdgeLink(edge, pool.live_call_ids, draining=lambda: pool.draining)
-            stack.push_async_callback(link.aclose)
+            pool.on_ended, pool.on_stage = link.call_ended, link.call_stages  # the workers' reports
+            stack.push_async_callback(link.aclose)  # after the pool's shutdown: its last call ends go out
+        stack.push_async_callback(pool.shutdown)
+        if link is not None:
             link.start()
             reconcile = asyncio.get_running_loop().create_task(_reconcile(pool))
             stack.callback(reconcile.cancel)

@@ -33,6 +33,7 @@ from splitrelay.relay.child import ChildError, ChildProcess, ReadyParser, cli_co
 
 MODES: Final = ("sfu", "direct")
 MAX_RELAYS: Final = 8
+MAX_RELAY_WORKERS: Final = 4
 HOST: Final = "127.0.0.1"
 APP_ID: Final = "splitrelay-dev"
 PAGE_SUBJECT: Final = "dev"
@@ -63,6 +64,9 @@ class StackConfig:
     """After SIGTERM, a component gets this long before SIGKILL."""
     relays: int = 1
     """Relay processes (``relay``, ``relay-1``...; the edge's registry ids ``relay-0``, ``relay-1``...)."""
+    relay_workers: int = 1
+    """Each relay's ``--workers``: above 1, a supervisor and that many worker processes (the deployed
+    shape, infra/user_data.py)."""
     drain_grace_s: float = 0.0
     """Each relay's ``--drain-grace``: how long a SIGTERM waits for calls to end (0: the stop is quick)."""
     agent: str = "echo"
@@ -86,6 +90,8 @@ class StackConfig:
             raise ValueError(f"mode: must be one of {MODES}, got {self.mode!r}")
         if not 1 <= self.relays <= MAX_RELAYS:
             raise ValueError(f"relays: must be 1..{MAX_RELAYS}, got {self.relays}")
+        if not 1 <= self.relay_workers <= MAX_RELAY_WORKERS:
+            raise ValueError(f"relay_workers: must be 1..{MAX_RELAY_WORKERS}, got {self.relay_workers}")
         if not 0 <= self.drain_grace_s <= 600:
             raise ValueError(f"drain_grace_s: must be 0..600 s, got {self.drain_grace_s}")
         if not 20 <= self.silence_ms <= 10_000:
@@ -265,15 +271,25 @@ def free_tcp_port(host: str = HOST) -> int:
         return int(probe.getsockname()[1])
 
 
-def free_udp_port(host: str = HOST) -> int:
-    """A loopback UDP port free right now (the kernel's pick, >= 1024), for a relay's --media-port."""
+def free_udp_port(host: str = HOST, count: int = 1) -> int:
+    """A loopback UDP port free right now (the kernel's pick, >= 1024), for a relay's --media-port; with
+    ``count``, the first of that many free consecutive ports (one per worker)."""
     for _ in range(20):  # bounded: the kernel's ephemeral range is above 1024 anyway
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((host, 0))
-            port = int(probe.getsockname()[1])
-        if port >= 1024:
-            return port
-    raise StackError("no free UDP port above 1023")
+        with contextlib.ExitStack() as probes:
+            first = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            first.bind((host, 0))
+            port = int(first.getsockname()[1])
+            if not 1024 <= port <= 65536 - count:
+                continue
+            try:
+                for offset in range(1, count):
+                    probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(
+                        (host, port + offset)
+                    )
+            except OSError:
+                continue
+        return port
+    raise StackError(f"no {count} free consecutive UDP port(s) above 1023")
 
 
 def new_secret() -> str:
@@ -437,10 +453,12 @@ class Stack:
                 relay_args += ["--inference", address]
             relay_args += ["--candidate-address", HOST]
             relay_args += ["--drain-grace", str(c.drain_grace_s)]
+            if c.relay_workers > 1:
+                relay_args += ["--workers", str(c.relay_workers)]
             if c.relay_impair is not None:
                 relay_args += ["--impair", c.relay_impair]
             if c.shared_media_port:
-                relay_args += ["--media-port", str(free_udp_port())]
+                relay_args += ["--media-port", str(free_udp_port(count=c.relay_workers))]
             if emulator_ready is not None:
                 relay_args += ["--sfu-url", str(emulator_ready["base_url"]), "--sfu-app-id", APP_ID]
                 relay_args += ["--edge-url", f"http://{HOST}:{edge_port}", "--relay-id", f"relay-{index}"]
