@@ -20,10 +20,16 @@ excluded: add half the relay-inference RTT to the confirmation times):
 
 A speech clip is *missed* when nothing confirms it; a non-speech clip is a *false interruption* when
 something confirms it. Times count from the arrival of the first packet at -50 dBov or above (onset).
+
+``--noise`` adds everyday noises (coughs, keyboards, a door, dishes, pets, crowds, traffic, music) from other
+packages (bargein_sources.py names them and how to get them); false interruptions are then counted per
+category, for both detectors, and in total.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import time
@@ -33,6 +39,8 @@ from typing import Annotated, Any
 
 import typer
 
+from splitrelay.bench.bargein_sources import SOURCES, Clip, catalogue_clips, folder_clips, load, parse_noise
+
 SPEECH_GLOBS = (
     "alsa/Front_*.wav",
     "alsa/Rear_*.wav",
@@ -40,6 +48,8 @@ SPEECH_GLOBS = (
     "freedesktop/stereo/audio-channel-*.oga",
 )
 NOISE_GLOBS = ("alsa/Noise.wav", "freedesktop/stereo/*.oga")
+DESKTOP = "desktop sounds (alsa, freedesktop)"
+SPEECH = "speech"
 LEVELS_DBOV = (-20.0, -30.0, -40.0)  # the clip's active RMS: loud, normal, quiet headset speech
 ONSET_DBOV = -50.0
 LEVEL_THRESHOLD_DBOV = -40.0  # the relay's CallConfig.barge_in_threshold_dbov
@@ -52,6 +62,8 @@ class Trial:
     clip: str
     speech: bool
     level: float
+    category: str = SPEECH
+    package: str = ""
     onset: int | None = None  # frame index
     level_flush: int | None = None  # frame of today's flush
     pause: int | None = None  # frame of the first pause
@@ -59,22 +71,6 @@ class Trial:
     by_policy: bool = False
     candidates: int = 0
     paused_frames: int = 0  # frames of agent audio held back by candidates that were rejected
-
-
-def _read(path: Path) -> Any:
-    """A recording as 48 kHz mono float32."""
-    import av
-    import numpy as np
-
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=48_000)
-        parts = []
-        for frame in container.decode(audio=0):
-            for out in resampler.resample(frame):
-                parts.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            parts.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(parts).astype(np.float32)
 
 
 def _active_rms_db(x: Any) -> float:
@@ -217,103 +213,256 @@ def _smart_turn_cost(rounds: int = 20) -> str:
     )
 
 
-def run(sounds: Path, window_ms: int, sustain_ms: int) -> str:
-    """Run every trial and return the Markdown report."""
+def sounds_clips(sounds: Path) -> tuple[list[Clip], list[Clip]]:
+    """The speech clips and desktop sounds under ``--sounds`` (Debian's /usr/share/sounds)."""
 
     def found(globs: tuple[str, ...]) -> set[Path]:  # the theme's symlinks repeat other sounds
         return {p for g in globs for p in sounds.glob(g) if not p.is_symlink() and p.stat().st_size}
 
     speech = sorted(found(SPEECH_GLOBS))
     noise = sorted(found(NOISE_GLOBS) - set(speech))
-    if not speech or not noise:
+    pkg = {"alsa": "deb:alsa-utils", "stereo": "deb:sound-theme-freedesktop"}
+
+    def clip(p: Path, category: str) -> Clip:
+        return Clip(
+            f"{p.parent.name}/{p.name}", category, pkg.get(p.parent.name, ""), p, speech=category == SPEECH
+        )
+
+    return [clip(p, SPEECH) for p in speech], [clip(p, DESKTOP) for p in noise]
+
+
+def collect(sounds: Path, noise: list[str]) -> tuple[list[Clip], list[Clip]]:
+    """Speech and non-speech clips: ``--sounds``, then each ``--noise`` (a root or CATEGORY=DIR)."""
+    speech, desktop = sounds_clips(sounds)
+    if not speech or not desktop:
         raise typer.BadParameter(
             f"no recordings under {sounds}: apt-get install alsa-utils sound-theme-freedesktop "
             "(or pass --sounds to where their usr/share/sounds was unpacked)",
             param_hint="--sounds",
         )
+    extra: list[Clip] = []
+    for spec in noise:
+        try:
+            category, folder = parse_noise(spec)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--noise") from exc
+        found = folder_clips(category, folder) if category else catalogue_clips(folder)
+        if not found:
+            packages = sorted({s.package.split(":", 1)[1] for s in SOURCES})
+            raise typer.BadParameter(
+                f"no recordings under {folder}"
+                + ("" if category else f": unpack (dpkg-deb -x / unzip) any of {', '.join(packages)} there"),
+                param_hint="--noise",
+            )
+        extra += found
+    return speech, desktop + extra
+
+
+def measure(clips: list[Clip], window_ms: int, sustain_ms: int) -> tuple[list[Trial], float]:
+    """Every clip at every level, both detectors; returns the trials and the confirmer's CPU seconds."""
     trials: list[Trial] = []
     cpu = 0.0
-    for path in speech + noise:
-        clip = _read(path)
+    for clip in clips:
+        audio = load(clip)
         for level in LEVELS_DBOV:
-            trial = Trial(f"{path.parent.name}/{path.name}", path in speech, level)
-            frames, levels = _frames(clip, level)
+            trial = Trial(clip.name, clip.speech, level, clip.category, clip.package)
+            frames, levels = _frames(audio, level)
             cpu += _run_trial(trial, frames, levels, window_ms, sustain_ms)
             trials.append(trial)
+    return trials, cpu
+
+
+def _count(trials: list[Trial]) -> dict[str, Any]:
+    """False interruptions of non-speech trials, both detectors, and what the pauses cost the agent."""
+    held = [float(t.paused_frames * FRAME_MS) for t in trials if t.candidates]
+    return {
+        "trials": len(trials),
+        "level_only_false": sum(t.level_flush is not None for t in trials),
+        "pause_confirm_false": sum(t.confirm is not None for t in trials),
+        "candidates": sum(t.candidates for t in trials),
+        "held_back_ms_p50": _pct(held, 0.5),
+        "held_back_ms_p99": _pct(held, 0.99),
+        "false_interruptions": [f"{t.clip}@{t.level:g}" for t in trials if t.confirm is not None],
+    }
+
+
+def by_category(trials: list[Trial]) -> list[dict[str, Any]]:
+    """Per non-speech category, in first-seen order: the clips, their packages and ``_count``."""
+    order: dict[str, list[Trial]] = {}
+    for t in trials:
+        if not t.speech:
+            order.setdefault(t.category, []).append(t)
+    return [
+        {
+            "category": name,
+            "packages": sorted({t.package for t in group if t.package}),
+            "clips": len({t.clip for t in group}),
+            **_count(group),
+        }
+        for name, group in order.items()
+    ]
+
+
+def summarize(trials: list[Trial], window_ms: int, sustain_ms: int) -> dict[str, Any]:
+    """The result document (what ``--json`` prints): both detectors on speech and on every category."""
     sp = [t for t in trials if t.speech]
     ns = [t for t in trials if not t.speech]
 
     def ms(frame: int | None, t: Trial) -> float | None:
-        return None if frame is None or t.onset is None else (frame - t.onset) * FRAME_MS
+        return None if frame is None or t.onset is None else float((frame - t.onset) * FRAME_MS)
 
-    level_false = sum(t.level_flush is not None for t in ns) / len(ns)
-    level_missed = sum(t.level_flush is None for t in sp) / len(sp)
-    new_false = sum(t.confirm is not None for t in ns) / len(ns)
-    new_missed = sum(t.confirm is None for t in sp) / len(sp)
     level_times = [v for t in sp if (v := ms(t.level_flush, t)) is not None]
     pause_times = [v for t in sp if (v := ms(t.pause, t)) is not None]
     confirm_times = [v for t in sp if (v := ms(t.confirm, t)) is not None]
-    reject_ms = [float(t.paused_frames * FRAME_MS) for t in ns if t.candidates]
-    by_policy = sum(t.by_policy and t.confirm is not None for t in trials)
-    pcm_share, vad_share = _pcm_path_cpu()
-    met = {
-        "pause p99 <= 20 ms": _pct(pause_times, 0.99) <= 20,
-        "false interruptions <= 5%": new_false <= 0.05,
-        "speech onsets confirmed >= 95%": 1 - new_missed >= 0.95,
-        "confirmation p50 <= 200 ms": _pct(confirm_times, 0.5) <= 200,
+    total = _count(ns)
+    new_false = total["pause_confirm_false"] / max(1, len(ns))
+    confirmed = sum(t.confirm is not None for t in sp) / max(1, len(sp))
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "levels_dbov": list(LEVELS_DBOV),
+        "window_ms": window_ms,
+        "sustain_ms": sustain_ms,
+        "speech": {
+            "clips": len({t.clip for t in sp}),
+            "trials": len(sp),
+            "level_only_missed": sum(t.level_flush is None for t in sp),
+            "pause_confirm_missed": sum(t.confirm is None for t in sp),
+            "flush_ms_p50": _pct(level_times, 0.5),
+            "flush_ms_p99": _pct(level_times, 0.99),
+            "pause_ms_p50": _pct(pause_times, 0.5),
+            "pause_ms_p99": _pct(pause_times, 0.99),
+            "confirm_ms_p50": _pct(confirm_times, 0.5),
+            "confirm_ms_p99": _pct(confirm_times, 0.99),
+            "never_paused": sum(t.pause is None for t in sp),
+            "missed": [f"{t.clip}@{t.level:g}" for t in sp if t.confirm is None],
+        },
+        "non_speech": {"clips": len({(t.category, t.clip) for t in ns}), **total},
+        "categories": by_category(trials),
+        "by_policy": sum(t.by_policy and t.confirm is not None for t in trials),
+        "targets": {
+            "pause p99 <= 20 ms": _pct(pause_times, 0.99) <= 20,
+            "false interruptions <= 5%": new_false <= 0.05,
+            "speech onsets confirmed >= 95%": confirmed >= 0.95,
+            "confirmation p50 <= 200 ms": _pct(confirm_times, 0.5) <= 200,
+        },
     }
+
+
+def _rate(n: int, of: int) -> str:
+    return f"{n / of:.0%} ({n}/{of})" if of else "-"
+
+
+def report(doc: dict[str, Any]) -> str:
+    """The Markdown report of a ``summarize`` document (with its ``cpu`` part, when measured)."""
+    sp, ns = doc["speech"], doc["non_speech"]
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"{len(speech)} speech clips and {len(noise)} non-speech clips x {len(LEVELS_DBOV)} levels "
-        f"({', '.join(f'{lv:g}' for lv in LEVELS_DBOV)} dBov active RMS) = {len(sp)} speech and {len(ns)} "
-        f"non-speech trials; window {window_ms} ms, default policy {sustain_ms} ms of speech by level.",
+        f"Machine: {doc['machine']}; {sp['clips']} speech clips and {ns['clips']} non-speech clips x "
+        f"{len(doc['levels_dbov'])} levels ({', '.join(f'{lv:g}' for lv in doc['levels_dbov'])} dBov "
+        f"active RMS) = {sp['trials']} speech and {ns['trials']} non-speech trials; "
+        f"window {doc['window_ms']} ms, "
+        f"default policy {doc['sustain_ms']} ms of speech by level.",
         "",
         "| detector | false interruptions | missed speech | onset -> pause p50 / p99 "
         "| onset -> confirmed p50 / p99 |",
         "|---|---|---|---|---|",
-        f"| level only (today, baseline) | {level_false:.0%} "
-        f"({sum(t.level_flush is not None for t in ns)}/{len(ns)}) "
-        f"| {level_missed:.0%} ({sum(t.level_flush is None for t in sp)}/{len(sp)}) "
-        f"| flush {_pct(level_times, 0.5):.0f} / {_pct(level_times, 0.99):.0f} ms "
+        f"| level only (today, baseline) | {_rate(ns['level_only_false'], ns['trials'])} "
+        f"| {_rate(sp['level_only_missed'], sp['trials'])} "
+        f"| flush {sp['flush_ms_p50']:.0f} / {sp['flush_ms_p99']:.0f} ms "
         f"| (no confirmation: the flush is the cut) |",
-        f"| pause + Silero confirm | {new_false:.0%} ({sum(t.confirm is not None for t in ns)}/{len(ns)}) "
-        f"| {new_missed:.0%} ({sum(t.confirm is None for t in sp)}/{len(sp)}) "
-        f"| {_pct(pause_times, 0.5):.0f} / {_pct(pause_times, 0.99):.0f} ms "
-        f"| {_pct(confirm_times, 0.5):.0f} / {_pct(confirm_times, 0.99):.0f} ms |",
+        f"| pause + Silero confirm | {_rate(ns['pause_confirm_false'], ns['trials'])} "
+        f"| {_rate(sp['pause_confirm_missed'], sp['trials'])} "
+        f"| {sp['pause_ms_p50']:.0f} / {sp['pause_ms_p99']:.0f} ms "
+        f"| {sp['confirm_ms_p50']:.0f} / {sp['confirm_ms_p99']:.0f} ms |",
         "",
-        "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in met.items()) + ".",
-        f"Confirmed by the relay's default policy (no verdict in the window): {by_policy}. "
-        f"Speech the level detector never triggered on (so never paused): "
-        f"{sum(t.pause is None for t in sp)}/{len(sp)}.",
-        f"CPU, share of one core per call: PCM path (16 kHz in, 24 kHz out) {pcm_share:.2%}; VAD confirmer "
-        f"while a candidate is open {vad_share:.2%} (0 otherwise: it decodes nothing without a candidate); "
-        f"all trials' confirmer time {cpu:.2f} s.",
-        f"Cost of pausing on non-speech: {sum(t.candidates for t in ns)} candidates on {len(ns)} non-speech "
-        f"trials held the agent's audio back {_pct(reject_ms, 0.5):.0f} ms p50 / {_pct(reject_ms, 0.99):.0f} "
-        f"ms p99 per trial (delayed, not lost: a reject resumes from the paused frame).",
+        "False interruptions per non-speech category (each clip at every level):",
+        "",
+        "| category | package | clips | level only (today) | pause + Silero confirm "
+        "| candidates | agent held back p50 / p99 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines.append(_smart_turn_cost())
-    missed = [f"{t.clip}@{t.level:g}" for t in sp if t.confirm is None]
-    false = [f"{t.clip}@{t.level:g}" for t in ns if t.confirm is not None]
-    if missed:
-        lines.append(f"Missed: {', '.join(missed)}.")
-    if false:
-        lines.append(f"False interruptions: {', '.join(false)}.")
+    for c in [*doc["categories"], {"category": "**all non-speech**", "packages": [], **ns}]:
+        held = (
+            f"{c['held_back_ms_p50']:.0f} / {c['held_back_ms_p99']:.0f} ms"
+            if c["candidates"]
+            else "- (no pause)"
+        )
+        lines.append(
+            f"| {c['category']} | {', '.join(p.split(':', 1)[-1] for p in c['packages'])} | {c['clips']} "
+            f"| {_rate(c['level_only_false'], c['trials'])} | {_rate(c['pause_confirm_false'], c['trials'])} "
+            f"| {c['candidates']} | {held} |"
+        )
+    lines += [
+        "",
+        "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in doc["targets"].items()) + ".",
+        f"Confirmed by the relay's default policy (no verdict in the window): {doc['by_policy']}. "
+        "Speech the level detector never triggered on (so never paused): "
+        f"{sp['never_paused']}/{sp['trials']}.",
+    ]
+    if cpu := doc.get("cpu"):
+        lines += [
+            "CPU, share of one core per call: PCM path (16 kHz in, 24 kHz out) "
+            f"{cpu['pcm_path_share']:.2%}; VAD confirmer while a candidate is open "
+            f"{cpu['confirmer_share']:.2%} (0 otherwise: it decodes nothing without a candidate); "
+            f"all trials' confirmer time {cpu['trials_confirmer_s']:.2f} s.",
+            cpu["smart_turn"],
+        ]
+    if sp["missed"]:
+        lines.append(f"Missed: {', '.join(sp['missed'])}.")
+    if ns["false_interruptions"]:
+        lines.append(f"False interruptions: {', '.join(ns['false_interruptions'])}.")
     return "\n".join(lines)
+
+
+def run(sounds: Path, window_ms: int, sustain_ms: int, noise: list[str] | None = None) -> dict[str, Any]:
+    """Run every trial and return the result document (``report`` renders it)."""
+    speech, others = collect(sounds, noise or [])
+    trials, cpu = measure(speech + others, window_ms, sustain_ms)
+    doc = summarize(trials, window_ms, sustain_ms)
+    pcm_share, vad_share = _pcm_path_cpu()
+    doc["cpu"] = {
+        "pcm_path_share": pcm_share,
+        "confirmer_share": vad_share,
+        "trials_confirmer_s": cpu,
+        "smart_turn": _smart_turn_cost(),
+    }
+    return doc
+
+
+def to_json(doc: Any) -> Any:
+    """The document with NaN (a percentile of nothing) as null: strict JSON for other tools."""
+    if isinstance(doc, dict):
+        return {k: to_json(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [to_json(v) for v in doc]
+    return None if isinstance(doc, float) and math.isnan(doc) else doc
+
+
+DEBS = " ".join(sorted({s.package[4:] for s in SOURCES if s.package.startswith("deb:")}))
+NOISE_HELP = (
+    "More non-speech recordings, repeatable: ROOT where packages were unpacked (a catalogue picks coughs, "
+    "laughs, keyboard, footsteps, doors, dishes, appliances, pets, crowds, traffic and music from them; / "
+    "if installed), or CATEGORY=DIR (every audio file under DIR). Get them: "
+    f'apt-get download {DEBS} && for f in *.deb; do dpkg-deb -x "$f" root; done; '
+    "pip download --no-deps pygame && unzip -q -d root pygame-*.whl 'pygame/examples/data/*'."
+)
 
 
 def command(
     sounds: Annotated[
         Path, typer.Option(help="Folder holding alsa/ and freedesktop/ (Debian's /usr/share/sounds).")
     ] = Path("/usr/share/sounds"),
+    noise: Annotated[list[str] | None, typer.Option(help=NOISE_HELP)] = None,
     window_ms: Annotated[
         int, typer.Option(help="Relay's wait for a verdict, ms (barge_in_confirm_ms).")
     ] = 400,
     sustain_ms: Annotated[int, typer.Option(help="Default policy: speech by level that confirms, ms.")] = 100,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result document as JSON.")] = False,
 ) -> None:
-    """Barge-in quality on recorded speech and non-speech sounds: level only vs pause + VAD confirm."""
+    """Barge-in quality on recorded speech and non-speech sounds: level only vs pause + VAD confirm, false
+    interruptions per category of noise."""
     if not 20 <= window_ms <= 2000:
         raise typer.BadParameter(f"must be 20..2000, got {window_ms}", param_hint="--window-ms")
     if not 20 <= sustain_ms <= 2000:
         raise typer.BadParameter(f"must be 20..2000, got {sustain_ms}", param_hint="--sustain-ms")
-    typer.echo(run(sounds, window_ms, sustain_ms))
+    doc = run(sounds, window_ms, sustain_ms, noise)
+    typer.echo(json.dumps(to_json(doc), indent=2, allow_nan=False) if json_output else report(doc))

@@ -29,3 +29,102 @@ def test_a_loud_non_speech_trial_flushes_today_and_is_rejected_by_the_confirmer(
     assert trial.onset == 20 and trial.level_flush == 20  # today: the first loud packet cuts the agent
     assert trial.pause == 20 and trial.candidates >= 1
     assert trial.confirm is None and trial.paused_frames > 0  # rejected: paused, then resumed
+
+
+def _trial(category: str, clip: str, *, level_flush: int | None, confirm: int | None, held: int = 0) -> Trial:
+    """A decided non-speech trial, as _run_trial leaves it."""
+    return Trial(
+        clip,
+        False,
+        -30.0,
+        category,
+        f"deb:{category}-pkg",
+        onset=20,
+        level_flush=level_flush,
+        pause=20,
+        confirm=confirm,
+        candidates=1 if held else 0,
+        paused_frames=held,
+    )
+
+
+def test_false_interruptions_are_counted_per_category_for_both_detectors() -> None:
+    from splitrelay.bench.bargein import by_category, report, summarize, to_json
+
+    speech = Trial("alsa/Front_Left.wav", True, -30.0, onset=20, level_flush=21, pause=20, confirm=29)
+    trials = [
+        speech,
+        _trial("cough", "a.ogg", level_flush=20, confirm=None, held=13),
+        _trial("cough", "b.ogg", level_flush=20, confirm=None, held=26),
+        _trial("laugh", "c.ogg", level_flush=20, confirm=30, held=0),
+        _trial("laugh", "d.ogg", level_flush=None, confirm=None, held=0),
+    ]
+    cats = {c["category"]: c for c in by_category(trials)}
+    assert list(cats) == ["cough", "laugh"]  # speech is no category; first-seen order
+    assert (cats["cough"]["level_only_false"], cats["cough"]["pause_confirm_false"]) == (2, 0)
+    assert (cats["laugh"]["level_only_false"], cats["laugh"]["pause_confirm_false"]) == (1, 1)
+    assert cats["cough"]["held_back_ms_p50"] == 260.0 and cats["cough"]["held_back_ms_p99"] == 520.0
+    assert cats["laugh"]["false_interruptions"] == ["c.ogg@-30"] and cats["cough"]["packages"] == [
+        "deb:cough-pkg"
+    ]
+    doc = summarize(trials, 400, 100)
+    total = doc["non_speech"]
+    assert (total["trials"], total["level_only_false"], total["pause_confirm_false"]) == (4, 3, 1)
+    assert doc["speech"]["confirm_ms_p50"] == 180.0 and doc["speech"]["pause_confirm_missed"] == 0
+    assert doc["targets"]["false interruptions <= 5%"] is False  # 1 of 4
+    text = report(doc)
+    assert "| cough | cough-pkg | 2 | 100% (2/2) | 0% (0/2) | 2 | 260 / 520 ms |" in text
+    assert "| laugh | laugh-pkg | 2 | 50% (1/2) | 50% (1/2) | 0 | - (no pause) |" in text
+    assert "| **all non-speech** |  | 4 | 75% (3/4) | 25% (1/4) |" in text
+    assert "False interruptions: c.ogg@-30." in text
+    import json
+
+    strict = json.dumps(to_json(doc), allow_nan=False)  # NaN percentiles (laugh held nothing) become null
+    assert json.loads(strict)["categories"][1]["held_back_ms_p50"] is None
+
+
+def test_noise_options_label_folders_and_name_the_packages_when_a_root_is_empty(tmp_path: Path) -> None:
+    import wave
+
+    import numpy as np
+
+    from splitrelay.bench.bargein import DESKTOP, collect
+
+    sounds = tmp_path / "sounds"
+    for rel in ("alsa/Front_Left.wav", "alsa/Noise.wav", "tv/show.wav"):
+        (sounds / rel).parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(sounds / rel), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16_000)
+            w.writeframes((np.ones(1600) * 1000).astype("<i2").tobytes())
+    speech, noise = collect(sounds, [f"television={sounds / 'tv'}"])
+    assert [(c.name, c.speech) for c in speech] == [("alsa/Front_Left.wav", True)]
+    assert [(c.category, c.name) for c in noise] == [(DESKTOP, "alsa/Noise.wav"), ("television", "show.wav")]
+    with pytest.raises(typer.BadParameter, match=r"bucklespring-data.*hedgewars-data"):
+        collect(sounds, [str(tmp_path / "empty")])
+    with pytest.raises(typer.BadParameter, match="CATEGORY=DIR"):
+        collect(sounds, ["=x"])
+
+
+def test_measure_labels_each_trial_with_its_clip_category(tmp_path: Path) -> None:
+    import wave
+
+    import numpy as np
+
+    from splitrelay.bench.bargein import LEVELS_DBOV, measure
+    from splitrelay.bench.bargein_sources import Clip
+
+    path = tmp_path / "kettle.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        w.writeframes(
+            (np.sin(np.arange(48 * 300) * 2 * np.pi * 1000 / 48_000) * 8000).astype("<i2").tobytes()
+        )
+    trials, cpu = measure([Clip("kettle.wav", "dishes", "deb:x", path)], 400, 100)
+    assert [(t.category, t.package, t.level, t.speech) for t in trials] == [
+        ("dishes", "deb:x", lv, False) for lv in LEVELS_DBOV
+    ]
+    assert all(t.onset == 20 and t.confirm is None for t in trials) and cpu > 0
