@@ -80,7 +80,9 @@ class RawEchoServer(InferenceServer):
 
     def __init__(self, host: str, port: int, *, max_calls: int) -> None:
         # No keepalives flow before the benchmark starts sending, so the idle timeout is at its maximum.
-        super().__init__(self._hold, host, port, max_calls=max_calls, idle_timeout=3600)
+        # The audio echoed raw below never reaches the SDK's per-call receive count, so a relay that once
+        # sent a KEEPALIVE would look silent and be dropped as relay_lost after 3 s: that watch is off.
+        super().__init__(self._hold, host, port, max_calls=max_calls, idle_timeout=3600, relay_timeout=0)
         self._live: set[tuple[Peer, int]] = set()
         self.echoed = 0
 

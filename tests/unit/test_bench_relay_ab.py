@@ -185,3 +185,13 @@ async def test_perf_counts_this_process_sends() -> None:
     if "error" in counts and "could not count" not in counts["error"]:
         pytest.skip(f"perf may not trace here: {counts['error']}")
     assert counts["sendto"] >= 200
+
+
+def test_the_echo_inference_does_not_drop_a_relay_whose_audio_it_echoes_raw() -> None:
+    """The raw echo bypasses the SDK's per-call receive count: with the relay_lost watch on, every call of
+    a run ended 3 s after the relay's first KEEPALIVE (measured: all calls "inference ended the call:
+    relay_lost", whatever the relay's path)."""
+    from splitrelay.bench.servers import RawEchoServer
+
+    server = RawEchoServer("127.0.0.1", 0, max_calls=1)
+    assert server.relay_timeout == 0 and server.idle_timeout == 3600
