@@ -12,9 +12,10 @@ call is dropped and counted, never raised. docs/architecture.md, "One port per w
 
 Batched (the default): the port reads its socket itself (``loop.add_reader``) and drains it with
 ``recvmmsg``, up to ``RECV_BATCH`` datagrams per system call and ``RECV_CALLS_PER_TURN`` calls per loop
-turn (a busy port cannot starve the loop: the rest waits for the next turn); the native extension
-(relay/media/native) does the system call, and without it (or with ``SPLITRELAY_NATIVE=0``) a
-``recvfrom`` loop with the same bounds delivers the same datagrams in the same order. What the calls send
+turn (a busy port cannot starve the loop, nor the inference socket: the rest waits for the next turn);
+the native extension (relay/media/native) does the system call, and without it (or with
+``SPLITRELAY_NATIVE=0``) a ``recvfrom`` loop with the same bounds delivers the same datagrams in the
+same order. What the calls send
 goes through one queue: the relay hands it a batch (``batch_sends``: relay/inference/udp_batch.py's
 ``SendBatch``, one ``sendmmsg`` per loop turn), so order is the order of ``sendto``, per call and across
 calls. ``SPLITRELAY_MEDIA_BATCH=0`` keeps the socket in a uvloop datagram transport instead (one
@@ -63,9 +64,13 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 
 BATCH_ENV = "SPLITRELAY_MEDIA_BATCH"
 """Set to 0 (or off/false/no) for the unbatched shared port (a uvloop datagram transport)."""
-RECV_BATCH = 64
-"""Datagrams one ``recvmmsg`` takes at most."""
-RECV_CALLS_PER_TURN = 4
+RECV_BATCH = 32
+"""Datagrams one ``recvmmsg`` takes at most: libuv's budget per socket and poll (uv__udp_recvmsg reads up
+to 32), so when the process is short of CPU the shared port and the inference socket (a uvloop transport)
+are read alike. At 64 x 4 per turn the media side took eight times the inference side's share and the
+echoes from inference were the datagrams the kernel dropped (measured: 91% lost at 500 calls on half a
+core, all of them at the inference socket)."""
+RECV_CALLS_PER_TURN = 1
 """``recvmmsg`` calls per readable event: at most RECV_BATCH x this many datagrams per loop turn."""
 SEND_BATCH = 64
 """Datagrams per ``sendmmsg`` (``batch_sends``'s default)."""
