@@ -75,6 +75,10 @@ class CallConfig:
     barge_in_sustain_ms: int = 100
     """Default policy when inference gives no verdict within the window: confirm if the level detector
     heard at least this much speech since the onset (onset packet included), else resume."""
+    heard_lag_ms: int = 20
+    """The part of the path the relay cannot measure, taken off the heard position at a barge-in along
+    with the measured RTCP round trip: the far leg in SFU mode (SFU → caller) and the caller's jitter
+    buffer. 20 ms is the floor: a receiver plays a 20 ms frame only once all of it has arrived."""
     fast_path: FastPathConfig = field(default_factory=FastPathConfig)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class CallConfig:
             )
         if not 20 <= self.barge_in_sustain_ms <= 2000:
             raise ValueError(f"barge_in_sustain_ms must be 20..2000, got {self.barge_in_sustain_ms}")
+        if not 0 <= self.heard_lag_ms <= 1000:
+            raise ValueError(f"heard_lag_ms must be 0..1000, got {self.heard_lag_ms}")
         if not 0 < self.connect_timeout_s <= 120:
             raise ValueError(f"connect_timeout_s must be in (0, 120], got {self.connect_timeout_s}")
 
@@ -375,7 +381,7 @@ class Call:
             self.config.barge_in_confirm_ms / 1000, self._candidate_expired, number
         )
         if self.wire_id is not None:
-            report = self.playout.heard()
+            report = self.playout.heard(self._heard_lag_ns())
             self.link.send_barge_candidate(self.wire_id, number, played_samples=report, timestamp=timestamp)
 
     def _candidate_expired(self, number: int) -> None:
@@ -407,9 +413,16 @@ class Call:
         if candidate is not None and candidate.timer is not None:
             candidate.timer.cancel()
 
+    def _heard_lag_ns(self) -> int:
+        """How far behind the relay's send the caller's ear was when the onset left the caller's mouth:
+        the round trip (the reply's way down, the onset's way up; RTCP-measured on the relay's leg) plus
+        ``heard_lag_ms`` for what the relay cannot measure."""
+        rtt_ms = self.fast_path.rtt_ms if self.fast_path is not None else None
+        return round(((rtt_ms or 0.0) + self.config.heard_lag_ms) * 1_000_000)
+
     def _barge_in(self, timestamp: int) -> None:
         self._speech_run = 0
-        report = self.playout.barge_in()
+        report = self.playout.barge_in(self._heard_lag_ns())
         self.counters.barge_ins += 1
         self.counters.frames_dropped_barge_in += report.dropped_frames
         if self.wire_id is not None:

@@ -289,18 +289,20 @@ class Playout:
         self._next_position = None
         return dropped
 
-    def heard(self) -> int:
-        """48 kHz samples of the current response the caller has heard by now."""
-        ahead_ns = max(0, self._timeline_ns - self._clock())
-        return max(0, self.response_frames * SAMPLES_PER_FRAME - ahead_ns * CLOCK_RATE // 1_000_000_000)
+    def heard(self, lag_ns: int = 0) -> int:
+        """48 kHz samples of the current response the caller has heard by now: what left, less what left
+        ahead of real time, less ``lag_ns`` (what was still on its way to the caller or in its jitter
+        buffer when the caller started to speak: see ``CallConfig.heard_lag_ms``)."""
+        behind_ns = max(0, self._timeline_ns - self._clock()) + max(0, lag_ns)
+        return max(0, self.response_frames * SAMPLES_PER_FRAME - behind_ns * CLOCK_RATE // 1_000_000_000)
 
-    def barge_in(self) -> BargeInReport:
-        """Flush and report how much of the current response the caller heard.
+    def barge_in(self, lag_ns: int = 0) -> BargeInReport:
+        """Flush and report how much of the current response the caller heard (``heard``).
 
         Until inference starts a new response (an AUDIO_OUT with the marker), frames still in flight
         from the interrupted one are dropped on arrival.
         """
-        played = self.heard()
+        played = self.heard(lag_ns)
         dropped = self.flush()
         self._interrupted = True
         self.paused = False

@@ -89,10 +89,13 @@ _CALL_FLAGS = {
     "barge_in_confirm_ms": "--barge-in-confirm-ms",
     "barge_in_candidate_dbov": "--barge-in-candidate-dbov",
     "barge_in_sustain_ms": "--barge-in-sustain-ms",
+    "heard_lag_ms": "--heard-lag-ms",
 }
 
 
-def barge_in_settings(confirm_ms: int, candidate_dbov: float, sustain_ms: int) -> dict[str, Any]:
+def barge_in_settings(
+    confirm_ms: int, candidate_dbov: float, sustain_ms: int, heard_lag_ms: int = 20
+) -> dict[str, Any]:
     """The pause-and-confirm settings of CallConfig, checked there; an error names the flag."""
     from splitrelay.relay.call import CallConfig
 
@@ -100,6 +103,7 @@ def barge_in_settings(confirm_ms: int, candidate_dbov: float, sustain_ms: int) -
         "barge_in_confirm_ms": confirm_ms,
         "barge_in_candidate_dbov": candidate_dbov,
         "barge_in_sustain_ms": sustain_ms,
+        "heard_lag_ms": heard_lag_ms,
     }
     try:
         CallConfig(**settings)
@@ -148,6 +152,14 @@ def serve(
             "the agent did not answer within the window."
         ),
     ] = 100,
+    heard_lag_ms: Annotated[
+        int,
+        typer.Option(
+            help="At a barge-in, the heard position reported to the agent leaves out the measured RTCP "
+            "round trip plus this (ms, 0..1000): what the relay cannot measure, the SFU→caller leg and "
+            "the caller's jitter buffer."
+        ),
+    ] = 20,
     candidate_address: Annotated[
         list[str] | None,
         typer.Option(help="Local address for ICE host candidates (repeat; default: all but loopback)."),
@@ -264,7 +276,7 @@ def serve(
                 "--media-port: needs exactly one --candidate-address (the socket's address)"
             )
     endpoints = parse_inference(inference)
-    barge = barge_in_settings(barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms)
+    barge = barge_in_settings(barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms, heard_lag_ms)
     from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
 
     try:

@@ -101,6 +101,7 @@ class FakeLink:
 
 class FakeFastPath:
     closed = False
+    rtt_ms: float | None = None
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, int, bool]] = []
@@ -110,9 +111,13 @@ class FakeFastPath:
         return True
 
 
-def _call(confirm_ms: int, sustain_ms: int = 100) -> tuple[Call, FakeLink, FakeFastPath]:
+def _call(
+    confirm_ms: int, sustain_ms: int = 100, heard_lag_ms: int = 20
+) -> tuple[Call, FakeLink, FakeFastPath]:
     link = FakeLink()
-    config = CallConfig(barge_in_confirm_ms=confirm_ms, barge_in_sustain_ms=sustain_ms)
+    config = CallConfig(
+        barge_in_confirm_ms=confirm_ms, barge_in_sustain_ms=sustain_ms, heard_lag_ms=heard_lag_ms
+    )
     call = Call("c1", "agent", cast(VoicePeer, object()), cast(RelayLink, link), config=config)
     call.wire_id = 7
     fp = FakeFastPath()
@@ -245,3 +250,33 @@ def test_config_names_the_field_and_limit() -> None:
         CallConfig(barge_in_sustain_ms=0)
     with pytest.raises(ValueError, match="barge_in_candidate_dbov"):
         CallConfig(barge_in_candidate_dbov=3.0)
+
+
+@pytest.mark.parametrize("confirm_ms", [0, 500], ids=["flush", "candidate"])
+async def test_the_heard_position_leaves_out_the_round_trip_and_the_unmeasured_lag(confirm_ms: int) -> None:
+    """At the onset the caller's ear was a round trip (reply down, onset up) plus the jitter buffer
+    behind what the relay had sent: a barge-in reports that much less than the sent position."""
+    reports: list[int] = []
+    for rtt_ms, lag_ms in ((None, 0), (40.0, 20)):
+        call, link, fp = _call(confirm_ms=confirm_ms, heard_lag_ms=lag_ms)
+        fp.rtt_ms = rtt_ms
+        for i in range(20):  # a real-time reply: one frame per 20 ms, so nothing is ahead of the clock
+            call.on_audio_out(i, i * SAMPLES_PER_FRAME, bytes([i]), i == 0)
+            await asyncio.sleep(0.02)
+        call._on_rtp(_packet(loud=False))
+        call._on_rtp(_packet(loud=True))
+        if confirm_ms:
+            assert call.playout.paused
+            call.on_barge_verdict(1, True)
+            (candidate,) = link.candidates
+            assert candidate[1] == link.barge_ins[0]["played_samples"]  # paused: no more was heard
+        reports.append(link.barge_ins[0]["played_samples"])
+        call._drop_candidate()
+    clean, lagged = reports
+    assert clean > 60 * 48  # the onset came well into the reply
+    assert abs((clean - lagged) - 60 * 48) <= SAMPLES_PER_FRAME  # 40 ms RTT + 20 ms lag, within a frame
+
+
+def test_the_heard_lag_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"heard_lag_ms must be 0\.\.1000"):
+        CallConfig(heard_lag_ms=-1)

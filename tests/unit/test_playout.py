@@ -96,6 +96,17 @@ def test_barge_in_flushes_the_queue_and_reports_what_was_heard() -> None:
     assert len(h.sent) == sent  # nothing more goes out after the flush
 
 
+def test_the_heard_position_takes_off_the_lag_and_never_goes_below_zero() -> None:
+    h = Harness(lead_ms=0)
+    for i in range(25):  # half a second in real time: nothing ahead of the clock
+        h.p.push_frame(b"x", seq=i, marker=i == 0)
+        h.advance(FRAME_NS)
+    assert h.p.heard() == 25 * SAMPLES_PER_FRAME
+    assert h.p.heard(lag_ns=70_000_000) == 25 * SAMPLES_PER_FRAME - 70 * 48
+    assert h.p.heard(lag_ns=10 * 1_000_000_000) == 0
+    assert h.p.barge_in(lag_ns=100_000_000).played_samples == 25 * SAMPLES_PER_FRAME - 100 * 48
+
+
 def test_marks_are_reported_when_playout_reaches_them_and_never_when_flushed() -> None:
     h = Harness(lead_ms=0)
     h.p.push_frame(b"1", seq=0, marker=True)

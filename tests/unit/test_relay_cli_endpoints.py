@@ -55,4 +55,7 @@ def test_barge_in_settings_feed_call_config() -> None:
         "barge_in_confirm_ms": 300,
         "barge_in_candidate_dbov": -55.0,
         "barge_in_sustain_ms": 120,
+        "heard_lag_ms": 20,
     }
+    with pytest.raises(typer.BadParameter, match=r"--heard-lag-ms must be 0\.\.1000"):
+        barge_in_settings(300, -55.0, 120, heard_lag_ms=5000)
