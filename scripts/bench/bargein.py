@@ -49,7 +49,7 @@ SPEECH_GLOBS = (
 )
 NOISE_GLOBS = ("alsa/Noise.wav", "freedesktop/stereo/*.oga")
 DESKTOP = "desktop sounds (alsa, freedesktop)"
-SPEECH = "speech"
+SPEECH = "speech: read channel names"
 LEVELS_DBOV = (-20.0, -30.0, -40.0)  # the clip's active RMS: loud, normal, quiet headset speech
 ONSET_DBOV = -50.0
 LEVEL_THRESHOLD_DBOV = -40.0  # the relay's CallConfig.barge_in_threshold_dbov
@@ -95,9 +95,15 @@ def _frames(clip: Any, level: float) -> tuple[list[bytes], list[int]]:
 
 
 def _run_trial(
-    trial: Trial, frames: list[bytes], levels: list[int], window_ms: int, sustain_ms: int
+    trial: Trial,
+    frames: list[bytes],
+    levels: list[int],
+    window_ms: int,
+    sustain_ms: int,
+    vad: dict[str, Any] | None = None,
 ) -> float:
-    """Decide one trial both ways; returns the confirmer's CPU seconds."""
+    """Decide one trial both ways (``vad``: VadConfirmer keyword arguments, the SDK's defaults when empty);
+    returns the confirmer's CPU seconds."""
     from splitrelay.inference.vad import VadConfirmer
 
     trial.onset = next((i for i, lv in enumerate(levels) if -lv >= ONSET_DBOV), None)
@@ -110,7 +116,7 @@ def _run_trial(
         elif silence_seen:
             trial.level_flush = i
             break
-    confirmer = VadConfirmer()
+    confirmer = VadConfirmer(**(vad or {}))
     cpu = 0.0
     silence_seen = False
     open_at: int | None = None
@@ -255,10 +261,12 @@ def collect(sounds: Path, noise: list[str]) -> tuple[list[Clip], list[Clip]]:
                 param_hint="--noise",
             )
         extra += found
-    return speech, desktop + extra
+    return speech + [c for c in extra if c.speech], desktop + [c for c in extra if not c.speech]
 
 
-def measure(clips: list[Clip], window_ms: int, sustain_ms: int) -> tuple[list[Trial], float]:
+def measure(
+    clips: list[Clip], window_ms: int, sustain_ms: int, vad: dict[str, Any] | None = None
+) -> tuple[list[Trial], float]:
     """Every clip at every level, both detectors; returns the trials and the confirmer's CPU seconds."""
     trials: list[Trial] = []
     cpu = 0.0
@@ -267,7 +275,7 @@ def measure(clips: list[Clip], window_ms: int, sustain_ms: int) -> tuple[list[Tr
         for level in LEVELS_DBOV:
             trial = Trial(clip.name, clip.speech, level, clip.category, clip.package)
             frames, levels = _frames(audio, level)
-            cpu += _run_trial(trial, frames, levels, window_ms, sustain_ms)
+            cpu += _run_trial(trial, frames, levels, window_ms, sustain_ms, vad)
             trials.append(trial)
     return trials, cpu
 
@@ -301,6 +309,34 @@ def by_category(trials: list[Trial]) -> list[dict[str, Any]]:
         }
         for name, group in order.items()
     ]
+
+
+def speech_by_category(trials: list[Trial]) -> list[dict[str, Any]]:
+    """Per speech source: missed onsets for both detectors and the confirmer's onset -> confirmed times."""
+    order: dict[str, list[Trial]] = {}
+    for t in trials:
+        if t.speech:
+            order.setdefault(t.category, []).append(t)
+    rows = []
+    for name, group in order.items():
+        confirm = [
+            float((t.confirm - t.onset) * FRAME_MS)
+            for t in group
+            if t.confirm is not None and t.onset is not None
+        ]
+        rows.append(
+            {
+                "category": name,
+                "packages": sorted({t.package for t in group if t.package}),
+                "clips": len({t.clip for t in group}),
+                "trials": len(group),
+                "level_only_missed": sum(t.level_flush is None for t in group),
+                "pause_confirm_missed": sum(t.confirm is None for t in group),
+                "confirm_ms_p50": _pct(confirm, 0.5),
+                "confirm_ms_p99": _pct(confirm, 0.99),
+            }
+        )
+    return rows
 
 
 def summarize(trials: list[Trial], window_ms: int, sustain_ms: int) -> dict[str, Any]:
@@ -337,6 +373,7 @@ def summarize(trials: list[Trial], window_ms: int, sustain_ms: int) -> dict[str,
             "missed": [f"{t.clip}@{t.level:g}" for t in sp if t.confirm is None],
         },
         "non_speech": {"clips": len({(t.category, t.clip) for t in ns}), **total},
+        "speech_categories": speech_by_category(trials),
         "categories": by_category(trials),
         "by_policy": sum(t.by_policy and t.confirm is not None for t in trials),
         "targets": {
@@ -355,12 +392,14 @@ def _rate(n: int, of: int) -> str:
 def report(doc: dict[str, Any]) -> str:
     """The Markdown report of a ``summarize`` document (with its ``cpu`` part, when measured)."""
     sp, ns = doc["speech"], doc["non_speech"]
+    settings = ", ".join(f"{k}={v}" for k, v in doc.get("vad", {}).items())
+    what_if = f"; what-if VadConfirmer({settings}), not the SDK's defaults" if settings else ""
     lines = [
         f"Machine: {doc['machine']}; {sp['clips']} speech clips and {ns['clips']} non-speech clips x "
         f"{len(doc['levels_dbov'])} levels ({', '.join(f'{lv:g}' for lv in doc['levels_dbov'])} dBov "
         f"active RMS) = {sp['trials']} speech and {ns['trials']} non-speech trials; "
         f"window {doc['window_ms']} ms, "
-        f"default policy {doc['sustain_ms']} ms of speech by level.",
+        f"default policy {doc['sustain_ms']} ms of speech by level{what_if}.",
         "",
         "| detector | false interruptions | missed speech | onset -> pause p50 / p99 "
         "| onset -> confirmed p50 / p99 |",
@@ -373,6 +412,19 @@ def report(doc: dict[str, Any]) -> str:
         f"| {_rate(sp['pause_confirm_missed'], sp['trials'])} "
         f"| {sp['pause_ms_p50']:.0f} / {sp['pause_ms_p99']:.0f} ms "
         f"| {sp['confirm_ms_p50']:.0f} / {sp['confirm_ms_p99']:.0f} ms |",
+        "",
+        "Speech per source (each clip at every level):",
+        "",
+        "| speech | package | clips | missed, level only (today) | missed, pause + Silero confirm "
+        "| onset -> confirmed p50 / p99 |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {c['category']} | {', '.join(p.split(':', 1)[-1] for p in c['packages'])} | {c['clips']} "
+            f"| {_rate(c['level_only_missed'], c['trials'])} "
+            f"| {_rate(c['pause_confirm_missed'], c['trials'])} "
+            f"| {c['confirm_ms_p50']:.0f} / {c['confirm_ms_p99']:.0f} ms |"
+            for c in doc.get("speech_categories", [])
+        ),
         "",
         "False interruptions per non-speech category (each clip at every level):",
         "",
@@ -413,11 +465,18 @@ def report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(sounds: Path, window_ms: int, sustain_ms: int, noise: list[str] | None = None) -> dict[str, Any]:
+def run(
+    sounds: Path,
+    window_ms: int,
+    sustain_ms: int,
+    noise: list[str] | None = None,
+    vad: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run every trial and return the result document (``report`` renders it)."""
     speech, others = collect(sounds, noise or [])
-    trials, cpu = measure(speech + others, window_ms, sustain_ms)
+    trials, cpu = measure(speech + others, window_ms, sustain_ms, vad)
     doc = summarize(trials, window_ms, sustain_ms)
+    doc["vad"] = vad or {}
     pcm_share, vad_share = _pcm_path_cpu()
     doc["cpu"] = {
         "pcm_path_share": pcm_share,
@@ -441,9 +500,11 @@ DEBS = " ".join(sorted({s.package[4:] for s in SOURCES if s.package.startswith("
 NOISE_HELP = (
     "More non-speech recordings, repeatable: ROOT where packages were unpacked (a catalogue picks coughs, "
     "laughs, keyboard, footsteps, doors, dishes, appliances, pets, crowds, traffic and music from them; / "
-    "if installed), or CATEGORY=DIR (every audio file under DIR). Get them: "
+    "if installed; plus conversational speech from pyannote.audio's sample call), or CATEGORY=DIR (every "
+    "audio file under DIR, as non-speech). Get them: "
     f'apt-get download {DEBS} && for f in *.deb; do dpkg-deb -x "$f" root; done; '
-    "pip download --no-deps pygame && unzip -q -d root pygame-*.whl 'pygame/examples/data/*'."
+    "pip download --no-deps pygame pyannote.audio && unzip -q -d root pygame-*.whl 'pygame/examples/data/*' "
+    "&& unzip -q -d root pyannote_audio-*.whl 'pyannote/audio/sample/*'."
 )
 
 
@@ -456,6 +517,12 @@ def command(
         int, typer.Option(help="Relay's wait for a verdict, ms (barge_in_confirm_ms).")
     ] = 400,
     sustain_ms: Annotated[int, typer.Option(help="Default policy: speech by level that confirms, ms.")] = 100,
+    vad_threshold: Annotated[
+        float | None, typer.Option(help="What-if: VadConfirmer's speech probability threshold (SDK: 0.5).")
+    ] = None,
+    vad_max_windows: Annotated[
+        int | None, typer.Option(help="What-if: VadConfirmer's 32 ms windows before a reject (SDK: 8).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result document as JSON.")] = False,
 ) -> None:
     """Barge-in quality on recorded speech and non-speech sounds: level only vs pause + VAD confirm, false
@@ -464,5 +531,16 @@ def command(
         raise typer.BadParameter(f"must be 20..2000, got {window_ms}", param_hint="--window-ms")
     if not 20 <= sustain_ms <= 2000:
         raise typer.BadParameter(f"must be 20..2000, got {sustain_ms}", param_hint="--sustain-ms")
-    doc = run(sounds, window_ms, sustain_ms, noise)
+    vad: dict[str, Any] = {}
+    if vad_threshold is not None:
+        vad["threshold"] = vad_threshold
+    if vad_max_windows is not None:
+        vad["max_windows"] = vad_max_windows
+    try:
+        from splitrelay.inference.vad import VadConfirmer
+
+        VadConfirmer(**vad)  # refused here, naming the value, rather than in the first trial
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vad-threshold / --vad-max-windows") from exc
+    doc = run(sounds, window_ms, sustain_ms, noise, vad)
     typer.echo(json.dumps(to_json(doc), indent=2, allow_nan=False) if json_output else report(doc))

@@ -1,4 +1,4 @@
-"""Everyday non-speech recordings for `splitrelay bench bargein`, from Debian and PyPI packages (issue 18).
+"""Everyday recordings for `splitrelay bench bargein`, from Debian and PyPI packages (issue 18).
 
 The desktop sounds of alsa-utils and sound-theme-freedesktop are mostly synthetic: bells and tones. The noises
 behind false interruptions are coughs, keyboards, doors, dishes, pets, crowds and a television. No package
@@ -8,10 +8,15 @@ recordings of them (``SOURCES``), found under a folder where the packages were u
     apt-get download bucklespring-data hedgewars-data tuxpaint-data tuxpaint-stamps-default \\
         openttd-opensfx lincity-ng-data minetest-data
     for f in *.deb; do dpkg-deb -x "$f" root; done
-    pip download --no-deps pygame && unzip -q -d root pygame-*.whl 'pygame/examples/data/*'
+    pip download --no-deps pygame pyannote.audio
+    unzip -q -d root pygame-*.whl 'pygame/examples/data/*'
+    unzip -q -d root pyannote_audio-*.whl 'pyannote/audio/sample/*'
 
-Installed packages work too: ``--noise /`` (Debian) and ``--noise <site-packages>`` (pygame). Any other folder
+Installed packages work too: ``--noise /`` (Debian) and ``--noise <site-packages>`` (PyPI). Any other folder
 of recordings joins as ``--noise CATEGORY=DIR`` (every audio file under DIR, labelled CATEGORY).
+
+One source is speech, not noise: pyannote.audio's sample telephone call, cut into speaker turns by its
+transcript, adds conversational speech onsets to the read channel names of ``--sounds``.
 
 Two sources are arranged by us from recordings, and named so: "keyboard typing" plays bucklespring's
 recorded key-press and key-release clips of an IBM Model M as bucklespring itself does while one types (a
@@ -48,6 +53,7 @@ class Source:
     exclude: tuple[str, ...] = ()  # substrings of the path that leave a file out
     start_s: float = 0.0  # excerpt start (music)
     typing: bool = False  # key-press clips played as typing bursts
+    speech: bool = False  # speech, cut into turns by the transcript beside it (FILE.stm)
     note: str = ""  # provenance, for the report
 
 
@@ -58,6 +64,14 @@ LC = "usr/share/games/lincity-ng/sounds"
 MT = "usr/share/games/minetest/games/minetest_game/mods"
 
 SOURCES: tuple[Source, ...] = (
+    Source(
+        "speech: telephone conversation",
+        "pypi:pyannote.audio",
+        ("pyannote/audio/sample/sample.wav",),
+        speech=True,
+        note="pyannote.audio's 30 s sample: two women meeting on a recorded phone call, with its transcript "
+        "(sample.stm); origin not stated in the package (MIT)",
+    ),
     Source(
         "keyboard typing",
         "deb:bucklespring-data",
@@ -191,6 +205,7 @@ class Clip:
     speech: bool = False
     member: str | None = None  # the .cat entry's title
     start_s: float = 0.0
+    length_s: float = MAX_CLIP_S
     keys: tuple[Path, ...] = field(default=())  # typing: key-press clips (the release is the "-1" file)
     seed: int = 0
 
@@ -254,6 +269,22 @@ def catalogue_clips(root: Path, sources: Iterable[Source] = SOURCES) -> list[Cli
                     clips.append(Clip(name, src.category, src.package, root / cat, member=title))
                 continue
             found = _files(root, pattern, src.exclude)
+            if src.speech:
+                for p in found:
+                    clips += [
+                        Clip(
+                            f"{p.name}@{start:.1f}s {who}",
+                            src.category,
+                            src.package,
+                            p,
+                            True,
+                            None,
+                            start,
+                            end - start,
+                        )
+                        for who, start, end in turns(p.with_suffix(".stm"))
+                    ]
+                continue
             if src.typing:
                 keys = tuple(p for p in found if p.with_name(p.name.replace("-0.", "-1.")).is_file())
                 if keys:
@@ -269,6 +300,22 @@ def catalogue_clips(root: Path, sources: Iterable[Source] = SOURCES) -> list[Cli
                 name = f"{p.parent.name}/{p.name}"
                 clips.append(Clip(name, src.category, src.package, p, start_s=src.start_s))
     return clips
+
+
+def turns(stm: Path, gap_s: float = 0.3) -> list[tuple[str, float, float]]:
+    """Speaker turns from an NIST STM transcript ("uri channel speaker start end words..."): a speaker's
+    utterances less than ``gap_s`` apart join into one turn, whose start is a barge-in's speech onset."""
+    merged: list[tuple[str, float, float]] = []
+    for line in stm.read_text().splitlines() if stm.is_file() else []:
+        fields = line.split()
+        if len(fields) < 5 or line.startswith(";;"):
+            continue
+        who, start, end = fields[2], float(fields[3]), float(fields[4])
+        if merged and merged[-1][0] == who and start - merged[-1][2] < gap_s:
+            merged[-1] = (who, merged[-1][1], end)
+        else:
+            merged.append((who, start, end))
+    return merged
 
 
 def folder_clips(category: str, folder: Path) -> list[Clip]:
@@ -330,4 +377,4 @@ def load(clip: Clip) -> Any:
     start = int(clip.start_s * RATE)
     if start >= audio.size:  # a track shorter than the excerpt's start: its opening instead
         start = 0
-    return audio[start : start + int(MAX_CLIP_S * RATE)]
+    return audio[start : start + int(min(clip.length_s, MAX_CLIP_S) * RATE)]

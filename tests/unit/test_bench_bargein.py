@@ -77,6 +77,7 @@ def test_false_interruptions_are_counted_per_category_for_both_detectors() -> No
     assert "| laugh | laugh-pkg | 2 | 50% (1/2) | 50% (1/2) | 0 | - (no pause) |" in text
     assert "| **all non-speech** |  | 4 | 75% (3/4) | 25% (1/4) |" in text
     assert "False interruptions: c.ogg@-30." in text
+    assert "| speech: read channel names |  | 1 | 0% (0/1) | 0% (0/1) | 180 / 180 ms |" in text
     import json
 
     strict = json.dumps(to_json(doc), allow_nan=False)  # NaN percentiles (laugh held nothing) become null
@@ -98,8 +99,15 @@ def test_noise_options_label_folders_and_name_the_packages_when_a_root_is_empty(
             w.setsampwidth(2)
             w.setframerate(16_000)
             w.writeframes((np.ones(1600) * 1000).astype("<i2").tobytes())
-    speech, noise = collect(sounds, [f"television={sounds / 'tv'}"])
-    assert [(c.name, c.speech) for c in speech] == [("alsa/Front_Left.wav", True)]
+    call = tmp_path / "pypi/pyannote/audio/sample"
+    call.mkdir(parents=True)
+    (call / "sample.wav").write_bytes((sounds / "alsa/Front_Left.wav").read_bytes())
+    (call / "sample.stm").write_text("sample 1 A 0.00 0.10 Hi.\n")
+    speech, noise = collect(sounds, [f"television={sounds / 'tv'}", str(tmp_path / "pypi")])
+    assert [(c.name, c.speech) for c in speech] == [
+        ("alsa/Front_Left.wav", True),
+        ("sample.wav@0.0s A", True),
+    ]
     assert [(c.category, c.name) for c in noise] == [(DESKTOP, "alsa/Noise.wav"), ("television", "show.wav")]
     with pytest.raises(typer.BadParameter, match=r"bucklespring-data.*hedgewars-data"):
         collect(sounds, [str(tmp_path / "empty")])
@@ -128,3 +136,24 @@ def test_measure_labels_each_trial_with_its_clip_category(tmp_path: Path) -> Non
         ("dishes", "deb:x", lv, False) for lv in LEVELS_DBOV
     ]
     assert all(t.onset == 20 and t.confirm is None for t in trials) and cpu > 0
+
+
+def test_what_if_confirmer_settings_reach_every_trial_and_bad_ones_are_refused() -> None:
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from splitrelay.bench.bargein import command, report, summarize
+    from splitrelay.devtools.utterance import encode_opus, frame_levels
+
+    tone = (np.sin(np.arange(48 * 600) * 2 * np.pi * 1000 / 48_000) * 8000).astype(np.int16)
+    pcm = np.concatenate((np.zeros(48 * 400, dtype=np.int16), tone, np.zeros(48 * 600, dtype=np.int16)))
+    default, quick = Trial("tone", False, -20.0), Trial("tone", False, -20.0)
+    _run_trial(default, encode_opus(pcm), frame_levels(pcm), 400, 100)
+    _run_trial(quick, encode_opus(pcm), frame_levels(pcm), 400, 100, {"max_windows": 3})
+    assert 0 < quick.paused_frames < default.paused_frames  # rejected after 3 windows, not 8
+    doc = summarize([default], 400, 100) | {"vad": {"max_windows": 3}}
+    assert "what-if VadConfirmer(max_windows=3), not the SDK's defaults." in report(doc)
+    app = typer.Typer()
+    app.command()(command)
+    result = CliRunner().invoke(app, ["--vad-threshold", "1.5"])
+    assert result.exit_code == 2 and "threshold" in result.output

@@ -22,6 +22,7 @@ from splitrelay.bench.bargein_sources import (  # noqa: E402
     folder_clips,
     load,
     parse_noise,
+    turns,
     typing_burst,
 )
 
@@ -156,3 +157,33 @@ def test_installed_bucklespring_recordings_make_a_typing_burst() -> None:
     assert {c.category for c in clips} == {"keyboard typing", "keyboard, one key"}
     burst = load(next(c for c in clips if c.keys))
     assert 1.0 < burst.size / 48_000 <= MAX_CLIP_S and float(np.abs(burst).max()) > 0.01
+
+
+def test_a_transcribed_call_is_cut_into_speaker_turns_labelled_speech(tmp_path: Path) -> None:
+    sample = tmp_path / "pyannote/audio/sample"
+    _wav_bytes(6.0, 200, path=sample / "sample.wav")
+    (sample / "sample.stm").write_text(
+        ";; a comment line\n"
+        "sample 1 A 0.50 1.00 Hello?\n"
+        "sample 1 A 1.10 1.60 Oh, hello.\n"  # 100 ms after A's last words: the same turn
+        "sample 1 B 1.70 2.20 Hi.\n"
+        "sample 1 A 2.30 2.80 Well.\n"
+        "sample 1 A 3.40 5.90 After a pause.\n"  # 600 ms later: a new turn
+    )
+    assert turns(sample / "sample.stm") == [
+        ("A", 0.5, 1.6),
+        ("B", 1.7, 2.2),
+        ("A", 2.3, 2.8),
+        ("A", 3.4, 5.9),
+    ]
+    clips = catalogue_clips(tmp_path, [s for s in SOURCES if s.speech])
+    assert [(c.name, c.speech, c.start_s) for c in clips] == [
+        ("sample.wav@0.5s A", True, 0.5),
+        ("sample.wav@1.7s B", True, 1.7),
+        ("sample.wav@2.3s A", True, 2.3),
+        ("sample.wav@3.4s A", True, 3.4),
+    ]
+    assert load(clips[0]).size == pytest.approx(
+        1.1 * 48_000, abs=48 * 5
+    )  # the turn, not the rest of the call
+    assert turns(tmp_path / "missing.stm") == []
