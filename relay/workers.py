@@ -70,6 +70,7 @@ class WorkerPool:
         self.workers = workers
         self._key = internal_key
         self._owner: dict[str, Worker] = {}
+        self._attaching: set[str] = set()  # sent to a worker, no answer yet: not on its list yet
         self._draining = False
         self._http = httpx.AsyncClient(timeout=15)
         self.on_ended: Callable[[str, str], object] | None = None
@@ -105,12 +106,15 @@ class WorkerPool:
         worker = self.pick()
         worker.calls.add(request.call_id)
         self._owner[request.call_id] = worker
+        self._attaching.add(request.call_id)
         try:
             body = json.dumps(request.to_json()).encode()
             response = await self._request(worker, "POST", CALLS_PATH, body)
         except httpx.HTTPError as exc:
             self._forget(request.call_id)
             raise AttachRefused(502, f"worker {worker.index} unreachable: {type(exc).__name__}") from None
+        finally:
+            self._attaching.discard(request.call_id)
         if response.status_code != 201:
             self._forget(request.call_id)
             message = _error_message(response)
@@ -174,24 +178,38 @@ class WorkerPool:
         )
         return summary
 
-    async def _gather(self, path: str) -> list[httpx.Response]:
+    async def _gather(self, path: str) -> dict[int, httpx.Response]:
+        """Each live worker's 200 answer to GET ``path``, by worker index (who did not answer: absent)."""
         alive = [w for w in self.workers if w.alive]
         results = await asyncio.gather(
             *(self._request(w, "GET", path) for w in alive), return_exceptions=True
         )
-        return [r for r in results if isinstance(r, httpx.Response) and r.status_code == 200]
+        return {
+            w.index: r
+            for w, r in zip(alive, results, strict=True)
+            if isinstance(r, httpx.Response) and r.status_code == 200
+        }
 
     async def list_calls(self) -> list[dict[str, Any]]:
+        # Only calls settled before the workers were asked may be found gone: a worker lists a call once
+        # its attach is done, so one in flight (or answered meanwhile) is missing from a list for now.
+        settled = {c: w for c, w in self._owner.items() if c not in self._attaching}
+        answers = await self._gather("/v1/calls")
         calls: list[dict[str, Any]] = []
-        for response in await self._gather("/v1/calls"):
+        for response in answers.values():
             calls.extend(response.json()["calls"])
-        self._reconcile({c["call_id"] for c in calls})
+        self._reconcile(settled, {c["call_id"] for c in calls}, set(answers))
         return calls
 
-    def _reconcile(self, live: set[str]) -> None:
-        """Calls that ended inside a worker (hang-up, inference) leave the owner map here."""
-        for call_id in [c for c in self._owner if c not in live]:
-            self._forget(call_id)
+    def _reconcile(self, settled: dict[str, Worker], live: set[str], answered: set[int]) -> None:
+        """Calls that ended inside a worker leave the owner map here too, should a report be lost. A beat
+        that no longer lists a call closes it at the edge, so only a call its worker (alive) said it no
+        longer holds, or a dead worker's, is forgotten: not one still attaching, nor one on a worker
+        that did not answer this time."""
+        for call_id, worker in settled.items():
+            gone = worker.index in answered or not worker.alive
+            if gone and call_id not in live and self._owner.get(call_id) is worker:
+                self._forget(call_id)
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         worker = self._owner.get(call_id)

@@ -54,6 +54,15 @@ const WATCH_END = () => {
   }).observe(state, { childList: true, characterData: true, subtree: true });
 };
 
+// The edge's record of the call as the page reads it (for a failure's message: the close reason).
+async function edgeRecord(callId) {
+  if (!callId) return null;
+  const url = new URL(config.url);
+  const token = new URLSearchParams(url.hash.slice(1)).get("token");
+  const response = await fetch(new URL(`/v1/calls/${callId}`, url.origin), { headers: { authorization: `Bearer ${token}` } });
+  return response.json();
+}
+
 const snapshot = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.splitrelay)));
 const peers = (page) => page.evaluate(() => window.__peers.map((pc) => ({
   connectionState: pc.connectionState, signalingState: pc.signalingState, iceConnectionState: pc.iceConnectionState,
@@ -95,7 +104,10 @@ async function main() {
       await page.screenshot({ path: config.screenshot, fullPage: true });
       throw new Error(`the page did not connect: ${error.message.split("\n")[0]}; view: ${JSON.stringify(view)}`);
     });
-    if (reached.failed) throw new Error(`the page failed: ${reached.failed}`);
+    if (reached.failed) {
+      const view = await snapshot(page);
+      throw new Error(`the page failed: ${reached.failed}; edge record: ${JSON.stringify(await edgeRecord(view.callId))}`);
+    }
     emit({ event: "in_call", view: await snapshot(page), peers: await peers(page) });
 
     const line = await Promise.race([

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -116,6 +117,9 @@ async def run(config: AgentLostConfig, report: dict[str, Any], secrets: list[str
                 relay = RelayInspector(http, RelayAccess(info.relay_url, info.relay_signing_key.encode()))
                 summary = await relay.call(call_id)
                 report["relay_call_before"] = {"worker": (summary or {}).get("worker")}
+                # The page reads its record once a second: a kill at a random phase of that cycle, so
+                # that runs measure the whole range, not one phase.
+                await asyncio.sleep(random.uniform(0.0, 1.0))
                 report["killed_at"] = time.time()
                 os.kill(agent.process.pid, signal.SIGKILL)  # the only agent, by PID
                 await driver.send_last("killed")
@@ -130,6 +134,12 @@ async def run(config: AgentLostConfig, report: dict[str, Any], secrets: list[str
             await driver.stop()
             report["driver_log"] = driver.log
             report["driver_exit"] = process.returncode
+    except BaseException:
+        report["logs"] = {  # what each component said, for the failure message (secrets scrubbed later)
+            log.stem: log.read_text(errors="replace").splitlines()[-40:]
+            for log in sorted((work / "stack").glob("*.log"))
+        }
+        raise
     finally:
         stopped = await stack.stop()
         report["stack_leftovers"] = stopped.leftovers

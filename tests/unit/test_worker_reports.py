@@ -3,7 +3,9 @@
 The supervisor passes on a report only about a call that worker holds, forgets the call first (the
 beat the notice wakes must not list it), and when a worker's pipe closes with calls still on it, reports
 them ended. The worker's side writes without blocking and drops, counted, rather than buffer without
-bound. Real pipes and a real child process; the end to end path is tests/e2e/test_worker_reports.py.
+bound. The supervisor's reconcile (a fallback for a lost report) never forgets a call whose attach is
+in flight or whose worker did not answer: a beat without the call would close it at the edge. Real pipes
+and real child processes; the end to end path is tests/e2e/test_worker_reports.py.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import os
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
+from splitrelay.contract.control import AttachMode, AttachRequest, SfuAttach
 from splitrelay.relay.child import ChildProcess, json_ready
 from splitrelay.relay.workers import MAX_EVENT_BUFFER, SupervisorChannel, Worker, WorkerPool
 
@@ -94,3 +98,49 @@ async def test_the_worker_side_writes_lines_and_drops_when_the_reader_stops() ->
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+async def test_reconcile_keeps_a_call_still_attaching_and_the_calls_of_a_worker_that_did_not_answer() -> None:
+    attach_sent, finish_attach = asyncio.Event(), asyncio.Event()
+    answering = {"http://w0": True, "http://w1": True}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        base = f"{request.url.scheme}://{request.url.host}"
+        if request.method == "POST":  # the worker attaches (SFU set-up takes a while)
+            attach_sent.set()
+            await finish_attach.wait()
+            doc = json.loads(request.content)
+            answer = {"call_id": doc["call_id"], "mode": "sfu", "setup_ms": 1.0}
+            return httpx.Response(201, json=answer | {"sfu_session_id": "r", "sfu_track_name": "voice"})
+        if not answering[base]:
+            return httpx.Response(503, json={"error": {"code": "busy", "message": "busy"}})
+        return httpx.Response(200, json={"calls": []})  # a worker lists a call once its attach is done
+
+    idle = [sys.executable, "-c", "import sys; sys.stdin.readline()"]  # alive until its stdin closes
+    processes = [await ChildProcess.start(f"idle {i}", idle, stdin=True) for i in range(2)]
+    try:
+        workers = [Worker(i, p, url=f"http://w{i}") for i, p in enumerate(processes)]
+        pool = WorkerPool(workers, b"k" * 64)
+        await pool._http.aclose()
+        pool._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        sfu = SfuAttach(caller_session_id="s", caller_track_name="mic")
+        request = AttachRequest(call_id="c-new", mode=AttachMode.SFU, sfu=sfu)
+        attach = asyncio.create_task(pool.attach(request))
+        await asyncio.wait_for(attach_sent.wait(), 5)
+        await pool.list_calls()  # asked mid-attach: the worker does not list it yet
+        assert pool.live_call_ids() == ["c-new"]
+        finish_attach.set()
+        await asyncio.wait_for(attach, 5)
+        assert pool.live_call_ids() == ["c-new"]
+
+        owner = pool._owner["c-new"]
+        answering[owner.url] = False  # its worker does not answer this time: nothing is concluded
+        await pool.list_calls()
+        assert pool.live_call_ids() == ["c-new"]
+        answering[owner.url] = True  # it answers, without the call: the call ended there
+        await pool.list_calls()
+        assert pool.live_call_ids() == []
+        await pool._http.aclose()
+    finally:
+        for process in processes:
+            await process.stop(5.0)
