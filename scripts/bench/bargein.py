@@ -21,9 +21,9 @@ excluded: add half the relay-inference RTT to the confirmation times):
 A speech clip is *missed* when nothing confirms it; a non-speech clip is a *false interruption* when
 something confirms it. Times count from the arrival of the first packet at -50 dBov or above (onset).
 
-``--noise`` adds everyday noises (coughs, keyboards, a door, dishes, pets, crowds, traffic, music) from other
-packages (bargein_sources.py names them and how to get them); false interruptions are then counted per
-category, for both detectors, and in total.
+``--noise`` adds everyday noises (coughs, laughs, keyboards, footsteps, doors, dishes, pets, crowds, traffic,
+music) and conversational telephone speech from other packages (bargein_sources.py names them and how to get
+them); missed speech and false interruptions are then counted per source, for both detectors, and in total.
 """
 
 from __future__ import annotations
