@@ -215,9 +215,11 @@ class WorkerPool:
         worker = self._owner.get(call_id)
         if worker is None or not worker.alive:
             return None
+        attaching = call_id in self._attaching  # the worker does not know it yet: not gone
         response = await self._request(worker, "GET", f"/v1/calls/{call_id}")
         if response.status_code != 200:
-            self._forget(call_id)
+            if response.status_code == 404 and not attaching and self._owner.get(call_id) is worker:
+                self._forget(call_id)
             return None
         info: dict[str, Any] = response.json()
         info["worker"] = worker.index

@@ -100,7 +100,7 @@ async def test_the_worker_side_writes_lines_and_drops_when_the_reader_stops() ->
         os.close(write_fd)
 
 
-async def test_reconcile_keeps_a_call_still_attaching_and_the_calls_of_a_worker_that_did_not_answer() -> None:
+async def test_the_pool_keeps_a_call_still_attaching_and_the_calls_of_a_worker_that_did_not_answer() -> None:
     attach_sent, finish_attach = asyncio.Event(), asyncio.Event()
     answering = {"http://w0": True, "http://w1": True}
 
@@ -114,6 +114,8 @@ async def test_reconcile_keeps_a_call_still_attaching_and_the_calls_of_a_worker_
             return httpx.Response(201, json=answer | {"sfu_session_id": "r", "sfu_track_name": "voice"})
         if not answering[base]:
             return httpx.Response(503, json={"error": {"code": "busy", "message": "busy"}})
+        if request.url.path != "/v1/calls":  # one call: unknown to the worker until attached
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such call"}})
         return httpx.Response(200, json={"calls": []})  # a worker lists a call once its attach is done
 
     idle = [sys.executable, "-c", "import sys; sys.stdin.readline()"]  # alive until its stdin closes
@@ -128,6 +130,7 @@ async def test_reconcile_keeps_a_call_still_attaching_and_the_calls_of_a_worker_
         attach = asyncio.create_task(pool.attach(request))
         await asyncio.wait_for(attach_sent.wait(), 5)
         await pool.list_calls()  # asked mid-attach: the worker does not list it yet
+        assert await pool.get_call("c-new") is None  # nor know it
         assert pool.live_call_ids() == ["c-new"]
         finish_attach.set()
         await asyncio.wait_for(attach, 5)
@@ -136,6 +139,7 @@ async def test_reconcile_keeps_a_call_still_attaching_and_the_calls_of_a_worker_
         owner = pool._owner["c-new"]
         answering[owner.url] = False  # its worker does not answer this time: nothing is concluded
         await pool.list_calls()
+        assert await pool.get_call("c-new") is None
         assert pool.live_call_ids() == ["c-new"]
         answering[owner.url] = True  # it answers, without the call: the call ended there
         await pool.list_calls()
