@@ -25,6 +25,7 @@ from splitrelay.inference.endpoint import Peer
 from splitrelay.inference.speech import SpeechDetector
 from splitrelay.inference.stages import STAGE_EVENT
 from splitrelay.inference.wire import Continuation
+from splitrelay.relay.barge_gate import OnsetGate
 from splitrelay.relay.inference_link import AGENT_LOST, LinkError, RelayLink
 from splitrelay.relay.media.impair import Impairment
 from splitrelay.relay.media.peer import VoicePeer
@@ -75,6 +76,9 @@ class CallConfig:
     barge_in_sustain_ms: int = 100
     """Default policy when inference gives no verdict within the window: confirm if the level detector
     heard at least this much speech since the onset (onset packet included), else resume."""
+    barge_in_retry_ms: int = 0
+    """With a window: after a rejected candidate, speech by the candidate level for this long without a
+    silent packet raises a new candidate (0: only a silence and a new onset do; relay/barge_gate.py)."""
     heard_lag_ms: int = 20
     """The part of the path the relay cannot measure, taken off the heard position at a barge-in along
     with the measured RTCP round trip: the far leg in SFU mode (SFU → caller) and the caller's jitter
@@ -92,6 +96,8 @@ class CallConfig:
             )
         if not 20 <= self.barge_in_sustain_ms <= 2000:
             raise ValueError(f"barge_in_sustain_ms must be 20..2000, got {self.barge_in_sustain_ms}")
+        if self.barge_in_retry_ms and not 100 <= self.barge_in_retry_ms <= 5000:
+            raise ValueError(f"barge_in_retry_ms must be 0 or 100..5000, got {self.barge_in_retry_ms}")
         if not 0 <= self.heard_lag_ms <= 1000:
             raise ValueError(f"heard_lag_ms must be 0..1000, got {self.heard_lag_ms}")
         if not 0 < self.connect_timeout_s <= 120:
@@ -180,9 +186,11 @@ class Call:
         """Told (call id, event) of each ``agent.stage`` mark (the manager wires it to the edge link)."""
         self._seq = SequenceUnwrapper()
         self._ts0: int | None = None
-        self._speech_run = 0
         self._playback_started = False
-        self._silence_seen = False
+        self._gate = OnsetGate(
+            self.config.barge_in_packets,
+            self.config.barge_in_retry_ms // wire.PTIME_MS if self.config.barge_in_confirm_ms else 0,
+        )
         self._detector = SpeechDetector(self.config.barge_in_threshold_dbov)
         # What raises a candidate (more sensitive; the default policy still counts by _detector).
         self._trigger = (
@@ -352,28 +360,19 @@ class Call:
             self._playback_started = False
 
     def _watch_for_barge_in(self, pkt: RtpPacket, level: int | None, timestamp: int) -> None:
-        """A barge-in is the caller *starting* to speak over assistant audio: a speech onset after at
-        least one silent packet heard during playback. Someone already talking when the reply began
-        (full duplex, or a reply that starts while the caller trails off) does not interrupt it."""
+        """A barge-in is the caller *starting* to speak over assistant audio (the onset gate's rule,
+        relay/barge_gate.py): someone already talking when the reply began does not interrupt it."""
         if not self._playback_started:
             self._playback_started = True
-            self._silence_seen = False
-            self._speech_run = 0
-        if self._trigger.is_speech(pkt.payload, level, pkt.voice):
-            if self._silence_seen:
-                self._speech_run += 1
-                if self._speech_run >= self.config.barge_in_packets:
-                    if self.config.barge_in_confirm_ms:
-                        self._raise_candidate(timestamp)
-                    else:
-                        self._barge_in(timestamp)
-        else:
-            self._silence_seen = True
-            self._speech_run = 0
+            self._gate.reset()
+        if self._gate.feed(self._trigger.is_speech(pkt.payload, level, pkt.voice)):
+            if self.config.barge_in_confirm_ms:
+                self._raise_candidate(timestamp)
+            else:
+                self._barge_in(timestamp)
 
     def _raise_candidate(self, timestamp: int) -> None:
         """Pause at once and ask inference; the window's timer applies the default policy."""
-        self._speech_run = 0
         self.playout.pause()
         self._candidates = number = (self._candidates % wire.U32) + 1
         candidate = self._candidate = _Candidate(number, timestamp)
@@ -405,7 +404,7 @@ class Call:
             self._barge_in(candidate.onset_timestamp)
         else:
             self.barge_rejected += 1
-            self._silence_seen = False  # the same sound does not raise a new candidate at once
+            self._gate.rejected()  # the same sound does not raise a new candidate at once
             self.playout.resume()
 
     def _drop_candidate(self) -> None:
@@ -421,7 +420,6 @@ class Call:
         return round(((rtt_ms or 0.0) + self.config.heard_lag_ms) * 1_000_000)
 
     def _barge_in(self, timestamp: int) -> None:
-        self._speech_run = 0
         report = self.playout.barge_in(self._heard_lag_ns())
         self.counters.barge_ins += 1
         self.counters.frames_dropped_barge_in += report.dropped_frames

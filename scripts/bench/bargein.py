@@ -101,33 +101,29 @@ def _run_trial(
     window_ms: int,
     sustain_ms: int,
     vad: dict[str, Any] | None = None,
+    retry_ms: int = 0,
 ) -> float:
-    """Decide one trial both ways (``vad``: VadConfirmer keyword arguments, the SDK's defaults when empty);
-    returns the confirmer's CPU seconds."""
+    """Decide one trial both ways (``vad``: VadConfirmer keyword arguments, the SDK's defaults when empty;
+    ``retry_ms``: the relay's barge_in_retry_ms); returns the confirmer's CPU seconds. When a packet
+    raises is the relay's own rule (``OnsetGate``), fed as the relay feeds it."""
     from splitrelay.inference.vad import VadConfirmer
+    from splitrelay.relay.barge_gate import OnsetGate
 
     trial.onset = next((i for i, lv in enumerate(levels) if -lv >= ONSET_DBOV), None)
     loud = [-lv >= LEVEL_THRESHOLD_DBOV for lv in levels]
     trigger = [-lv >= CANDIDATE_DBOV for lv in levels]
-    silence_seen = False
-    for i, is_loud in enumerate(loud):  # today: the first loud packet after a silent one flushes
-        if not is_loud:
-            silence_seen = True
-        elif silence_seen:
-            trial.level_flush = i
-            break
+    level_gate = OnsetGate()  # today: the first loud packet after a silent one flushes
+    trial.level_flush = next((i for i, is_loud in enumerate(loud) if level_gate.feed(is_loud)), None)
     confirmer = VadConfirmer(**(vad or {}))
+    gate = OnsetGate(retry_packets=retry_ms // FRAME_MS)
     cpu = 0.0
-    silence_seen = False
     open_at: int | None = None
     sustained = 0
     for i, payload in enumerate(frames):
         started = time.process_time()
         verdict = confirmer.on_audio(i, i * 960, payload)
         if open_at is None and trial.confirm is None:
-            if not trigger[i]:
-                silence_seen = True
-            elif silence_seen:  # the relay pauses on this packet and sends the candidate after it
+            if gate.feed(trigger[i]):  # the relay pauses on this packet and sends the candidate after it
                 open_at, sustained = i, 1
                 trial.candidates += 1
                 trial.pause = i if trial.pause is None else trial.pause
@@ -144,7 +140,8 @@ def _run_trial(
             break
         if verdict is False:
             trial.paused_frames += i - open_at + 1
-            open_at, silence_seen = None, False
+            open_at = None
+            gate.rejected()
     return cpu
 
 
@@ -265,7 +262,11 @@ def collect(sounds: Path, noise: list[str]) -> tuple[list[Clip], list[Clip]]:
 
 
 def measure(
-    clips: list[Clip], window_ms: int, sustain_ms: int, vad: dict[str, Any] | None = None
+    clips: list[Clip],
+    window_ms: int,
+    sustain_ms: int,
+    vad: dict[str, Any] | None = None,
+    retry_ms: int = 0,
 ) -> tuple[list[Trial], float]:
     """Every clip at every level, both detectors; returns the trials and the confirmer's CPU seconds."""
     trials: list[Trial] = []
@@ -275,7 +276,7 @@ def measure(
         for level in LEVELS_DBOV:
             trial = Trial(clip.name, clip.speech, level, clip.category, clip.package)
             frames, levels = _frames(audio, level)
-            cpu += _run_trial(trial, frames, levels, window_ms, sustain_ms, vad)
+            cpu += _run_trial(trial, frames, levels, window_ms, sustain_ms, vad, retry_ms)
             trials.append(trial)
     return trials, cpu
 
@@ -399,6 +400,7 @@ def report(doc: dict[str, Any]) -> str:
         f"{len(doc['levels_dbov'])} levels ({', '.join(f'{lv:g}' for lv in doc['levels_dbov'])} dBov "
         f"active RMS) = {sp['trials']} speech and {ns['trials']} non-speech trials; "
         f"window {doc['window_ms']} ms, "
+        f"retry after a reject {doc.get('retry_ms') or 'never'}{' ms' if doc.get('retry_ms') else ''}, "
         f"default policy {doc['sustain_ms']} ms of speech by level{what_if}.",
         "",
         "| detector | false interruptions | missed speech | onset -> pause p50 / p99 "
@@ -471,12 +473,14 @@ def run(
     sustain_ms: int,
     noise: list[str] | None = None,
     vad: dict[str, Any] | None = None,
+    retry_ms: int = 0,
 ) -> dict[str, Any]:
     """Run every trial and return the result document (``report`` renders it)."""
     speech, others = collect(sounds, noise or [])
-    trials, cpu = measure(speech + others, window_ms, sustain_ms, vad)
+    trials, cpu = measure(speech + others, window_ms, sustain_ms, vad, retry_ms)
     doc = summarize(trials, window_ms, sustain_ms)
     doc["vad"] = vad or {}
+    doc["retry_ms"] = retry_ms
     pcm_share, vad_share = _pcm_path_cpu()
     doc["cpu"] = {
         "pcm_path_share": pcm_share,
@@ -523,6 +527,13 @@ def command(
     vad_max_windows: Annotated[
         int | None, typer.Option(help="What-if: VadConfirmer's 32 ms windows before a reject (SDK: 8).")
     ] = None,
+    retry_ms: Annotated[
+        int,
+        typer.Option(
+            help="The relay's barge_in_retry_ms (relay serve --barge-in-retry-ms): after a reject, speech "
+            "for this long without a silent packet raises a new candidate; 0: never (0 or 100..5000)."
+        ),
+    ] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result document as JSON.")] = False,
 ) -> None:
     """Barge-in quality on recorded speech and non-speech sounds: level only vs pause + VAD confirm, false
@@ -542,5 +553,7 @@ def command(
         VadConfirmer(**vad)  # refused here, naming the value, rather than in the first trial
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--vad-threshold / --vad-max-windows") from exc
-    doc = run(sounds, window_ms, sustain_ms, noise, vad)
+    if retry_ms and not 100 <= retry_ms <= 5000:
+        raise typer.BadParameter(f"must be 0 or 100..5000, got {retry_ms}", param_hint="--retry-ms")
+    doc = run(sounds, window_ms, sustain_ms, noise, vad, retry_ms)
     typer.echo(json.dumps(to_json(doc), indent=2, allow_nan=False) if json_output else report(doc))

@@ -90,11 +90,12 @@ _CALL_FLAGS = {
     "barge_in_candidate_dbov": "--barge-in-candidate-dbov",
     "barge_in_sustain_ms": "--barge-in-sustain-ms",
     "heard_lag_ms": "--heard-lag-ms",
+    "barge_in_retry_ms": "--barge-in-retry-ms",
 }
 
 
 def barge_in_settings(
-    confirm_ms: int, candidate_dbov: float, sustain_ms: int, heard_lag_ms: int = 20
+    confirm_ms: int, candidate_dbov: float, sustain_ms: int, heard_lag_ms: int = 20, retry_ms: int = 0
 ) -> dict[str, Any]:
     """The pause-and-confirm settings of CallConfig, checked there; an error names the flag."""
     from splitrelay.relay.call import CallConfig
@@ -104,6 +105,7 @@ def barge_in_settings(
         "barge_in_candidate_dbov": candidate_dbov,
         "barge_in_sustain_ms": sustain_ms,
         "heard_lag_ms": heard_lag_ms,
+        "barge_in_retry_ms": retry_ms,
     }
     try:
         CallConfig(**settings)
@@ -152,6 +154,13 @@ def serve(
             "the agent did not answer within the window."
         ),
     ] = 100,
+    barge_in_retry_ms: Annotated[
+        int,
+        typer.Option(
+            help="With --barge-in-confirm-ms: after the agent rejected a candidate, speech for this long "
+            "(ms, 0 or 100..5000) without a silent packet raises a new one; 0: only a new onset does."
+        ),
+    ] = 0,
     heard_lag_ms: Annotated[
         int,
         typer.Option(
@@ -276,7 +285,9 @@ def serve(
                 "--media-port: needs exactly one --candidate-address (the socket's address)"
             )
     endpoints = parse_inference(inference)
-    barge = barge_in_settings(barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms, heard_lag_ms)
+    barge = barge_in_settings(
+        barge_in_confirm_ms, barge_in_candidate_dbov, barge_in_sustain_ms, heard_lag_ms, barge_in_retry_ms
+    )
     from splitrelay.relay.media.impair import ImpairmentError, parse_impairment
 
     try:

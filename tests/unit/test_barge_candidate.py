@@ -112,11 +112,14 @@ class FakeFastPath:
 
 
 def _call(
-    confirm_ms: int, sustain_ms: int = 100, heard_lag_ms: int = 20
+    confirm_ms: int, sustain_ms: int = 100, heard_lag_ms: int = 20, retry_ms: int = 0
 ) -> tuple[Call, FakeLink, FakeFastPath]:
     link = FakeLink()
     config = CallConfig(
-        barge_in_confirm_ms=confirm_ms, barge_in_sustain_ms=sustain_ms, heard_lag_ms=heard_lag_ms
+        barge_in_confirm_ms=confirm_ms,
+        barge_in_sustain_ms=sustain_ms,
+        heard_lag_ms=heard_lag_ms,
+        barge_in_retry_ms=retry_ms,
     )
     call = Call("c1", "agent", cast(VoicePeer, object()), cast(RelayLink, link), config=config)
     call.wire_id = 7
@@ -280,3 +283,19 @@ async def test_the_heard_position_leaves_out_the_round_trip_and_the_unmeasured_l
 def test_the_heard_lag_is_checked() -> None:
     with pytest.raises(ValueError, match=r"heard_lag_ms must be 0\.\.1000"):
         CallConfig(heard_lag_ms=-1)
+
+
+@pytest.mark.parametrize(("retry_ms", "candidates"), [(0, 1), (200, 2)])
+async def test_speech_that_goes_on_after_a_reject_is_judged_again_only_with_a_retry(
+    retry_ms: int, candidates: int
+) -> None:
+    call, link, _fp = _call(confirm_ms=500, retry_ms=retry_ms)
+    _speak_over_reply(call, frames=200)
+    call.on_barge_verdict(1, False)  # a quiet, breathy start the confirmer rejected
+    for _ in range(12):  # the caller talks on, 240 ms without a silent packet
+        call._on_rtp(_packet(loud=True))
+    assert len(link.candidates) == candidates
+    assert call.playout.paused is (candidates == 2)
+    call._drop_candidate()
+    with pytest.raises(ValueError, match=r"barge_in_retry_ms must be 0 or 100\.\.5000"):
+        CallConfig(barge_in_retry_ms=50)

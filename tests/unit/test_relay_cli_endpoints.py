@@ -56,6 +56,9 @@ def test_barge_in_settings_feed_call_config() -> None:
         "barge_in_candidate_dbov": -55.0,
         "barge_in_sustain_ms": 120,
         "heard_lag_ms": 20,
+        "barge_in_retry_ms": 0,
     }
+    with pytest.raises(typer.BadParameter, match=r"--barge-in-retry-ms must be 0 or 100\.\.5000"):
+        barge_in_settings(300, -55.0, 120, retry_ms=20)
     with pytest.raises(typer.BadParameter, match=r"--heard-lag-ms must be 0\.\.1000"):
         barge_in_settings(300, -55.0, 120, heard_lag_ms=5000)
