@@ -65,6 +65,9 @@ class CallManager:
         self.sfu = sfu
         self.max_calls = max_calls
         self.calls: dict[str, Call] = {}
+        self._attaching: dict[str, str | None] = {}
+        """Calls whose attach is in flight (not in ``calls`` yet) → the reason of a close that came
+        meanwhile: the attach then undoes itself instead of leaving a call nobody will close."""
         self.pacer = SharedPacer()  # one playout timer for every call of this process
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
@@ -81,10 +84,17 @@ class CallManager:
         return self._draining
 
     async def attach(self, request: AttachRequest) -> AttachResult:
-        if request.call_id in self.calls:
+        if request.call_id in self.calls or request.call_id in self._attaching:
             raise AttachRefused(409, f"call {request.call_id!r} is already attached to this relay")
-        if len(self.calls) >= self.max_calls:
+        if len(self.calls) + len(self._attaching) >= self.max_calls:
             raise AttachRefused(503, f"relay is full: {self.max_calls} live calls (max_calls)")
+        self._attaching[request.call_id] = None
+        try:
+            return await self._attach(request)
+        finally:
+            self._attaching.pop(request.call_id, None)
+
+    async def _attach(self, request: AttachRequest) -> AttachResult:
         started = time.perf_counter()
         peer = VoicePeer(self.peer_config)
         result: AttachResult
@@ -133,6 +143,12 @@ class CallManager:
             await peer.close()
             log.warning("attach of %s failed: %s", request.call_id, exc)
             raise AttachRefused(502, f"attach failed: {type(exc).__name__}: {exc}") from None
+        closed_by = self._attaching.get(request.call_id)
+        if closed_by is not None:  # closed while attaching: undo, or the call would live on unclosed
+            await peer.close()
+            if self.sfu is not None:
+                await self.sfu.detach(request.call_id)
+            raise AttachRefused(409, f"call {request.call_id!r} was closed while it attached ({closed_by})")
         call = Call(
             request.call_id,
             request.mode.value,
@@ -175,7 +191,10 @@ class CallManager:
     async def close(self, call_id: str, reason: str) -> dict[str, Any] | None:
         call = self.calls.get(call_id)
         if call is None:
-            return None
+            if call_id not in self._attaching:
+                return None
+            self._attaching[call_id] = reason  # the attach in flight undoes itself when it returns
+            return {"call_id": call_id, "state": "closed", "close_reason": reason}
         return await call.close(reason, wire_reason="caller_hangup")
 
     async def list_calls(self) -> list[dict[str, Any]]:

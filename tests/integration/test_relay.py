@@ -270,3 +270,49 @@ async def test_talking_through_the_reply_start_is_not_a_barge_in() -> None:
             assert info["barge_ins"] == 0
         finally:
             await caller.close()
+
+
+async def test_a_close_that_comes_while_the_call_attaches_undoes_the_attach(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The edge may hang up before the relay has answered its attach: the call must not live on."""
+    from splitrelay.relay.media.peer import VoicePeer
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    accept = VoicePeer.accept_offer
+    peers: list[VoicePeer] = []
+
+    async def held_accept(self: VoicePeer, sdp: str) -> str:
+        peers.append(self)
+        answer = await accept(self, sdp)
+        entered.set()
+        await asyncio.wait_for(release.wait(), 10)
+        return answer
+
+    monkeypatch.setattr(VoicePeer, "accept_offer", held_accept)
+
+    async def idle(call: InferenceCall) -> None:
+        async for _ in call.frames():
+            pass
+
+    async with relay_stack(idle) as stack:
+        caller = Caller()
+        try:
+            offer = await caller.peer.create_offer()
+            body = {"call_id": "call-early-close", "mode": "direct", "offer": {"type": "offer", "sdp": offer}}
+            attach = asyncio.create_task(stack.request("POST", "/v1/calls", body))
+            await asyncio.wait_for(entered.wait(), 10)
+            again = await stack.request("POST", "/v1/calls", body)
+            assert again.status_code == 409  # one attach per call, even in flight
+            closed = await stack.request("DELETE", "/v1/calls/call-early-close")
+            assert closed.status_code == 200, closed.text
+            release.set()
+            response = await asyncio.wait_for(attach, 10)
+            assert response.status_code == 409, response.text
+            assert "closed while it attached" in response.text
+            listed = (await stack.request("GET", "/v1/calls")).json()
+            assert listed == {"calls": []}
+            assert [p.pc.connectionState for p in peers] == ["closed"]
+        finally:
+            release.set()
+            await caller.close()
