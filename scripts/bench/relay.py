@@ -972,6 +972,8 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
         received=moved["packets_in"] + moved["frames_from_inference"],
         sent=moved["packets_to_inference"] + moved["packets_out"],
     )
+    if phase.syscalls.get("recvmmsg"):  # only the batched shared port reads with it
+        phase.syscalls["media_port_per_recvmmsg"] = round(moved["packets_in"] / phase.syscalls["recvmmsg"], 3)
     stats = [e for e in await inference.remaining_events() if e.get("event") == "stats"]
     phase.relay = {
         "dwell_in": dwell_summary(bucket_delta(m0.dwell_in, m1.dwell_in)),
@@ -1210,7 +1212,9 @@ def per_syscall(p: PhaseResult) -> str:
         return "-"
     if "error" in sc:
         return "n/a"
-    return f"{sc['datagrams_per_recv']:.2f} / {sc['datagrams_per_send']:.2f}"
+    media = sc.get("media_port_per_recvmmsg")
+    port = f" (media port {media:.1f} per recvmmsg)" if media else ""
+    return f"{sc['datagrams_per_recv']:.2f} / {sc['datagrams_per_send']:.2f}{port}"
 
 
 def ab_table(rows: Sequence[Row]) -> Table:

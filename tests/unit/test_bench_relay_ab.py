@@ -151,6 +151,8 @@ def test_perf_counts_become_datagrams_per_system_call() -> None:
     figures = with_datagrams(counts, received=60000, sent=40000)
     assert figures["datagrams_per_recv"] == 4.0 and figures["datagrams_per_send"] == 8.0
     assert per_syscall(_phase(syscalls=figures)) == "4.00 / 8.00"
+    figures["media_port_per_recvmmsg"] = 16.25
+    assert per_syscall(_phase(syscalls=figures)) == "4.00 / 8.00 (media port 16.2 per recvmmsg)"
 
 
 def test_perf_that_could_not_count_is_an_error_not_a_zero() -> None:
