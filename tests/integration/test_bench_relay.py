@@ -130,8 +130,22 @@ async def test_small_run_report_is_consistent() -> None:
     # The tables went to stderr, with the machine line and the verdicts.
     assert "machine" in stderr and "baseline: bare uvloop UDP echo" in stderr and "Floor" in stderr
 
+    # Phase 1 ran the relay as deployed (one port, read with recvmmsg); the A/B ran it a port per call.
+    assert row["path"].startswith("shared port")
+    per_call = row["ab"]["port-per-call"]
+    _check_phase(per_call, 3)
+    assert per_call["relay"]["calls_live_after"] == 3 and per_call["label"].startswith("port per call")
+    for phase, batched in ((relay, True), (per_call, False)):
+        syscalls = phase["syscalls"]
+        if "error" in syscalls:  # no perf here: said so, never a zero
+            assert syscalls["error"]
+            continue
+        assert (syscalls["recvmmsg"] > 0) == batched
+        assert syscalls["datagrams_per_recv"] > 0 and syscalls["datagrams_per_send"] > 0
+    assert "datagrams per syscall" in stderr
+
     # Every process the benchmark started is gone.
-    pids = [*relay["pids"].values(), *baseline["pids"].values()]
+    pids = [*relay["pids"].values(), *baseline["pids"].values(), *per_call["pids"].values()]
     assert pids and not [pid for pid in pids if pid != os.getpid() and _alive(pid)]
 
 
