@@ -585,6 +585,8 @@ class BatchReader:
         self._deliver = deliver
         self.batch = batch
         self.calls_per_turn = calls_per_turn
+        # recvmmsg is Linux's (fastpath.c returns ENOSYS elsewhere): other systems read with recvfrom.
+        native_path = native_path and sys.platform.startswith("linux")
         self._recv = native.RecvBatch(sock.fileno(), batch) if native_path else None
         self._names: dict[bytes, Address] = {}
         self.calls = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -254,3 +255,10 @@ async def test_the_environment_picks_the_path(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(native.NATIVE_ENV)
         native.reset()
     assert os.environ.get(native.NATIVE_ENV) is None
+
+
+def test_without_linux_the_reader_uses_recvfrom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastpath.c has recvmmsg on Linux only (elsewhere it returns ENOSYS): the reader must not use it."""
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with _socket(socket.AF_INET, "127.0.0.1") as sock:
+        assert not BatchReader(sock, lambda d, a: None, native_path=True).native

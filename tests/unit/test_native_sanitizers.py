@@ -70,7 +70,7 @@ RECEIVE = LOAD + textwrap.dedent(
         for _ in range(40):  # in chunks the socket buffer holds
             for _ in range(chunk.randint(1, 60)):
                 tx.sendto(chunk.randbytes(chunk.choice(sizes)), rx.getsockname())
-            for _ in range(8):
+            for _ in range(70):  # up to 60 datagrams a chunk, one a turn at batch 1
                 reader.drain()
         results.append((got, reader.oversize))
         rx.close()

@@ -260,6 +260,11 @@ int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_
  * ICMP error queued on the socket, say: the next call goes on with the datagrams behind it). */
 int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *names, size_t name_slot,
                   int32_t *lengths, int32_t *name_lengths, int count) {
+#ifndef __linux__
+    (void)fd, (void)buffers, (void)slot, (void)names, (void)name_slot, (void)lengths, (void)name_lengths;
+    (void)count;
+    return -ENOSYS; /* no recvmmsg: the shared port reads with recvfrom (relay/media/demux.py) */
+#else
     struct mmsghdr msgs[SR_RECV_MAX];
     struct iovec iov[SR_RECV_MAX];
     if (fd < 0 || count <= 0 || count > SR_RECV_MAX || slot == 0 || slot > SR_RECV_SLOT_MAX
@@ -283,4 +288,5 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
         name_lengths[i] = (int32_t)(name_length > name_slot ? name_slot : name_length);
     }
     return n;
+#endif
 }
