@@ -32,6 +32,16 @@ Delivered = list[tuple[bytes, Address]]
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native path: {native.status()}")
 
 
+@pytest.fixture(autouse=True)
+def _native_decided_afresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The load decision is cached per process: a test elsewhere that forced the Python path must not
+    decide these (they failed in the full suite, run after such a test)."""
+    monkeypatch.delenv(native.NATIVE_ENV, raising=False)
+    native.reset()
+    yield
+    native.reset()
+
+
 def _socket(family: socket.AddressFamily, host: str) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
