@@ -16,19 +16,14 @@ once a second, so ~1.8 s at worst plus slack for a loaded CI machine. The measur
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import shutil
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_browser_client import CHROMIUM, PLAYWRIGHT, UTTERANCE, namespace_command, need, padded_wav
+from tests.e2e.test_browser_client import CHROMIUM, PLAYWRIGHT, UTTERANCE, need, padded_wav, run_scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -38,28 +33,6 @@ SCENARIO_LIMIT_S = 120.0
 SHOWN_AFTER_EDGE_S = 2.0
 SHOWN_AFTER_KILL_S = 3.0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-async def run_scenario(config_path: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *namespace_command(),
-        sys.executable,
-        "-m",
-        "tests.browser.agent_lost_scenario",
-        str(config_path),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # the scenario, its stack, node and Chromium: one session, ours to end
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), SCENARIO_LIMIT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        pytest.fail(f"the agent-lost browser scenario did not finish within {SCENARIO_LIMIT_S:g} s")
-    return process.returncode or 0, output.decode(errors="replace")
 
 
 def load_report(report_path: Path, status: int, output: str) -> dict[str, Any]:
@@ -89,7 +62,7 @@ async def test_the_page_shows_why_when_the_only_agent_dies(tmp_path: Path) -> No
     config_path = tmp_path / "scenario.json"
     config_path.write_text(json.dumps(config))
 
-    status, output = await run_scenario(config_path)
+    status, output = await run_scenario(config_path, "tests.browser.agent_lost_scenario", SCENARIO_LIMIT_S)
     report = load_report(report_path, status, output)
 
     assert report["interfaces"] == ["lo"], report["interfaces"]

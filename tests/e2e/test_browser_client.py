@@ -70,12 +70,15 @@ def namespace_command() -> list[str]:
     return command
 
 
-async def run_scenario(config_path: Path) -> tuple[int, str]:
+async def run_scenario(
+    config_path: Path, module: str = "tests.browser.scenario", limit_s: float = SCENARIO_LIMIT_S
+) -> tuple[int, str]:
+    """Run a browser scenario module in its own network namespace; its exit status and output."""
     process = await asyncio.create_subprocess_exec(
         *namespace_command(),
         sys.executable,
         "-m",
-        "tests.browser.scenario",
+        module,
         str(config_path),
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
@@ -83,12 +86,12 @@ async def run_scenario(config_path: Path) -> tuple[int, str]:
         start_new_session=True,  # the scenario, node and Chromium share one process group: ours to end
     )
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), SCENARIO_LIMIT_S)
+        output, _ = await asyncio.wait_for(process.communicate(), limit_s)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-        pytest.fail(f"the browser scenario did not finish within {SCENARIO_LIMIT_S:g} s")
+        pytest.fail(f"the browser scenario {module} did not finish within {limit_s:g} s")
     return process.returncode or 0, output.decode(errors="replace")
 
 
