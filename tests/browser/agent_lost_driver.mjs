@@ -11,25 +11,14 @@
 // {"event": "ended", shownAtMs, view, stateText, errorText, peers}, where shownAtMs is the wall-clock time
 // (Date.now()) at which the page's state element turned "closed", taken by a MutationObserver.
 import fs from "node:fs";
-import readline from "node:readline";
 import { chromium } from "playwright-core";
+import { chromiumArgs, emit, nextLine, watchdog as startWatchdog } from "./driver_common.mjs";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const emit = (doc) => process.stdout.write(`${JSON.stringify(doc)}\n`);
 const overallMs = (config.callTimeoutS + config.endTimeoutS + 60) * 1000;
-const watchdog = setTimeout(() => { emit({ event: "error", message: `driver gave up after ${overallMs} ms` }); process.exit(2); }, overallMs);
+const watchdog = startWatchdog(overallMs);
 
-const stdinLines = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => stdinLines.once("line", resolve));
-
-// As tests/browser/client_driver.mjs: headless, no sandbox, nothing fetched, microphone faked.
-const ARGS = [
-  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--disable-default-apps",
-  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-  `--use-file-for-fake-audio-capture=${config.wav}`,
-  "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-];
+const ARGS = chromiumArgs(config.wav);
 
 // Keeps every peer connection the page creates, unchanged otherwise.
 const KEEP_PEERS = () => {

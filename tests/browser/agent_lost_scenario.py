@@ -99,15 +99,7 @@ async def run(config: AgentLostConfig, report: dict[str, Any], secrets: list[str
         config_path = work / "driver.json"
         config_path.write_text(json.dumps(driver_config))
         config_path.chmod(0o600)  # it holds the page's token
-        process = await asyncio.create_subprocess_exec(
-            config.node,
-            str(DRIVER),
-            str(config_path),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        driver = Driver(process, page_token)
+        driver = await Driver.start(config.node, DRIVER, config_path, page_token)
         try:
             report["launched"] = await driver.until("launched", 30.0)
             in_call = await driver.until("in_call", config.call_timeout_s + 20.0)
@@ -133,7 +125,7 @@ async def run(config: AgentLostConfig, report: dict[str, Any], secrets: list[str
         finally:
             await driver.stop()
             report["driver_log"] = driver.log
-            report["driver_exit"] = process.returncode
+            report["driver_exit"] = driver.process.returncode
     except BaseException:
         report["logs"] = {  # what each component said, for the failure message (secrets scrubbed later)
             log.stem: log.read_text(errors="replace").splitlines()[-40:]

@@ -9,26 +9,14 @@
 // "hangup" line on stdin, clicks Hang up and prints {"event": "closed", ...}. Every line on stdout is
 // one JSON object; the numbers come from window.splitrelay (the page's own measurements), not pixels.
 import fs from "node:fs";
-import readline from "node:readline";
 import { chromium } from "playwright-core";
+import { chromiumArgs, emit, nextLine, watchdog as startWatchdog } from "./driver_common.mjs";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const emit = (doc) => process.stdout.write(`${JSON.stringify(doc)}\n`);
 const overallMs = (config.callTimeoutS + config.hangupWaitS + 30) * 1000;
-const watchdog = setTimeout(() => { emit({ event: "error", message: `driver gave up after ${overallMs} ms` }); process.exit(2); }, overallMs);
+const watchdog = startWatchdog(overallMs);
 
-const stdinLines = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => stdinLines.once("line", resolve));
-
-// Headless, no sandbox (containers), nothing fetched from the network, microphone granted and faked.
-// --allow-loopback-in-peer-connection: WebRTC gathers on 127.0.0.1 (it skips loopback by default).
-const ARGS = [
-  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--disable-default-apps",
-  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-  `--use-file-for-fake-audio-capture=${config.wav}`,
-  "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-];
+const ARGS = chromiumArgs(config.wav);
 
 const snapshot = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.splitrelay)));
 

@@ -140,6 +140,19 @@ class Driver:
         self.secret = secret
         self.log: list[dict[str, Any]] = []
 
+    @classmethod
+    async def start(cls, node: str, driver: Path, config_path: Path, secret: str) -> Driver:
+        """``node driver config_path``, stdout and stderr merged into one pipe of JSON lines."""
+        process = await asyncio.create_subprocess_exec(
+            node,
+            str(driver),
+            str(config_path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(process, secret)
+
     async def until(self, event: str, within: float) -> dict[str, Any]:
         """Read lines until ``event`` (console lines are kept); a driver error or exit raises."""
         assert self.process.stdout is not None
@@ -232,15 +245,7 @@ async def run(config: ScenarioConfig, token: str, report: dict[str, Any]) -> Non
         }
         config_path = work / "driver.json"
         config_path.write_text(json.dumps(driver_config))
-        process = await asyncio.create_subprocess_exec(
-            config.node,
-            str(DRIVER),
-            str(config_path),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        driver = Driver(process, token)
+        driver = await Driver.start(config.node, DRIVER, config_path, token)
         try:
             report["launched"] = await driver.until("launched", 30.0)
             try:
@@ -272,7 +277,7 @@ async def run(config: ScenarioConfig, token: str, report: dict[str, Any]) -> Non
         finally:
             await driver.stop()
             report["driver_log"] = driver.log
-            report["driver_exit"] = process.returncode
+            report["driver_exit"] = driver.process.returncode
 
 
 def main(argv: list[str]) -> int:
