@@ -11,8 +11,7 @@
 // {"event": "ended", shownAtMs, view, stateText, errorText, peers}, where shownAtMs is the wall-clock time
 // (Date.now()) at which the page's state element turned "closed", taken by a MutationObserver.
 import fs from "node:fs";
-import { chromium } from "playwright-core";
-import { chromiumArgs, emit, nextLine, watchdog as startWatchdog } from "./driver_common.mjs";
+import { chromiumArgs, emit, firstPage, launch, nextLine, watchdog as startWatchdog } from "./driver_common.mjs";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const overallMs = (config.callTimeoutS + config.endTimeoutS + 60) * 1000;
@@ -58,23 +57,10 @@ const peers = (page) => page.evaluate(() => window.__peers.map((pc) => ({
 })));
 
 async function main() {
-  const context = await chromium.launchPersistentContext(config.userDataDir, {
-    executablePath: config.chromium,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 900, height: 1100 },
-    timeout: 30_000,
-  });
+  const context = await launch(config, ARGS, { width: 900, height: 1100 });
   try {
     await context.addInitScript(KEEP_PEERS);
-    emit({ event: "launched", version: context.browser()?.version() ?? null });
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on("console", (message) => {
-      if (message.type() === "error" || message.type() === "warning") {
-        emit({ event: "console", type: message.type(), text: message.text().slice(0, 500) });
-      }
-    });
-    page.on("pageerror", (error) => emit({ event: "pageerror", text: String(error).slice(0, 500) }));
+    const page = await firstPage(context);
     await page.goto(config.url, { timeout: 10_000 });
     await page.evaluate(WATCH_END);
     await page.getByRole("button", { name: "Call" }).click({ timeout: 5_000 });

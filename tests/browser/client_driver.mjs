@@ -9,8 +9,7 @@
 // "hangup" line on stdin, clicks Hang up and prints {"event": "closed", ...}. Every line on stdout is
 // one JSON object; the numbers come from window.splitrelay (the page's own measurements), not pixels.
 import fs from "node:fs";
-import { chromium } from "playwright-core";
-import { chromiumArgs, emit, nextLine, watchdog as startWatchdog } from "./driver_common.mjs";
+import { chromiumArgs, emit, firstPage, launch, nextLine, watchdog as startWatchdog } from "./driver_common.mjs";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const overallMs = (config.callTimeoutS + config.hangupWaitS + 30) * 1000;
@@ -21,22 +20,9 @@ const ARGS = chromiumArgs(config.wav);
 const snapshot = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.splitrelay)));
 
 async function main() {
-  const context = await chromium.launchPersistentContext(config.userDataDir, {
-    executablePath: config.chromium,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 900, height: 1100 },
-    timeout: 30_000,
-  });
+  const context = await launch(config, ARGS, { width: 900, height: 1100 });
   try {
-    emit({ event: "launched", version: context.browser()?.version() ?? null });
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on("console", (message) => {
-      if (message.type() === "error" || message.type() === "warning") {
-        emit({ event: "console", type: message.type(), text: message.text().slice(0, 500) });
-      }
-    });
-    page.on("pageerror", (error) => emit({ event: "pageerror", text: String(error).slice(0, 500) }));
+    const page = await firstPage(context);
     await page.goto(config.url, { timeout: 10_000 });
     await page.getByRole("button", { name: "Call" }).click({ timeout: 5_000 });
 

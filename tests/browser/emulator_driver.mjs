@@ -17,12 +17,11 @@
 //           step); B's receiver stats before and 2 s after, its descriptions and connection states.
 // Every line on stdout is one JSON object; the last is {"event": "result", ...} or {"event": "error"}.
 import fs from "node:fs";
-import { chromium } from "playwright-core";
+import { emit, firstPage, launch, watchdog as startWatchdog } from "./driver_common.mjs";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const emit = (doc) => process.stdout.write(`${JSON.stringify(doc)}\n`);
 const overallMs = (config.timeoutS + 30) * 1000;
-const watchdog = setTimeout(() => { emit({ event: "error", message: `driver gave up after ${overallMs} ms` }); process.exit(2); }, overallMs);
+const watchdog = startWatchdog(overallMs);
 
 const ARGS = [
   "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -232,21 +231,9 @@ async function pageScenario({ apiBase, appId, appSecret, timeoutS }) {
 }
 
 async function main() {
-  const context = await chromium.launchPersistentContext(config.userDataDir, {
-    executablePath: config.chromium,
-    headless: true,
-    args: ARGS,
-    timeout: 30_000,
-  });
+  const context = await launch(config, ARGS);
   try {
-    emit({ event: "launched", version: context.browser()?.version() ?? null });
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on("console", (message) => {
-      if (message.type() === "error" || message.type() === "warning") {
-        emit({ event: "console", type: message.type(), text: message.text().slice(0, 500) });
-      }
-    });
-    page.on("pageerror", (error) => emit({ event: "pageerror", text: String(error).slice(0, 500) }));
+    const page = await firstPage(context);
     await page.goto(config.pageUrl, { timeout: 10_000 });
     const origin = await page.evaluate(() => window.location.origin);
     const result = await page.evaluate(pageScenario, {
