@@ -114,17 +114,24 @@ def sanitized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return module, env
 
 
-def test_differential_traffic_runs_clean_under_asan_and_ubsan(sanitized: tuple[Path, dict[str, str]]) -> None:
+def run_sanitized(
+    sanitized: tuple[Path, dict[str, str]], script: str, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``script`` in a child Python that loads the sanitized build of the extension."""
     module, env = sanitized
-    result = subprocess.run(
-        [sys.executable, "-c", DIFFERENTIAL, str(module), str(ROUNDS)],
+    return subprocess.run(
+        [sys.executable, "-c", script, str(module), *args],
         capture_output=True,
         text=True,
         env=env,
         cwd=REPO,
-        timeout=110,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_differential_traffic_runs_clean_under_asan_and_ubsan(sanitized: tuple[Path, dict[str, str]]) -> None:
+    result = run_sanitized(sanitized, DIFFERENTIAL, str(ROUNDS), timeout=110)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "runtime error" not in result.stderr  # UBSan reports, even ones that did not halt
     compared = int(result.stdout.split()[-1])
@@ -132,16 +139,7 @@ def test_differential_traffic_runs_clean_under_asan_and_ubsan(sanitized: tuple[P
 
 
 def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]]) -> None:
-    module, env = sanitized
-    result = subprocess.run(
-        [sys.executable, "-c", OVERREAD, str(module)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    result = run_sanitized(sanitized, OVERREAD, timeout=60)
     assert result.returncode == 86, (result.returncode, result.stdout, result.stderr[-2000:])
     assert "heap-buffer-overflow" in result.stderr
 
@@ -150,16 +148,7 @@ def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]
 def test_batched_receive_runs_clean_and_matches_the_reference(
     sanitized: tuple[Path, dict[str, str]], batch: int
 ) -> None:
-    module, env = sanitized
-    result = subprocess.run(
-        [sys.executable, "-c", RECEIVE, str(module), str(batch)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    result = run_sanitized(sanitized, RECEIVE, str(batch), timeout=60)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "runtime error" not in result.stderr
     assert int(result.stdout.split()[-1]) > 500
