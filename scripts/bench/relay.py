@@ -67,6 +67,7 @@ from splitrelay.bench.support import (
 from splitrelay.inference.wire_auth import WIRE_KEY_ENV, generate_text
 from splitrelay.relay.child import cli_command
 from splitrelay.relay.media import native
+from splitrelay.relay.media.demux import BATCH_ENV
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 FLOOR_CALLS = 500
@@ -83,7 +84,6 @@ MAX_CALLS = 5000
 AB_CHOICES = ("port-per-call", "python", "unbatched")
 """A/B variants: see the module docstring and ``VARIANTS``."""
 DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
-BATCH_ENV = "SPLITRELAY_MEDIA_BATCH"  # relay/media/demux.py (media may not be imported for a constant)
 SYSCALLS = {
     "recv": ("recvfrom", "recvmsg", "recvmmsg"),
     "send": ("sendto", "sendmsg", "sendmmsg"),
