@@ -33,8 +33,9 @@ from splitrelay.relay.inference_link import (
     resolve_numeric,
 )
 from splitrelay.relay.manager import MAX_CALLS_DEFAULT, CallManager
-from splitrelay.relay.media.demux import SEND_BATCH, DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.demux import DemuxLimits
 from splitrelay.relay.media.peer import CandidatePolicy, VoicePeerConfig, open_shared_port
+from splitrelay.relay.media.shared_port import SEND_BATCH, SharedUdpPort
 from splitrelay.relay.sfu_attach import SfuAttacher
 from splitrelay.relay.sfu_client import SfuClient
 
@@ -87,7 +88,7 @@ class RelaySettings:
     agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S
     """A call whose agent sends keep-alives is lost after this long with nothing from it (0: off)."""
     media_port: int | None = None
-    """One UDP port for every call of this process: ``media_port + process`` (relay/media/demux.py);
+    """One UDP port for every call of this process: ``media_port + process`` (relay/media/shared_port.py);
     None: one port per call (``candidates.port_range`` or any)."""
 
 

@@ -25,7 +25,7 @@ import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcicetransport import RTCIceGatherer
 
-from splitrelay.relay.media.demux import SharedUdpPort
+from splitrelay.relay.media.shared_port import SharedUdpPort
 
 PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0"}
 UPGRADE_MESSAGE = (
@@ -98,7 +98,7 @@ def _install_port_range_hook(loop: asyncio.AbstractEventLoop) -> None:
     """Wrap the loop's create_datagram_endpoint, which aioice calls with ``local_addr=(address, 0)``.
 
     Under a port range it binds inside the range; under a shared port it binds nothing and returns the
-    call's virtual transport on the shared socket (relay/media/demux.py).
+    call's virtual transport on the shared socket (relay/media/shared_port.py).
     """
     if getattr(loop, _LOOP_MARK, False):
         return
@@ -372,7 +372,7 @@ def check_static() -> list[str]:
         "self._local_username = local_username",
         "self._local_password = local_password",
     )
-    # The shared port (relay/media/demux.py): the ufrag we set, the endpoint we hand aioice, its close.
+    # The shared port (relay/media/shared_port.py): the ufrag we set, the endpoint we hand aioice, its close.
     problems += _source_has(aioice.ice.Connection, "local_username", "return self._local_username")
     problems += _source_has(aioice.ice.Connection, "local_password", "return self._local_password")
     problems += _source_has(

@@ -29,7 +29,7 @@ from av.frame import Frame
 from av.packet import Packet
 
 from splitrelay.relay.media import aiortc_internals
-from splitrelay.relay.media.demux import DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.demux import DemuxLimits
 from splitrelay.relay.media.sdp import (
     StreamParams,
     advertise_public_address,
@@ -39,6 +39,7 @@ from splitrelay.relay.media.sdp import (
     parse_media_sections,
     set_codec_fmtp,
 )
+from splitrelay.relay.media.shared_port import SharedUdpPort
 
 OPUS = RTCRtpCodecCapability(mimeType="audio/opus", clockRate=48000, channels=2)
 DEFAULT_OPUS_FMTP: Mapping[str, int | str] = MappingProxyType({"minptime": 10, "useinbandfec": 1})

@@ -23,7 +23,6 @@ from aiortc import RTCPeerConnection
 
 from splitrelay.relay.media import aiortc_internals, native
 from splitrelay.relay.media.aiortc_internals import Address, SrtpLink
-from splitrelay.relay.media.demux import arrival_ns
 from splitrelay.relay.media.impair import Impairment, ImpairStage
 from splitrelay.relay.media.peer import negotiated_streams
 from splitrelay.relay.media.rtcp import (
@@ -41,6 +40,7 @@ from splitrelay.relay.media.rtcp import (
 )
 from splitrelay.relay.media.rtp import RtpPacket, one_byte_extensions
 from splitrelay.relay.media.sdp import StreamParams
+from splitrelay.relay.media.shared_port import arrival_ns
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ from splitrelay.bench.support import (
 from splitrelay.inference.wire_auth import WIRE_KEY_ENV, generate_text
 from splitrelay.relay.child import cli_command
 from splitrelay.relay.media import native
-from splitrelay.relay.media.demux import BATCH_ENV
+from splitrelay.relay.media.shared_port import BATCH_ENV
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 FLOOR_CALLS = 500

@@ -106,7 +106,7 @@ async def test_rtcp_cannot_be_silenced_once_running(voice_pair: VoicePair) -> No
         aiortc_internals.silence_rtcp(voice_pair.relay.transceiver)
 
 
-# --- the shared port (relay/media/demux.py): the ufrag we set and the endpoint we hand aioice ----------
+# --- the shared port (relay/media/shared_port.py): the ufrag we set and the endpoint we hand aioice -
 
 
 def test_the_check_detects_a_moved_ufrag(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,8 +138,8 @@ async def test_set_local_ufrag_reaches_the_sdp_and_only_before_gathering() -> No
 
 
 async def test_a_shared_port_peer_gathers_a_virtual_transport_and_connects() -> None:
-    from splitrelay.relay.media.demux import SharedUdpPort, VirtualTransport
     from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
+    from splitrelay.relay.media.shared_port import SharedUdpPort, VirtualTransport
     from tests.integration.conftest import connect_voice_peers
 
     port = await SharedUdpPort.open("127.0.0.1", 0)

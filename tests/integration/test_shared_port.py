@@ -1,4 +1,4 @@
-"""One UDP port for every call (relay/media/demux.py) between real aiortc peers on loopback.
+"""One UDP port for every call (relay/media/demux.py, shared_port.py) between real aiortc peers on loopback.
 
 Several callers (VoicePeer, each on its own socket) reach relay peers that all share ONE UDP socket;
 ICE and DTLS run through the demultiplexer and media flows both ways on the SRTP fast path, on the
@@ -16,7 +16,7 @@ import uvloop
 
 from splitrelay.inference.udp_batch import SendBatch
 from splitrelay.relay.media import aiortc_internals
-from splitrelay.relay.media.demux import SEND_BATCH, DemuxLimits, SharedUdpPort
+from splitrelay.relay.media.demux import DemuxLimits
 from splitrelay.relay.media.peer import (
     LOOPBACK,
     CandidatePolicy,
@@ -24,6 +24,7 @@ from splitrelay.relay.media.peer import (
     VoicePeerConfig,
     open_shared_port,
 )
+from splitrelay.relay.media.shared_port import SEND_BATCH, SharedUdpPort
 from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
 from tests.integration.conftest import CONNECT_WITHIN_S, connect_voice_peers
 from tests.integration.test_fastpath import Collector, Echo

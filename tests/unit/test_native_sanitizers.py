@@ -54,7 +54,7 @@ DIFFERENTIAL = LOAD + textwrap.dedent(
 RECEIVE = LOAD + textwrap.dedent(
     """
     import socket
-    from splitrelay.relay.media.demux import BatchReader
+    from splitrelay.relay.media.shared_port import BatchReader
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx.bind(("127.0.0.1", 0))
     results = []

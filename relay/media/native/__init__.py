@@ -378,7 +378,7 @@ class RecvBatch:
 
     ``receive()`` returns how many arrived (0: the socket is empty; negative: -errno). Datagram i is then
     ``payload(i)`` (bytes) from ``lengths[i]`` (-1: longer than ``RECV_SLOT``, cut) and its source is the
-    raw ``sockaddr`` ``name(i)``; the shared port (relay/media/demux.py) reads them in its own loop.
+    raw ``sockaddr`` ``name(i)``; the shared port (relay/media/shared_port.py) reads them in its own loop.
     """
 
     __slots__ = (

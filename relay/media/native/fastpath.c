@@ -263,7 +263,7 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
 #ifndef __linux__
     (void)fd, (void)buffers, (void)slot, (void)names, (void)name_slot, (void)lengths, (void)name_lengths;
     (void)count;
-    return -ENOSYS; /* no recvmmsg: the shared port reads with recvfrom (relay/media/demux.py) */
+    return -ENOSYS; /* no recvmmsg: the shared port reads with recvfrom (relay/media/shared_port.py) */
 #else
     struct mmsghdr msgs[SR_RECV_MAX];
     struct iovec iov[SR_RECV_MAX];

@@ -1,4 +1,4 @@
-"""The shared port's batched receive and send (relay/media/demux.py, issue 17) on loopback sockets.
+"""The shared port's batched receive and send (relay/media/shared_port.py, issue 17) on loopback sockets.
 
 Differential: the native reader (``recvmmsg`` in relay/media/native/fastpath.c) and the Python reference
 (``recvfrom``) are fed the same datagrams and must deliver the same (bytes, address) pairs in the same
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from splitrelay.inference.udp_batch import SendBatch
-from splitrelay.relay.media import demux, native
-from splitrelay.relay.media.demux import (
+from splitrelay.relay.media import native, shared_port
+from splitrelay.relay.media.shared_port import (
     BatchReader,
     SharedUdpPort,
     SocketSender,
@@ -140,10 +140,12 @@ def test_a_batch_shares_one_arrival_time_and_it_ends_with_the_batch(
 ) -> None:
     seen: list[int] = []
     with _socket(socket.AF_INET, "127.0.0.1") as sock:
-        reader = BatchReader(sock, lambda d, a: seen.append(demux.arrival_ns()), native_path=native_path)
+        reader = BatchReader(
+            sock, lambda d, a: seen.append(shared_port.arrival_ns()), native_path=native_path
+        )
         _send([(0, b"\x80" * 20)] * 5, senders, sock.getsockname())
         reader.drain()
-    after = demux.arrival_ns()
+    after = shared_port.arrival_ns()
     assert len(seen) == 5 and after > max(seen)
     if native_path:
         assert len(set(seen)) == 1  # one recvmmsg: one time for the batch
@@ -208,7 +210,7 @@ def test_a_full_socket_keeps_the_order_and_the_queue_is_bounded(monkeypatch: pyt
     loop.writers[99]()
     assert sock.sent == [bytes([i]) * 10 for i in range(4)] and 99 not in loop.writers
     assert sender.get_write_buffer_size() == 0
-    monkeypatch.setattr(demux, "MAX_QUEUED_BYTES", 25)
+    monkeypatch.setattr(shared_port, "MAX_QUEUED_BYTES", 25)
     sock.full = True
     for i in range(3):
         sender.sendto(bytes([i]) * 10, peer)
@@ -245,12 +247,12 @@ async def test_calls_sends_leave_in_one_sendmmsg_in_order() -> None:
 
 
 async def test_the_environment_picks_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(demux.BATCH_ENV, "0")
+    monkeypatch.setenv(shared_port.BATCH_ENV, "0")
     port = await SharedUdpPort.open("127.0.0.1", 0)
     assert not port.batched and not port.native
     assert not port.batch_sends(lambda t: SendBatch(t))  # the uvloop transport sends one by one
     await port.close()
-    monkeypatch.delenv(demux.BATCH_ENV)
+    monkeypatch.delenv(shared_port.BATCH_ENV)
     port = await SharedUdpPort.open("127.0.0.1", 0)
     assert port.batched and port.native == native.available()
     await port.close()

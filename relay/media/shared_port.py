@@ -1,0 +1,554 @@
+"""The shared UDP port of a relay process: one socket for every call, read and written in batches (issue 17).
+
+Which call a datagram belongs to is ``Demux``'s decision (relay/media/demux.py); this module owns the
+socket around it. Each call gets a ``VirtualTransport`` that sends through the shared socket and
+receives what the demultiplexer hands its protocol.
+
+Batched (the default): the port reads its socket itself (``loop.add_reader``) and drains it with
+``recvmmsg``, up to ``RECV_BATCH`` datagrams per system call and ``RECV_CALLS_PER_TURN`` calls per loop
+turn (a busy port cannot starve the loop, nor the inference socket: the rest waits for the next turn);
+the native extension (relay/media/native) does the system call, and without it (or with
+``SPLITRELAY_NATIVE=0``) a ``recvfrom`` loop with the same bounds delivers the same datagrams in the
+same order. What the calls send
+goes through one queue: the relay hands it a batch (``batch_sends``: relay/inference/udp_batch.py's
+``SendBatch``, one ``sendmmsg`` per loop turn), so order is the order of ``sendto``, per call and across
+calls. ``SPLITRELAY_MEDIA_BATCH=0`` keeps the socket in a uvloop datagram transport instead (one
+``recvfrom`` per datagram, one ``sendto`` per packet): the A/B of ``splitrelay bench relay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from splitrelay.relay.media import native
+from splitrelay.relay.media.demux import Address, Demux, DemuxLimits, DemuxStats, _Call
+
+logger = logging.getLogger(__name__)
+
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+BATCH_ENV = "SPLITRELAY_MEDIA_BATCH"
+"""Set to 0 (or off/false/no) for the unbatched shared port (a uvloop datagram transport)."""
+RECV_BATCH = 32
+"""Datagrams one ``recvmmsg`` takes at most: libuv's budget per socket and poll (uv__udp_recvmsg reads up
+to 32), so when the process is short of CPU the shared port and the inference socket (a uvloop transport)
+are read alike. At 64 x 4 per turn the media side took eight times the inference side's share and the
+echoes from inference were the datagrams the kernel dropped (measured: 91% lost at 500 calls on half a
+core, all of them at the inference socket)."""
+RECV_CALLS_PER_TURN = 1
+"""``recvmmsg`` calls per readable event: at most RECV_BATCH x this many datagrams per loop turn."""
+SEND_BATCH = 64
+"""Datagrams per ``sendmmsg`` (``batch_sends``'s default)."""
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+"""Bytes waiting for the socket to take them (after EAGAIN); more is dropped and counted."""
+_NAME_CACHE = 65536  # source sockaddr -> (host, port); cleared when full
+_ICMP_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+
+_received_ns = 0  # while a batch is delivered: when recvmmsg (or recvfrom) returned it
+
+
+def arrival_ns() -> int:
+    """When the datagram being delivered left the socket: its batch's time on the batched shared port,
+    else now. The fast path stamps arrivals with it, so dwell covers the wait behind earlier datagrams
+    of the same batch."""
+    return _received_ns or time.perf_counter_ns()
+
+
+class BatchSender(Protocol):
+    """What ``batch_sends`` takes: relay/inference/udp_batch.py's ``SendBatch`` (media may not import it)."""
+
+    def add(self, data: bytes, peer: Address) -> None: ...
+
+    def flush(self) -> int: ...
+
+
+def batching_enabled() -> bool:
+    return os.environ.get(BATCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+class VirtualTransport(asyncio.DatagramTransport):
+    """What one call's aioice protocol holds instead of a socket: sends through the shared one."""
+
+    def __init__(self, port: SharedUdpPort, call: _Call, sockname: Address) -> None:
+        super().__init__()
+        self._port = port
+        self._demux = port.demux
+        self._call = call
+        self._sockname = sockname
+        self._closing = False
+        call.transport = self
+
+    @property
+    def ufrag(self) -> str:
+        return self._call.ufrag
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing or addr is None:
+            self._demux.send_after_close += 1
+            return
+        self._demux.send_from(self._call, bytes(data), (addr[0], addr[1]))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Unregister the call and tell its protocol, as a socket's close would (on the next loop turn)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._demux.unregister(self._call)
+        self._port._transports.discard(self)
+        asyncio.get_running_loop().call_soon(self._call.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._sockname
+        if name == "peername":
+            return None
+        # No "socket": aioice would set buffer sizes on the shared socket for each call.
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._call.protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        raise NotImplementedError("a shared-port call keeps its protocol")
+
+    def __repr__(self) -> str:
+        return f"<VirtualTransport ufrag={self._call.ufrag} closing={self._closing}>"
+
+
+class _SharedProtocol(asyncio.DatagramProtocol):
+    def __init__(self, port: SharedUdpPort) -> None:
+        self._port = port
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._port.demux.datagram_received(data, addr if len(addr) == 2 else (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self._port.socket_errors += 1  # ICMP unreachable for one peer: not a reason to stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._port._lost()
+
+
+def sockaddr_address(name: bytes) -> Address:
+    """A raw ``sockaddr_in``/``sockaddr_in6`` (as recvmmsg fills it) to the (host, port) a socket gives."""
+    family = int.from_bytes(name[0:2], sys.byteorder)
+    port = int.from_bytes(name[2:4], "big")
+    if family == socket.AF_INET and len(name) >= 8:
+        return socket.inet_ntop(socket.AF_INET, name[4:8]), port
+    if family == socket.AF_INET6 and len(name) >= 24:
+        host = socket.inet_ntop(socket.AF_INET6, name[8:24])
+        scope = int.from_bytes(name[24:28], sys.byteorder) if len(name) >= 28 else 0
+        if scope:  # link-local: as Python's socket module names it
+            try:
+                host = f"{host}%{socket.if_indextoname(scope)}"
+            except OSError:
+                host = f"{host}%{scope}"
+        return host, port
+    raise ValueError(f"not an IPv4 or IPv6 socket address (family {family}, {len(name)} bytes)")
+
+
+class BatchReader:
+    """Drains a non-blocking UDP socket into ``deliver(data, addr)``, bounded per call (module docstring).
+
+    ``native=True`` reads with ``recvmmsg`` (relay/media/native ``RecvBatch``); else with ``recvfrom``,
+    one datagram per call: the reference, which delivers the same datagrams in the same order.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        deliver: Callable[[bytes, Address], object],
+        *,
+        native_path: bool,
+        batch: int = RECV_BATCH,
+        calls_per_turn: int = RECV_CALLS_PER_TURN,
+    ) -> None:
+        if not 1 <= batch <= native.RECV_BATCH_MAX:
+            raise ValueError(f"batch must be 1..{native.RECV_BATCH_MAX}, got {batch}")
+        if not 1 <= calls_per_turn <= 64:
+            raise ValueError(f"calls_per_turn must be 1..64, got {calls_per_turn}")
+        self._sock = sock
+        self._deliver = deliver
+        self.batch = batch
+        self.calls_per_turn = calls_per_turn
+        # recvmmsg is Linux's (fastpath.c returns ENOSYS elsewhere): other systems read with recvfrom.
+        native_path = native_path and sys.platform.startswith("linux")
+        self._recv = native.RecvBatch(sock.fileno(), batch) if native_path else None
+        self._names: dict[bytes, Address] = {}
+        self.calls = 0
+        """Receive system calls made (empty reads included)."""
+        self.datagrams = 0
+        self.oversize = 0
+        self.errors = 0
+        """ICMP errors queued on the socket (a peer's port unreachable) and other receive errors."""
+
+    @property
+    def native(self) -> bool:
+        return self._recv is not None
+
+    def drain(self) -> int:
+        """Read what is there, within this turn's bound; returns how many datagrams were delivered."""
+        global _received_ns
+        try:
+            return self._drain_native() if self._recv is not None else self._drain_python()
+        finally:
+            _received_ns = 0
+
+    def _drain_native(self) -> int:
+        global _received_ns
+        recv = self._recv
+        assert recv is not None
+        deliver, names, batch = self._deliver, self._names, self.batch
+        mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
+        slot, name_slot = native.RECV_SLOT, native.RECV_NAME_SLOT
+        delivered = 0
+        for _ in range(self.calls_per_turn):
+            n = recv.receive()
+            self.calls += 1
+            if n <= 0:
+                if n < 0 and self._error(-n):
+                    continue  # an ICMP error took this call; datagrams may wait behind it
+                break
+            _received_ns = time.perf_counter_ns()
+            for i in range(n):
+                length = lengths[i]
+                if length < 0:
+                    self.oversize += 1
+                    continue
+                delivered += 1
+                start = i * slot
+                data = mem[start : start + length]
+                start = i * name_slot
+                key = names_mem[start : start + name_lengths[i]]
+                addr = names.get(key)
+                if addr is None:
+                    try:
+                        addr = sockaddr_address(key)
+                    except ValueError:
+                        self.errors += 1
+                        continue
+                    if len(names) >= _NAME_CACHE:
+                        names.clear()
+                    names[key] = addr
+                deliver(data, addr)
+            if n < batch:
+                break  # the socket is empty: no need for a call that says so
+        self.datagrams += delivered
+        return delivered
+
+    def _drain_python(self) -> int:
+        global _received_ns
+        sock, deliver = self._sock, self._deliver
+        limit = native.RECV_SLOT
+        delivered = 0
+        for _ in range(self.calls_per_turn * self.batch):
+            try:
+                data, addr = sock.recvfrom(limit + 1)
+            except (BlockingIOError, InterruptedError):
+                self.calls += 1
+                break
+            except OSError as exc:
+                self.calls += 1
+                if self._error(exc.errno or 0):
+                    continue
+                break
+            self.calls += 1
+            _received_ns = time.perf_counter_ns()
+            if len(data) > limit:
+                self.oversize += 1
+                continue
+            delivered += 1
+            deliver(data, addr if len(addr) == 2 else (addr[0], addr[1]))
+        self.datagrams += delivered
+        return delivered
+
+    def _error(self, code: int) -> bool:
+        """Count a receive error; True when reading may go on (an ICMP error for one peer)."""
+        self.errors += 1
+        if code not in _ICMP_ERRORS and self.errors == 1:
+            logger.warning("shared port: receive failed: %s", os.strerror(code))
+        return code in _ICMP_ERRORS
+
+
+class SocketSender(asyncio.DatagramTransport):
+    """The batched shared port's sending side: ``sendto`` now, or after what waits, in order.
+
+    What the socket cannot take yet (EAGAIN) waits in a bounded queue drained when it is writable (as a
+    uvloop transport does), so ``SendBatch`` can fall back to ``sendto`` without reordering anything.
+    """
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._sock = sock
+        self._loop = loop
+        self._queue: deque[tuple[bytes, Address]] = deque()
+        self._queued = 0
+        self._closing = False
+        self.errors = 0
+        """Datagrams the kernel refused (ICMP errors, EMSGSIZE): counted and skipped."""
+        self.drops = 0
+        """Datagrams dropped: the queue was full, or the socket closed."""
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            self.drops += 1
+            return
+        if not self._queue:
+            try:
+                self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._sock.fileno(), self._write_ready)
+            except OSError:
+                self.errors += 1
+                return
+        if self._queued + len(data) > MAX_QUEUED_BYTES:
+            self.drops += 1
+            return
+        self._queue.append((bytes(data), addr))
+        self._queued += len(data)
+
+    def _write_ready(self) -> None:
+        queue, sock = self._queue, self._sock
+        for _ in range(len(queue)):  # bounded by what waits
+            data, addr = queue[0]
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.errors += 1
+            queue.popleft()
+            self._queued -= len(data)
+        self._loop.remove_writer(sock.fileno())
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._sock
+        if name == "sockname":
+            return self._sock.getsockname()
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.drops += len(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        with contextlib.suppress(ValueError, OSError):  # the fd may be gone already
+            self._loop.remove_writer(self._sock.fileno())
+
+    def abort(self) -> None:
+        self.close()
+
+
+class SharedUdpPort:
+    """One UDP socket that carries every call of a process. Build it with ``await SharedUdpPort.open``."""
+
+    def __init__(self, worker: int = 0, limits: DemuxLimits | None = None) -> None:
+        self.demux = Demux(self._send_unopened, worker=worker, limits=limits)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._transports: set[VirtualTransport] = set()
+        self._sock: socket.socket | None = None
+        self._reader: BatchReader | None = None
+        self._batch: BatchSender | None = None
+        self.address: Address = ("", 0)
+        self.socket_errors = 0
+        self.closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int = 0,
+        *,
+        worker: int = 0,
+        limits: DemuxLimits | None = None,
+        batched: bool | None = None,
+    ) -> SharedUdpPort:
+        """Bind ``host:port`` (0: any free port); ``host`` is an address literal, best not a wildcard.
+
+        ``batched`` (default: unless ``SPLITRELAY_MEDIA_BATCH=0``) reads with ``recvmmsg`` (module
+        docstring); the native extension decides how, ``native.available()``.
+        """
+        address = ipaddress.ip_address(host)  # raises ValueError for a name
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {port}")
+        self = cls(worker, limits)
+        loop = asyncio.get_running_loop()
+        if batching_enabled() if batched is None else batched:
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            self._open_batched(loop, socket.socket(family, socket.SOCK_DGRAM), host, port)
+            return self
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _SharedProtocol(self), local_addr=(host, port)
+        )
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # the kernel caps it at rmem_max/wmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        self._transport = transport
+        self.demux.send = transport.sendto
+        name = transport.get_extra_info("sockname")
+        self.address = (str(name[0]), int(name[1]))
+        if len(name) == 2:  # IPv4: addresses arrive as (host, port), so skip a call frame per datagram
+            setattr(protocol, "datagram_received", self.demux.datagram_received)  # noqa: B010
+        return self
+
+    def _open_batched(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, host: str, port: int
+    ) -> None:
+        try:
+            sock.setblocking(False)
+            sock.bind((host, port))
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # the kernel caps it at rmem_max/wmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+            self._reader = BatchReader(sock, self.demux.datagram_received, native_path=native.available())
+            sender = SocketSender(sock, loop)
+            loop.add_reader(sock.fileno(), self._reader.drain)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._transport = sender
+        self.demux.send = sender.sendto
+        name = sock.getsockname()
+        self.address = (str(name[0]), int(name[1]))
+
+    @property
+    def batched(self) -> bool:
+        """True when the port reads its socket itself in batches (``recvmmsg`` when ``native``)."""
+        return self._reader is not None
+
+    @property
+    def native(self) -> bool:
+        """True when the batched reads use ``recvmmsg`` (the native extension)."""
+        return self._reader is not None and self._reader.native
+
+    def batch_sends(self, factory: Callable[[asyncio.DatagramTransport], BatchSender]) -> bool:
+        """Send through ``factory(transport)`` (``SendBatch``: one ``sendmmsg`` per loop turn) from now on.
+
+        Only on the batched port (False otherwise: the uvloop transport keeps sending one by one). Every
+        datagram goes through the one queue, so nothing overtakes anything sent before it.
+        """
+        if self._reader is None or self._transport is None or self.closed:
+            return False
+        self._batch = factory(self._transport)
+        self.demux.send = self._batch.add
+        return True
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def wildcard(self) -> bool:
+        return ipaddress.ip_address(self.host).is_unspecified
+
+    def candidate_host(self, host: str) -> bool:
+        """Whether a host candidate on ``host`` can use this port (same address, or family on a wildcard)."""
+        try:
+            want = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mine = ipaddress.ip_address(self.host)
+        return want == mine or (mine.is_unspecified and want.version == mine.version)
+
+    def mint_ufrag(self, label: str = "") -> str:
+        return self.demux.mint_ufrag(label)
+
+    def attach(
+        self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol, host: str
+    ) -> VirtualTransport:
+        """A call's transport for a host candidate on ``host``; OSError (aioice skips it) when refused.
+
+        One candidate per call: on a wildcard port a second address of the same call is refused, since
+        the shared socket cannot tell which local address a datagram came to.
+        """
+        if self.closed or self._transport is None:
+            raise OSError(f"shared port {self.address} is closed")
+        if not self.candidate_host(host):
+            raise OSError(f"shared port {self.address} does not serve host candidates on {host}")
+        call = self.demux.register(ufrag, password, protocol)
+        transport = VirtualTransport(self, call, (host, self.port))
+        self._transports.add(transport)
+        return transport
+
+    def stats(self) -> DemuxStats:
+        stats = self.demux.stats()
+        reader, sender = self._reader, self._transport
+        if reader is None or not isinstance(sender, SocketSender):
+            return stats
+        return dataclasses.replace(
+            stats, receive_calls=reader.calls, oversize=reader.oversize, send_queue_drops=sender.drops
+        )
+
+    def _send_unopened(self, data: bytes, addr: Address) -> None:
+        raise RuntimeError("SharedUdpPort: use `await SharedUdpPort.open(...)`")
+
+    def _lost(self) -> None:
+        self.closed = True
+        for transport in list(self._transports):  # bounded by DemuxLimits.max_calls
+            transport.close()
+
+    def _close_batched(self, sock: socket.socket) -> None:
+        """Flush what the calls sent, stop reading, close the socket; the calls' transports close next."""
+        if self._batch is not None:
+            self._batch.flush()
+        assert self._transport is not None
+        self._transport.close()
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        self._sock = None
+        self._lost()
+
+    async def close(self) -> None:
+        """Close the socket; every call's transport closes with it (aioice then ends its connection)."""
+        if self._transport is None or self.closed:
+            self.closed = True
+            return
+        if self._sock is not None:
+            self._close_batched(self._sock)
+            return
+        self._transport.close()
+        for _ in range(100):  # connection_lost arrives on the next turns
+            if self.closed:
+                break
+            await asyncio.sleep(0)
+        self._lost()
