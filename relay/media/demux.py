@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 SendTo = Callable[[bytes, Address], None]
+MediaClaim = Callable[[bytes, Address], bool]
+"""A call's SRTP fast path, offered an SRTP or SRTCP datagram: it takes the datagram and says whether it
+authenticated under the call's keys. A datagram that fails leaves the call's SRTP state as it was (the
+replay window moves only on success), so the demultiplexer can offer one datagram to several calls that
+share a remote address and route its source by the one that took it."""
 
 _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _STUN_USERNAME = 0x0006
@@ -123,7 +128,7 @@ class DemuxStats:
 class _Call:
     """One registered call: its ufrag, ICE password, protocol and the remote addresses learned for it."""
 
-    __slots__ = ("flows", "key", "protocol", "transport", "ufrag")
+    __slots__ = ("flows", "key", "media_claim", "protocol", "transport", "ufrag")
 
     def __init__(self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol) -> None:
         self.ufrag = ufrag
@@ -131,6 +136,8 @@ class _Call:
         self.protocol = protocol
         self.flows: list[Address] = []
         self.transport: VirtualTransport | None = None
+        self.media_claim: MediaClaim | None = None
+        """Set by the call's SRTP fast path (``VirtualTransport.set_media_claim``)."""
 
 
 def stun_username_and_integrity(data: bytes) -> tuple[bytes | None, int | None]:

@@ -162,7 +162,7 @@ class ImpairStage:
     def __init__(
         self,
         config: Impairment,
-        deliver: Callable[[bytes, Any], None],
+        deliver: Callable[[bytes, Any], object],
         *,
         schedule: Scheduler | None = None,
         clock: Callable[[], float] | None = None,

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from splitrelay.relay.media import native
-from splitrelay.relay.media.demux import Address, Demux, DemuxLimits, DemuxStats, _Call
+from splitrelay.relay.media.demux import Address, Demux, DemuxLimits, DemuxStats, MediaClaim, _Call
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class VirtualTransport(asyncio.DatagramTransport):
     @property
     def ufrag(self) -> str:
         return self._call.ufrag
+
+    def set_media_claim(self, claim: MediaClaim | None) -> None:
+        """The call's fast path says how to offer it SRTP/SRTCP directly (None: it closed)."""
+        self._call.media_claim = claim
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing or addr is None:

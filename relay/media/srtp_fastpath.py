@@ -289,6 +289,9 @@ class SrtpFastPath:
             self._datagram_received
         )  # one bound method, to unhook
         self._original = aiortc_internals.hook_datagrams(self._protocol, self._handler)
+        self._set_media_claim: Callable[[Any], None] | None = getattr(link.transport, "set_media_claim", None)
+        if self._set_media_claim is not None:  # a call on the shared port (relay/media/shared_port.py)
+            self._set_media_claim(self._claim)
         for data in aiortc_internals.take_queued_media(link):
             self._datagram_received(data, self.remote_addr)
         self._rtcp_task = asyncio.get_running_loop().create_task(self._rtcp_loop())
@@ -373,32 +376,42 @@ class SrtpFastPath:
             return
         self._media_received(data, addr)
 
+    def _claim(self, data: bytes, addr: Address) -> bool:
+        """What the shared port's demultiplexer offers SRTP/SRTCP through when several calls share the
+        datagram's source address (demux.MediaClaim): take it if it authenticates under our keys."""
+        if self.impair_in is not None:  # impaired: what arrives is judged later, after the stage
+            self.impair_in(data, addr)
+            return True
+        return self._media_received(data, addr, trial=True)
+
     def _send_impaired(self, data: bytes, addr: Address) -> None:
         if not self.closed:
             self._link_transport.sendto(data, addr)
 
-    def _media_received(self, data: bytes, addr: Address) -> None:
+    def _media_received(self, data: bytes, addr: Address, *, trial: bool = False) -> bool:
+        """Unprotect and handle one SRTP or SRTCP datagram; False when it did not authenticate under our
+        keys (counted as undecryptable unless ``trial``: the demultiplexer is only asking)."""
         if self.closed:
-            return
+            return False
         arrival = arrival_ns()  # the batched shared port's receive time, else now
         if len(data) > 1 and 191 < data[1] < 224:
-            self._srtcp_received(data, arrival)
-            return
+            return self._srtcp_received(data, arrival, trial=trial)
         packet = self.codec.unprotect_parse(data, self._audio_level_id, arrival)
         if isinstance(packet, int):
-            if packet == native.UNDECRYPTABLE:
-                self.undecryptable += 1
-            else:
+            if packet != native.UNDECRYPTABLE:
                 self.malformed += 1
-            return
+                return True
+            if not trial:
+                self.undecryptable += 1
+            return False
         if packet.payload_type not in self._receive_pts:
             self.dropped += 1
-            return
+            return True
         stats = self._inbound.get(packet.ssrc)
         if stats is None:
             if len(self._inbound) >= self.config.max_inbound_sources:
                 self.dropped += 1
-                return
+                return True
             stats = self._inbound[packet.ssrc] = ReceptionStats(self._clock_rate, packet.sequence)
         stats.update(packet.sequence, packet.timestamp, arrival)
         self.packets_in += 1
@@ -409,18 +422,20 @@ class SrtpFastPath:
             self.callback_errors += 1
             if self.callback_errors == 1:  # once per fast path: never a log line per packet
                 logger.exception("fast path on_packet callback failed (further failures only counted)")
+        return True
 
-    def _srtcp_received(self, data: bytes, arrival: int) -> None:
+    def _srtcp_received(self, data: bytes, arrival: int, *, trial: bool = False) -> bool:
         try:
             plain = self.rx.unprotect_rtcp(data)
         except (pylibsrtp.Error, ValueError):  # ValueError: longer than pylibsrtp's 1500-byte buffer
-            self.undecryptable += 1
-            return
+            if not trial:
+                self.undecryptable += 1
+            return False
         try:
             compound = parse_rtcp(plain)
         except ValueError:
             self.malformed += 1
-            return
+            return True
         self.rtcp_in += 1
         for sr in compound.sender_reports:
             stats = self._inbound.get(sr.ssrc)
@@ -434,6 +449,7 @@ class SrtpFastPath:
                 for ssrc in bye.ssrcs:
                     if ssrc in self._inbound:
                         self._on_bye(ssrc)
+        return True
 
     def _read_blocks(self, blocks: Sequence[ReportBlock], arrival: int) -> None:
         for block in blocks:
@@ -539,6 +555,8 @@ class SrtpFastPath:
             self.send_rtcp(bye=True)
         self.closed = True
         aiortc_internals.unhook_datagrams(self._protocol, self._handler)
+        if self._set_media_claim is not None:
+            self._set_media_claim(None)
         self._rtcp_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._rtcp_task

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import uvloop
@@ -24,6 +24,7 @@ from splitrelay.relay.media.peer import (
     VoicePeerConfig,
     open_shared_port,
 )
+from splitrelay.relay.media.rtp import RtpPacket
 from splitrelay.relay.media.shared_port import SEND_BATCH, SharedUdpPort
 from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
 from tests.integration.conftest import CONNECT_WITHIN_S, connect_voice_peers
@@ -379,5 +380,48 @@ async def test_consent_checks_are_answered_through_the_shared_port(
         assert after.routed_by_ufrag - before.routed_by_ufrag >= 2 * 8
         assert [r.pc.connectionState for r in relays] == ["connected", "connected"]
         await _echo_calls(clients, relays, encode(tone(100)))
+    finally:
+        await _close_all(*clients, *relays)
+
+
+def _collect_into(payloads: list[bytes]) -> Callable[[RtpPacket], None]:
+    return lambda packet: payloads.append(packet.payload)
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.sent.append(data)
+
+
+async def test_a_call_claims_only_media_under_its_own_keys(shared_port: SharedUdpPort) -> None:
+    """The demultiplexer's offer to a call (demux.MediaClaim, for remote addresses several calls share):
+    the call whose keys authenticate the datagram takes it; another refuses it and counts nothing."""
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+    relays = [VoicePeer(relay_config(shared_port)) for _ in range(2)]
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        got: list[list[bytes]] = [[], []]
+        relay_paths = [SrtpFastPath.attach(r.pc, _collect_into(got[i])) for i, r in enumerate(relays)]
+        client = SrtpFastPath.attach(clients[0].pc, lambda p: None)
+        capture = _Capture()
+        client.transport = capture
+        assert client.send(b"\x01" * 40, 960) and client.send(b"\x02" * 40, 1920)
+        calls = [
+            aiortc_internals.srtp_link(aiortc_internals.dtls_transport(r.pc)).transport._call for r in relays
+        ]
+        claims = [call.media_claim for call in calls]
+        assert all(claim is not None for claim in claims)
+        addr = ("127.0.0.1", 9)
+        assert claims[1] is not None and not claims[1](capture.sent[0], addr)
+        assert relay_paths[1].stats().undecryptable == 0 and got[1] == []
+        assert claims[0] is not None and claims[0](capture.sent[0], addr) and claims[0](capture.sent[1], addr)
+        assert got[0] == [b"\x01" * 40, b"\x02" * 40]
+        assert not claims[0](capture.sent[0], addr)  # a replay: refused (the window moved on success only)
+        for path in (*relay_paths, client):
+            await path.close()
+        assert calls[0].media_claim is None  # a closed fast path is offered nothing
     finally:
         await _close_all(*clients, *relays)
