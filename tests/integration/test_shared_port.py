@@ -25,7 +25,7 @@ from splitrelay.relay.media.peer import (
     open_shared_port,
 )
 from splitrelay.relay.media.rtp import RtpPacket
-from splitrelay.relay.media.shared_port import SEND_BATCH, SharedUdpPort
+from splitrelay.relay.media.shared_port import SEND_BATCH, SharedUdpPort, VirtualTransport
 from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
 from tests.integration.conftest import CONNECT_WITHIN_S, connect_voice_peers
 from tests.integration.test_fastpath import Collector, Echo
@@ -409,7 +409,8 @@ async def test_a_call_claims_only_media_under_its_own_keys(shared_port: SharedUd
         capture = _Capture()
         client.transport = capture
         assert client.send(b"\x01" * 40, 960) and client.send(b"\x02" * 40, 1920)
-        transports = [aiortc_internals.srtp_link(aiortc_internals.dtls_transport(r.pc)).transport for r in relays]
+        links = [aiortc_internals.srtp_link(aiortc_internals.dtls_transport(r.pc)) for r in relays]
+        transports = [link.transport for link in links]
         calls = [t._call for t in transports if isinstance(t, VirtualTransport)]
         assert len(calls) == 2
         claims = [call.media_claim for call in calls]
