@@ -10,6 +10,12 @@ receives what the demultiplexer hands its protocol. The state is soft (a lost or
 learned again from the next STUN packet), every table is bounded, and a datagram that belongs to no
 call is dropped and counted, never raised. docs/architecture.md, "One port per worker".
 
+Several calls may share one remote address (an anycast SFU reaches every session from one address and
+port). Then SRTP/SRTCP goes by (address, SSRC), learned from the call whose keys authenticated it (its
+fast path's ``MediaClaim``); DTLS goes to the one call whose turn it is at that address: a call that has
+not finished its handshake holds its STUN and DTLS toward an address while another call's ICE and DTLS
+set-up there is open, so the remote can start only one handshake from that address at a time ("turns").
+
 
 The socket that carries it (batched reads and sends) is relay/media/shared_port.py.
 """
@@ -23,6 +29,7 @@ import logging
 import secrets
 import string
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -50,6 +57,7 @@ _MAX_USERNAME = 513  # RFC 8489 section 14.3
 _UFRAG_ALPHABET = string.ascii_letters + string.digits
 _UFRAG_TOKEN_LEN = 16  # 16 base62 characters: 95 bits, not guessable by an off-path sender
 _MAX_LABEL = 24
+_MAX_SSRCS_PER_CALL = 16  # (address, SSRC) hints a call keeps: its remote's sources and RTCP reporters
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,28 @@ class DemuxLimits:
     flow_hold_s: float = 30.0
     """A remote address stays with its call while that call's STUN refreshed it this recently: another
     call's check from the same address is refused (a spoofed source address cannot take a live flow).
-    30 s is RFC 7675's consent expiry: a caller that sent no STUN for that long is gone."""
+    30 s is RFC 7675's consent expiry: a caller that sent no STUN for that long is gone. A check from an
+    address a live call holds makes the address shared (both calls keep it), never moves it."""
+    max_calls_per_remote: int = 4096
+    """Calls that may share one remote address (an anycast SFU reaches every session from one); the
+    next call's check from it is refused (``flow_conflicts``)."""
+    max_ssrcs_per_remote: int = 16384
+    """(address, SSRC) -> call hints kept per shared address; the oldest is forgotten (and relearned)."""
+    max_claim_trials: int = 64
+    """Calls one SRTP/SRTCP datagram with an unknown SSRC from a shared address is offered to; the next
+    such datagram goes on with the next calls, newest first."""
+    claim_trials_per_s: float = 20000.0
+    """Trial decryptions per second per shared address (a spoofed flood of new SSRCs costs at most
+    this); beyond it the datagram is dropped (``claims_limited``)."""
+    turn_hold_s: float = 5.0
+    """Longest one call's ICE and DTLS set-up may keep a remote address to itself before the next
+    call's turn (a remote that went quiet mid-handshake)."""
+    turn_settle_s: float = 1.5
+    """A DTLS server's turn ends at the first media from the remote its keys authenticate, or this long
+    after its fast path took over (a client whose last flight we answered retransmits it after 1 s if
+    our answer was lost). A DTLS client's turn ends when its fast path takes over."""
+    max_held: int = 8
+    """Datagrams a call waiting for its turn keeps; the oldest goes (``held_dropped``)."""
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -75,12 +104,24 @@ class DemuxLimits:
             ("max_flows_per_call", 1, 64),
             ("max_flows", 1, 10_000_000),
             ("max_transactions", 1, 10_000_000),
+            ("max_calls_per_remote", 1, 1_000_000),
+            ("max_ssrcs_per_remote", 1, 10_000_000),
+            ("max_claim_trials", 1, 4096),
+            ("max_held", 1, 256),
         ):
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"DemuxLimits.{name} must be {low}..{high}, got {value}")
         if not 0 <= self.flow_hold_s <= 3600:
             raise ValueError(f"DemuxLimits.flow_hold_s must be 0..3600 seconds, got {self.flow_hold_s}")
+        for name in ("turn_hold_s", "turn_settle_s"):
+            value = getattr(self, name)
+            if not 0 <= value <= 600:
+                raise ValueError(f"DemuxLimits.{name} must be 0..600 seconds, got {value}")
+        if not 1 <= self.claim_trials_per_s <= 10_000_000:
+            raise ValueError(
+                f"DemuxLimits.claim_trials_per_s must be 1..10000000, got {self.claim_trials_per_s}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +150,7 @@ class DemuxStats:
     flows_moved: int
     """A remote address taken over by another call after its old call's STUN went quiet."""
     flow_conflicts: int
-    """Dropped: another call's STUN from an address a live call holds (spoofing, or an SFU that reaches
-    two calls from one address and port)."""
+    """Dropped: a check from an address already shared by ``max_calls_per_remote`` live calls."""
     flows_evicted: int
     transactions_evicted: int
     delivery_errors: int
@@ -123,21 +163,111 @@ class DemuxStats:
     """Dropped: longer than native.RECV_SLOT (batched port)."""
     send_queue_drops: int = 0
     """Dropped: the socket was full and MAX_QUEUED_BYTES already waited."""
+    flows_shared: int = 0
+    """Checks that made a call join a remote address other live calls hold (an SFU's one address)."""
+    routed_by_ssrc: int = 0
+    """SRTP/SRTCP from a shared address taken by the call its (address, SSRC) was learned for."""
+    routed_by_claim: int = 0
+    """SRTP/SRTCP from a shared address with a new SSRC, taken by the call whose keys authenticated it."""
+    early_media: int = 0
+    """SRTP from a shared address no fast path took, handed to the call whose turn it is and whose fast
+    path has not attached yet (aioice queues it; the fast path authenticates it when it takes over)."""
+    unclaimed: int = 0
+    """Dropped: SRTP/SRTCP from a shared address no call's keys authenticate (forged, or stale)."""
+    claims_limited: int = 0
+    """Dropped: SRTP/SRTCP with an unknown SSRC past ``claim_trials_per_s`` for its address."""
+    dtls_ambiguous: int = 0
+    """Dropped: DTLS from a shared address while no call that learned it has its turn there."""
+    held: int = 0
+    """STUN/DTLS a call sent toward an address while another call's set-up held it (sent at its turn)."""
+    held_dropped: int = 0
+    """Held datagrams dropped: over ``max_held``, or the call finished or closed before its turn."""
+    turns_expired: int = 0
+    """Turns that ended after ``turn_hold_s`` without the holder's handshake finishing."""
 
 
 class _Call:
     """One registered call: its ufrag, ICE password, protocol and the remote addresses learned for it."""
 
-    __slots__ = ("flows", "key", "media_claim", "protocol", "transport", "ufrag")
+    __slots__ = (
+        "_claim",
+        "claim_since",
+        "demux",
+        "dtls_client",
+        "dtls_enc",
+        "enc_since",
+        "flows",
+        "held",
+        "key",
+        "protocol",
+        "settled",
+        "ssrcs",
+        "transport",
+        "turns",
+        "ufrag",
+    )
 
-    def __init__(self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol) -> None:
+    def __init__(
+        self, ufrag: str, password: str, protocol: asyncio.DatagramProtocol, demux: Demux | None = None
+    ) -> None:
         self.ufrag = ufrag
         self.key = password.encode()
         self.protocol = protocol
         self.flows: list[Address] = []
         self.transport: VirtualTransport | None = None
-        self.media_claim: MediaClaim | None = None
+        self.demux = demux
+        self._claim: MediaClaim | None = None
+        self.claim_since: float | None = None
+        self.settled = False
+        """Its handshake is over: it needs no turn at any remote address again."""
+        self.dtls_client = False
+        """It sent a ClientHello: once both Finished messages passed, the remote has finished too."""
+        self.dtls_enc = 0
+        """Encrypted (epoch >= 1) DTLS records seen: 1 sent, 2 received (3: both Finished passed)."""
+        self.enc_since: float | None = None
+        self.turns: list[Address] = []
+        """Remote addresses where it is this call's turn (its set-up holds them)."""
+        self.held: list[tuple[bytes, Address]] = []
+        """What it sent toward addresses where another call has the turn, in order (sent at its turn)."""
+        self.ssrcs: list[tuple[Address, int]] = []
+        """(shared address, SSRC) hints learned for it, oldest first."""
+
+    @property
+    def media_claim(self) -> MediaClaim | None:
         """Set by the call's SRTP fast path (``VirtualTransport.set_media_claim``)."""
+        return self._claim
+
+    @media_claim.setter
+    def media_claim(self, claim: MediaClaim | None) -> None:
+        self._claim = claim
+        if self.demux is not None:
+            self.demux._claim_changed(self)
+
+
+class _Shared:
+    """A remote address several live calls learned: its calls (by last refresh) and (SSRC -> call) hints."""
+
+    __slots__ = ("calls", "cursor", "joined", "ssrcs", "tokens", "tokens_at")
+
+    def __init__(self, now: float, rate: float) -> None:
+        self.calls: dict[_Call, float] = {}
+        self.joined: list[_Call] = []
+        """The same calls in the order they joined (trial decryption tries the newest first)."""
+        self.ssrcs: dict[int, _Call] = {}
+        self.cursor = 0
+        self.tokens = rate
+        self.tokens_at = now
+
+
+class _Turn:
+    """Whose ICE and DTLS set-up holds a remote address, since when, and who waits (in order)."""
+
+    __slots__ = ("holder", "since", "waiters")
+
+    def __init__(self, holder: _Call, since: float) -> None:
+        self.holder = holder
+        self.since = since
+        self.waiters: deque[_Call] = deque()
 
 
 def stun_username_and_integrity(data: bytes) -> tuple[bytes | None, int | None]:
@@ -200,8 +330,14 @@ class Demux:
         self.worker = worker
         self.prefix = f"w{worker}+"
         self._calls: dict[str, _Call] = {}
-        self._flows: dict[Address, _Call] = {}
+        self._flows: dict[Address, _Call] = {}  # addresses exactly one call holds: the hot path
         self._refreshed: dict[Address, float] = {}  # same keys as _flows: when its call's STUN last came
+        self._shared: dict[Address, _Shared] = {}  # addresses several calls hold
+        self._shared_flows = 0  # memberships of _shared, counted against max_flows with _flows
+        self._turns: dict[Address, _Turn] = {}
+        self.on_shared: Callable[[Address], None] | None = None
+        """Told each address that becomes shared: a path that routes media by address alone (a native
+        per-batch one) must hand that address's datagrams back to ``datagram_received``."""
         self._clock = clock
         self._transactions: dict[bytes, tuple[_Call, Address, bool]] = {}
         self.datagrams_in = 0
@@ -220,6 +356,16 @@ class Demux:
         self.delivery_errors = 0
         self.sent = 0
         self.send_after_close = 0
+        self.flows_shared = 0
+        self.routed_by_ssrc = 0
+        self.routed_by_claim = 0
+        self.early_media = 0
+        self.unclaimed = 0
+        self.claims_limited = 0
+        self.dtls_ambiguous = 0
+        self.held = 0
+        self.held_dropped = 0
+        self.turns_expired = 0
 
     # --- calls ---------------------------------------------------------------------------------
 
@@ -248,23 +394,41 @@ class Demux:
             raise OSError(f"ICE ufrag {ufrag!r} already has a candidate on this shared port")
         if len(self._calls) >= self.limits.max_calls:
             raise OSError(f"shared port full: {self.limits.max_calls} calls (DemuxLimits.max_calls)")
-        call = self._calls[ufrag] = _Call(ufrag, password, protocol)
+        call = self._calls[ufrag] = _Call(ufrag, password, protocol, self)
         return call
 
     def unregister(self, call: _Call) -> None:
-        """Forget a call and its flows (its outstanding transactions age out of their bounded table)."""
+        """Forget a call, its flows and turns (its outstanding transactions age out of their table)."""
         if self._calls.get(call.ufrag) is call:
             del self._calls[call.ufrag]
-        for addr in call.flows:
-            if self._flows.get(addr) is call:
-                del self._flows[addr]
-                del self._refreshed[addr]
+        for addr in list(call.flows):  # at most max_flows_per_call
+            self._forget(call, addr)
         call.flows.clear()
+        call.settled = True
+        self._end_turns(call, self._clock())
+        call.demux = None
 
     def flow_owner(self, addr: Address) -> str | None:
-        """The ufrag of the call ``addr``'s DTLS and media go to, if any."""
+        """The ufrag of the one call ``addr``'s DTLS and media go to, if one call alone holds it."""
         call = self._flows.get(addr)
         return call.ufrag if call is not None else None
+
+    def flow_calls(self, addr: Address) -> list[str]:
+        """The ufrags of every call that holds ``addr`` (one, or several when the remote is shared)."""
+        call = self._flows.get(addr)
+        if call is not None:
+            return [call.ufrag]
+        shared = self._shared.get(addr)
+        return [c.ufrag for c in shared.joined] if shared is not None else []
+
+    def is_shared(self, addr: Address) -> bool:
+        """Whether several live calls hold ``addr`` (its media then goes by keys, not by address)."""
+        return addr in self._shared
+
+    def turn_holder(self, addr: Address) -> str | None:
+        """The ufrag of the call whose set-up holds ``addr`` now, if any."""
+        turn = self._turn(addr, self._clock())
+        return turn.holder.ufrag if turn is not None else None
 
     # --- inbound -------------------------------------------------------------------------------
 
@@ -275,8 +439,14 @@ class Demux:
         if 127 < first < 192 or 19 < first < 64:  # SRTP/SRTCP, DTLS: by the learned flow
             call = self._flows.get(addr)
             if call is None:
-                self.unknown += 1
+                self._shared_received(data, addr, first)
                 return
+            if call.turns:  # its set-up holds a turn: watch for its handshake's end
+                if first > 63:
+                    if call._claim is not None:
+                        self._media_seen(call, addr)
+                else:
+                    self._dtls_seen(call, data, 2)
             self.routed_by_flow += 1
             self._deliver(call, data, addr)
         elif first < 4:
@@ -295,8 +465,12 @@ class Demux:
         elif klass == 0x0010:  # indication (keep-alive): by the flow, like media
             call = self._flows.get(addr)
             if call is None:
-                self.unknown += 1
-                return
+                shared = self._shared.get(addr)
+                turn = self._turn(addr, self._clock()) if shared is not None else None
+                if turn is None or shared is None or turn.holder not in shared.calls:
+                    self.unknown += 1
+                    return
+                call = turn.holder
             self.routed_by_flow += 1
             self._deliver(call, data, addr)
         else:  # success or error response: by the request a call sent
@@ -341,41 +515,349 @@ class Demux:
         self.routed_by_ufrag += 1
         self._deliver(call, data, addr)
 
-    def _learn(self, call: _Call, addr: Address) -> bool:
-        """``addr``'s DTLS and media go to ``call`` from now on; False (counted) if a live call holds it.
+    # --- flows ---------------------------------------------------------------------------------
 
-        Each authenticated STUN refreshes its flow and moves it to the young end of the table, so the
-        global bound forgets the flow refreshed longest ago.
+    def _learn(self, call: _Call, addr: Address) -> bool:
+        """``addr``'s DTLS and media may go to ``call`` from now on (an authenticated STUN came).
+
+        An address a live call holds becomes shared by both (its media then goes by the keys that
+        authenticate it, its DTLS by turns); one whose calls went quiet for ``flow_hold_s`` moves. False
+        (counted) when ``max_calls_per_remote`` calls share it already. Each authenticated STUN refreshes
+        its flow and moves it to the young end of the table, so the global bound forgets the flow
+        refreshed longest ago.
         """
         now = self._clock()
-        flows = self._flows
-        owner = flows.get(addr)
-        if owner is not None:
-            if owner is not call and now - self._refreshed[addr] < self.limits.flow_hold_s:
+        if addr in call.flows:  # refresh
+            single = self._flows.get(addr)
+            if single is call:
+                del self._flows[addr]
+                del self._refreshed[addr]
+                self._flows[addr] = call
+                self._refreshed[addr] = now
+            else:
+                shared = self._shared.get(addr)
+                if shared is not None and shared.calls.pop(call, None) is not None:
+                    shared.calls[call] = now
+            return True
+        shared = self._shared.get(addr)
+        if shared is not None and len(shared.calls) >= self.limits.max_calls_per_remote:
+            oldest, seen = next(iter(shared.calls.items()))
+            if now - seen < self.limits.flow_hold_s:
                 self.flow_conflicts += 1
                 return False
-            del flows[addr]
-            del self._refreshed[addr]
-            if owner is call:
-                flows[addr] = call
-                self._refreshed[addr] = now
-                return True
-            owner.flows.remove(addr)
+            self._forget(oldest, addr)
             self.flows_moved += 1
-        if len(call.flows) >= self.limits.max_flows_per_call:
-            oldest = call.flows.pop(0)
-            del flows[oldest]
-            del self._refreshed[oldest]
-            self.flows_evicted += 1
-        if len(flows) >= self.limits.max_flows:
-            oldest_addr = next(iter(flows))
-            flows.pop(oldest_addr).flows.remove(oldest_addr)
-            del self._refreshed[oldest_addr]
-            self.flows_evicted += 1
-        flows[addr] = call
-        self._refreshed[addr] = now
+        self._make_room(call)
+        for _ in range(3):  # evictions above may have reshaped the address's entry: read it again
+            shared = self._shared.get(addr)
+            if shared is not None:
+                shared.calls[call] = now
+                shared.joined.append(call)
+                self._shared_flows += 1
+                self.flows_shared += 1
+                break
+            owner = self._flows.get(addr)
+            if owner is None:
+                self._flows[addr] = call
+                self._refreshed[addr] = now
+                break
+            if now - self._refreshed[addr] >= self.limits.flow_hold_s:
+                self._forget(owner, addr)
+                self.flows_moved += 1
+                continue
+            if self.limits.max_calls_per_remote < 2:
+                self.flow_conflicts += 1
+                return False
+            shared = self._shared[addr] = _Shared(now, self.limits.claim_trials_per_s)
+            shared.calls[owner] = self._refreshed.pop(addr)
+            shared.joined.append(owner)
+            del self._flows[addr]
+            self._shared_flows += 1
+            if self.on_shared is not None:
+                self.on_shared(addr)
+        else:  # pragma: no cover - each branch above ends the loop by its second pass
+            return False
         call.flows.append(addr)
         self.flows_learned += 1
+        return True
+
+    def _make_room(self, call: _Call) -> None:
+        """Forget flows so one more fits: the call's oldest past its bound, the oldest of all past ours."""
+        if len(call.flows) >= self.limits.max_flows_per_call:
+            self._forget(call, call.flows[0])
+            self.flows_evicted += 1
+        if len(self._flows) + self._shared_flows >= self.limits.max_flows:
+            if self._flows:
+                addr = next(iter(self._flows))
+                self._forget(self._flows[addr], addr)
+            else:
+                addr = next(iter(self._shared))
+                self._forget(next(iter(self._shared[addr].calls)), addr)
+            self.flows_evicted += 1
+
+    def _forget(self, call: _Call, addr: Address) -> None:
+        """``call`` no longer holds ``addr``; a shared address left with one call is that call's alone."""
+        if addr in call.flows:
+            call.flows.remove(addr)
+        if self._flows.get(addr) is call:
+            del self._flows[addr]
+            del self._refreshed[addr]
+            return
+        shared = self._shared.get(addr)
+        if shared is None or shared.calls.pop(call, None) is None:
+            return
+        shared.joined.remove(call)
+        self._shared_flows -= 1
+        for ssrc_addr, ssrc in call.ssrcs:
+            if ssrc_addr == addr and shared.ssrcs.get(ssrc) is call:
+                del shared.ssrcs[ssrc]
+        call.ssrcs = [entry for entry in call.ssrcs if entry[0] != addr]
+        if len(shared.calls) == 1:
+            ((last, seen),) = shared.calls.items()
+            del self._shared[addr]
+            self._shared_flows -= 1
+            self._flows[addr] = last
+            self._refreshed[addr] = seen
+        elif not shared.calls:
+            del self._shared[addr]
+
+    # --- shared remote addresses ---------------------------------------------------------------
+
+    def _shared_received(self, data: bytes, addr: Address, first: int) -> None:
+        shared = self._shared.get(addr)
+        if shared is None:
+            self.unknown += 1
+        elif first < 64:
+            self._shared_dtls(shared, data, addr)
+        else:
+            self._shared_media(shared, data, addr)
+
+    def _shared_dtls(self, shared: _Shared, data: bytes, addr: Address) -> None:
+        """DTLS from a shared address goes to the call whose turn it is there, and only if it learned
+        the address (the remote can start a handshake only on a pair whose check succeeded)."""
+        turn = self._turn(addr, self._clock())
+        if turn is None or turn.holder not in shared.calls:
+            self.dtls_ambiguous += 1
+            return
+        self.routed_by_flow += 1
+        self._dtls_seen(turn.holder, data, 2)
+        self._deliver(turn.holder, data, addr)
+
+    def _shared_media(self, shared: _Shared, data: bytes, addr: Address) -> None:
+        """SRTP/SRTCP from a shared address: by its learned SSRC, else to the call whose keys take it."""
+        size = len(data)
+        rtcp = size > 1 and 191 < data[1] < 224
+        if size < (8 if rtcp else 12):
+            self.malformed += 1
+            return
+        ssrc = int.from_bytes(data[4:8] if rtcp else data[8:12], "big")
+        hint = shared.ssrcs.get(ssrc)
+        if hint is not None and hint._claim is not None and self._offer(hint, data, addr):
+            self.routed_by_ssrc += 1
+            return
+        now = self._clock()
+        rate = self.limits.claim_trials_per_s
+        shared.tokens = min(rate, shared.tokens + (now - shared.tokens_at) * rate)
+        shared.tokens_at = now
+        joined = shared.joined
+        count = len(joined)
+        for step in range(min(count, self.limits.max_claim_trials)):
+            call = joined[count - 1 - (shared.cursor + step) % count]  # newest first
+            if call is hint or call._claim is None:
+                continue
+            if shared.tokens < 1:
+                break
+            shared.tokens -= 1
+            if self._offer(call, data, addr):
+                shared.cursor = 0
+                self._learn_ssrc(shared, call, addr, ssrc)
+                self.routed_by_claim += 1
+                return
+        else:
+            shared.cursor = (shared.cursor + self.limits.max_claim_trials) % max(count, 1)
+            turn = self._turn(addr, now)
+            if turn is not None and turn.holder._claim is None and turn.holder in shared.calls:
+                self.early_media += 1  # its handshake just ended: aioice queues it for the fast path
+                self._deliver(turn.holder, data, addr)
+                return
+            self.unclaimed += 1
+            return
+        self.claims_limited += 1
+
+    def _offer(self, call: _Call, data: bytes, addr: Address) -> bool:
+        claim = call._claim
+        if claim is None:
+            return False
+        try:
+            taken = claim(data, addr)
+        except Exception:
+            self.delivery_errors += 1
+            if self.delivery_errors == 1:
+                logger.exception("shared port: a call's media claim raised (further only counted)")
+            return False
+        if taken and call.turns:
+            self._media_seen(call, addr)
+        return taken
+
+    def _learn_ssrc(self, shared: _Shared, call: _Call, addr: Address, ssrc: int) -> None:
+        ssrcs = shared.ssrcs
+        if ssrc not in ssrcs and len(ssrcs) >= self.limits.max_ssrcs_per_remote:
+            del ssrcs[next(iter(ssrcs))]
+        ssrcs[ssrc] = call
+        if len(call.ssrcs) >= _MAX_SSRCS_PER_CALL:
+            old_addr, old = call.ssrcs.pop(0)
+            old_shared = self._shared.get(old_addr)
+            if old_shared is not None and old_shared.ssrcs.get(old) is call:
+                del old_shared.ssrcs[old]
+        call.ssrcs.append((addr, ssrc))
+
+    # --- turns: one ICE and DTLS set-up at a time per remote address -------------------------
+
+    def _turn(self, addr: Address, now: float) -> _Turn | None:
+        """The live turn at ``addr``; a finished or expired one passes to the next waiter first."""
+        turn = self._turns.get(addr)
+        if turn is None:
+            return None
+        holder = turn.holder
+        if self._finished(holder, now):
+            self._end_turns(holder, now)
+        elif now - turn.since >= self.limits.turn_hold_s:
+            self.turns_expired += 1
+            self._pass(addr, turn, now)
+        return self._turns.get(addr)
+
+    def _finished(self, call: _Call, now: float) -> bool:
+        """Whether ``call``'s handshake is over (marks it settled): both Finished messages passed, or its
+        fast path took over; as the DTLS server, ``turn_settle_s`` later (or at the remote's media)."""
+        if call.settled:
+            return True
+        claimed = call.claim_since if call._claim is not None else None
+        since = call.enc_since if claimed is None else min(claimed, call.enc_since or claimed)
+        if since is None:
+            return False
+        if call.dtls_client or now - since >= self.limits.turn_settle_s:
+            call.settled = True
+            return True
+        return False
+
+    def _media_seen(self, call: _Call, addr: Address) -> None:
+        """Media from ``addr`` that ``call``'s keys took: the remote finished its handshake with it."""
+        if call._claim is not None and addr in call.turns:
+            call.settled = True
+            self._end_turns(call, self._clock())
+
+    def _dtls_seen(self, call: _Call, data: bytes, direction: int) -> None:
+        """Note an encrypted DTLS record (epoch >= 1: Finished, or later) ``call`` sent (1) or got (2)."""
+        if call.settled or len(data) < 13 or data[3:5] == b"\x00\x00" or call.dtls_enc & direction:
+            return
+        call.dtls_enc |= direction
+        if call.dtls_enc == 3:
+            now = self._clock()
+            call.enc_since = now
+            if self._finished(call, now):
+                self._end_turns(call, now)
+            elif call.turns:
+                self._later(self.limits.turn_settle_s, call)
+
+    def _claim_changed(self, call: _Call) -> None:
+        if call._claim is None or self._calls.get(call.ufrag) is not call:
+            return
+        now = self._clock()
+        call.claim_since = now
+        if self._finished(call, now):
+            self._end_turns(call, now)
+        elif call.turns:
+            self._later(self.limits.turn_settle_s, call)
+
+    def _later(self, delay: float, call: _Call) -> None:
+        """Look at ``call``'s turns again after ``delay`` (inside an event loop; else the next datagram)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(delay + 0.01, self._recheck, call)
+
+    def _recheck(self, call: _Call) -> None:
+        now = self._clock()
+        for addr in list(call.turns):
+            self._turn(addr, now)
+
+    def _end_turns(self, call: _Call, now: float) -> None:
+        """``call`` needs no turn any more: each address it held passes to its next waiter."""
+        for addr in list(call.turns):
+            turn = self._turns.get(addr)
+            if turn is not None and turn.holder is call:
+                self._pass(addr, turn, now)
+        call.turns.clear()
+        if call.settled and call.held:
+            self.held_dropped += len(call.held)
+            call.held.clear()
+
+    def _pass(self, addr: Address, turn: _Turn, now: float) -> None:
+        """The turn at ``addr`` goes to the next waiter still setting up (its held datagrams go out)."""
+        old = turn.holder
+        if addr in old.turns:
+            old.turns.remove(addr)
+        while turn.waiters:  # bounded by the calls that waited
+            nxt = turn.waiters.popleft()
+            if self._calls.get(nxt.ufrag) is not nxt or nxt.settled or nxt._claim is not None:
+                continue  # gone, or its handshake ended at another address
+            turn.holder = nxt
+            turn.since = now
+            nxt.turns.append(addr)
+            self._later(self.limits.turn_hold_s, nxt)
+            keep: list[tuple[bytes, Address]] = []
+            for data, to in nxt.held:
+                if to == addr:
+                    self.sent += 1
+                    self.send(data, to)
+                else:
+                    keep.append((data, to))
+            nxt.held = keep
+            return
+        del self._turns[addr]
+
+    def _wait_turn(self, call: _Call, data: bytes, addr: Address, first: int) -> bool:
+        """Whether ``data`` (a check, a check's answer, DTLS) waits: another call's set-up holds ``addr``.
+
+        The remote can start a DTLS handshake only on a pair a check made valid, so while one call's
+        ICE and DTLS set-up is open at an address, no other call's check or answer reaches it: the DTLS
+        that comes from that address is the holder's.
+        """
+        if first < 4:
+            klass = ((data[0] << 8) | data[1]) & 0x0110
+            if klass == 0x0010:
+                return False  # an indication (keep-alive)
+            if klass == 0x0000 and stun_username_and_integrity(data)[0] is None:
+                return False  # a STUN server's binding request (srflx), not a check
+        elif first == 22 and len(data) > 13 and data[3:5] == b"\x00\x00" and data[13] == 1:
+            call.dtls_client = True  # our ClientHello
+        else:
+            self._dtls_seen(call, data, 1)
+        now = self._clock()
+        if self._finished(call, now):
+            self._end_turns(call, now)
+            return False
+        turn = self._turn(addr, now)
+        if turn is None:
+            if len(self._turns) < self.limits.max_flows:
+                self._turns[addr] = _Turn(call, now)
+                call.turns.append(addr)
+                self._later(self.limits.turn_hold_s, call)
+            return False
+        if turn.holder is call:
+            return False
+        if call not in turn.waiters:
+            turn.waiters.append(call)
+        held = call.held
+        if first < 4:  # a retransmission replaces the copy it repeats
+            txid = data[8:20]
+            held[:] = [entry for entry in held if entry[1] != addr or entry[0][8:20] != txid]
+        if len(held) >= self.limits.max_held:
+            held.pop(0)
+            self.held_dropped += 1
+        held.append((data, addr))
+        self.held += 1
         return True
 
     def _deliver(self, call: _Call, data: bytes, addr: Address) -> None:
@@ -390,20 +872,28 @@ class Demux:
 
     def send_from(self, call: _Call, data: bytes, addr: Address) -> None:
         """Send for ``call``; a STUN request is remembered so its response finds the call again."""
-        if data and data[0] < 2 and len(data) >= _STUN_HEADER and ((data[0] << 8) | data[1]) & 0x0110 == 0:
+        first = data[0] if data else 255
+        if first < 2 and len(data) >= _STUN_HEADER and ((data[0] << 8) | data[1]) & 0x0110 == 0:
             transactions = self._transactions
             if len(transactions) >= self.limits.max_transactions:
                 del transactions[next(iter(transactions))]
                 self.transactions_evicted += 1
             username, _ = stun_username_and_integrity(data)
             transactions[data[8:20]] = (call, addr, username is not None)
+        if (
+            not call.settled
+            and (first < 4 or 19 < first < 64)
+            and len(data) >= 4
+            and self._wait_turn(call, data, addr, first)
+        ):
+            return
         self.sent += 1
         self.send(data, addr)
 
     def stats(self) -> DemuxStats:
         return DemuxStats(
             calls=len(self._calls),
-            flows=len(self._flows),
+            flows=len(self._flows) + self._shared_flows,
             transactions=len(self._transactions),
             datagrams_in=self.datagrams_in,
             routed_by_ufrag=self.routed_by_ufrag,
@@ -421,4 +911,14 @@ class Demux:
             delivery_errors=self.delivery_errors,
             sent=self.sent,
             send_after_close=self.send_after_close,
+            flows_shared=self.flows_shared,
+            routed_by_ssrc=self.routed_by_ssrc,
+            routed_by_claim=self.routed_by_claim,
+            early_media=self.early_media,
+            unclaimed=self.unclaimed,
+            claims_limited=self.claims_limited,
+            dtls_ambiguous=self.dtls_ambiguous,
+            held=self.held,
+            held_dropped=self.held_dropped,
+            turns_expired=self.turns_expired,
         )

@@ -185,25 +185,28 @@ def test_responses_find_the_call_that_asked() -> None:
     assert len(c2.got) == 1 and net.demux.flow_owner(OTHER) is None
 
 
-def test_a_live_flow_is_not_taken_but_a_quiet_one_moves() -> None:
-    """Another call's check from a held address (a spoofed source) is refused while the holder's STUN
-    is fresh; once the holder has been quiet for flow_hold_s (a gone caller), the address moves."""
+def test_a_live_flow_is_shared_by_another_calls_check_and_a_quiet_one_moves() -> None:
+    """Another call's authenticated check from a held address (an SFU's one address) shares it: both
+    calls keep it, and its media then goes by keys. Once every holder has been quiet for flow_hold_s (a
+    gone caller), the address moves instead."""
     now = [1000.0]
     net = Net(DemuxLimits(flow_hold_s=30.0), clock=lambda: now[0])
-    (u1, c1), (u2, c2) = net.call(), net.call()
+    (u1, _), (u2, _), (u3, _) = net.call(), net.call(), net.call()
+    seen: list[Address] = []
+    net.demux.on_shared = seen.append
     net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)
-    now[0] += 20
-    net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)  # the holder refreshes it
     now[0] += 29
-    net.demux.datagram_received(binding_request(u2, PASSWORD), CALLER)  # 29 s after: refused
-    net.demux.datagram_received(SRTP, CALLER)
-    assert c2.got == [] and [d for d, _ in c1.got][-1] == SRTP
-    assert (net.demux.flow_conflicts, net.demux.flows_moved) == (1, 0)
-    now[0] += 1.5
-    net.demux.datagram_received(binding_request(u2, PASSWORD), CALLER)  # 30.5 s after: moves
-    net.demux.datagram_received(SRTP, CALLER)
-    assert [d for d, _ in c2.got][-1] == SRTP and len(c1.got) == 3
-    assert net.demux.flows_moved == 1 and net.demux._calls[u1].flows == []
+    net.demux.datagram_received(binding_request(u2, PASSWORD), CALLER)  # 29 s after: shared
+    assert seen == [CALLER] and net.demux.is_shared(CALLER) and not net.demux.is_shared(OTHER)
+    assert net.demux.flow_calls(CALLER) == [u1, u2] and net.demux.flow_owner(CALLER) is None
+    assert (net.demux.flows_shared, net.demux.flow_conflicts, net.demux.stats().flows) == (1, 0, 2)
+    net.demux.datagram_received(binding_request(u3, PASSWORD), OTHER)
+    now[0] += 31
+    net.demux.datagram_received(binding_request(u1, PASSWORD), OTHER)  # u3 quiet for 31 s: it moves
+    assert net.demux.flow_owner(OTHER) == u1 and net.demux.flows_moved == 1
+    assert net.demux._calls[u3].flows == []
+    net.demux.unregister(net.demux._calls[u1])  # CALLER is u2's alone again
+    assert net.demux.flow_owner(CALLER) == u2 and net.demux.stats().flows == 1
 
 
 def test_unregister_forgets_the_call_and_its_flows() -> None:
@@ -333,11 +336,342 @@ def test_the_global_bound_forgets_the_flow_refreshed_longest_ago() -> None:
     assert net.demux.flows_evicted == 1
 
 
-def test_an_answer_from_a_held_address_is_refused_too() -> None:
-    net = Net()
-    (u1, _), (u2, c2) = net.call(), net.call()
+def test_an_answer_from_a_held_address_shares_it_and_the_per_remote_bound_refuses() -> None:
+    net = Net(DemuxLimits(max_calls_per_remote=2))
+    (u1, _), (u2, c2), (u3, c3) = net.call(), net.call(), net.call()
     net.demux.datagram_received(binding_request(u1, PASSWORD), CALLER)
-    check = binding_request("remote", "r" * 22, remote=u2)
-    net.demux.send_from(net.demux._calls[u2], check, CALLER)
-    net.demux.datagram_received(binding_response(check[8:20]), CALLER)
-    assert c2.got == [] and net.demux.flow_conflicts == 1 and net.demux.flow_owner(CALLER) == u1
+    for ufrag in (u2, u3):
+        check = binding_request("remote", "r" * 22, remote=ufrag)
+        net.demux.send_from(net.demux._calls[ufrag], check, CALLER)
+        net.demux.datagram_received(binding_response(check[8:20]), CALLER)
+    assert len(c2.got) == 1 and c3.got == [] and net.demux.flow_conflicts == 1
+    assert net.demux.flow_calls(CALLER) == [u1, u2]
+
+
+# --- remote addresses several calls share (an anycast SFU) -----------------------------------------
+
+SFU: Address = ("192.0.2.80", 3478)
+
+
+def srtp(ssrc: int, tag: int, seq: int = 1) -> bytes:
+    """An SRTP-shaped datagram whose 'keys' are ``tag`` (what a FakeClaim authenticates)."""
+    return (
+        b"\x80\x6f" + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big") + bytes([tag]) + bytes(20)
+    )
+
+
+def srtcp(ssrc: int, tag: int) -> bytes:
+    return b"\x80\xc8\x00\x06" + ssrc.to_bytes(4, "big") + bytes(4) + bytes([tag]) + bytes(20)
+
+
+def dtls(epoch: int, handshake_type: int = 2) -> bytes:
+    """A DTLS 1.2 record: epoch 0 carries the plain handshake (1: ClientHello), >= 1 is encrypted."""
+    return (
+        b"\x16\xfe\xfd"
+        + epoch.to_bytes(2, "big")
+        + bytes(6)
+        + b"\x00\x10"
+        + bytes([handshake_type])
+        + bytes(15)
+    )
+
+
+class FakeClaim:
+    """A call's fast path as the demultiplexer sees it: takes a datagram only under its own 'keys' (the
+    tag byte), and a replay of one it took is refused; a refusal changes nothing (as SRTP's does)."""
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+        self.took: list[bytes] = []
+        self.offered = 0
+
+    def __call__(self, data: bytes, addr: Address) -> bool:
+        self.offered += 1
+        if len(data) <= 12 or data[12] != self.tag or data in self.took:
+            return False
+        self.took.append(data)
+        return True
+
+
+def media(recorder: Recorder) -> list[bytes]:
+    """What a call was handed raw, STUN left out."""
+    return [data for data, _ in recorder.got if data and data[0] > 3]
+
+
+def check_from(ufrag: str) -> bytes:
+    """A check the call sends to its remote (USERNAME remote:local)."""
+    return binding_request("remote", "r" * 22, remote=ufrag)
+
+
+def shared_calls(net: Net, count: int) -> list[tuple[str, Recorder]]:
+    """``count`` calls that all learned SFU (one authenticated check each)."""
+    calls = [net.call() for _ in range(count)]
+    for ufrag, _ in calls:
+        net.demux.datagram_received(binding_request(ufrag, PASSWORD), SFU)
+    assert net.demux.flow_calls(SFU) == [u for u, _ in calls]
+    return calls
+
+
+def test_media_from_a_shared_address_goes_by_the_keys_that_take_it() -> None:
+    net = Net()
+    (u1, c1), (u2, c2) = shared_calls(net, 2)
+    claims = [FakeClaim(1), FakeClaim(2)]
+    for ufrag, claim in zip((u1, u2), claims, strict=True):
+        net.demux._calls[ufrag].media_claim = claim
+    demux = net.demux
+    demux.datagram_received(srtp(0xA, tag=1), SFU)  # new SSRC: offered newest first, u2 refuses
+    demux.datagram_received(srtp(0xB, tag=2), SFU)
+    demux.datagram_received(srtp(0xA, tag=1, seq=2), SFU)  # by the learned (address, SSRC)
+    demux.datagram_received(srtcp(0xB, tag=2), SFU)
+    assert claims[0].took == [srtp(0xA, 1), srtp(0xA, 1, 2)] and claims[1].took == [
+        srtp(0xB, 2),
+        srtcp(0xB, 2),
+    ]
+    assert (demux.routed_by_claim, demux.routed_by_ssrc) == (2, 2)
+    # Forged (no call's keys) and replayed datagrams: taken by nobody, learn nothing, counted.
+    for forged in (srtp(0xA, tag=9), srtp(0xC, tag=9), srtp(0xA, tag=1)):
+        demux.datagram_received(forged, SFU)
+    assert demux.unclaimed == 3 and len(claims[0].took) == 2 and len(claims[1].took) == 2
+    assert demux._shared[SFU].ssrcs == {0xA: demux._calls[u1], 0xB: demux._calls[u2]}
+    # A call whose SSRC another call's keys take (an SFU reusing an SSRC across sessions): re-learned.
+    demux.datagram_received(srtp(0xA, tag=2, seq=7), SFU)
+    assert claims[1].took[-1] == srtp(0xA, 2, 7) and demux._shared[SFU].ssrcs[0xA] is demux._calls[u2]
+    assert media(c1) == [] and media(c2) == []  # media went through the claims, never raw
+    demux.datagram_received(b"\x80\x6f\x00\x01", SFU)  # too short for an SSRC
+    assert demux.malformed == 1
+
+
+def test_new_ssrcs_are_offered_within_a_bound_and_a_rate() -> None:
+    now = [0.0]
+    net = Net(DemuxLimits(max_claim_trials=2, claim_trials_per_s=4), clock=lambda: now[0])
+    calls = shared_calls(net, 4)
+    claims = [FakeClaim(i) for i in range(4)]
+    for (ufrag, _), claim in zip(calls, claims, strict=True):
+        net.demux._calls[ufrag].media_claim = claim
+    net.demux.datagram_received(srtp(0x1, tag=0), SFU)  # the oldest call: 2 trials (newest first) miss
+    assert net.demux.unclaimed == 1 and [c.offered for c in claims] == [0, 0, 1, 1]
+    now[0] += 1
+    net.demux.datagram_received(srtp(0x1, tag=0, seq=2), SFU)  # the next two calls: found
+    assert claims[0].took == [srtp(0x1, 0, 2)] and net.demux.routed_by_claim == 1
+    for seq in range(3, 9):  # a flood of SSRCs nobody has: 4 trials a second, then dropped
+        net.demux.datagram_received(srtp(0x100 + seq, tag=9, seq=seq), SFU)
+    assert net.demux.claims_limited >= 3 and sum(c.offered for c in claims) <= 4 + 2 + 4
+
+
+def test_dtls_from_a_shared_address_goes_only_to_the_call_whose_turn_it_is() -> None:
+    """The first call to check toward the SFU has the turn there; another call's checks and DTLS wait
+    (held, not sent) until the holder's handshake is over, so the DTLS the SFU sends is the holder's."""
+    net = Net()
+    (u1, c1), (u2, c2) = shared_calls(net, 2)
+    demux = net.demux
+    a, b = demux._calls[u1], demux._calls[u2]
+    check_a, check_b = check_from(u1), check_from(u2)
+    demux.send_from(a, check_a, SFU)
+    demux.send_from(b, check_b, SFU)
+    demux.send_from(b, check_b, SFU)  # a retransmission replaces the held copy
+    assert [d for d, _ in net.sent] == [check_a] and demux.turn_holder(SFU) == u1
+    assert b.held == [(check_b, SFU)] and demux.held == 2
+    hello = dtls(0, handshake_type=1)
+    demux.datagram_received(hello, SFU)  # the SFU's ClientHello: the holder's
+    assert c1.got[-1] == (hello, SFU) and all(d != hello for d, _ in c2.got)
+    demux.send_from(a, dtls(0), SFU)  # our flight, still epoch 0
+    demux.send_from(a, dtls(1), SFU)  # our Finished
+    assert demux.turn_holder(SFU) == u1 and not a.settled
+    demux.datagram_received(dtls(1), SFU)  # theirs: both passed; a DTLS server waits to settle
+    assert demux.turn_holder(SFU) == u1
+    a.media_claim = FakeClaim(1)
+    demux.datagram_received(srtp(0x5, tag=1), SFU)  # their media under a's keys: a's turn is over
+    assert a.settled and demux.turn_holder(SFU) == u2
+    assert [d for d, _ in net.sent][-1] == check_b and b.held == []  # b's check went out at its turn
+    demux.datagram_received(hello, SFU)
+    assert c2.got[-1] == (hello, SFU)
+    demux.send_from(a, check_a, SFU)  # a settled call's consent checks never wait
+    assert [d for d, _ in net.sent][-1] == check_a
+
+
+def test_a_dtls_client_turn_ends_with_both_finished_and_a_server_one_after_settling() -> None:
+    now = [0.0]
+    net = Net(DemuxLimits(turn_settle_s=1.5), clock=lambda: now[0])
+    (u1, _), (u2, _), (u3, _) = shared_calls(net, 3)
+    demux = net.demux
+    a, b, c = (demux._calls[u] for u in (u1, u2, u3))
+    demux.send_from(a, dtls(0, handshake_type=1), SFU)  # a is the DTLS client
+    demux.send_from(b, check_from(u2), SFU)
+    demux.send_from(a, dtls(1), SFU)
+    demux.datagram_received(dtls(1), SFU)
+    assert a.settled and demux.turn_holder(SFU) == u2  # the server finished before the client did
+    demux.send_from(c, check_from(u3), SFU)
+    demux.datagram_received(dtls(0, handshake_type=1), SFU)  # b is the server
+    demux.datagram_received(dtls(1), SFU)
+    demux.send_from(b, dtls(1), SFU)
+    now[0] += 1.4
+    assert demux.turn_holder(SFU) == u2  # the client may still retransmit its last flight
+    now[0] += 0.2
+    assert demux.turn_holder(SFU) == u3 and b.settled and c.held == []
+
+
+def test_a_turn_expires_and_a_closed_holder_passes_it_on() -> None:
+    now = [0.0]
+    net = Net(DemuxLimits(turn_hold_s=5.0), clock=lambda: now[0])
+    (u1, _), (u2, _), (u3, _) = shared_calls(net, 3)
+    demux = net.demux
+    a, b, c = (demux._calls[u] for u in (u1, u2, u3))
+    for call, ufrag in ((a, u1), (b, u2), (c, u3)):
+        demux.send_from(call, check_from(ufrag), SFU)
+    now[0] += 5.1  # a's set-up went quiet: b's turn
+    assert demux.turn_holder(SFU) == u2 and demux.turns_expired == 1
+    demux.unregister(b)  # b closes: c's turn, and b's state is gone
+    assert demux.turn_holder(SFU) == u3 and c.held == [] and len(net.sent) == 3
+    demux.send_from(a, check_from(u1), SFU)  # a waits behind c now
+    assert a.held and demux.turn_holder(SFU) == u3
+    demux.unregister(a)
+    assert a.held == [] and demux.held_dropped == 1
+
+
+def test_early_media_goes_to_the_call_whose_turn_it_is_and_teaches_nothing() -> None:
+    """SRTP no fast path takes, from a shared address, while the holder's fast path has not attached:
+    its handshake has just ended, so it is the holder's (aioice queues it; the fast path authenticates
+    it when it takes over). Without a claim-less holder the same datagram is dropped."""
+    net = Net()
+    (u1, c1), (u2, c2), _ = shared_calls(net, 3)
+    demux = net.demux
+    demux._calls[u1].media_claim = FakeClaim(1)
+    demux.send_from(demux._calls[u2], check_from(u2), SFU)  # u2 has the turn, no fast path yet
+    demux.datagram_received(srtp(0x7, tag=2), SFU)
+    assert media(c2) == [srtp(0x7, 2)] and demux.early_media == 1 and 0x7 not in demux._shared[SFU].ssrcs
+    demux.unregister(demux._calls[u2])
+    demux.datagram_received(srtp(0x8, tag=2), SFU)
+    assert demux.unclaimed == 1 and media(c1) == []
+
+
+def test_dtls_from_a_shared_address_with_no_turn_is_dropped() -> None:
+    net = Net()
+    shared_calls(net, 2)
+    net.demux.datagram_received(dtls(1), SFU)  # a late alert: whose? nobody's turn: dropped
+    assert net.demux.dtls_ambiguous == 1
+    net.demux.datagram_received(DTLS, ("192.0.2.99", 1))
+    assert net.demux.unknown == 1
+
+
+def test_stun_server_requests_and_indications_never_wait() -> None:
+    net = Net()
+    (u1, _), (u2, _) = shared_calls(net, 2)
+    demux = net.demux
+    demux.send_from(demux._calls[u1], check_from(u1), SFU)
+    plain = bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=bytes(12)))
+    indication = bytes(stun.Message(stun.Method.BINDING, stun.Class.INDICATION))
+    demux.send_from(demux._calls[u2], plain, SFU)
+    demux.send_from(demux._calls[u2], indication, SFU)
+    demux.send_from(demux._calls[u2], SRTP, SFU)
+    assert [d for d, _ in net.sent][1:] == [plain, indication, SRTP] and demux.held == 0
+
+
+def test_held_datagrams_are_bounded() -> None:
+    net = Net(DemuxLimits(max_held=2))
+    (u1, _), (u2, _) = shared_calls(net, 2)
+    demux = net.demux
+    demux.send_from(demux._calls[u1], check_from(u1), SFU)
+    for _ in range(4):
+        demux.send_from(demux._calls[u2], check_from(u2), SFU)
+    assert len(demux._calls[u2].held) == 2 and demux.held_dropped == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "check",
+                    "send_check",
+                    "send_hello",
+                    "send_fin",
+                    "get_hello",
+                    "get_fin",
+                    "attach",
+                    "media",
+                    "forged",
+                    "close",
+                    "tick",
+                    "junk",
+                ]
+            ),
+            st.integers(0, 3),
+            st.binary(max_size=40),
+        ),
+        max_size=80,
+    )
+)
+def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]]) -> None:
+    """Any interleaving of set-ups, handshakes, media, forgeries and closes of four calls behind one
+    address: media reaches only the call whose keys it carries (or, unauthenticated, the claim-less call
+    whose turn it is); DTLS only the call whose turn it is and that learned the address; counters add
+    up; tables stay bounded; nothing raises."""
+    now = [0.0]
+    limits = DemuxLimits(max_flows=6, max_ssrcs_per_remote=3, max_held=3, turn_hold_s=2, turn_settle_s=1)
+    net = Net(limits, clock=lambda: now[0])
+    calls = [net.call() for _ in range(4)]
+    claims = [FakeClaim(i) for i in range(4)]
+    for kind, index, junk in events:
+        ufrag, _ = calls[index]
+        call = net.demux._calls.get(ufrag)
+        before = [len(r.got) for _, r in calls]
+        holder = net.demux.turn_holder(SFU)
+        single = net.demux.flow_owner(SFU)
+        raw_to = {single} if single is not None else set()
+        if holder is not None and holder in net.demux.flow_calls(SFU):
+            raw_to.add(holder)
+        if kind == "check" and call is not None:
+            net.demux.datagram_received(binding_request(ufrag, PASSWORD), SFU)
+        elif kind == "send_check" and call is not None:
+            net.demux.send_from(call, check_from(ufrag), SFU)
+        elif kind == "send_hello" and call is not None:
+            net.demux.send_from(call, dtls(0, handshake_type=1), SFU)
+        elif kind == "send_fin" and call is not None:
+            net.demux.send_from(call, dtls(1), SFU)
+        elif kind in ("get_hello", "get_fin", "media", "forged"):
+            data = {
+                "get_hello": dtls(0, 1),
+                "get_fin": dtls(1),
+                "media": srtp(0x10 + index, tag=index, seq=len(junk) + 1),
+                "forged": srtp(0x10 + index, tag=9, seq=len(junk) + 1),
+            }[kind]
+            net.demux.datagram_received(data, SFU)
+            got = [calls[i][0] for i, (_, r) in enumerate(calls) if len(r.got) > before[i]]
+            # Raw delivery: DTLS, or media no claim took, only to the address's one call or to the
+            # call whose turn it is there (and which learned the address).
+            assert len(got) <= 1 and set(got) <= raw_to
+        elif kind == "attach" and call is not None and call.media_claim is None:
+            call.media_claim = claims[index]
+        elif kind == "close" and call is not None:
+            net.demux.unregister(call)
+        elif kind == "tick":
+            now[0] += 0.5 * (index + 1)
+        elif kind == "junk":
+            net.demux.datagram_received(junk, SFU)
+        for i, claim in enumerate(claims):
+            assert all(d[12] == i for d in claim.took)  # media only under its own keys
+        stats = net.demux.stats()
+        assert stats.flows <= limits.max_flows and len(net.demux._turns) <= limits.max_flows
+        assert all(len(s.ssrcs) <= limits.max_ssrcs_per_remote for s in net.demux._shared.values())
+        assert all(len(c.held) <= limits.max_held for c in net.demux._calls.values())
+    stats = net.demux.stats()
+    routed = (
+        stats.routed_by_ufrag
+        + stats.routed_by_transaction
+        + stats.routed_by_flow
+        + stats.routed_by_ssrc
+        + stats.routed_by_claim
+        + stats.early_media
+    )
+    dropped = (
+        stats.unknown
+        + stats.forged
+        + stats.malformed
+        + stats.foreign_worker
+        + stats.flow_conflicts
+        + stats.unclaimed
+        + stats.claims_limited
+        + stats.dtls_ambiguous
+    )
+    assert routed + dropped == stats.datagrams_in
