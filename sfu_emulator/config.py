@@ -93,6 +93,10 @@ class EmulatorConfig:
     """UDP port of the emulator's STUN responder; 0 picks a free one."""
     candidates: CandidatePolicy = LOOPBACK
     """Where the sessions' ICE host candidates are gathered (loopback by default)."""
+    media_port: int | None = None
+    """None: each session's ICE has a socket of its own. A port (0: any free one): every session shares
+    ONE UDP socket on the one candidate address, as an anycast SFU reaches all its peers from one address
+    and port; sessions are told apart by the relay's demultiplexer (relay/media/demux.py)."""
     rtcp_interval: float = 2.5
     timers: Timers = field(default_factory=Timers)
     limits: Limits = field(default_factory=Limits)
@@ -112,6 +116,16 @@ class EmulatorConfig:
             raise ConfigError("host: must be a non-empty host name or address")
         _check_int("port", self.port, 0, 65535)
         _check_int("stun_port", self.stun_port, 0, 65535)
+        if self.media_port is not None:
+            _check_int("media_port", self.media_port, 0, 65535)
+            if self.media_port and self.media_port < 1024:
+                raise ConfigError(f"media_port: must be 0 or 1024..65535, got {self.media_port}")
+            addresses = self.candidates.addresses
+            if addresses is None or len(addresses) != 1:
+                raise ConfigError(
+                    "media_port: one shared socket serves exactly one candidate address "
+                    f"(candidate_addresses has {len(addresses) if addresses else 'none'})"
+                )
         _check_number("rtcp_interval", self.rtcp_interval, 0.05, 60.0)
         object.__setattr__(self, "apps", MappingProxyType(dict(self.apps)))
         object.__setattr__(self, "turn_keys", MappingProxyType(dict(self.turn_keys)))
@@ -172,7 +186,7 @@ def _section(doc: Mapping[str, object], name: str, cls: type[Timers] | type[Limi
 
 
 _TOP_LEVEL: Final = frozenset(
-    {"apps", "turn_keys", "host", "port", "stun_port", "candidate_addresses", "rtcp_interval"}
+    {"apps", "turn_keys", "host", "port", "stun_port", "media_port", "candidate_addresses", "rtcp_interval"}
     | {"timers", "limits"}
 )
 
@@ -192,7 +206,7 @@ def config_from_mapping(doc: Mapping[str, object]) -> EmulatorConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     extra: dict[str, Any] = {}
-    for key in ("host", "port", "stun_port", "rtcp_interval"):
+    for key in ("host", "port", "stun_port", "media_port", "rtcp_interval"):
         if key in doc:
             extra[key] = doc[key]
     return EmulatorConfig(

@@ -54,6 +54,7 @@ from splitrelay.emulator.config import EmulatorConfig
 from splitrelay.emulator.errors import ApiError
 from splitrelay.emulator.forwarding import Forwarder, ForwardingStats, Inbound, Publication, Subscription
 from splitrelay.emulator.peer import SENDING, SessionPeer, rejected_mids
+from splitrelay.relay.media.peer import CandidatePolicy
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
 
 logger = logging.getLogger("splitrelay.sfu_emulator")
@@ -167,7 +168,8 @@ class Session:
                 self._state_changed(state)
 
         peer = SessionPeer(
-            candidates=self.emulator.config.candidates,
+            candidates=self.emulator.candidates,
+            ufrag_label=self.id[:8],
             fast_path_config=self.emulator.fast_path_config,
             on_packet=self.inbound.on_packet,
             on_attached=attached,
@@ -403,6 +405,8 @@ class Emulator:
     def __init__(self, config: EmulatorConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
+        self.candidates: CandidatePolicy = config.candidates
+        """The policy new peers gather under: the shared socket's once ``EmulatorServer`` opened it."""
         self.sessions: dict[str, Session] = {}
         self.gone: OrderedDict[str, None] = OrderedDict()
         self.forwarder = Forwarder()

@@ -27,7 +27,7 @@ from aiortc import sdp as aiortc_sdp
 
 from splitrelay.contract.safety import clean_text
 from splitrelay.emulator.errors import ApiError, invalid_params
-from splitrelay.relay.media.aiortc_internals import rtcp_silenced
+from splitrelay.relay.media.aiortc_internals import rtcp_silenced, set_local_ufrag
 from splitrelay.relay.media.peer import (
     OPUS,
     CandidatePolicy,
@@ -234,6 +234,7 @@ class SessionPeer:
         self,
         *,
         candidates: CandidatePolicy,
+        ufrag_label: str = "",
         fast_path_config: FastPathConfig,
         on_packet: OnPacket,
         on_attached: Callable[[SrtpFastPath | None], None],
@@ -243,6 +244,9 @@ class SessionPeer:
         self.fast_path: SrtpFastPath | None = None
         self.connected = asyncio.Event()
         self._candidates = candidates
+        self._ufrag_label = ufrag_label
+        self.ufrag: str | None = None
+        """The ICE ufrag minted on the shared media socket (``EmulatorConfig.media_port``), if any."""
         self._fast_path_config = fast_path_config
         self._on_packet = on_packet
         self._on_attached = on_attached
@@ -481,6 +485,16 @@ class SessionPeer:
             raise ApiError(400, "invalid_params", f"sessionDescription: {type(exc).__name__}") from None
 
     async def _local(self, description: RTCSessionDescription) -> None:
+        port = self._candidates.shared_port
+        if port is not None and self.ufrag is None:
+            # On the shared socket the demultiplexer routes by the ufrag it minted: set it before the
+            # first description gathers (max-bundle: the one ICE connection of every transceiver).
+            ufrag = port.mint_ufrag(self._ufrag_label)
+            try:
+                set_local_ufrag(self.pc, ufrag)
+            except ValueError as exc:  # no transceiver yet: nothing to gather for
+                raise invalid_params(f"sessionDescription: {exc}") from None
+            self.ufrag = ufrag
         with candidate_policy(self._candidates):
             await self.pc.setLocalDescription(description)
 

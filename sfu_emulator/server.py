@@ -20,6 +20,8 @@ from splitrelay.emulator.http_api import API_PREFIX, create_app
 from splitrelay.emulator.stun import StunServer
 from splitrelay.emulator.turn import TurnService
 from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
+from splitrelay.relay.media.peer import CandidatePolicy
+from splitrelay.relay.media.shared_port import SharedUdpPort
 from splitrelay.relay.server import bind_tcp
 
 GRACEFUL_SHUTDOWN_S = 2.0
@@ -38,9 +40,12 @@ class StartInfo:
     stun_url: str
     app_ids: tuple[str, ...]
     turn_key_ids: tuple[str, ...]
+    media_address: tuple[str, int] | None = None
+    """The one UDP socket every session shares (``EmulatorConfig.media_port``); None: one per session."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "media_address": list(self.media_address) if self.media_address else None,
             "event": "emulator_started",
             "base_url": self.base_url,
             "host": self.host,
@@ -66,6 +71,8 @@ class EmulatorServer:
         self.app = create_app(self.emulator, self.turn)
         self._uvicorn: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
+        self.media: SharedUdpPort | None = None
+        """The shared media socket, when ``config.media_port`` is set."""
         self.info: StartInfo | None = None
 
     async def start(self) -> StartInfo:
@@ -73,6 +80,10 @@ class EmulatorServer:
         sock = bind_tcp(config.host, config.port, "emulator API")
         try:
             await self.stun.start()
+            addresses = config.candidates.addresses
+            if config.media_port is not None and addresses is not None:  # the config checked: one address
+                self.media = await SharedUdpPort.open(addresses[0], config.media_port)
+                self.emulator.candidates = CandidatePolicy(addresses=addresses, shared_port=self.media)
             await self.emulator.start()
             server_config = uvicorn.Config(
                 self.app,
@@ -90,6 +101,7 @@ class EmulatorServer:
             sock.close()
             await self.stun.close()
             await self.emulator.close()
+            await self._close_media()
             raise
         self._uvicorn = server
         self._socket = sock
@@ -101,8 +113,14 @@ class EmulatorServer:
             stun_url=self.stun.url(),
             app_ids=tuple(config.apps),
             turn_key_ids=tuple(config.turn_keys),
+            media_address=self.media.address if self.media is not None else None,
         )
         return self.info
+
+    async def _close_media(self) -> None:
+        media, self.media = self.media, None
+        if media is not None:
+            await media.close()
 
     async def stop(self) -> None:
         """Stop accepting requests, end every session, close the sockets. Idempotent."""
@@ -120,6 +138,7 @@ class EmulatorServer:
                 for task in list(server.server_state.tasks):
                     task.cancel()
         await self.emulator.close()
+        await self._close_media()
         await self.stun.close()
         if self._socket is not None:
             self._socket.close()

@@ -50,6 +50,7 @@ share a remote address and route its source by the one that took it."""
 _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _STUN_USERNAME = 0x0006
 _STUN_INTEGRITY = 0x0008
+_STUN_ICE_CONTROLLED = 0x8029
 _STUN_BINDING = 0x0001
 _STUN_HEADER = 20
 _INTEGRITY_LEN = 20
@@ -292,6 +293,20 @@ def stun_username_and_integrity(data: bytes) -> tuple[bytes | None, int | None]:
             return username, (pos if length == _INTEGRITY_LEN else None)
         pos += 4 + length + (-length % 4)
     return username, None
+
+
+def stun_has_attribute(data: bytes, wanted: int) -> bool:
+    """Whether a STUN message (header already checked) carries an attribute of type ``wanted``."""
+    end = len(data)
+    pos = _STUN_HEADER
+    for _ in range(end // 4):  # bounded by the length
+        if pos + 4 > end:
+            return False
+        if ((data[pos] << 8) | data[pos + 1]) == wanted:
+            return True
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        pos += 4 + length + (-length % 4)
+    return False
 
 
 def stun_integrity_ok(data: bytes, offset: int, key: bytes) -> bool:
@@ -818,18 +833,25 @@ class Demux:
         del self._turns[addr]
 
     def _wait_turn(self, call: _Call, data: bytes, addr: Address, first: int) -> bool:
-        """Whether ``data`` (a check, a check's answer, DTLS) waits: another call's set-up holds ``addr``.
+        """Whether ``data`` (a controlling check, any check's answer, DTLS) waits: another call's
+        set-up holds ``addr``.
 
         The remote can start a DTLS handshake only on a pair a check made valid, so while one call's
-        ICE and DTLS set-up is open at an address, no other call's check or answer reaches it: the DTLS
-        that comes from that address is the holder's.
+        ICE and DTLS set-up is open at an address, no other call's controlling check or answer reaches
+        it: the DTLS that comes from that address is the holder's.
         """
         if first < 4:
             klass = ((data[0] << 8) | data[1]) & 0x0110
             if klass == 0x0010:
                 return False  # an indication (keep-alive)
-            if klass == 0x0000 and stun_username_and_integrity(data)[0] is None:
-                return False  # a STUN server's binding request (srflx), not a check
+            if klass == 0x0000 and (
+                stun_username_and_integrity(data)[0] is None or stun_has_attribute(data, _STUN_ICE_CONTROLLED)
+            ):
+                # A STUN server's binding request (srflx), or the check of a controlled agent: the remote
+                # (controlling) nominates through its own checks, whose answers wait here. Letting a
+                # controlled call's checks out is what keeps two demultiplexers facing each other (the
+                # emulator and the relay) from each waiting for a turn the other holds.
+                return False
         elif first == 22 and len(data) > 13 and data[3:5] == b"\x00\x00" and data[13] == 1:
             call.dtls_client = True  # our ClientHello
         else:

@@ -57,6 +57,13 @@ def serve(
     turn_keys: Annotated[
         list[str] | None, typer.Option("--turn-key", help="KEY_ID=TOKEN (repeatable).")
     ] = None,
+    media_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Put every session on ONE UDP socket at this port (0: any free one), as an anycast SFU "
+            "reaches all its peers from one address; needs exactly one --candidate-address."
+        ),
+    ] = None,
     candidate_addresses: Annotated[
         list[str] | None,
         typer.Option(
@@ -111,6 +118,8 @@ def serve(
             changes["stun_port"] = stun_port
         if candidate_addresses:
             changes["candidates"] = CandidatePolicy(addresses=tuple(candidate_addresses))
+        if media_port is not None:
+            changes["media_port"] = media_port
         timer_changes = {
             name: value
             for name, value in (
@@ -179,7 +188,9 @@ async def _serve(config: Any, json_output: bool) -> None:
             )
             sys.stdout.write(
                 f"Realtime emulator: {info.base_url}\n  apps: {apps}\n"
-                f"  STUN: {info.stun_url} (no TURN relay)\n  Ctrl-C to stop.\n"
+                f"  STUN: {info.stun_url} (no TURN relay)\n"
+                + (f"  media: every session on {info.media_address}\n" if info.media_address else "")
+                + "  Ctrl-C to stop.\n"
             )
         sys.stdout.flush()
         await stop.wait()

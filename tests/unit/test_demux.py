@@ -17,7 +17,13 @@ from aioice import stun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitrelay.relay.media.demux import Demux, DemuxLimits, stun_integrity_ok, stun_username_and_integrity
+from splitrelay.relay.media.demux import (
+    Demux,
+    DemuxLimits,
+    stun_has_attribute,
+    stun_integrity_ok,
+    stun_username_and_integrity,
+)
 
 Address = tuple[str, int]
 CALLER: Address = ("198.51.100.7", 50000)
@@ -675,3 +681,22 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
         + stats.dtls_ambiguous
     )
     assert routed + dropped == stats.datagrams_in
+
+
+def test_a_controlled_calls_checks_never_wait_but_its_answers_do() -> None:
+    """A controlled agent's own checks go out at once (the remote nominates through its checks, whose
+    answers wait); two demultiplexers facing each other (emulator and relay) thus never wait for each
+    other's turn."""
+    net = Net()
+    (u1, _), (u2, _) = shared_calls(net, 2)
+    demux = net.demux
+    demux.send_from(demux._calls[u1], check_from(u1), SFU)  # u1 (controlling) has the turn
+    controlled = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    controlled.attributes["USERNAME"] = f"remote:{u2}"
+    controlled.attributes["ICE-CONTROLLED"] = 7
+    controlled.add_message_integrity(b"r" * 22)
+    answer = binding_response(secrets.token_bytes(12))
+    demux.send_from(demux._calls[u2], bytes(controlled), SFU)
+    demux.send_from(demux._calls[u2], answer, SFU)
+    assert [d for d, _ in net.sent][-1] == bytes(controlled) and demux._calls[u2].held == [(answer, SFU)]
+    assert stun_has_attribute(bytes(controlled), 0x8029) and not stun_has_attribute(check_from(u1), 0x8029)
