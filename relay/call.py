@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from splitrelay.inference.stages import STAGE_EVENT
 from splitrelay.inference.wire import Continuation
 from splitrelay.relay.barge_gate import OnsetGate
 from splitrelay.relay.inference_link import AGENT_LOST, LinkError, RelayLink
+from splitrelay.relay.media import native
 from splitrelay.relay.media.impair import Impairment
 from splitrelay.relay.media.peer import VoicePeer
 from splitrelay.relay.media.rtp import RtpPacket
@@ -121,6 +123,10 @@ class SequenceUnwrapper:
         self._last: int | None = None
         self._ext = 0
 
+    def state(self) -> tuple[int, int] | None:
+        """(last 16-bit sequence, extended count), or None before the first packet."""
+        return None if self._last is None else (self._last, self._ext)
+
     def extend(self, seq: int) -> int:
         if self._last is None:
             self._last = seq
@@ -184,8 +190,11 @@ class Call:
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.on_stage: Callable[[str, dict[str, Any]], object] | None = None
         """Told (call id, event) of each ``agent.stage`` mark (the manager wires it to the edge link)."""
-        self._seq = SequenceUnwrapper()
-        self._ts0: int | None = None
+        self._seq: SequenceUnwrapper | native.InboundSlot = SequenceUnwrapper()
+        self._ts0_py: int | None = None
+        self._slot: native.InboundSlot | None = None
+        """The call's slot in the shared port's per-batch C path (relay/media/native), when it runs: it
+        then holds the sequence unwrapping and timestamp base, and finishes packets that need no decision."""
         self._playback_started = False
         self._gate = OnsetGate(
             self.config.barge_in_packets,
@@ -239,6 +248,7 @@ class Call:
             early, self._early = self._early, []
             for pkt in early:
                 self._on_rtp(pkt)
+            self._sync_native()
             await self.peer.wait_connected(within=self.config.connect_timeout_s)
             if self.fast_path is None:
                 raise ConnectionError("peer connected but the fast path did not attach")
@@ -272,9 +282,22 @@ class Call:
     def _on_connection_state(self) -> None:
         state = self.peer.pc.connectionState
         if state == "connected" and self.fast_path is None and self.state is not CallState.CLOSED:
-            self.fast_path = SrtpFastPath.attach(
+            fp = self.fast_path = SrtpFastPath.attach(
                 self.peer.pc, self._on_rtp, self.config.fast_path, on_bye=self._on_bye
             )
+            slot = fp.native_slot
+            if slot is not None:
+                # Media aioice queued during the DTLS hand-shake went through _on_rtp inside attach:
+                # the slot takes over the state it left.
+                if isinstance(self._seq, SequenceUnwrapper):
+                    slot.adopt(self._seq.state(), self._ts0_py)
+                self._slot = self._seq = slot
+                slot.observe_dwell = self.dwell_in.observe_ns
+                fp.on_fold = self._fold
+                self.playout.publish = slot.set_playing_until
+                slot.set_playing_until(self.playout.playing_until_ns())
+                self._publish_gate()
+                self._sync_native()
         elif state in ("failed", "closed") and self.state is CallState.LIVE:
             self.schedule_close(f"peer connection {state}")
 
@@ -297,6 +320,7 @@ class Call:
             return self.summary()
         self.state = CallState.CLOSED
         self.close_reason = reason
+        self._sync_native()
         self.playout.close()
         self._drop_candidate()
         switching = self._switch_task
@@ -322,6 +346,51 @@ class Call:
 
     # -- inbound: caller → inference -------------------------------------------------------------
 
+    @property
+    def _ts0(self) -> int | None:
+        """The caller's first RTP timestamp that reached the relay (AUDIO_IN timestamps count from it)."""
+        return self._slot.ts0 if self._slot is not None else self._ts0_py
+
+    def _sync_native(self) -> None:
+        """Let the C path finish this call's packets exactly while the Python path would forward them
+        to a live link call with nothing held back (not before the early packets are flushed, never after
+        the call or its link call ended)."""
+        slot = self._slot
+        if slot is None:
+            return
+        wire_id = self.wire_id
+        peer = self.link.call_peer(wire_id) if wire_id is not None else None
+        if wire_id is None or peer is None or self.state is CallState.CLOSED or self._early:
+            slot.disable()
+            return
+        slot.enable(wire_id, peer)
+        self.link.watch_native(wire_id, slot)
+
+    def _fold(self, packets: int, size: int, to_inference: int) -> None:
+        counters = self.counters
+        counters.packets_in += packets
+        counters.bytes_in += size
+        counters.packets_to_inference += to_inference
+
+    def _publish_gate(self) -> None:
+        """Tell the C slot which packets heard during playback leave the onset gate as it is (those C may
+        finish); any other goes to Python, so barge-in decides exactly as before."""
+        slot = self._slot
+        if slot is None:
+            return
+        mode = native.GATE_PYTHON
+        if self._candidate is None and self._playback_started:
+            gate = self._gate
+            probe = copy.copy(gate)
+            if not probe.feed(False) and probe == gate:
+                mode = native.GATE_SILENT
+            else:
+                probe = copy.copy(gate)
+                if not probe.feed(True) and probe == gate:
+                    mode = native.GATE_TALKING
+        trigger = self._trigger
+        slot.set_gate(mode, native.threshold_level(trigger.threshold_dbov), trigger.use_voice_bit)
+
     def _on_rtp(self, pkt: RtpPacket) -> None:
         counters = self.counters
         counters.packets_in += 1
@@ -335,11 +404,18 @@ class Call:
             else:
                 self.early_packets += 1
             return
-        if self._ts0 is None:
-            self._ts0 = pkt.timestamp
+        slot = self._slot
+        if slot is not None:
+            ts0 = slot.base(pkt.timestamp)
+            if slot.take_idle():  # C forwarded a packet while nothing played
+                self._playback_started = False
+        else:
+            if self._ts0_py is None:
+                self._ts0_py = pkt.timestamp
+            ts0 = self._ts0_py
         level = pkt.audio_level
         flags = wire.audio_in_flags(marker=pkt.marker, level=level, voice=pkt.voice and level is not None)
-        timestamp = (pkt.timestamp - self._ts0) & 0xFFFFFFFF
+        timestamp = (pkt.timestamp - ts0) & 0xFFFFFFFF
         arrival = pkt.arrival_ns
         if self.link.send_audio_in(
             wire_id,
@@ -358,6 +434,8 @@ class Call:
             self._watch_for_barge_in(pkt, level, timestamp)
         else:
             self._playback_started = False
+        if slot is not None:
+            self._publish_gate()
 
     def _watch_for_barge_in(self, pkt: RtpPacket, level: int | None, timestamp: int) -> None:
         """A barge-in is the caller *starting* to speak over assistant audio (the onset gate's rule,
@@ -406,11 +484,13 @@ class Call:
             self.barge_rejected += 1
             self._gate.rejected()  # the same sound does not raise a new candidate at once
             self.playout.resume()
+        self._publish_gate()
 
     def _drop_candidate(self) -> None:
         candidate, self._candidate = self._candidate, None
         if candidate is not None and candidate.timer is not None:
             candidate.timer.cancel()
+        self._publish_gate()
 
     def _heard_lag_ns(self) -> int:
         """How far behind the relay's send the caller's ear was when the onset left the caller's mouth:
@@ -464,6 +544,7 @@ class Call:
 
     def on_call_end(self, reason: str) -> None:
         self.wire_id = None  # inference already knows; do not send it CALL_END back
+        self._sync_native()
         if reason in AGENT_GONE_REASONS and self.state is CallState.LIVE:
             if len(self.endpoints) > 1 and self._switch_task is None:
                 self._switch_task = asyncio.get_running_loop().create_task(self._switch_agent(reason))
@@ -520,6 +601,7 @@ class Call:
                 self._endpoint = index
                 self.continues = continuation
                 self.wire_id = wire_id
+                self._sync_native()
                 self.agent_switches += 1
                 log.info(
                     "call %s continues on inference %s:%d (attempt %d; %d frames of the lost agent dropped)",

@@ -64,11 +64,19 @@ class CallSink(Protocol):
     def on_call_end(self, reason: str) -> None: ...
 
 
+class NativeSent(Protocol):
+    """A call's slot in the relay's per-batch C path (relay/media/native ``InboundSlot``): it says whether
+    C sent the call's audio since it was last asked, for the liveness sweep."""
+
+    def take_sent(self) -> bool: ...
+
+
 class _LinkCall(CallState):
     __slots__ = (
         "end_reason",
         "heard",
         "heard_at",
+        "native",
         "sent",
         "sent_at",
         "sink",
@@ -90,6 +98,7 @@ class _LinkCall(CallState):
         self.heard_at = 0.0  # loop time of the sweep that last saw ``heard``
         self.sent = False  # something went to the agent since the last sweep
         self.sent_at = 0.0
+        self.native: NativeSent | None = None  # the per-batch C path's slot, which sends audio too
 
 
 async def resolve_numeric(host: str, port: int) -> tuple[Peer, socket.AddressFamily]:
@@ -275,6 +284,41 @@ class RelayLink(WireEndpoint):
         data = wire.encode_audio(_AUDIO_IN, call_id, seq, timestamp, payload, flags)
         return self.send_batched(data, state.peer, observe, since_ns)
 
+    def call_peer(self, call_id: int) -> Peer | None:
+        """The inference endpoint a live call's datagrams go to (None: the link does not have it)."""
+        state = self._calls.get(call_id)
+        return None if state is None else state.peer
+
+    def watch_native(self, call_id: int, slot: NativeSent) -> None:
+        """``slot`` sends this call's AUDIO_IN too: the liveness sweep counts what it sent."""
+        state = self._calls.get(call_id)
+        if state is not None:
+            state.native = slot
+
+    # The per-batch C path's sink (relay/media/shared_port.py InferenceSink): C sends AUDIO_IN on this
+    # socket between Python's batches, so what Python queued leaves first (control never overtakes audio).
+
+    def native_fd(self) -> int:
+        """Flush this turn's queue; the socket's fd when it holds nothing unsent, else -1."""
+        transport = self._transport
+        batch = self._batch
+        if transport is None or batch is None:
+            return -1
+        if batch.queued:
+            batch.flush()
+        if getattr(transport, "get_write_buffer_size", lambda: 0)():
+            return -1
+        return batch.fd
+
+    def native_send(self, data: bytes, peer: Peer) -> None:
+        """A datagram C made but could not send: through the transport, after what waits there."""
+        transport = self._transport
+        if transport is not None:
+            transport.sendto(data, peer)
+
+    def native_sent(self, count: int) -> None:
+        self.stats.datagrams_out += count
+
     def send_barge_in(
         self, call_id: int, *, played_samples: int, dropped_frames: int, response_seq: int, timestamp: int = 0
     ) -> asyncio.Future[bool] | None:
@@ -443,6 +487,8 @@ class RelayLink(WireEndpoint):
             for state in self._calls.values():
                 if not state.watched:
                     continue
+                if state.native is not None and state.native.take_sent():
+                    state.sent = True
                 if state.heard:
                     state.heard = False
                     state.heard_at = now

@@ -34,6 +34,7 @@ DEFAULT_LEAD_MS = 60
 DEFAULT_TAIL_MS = 120
 DEFAULT_CATCH_UP_MS = 200
 MAX_QUEUE_FRAMES = 3_000  # one minute of audio: inference cannot grow the queue without bound
+PLAYING_ALWAYS = 1 << 62  # playing_until_ns() while frames wait or playout is paused
 
 logger = logging.getLogger("splitrelay.relay.playout")
 
@@ -115,11 +116,31 @@ class Playout:
         self.paused = False  # a barge-in candidate holds playout until confirmed (flush) or rejected
         self.pauses = 0
         self.closed = False
+        self.publish: Callable[[int], object] | None = None
+        """Told ``playing_until_ns()`` whenever it may have changed (the call's per-batch C slot)."""
+
+    def playing_until_ns(self) -> int:
+        """``playing(t)`` is True exactly for t before this (0: never; ``PLAYING_ALWAYS``: whatever t)."""
+        if self._interrupted:
+            return 0
+        if self._queued_frames or self.paused:
+            return PLAYING_ALWAYS
+        return self._timeline_ns + self.tail_ns
+
+    def _changed(self) -> None:
+        publish = self.publish
+        if publish is not None:
+            publish(self.playing_until_ns())
 
     # -- input from inference --------------------------------------------------------------------
 
     def push_frame(self, payload: bytes, seq: int, marker: bool, timestamp: int = 0) -> None:
         """Queue one frame; a marker starts a new response (its played position counts from zero)."""
+        self._push_frame(payload, seq, marker, timestamp)
+        if self.publish is not None:
+            self._changed()
+
+    def _push_frame(self, payload: bytes, seq: int, marker: bool, timestamp: int) -> None:
         if self.closed:
             return
         if self._clear_before is not None:
@@ -183,10 +204,12 @@ class Playout:
             if self._timeline_ns - now > self.lead_ns:
                 self._timer_pending = True
                 self._schedule((self._timeline_ns - self.lead_ns - now) / 1e9, self._on_timer)
-                return
+                break
             queue.popleft()
             self._queued_frames -= 1
             self._send_now(item.payload, item.seq, item.arrival_ns)
+        if self.publish is not None:
+            self._changed()
 
     def _fell_behind(self, now: int, continues: bool) -> None:
         """The timeline is behind the wall clock: catch up (see the module docstring) or restart it."""
@@ -239,6 +262,7 @@ class Playout:
             return
         self.paused = True
         self.pauses += 1
+        self._changed()
 
     def resume(self) -> None:
         """The candidate was rejected: play on from the first held frame, nothing lost or repeated.
@@ -257,6 +281,7 @@ class Playout:
             if isinstance(item, _Frame):
                 item.continues = False
         self.pump()
+        self._changed()
 
     def flush(self) -> int:
         """Drop everything queued (marks in it are never echoed); return the frames dropped."""
@@ -264,6 +289,7 @@ class Playout:
         self._queue.clear()
         self._queued_frames = 0
         self._next_position = None  # what follows a flush never catches up over the hole
+        self._changed()
         return dropped
 
     def new_source(self) -> int:
@@ -275,6 +301,7 @@ class Playout:
         self._interrupted = False
         self.paused = False
         self._new_spurt = True
+        self._changed()
         return dropped
 
     def clear_before(self, timestamp: int) -> int:
@@ -287,6 +314,7 @@ class Playout:
         self.frames_dropped_cleared += dropped
         self._clear_before = timestamp
         self._next_position = None
+        self._changed()
         return dropped
 
     def heard(self, lag_ns: int = 0) -> int:
@@ -306,12 +334,14 @@ class Playout:
         dropped = self.flush()
         self._interrupted = True
         self.paused = False
+        self._changed()
         return BargeInReport(played, dropped, self.response_seq)
 
     def close(self) -> None:
         self.closed = True
         self._queue.clear()
         self._queued_frames = 0
+        self._changed()
 
 
 class SharedPacer:

@@ -197,6 +197,9 @@ class RelayServer:
         except BaseException:
             await self.stop()
             raise
+        if self._shared_port is not None:
+            # Caller audio of known flows goes to inference in one C call per batch (relay/media/native).
+            self._shared_port.forward_inbound(self.link)
         endpoints = []
         for host, port in (s.inference, *s.inference_more) if s.inference_more else ():
             try:

@@ -128,6 +128,11 @@ class SendBatch:
     def queued(self) -> int:
         return len(self._data)
 
+    @property
+    def fd(self) -> int:
+        """The socket's file descriptor when flushes use ``sendmmsg``, else -1."""
+        return self._fd if self._native is not None else -1
+
     def add(self, data: bytes, peer: Peer, observe: ObserveNs | None = None, since_ns: int = 0) -> None:
         """Queue one datagram; ``observe`` gets (left - ``since_ns``) once the batch holding it left."""
         self._data.append(data)

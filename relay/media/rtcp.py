@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtcpSenderInfo, RtcpSrPacket
 
@@ -318,7 +318,63 @@ MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 
 
-class ReceptionStats:
+class _Report:
+    """RFC 3550 A.3 arithmetic over a source's counters, shared by the Python and the C-backed state."""
+
+    __slots__ = ()
+    base_seq: int
+    max_seq: int
+    cycles: int
+    received: int
+    received_prior: int
+    expected_prior: int
+    jitter: float
+    clock_rate: int
+    last_sr_ntp: int
+    last_sr_arrival_ns: int
+
+    @property
+    def extended_max(self) -> int:
+        return self.cycles + self.max_seq
+
+    @property
+    def expected(self) -> int:
+        return self.extended_max - self.base_seq + 1
+
+    @property
+    def lost(self) -> int:
+        """Cumulative packets lost, clamped to the 24-bit signed field of a report block."""
+        return max(-0x800000, min(0x7FFFFF, self.expected - self.received))
+
+    @property
+    def jitter_ms(self) -> float:
+        return self.jitter * 1000.0 / self.clock_rate
+
+    def record_sender_report(self, ntp: int, arrival_ns: int) -> None:
+        self.last_sr_ntp = ntp  # type: ignore[misc]  # subclasses give the slots
+        self.last_sr_arrival_ns = arrival_ns  # type: ignore[misc]
+
+    def report_block(self, ssrc: int, now_ns: int) -> ReportBlock:
+        """The next report block; advances the interval used for the fraction lost (A.3)."""
+        expected = self.expected
+        expected_interval = expected - self.expected_prior
+        self.expected_prior = expected  # type: ignore[misc]  # subclasses give the slots
+        received_interval = self.received - self.received_prior
+        self.received_prior = self.received  # type: ignore[misc]
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        lsr = dlsr = 0
+        if self.last_sr_arrival_ns:
+            lsr = ntp_middle32(self.last_sr_ntp)
+            dlsr = min(0xFFFFFFFF, max(0, (now_ns - self.last_sr_arrival_ns) * 65536 // 1_000_000_000))
+        return ReportBlock(
+            ssrc, fraction, self.lost, self.extended_max & 0xFFFFFFFF, int(self.jitter), lsr, dlsr
+        )
+
+
+class ReceptionStats(_Report):
     """Per-source receive state for one SSRC: RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter.
 
     ``update`` runs once per packet, so it is plain integer arithmetic on slots. No probation: the
@@ -387,42 +443,39 @@ class ReceptionStats:
             self.jitter += (d - self.jitter) / 16.0
         return True
 
-    @property
-    def extended_max(self) -> int:
-        return self.cycles + self.max_seq
+
+def _field(name: str) -> Any:
+    """A property over one field of the C struct (``sr_rx_stats``)."""
+    return property(lambda self: getattr(self.struct, name), lambda self, v: setattr(self.struct, name, v))
+
+
+class NativeReceptionStats(_Report):
+    """``ReceptionStats`` whose counters live in a C struct (relay/media/native ``sr_rx_stats``): the one
+    copy both the per-batch C path and the Python path update, so RTCP reports read one state."""
+
+    __slots__ = ("_update", "last_sr_arrival_ns", "last_sr_ntp", "struct")
+
+    def __init__(self, struct: Any, update: Callable[[Any, int, int, int], int]) -> None:
+        self.struct = struct
+        self._update = update
+        self.last_sr_ntp = 0
+        self.last_sr_arrival_ns = 0
+
+    base_seq = _field("base_seq")
+    max_seq = _field("max_seq")
+    bad_seq = _field("bad_seq")
+    cycles = _field("cycles")
+    received = _field("received")
+    received_prior = _field("received_prior")
+    expected_prior = _field("expected_prior")
+    jitter = _field("jitter")
+    clock_rate = _field("clock_rate")
 
     @property
-    def expected(self) -> int:
-        return self.extended_max - self.base_seq + 1
+    def last_transit(self) -> int | None:
+        value = int(self.struct.last_transit)
+        return None if value < 0 else value
 
-    @property
-    def lost(self) -> int:
-        """Cumulative packets lost, clamped to the 24-bit signed field of a report block."""
-        return max(-0x800000, min(0x7FFFFF, self.expected - self.received))
-
-    @property
-    def jitter_ms(self) -> float:
-        return self.jitter * 1000.0 / self.clock_rate
-
-    def record_sender_report(self, ntp: int, arrival_ns: int) -> None:
-        self.last_sr_ntp = ntp
-        self.last_sr_arrival_ns = arrival_ns
-
-    def report_block(self, ssrc: int, now_ns: int) -> ReportBlock:
-        """The next report block; advances the interval used for the fraction lost (A.3)."""
-        expected = self.expected
-        expected_interval = expected - self.expected_prior
-        self.expected_prior = expected
-        received_interval = self.received - self.received_prior
-        self.received_prior = self.received
-        lost_interval = expected_interval - received_interval
-        fraction = 0
-        if expected_interval > 0 and lost_interval > 0:
-            fraction = min(255, (lost_interval << 8) // expected_interval)
-        lsr = dlsr = 0
-        if self.last_sr_arrival_ns:
-            lsr = ntp_middle32(self.last_sr_ntp)
-            dlsr = min(0xFFFFFFFF, max(0, (now_ns - self.last_sr_arrival_ns) * 65536 // 1_000_000_000))
-        return ReportBlock(
-            ssrc, fraction, self.lost, self.extended_max & 0xFFFFFFFF, int(self.jitter), lsr, dlsr
-        )
+    def update(self, seq: int, timestamp: int, arrival_ns: int) -> bool:
+        """As ``ReceptionStats.update``, in C (fastpath.c ``sr_rx_update``)."""
+        return bool(self._update(self.struct, seq, timestamp, arrival_ns))

@@ -75,6 +75,14 @@ class BatchSender(Protocol):
     def flush(self) -> int: ...
 
 
+NATIVE_BATCH_ENV = "SPLITRELAY_NATIVE_BATCH"
+"""Set to 0 (or off/false/no) to keep the native per-datagram path (no per-batch C path): the A/B."""
+
+
+def native_batch_enabled() -> bool:
+    return os.environ.get(NATIVE_BATCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def batching_enabled() -> bool:
     return os.environ.get(BATCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
@@ -89,11 +97,19 @@ class VirtualTransport(asyncio.DatagramTransport):
         self._call = call
         self._sockname = sockname
         self._closing = False
+        self.native_slots: list[native.InboundSlot] = []
+        """Slots of the per-batch C path the call's fast path opened (detached when this closes)."""
         call.transport = self
 
     @property
     def ufrag(self) -> str:
         return self._call.ufrag
+
+    @property
+    def native_inbound(self) -> NativeSlots | None:
+        """Where the call's fast path opens its slot in the per-batch C path (None: not running)."""
+        forward = self._port._forward
+        return None if forward is None or self._closing else _SlotOpener(forward.inbound, self)
 
     def set_media_claim(self, claim: MediaClaim | None) -> None:
         """The call's fast path says how to offer it SRTP/SRTCP directly (None: it closed)."""
@@ -113,6 +129,8 @@ class VirtualTransport(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
+        for slot in self.native_slots:  # bounded: one per fast path attached to this transport
+            slot.detach()
         self._demux.unregister(self._call)
         self._port._transports.discard(self)
         asyncio.get_running_loop().call_soon(self._call.protocol.connection_lost, None)
@@ -139,6 +157,85 @@ class VirtualTransport(asyncio.DatagramTransport):
 
     def __repr__(self) -> str:
         return f"<VirtualTransport ufrag={self._call.ufrag} closing={self._closing}>"
+
+
+class NativeSlots(Protocol):
+    """What a fast path opens its per-batch slot through (``VirtualTransport.native_inbound``)."""
+
+    def open_slot(self) -> native.InboundSlot | None: ...
+
+
+class _SlotOpener:
+    """Opens a slot and remembers it on the call's transport, so the transport's close detaches it."""
+
+    __slots__ = ("_inbound", "_transport")
+
+    def __init__(self, inbound: native.NativeInbound, transport: VirtualTransport) -> None:
+        self._inbound = inbound
+        self._transport = transport
+
+    def open_slot(self) -> native.InboundSlot | None:
+        slot = self._inbound.open_slot()
+        if slot is not None:
+            slots = self._transport.native_slots
+            slots[:] = [s for s in slots if self._inbound.slots[s.index] is s]  # drop released ones
+            slots.append(slot)
+        return slot
+
+
+class InferenceSink(Protocol):
+    """Where the per-batch C path's AUDIO_IN goes: the relay's inference socket (relay/inference_link.py
+    ``RelayLink``; media may not import it)."""
+
+    def native_fd(self) -> int:
+        """Flush what Python queued for the socket; the fd C may ``sendmmsg`` on now, or -1 when the
+        socket holds unsent data (C's datagrams then go through ``native_send``, in order)."""
+        ...
+
+    def native_send(self, data: bytes, peer: Address) -> None: ...
+
+    def native_sent(self, count: int) -> None:
+        """Account ``count`` datagrams C made for the socket (sent by C or through ``native_send``)."""
+        ...
+
+
+class NativeForward:
+    """The per-batch C path on a batched native port: runs ``NativeInbound`` over each batch read, sends
+    its AUDIO_IN, observes its dwell, and counts what it routed as the demultiplexer would have."""
+
+    __slots__ = ("_demux", "_sink", "batches", "finished", "inbound")
+
+    def __init__(self, inbound: native.NativeInbound, sink: InferenceSink, demux: Demux) -> None:
+        self.inbound = inbound
+        self._sink = sink
+        self._demux = demux
+        self.batches = 0
+        self.finished = 0
+        """Datagrams C finished (never seen by Python)."""
+
+    def run(self, recv: native.RecvBatch, count: int, arrival_ns: int) -> int:
+        """C over the batch; returns how many datagrams it finished (``inbound.decisions`` says which)."""
+        sink, inbound = self._sink, self.inbound
+        nout, sent, finished = inbound.run(recv, count, arrival_ns, sink.native_fd())
+        self.batches += 1
+        if finished:
+            self.finished += finished
+            demux = self._demux
+            demux.datagrams_in += finished
+            demux.routed_by_flow += finished
+        if nout:
+            slots, out_slots = inbound.slots, inbound.out_slots
+            for k in range(sent, nout):  # C could not send these (the socket held data): in order
+                slot = slots[out_slots[k]]
+                if slot is not None and slot.peer is not None:
+                    sink.native_send(inbound.out(k), slot.peer)
+            sink.native_sent(nout)
+            dwell = time.perf_counter_ns() - arrival_ns
+            for k in range(nout):
+                slot = slots[out_slots[k]]
+                if slot is not None and slot.observe_dwell is not None:
+                    slot.observe_dwell(dwell)
+        return finished
 
 
 class _SharedProtocol(asyncio.DatagramProtocol):
@@ -200,6 +297,8 @@ class BatchReader:
         # recvmmsg is Linux's (fastpath.c returns ENOSYS elsewhere): other systems read with recvfrom.
         native_path = native_path and sys.platform.startswith("linux")
         self._recv = native.RecvBatch(sock.fileno(), batch) if native_path else None
+        self.forward: NativeForward | None = None
+        """The per-batch C path (``SharedUdpPort.forward_inbound``); None: Python routes every datagram."""
         self._names: dict[bytes, Address] = {}
         self.calls = 0
         """Receive system calls made (empty reads included)."""
@@ -236,12 +335,18 @@ class BatchReader:
                     continue  # an ICMP error took this call; datagrams may wait behind it
                 break
             _received_ns = time.perf_counter_ns()
+            forward = self.forward
+            decisions = None
+            if forward is not None and forward.run(recv, n, _received_ns):
+                decisions = forward.inbound.decisions
             for i in range(n):
                 length = lengths[i]
                 if length < 0:
                     self.oversize += 1
                     continue
                 delivered += 1
+                if decisions is not None and decisions[i] == 0:
+                    continue  # finished in C
                 start = i * slot
                 data = mem[start : start + length]
                 start = i * name_slot
@@ -384,6 +489,7 @@ class SharedUdpPort:
         self._transports: set[VirtualTransport] = set()
         self._sock: socket.socket | None = None
         self._reader: BatchReader | None = None
+        self._forward: NativeForward | None = None
         self._batch: BatchSender | None = None
         self.address: Address = ("", 0)
         self.socket_errors = 0
@@ -472,6 +578,21 @@ class SharedUdpPort:
         self.demux.send = self._batch.add
         return True
 
+    def forward_inbound(self, sink: InferenceSink) -> bool:
+        """Run the per-batch C path (relay/media/native ``NativeInbound``) on this port from now on, its
+        AUDIO_IN to ``sink``. Only on the batched native port, and unless ``SPLITRELAY_NATIVE_BATCH=0``;
+        False otherwise (every datagram keeps the Python path). Calls attached before keep Python."""
+        reader = self._reader
+        if reader is None or reader._recv is None or self.closed or not native_batch_enabled():
+            return False
+        self._forward = reader.forward = NativeForward(native.NativeInbound(reader.batch), sink, self.demux)
+        return True
+
+    @property
+    def forwarding(self) -> NativeForward | None:
+        """The per-batch C path when it runs (its counters: ``finished``, ``batches``)."""
+        return self._forward
+
     @property
     def host(self) -> str:
         return self.address[0]
@@ -532,6 +653,9 @@ class SharedUdpPort:
 
     def _close_batched(self, sock: socket.socket) -> None:
         """Flush what the calls sent, stop reading, close the socket; the calls' transports close next."""
+        if self._reader is not None:
+            self._reader.forward = None
+        self._forward = None
         if self._batch is not None:
             self._batch.flush()
         assert self._transport is not None

@@ -27,6 +27,7 @@ from splitrelay.relay.media.impair import Impairment, ImpairStage
 from splitrelay.relay.media.peer import negotiated_streams
 from splitrelay.relay.media.rtcp import (
     MAX_REPORT_BLOCKS,
+    NativeReceptionStats,
     ReceptionStats,
     ReportBlock,
     SourceDescription,
@@ -270,9 +271,17 @@ class SrtpFastPath:
         self.max_payload = self.config.max_payload
         self._on_packet = on_packet
         self._on_bye = on_bye
+        # The per-batch C path (relay/media/native NativeInbound) when the shared port runs it: the call's
+        # slot; the owner (relay/call.py) enables it. Not with an impaired inbound leg (its stage decides).
+        inbound = getattr(link.transport, "native_inbound", None)
+        self.native_slot: native.InboundSlot | None = None
+        if inbound is not None and isinstance(self.codec, native.NativeCodec) and self.impair_in is None:
+            self.native_slot = inbound.open_slot()
+        self.on_fold: Callable[[int, int, int], object] | None = None
+        """Told (packets, bytes, sent to inference) the C path counted, when they are folded in."""
         self.outbound_streams: tuple[OutboundStream, ...] = ()
         self.update_streams(streams)
-        self._inbound: dict[int, ReceptionStats] = {}
+        self._inbound: dict[int, ReceptionStats | NativeReceptionStats] = {}
         self._sr_sent: dict[int, int] = {}
         self.closed = False
         self.packets_in = 0
@@ -335,6 +344,9 @@ class SrtpFastPath:
         self._receive_pts = frozenset(s.payload_type for s in receiving)
         self._audio_level_id = next((s.audio_level_id for s in receiving if s.audio_level_id), None)
         self._clock_rate = receiving[0].clock_rate if receiving else streams[0].clock_rate
+        slot = getattr(self, "native_slot", None)
+        if slot is not None and isinstance(self.codec, native.NativeCodec):
+            slot.configure(self.codec.rx_pointer, self._receive_pts, self._audio_level_id)
 
     # --- outbound ------------------------------------------------------------------------------
 
@@ -408,12 +420,15 @@ class SrtpFastPath:
             self.dropped += 1
             return True
         stats = self._inbound.get(packet.ssrc)
+        slot = self.native_slot
         if stats is None:
             if len(self._inbound) >= self.config.max_inbound_sources:
                 self.dropped += 1
                 return True
-            stats = self._inbound[packet.ssrc] = ReceptionStats(self._clock_rate, packet.sequence)
+            stats = self._inbound[packet.ssrc] = self._reception_stats(packet.sequence)
         stats.update(packet.sequence, packet.timestamp, arrival)
+        if slot is not None and isinstance(stats, NativeReceptionStats):
+            slot.hint(addr, packet.ssrc, stats.struct)  # the next packets of this flow may stay in C
         self.packets_in += 1
         self.bytes_in += len(packet.payload)
         try:
@@ -423,6 +438,30 @@ class SrtpFastPath:
             if self.callback_errors == 1:  # once per fast path: never a log line per packet
                 logger.exception("fast path on_packet callback failed (further failures only counted)")
         return True
+
+    def _reception_stats(self, first_sequence: int) -> ReceptionStats | NativeReceptionStats:
+        slot = self.native_slot
+        if slot is None:
+            return ReceptionStats(self._clock_rate, first_sequence)
+        struct = slot.reception_stats(self._clock_rate, first_sequence)
+        return NativeReceptionStats(struct, native.rx_update())
+
+    def fold(self) -> None:
+        """Take the counts the per-batch C path made into this fast path's (and ``on_fold``'s)."""
+        slot = self.native_slot
+        if slot is None:
+            return
+        packets, size, to_inference, malformed, callback_errors = slot.take_counts()
+        if not (packets or malformed or callback_errors):
+            return
+        self.packets_in += packets
+        self.bytes_in += size
+        self.malformed += malformed
+        if callback_errors and not self.callback_errors:
+            logger.error("fast path on_packet callback failed in the C path (further failures only counted)")
+        self.callback_errors += callback_errors
+        if self.on_fold is not None:
+            self.on_fold(packets, size, to_inference)
 
     def _srtcp_received(self, data: bytes, arrival: int, *, trial: bool = False) -> bool:
         try:
@@ -522,6 +561,7 @@ class SrtpFastPath:
     # --- state ---------------------------------------------------------------------------------
 
     def stats(self) -> FastPathStats:
+        self.fold()
         inbound = list(self._inbound.values())
         out = self.outbound_streams
         return FastPathStats(
@@ -544,7 +584,7 @@ class SrtpFastPath:
             callback_errors=self.callback_errors,
         )
 
-    def inbound_stats(self, ssrc: int) -> ReceptionStats | None:
+    def inbound_stats(self, ssrc: int) -> ReceptionStats | NativeReceptionStats | None:
         return self._inbound.get(ssrc)
 
     async def close(self) -> None:
@@ -554,6 +594,9 @@ class SrtpFastPath:
         if self.config.bye_on_close:
             self.send_rtcp(bye=True)
         self.closed = True
+        if self.native_slot is not None:
+            self.fold()
+            self.native_slot.close()
         aiortc_internals.unhook_datagrams(self._protocol, self._handler)
         if self._set_media_claim is not None:
             self._set_media_claim(None)

@@ -56,6 +56,75 @@ int sr_wire_audio(unsigned char *out, size_t capacity, int type, int flags, uint
 int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_level, size_t payload_length);
 int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *names, size_t name_slot,
                   int32_t *lengths, int32_t *name_lengths, int count);
+
+typedef struct {
+    int64_t base_seq;
+    int64_t max_seq;
+    int64_t bad_seq;
+    int64_t cycles;
+    int64_t received;
+    int64_t received_prior;
+    int64_t expected_prior;
+    int64_t last_transit;
+    int64_t clock_rate;
+    double jitter;
+} sr_rx_stats;
+
+typedef struct {
+    int32_t enabled;
+    int32_t audio_level_id;
+    uintptr_t srtp;
+    uint8_t pts[128];
+    uint64_t wire_id;
+    uint8_t peer[128];
+    int32_t peer_len;
+    int32_t has_last;
+    int32_t last_seq;
+    int64_t ext;
+    int32_t has_ts0;
+    uint32_t ts0;
+    int64_t playing_until;
+    int32_t gate_mode;
+    int32_t threshold_level;
+    int32_t use_voice_bit;
+    int32_t idle_seen;
+    int32_t sent;
+    int32_t batch_count;
+    int64_t deferred_gen;
+    int64_t packets;
+    int64_t bytes;
+    int64_t to_inference;
+    int64_t malformed;
+    int64_t callback_errors;
+} sr_call;
+
+typedef struct {
+    int32_t slot;
+    uint32_t ssrc;
+    uint8_t key[19];
+    sr_rx_stats *stats;
+} sr_flow;
+
+typedef struct {
+    sr_flow *flows;
+    uint32_t capacity;
+    uint32_t used;
+    sr_call *calls;
+    int32_t ncalls;
+    int64_t gen;
+    uintptr_t unprotect;
+} sr_table;
+
+void sr_rx_init(sr_rx_stats *s, int64_t clock_rate, int seq);
+int sr_rx_update(sr_rx_stats *s, int seq, uint32_t timestamp, int64_t arrival_ns);
+int64_t sr_unwrap(sr_call *c, int seq);
+int sr_flow_key(const unsigned char *name, size_t length, unsigned char *key);
+int sr_flow_set(sr_table *t, const unsigned char *key, uint32_t ssrc, int32_t slot, sr_rx_stats *stats);
+int sr_flow_drop_slot(sr_table *t, int32_t slot);
+int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
+                size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
+                int64_t arrival_ns, unsigned char *plain, int8_t *decisions, unsigned char *out,
+                size_t out_slot, int32_t *out_lengths, int32_t *out_slots, int fd, int32_t *sent);
 """
 
 OPTIMIZED: Final = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]

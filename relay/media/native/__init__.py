@@ -23,7 +23,9 @@ import importlib
 import logging
 import math
 import os
+import socket
 import struct
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import pylibsrtp
@@ -209,6 +211,11 @@ class NativeCodec:
         self._result = ffi.new("sr_rtp *")
         self._result_mem = ffi.buffer(self._result)
         self._ext_keep = b""
+
+    @property
+    def rx_pointer(self) -> int:
+        """The receiving session's ``srtp_t`` (for the per-batch path's call slot)."""
+        return int(self._rx_ptr)
 
     def unprotect_parse(self, data: bytes, audio_level_id: int | None, arrival_ns: int) -> RtpPacket | int:
         """An SRTP datagram to its RTP packet, or UNDECRYPTABLE / MALFORMED (as ``PythonCodec``)."""
@@ -427,6 +434,284 @@ class RecvBatch:
         return n
 
 
+# --- the per-batch inbound path -------------------------------------------------------------------
+
+GATE_PYTHON: Final = 0
+"""During playback every packet of the call goes to Python (the onset gate may change)."""
+GATE_SILENT: Final = 1
+"""During playback a silent packet changes nothing: C may finish silent packets."""
+GATE_TALKING: Final = 2
+"""During playback a speech packet changes nothing: C may finish speech packets."""
+PLAYING_ALWAYS: Final = 1 << 62
+"""``playing_until`` while frames are queued or playout is paused: playing whatever the arrival time."""
+FLOW_CAPACITY: Final = 1 << 15  # flow table slots (half may be used): 16384 (address, SSRC) flows
+CALL_CAPACITY: Final = 4096  # demux.DemuxLimits.max_calls
+WIRE_OUT_SLOT: Final = WIRE_HEADER.size + WIRE_MAX_PAYLOAD
+WIRE_AUDIO_IN: Final = 3  # fastpath.c SR_WIRE_AUDIO_IN: relay/inference/wire.py MsgType.AUDIO_IN
+_KEY_LEN: Final = 19
+
+
+def flow_key(addr: tuple[str, int]) -> bytes:
+    """The flow table's address key (fastpath.c ``sr_flow_key``) for a numeric (host, port)."""
+    host, port = addr[0], addr[1]
+    if ":" in host:
+        return b"\x06" + port.to_bytes(2, "big") + socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    return b"\x04" + port.to_bytes(2, "big") + socket.inet_pton(socket.AF_INET, host) + bytes(12)
+
+
+def raw_sockaddr(addr: tuple[str, int]) -> bytes:
+    """The ``sockaddr_in``/``sockaddr_in6`` the kernel reads for a numeric (host, port)."""
+    host, port = addr[0], addr[1]
+    if ":" in host:
+        family = struct.pack("=H", socket.AF_INET6)
+        packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+        return family + struct.pack("!HI16s", port, 0, packed) + struct.pack("=I", 0)
+    family = struct.pack("=H", socket.AF_INET)
+    return family + struct.pack("!H4s8x", port, socket.inet_pton(socket.AF_INET, host))
+
+
+class InboundSlot:
+    """One call's place in the per-batch inbound path: the C slot (``sr_call``) and its Python handles.
+
+    The call's sequence unwrapping and timestamp base live in the slot only (``extend``/``base``, the
+    Python path uses them too); counters the C path adds are taken with ``take_counts``.
+    """
+
+    __slots__ = ("_hinted", "_inbound", "_lib", "c", "detached", "index", "observe_dwell", "peer")
+
+    def __init__(self, inbound: NativeInbound, index: int) -> None:
+        self._inbound = inbound
+        self._lib = inbound.lib
+        self.index = index
+        self.c: Any = inbound.calls + index
+        self.peer: tuple[str, int] | None = None
+        self.observe_dwell: Callable[[int], object] | None = None
+        self._hinted: set[tuple[tuple[str, int], int]] = set()
+        self.detached = False
+
+    # --- what the fast path (media) writes ----------------------------------------------------
+
+    def configure(self, srtp_pointer: int, payload_types: Iterable[int], audio_level_id: int | None) -> None:
+        c = self.c
+        c.srtp = srtp_pointer
+        c.audio_level_id = -1 if audio_level_id is None else audio_level_id
+        for pt in range(128):
+            c.pts[pt] = 0
+        for pt in payload_types:
+            if 0 <= pt < 128:
+                c.pts[pt] = 1
+
+    def reception_stats(self, clock_rate: int, first_sequence: int) -> Any:
+        """A fresh ``sr_rx_stats`` (owned by the caller, which must outlive its flows)."""
+        stats = self._inbound.ffi.new("sr_rx_stats *")
+        self._lib.sr_rx_init(stats, clock_rate, first_sequence)
+        return stats
+
+    def hint(self, addr: tuple[str, int], ssrc: int, stats: Any) -> None:
+        """The Python path accepted a packet of (addr, SSRC) for this call: C may take the next ones."""
+        key = (addr[0], addr[1]), ssrc
+        if key in self._hinted or len(self._hinted) >= 64 or self.detached:
+            return
+        try:
+            raw = flow_key(addr)
+        except (OSError, ValueError):
+            return
+        if self._lib.sr_flow_set(self._inbound.table, raw, ssrc, self.index, stats) == 0:
+            self._hinted.add(key)
+
+    # --- what the call (relay/call.py) writes -------------------------------------------------
+
+    def enable(self, wire_id: int, peer: tuple[str, int]) -> None:
+        """Let C finish this call's packets, sending AUDIO_IN for ``wire_id`` to ``peer``."""
+        raw = raw_sockaddr(peer)
+        c = self.c
+        c.wire_id = wire_id
+        self._inbound.ffi.memmove(c.peer, raw, len(raw))
+        c.peer_len = len(raw)
+        self.peer = (peer[0], peer[1])
+        c.enabled = 0 if self.detached else 1
+
+    def disable(self) -> None:
+        self.c.enabled = 0
+
+    def detach(self) -> None:
+        """The call's transport closed (its flows left the demultiplexer): C takes nothing more of it."""
+        self.detached = True
+        self.c.enabled = 0
+        self._inbound.lib.sr_flow_drop_slot(self._inbound.table, self.index)
+        self._hinted.clear()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.c.enabled)
+
+    def set_gate(self, mode: int, threshold: int, use_voice_bit: bool) -> None:
+        c = self.c
+        c.gate_mode = mode
+        c.threshold_level = threshold
+        c.use_voice_bit = use_voice_bit
+
+    def set_playing_until(self, until_ns: int) -> None:
+        self.c.playing_until = until_ns
+
+    def take_idle(self) -> bool:
+        """True once after C saw a packet while nothing played (the call's playback-started flag clears)."""
+        c = self.c
+        if c.idle_seen:
+            c.idle_seen = 0
+            return True
+        return False
+
+    def take_sent(self) -> bool:
+        """True once after C sent something to inference for this call (the link's liveness sweep)."""
+        c = self.c
+        if c.sent:
+            c.sent = 0
+            return True
+        return False
+
+    def take_counts(self) -> tuple[int, int, int, int, int]:
+        """(packets, payload bytes, sent to inference, malformed, callback errors) C counted since last."""
+        c = self.c
+        counts = (c.packets, c.bytes, c.to_inference, c.malformed, c.callback_errors)
+        c.packets = c.bytes = c.to_inference = c.malformed = c.callback_errors = 0
+        return counts
+
+    # --- state shared by both paths (relay/call.py SequenceUnwrapper and the timestamp base) -----
+
+    def extend(self, seq: int) -> int:
+        return int(self._lib.sr_unwrap(self.c, seq))
+
+    def adopt(self, unwrapper: tuple[int, int] | None, ts0: int | None) -> None:
+        """Take the state the Python path left (packets handled before the slot was the call's)."""
+        c = self.c
+        if unwrapper is not None:
+            c.has_last, c.last_seq, c.ext = 1, unwrapper[0], unwrapper[1]
+        if ts0 is not None:
+            c.has_ts0, c.ts0 = 1, ts0
+
+    def base(self, timestamp: int) -> int:
+        """The call's first RTP timestamp (set from ``timestamp`` if none yet)."""
+        c = self.c
+        if not c.has_ts0:
+            c.has_ts0 = 1
+            c.ts0 = timestamp
+        return int(c.ts0)
+
+    @property
+    def ts0(self) -> int | None:
+        c = self.c
+        return int(c.ts0) if c.has_ts0 else None
+
+    def close(self) -> None:
+        """The call's fast path closed: forget its flows and give the slot back."""
+        self._inbound.release(self)
+
+
+def rx_update() -> Callable[[Any, int, int, int], int]:
+    """fastpath.c ``sr_rx_update`` (RFC 3550 statistics on an ``sr_rx_stats``)."""
+    update: Callable[[Any, int, int, int], int] = _native.lib.sr_rx_update
+    return update
+
+
+class NativeInbound:
+    """The per-batch inbound path of one shared port: the flow table, the call slots, reused buffers.
+
+    ``run`` hands fastpath.c ``sr_batch_in`` the batch ``RecvBatch`` just read; ``decisions[i]`` then says
+    which datagrams C finished (0) and which Python must route as before (1).
+    """
+
+    def __init__(self, batch: int, *, calls: int = CALL_CAPACITY, flows: int = FLOW_CAPACITY) -> None:
+        if not available():
+            raise RuntimeError(f"native fast path unavailable: {_native_reason}")
+        if flows & (flows - 1) or not 16 <= flows <= 1 << 22:
+            raise ValueError(f"flows must be a power of two 16..{1 << 22}, got {flows}")
+        if not 1 <= calls <= 1 << 20:
+            raise ValueError(f"calls must be 1..{1 << 20}, got {calls}")
+        if not 1 <= batch <= RECV_BATCH_MAX:
+            raise ValueError(f"batch must be 1..{RECV_BATCH_MAX}, got {batch}")
+        self.ffi = ffi = _native.ffi
+        self.lib = _native.lib
+        self.calls = ffi.new("sr_call[]", calls)
+        self._flows = ffi.new("sr_flow[]", flows)
+        for i in range(flows):
+            self._flows[i].slot = -1
+        self.table = ffi.new("sr_table *")
+        self.table.flows = self._flows
+        self.table.capacity = flows
+        self.table.calls = self.calls
+        self.table.ncalls = calls
+        self.table.unprotect = _srtp_functions()[1]
+        self._free = list(range(calls - 1, -1, -1))
+        self.slots: list[InboundSlot | None] = [None] * calls
+        self._plain = ffi.new("unsigned char[]", SRTP_BUFFER)
+        self._decisions = ffi.new("int8_t[]", batch)
+        self.decisions = memoryview(ffi.buffer(self._decisions)).cast("b")
+        self._out = ffi.new("unsigned char[]", batch * WIRE_OUT_SLOT)
+        self._out_mem = ffi.buffer(self._out)
+        self._out_lengths = ffi.new("int32_t[]", batch)
+        self.out_lengths = memoryview(ffi.buffer(self._out_lengths)).cast("i")
+        self._out_slots = ffi.new("int32_t[]", batch)
+        self.out_slots = memoryview(ffi.buffer(self._out_slots)).cast("i")
+        self._sent = ffi.new("int32_t[2]")
+        self.batch = batch
+
+    def open_slot(self) -> InboundSlot | None:
+        """A fresh slot for a call, or None when all are taken (the call stays on the Python path)."""
+        if not self._free:
+            return None
+        index = self._free.pop()
+        self.ffi.memmove(self.calls + index, bytes(self.ffi.sizeof("sr_call")), self.ffi.sizeof("sr_call"))
+        slot = self.slots[index] = InboundSlot(self, index)
+        return slot
+
+    def release(self, slot: InboundSlot) -> None:
+        if self.slots[slot.index] is not slot:
+            return
+        slot.c.enabled = 0
+        self.lib.sr_flow_drop_slot(self.table, slot.index)
+        slot._hinted.clear()
+        self.slots[slot.index] = None
+        self._free.append(slot.index)
+
+    @property
+    def flows(self) -> int:
+        return int(self.table.used)
+
+    def run(self, recv: RecvBatch, count: int, arrival_ns: int, fd: int) -> tuple[int, int, int]:
+        """C over the first ``count`` datagrams of ``recv``: (wire datagrams made, sent by C, finished)."""
+        if count > self.batch:
+            raise ValueError(f"batch of {count} > {self.batch}")
+        nout = self.lib.sr_batch_in(
+            self.table,
+            recv._buffers,
+            RECV_SLOT,
+            recv._names,
+            RECV_NAME_SLOT,
+            recv._lengths,
+            recv._name_lengths,
+            count,
+            arrival_ns,
+            self._plain,
+            self._decisions,
+            self._out,
+            WIRE_OUT_SLOT,
+            self._out_lengths,
+            self._out_slots,
+            fd,
+            self._sent,
+        )
+        if nout < 0:
+            raise ValueError("sr_batch_in refused its arguments")
+        return nout, int(self._sent[0]), int(self._sent[1])
+
+    def out(self, k: int) -> bytes:
+        """Wire datagram ``k`` of the last ``run``."""
+        start = k * WIRE_OUT_SLOT
+        data: bytes = self._out_mem[start : start + self.out_lengths[k]]
+        return data
+
+
 def classify(data: bytes) -> int:
     """RFC 7983 demultiplexing: KIND_SRTP, KIND_SRTCP, or KIND_OTHER (STUN, DTLS: aioice's)."""
     if available():
@@ -437,6 +722,9 @@ def classify(data: bytes) -> int:
 
 
 __all__ = [
+    "GATE_PYTHON",
+    "GATE_SILENT",
+    "GATE_TALKING",
     "HINT_DECODE",
     "HINT_SILENCE",
     "HINT_SPEECH",
@@ -444,7 +732,9 @@ __all__ = [
     "NATIVE_ENV",
     "UNDECRYPTABLE",
     "Codec",
+    "InboundSlot",
     "NativeCodec",
+    "NativeInbound",
     "PythonCodec",
     "RecvBatch",
     "available",

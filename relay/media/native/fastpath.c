@@ -290,3 +290,428 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
     return n;
 #endif
 }
+
+/* ---- The per-batch inbound path (issue 17): caller SRTP -> AUDIO_IN without Python ------------------
+ *
+ * Python keeps the decisions and writes hints: a flow table keyed by (remote address, SSRC) pointing at a
+ * call slot (sr_call) and that SSRC's reception statistics (sr_rx_stats), entered after the Python path
+ * accepted a packet of that flow. sr_batch_in finishes the datagrams of a batch recvmmsg read whose flow
+ * is known and whose call's slot says the packet needs no decision; everything else is left for Python in
+ * order (decisions[i] = SR_TO_PYTHON), and once a datagram of a call or of a source address is left for
+ * Python, every later one of that call or address in the batch is too, so per-call order holds. The state
+ * the Python path also touches (sequence unwrapping, timestamp base, RFC 3550 statistics) lives only here.
+ */
+
+#define SR_TO_C 0
+#define SR_TO_PYTHON 1
+#define SR_BATCH_MAX 256
+#define SR_FLOW_PROBE_MAX 4096
+#define SR_WIRE_AUDIO_IN 3 /* relay/inference/wire.py MsgType.AUDIO_IN (tests check) */
+#define SR_GATE_PYTHON 0      /* during playback every packet goes to Python */
+#define SR_GATE_SILENT 1      /* during playback silence changes nothing: C may finish silent packets */
+#define SR_GATE_TALKING 2     /* during playback speech changes nothing: C may finish speech packets */
+#define SR_KEY_LEN 19         /* family (1), port (2), address (16) */
+
+typedef struct {
+    int64_t base_seq;
+    int64_t max_seq;
+    int64_t bad_seq;
+    int64_t cycles;
+    int64_t received;
+    int64_t received_prior;
+    int64_t expected_prior;
+    int64_t last_transit; /* -1: none yet */
+    int64_t clock_rate;
+    double jitter;
+} sr_rx_stats;
+
+typedef struct {
+    int32_t enabled;        /* Python: the C path may finish this call's packets */
+    int32_t audio_level_id; /* -1: none negotiated */
+    uintptr_t srtp;         /* the rx srtp_t */
+    uint8_t pts[128];       /* payload types this call receives */
+    uint64_t wire_id;
+    uint8_t peer[SR_RECV_NAME_MAX]; /* inference's sockaddr */
+    int32_t peer_len;
+    int32_t has_last;       /* sequence unwrapper (relay/call.py SequenceUnwrapper) */
+    int32_t last_seq;
+    int64_t ext;
+    int32_t has_ts0;
+    uint32_t ts0;
+    int64_t playing_until;  /* arrival before this: playback is on (relay/playout.py Playout.playing) */
+    int32_t gate_mode;
+    int32_t threshold_level;
+    int32_t use_voice_bit;
+    int32_t idle_seen;      /* a packet arrived while nothing played: Python's _playback_started is False */
+    int32_t sent;           /* something went to inference (the link's liveness sweep reads and clears it) */
+    int32_t batch_count;    /* packets this call sent in the current batch */
+    int64_t deferred_gen;   /* batch in which a datagram of this call was left for Python */
+    int64_t packets;        /* counters not yet folded into Python's */
+    int64_t bytes;
+    int64_t to_inference;
+    int64_t malformed;
+    int64_t callback_errors;
+} sr_call;
+
+typedef struct {
+    int32_t slot; /* -1: empty */
+    uint32_t ssrc;
+    uint8_t key[SR_KEY_LEN];
+    sr_rx_stats *stats;
+} sr_flow;
+
+typedef struct {
+    sr_flow *flows;
+    uint32_t capacity; /* a power of two */
+    uint32_t used;
+    sr_call *calls;
+    int32_t ncalls;
+    int64_t gen;
+    uintptr_t unprotect; /* libsrtp's srtp_unprotect (pylibsrtp's copy) */
+} sr_table;
+
+static int64_t floor_div(__int128 n, int64_t d) {
+    __int128 q = n / d;
+    if ((n % d) != 0 && (n < 0)) q -= 1;
+    return (int64_t)q;
+}
+
+void sr_rx_init(sr_rx_stats *s, int64_t clock_rate, int seq) {
+    s->clock_rate = clock_rate;
+    s->jitter = 0.0;
+    s->last_transit = -1;
+    s->base_seq = seq;
+    s->max_seq = seq;
+    s->bad_seq = 65536 + 1;
+    s->cycles = 0;
+    s->received = 0;
+    s->received_prior = 0;
+    s->expected_prior = 0;
+}
+
+/* RFC 3550 A.1/A.8, exactly relay/media/rtcp.py ReceptionStats.update: 1, or 0 for a stray packet. */
+int sr_rx_update(sr_rx_stats *s, int seq, uint32_t timestamp, int64_t arrival_ns) {
+    int64_t udelta = (seq - s->max_seq) & 0xFFFF;
+    if (s->received == 0 && seq == s->base_seq) {
+        /* the first packet */
+    } else if (udelta < 3000) {
+        if (seq < s->max_seq) s->cycles += 65536;
+        s->max_seq = seq;
+    } else if (udelta <= 65536 - 100) {
+        if (seq == s->bad_seq) {
+            int64_t rate = s->clock_rate;
+            double jitter = s->jitter;
+            int64_t last = s->last_transit;
+            sr_rx_init(s, rate, seq);
+            s->jitter = jitter;
+            s->last_transit = last;
+        } else {
+            s->bad_seq = (seq + 1) & 0xFFFF;
+            return 0;
+        }
+    }
+    s->received += 1;
+    int64_t scaled = floor_div((__int128)arrival_ns * s->clock_rate, 1000000000);
+    int64_t transit = (int64_t)(((uint64_t)scaled - (uint64_t)timestamp) & 0xFFFFFFFFu);
+    int64_t last = s->last_transit;
+    s->last_transit = transit;
+    if (last >= 0) {
+        int64_t d = ((transit - last + 0x80000000LL) & 0xFFFFFFFFLL) - 0x80000000LL;
+        if (d < 0) d = -d;
+        s->jitter += ((double)d - s->jitter) / 16.0;
+    }
+    return 1;
+}
+
+/* relay/call.py SequenceUnwrapper.extend on the slot's state. */
+int64_t sr_unwrap(sr_call *c, int seq) {
+    if (!c->has_last) {
+        c->has_last = 1;
+        c->last_seq = seq;
+        return 0;
+    }
+    int64_t delta = (seq - c->last_seq) & 0xFFFF;
+    if (delta < 0x8000) {
+        c->ext += delta;
+        c->last_seq = seq;
+        return c->ext;
+    }
+    return c->ext - (0x10000 - delta);
+}
+
+/* A source address (a raw sockaddr, as recvmmsg fills it) as the flow key's first SR_KEY_LEN bytes. */
+int sr_flow_key(const unsigned char *name, size_t length, unsigned char *key) {
+    memset(key, 0, SR_KEY_LEN);
+    if (length < 2) return -1;
+    uint16_t family;
+    memcpy(&family, name, 2);
+    if (family == AF_INET && length >= 8) {
+        key[0] = 4;
+        memcpy(key + 1, name + 2, 2);
+        memcpy(key + 3, name + 4, 4);
+        return 0;
+    }
+    if (family == AF_INET6 && length >= 24) {
+        key[0] = 6;
+        memcpy(key + 1, name + 2, 2);
+        memcpy(key + 3, name + 8, 16);
+        return 0;
+    }
+    return -1;
+}
+
+static uint32_t flow_hash(const unsigned char *key, uint32_t ssrc) {
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < SR_KEY_LEN; i++) h = (h ^ key[i]) * 16777619u;
+    for (int i = 0; i < 4; i++) h = (h ^ ((ssrc >> (8 * i)) & 0xFF)) * 16777619u;
+    return h;
+}
+
+static int32_t flow_find(const sr_table *t, const unsigned char *key, uint32_t ssrc) {
+    uint32_t mask = t->capacity - 1;
+    uint32_t i = flow_hash(key, ssrc) & mask;
+    uint32_t limit = t->capacity < SR_FLOW_PROBE_MAX ? t->capacity : SR_FLOW_PROBE_MAX;
+    for (uint32_t n = 0; n < limit; n++, i = (i + 1) & mask) {
+        const sr_flow *f = &t->flows[i];
+        if (f->slot < 0) return -1;
+        if (f->ssrc == ssrc && memcmp(f->key, key, SR_KEY_LEN) == 0) return (int32_t)i;
+    }
+    return -1;
+}
+
+/* Enter or update a flow: 0, or -1 when the table is too full (the flow stays on the Python path). */
+int sr_flow_set(sr_table *t, const unsigned char *key, uint32_t ssrc, int32_t slot, sr_rx_stats *stats) {
+    if (t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0 || slot < 0 || slot >= t->ncalls)
+        return -1;
+    int32_t at = flow_find(t, key, ssrc);
+    if (at >= 0) {
+        t->flows[at].slot = slot;
+        t->flows[at].stats = stats;
+        return 0;
+    }
+    if (t->used >= t->capacity / 2) return -1;
+    uint32_t mask = t->capacity - 1;
+    uint32_t i = flow_hash(key, ssrc) & mask;
+    uint32_t limit = t->capacity < SR_FLOW_PROBE_MAX ? t->capacity : SR_FLOW_PROBE_MAX;
+    for (uint32_t n = 0; n < limit; n++, i = (i + 1) & mask) {
+        sr_flow *f = &t->flows[i];
+        if (f->slot < 0) {
+            f->slot = slot;
+            f->ssrc = ssrc;
+            memcpy(f->key, key, SR_KEY_LEN);
+            f->stats = stats;
+            t->used++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Remove every flow of `slot` (a call's fast path closed), keeping linear probing's chains whole. */
+int sr_flow_drop_slot(sr_table *t, int32_t slot) {
+    int removed = 0;
+    uint32_t mask = t->capacity - 1;
+    for (uint32_t i = 0; i < t->capacity; i++) {
+        if (t->flows[i].slot != slot) continue;
+        /* backward-shift deletion */
+        uint32_t hole = i;
+        t->flows[hole].slot = -1;
+        t->used--;
+        removed++;
+        uint32_t j = hole;
+        for (uint32_t n = 0; n < t->capacity; n++) {
+            j = (j + 1) & mask;
+            sr_flow *f = &t->flows[j];
+            if (f->slot < 0) break;
+            uint32_t home = flow_hash(f->key, f->ssrc) & mask;
+            /* may f move to the hole? only if its home is not cyclically in (hole, j] */
+            int between = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+            if (!between) {
+                t->flows[hole] = *f;
+                f->slot = -1;
+                hole = j;
+            }
+        }
+        if (t->flows[i].slot == slot) i--; /* an entry of the same slot moved into i: look again */
+    }
+    return removed;
+}
+
+typedef struct {
+    int version_ok;
+    int pt, marker, seq;
+    uint32_t ts, ssrc;
+    int level, voice; /* level -1: none */
+} sr_peek;
+
+/* The clear RTP header of an SRTP packet: what the per-packet decisions need before unprotecting.
+ * 0, or -1 when Python must look (padding, an odd header). */
+static int peek_header(const unsigned char *d, long n, int level_id, sr_peek *p) {
+    if (n < SR_RTP_HEADER) return -1;
+    int b0 = d[0];
+    if ((b0 >> 6) != 2 || (b0 & 0x20)) return -1;
+    long offset = SR_RTP_HEADER + 4L * (b0 & 0x0F);
+    p->level = -1;
+    p->voice = 0;
+    if (b0 & 0x10) {
+        if (offset + 4 > n) return -1;
+        uint32_t profile = be16(d + offset);
+        long words = be16(d + offset + 2);
+        long start = offset + 4;
+        offset = start + 4 * words;
+        if (offset > n) return -1;
+        if (level_id >= 0) {
+            int value = find_level_byte(d, start, offset, profile, level_id);
+            if (value >= 0) {
+                p->level = value & 0x7F;
+                p->voice = (value & 0x80) != 0;
+            }
+        }
+    }
+    if (offset > n) return -1;
+    p->pt = d[1] & 0x7F;
+    p->marker = (d[1] & 0x80) != 0;
+    p->seq = be16(d + 2);
+    p->ts = be32(d + 4);
+    p->ssrc = be32(d + 8);
+    return 0;
+}
+
+/* May C finish this packet as far as barge-in goes (relay/call.py _on_rtp and relay/barge_gate.py)?
+ * 2: yes, and nothing is playing (Python's _playback_started becomes False once it is authentic). */
+static int barge_allows(const sr_call *c, const sr_peek *p, int64_t arrival) {
+    if (!(arrival < c->playing_until)) return 2;
+    if (c->gate_mode == SR_GATE_PYTHON || p->level < 0) return 0;
+    int hint = sr_speech_hint(p->level, p->voice, c->use_voice_bit, c->threshold_level, SR_DTX_MAX_BYTES + 1);
+    if (c->gate_mode == SR_GATE_SILENT) return hint == SR_HINT_SILENCE;
+    if (c->gate_mode == SR_GATE_TALKING) return hint == SR_HINT_SPEECH;
+    return 0;
+}
+
+static int key_deferred(const unsigned char (*keys)[SR_KEY_LEN], int nkeys, const unsigned char *key) {
+    for (int k = 0; k < nkeys; k++)
+        if (memcmp(keys[k], key, SR_KEY_LEN) == 0) return 1;
+    return 0;
+}
+
+/* The batch recvmmsg left in (buffers, lengths, names): see the section comment. Wire datagrams for
+ * inference go to out + k * out_slot (out_lengths[k], out_slots[k] the call slot, out_index[k] the
+ * datagram), k < the return value; when fd >= 0 they leave in one sendmmsg from here and sent[0] says how
+ * many the kernel took (the rest, from sent[0] on, Python sends in order); sent[1] is how many datagrams
+ * C finished (decisions[i] == SR_TO_C). -1: bad arguments. */
+int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
+                size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
+                int64_t arrival_ns, unsigned char *plain, int8_t *decisions, unsigned char *out,
+                size_t out_slot, int32_t *out_lengths, int32_t *out_slots, int fd, int32_t *sent) {
+    sent[0] = sent[1] = 0;
+    if (count < 0 || count > SR_BATCH_MAX || out_slot < SR_WIRE_HEADER + SR_WIRE_MAX_PAYLOAD
+        || slot_size > SR_RECV_SLOT_MAX || name_slot > SR_RECV_NAME_MAX || t->capacity == 0
+        || t->unprotect == 0)
+        return -1;
+    int64_t gen = ++t->gen;
+    unsigned char deferred[SR_BATCH_MAX][SR_KEY_LEN];
+    int ndeferred = 0;
+    int nout = 0;
+    for (int i = 0; i < count; i++) {
+        decisions[i] = SR_TO_PYTHON;
+        int32_t length = lengths[i];
+        if (length < 0) continue; /* cut by the kernel: the reader counts it */
+        const unsigned char *d = buffers + (size_t)i * slot_size;
+        unsigned char key[SR_KEY_LEN];
+        int32_t name_length = name_lengths[i];
+        if (name_length < 0 || (size_t)name_length > name_slot
+            || sr_flow_key(names + (size_t)i * name_slot, (size_t)name_length, key) < 0)
+            continue;
+        int to_python = 1;
+        sr_call *c = NULL;
+        do {
+            if (sr_classify(d, (size_t)length) != SR_KIND_SRTP || length > SR_SRTP_BUFFER) break;
+            if (key_deferred((const unsigned char (*)[SR_KEY_LEN])deferred, ndeferred, key)) break;
+            if (length < SR_RTP_HEADER) break;
+            int32_t at = flow_find(t, key, be32(d + 8));
+            if (at < 0) break;
+            sr_flow *f = &t->flows[at];
+            if (f->slot < 0 || f->slot >= t->ncalls) break;
+            c = &t->calls[f->slot];
+            if (!c->enabled || c->deferred_gen == gen || f->stats == NULL || c->srtp == 0) break;
+            sr_peek p;
+            if (peek_header(d, length, c->audio_level_id, &p) < 0) break;
+            if (!c->pts[p.pt]) break;
+            int barge = barge_allows(c, &p, arrival_ns);
+            if (!barge) break;
+            memcpy(plain, d, (size_t)length);
+            int n = length;
+            if (((sr_srtp_fn)t->unprotect)((void *)c->srtp, plain, &n) != 0 || n < 0 || n > length) break;
+            /* authentic: from here the packet is finished here, whatever it holds */
+            to_python = 0;
+            sr_rtp r;
+            if (sr_parse_rtp(plain, (size_t)n, c->audio_level_id, &r) != SR_OK) {
+                c->malformed++;
+                break;
+            }
+            sr_rx_update(f->stats, r.sequence, r.timestamp, arrival_ns);
+            c->packets++;
+            c->bytes += r.payload_length;
+            if (!c->has_ts0) {
+                c->has_ts0 = 1;
+                c->ts0 = r.timestamp;
+            }
+            int flags = sr_audio_in_flags(r.marker, r.audio_level, r.voice && r.audio_level >= 0);
+            uint32_t ts = r.timestamp - c->ts0;
+            uint32_t seq = (uint32_t)sr_unwrap(c, r.sequence);
+            c->sent = 1;
+            int w = sr_wire_audio(out + (size_t)nout * out_slot, out_slot, SR_WIRE_AUDIO_IN, flags, c->wire_id,
+                                  seq, ts, plain + r.payload_offset, (size_t)r.payload_length);
+            if (w < 0) {
+                c->callback_errors++; /* as the Python path: encode_audio raised in the call's callback */
+                break;
+            }
+            if (barge == 2) { /* after the send, as _on_rtp: nothing plays, the next playback starts afresh */
+                c->idle_seen = 1;
+                c->gate_mode = SR_GATE_PYTHON;
+            }
+            out_lengths[nout] = w;
+            out_slots[nout] = f->slot;
+            nout++;
+            c->to_inference++;
+            c->batch_count++;
+        } while (0);
+        if (to_python) {
+            if (c != NULL) c->deferred_gen = gen;
+            if (ndeferred < SR_BATCH_MAX) memcpy(deferred[ndeferred++], key, SR_KEY_LEN);
+        } else {
+            decisions[i] = SR_TO_C;
+            sent[1]++;
+        }
+    }
+#ifdef __linux__
+    if (fd >= 0 && nout > 0) {
+        struct mmsghdr msgs[SR_BATCH_MAX];
+        struct iovec iov[SR_BATCH_MAX];
+        for (int k = 0; k < nout; k++) {
+            sr_call *c = &t->calls[out_slots[k]];
+            iov[k].iov_base = out + (size_t)k * out_slot;
+            iov[k].iov_len = (size_t)out_lengths[k];
+            memset(&msgs[k], 0, sizeof msgs[k]);
+            msgs[k].msg_hdr.msg_iov = &iov[k];
+            msgs[k].msg_hdr.msg_iovlen = 1;
+            msgs[k].msg_hdr.msg_name = c->peer;
+            msgs[k].msg_hdr.msg_namelen = (socklen_t)c->peer_len;
+        }
+        int start = 0;
+        for (int round = 0; round < nout && start < nout; round++) {
+            int m = sendmmsg(fd, msgs + start, (unsigned int)(nout - start), MSG_DONTWAIT);
+            if (m > 0) {
+                start += m;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
+            start += 1; /* refused (EMSGSIZE, say): skip it, send the others, as SendBatch does */
+        }
+        sent[0] = start;
+    }
+#else
+    (void)fd;
+#endif
+    return nout;
+}
