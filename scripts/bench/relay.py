@@ -13,9 +13,11 @@ For each N the benchmark runs two phases back to back on the same cores:
 3. A/B: the relay again, the same load, once per ``--ab`` variant: ``port-per-call`` (one UDP socket per
    call, the path before issue 17's shared port), ``python`` (``SPLITRELAY_NATIVE=0``: the pure-Python
    per-datagram path, relay/media/native), ``unbatched`` (the shared port without batched receive and
-   send). Phase 1 runs the relay as it is deployed: every call on one UDP port (``relay serve
-   --media-port``), the native path when it is built (``--port-per-call`` runs one port per call instead).
-   Every relay phase is reported against the same baseline, so the CPU multiples compare directly.
+   send), ``per-datagram`` (``SPLITRELAY_NATIVE_BATCH=0``: the native per-datagram path, before the
+   per-batch C path of relay/media/native ``NativeInbound``). Phase 1 runs the relay as it is deployed:
+   every call on one UDP port (``relay serve --media-port``), the native per-batch path when it is built
+   (``--port-per-call`` runs one port per call instead). Every relay phase is reported against the same
+   baseline, so the CPU multiples compare directly.
 
 It reports, over a steady-state window after a warm-up: the subject's CPU (from /proc), loss, the round
 trip seen by the load generator, the relay's in-relay dwell (from its /metrics histograms), the
@@ -67,7 +69,7 @@ from splitrelay.bench.support import (
 from splitrelay.inference.wire_auth import WIRE_KEY_ENV, generate_text
 from splitrelay.relay.child import cli_command
 from splitrelay.relay.media import native
-from splitrelay.relay.media.shared_port import BATCH_ENV
+from splitrelay.relay.media.shared_port import BATCH_ENV, NATIVE_BATCH_ENV
 
 SIGNING_KEY_ENV = "SPLITRELAY_RELAY_SIGNING_KEY"
 FLOOR_CALLS = 500
@@ -81,7 +83,7 @@ NOISE_LIMIT = 10.0  # % of the subject's core used by anything but the subject a
 DATAGRAMS_PER_FRAME = 4
 START_DELAY_S = 1.0
 MAX_CALLS = 5000
-AB_CHOICES = ("port-per-call", "python", "unbatched")
+AB_CHOICES = ("port-per-call", "python", "unbatched", "per-datagram")
 """A/B variants: see the module docstring and ``VARIANTS``."""
 DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
 SYSCALLS = {
@@ -106,7 +108,9 @@ def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
     """Phase 1's relay and the A/B variants ``config.ab`` asks for, in that order."""
     shared = not config.port_per_call
     ports = "shared port" if shared else "port per call"
-    main = Variant("default", f"{ports}, {'native' if native.available() else 'python'}", shared)
+    path = "native" if native.available() else "python"
+    path += " per batch" if native.available() and shared else ""
+    main = Variant("default", f"{ports}, {path}", shared)
     table = {
         "port-per-call": Variant("port-per-call", "port per call (before the shared port)", False),
         "python": Variant(
@@ -114,6 +118,12 @@ def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
         ),
         "unbatched": Variant(
             "unbatched", f"shared port, unbatched ({BATCH_ENV}=0)", True, ((BATCH_ENV, "0"),)
+        ),
+        "per-datagram": Variant(
+            "per-datagram",
+            f"shared port, native per datagram ({NATIVE_BATCH_ENV}=0)",
+            True,
+            ((NATIVE_BATCH_ENV, "0"),),
         ),
     }
     return main, [table[name] for name in config.ab]
@@ -145,8 +155,8 @@ class RelayBenchConfig:
             raise ValueError(f"ab: each variant once, got {','.join(self.ab)}")
         if self.port_per_call and "port-per-call" in self.ab:
             raise ValueError("ab: port-per-call is already phase 1 with --port-per-call")
-        if self.port_per_call and "unbatched" in self.ab:
-            raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
+        if self.port_per_call and ("unbatched" in self.ab or "per-datagram" in self.ab):
+            raise ValueError("ab: unbatched and per-datagram compare on the shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:
             raise ValueError(f"calls: give 1..10 values, got {len(self.calls)}")
         for n in self.calls:

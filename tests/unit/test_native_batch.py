@@ -1,0 +1,484 @@
+"""The per-batch C path (relay/media/native ``NativeInbound``, fastpath.c ``sr_batch_in``) against the
+per-datagram path it short-cuts: the same datagrams through a real batched shared port, once with C and
+once without, must give the same AUDIO_IN bytes per call in the same order, the same fast-path counters,
+RTCP reception reports, call counters and demultiplexer counts.
+
+Traffic: several calls on their own remote addresses (two calls from one address, told apart by SSRC, at
+the ``NativeInbound`` level below), valid packets with RFC 6464 levels, then forged, replayed, truncated,
+reordered, padded (and badly padded), new-SSRC, wrong-PT, empty-payload and large datagrams, loss and
+sequence jumps, STUN and DTLS from known addresses, and datagrams from an unknown one. Each batch is read
+by hand on a fake clock, so both runs see the same batches at the same arrival times. Barge-in: the gate
+modes decide which packets C may finish during playback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from splitrelay.inference import wire
+from splitrelay.relay.call import SequenceUnwrapper
+from splitrelay.relay.media import native
+from splitrelay.relay.media import shared_port as shared_port_module
+from splitrelay.relay.media.aiortc_internals import SrtpLink
+from splitrelay.relay.media.rtp import RtpPacket, audio_level_element, build_rtp, one_byte_extensions
+from splitrelay.relay.media.sdp import StreamParams
+from splitrelay.relay.media.shared_port import SharedUdpPort
+from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from tests.native_traffic import sessions
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="native path not built")
+
+PT = 111
+LEVEL_ID = 1
+INFERENCE = ("127.0.0.1", 9)  # never sent to: the sink records
+BATCH_NS = 20_000_000
+
+
+class Clock:
+    """``time`` for shared_port: perf_counter_ns is the current batch's arrival time."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000_000_000
+
+    def perf_counter_ns(self) -> int:
+        return self.now
+
+
+@dataclass
+class Log:
+    """What left for inference, in order, and what reached the calls' ICE protocols."""
+
+    wire: list[bytes] = field(default_factory=list)
+    other: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def per_call(self) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {}
+        for data in self.wire:
+            out.setdefault(int.from_bytes(data[4:12], "big"), []).append(data)
+        return out
+
+
+class Sink:
+    """The inference socket as the C path sees it: every datagram through ``native_send``, in order."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.sent = 0
+
+    def native_fd(self) -> int:
+        return -1
+
+    def native_send(self, data: bytes, peer: tuple[str, int]) -> None:
+        assert peer == INFERENCE
+        self.log.wire.append(data)
+
+    def native_sent(self, count: int) -> None:
+        self.sent += count
+
+
+class IceProtocol(asyncio.DatagramProtocol):
+    def __init__(self, name: str, log: Log) -> None:
+        self.name = name
+        self.log = log
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.log.other.append((self.name, data))
+
+
+class MiniCall:
+    """relay/call.py ``Call._on_rtp``'s inbound half (counters, timestamp base, unwrapping, flags, framing),
+    with the same use of the C slot; the link records instead of sending."""
+
+    def __init__(self, wire_id: int, log: Log) -> None:
+        self.wire_id = wire_id
+        self.log = log
+        self.packets_in = self.bytes_in = self.to_inference = 0
+        self.seq: SequenceUnwrapper | native.InboundSlot = SequenceUnwrapper()
+        self.ts0: int | None = None
+        self.slot: native.InboundSlot | None = None
+        self.callback_errors = 0
+
+    def attach(self, fp: SrtpFastPath) -> None:
+        slot = fp.native_slot
+        if slot is None:
+            return
+        self.slot = self.seq = slot
+        fp.on_fold = self.fold
+        slot.set_playing_until(0)
+        slot.set_gate(native.GATE_PYTHON, 40, False)
+        slot.enable(self.wire_id, INFERENCE)
+
+    def fold(self, packets: int, size: int, to_inference: int) -> None:
+        self.packets_in += packets
+        self.bytes_in += size
+        self.to_inference += to_inference
+
+    def on_rtp(self, pkt: RtpPacket) -> None:
+        self.packets_in += 1
+        self.bytes_in += len(pkt.payload)
+        if self.slot is not None:
+            ts0 = self.slot.base(pkt.timestamp)
+            self.slot.take_idle()
+        else:
+            if self.ts0 is None:
+                self.ts0 = pkt.timestamp
+            ts0 = self.ts0
+        level = pkt.audio_level
+        flags = wire.audio_in_flags(marker=pkt.marker, level=level, voice=pkt.voice and level is not None)
+        seq = self.seq.extend(pkt.sequence) & 0xFFFFFFFF
+        data = wire.encode_audio(
+            wire.MsgType.AUDIO_IN, self.wire_id, seq, (pkt.timestamp - ts0) & wire.U32, pkt.payload, flags
+        )
+        self.log.wire.append(data)
+        self.to_inference += 1
+
+
+@dataclass
+class Flow:
+    """One caller stream: an SRTP sender for one call, from one source socket."""
+
+    call: int
+    ssrc: int
+    sock: socket.socket
+    tx: Any
+    seq: int
+    ts: int
+    sent: list[bytes] = field(default_factory=list)
+
+    def packet(self, payload: bytes, level: int | None = 30, *, pt: int = PT, marker: bool = False) -> bytes:
+        ext = (
+            one_byte_extensions([(LEVEL_ID, audio_level_element(level, False))]) if level is not None else b""
+        )
+        plain = build_rtp(pt, self.seq, self.ts, self.ssrc, payload, marker=marker, extension=ext)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.ts = (self.ts + 960) & 0xFFFFFFFF
+        data: bytes = self.tx.protect(plain)
+        self.sent.append(data)
+        return data
+
+    def padded(self, payload: bytes, count: int = 3) -> bytes:
+        plain = bytearray(build_rtp(PT, self.seq, self.ts, self.ssrc, payload + bytes((0, 0, count))))
+        plain[0] |= 0x20
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.ts = (self.ts + 960) & 0xFFFFFFFF
+        data: bytes = self.tx.protect(bytes(plain))
+        return data
+
+
+KEYS = [bytes([k]) * 30 for k in range(1, 6)]
+
+
+def traffic(
+    seed: int, flows: list[Flow], stranger: socket.socket
+) -> Iterator[list[tuple[socket.socket, bytes]]]:
+    """Batches (at most 32 datagrams) of what the callers send, the same for a given seed."""
+    rng = random.Random(seed)
+    batch: list[tuple[socket.socket, bytes]] = []
+    for step in range(400):
+        flow = rng.choice(flows)
+        roll = rng.random()
+        payload = rng.randbytes(rng.choice((1, 2, 3, 40, 80, 160)))
+        if roll < 0.70:
+            level = rng.choice((10, 30, 60, 127, None))
+            data = flow.packet(payload, level, marker=rng.random() < 0.05)
+        elif roll < 0.74:
+            data = rng.choice(flow.sent) if flow.sent else flow.packet(payload)  # replayed
+        elif roll < 0.77:
+            data = flow.packet(payload)[: rng.randint(0, 20)]  # truncated
+        elif roll < 0.80:
+            data = bytes((0x80 | rng.randrange(64),)) + rng.randbytes(rng.randint(11, 60))  # forged
+        elif roll < 0.83:
+            data = flow.packet(payload, pt=PT + 1)  # a payload type not negotiated
+        elif roll < 0.86:
+            flow.seq = (flow.seq + rng.choice((2, 5, 4000, 30000))) & 0xFFFF  # loss, a jump
+            data = flow.packet(payload)
+        elif roll < 0.88:
+            first = flow.packet(payload)
+            second = flow.packet(payload)
+            batch.append((flow.sock, second))  # reordered
+            data = first
+        elif roll < 0.90:
+            data = flow.padded(payload, rng.choice((3, 3, 0)))  # 0: malformed padding
+        elif roll < 0.91:
+            data = flow.packet(b"")  # an empty payload: AUDIO_IN refuses it (the call's callback raises)
+        elif roll < 0.92:
+            data = flow.packet(rng.randbytes(1300))  # near the SRTP buffer
+        elif roll < 0.94:
+            data = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + rng.randbytes(12)  # STUN-ish: the call's ICE
+        elif roll < 0.96:
+            data = bytes((22, 254, 253)) + rng.randbytes(20)  # DTLS
+        elif roll < 0.98:
+            batch.append((stranger, flow.packet(payload)))  # an unknown address
+            continue
+        else:
+            old, flow.ssrc = flow.ssrc, rng.randrange(1, 1 << 32)  # the caller restarted its stream
+            data = flow.packet(payload)
+            if rng.random() < 0.5:
+                flow.ssrc = old
+        batch.append((flow.sock, data))
+        if len(batch) >= rng.randint(1, 31) or step == 399:
+            yield batch
+            batch = []
+
+
+@asynccontextmanager
+async def relay_side(
+    batch: bool, log: Log, clock: Clock, calls: int
+) -> AsyncIterator[tuple[SharedUdpPort, list[SrtpFastPath], list[MiniCall], list[Any]]]:
+    port = await SharedUdpPort.open("127.0.0.1", 0, batched=True)
+    loop = asyncio.get_running_loop()
+    assert port._sock is not None
+    loop.remove_reader(port._sock.fileno())  # read by hand, one batch at a time
+    if batch:
+        assert port.forward_inbound(Sink(log))
+    fps, minis, protocols = [], [], []
+    for index in range(calls):
+        protocol = IceProtocol(f"call{index}", log)
+        ufrag = port.mint_ufrag(f"c{index}")
+        transport = port.attach(ufrag, "pw" * 12, protocol, "127.0.0.1")
+        rx, tx = sessions(KEYS[index])
+        mini = MiniCall(0x1000 + index, log)
+        stream = StreamParams("0", PT, 48000, 1, 0x5000 + index, "relay", (), LEVEL_ID, None, True, True)
+        link = SrtpLink(protocol, transport, ("127.0.0.1", 1), rx, tx, None)
+        fp = SrtpFastPath(link, [stream], mini.on_rtp, FastPathConfig(bye_on_close=False, rtcp_interval=60))
+        mini.attach(fp)
+        fps.append(fp)
+        minis.append(mini)
+        protocols.append(port.demux._calls[ufrag])
+    try:
+        yield port, fps, minis, protocols
+    finally:
+        for fp in fps:
+            await fp.close()
+        await port.close()
+
+
+async def run(batch: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    log, clock = Log(), Clock()
+    monkeypatch.setattr(shared_port_module, "time", clock)
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    try:
+        async with relay_side(batch, log, clock, 4) as (port, fps, minis, demux_calls):
+            for call, sock in zip(demux_calls, sockets, strict=False):
+                port.demux._learn(call, sock.getsockname())  # as an authenticated STUN check would
+            flows = [Flow(i, 0x100 + i, sockets[i], sessions(KEYS[i])[1], 1000 * i, 7 * i) for i in range(4)]
+            assert port._reader is not None
+            for chunk in traffic(seed, flows, sockets[4]):
+                clock.now += BATCH_NS
+                for sock, data in chunk:
+                    sock.sendto(data, port.address)
+                port._reader.drain()
+            stats = port.demux.stats()
+            out = {
+                "wire": log.per_call(),
+                "other": log.other,
+                "fast_paths": [fp.stats() for fp in fps],
+                "calls": [(m.packets_in, m.bytes_in, m.to_inference) for m in minis],
+                "reports": [
+                    sorted(s.report_block(ssrc, clock.now) for ssrc, s in fp._inbound.items()) for fp in fps
+                ],
+                "demux": (stats.datagrams_in, stats.routed_by_flow, stats.unknown, stats.malformed),
+                "finished": port.forwarding.finished if port.forwarding else 0,
+            }
+    finally:
+        for sock in sockets:
+            sock.close()
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_the_batch_path_gives_what_the_per_datagram_path_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = await run(False, seed, monkeypatch)
+    batched = await run(True, seed, monkeypatch)
+    assert batched["finished"] > 100, "C finished too few datagrams to compare anything"
+    assert reference["finished"] == 0
+    for key in ("wire", "other", "fast_paths", "calls", "reports", "demux"):
+        assert batched[key] == reference[key], key
+
+
+# --- NativeInbound alone: two calls behind one address, the barge-in gate, order ------------------------
+
+
+class Bench:
+    """One NativeInbound over a socket, two calls whose callers share one source address."""
+
+    def __init__(self) -> None:
+        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.bind(("127.0.0.1", 0))
+        self.rx.setblocking(False)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx.bind(("127.0.0.1", 0))
+        self.recv = native.RecvBatch(self.rx.fileno(), 32)
+        self.inbound = native.NativeInbound(32, calls=4, flows=64)
+        self.keep: list[Any] = []
+        self.slots = []
+        self.senders = []
+        for index in range(2):
+            rx, tx = sessions(KEYS[index])
+            codec = native.codec(rx, tx)
+            assert isinstance(codec, native.NativeCodec)
+            slot = self.inbound.open_slot()
+            assert slot is not None
+            slot.configure(codec.rx_pointer, [PT], LEVEL_ID)
+            stats = slot.reception_stats(48000, 0)
+            slot.hint(self.tx.getsockname(), 0x700 + index, stats)
+            slot.enable(0xA0 + index, INFERENCE)
+            slot.set_playing_until(0)
+            self.keep += [rx, tx, codec, stats]
+            self.slots.append(slot)
+            self.senders.append(Flow(index, 0x700 + index, self.tx, tx, 0, 0))
+
+    def run(self, datagrams: list[bytes], arrival: int = 10**12) -> tuple[list[int], list[bytes]]:
+        for data in datagrams:
+            self.tx.sendto(data, self.rx.getsockname())
+        n = self.recv.receive()
+        assert n == len(datagrams)
+        nout, sent, finished = self.inbound.run(self.recv, n, arrival, -1)
+        assert sent == 0 and finished == sum(1 for d in self.inbound.decisions[:n] if d == 0)
+        return list(self.inbound.decisions[:n]), [self.inbound.out(k) for k in range(nout)]
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.close()
+        self.rx.close()
+        self.tx.close()
+
+
+@pytest.fixture
+def bench() -> Iterator[Bench]:
+    b = Bench()
+    yield b
+    b.close()
+
+
+def call_of(data: bytes) -> int:
+    return int.from_bytes(data[4:12], "big")
+
+
+def test_two_calls_behind_one_address_are_told_apart_by_ssrc(bench: Bench) -> None:
+    a, b = bench.senders
+    decisions, out = bench.run([a.packet(b"a1"), b.packet(b"b1"), a.packet(b"a2"), b.packet(b"b2")])
+    assert decisions == [0, 0, 0, 0]
+    assert [call_of(d) for d in out] == [0xA0, 0xA1, 0xA0, 0xA1]
+    assert [d[20:] for d in out] == [b"a1", b"b1", b"a2", b"b2"]
+    assert bench.inbound.flows == 2
+
+
+def test_once_a_datagram_of_an_address_goes_to_python_the_rest_of_the_batch_does(bench: Bench) -> None:
+    a, b = bench.senders
+    forged = bytes((0x80, PT)) + b"\x00" * 6 + (0x700).to_bytes(4, "big") + b"x" * 30
+    unknown_ssrc = Flow(0, 0x999, bench.tx, a.tx, 50, 0).packet(b"n")
+    decisions, out = bench.run([a.packet(b"a1"), forged, b.packet(b"b1"), a.packet(b"a2")])
+    assert decisions == [0, 1, 1, 1]  # same address: call b's packet waits behind the forged one too
+    assert [d[20:] for d in out] == [b"a1"]
+    decisions, _ = bench.run([unknown_ssrc, a.packet(b"a3")])
+    assert decisions == [1, 1]
+
+
+def test_wrong_payload_type_padding_and_disabled_calls_go_to_python(bench: Bench) -> None:
+    a, b = bench.senders
+    bench.slots[1].disable()
+    decisions, _ = bench.run([a.packet(b"p", pt=PT + 1)])
+    assert decisions == [1]
+    decisions, _ = bench.run([a.padded(b"p")])
+    assert decisions == [1]
+    decisions, out = bench.run([b.packet(b"b")])
+    assert decisions == [1] and out == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "level", "finished"),
+    [
+        (native.GATE_PYTHON, 80, False),
+        (native.GATE_PYTHON, 10, False),
+        (native.GATE_SILENT, 80, True),  # silence by level: the gate stays as it is
+        (native.GATE_SILENT, 10, False),  # speech: could raise a barge-in, Python decides
+        (native.GATE_TALKING, 10, True),
+        (native.GATE_TALKING, 80, False),
+        (native.GATE_SILENT, None, False),  # no level: only a decode can tell
+    ],
+)
+def test_during_playback_only_packets_that_leave_the_gate_as_it_is_stay_in_c(
+    bench: Bench, mode: int, level: int | None, finished: bool
+) -> None:
+    a, _ = bench.senders
+    slot = bench.slots[0]
+    slot.set_gate(mode, native.threshold_level(-40.0), False)
+    slot.set_playing_until(native.PLAYING_ALWAYS)
+    decisions, _ = bench.run([a.packet(b"x", level)])
+    assert decisions == [0 if finished else 1]
+    assert not slot.take_idle()
+    slot.set_playing_until(10**12)  # playback ended before this arrival: C takes it, and says so
+    decisions, _ = bench.run([a.packet(b"y", level)], arrival=10**12)
+    assert decisions == [0]
+    assert slot.take_idle() and bench.slots[0].c.gate_mode == native.GATE_PYTHON
+
+
+def test_the_wire_type_is_audio_in() -> None:
+    assert native.WIRE_AUDIO_IN == int(wire.MsgType.AUDIO_IN)
+    assert native.WIRE_OUT_SLOT == wire.HEADER_SIZE + wire.MAX_PAYLOAD
+
+
+def test_closing_a_slot_forgets_its_flows_and_keeps_the_others(bench: Bench) -> None:
+    a, b = bench.senders
+    bench.slots[0].close()
+    assert bench.inbound.flows == 1
+    decisions, out = bench.run([a.packet(b"a"), b.packet(b"b")])
+    assert decisions == [1, 1]  # a: unknown flow now; b: same address as a, after it
+    decisions, out = bench.run([b.packet(b"b2")])
+    assert decisions == [0] and call_of(out[0]) == 0xA1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reception_statistics_in_c_are_the_reference_s(seed: int) -> None:
+    """RFC 3550 A.1/A.3/A.8 in C (``NativeReceptionStats``) against ``ReceptionStats``, report by report."""
+    from splitrelay.relay.media.rtcp import NativeReceptionStats, ReceptionStats
+
+    rng = random.Random(seed)
+    inbound = native.NativeInbound(1, calls=1, flows=16)
+    slot = inbound.open_slot()
+    assert slot is not None
+    first = rng.randrange(65536)
+    reference = ReceptionStats(48000, first)
+    ours = NativeReceptionStats(slot.reception_stats(48000, first), native.rx_update())
+    seq, ts, now = first, rng.randrange(1 << 32), rng.randrange(1 << 50)
+    for step in range(3000):
+        roll = rng.random()
+        seq = (seq + (1 if roll < 0.8 else rng.choice((0, -1, -5, 2, 50, 3000, 40000, 65000)))) & 0xFFFF
+        ts = (ts + 960 + rng.randint(-200, 200)) & 0xFFFFFFFF
+        now += rng.randint(0, 40_000_000)
+        assert ours.update(seq, ts, now) == reference.update(seq, ts, now)
+        if step % 97 == 0:
+            assert ours.report_block(1, now) == reference.report_block(1, now)
+            assert ours.jitter == reference.jitter and ours.last_transit == reference.last_transit
+    assert (ours.lost, ours.expected, ours.received, ours.jitter_ms) == (
+        reference.lost,
+        reference.expected,
+        reference.received,
+        reference.jitter_ms,
+    )
+
+
+def test_sequence_unwrapping_in_the_slot_is_the_calls() -> None:
+    rng = random.Random(5)
+    inbound = native.NativeInbound(1, calls=1, flows=16)
+    slot = inbound.open_slot()
+    assert slot is not None
+    reference = SequenceUnwrapper()
+    seq = rng.randrange(65536)
+    for _ in range(5000):
+        seq = (seq + rng.choice((1, 1, 1, 2, -1, -3, 700, 30000, 40000))) & 0xFFFF
+        assert slot.extend(seq) == reference.extend(seq)
+    assert slot.base(123) == 123 and slot.base(456) == 123 and slot.ts0 == 123
