@@ -155,8 +155,10 @@ class RelayBenchConfig:
             raise ValueError(f"ab: each variant once, got {','.join(self.ab)}")
         if self.port_per_call and "port-per-call" in self.ab:
             raise ValueError("ab: port-per-call is already phase 1 with --port-per-call")
-        if self.port_per_call and ("unbatched" in self.ab or "per-datagram" in self.ab):
-            raise ValueError("ab: unbatched and per-datagram compare on the shared port, not --port-per-call")
+        if self.port_per_call and "unbatched" in self.ab:
+            raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
+        if self.port_per_call and "per-datagram" in self.ab:
+            raise ValueError("ab: per-datagram compares against the batched shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:
             raise ValueError(f"calls: give 1..10 values, got {len(self.calls)}")
         for n in self.calls:
