@@ -121,6 +121,7 @@ int64_t sr_unwrap(sr_call *c, int seq);
 int sr_flow_key(const unsigned char *name, size_t length, unsigned char *key);
 int sr_flow_set(sr_table *t, const unsigned char *key, uint32_t ssrc, int32_t slot, sr_rx_stats *stats);
 int sr_flow_drop_slot(sr_table *t, int32_t slot);
+int32_t sr_flow_slot(const sr_table *t, const unsigned char *key, uint32_t ssrc);
 int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
                 size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
                 int64_t arrival_ns, unsigned char *plain, int8_t *decisions, unsigned char *out,

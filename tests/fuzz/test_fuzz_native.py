@@ -7,6 +7,12 @@ in four) a differential round through fresh SRTP sessions: protect, unprotect an
 replayed datagrams (tests/native_traffic.py). The oracle: the same packet or the same refusal from both,
 and no other exception. Each input is self-contained (its own sessions), so an index replays exactly.
 
+A second target drives the per-batch C path (fastpath.c ``sr_batch_in``: two calls behind one address, a
+batch of valid, padded, truncated, mutated and raw datagrams, a drawn barge-in gate and playback state)
+against the reference: every datagram C finished must unprotect, parse and frame to the same AUDIO_IN
+bytes through the Python codec on a twin session of the same key, with the call's unwrapping and
+timestamp base, in the same order, and the same reception statistics at the end.
+
 Long run: ``SPLITRELAY_FUZZ_EXAMPLES=1000000 pytest tests/fuzz/test_fuzz_native.py`` (docs/benchmarks.md,
 "Fuzz tier"); its C side under the sanitizers is tests/unit/test_native_sanitizers.py.
 """
@@ -18,10 +24,22 @@ import os
 
 import pytest
 
+from splitrelay.inference import wire
+from splitrelay.relay.call import SequenceUnwrapper
 from splitrelay.relay.media import native
+from splitrelay.relay.media.rtcp import NativeReceptionStats, ReceptionStats
 from splitrelay.relay.media.rtp import RtpPacket
 from tests.fuzz.engine import Source, chance, choice, run_target
-from tests.native_traffic import Differential, browser_packet, built_packet, check_parse, mutate, one_round
+from tests.native_traffic import (
+    Differential,
+    browser_packet,
+    built_packet,
+    check_parse,
+    mutate,
+    one_round,
+    sessions,
+)
+from tests.unit.test_native_batch import KEYS, LEVEL_ID, PT, Bench
 
 pytestmark = pytest.mark.fuzz
 
@@ -74,3 +92,91 @@ def test_the_oracle_catches_a_parser_that_differs(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(native, "parse_rtp", wrong)
     with asyncio.Runner() as runner, pytest.raises(AssertionError, match="parse: native"):
         run_target("native-injected", runner, one_input, examples=300)
+
+
+def batch_input(source: Source) -> None:
+    """One per-batch input (see the module docstring); raises AssertionError when C and the reference
+    part."""
+    bench = Bench()
+    try:
+        twins = [native.PythonCodec(sessions(KEYS[i])[0], None) for i in range(2)]
+        unwrap = [SequenceUnwrapper() for _ in range(2)]
+        ts0: list[int | None] = [None, None]
+        stats: list[ReceptionStats | None] = [None, None]
+        for slot in bench.slots:
+            slot.set_gate(source.integer(0, 2), source.integer(0, 127), chance(source, 2))
+            slot.set_playing_until(choice(source, (0, native.PLAYING_ALWAYS, 10**12)))
+        datagrams = []
+        for _ in range(source.integer(1, 32)):
+            sender = choice(source, bench.senders)
+            kind = source.integer(0, 5)
+            if kind < 3:
+                level = choice(source, (None, 0, 30, 90, 127))
+                data = sender.packet(source.blob(0, 200), level, marker=chance(source, 8))
+            elif kind == 3:
+                data = sender.padded(source.blob(0, 20), source.integer(0, 30))
+            elif kind == 4:
+                data = bytes((source.integer(128, 191),)) + source.blob(0, 120)
+            else:
+                data = sender.packet(b"\x01\x02\x03")
+            if chance(source, 4):
+                data = mutate(source, data)
+            datagrams.append(data)
+        arrival = choice(source, (10**12 - 1, 10**12, 10**12 + 1))
+        decisions, out = bench.run(datagrams, arrival)
+        expected: list[bytes] = []
+        for data, decision in zip(datagrams, decisions, strict=True):
+            if decision:
+                continue
+            index = int.from_bytes(data[8:12], "big") - 0x700
+            assert index in (0, 1), "C finished a datagram of no flow"
+            packet = twins[index].unprotect_parse(data, LEVEL_ID, arrival)
+            assert not isinstance(packet, int) or packet == native.MALFORMED, (
+                "C took what does not authenticate"
+            )
+            if isinstance(packet, int):
+                continue
+            assert packet.payload_type == PT
+            reception = stats[index]
+            if reception is None:
+                reception = stats[index] = ReceptionStats(48000, 0)
+            reception.update(packet.sequence, packet.timestamp, arrival)
+            if ts0[index] is None:
+                ts0[index] = packet.timestamp
+            base = ts0[index]
+            assert base is not None
+            level = packet.audio_level
+            flags = wire.audio_in_flags(
+                marker=packet.marker, level=level, voice=packet.voice and level is not None
+            )
+            seq = unwrap[index].extend(packet.sequence) & wire.U32
+            try:
+                expected.append(
+                    wire.encode_audio(
+                        wire.MsgType.AUDIO_IN,
+                        0xA0 + index,
+                        seq,
+                        (packet.timestamp - base) & wire.U32,
+                        packet.payload,
+                        flags,
+                    )
+                )
+            except wire.WireError:
+                pass  # the call's callback raises on the Python path: C counts it, sends nothing
+        assert out == expected, "per-batch: native framing differs from the reference"
+        for index, reference in enumerate(stats):
+            if reference is not None:
+                ours = NativeReceptionStats(bench.keep[4 * index + 3], native.rx_update())
+                assert ours.received == reference.received and ours.jitter == reference.jitter
+                assert ours.extended_max == reference.extended_max
+    finally:
+        bench.close()
+
+
+async def one_batch_input(source: Source) -> None:
+    batch_input(source)
+
+
+def test_native_batch_path_matches_the_reference() -> None:
+    with asyncio.Runner() as runner:
+        run_target("native-batch", runner, one_batch_input)

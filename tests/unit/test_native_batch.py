@@ -482,3 +482,30 @@ def test_sequence_unwrapping_in_the_slot_is_the_calls() -> None:
         seq = (seq + rng.choice((1, 1, 1, 2, -1, -3, 700, 30000, 40000))) & 0xFFFF
         assert slot.extend(seq) == reference.extend(seq)
     assert slot.base(123) == 123 and slot.base(456) == 123 and slot.ts0 == 123
+
+
+def flow_table_round(rng: random.Random, inbound: native.NativeInbound, slots: int) -> int:
+    """Fill a small table with random flows of several slots, drop one slot: every other flow is still
+    found (linear probing's backward-shift deletion keeps the chains), the dropped ones are not."""
+    ffi, lib = inbound.ffi, inbound.lib
+    entries: dict[tuple[bytes, int], int] = {}
+    for _ in range(rng.randint(1, int(inbound.table.capacity) // 2)):
+        key = bytes((4,)) + rng.randbytes(2) + rng.choice((b"\x7f\x00\x00\x01", rng.randbytes(4))) + bytes(12)
+        ssrc, slot = rng.randrange(1 << 32), rng.randrange(slots)
+        if lib.sr_flow_set(inbound.table, key, ssrc, slot, ffi.NULL) == 0:
+            entries[key, ssrc] = slot
+    gone = rng.randrange(slots)
+    removed = lib.sr_flow_drop_slot(inbound.table, gone)
+    assert removed == sum(1 for s in entries.values() if s == gone)
+    for (key, ssrc), slot in entries.items():
+        assert lib.sr_flow_slot(inbound.table, key, ssrc) == (-1 if slot == gone else slot)
+    for other in range(slots):
+        lib.sr_flow_drop_slot(inbound.table, other)
+    assert inbound.flows == 0
+    return len(entries)
+
+
+def test_the_flow_table_keeps_every_flow_when_a_call_leaves() -> None:
+    rng = random.Random(9)
+    inbound = native.NativeInbound(1, calls=5, flows=64)
+    assert sum(flow_table_round(rng, inbound, 5) for _ in range(300)) > 3000

@@ -79,6 +79,41 @@ RECEIVE = LOAD + textwrap.dedent(
     """
 )
 
+BATCH = LOAD + textwrap.dedent(
+    """
+    from tests.unit.test_native_batch import Bench, flow_table_round
+    rng = random.Random(3)
+    bench = Bench()
+    made = 0
+    for step in range(int(sys.argv[2])):
+        datagrams = []
+        for _ in range(rng.randint(1, 32)):
+            sender = rng.choice(bench.senders)
+            roll = rng.random()
+            if roll < 0.5:
+                data = sender.packet(rng.randbytes(rng.randint(0, 300)), rng.choice((None, 5, 90)))
+            elif roll < 0.6:
+                data = sender.padded(b"p", rng.choice((0, 1, 3, 200)))
+            elif roll < 0.75:
+                data = sender.packet(b"x")[: rng.randint(0, 40)]
+            elif roll < 0.9:
+                head = bytes((0x80 | rng.randrange(64), rng.randrange(256)))
+                data = head + rng.randbytes(rng.randint(0, 1500))
+            else:
+                data = rng.randbytes(rng.randint(0, 100))
+            datagrams.append(data)
+        for slot in bench.slots:
+            slot.set_gate(rng.randrange(3), rng.randrange(128), rng.random() < 0.5)
+            slot.set_playing_until(rng.choice((0, 1 << 62, 10**12)))
+        decisions, out = bench.run(datagrams, arrival=rng.choice((10**12 - 1, 10**12, 10**12 + 1)))
+        made += len(out)
+        if step % 200 == 0:
+            flow_table_round(rng, native.NativeInbound(1, calls=5, flows=64), 5)
+    bench.close()
+    print("batched", made)
+    """
+)
+
 OVERREAD = LOAD + textwrap.dedent(
     """
     ffi, lib = module.ffi, module.lib
@@ -136,6 +171,15 @@ def test_differential_traffic_runs_clean_under_asan_and_ubsan(sanitized: tuple[P
     assert "runtime error" not in result.stderr  # UBSan reports, even ones that did not halt
     compared = int(result.stdout.split()[-1])
     assert compared >= 2 * ROUNDS
+
+
+def test_the_per_batch_path_runs_clean_under_asan_and_ubsan(sanitized: tuple[Path, dict[str, str]]) -> None:
+    """fastpath.c ``sr_batch_in`` and the flow table over valid, truncated, padded, forged and random
+    datagrams, every gate mode and playback state (tests/unit/test_native_batch.py ``Bench``)."""
+    result = run_sanitized(sanitized, BATCH, "3000", timeout=110)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "runtime error" not in result.stderr
+    assert int(result.stdout.split()[-1]) > 1000
 
 
 def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]]) -> None:

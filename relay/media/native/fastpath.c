@@ -479,6 +479,13 @@ static int32_t flow_find(const sr_table *t, const unsigned char *key, uint32_t s
     return -1;
 }
 
+/* The slot a flow points at, or -1 (tests; the batch path looks flows up itself). */
+int32_t sr_flow_slot(const sr_table *t, const unsigned char *key, uint32_t ssrc) {
+    if (t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0) return -1;
+    int32_t at = flow_find(t, key, ssrc);
+    return at < 0 ? -1 : t->flows[at].slot;
+}
+
 /* Enter or update a flow: 0, or -1 when the table is too full (the flow stays on the Python path). */
 int sr_flow_set(sr_table *t, const unsigned char *key, uint32_t ssrc, int32_t slot, sr_rx_stats *stats) {
     if (t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0 || slot < 0 || slot >= t->ncalls)
