@@ -179,6 +179,9 @@ class DemuxStats:
     """Dropped: SRTP/SRTCP with an unknown SSRC past ``claim_trials_per_s`` for its address."""
     dtls_ambiguous: int = 0
     """Dropped: DTLS from a shared address while no call that learned it has its turn there."""
+    dtls_to_sharers: int = 0
+    """Encrypted DTLS alerts or application records from a shared address handed to every call there
+    whose handshake is over (each drops what does not authenticate under its keys)."""
     held: int = 0
     """STUN/DTLS a call sent toward an address while another call's set-up held it (sent at its turn)."""
     held_dropped: int = 0
@@ -309,6 +312,31 @@ def stun_has_attribute(data: bytes, wanted: int) -> bool:
     return False
 
 
+def dtls_records(data: bytes) -> tuple[bool, bool]:
+    """(carries an encrypted record, carries handshake material) for one DTLS datagram, every record.
+
+    A flight coalesces records (CCS and the encrypted Finished in one datagram), so each record header
+    is read: epoch >= 1 is encrypted; epoch 0, ChangeCipherSpec (20) and handshake (22) records are the
+    handshake's. A DTLS 1.3 unified header (first byte 32-63) hides both: taken as both, so it goes to the
+    handshake's call, never to every call (misrouting a handshake breaks it; an alert only waits).
+    """
+    encrypted = handshake = False
+    pos, end = 0, len(data)
+    for _ in range(64):  # a datagram of at most 64 records is read; the rest is taken as handshake
+        if pos >= end:
+            return encrypted, handshake
+        first = data[pos]
+        if 31 < first < 64 or pos + 13 > end:
+            return True, True
+        epoch = (data[pos + 3] << 8) | data[pos + 4]
+        if epoch:
+            encrypted = True
+        if not epoch or first in (20, 22):
+            handshake = True
+        pos += 13 + ((data[pos + 11] << 8) | data[pos + 12])
+    return encrypted, True
+
+
 def stun_integrity_ok(data: bytes, offset: int, key: bytes) -> bool:
     """RFC 8489 section 14.5: HMAC-SHA1 over the message up to MESSAGE-INTEGRITY, length adjusted."""
     length = offset - _STUN_HEADER + 4 + _INTEGRITY_LEN
@@ -378,6 +406,7 @@ class Demux:
         self.unclaimed = 0
         self.claims_limited = 0
         self.dtls_ambiguous = 0
+        self.dtls_to_sharers = 0
         self.held = 0
         self.held_dropped = 0
         self.turns_expired = 0
@@ -648,15 +677,39 @@ class Demux:
             self._shared_media(shared, data, addr)
 
     def _shared_dtls(self, shared: _Shared, data: bytes, addr: Address) -> None:
-        """DTLS from a shared address goes to the call whose turn it is there, and only if it learned
-        the address (the remote can start a handshake only on a pair whose check succeeded)."""
-        turn = self._turn(addr, self._clock())
-        if turn is None or turn.holder not in shared.calls:
+        """Handshake DTLS from a shared address goes to the call whose turn it is there, and only if it
+        learned the address (the remote can start a handshake only on a pair whose check succeeded).
+
+        An encrypted alert or application record (a close_notify when a call ends) is handed to every
+        call there whose handshake is over: DTLS silently drops a record that does not authenticate under
+        its keys (RFC 6347 4.1.2.7), so only its own call acts on it; at most ``claim_trials_per_s``
+        hand-overs a second per address.
+        """
+        now = self._clock()
+        turn = self._turn(addr, now)
+        encrypted, handshake = dtls_records(data)
+        if handshake or not encrypted:
+            if turn is None or turn.holder not in shared.calls:
+                self.dtls_ambiguous += 1
+                return
+            self.routed_by_flow += 1
+            self._dtls_seen(turn.holder, data, 2)
+            self._deliver(turn.holder, data, addr)
+            return
+        targets = [c for c in shared.joined if c.settled or c.dtls_enc == 3 or c._claim is not None]
+        if not targets:
             self.dtls_ambiguous += 1
             return
-        self.routed_by_flow += 1
-        self._dtls_seen(turn.holder, data, 2)
-        self._deliver(turn.holder, data, addr)
+        rate = self.limits.claim_trials_per_s
+        shared.tokens = min(rate, shared.tokens + (now - shared.tokens_at) * rate)
+        shared.tokens_at = now
+        if shared.tokens < len(targets):
+            self.claims_limited += 1
+            return
+        shared.tokens -= len(targets)
+        self.dtls_to_sharers += 1
+        for call in targets:
+            self._deliver(call, data, addr)
 
     def _shared_media(self, shared: _Shared, data: bytes, addr: Address) -> None:
         """SRTP/SRTCP from a shared address: by its learned SSRC, else to the call whose keys take it."""
@@ -763,7 +816,7 @@ class Demux:
 
     def _dtls_seen(self, call: _Call, data: bytes, direction: int) -> None:
         """Note an encrypted DTLS record (epoch >= 1: Finished, or later) ``call`` sent (1) or got (2)."""
-        if call.settled or len(data) < 13 or data[3:5] == b"\x00\x00" or call.dtls_enc & direction:
+        if call.settled or call.dtls_enc & direction or not dtls_records(data)[0]:
             return
         call.dtls_enc |= direction
         if call.dtls_enc == 3:
@@ -940,6 +993,7 @@ class Demux:
             unclaimed=self.unclaimed,
             claims_limited=self.claims_limited,
             dtls_ambiguous=self.dtls_ambiguous,
+            dtls_to_sharers=self.dtls_to_sharers,
             held=self.held,
             held_dropped=self.held_dropped,
             turns_expired=self.turns_expired,

@@ -95,7 +95,15 @@ def dev(
         typer.Option(
             "--shared-port/--port-per-call",
             help="Each relay serves every call on one UDP port (relay serve --media-port), or one port per "
-            "call (the deploy's default until the shared port is proven against Cloudflare's SFU).",
+            "call (the deploy's fallback, relayPortRange).",
+        ),
+    ] = True,
+    shared_sfu_socket: Annotated[
+        bool,
+        typer.Option(
+            "--sfu-one-socket/--sfu-socket-per-session",
+            help="The emulator reaches every relay from ONE address and port, as Cloudflare's anycast SFU "
+            "may (emulator serve --media-port), or gives each session a socket of its own.",
         ),
     ] = True,
     impair_relay: Annotated[
@@ -132,6 +140,7 @@ def dev(
             external_agents=tuple(agent or ()),
             relay_impair=impair_relay,
             shared_media_port=shared_port,
+            shared_sfu_socket=shared_sfu_socket,
         )
     except ValueError as exc:
         name, _, rest = str(exc).partition(":")

@@ -79,6 +79,11 @@ class StackConfig:
     shared_media_port: bool = True
     """Each relay serves all its calls on one UDP port (``relay serve --media-port``, picked free here)
     instead of one port per call."""
+    shared_sfu_socket: bool = True
+    """SFU mode: the emulator puts every session on ONE UDP socket (``emulator serve --media-port``), so
+    every relay call meets the SFU at one address and port, as Cloudflare's anycast SFU may; False: a
+    socket per session. Off when ``relay_impair`` is set: an impaired fast path takes every datagram it
+    is offered (its stage comes before decryption), so it cannot tell calls sharing an address apart."""
     relay_impair: str | None = None
     """Each relay's ``--impair`` spec (its media leg, both ways: SFU↔relay in SFU mode); None: clean."""
     sfu_reconnect_window_s: float | None = None
@@ -422,6 +427,8 @@ class Stack:
                 "apps": {APP_ID: self._secrets[SFU_SECRET_ENV]},
                 "candidate_addresses": [HOST],
             }
+            if c.shared_sfu_socket and c.relay_impair is None:
+                doc["media_port"] = 0
             if c.sfu_reconnect_window_s is not None:
                 doc["timers"] = {"reconnect_window": c.sfu_reconnect_window_s}
             emulator = await self._spawn(
@@ -487,6 +494,9 @@ class Stack:
         if emulator_ready is not None and edge_ready is not None:
             tcp += [int(emulator_ready["port"]), int(str(edge_ready["url"]).rsplit(":", 1)[1])]
             udp.append(int(str(emulator_ready["stun_url"]).rsplit(":", 1)[1]))
+            media = emulator_ready.get("media_address")
+            if isinstance(media, list) and len(media) == 2:
+                udp.append(int(media[1]))
         info = StackInfo(
             mode=c.mode,
             run_dir=str(self.run_dir),

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from splitrelay.relay.media.demux import (
     Demux,
     DemuxLimits,
+    dtls_records,
     stun_has_attribute,
     stun_integrity_ok,
     stun_username_and_integrity,
@@ -370,16 +371,14 @@ def srtcp(ssrc: int, tag: int) -> bytes:
     return b"\x80\xc8\x00\x06" + ssrc.to_bytes(4, "big") + bytes(4) + bytes([tag]) + bytes(20)
 
 
-def dtls(epoch: int, handshake_type: int = 2) -> bytes:
+def dtls(epoch: int, handshake_type: int = 2, content: int = 22) -> bytes:
     """A DTLS 1.2 record: epoch 0 carries the plain handshake (1: ClientHello), >= 1 is encrypted."""
-    return (
-        b"\x16\xfe\xfd"
-        + epoch.to_bytes(2, "big")
-        + bytes(6)
-        + b"\x00\x10"
-        + bytes([handshake_type])
-        + bytes(15)
-    )
+    head = bytes([content]) + b"\xfe\xfd" + epoch.to_bytes(2, "big") + bytes(6) + b"\x00\x10"
+    return head + bytes([handshake_type]) + bytes(15)
+
+
+CCS = b"\x14\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x01\x01"
+ALERT = dtls(1, content=21)  # an encrypted alert (close_notify)
 
 
 class FakeClaim:
@@ -594,6 +593,7 @@ def test_held_datagrams_are_bounded() -> None:
                     "send_fin",
                     "get_hello",
                     "get_fin",
+                    "get_alert",
                     "attach",
                     "media",
                     "forged",
@@ -627,6 +627,9 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
         raw_to = {single} if single is not None else set()
         if holder is not None and holder in net.demux.flow_calls(SFU):
             raw_to.add(holder)
+        done = {u for u, _ in calls if u in net.demux._calls and net.demux._calls[u].dtls_enc == 3}
+        done |= {u for u, _ in calls if u in net.demux._calls and net.demux._calls[u].settled}
+        done |= {u for u, _ in calls if u in net.demux._calls and net.demux._calls[u].media_claim is not None}
         if kind == "check" and call is not None:
             net.demux.datagram_received(binding_request(ufrag, PASSWORD), SFU)
         elif kind == "send_check" and call is not None:
@@ -647,6 +650,11 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
             # Raw delivery: DTLS, or media no claim took, only to the address's one call or to the
             # call whose turn it is there (and which learned the address).
             assert len(got) <= 1 and set(got) <= raw_to
+        elif kind == "get_alert":
+            net.demux.datagram_received(ALERT, SFU)
+            alerted = {calls[i][0] for i, (_, r) in enumerate(calls) if len(r.got) > before[i]}
+            # An encrypted alert: to the one call, or to calls whose handshake is over (never mid-way).
+            assert alerted <= ({single} if single is not None else done & set(net.demux.flow_calls(SFU)))
         elif kind == "attach" and call is not None and call.media_claim is None:
             call.media_claim = claims[index]
         elif kind == "close" and call is not None:
@@ -669,6 +677,7 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
         + stats.routed_by_ssrc
         + stats.routed_by_claim
         + stats.early_media
+        + stats.dtls_to_sharers
     )
     dropped = (
         stats.unknown
@@ -700,3 +709,40 @@ def test_a_controlled_calls_checks_never_wait_but_its_answers_do() -> None:
     demux.send_from(demux._calls[u2], answer, SFU)
     assert [d for d, _ in net.sent][-1] == bytes(controlled) and demux._calls[u2].held == [(answer, SFU)]
     assert stun_has_attribute(bytes(controlled), 0x8029) and not stun_has_attribute(check_from(u1), 0x8029)
+
+
+def test_dtls_records_reads_every_record_of_a_flight() -> None:
+    assert dtls_records(dtls(0)) == (False, True)
+    assert dtls_records(CCS + dtls(1)) == (True, True)  # CCS and the encrypted Finished, coalesced
+    assert dtls_records(ALERT) == (True, False)
+    assert dtls_records(ALERT + ALERT) == (True, False)
+    assert dtls_records(b"\x2c" + bytes(20)) == (True, True)  # a DTLS 1.3 unified header: the handshake's
+    assert dtls_records(b"\x17\xfe\xfd") == (True, True)  # truncated: the handshake's, never everyone's
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_dtls_records_never_raises(data: bytes) -> None:
+    encrypted, handshake = dtls_records(data)
+    assert isinstance(encrypted, bool) and isinstance(handshake, bool)
+
+
+def test_a_coalesced_flight_ends_the_handshake_and_an_alert_reaches_the_calls_that_finished() -> None:
+    """Finished comes coalesced behind ChangeCipherSpec; once both passed, a DTLS client's turn is over.
+    A close_notify (encrypted alert) from the shared address reaches every call whose handshake is over,
+    none still setting up (each DTLS stack drops the records that are not its own)."""
+    net = Net()
+    (u1, c1), (u2, c2), (u3, c3) = shared_calls(net, 3)
+    demux = net.demux
+    a, b, c = (demux._calls[u] for u in (u1, u2, u3))
+    demux.send_from(a, dtls(0, handshake_type=1), SFU)
+    demux.send_from(b, check_from(u2), SFU)  # b waits
+    demux.send_from(a, dtls(0, handshake_type=16) + CCS + dtls(1), SFU)  # CKE, CCS, Finished
+    demux.datagram_received(CCS + dtls(1), SFU)
+    assert a.settled and demux.turn_holder(SFU) == u2
+    demux.datagram_received(ALERT, SFU)
+    assert media(c1)[-1] == ALERT and ALERT not in media(c2) and ALERT not in media(c3)
+    assert demux.dtls_to_sharers == 1
+    c.media_claim = FakeClaim(3)  # c attached (finished at another address): an alert may be its own
+    demux.datagram_received(ALERT, SFU)
+    assert media(c3)[-1] == ALERT and ALERT not in media(c2)
