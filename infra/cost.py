@@ -9,23 +9,13 @@ first region's type) and says what it rounded.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from splitrelay.infra.settings import InfraConfigError, StackSettings, parse_settings
+from splitrelay.infra.settings import vcpus as vcpus  # where it lived: tests and callers import it here
 
 CONFIG_NAMESPACE = "splitrelay"
-_SIZE_VCPUS = {"medium": 1, "large": 2, "xlarge": 4}
-
-
-def vcpus(instance_type: str) -> int | None:
-    """vCPUs of the common EC2 sizes (large = 2, xlarge = 4, Nxlarge = 4N); None when unknown (metal...)."""
-    size = instance_type.split(".", 1)[1]
-    if size in _SIZE_VCPUS:
-        return _SIZE_VCPUS[size]
-    match = re.fullmatch(r"(\d+)xlarge", size)
-    return 4 * int(match.group(1)) if match else None
 
 
 def accelerator_count(settings: StackSettings) -> int:

@@ -188,7 +188,7 @@ def _split(cidrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 def security_group_rules(
-    settings: StackSettings,
+    settings: StackSettings, region: RegionSettings
 ) -> tuple[list[aws.ec2.SecurityGroupIngressArgs], list[aws.ec2.SecurityGroupEgressArgs]]:
     """Ingress: HTTPS from the control allow-list, the media UDP range from the media allow-list, the
     metrics listener from the metrics allow-list (none by default), and nothing else (no SSH: use SSM
@@ -196,7 +196,7 @@ def security_group_rules(
     needs HTTPS (SSM, PyPI, the SFU API), apt over HTTP, and UDP to the SFU and inference."""
     control_v4, control_v6 = _split(settings.control_allow_list)
     media_v4, media_v6 = _split(settings.media_allow_list)
-    low, high = settings.media_ports
+    low, high = settings.media_ports(region)  # one port per worker (relayMediaPort), or relayPortRange
     ingress = [
         aws.ec2.SecurityGroupIngressArgs(
             description="relay control API (HTTPS) from the Worker via Cloudflare",
@@ -485,7 +485,7 @@ def slot_accelerator(
         tags={TAG_STACK: settings.stack, TAG_REGION: region.key, TAG_SLOT: str(slot)},
         opts=opts,
     )
-    low, high = settings.media_ports
+    low, high = settings.media_ports(region)
     groups = []
     for protocol, ports in (("TCP", (CONTROL_TLS_PORT, CONTROL_TLS_PORT)), ("UDP", (low, high))):
         listener = aws.globalaccelerator.Listener(
@@ -530,7 +530,7 @@ def build_region(
     provider = aws.Provider(f"aws-{region.key}", region=region.aws_region)
     opts = pulumi.ResourceOptions(provider=provider)
     vpc_id, subnet_ids = network(region, provider)
-    ingress, egress = security_group_rules(settings)
+    ingress, egress = security_group_rules(settings, region)
     group_sg = aws.ec2.SecurityGroup(
         f"relay-{region.key}-sg",
         vpc_id=vpc_id,
@@ -584,6 +584,7 @@ def build_region(
                     inference=region.inference,
                     port_range=settings.port_range,
                     media_port=settings.media_port,
+                    media_workers=settings.media_workers(region),
                     sfu_api_url=settings.sfu_api_url,
                     sfu_app_id=values[0],
                     accelerator=settings.stable_address == "global-accelerator",

@@ -24,6 +24,8 @@ CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 MAX_REGIONS = 20
 MAX_PER_REGION = 50
 DEFAULT_PORT_RANGE = (40000, 40999)
+DEFAULT_MEDIA_PORT = 40000
+"""``relayMediaPort`` when neither it nor ``relayPortRange`` is set: worker i of a relay on 40000 + i."""
 DEFAULT_ELASTIC_IP_QUOTA = 5
 """AWS's default "EC2-VPC Elastic IPs" quota per region (Service Quotas code L-0263D0A3)."""
 DEFAULT_VPC_CIDR = "10.80.0.0/16"
@@ -101,9 +103,11 @@ class StackSettings:
     relay_bundle: str | None = None
     """A bundle built beforehand (infra/bundle.py); None: `pulumi up` builds one from this checkout."""
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
-    media_port: int | None = None
-    """``relayMediaPort``: one UDP port per relay worker (``relay serve --media-port``) instead of
-    ``port_range`` per call; worker i uses ``media_port + i``, at most MEDIA_PORT_WORKERS workers."""
+    """``relayPortRange``: the fallback, one UDP port per call (``relay serve --port-range``); used only
+    when ``media_port`` is None (the stack set ``relayPortRange`` and not ``relayMediaPort``)."""
+    media_port: int | None = DEFAULT_MEDIA_PORT
+    """``relayMediaPort`` (the default): one UDP port per relay worker (``relay serve --media-port``);
+    worker i uses ``media_port + i``, one worker per vCPU, at most MEDIA_PORT_WORKERS."""
     allowed_origins: tuple[str, ...] = ()
     control_allow_list: tuple[str, ...] = ()
     media_allow_list: tuple[str, ...] = ("0.0.0.0/0",)
@@ -116,12 +120,17 @@ class StackSettings:
     relay_host_prefix: str = "relay"
     manage_ssl_rule: bool = True
 
-    @property
-    def media_ports(self) -> tuple[int, int]:
-        """The UDP ports relays receive media on: what the security group and the accelerator open."""
+    def media_workers(self, region: RegionSettings) -> int:
+        """Workers (one media port each) a relay of ``region`` runs with ``relayMediaPort``: one per vCPU
+        of its instance type, at most MEDIA_PORT_WORKERS (that many when the type's vCPUs are unknown)."""
+        return min(vcpus(region.instance_type) or MEDIA_PORT_WORKERS, MEDIA_PORT_WORKERS)
+
+    def media_ports(self, region: RegionSettings) -> tuple[int, int]:
+        """The UDP ports ``region``'s relays receive media on: what its security group and accelerators
+        open. One per worker with ``relayMediaPort``; the whole ``relayPortRange`` otherwise."""
         if self.media_port is None:
             return self.port_range
-        return self.media_port, self.media_port + MEDIA_PORT_WORKERS - 1
+        return self.media_port, self.media_port + self.media_workers(region) - 1
 
     @property
     def edge_url(self) -> str:
@@ -241,8 +250,18 @@ def _cidrs(raw: Mapping[str, Any], key: str, default: Sequence[str]) -> tuple[st
 
 
 MEDIA_PORT_WORKERS: Final = 64
-"""With ``relayMediaPort``: the relay runs at most this many workers (one port each), so the security
-group opens exactly ``media_port .. media_port + 63``."""
+"""With ``relayMediaPort``: the relay runs at most this many workers (one port each); the security group
+opens one port per worker of the region's instance type, ``media_port .. media_port + workers - 1``."""
+_SIZE_VCPUS: Final = {"medium": 1, "large": 2, "xlarge": 4}
+
+
+def vcpus(instance_type: str) -> int | None:
+    """vCPUs of the common EC2 sizes (large = 2, xlarge = 4, Nxlarge = 4N); None when unknown (metal...)."""
+    size = instance_type.split(".", 1)[1] if "." in instance_type else ""
+    if size in _SIZE_VCPUS:
+        return _SIZE_VCPUS[size]
+    match = re.fullmatch(r"(\d+)xlarge", size)
+    return 4 * int(match.group(1)) if match else None
 
 
 def parse_media_port(value: Any, key: str = "relayMediaPort") -> int | None:
@@ -259,6 +278,21 @@ def parse_media_port(value: Any, key: str = "relayMediaPort") -> int | None:
             f"must be 1024..{65535 - (MEDIA_PORT_WORKERS - 1)} (one port per worker, 64 at most), got {port}",
         )
     return port
+
+
+def _media_port(raw: Mapping[str, Any]) -> int | None:
+    """One port per worker unless the stack asks for the port-per-call fallback (``relayPortRange``)."""
+    given_range = raw.get("relayPortRange") not in (None, "")
+    given_port = raw.get("relayMediaPort") not in (None, "")
+    if given_range and given_port:
+        raise InfraConfigError(
+            "relayMediaPort",
+            "set relayMediaPort (one UDP port per worker, the default) or relayPortRange (the fallback: "
+            "a port per call), not both",
+        )
+    if given_range:
+        return None
+    return parse_media_port(raw.get("relayMediaPort")) if given_port else DEFAULT_MEDIA_PORT
 
 
 def parse_port_range(value: Any, key: str = "relayPortRange") -> tuple[int, int]:
@@ -485,7 +519,7 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> StackSettings:
         regions=regions,
         relay_bundle=relay_bundle,
         port_range=parse_port_range(raw.get("relayPortRange", "{}-{}".format(*DEFAULT_PORT_RANGE))),
-        media_port=parse_media_port(raw.get("relayMediaPort")),
+        media_port=_media_port(raw),
         allowed_origins=tuple(_origin(o, f"allowedOrigins[{i}]") for i, o in enumerate(origins_raw)),
         control_allow_list=_cidrs(raw, "controlAllowList", cloudflare_ip_ranges()),
         media_allow_list=_cidrs(raw, "mediaAllowList", ("0.0.0.0/0",)),

@@ -48,8 +48,10 @@ class RelayBoot:
     sfu_app_id: str
     accelerator: bool
     media_port: int | None = None
-    """One UDP port per worker (``--media-port``, workers capped at MEDIA_PORT_WORKERS) instead of
-    ``port_range``; None: a port per call."""
+    """One UDP port per worker (``--media-port``, workers capped at ``media_workers``) instead of
+    ``port_range``; None: a port per call (the relayPortRange fallback)."""
+    media_workers: int = MEDIA_PORT_WORKERS
+    """With ``media_port``: at most this many workers, the ports the security group opens."""
     edge_url: str = ""
     """The edge's base URL (``https://<hostname>``): the relay's heartbeats and call-end notices go there,
     naming it by the slot id ``prepare`` claimed ($SPLITRELAY_RELAY_ID). Empty: no heartbeats."""
@@ -173,11 +175,15 @@ def render_user_data(boot: RelayBoot) -> str:
     region_key = _unit_arg(boot.region_key, "region key")
     accel = " --accelerator" if boot.accelerator else ""
     relay = " ".join(relay_command(boot))
+    if not 1 <= boot.media_workers <= MEDIA_PORT_WORKERS:
+        raise ValueError(
+            f"user data: media_workers must be 1..{MEDIA_PORT_WORKERS}, got {boot.media_workers}"
+        )
     cores_cap = (
         ""
         if boot.media_port is None
-        else f"# One media port per worker: the security group opens {MEDIA_PORT_WORKERS} of them.\n"
-        f'if [ "$CORES" -gt {MEDIA_PORT_WORKERS} ]; then CORES={MEDIA_PORT_WORKERS}; fi'
+        else f"# One media port per worker: the security group opens {boot.media_workers} of them.\n"
+        f'if [ "$CORES" -gt {boot.media_workers} ]; then CORES={boot.media_workers}; fi'
     )
     edge_env = (
         f"Environment=SPLITRELAY_EDGE_URL={_checked(_EDGE_URL, boot.edge_url, 'edge URL')}\n"

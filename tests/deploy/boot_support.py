@@ -39,6 +39,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+MEDIA_PORT = 40000
+"""The deploy's default relayMediaPort, rendered into the user data; the runs below move it to a free one."""
+
+
+def free_media_port(command: str) -> str:
+    """``command`` with its ``--media-port`` moved to a free UDP port (one worker: CORES is 1 here)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    assert f"--media-port {MEDIA_PORT}" in command, command
+    return command.replace(f"--media-port {MEDIA_PORT}", f"--media-port {port}")
+
+
 def system_python() -> tuple[str, str]:
     """(X.Y, glibc X.Y) of the python3 the user data will run: the bundle must be built for it."""
     if (
@@ -138,6 +151,8 @@ def boot_script(
         bundle_requirement=bundle.requirement,
         inference="127.0.0.1:7000",
         port_range=(40000, 40099),
+        media_port=MEDIA_PORT,  # the deploy's default: one UDP port per worker
+        media_workers=2,  # c7g.large
         sfu_api_url="https://rtc.live.cloudflare.com/v1",
         sfu_app_id="0123456789abcdef0123456789abcdef",
         accelerator=False,

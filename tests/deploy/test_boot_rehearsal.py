@@ -34,6 +34,7 @@ from tests.deploy.boot_support import (
     RecordingProxy,
     boot_script,
     expected_authorization,
+    free_media_port,
     free_port,
     relay_health,
     run_boot,
@@ -84,7 +85,10 @@ def test_the_user_data_installs_the_checked_bundle_and_the_unit_starts_a_healthy
     (exec_start,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
     # The relay, started the way the unit starts it (systemd fills PRIVATE_IP and CORES from the script).
     port = free_port()
-    argv = shlex.split(exec_start.replace("${PRIVATE_IP}", "127.0.0.1").replace("${CORES}", "1"))
+    assert "--port-range" not in exec_start  # one UDP port per worker, not a port per call
+    assert 'if [ "$CORES" -gt 2 ]; then CORES=2; fi' in boot_script(bundle, aws, None)
+    command = free_media_port(exec_start.replace("${PRIVATE_IP}", "127.0.0.1").replace("${CORES}", "1"))
+    argv = shlex.split(command)
     argv[argv.index("--port") + 1] = str(port)
     assert f"--port {CONTROL_PORT}" in exec_start
     env = {

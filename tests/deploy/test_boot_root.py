@@ -24,7 +24,7 @@ import pytest
 
 from splitrelay.infra.bundle import RelayBundle
 from splitrelay.infra.settings import CONTROL_PORT
-from tests.deploy.boot_support import SECRET_KEY, boot_script, free_port, relay_health
+from tests.deploy.boot_support import SECRET_KEY, boot_script, free_media_port, free_port, relay_health
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
@@ -107,7 +107,7 @@ def test_the_user_data_boots_a_relay_in_a_real_debian_root(
     (exec_start,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert "User=splitrelay" in unit
     port = free_port()
-    command = exec_start.replace("${PRIVATE_IP}", "127.0.0.1").replace("${CORES}", "1")
+    command = free_media_port(exec_start.replace("${PRIVATE_IP}", "127.0.0.1").replace("${CORES}", "1"))
     command = command.replace(f"--port {CONTROL_PORT}", f"--port {port}")
     env = {
         "AWS_ENDPOINT_URL": aws["endpoint"],

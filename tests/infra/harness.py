@@ -265,7 +265,6 @@ def stack_config(regions: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         "zoneId": ZONE,
         "zoneName": "example.com",
         "hostname": "voice.example.com",
-        "relayPortRange": "40000-40999",
         "allowedOrigins": ["https://app.example.com"],
         "regions": regions,
         **extra,

@@ -40,7 +40,8 @@ def test_defaults() -> None:
     assert (region.latitude, region.longitude) == (39.04, -77.49)
     assert region.instance_type == "c7g.large" and region.architecture == "arm64"
     assert region.creates_vpc
-    assert s.port_range == (40000, 40999)
+    assert s.media_port == 40000 and s.media_ports(region) == (40000, 40001)  # one port per worker
+    assert s.media_workers(region) == 2  # c7g.large: 2 vCPUs
     assert s.stable_address == "elastic-ip" and s.worker_code_owner == "pulumi"
     assert s.control_allow_list == cloudflare_ip_ranges()
     assert s.media_allow_list == ("0.0.0.0/0",)
@@ -96,6 +97,7 @@ def test_architecture_by_instance_family() -> None:
         ({"relayMediaPort": 80}, "relayMediaPort", "1024..65472"),
         ({"relayMediaPort": 65500}, "relayMediaPort", "one port per worker"),
         ({"relayPortRange": "40999-40000"}, "relayPortRange", "1024 <= LOW"),
+        ({"relayPortRange": "41000-41999", "relayMediaPort": 40000}, "relayMediaPort", "not both"),
         ({"relayPortRange": "40000"}, "relayPortRange", "LOW-HIGH"),
         ({"stableAddress": "nat"}, "stableAddress", "elastic-ip, global-accelerator"),
         ({"workerCodeOwner": "me"}, "workerCodeOwner", "pulumi, wrangler"),
@@ -280,3 +282,10 @@ def test_an_unreachable_inference_address_is_refused(region: dict[str, Any], ref
         InfraConfigError, match=r"regions\[0\]\.inference: .* outside the VPC this stack creates"
     ):
         parse_settings(raw, "p")
+
+
+def test_relay_port_range_alone_is_the_port_per_call_fallback() -> None:
+    s = parse_settings(config(relayPortRange="41000-41999"), "prod")
+    assert s.media_port is None and s.media_ports(s.regions[0]) == (41000, 41999)
+    s = parse_settings(config(relayMediaPort=42000), "prod")
+    assert s.media_port == 42000 and s.media_ports(s.regions[0]) == (42000, 42001)

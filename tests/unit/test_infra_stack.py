@@ -396,16 +396,37 @@ def test_security_groups_open_only_https_and_the_media_range(spec: WorkerSpec) -
 
 
 def test_a_media_port_opens_one_port_per_worker_and_the_relay_uses_it(spec: WorkerSpec) -> None:
-    """relayMediaPort: the group opens base..base+63 (MEDIA_PORT_WORKERS), and the user data runs
-    `relay serve --media-port base` with the workers capped at 64, instead of a port range."""
-    recorded, _ = run_stack(make_settings(ONE_REGION, relayMediaPort=42000), spec)
+    """relayMediaPort (the default, 40000): each region's group opens one port per worker of its
+    instance type (c7g.large: 2; c7g.4xlarge: 16; an unknown size: 64), and the user data runs `relay
+    serve --media-port base` with the workers capped at that many, instead of a port range."""
+    cases: list[tuple[dict[str, Any], str, tuple[int, int], int]] = [
+        ({}, "c7g.large", (40000, 40001), 2),
+        ({"relayMediaPort": 42000}, "c7g.4xlarge", (42000, 42015), 16),
+        ({"relayMediaPort": 42000}, "c7g.metal", (42000, 42063), 64),
+    ]
+    for extra, instance_type, ports, cap in cases:
+        regions = [{**ONE_REGION[0], "instanceType": instance_type}]
+        recorded, _ = run_stack(make_settings(regions, **extra), spec)
+        (group,) = recorded.of_type(T_SG)
+        rules = unwrap(group.inputs["ingress"])
+        udp = [(r["fromPort"], r["toPort"]) for r in rules if r["protocol"] == "udp"]
+        assert udp == [ports]
+        for template in recorded.of_type(T_LT):
+            text = base64.b64decode(unwrap(template.inputs["userData"])).decode()
+            assert f"--media-port {ports[0]}" in text and "--port-range" not in text
+            assert f'if [ "$CORES" -gt {cap} ]; then CORES={cap}; fi' in text
+
+
+def test_relay_port_range_is_the_explicit_fallback(spec: WorkerSpec) -> None:
+    """relayPortRange alone: a port per call (`--port-range`), the whole range open, no worker cap."""
+    recorded, _ = run_stack(make_settings(ONE_REGION, relayPortRange="41000-41099"), spec)
     (group,) = recorded.of_type(T_SG)
     udp = [(r["fromPort"], r["toPort"]) for r in unwrap(group.inputs["ingress"]) if r["protocol"] == "udp"]
-    assert udp == [(42000, 42063)]
+    assert udp == [(41000, 41099)]
     for template in recorded.of_type(T_LT):
         text = base64.b64decode(unwrap(template.inputs["userData"])).decode()
-        assert "--media-port 42000" in text and "--port-range" not in text
-        assert 'if [ "$CORES" -gt 64 ]; then CORES=64; fi' in text
+        assert "--port-range 41000-41099" in text and "--media-port" not in text
+        assert 'if [ "$CORES" -gt' not in text
 
 
 def test_configured_allow_lists_replace_the_defaults(spec: WorkerSpec) -> None:
