@@ -157,3 +157,44 @@ async def test_a_shared_port_peer_gathers_a_virtual_transport_and_connects() -> 
         await relay.close()
         await port.close()
     assert port.stats().calls == 0  # aioice's close reached the virtual transport
+
+
+async def test_a_connected_peer_drops_another_connections_close_notify() -> None:
+    """What the shared port relies on for encrypted DTLS from a remote address several calls share
+    (demux.py hands a close_notify to every call there whose handshake is over): a connected aiortc
+    peer given another connection's real close_notify stays connected; its own closes it."""
+    from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy, VoicePeer, VoicePeerConfig
+    from splitrelay.relay.media.shared_port import SharedUdpPort
+    from tests.integration.conftest import connect_voice_peers
+
+    port = await SharedUdpPort.open("127.0.0.1", 0)
+    clients = [VoicePeer(VoicePeerConfig(candidates=LOOPBACK)) for _ in range(2)]
+    relays = [VoicePeer(VoicePeerConfig(candidates=CandidatePolicy(shared_port=port))) for _ in range(2)]
+    seen: list[tuple[str, bytes]] = []
+    deliver = port.demux._deliver
+
+    def recording(call: object, data: bytes, addr: tuple[str, int]) -> None:
+        if data and 19 < data[0] < 64:
+            seen.append((getattr(call, "ufrag", ""), data))
+        deliver(call, data, addr)  # type: ignore[arg-type]
+
+    try:
+        await asyncio.gather(*(connect_voice_peers(c, r) for c, r in zip(clients, relays, strict=True)))
+        port.demux._deliver = recording  # type: ignore[method-assign]
+        await clients[0].close()  # its close_notify reaches relays[0]
+        for _ in range(200):  # bounded: 2 s
+            if relays[0].pc.connectionState == "closed" and seen:
+                break
+            await asyncio.sleep(0.01)
+        alerts = [data for ufrag, data in seen if ufrag == relays[0].ufrag and data[0] == 21]
+        assert alerts and relays[0].pc.connectionState == "closed"
+        link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(relays[1].pc))
+        for alert in alerts:  # another call's close_notify, as a shared remote address would bring it
+            link.protocol.datagram_received(alert, link.remote_addr)
+        await asyncio.sleep(0.3)
+        assert relays[1].pc.connectionState == "connected"
+    finally:
+        port.demux._deliver = deliver  # type: ignore[method-assign]
+        for peer in (*clients, *relays):
+            await peer.close()
+        await port.close()

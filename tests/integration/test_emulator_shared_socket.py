@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -208,3 +209,89 @@ async def test_serve_media_port_puts_every_session_on_one_socket(tmp_path: Path)
         async with asyncio.timeout(20):
             _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
+
+
+async def test_forged_datagrams_from_the_shared_sfu_address_disturb_no_call() -> None:
+    """Spoofed datagrams with the SFU's one source address, while three calls run through it: a replay
+    of a real SRTP packet, SRTP under a live call's SSRC, a forged close_notify (encrypted alert), a
+    ClientHello while no set-up holds the address, a check with a wrong password. None is taken by any
+    call, none closes one or counts against its keys, and every call goes on hearing only itself."""
+    config = dataclasses.replace(emulator_config(), media_port=0)
+    async with (
+        EmulatorServer(config) as emulator,
+        InferenceServer(EchoAgent(EchoConfig(silence_ms=300)), "127.0.0.1", 0) as agent,
+    ):
+        assert emulator.info is not None and agent.address is not None and emulator.media is not None
+        settings = RelaySettings(
+            signing_keys={"default": SIGNING_KEY},
+            inference=agent.address,
+            port=0,
+            candidates=LOOPBACK,
+            media_port=free_udp_port(),
+            sfu=SfuSettings(emulator.info.base_url, APP_ID, APP_SECRET),
+        )
+        async with (
+            RelayServer(settings) as relay,
+            httpx.AsyncClient(base_url=relay.url, timeout=30) as http,
+            SfuClient(emulator.info.base_url, APP_ID, Secret(APP_SECRET)) as sfu,
+        ):
+            api = SignedApi(http)
+            port = relay._shared_port
+            assert port is not None and relay.manager is not None
+            demux, sfu_addr = port.demux, emulator.media.address
+            taken: list[bytes] = []
+            offer = demux._offer
+
+            def recording(call: Any, data: bytes, addr: tuple[str, int]) -> bool:
+                ok = offer(call, data, addr)
+                if ok and len(taken) < 50:
+                    taken.append(data)
+                return ok
+
+            demux._offer = recording  # type: ignore[method-assign]
+            calls = [TaggedCall(sfu, api, f"forged-{i}", tag=i) for i in range(3)]
+            try:
+                await asyncio.gather(*(c.start() for c in calls))
+                await asyncio.gather(*(c.speak(turns=1) for c in calls))
+                assert taken and demux.is_shared(sfu_addr)
+                ssrc = next(iter(demux._shared[sfu_addr].ssrcs))
+                before = demux.stats()
+                paths = [relay.manager.calls[c.call_id].fast_path for c in calls]
+                assert all(p is not None for p in paths)
+                counts = [p.stats() for p in paths if p is not None]
+                forged_srtp = b"\x80\x6f\x12\x34" + bytes(4) + ssrc.to_bytes(4, "big") + bytes(40)
+                alert = b"\x15\xfe\xfd\x00\x01" + bytes(5) + b"\x09\x00\x1a" + bytes(26)
+                hello = b"\x16\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x10\x01" + bytes(15)
+                ufrag = next(iter(demux._calls))
+                from tests.unit.test_demux import binding_request
+
+                for _ in range(20):
+                    for data in (taken[0], taken[-1], forged_srtp, alert, hello):
+                        demux.datagram_received(data, sfu_addr)
+                    demux.datagram_received(binding_request(ufrag, "not-the-password-123456"), sfu_addr)
+                after = demux.stats()
+                assert after.unclaimed - before.unclaimed >= 60  # replays and the forged SRTP
+                assert after.forged - before.forged == 20
+                assert after.dtls_ambiguous - before.dtls_ambiguous == 20  # the ClientHellos
+                assert after.routed_by_claim == before.routed_by_claim  # nothing new learned
+                await asyncio.sleep(0.3)
+                assert all(
+                    relay.manager.calls[c.call_id].peer.pc.connectionState == "connected" for c in calls
+                )
+                for path, count in zip(paths, counts, strict=True):
+                    assert path is not None and path.stats().undecryptable == count.undecryptable
+                for call in calls:
+                    call.caller.received.clear()
+                await asyncio.gather(*(c.speak(turns=1) for c in calls))
+                await _wait_for(
+                    lambda: all(len(c.echoed()) >= sum(SPEECH.speech) for c in calls), 15, "echoes"
+                )
+                for call in calls:
+                    check_own_echo(call)
+            finally:
+                demux._offer = offer  # type: ignore[method-assign]
+                for call in calls:
+                    if call.call_id in relay.manager.calls:
+                        await call.stop()
+                    else:
+                        await call.caller.close()
