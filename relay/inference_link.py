@@ -21,6 +21,7 @@ from splitrelay.inference import wire
 from splitrelay.inference.endpoint import (
     DEFAULT_ATTEMPTS,
     DEFAULT_RTO,
+    SOCKET_BUFFER,
     CallState,
     LinkError,
     Peer,
@@ -30,6 +31,13 @@ from splitrelay.inference.endpoint import (
 from splitrelay.inference.udp_batch import ObserveNs
 from splitrelay.inference.wire import BargeIn, CallStart, Continuation, Message, MsgType
 from splitrelay.inference.wire_auth import WireKey, WireKeyring
+from splitrelay.relay.media import native
+from splitrelay.relay.media.shared_port import (
+    BatchReader,
+    SocketSender,
+    batching_enabled,
+    native_batch_enabled,
+)
 
 __all__ = ["AGENT_LOST", "CallSink", "LinkError", "RelayLink"]
 
@@ -160,6 +168,8 @@ class RelayLink(WireEndpoint):
         self._family = socket.AF_INET
         self._calls: dict[int, _LinkCall] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._reader: BatchReader | None = None
+        self._sock: socket.socket | None = None
         self.agents_lost = 0  # calls ended because their agent went silent
         self.keepalives_sent = 0
         self.address: Peer | None = None
@@ -180,6 +190,62 @@ class RelayLink(WireEndpoint):
         self.address = await self._open((host, 0))
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-link-liveness")
         return self.address
+
+    async def _open(self, local: Peer) -> Peer:
+        """The socket, read with ``recvmmsg`` (relay/media/shared_port.py ``BatchReader``: inference's
+        datagrams in batches, as the shared media port reads callers') when the native per-batch path runs;
+        else a uvloop datagram transport (the SDK's way, one ``recvmsg`` per datagram)."""
+        if not (native.available() and native_batch_enabled() and batching_enabled()):
+            return await super()._open(local)
+        if self._transport is not None:
+            raise LinkError("endpoint: already open")
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(local)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # a smaller kernel limit is fine
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            reader = BatchReader(sock, self.datagram_received, native_path=True)
+            sender = SocketSender(sock, loop)
+            loop.add_reader(sock.fileno(), reader.drain)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._reader = sock, reader
+        self.connection_made(sender)
+        bound = sock.getsockname()
+        return (str(bound[0]), int(bound[1]))
+
+    async def _close_socket(self) -> None:
+        sock = self._sock
+        if sock is None:
+            await super()._close_socket()
+            return
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        transport = self._transport
+        batch = self._batch
+        if batch is not None:
+            batch.flush()
+        for pending in self._pending.values():
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done():
+                pending.future.set_result(False)
+        self._pending.clear()
+        if transport is not None:
+            transport.close()
+        sock.close()
+        self._sock = self._reader = None
+        self.connection_lost(None)
+
+    @property
+    def receive_calls(self) -> int:
+        """System calls that read the socket when it is read in batches (0 otherwise)."""
+        return 0 if self._reader is None else self._reader.calls
 
     async def close(self) -> None:
         """End every call (telling inference, without waiting long) and close the socket."""
