@@ -876,11 +876,14 @@ class Demux:
             self._later(self.limits.turn_hold_s, nxt)
             keep: list[tuple[bytes, Address]] = []
             for data, to in nxt.held:
-                if to == addr:
-                    self.sent += 1
-                    self.send(data, to)
-                else:
+                if to != addr:
                     keep.append((data, to))
+                    continue
+                try:  # on the receive path: a socket that refuses (closing) must not raise into it
+                    self.send(data, to)
+                    self.sent += 1
+                except Exception:
+                    self.send_after_close += 1
             nxt.held = keep
             return
         del self._turns[addr]

@@ -746,3 +746,22 @@ def test_a_coalesced_flight_ends_the_handshake_and_an_alert_reaches_the_calls_th
     c.media_claim = FakeClaim(3)  # c attached (finished at another address): an alert may be its own
     demux.datagram_received(ALERT, SFU)
     assert media(c3)[-1] == ALERT and ALERT not in media(c2)
+
+
+def test_a_turn_passing_while_the_socket_refuses_sends_raises_nothing() -> None:
+    """Held datagrams go out on the receive path (a turn passes when media arrives): a socket that
+    refuses them (closing) is counted, never raised into the datagram being routed."""
+    net = Net()
+    (u1, _), (u2, _), _ = shared_calls(net, 3)
+    demux = net.demux
+    a, b = demux._calls[u1], demux._calls[u2]
+    demux.send_from(a, check_from(u1), SFU)
+    demux.send_from(b, check_from(u2), SFU)
+    a.media_claim = FakeClaim(1)
+
+    def refuse(data: bytes, addr: Address) -> None:
+        raise OSError("socket closed")
+
+    demux.send = refuse
+    demux.datagram_received(srtp(0x1, tag=1), SFU)  # a's turn ends here; b's held check cannot go out
+    assert demux.turn_holder(SFU) == u2 and demux.send_after_close == 1 and b.held == []
