@@ -426,3 +426,31 @@ async def test_a_call_claims_only_media_under_its_own_keys(shared_port: SharedUd
         assert calls[0].media_claim is None  # a closed fast path is offered nothing
     finally:
         await _close_all(*clients, *relays)
+
+
+@pytest.mark.parametrize("relay_offers", [True, False], ids=["relay-dtls-server", "relay-dtls-client"])
+async def test_two_shared_ports_face_each_other_in_both_dtls_roles(relay_offers: bool) -> None:
+    """An SFU that reaches every call from one address (its own shared port) and a relay on one port:
+    every relay call sees one remote address and every SFU session sees one too. Both ICE and DTLS
+    roles: the relay offering (controlling; the answering SFU side is the DTLS client, as the emulator
+    is) and the SFU offering (the relay answers as DTLS client, as against an SFU that answers passive).
+    Six calls set up at once, each call's tagged media comes back to it alone."""
+    sfu_port = await SharedUdpPort.open("127.0.0.1", 0, worker=1)
+    relay_port = await SharedUdpPort.open("127.0.0.1", 0, worker=2)
+    sfu_side = [VoicePeer(relay_config(sfu_port)) for _ in range(6)]
+    relays = [VoicePeer(relay_config(relay_port)) for _ in range(6)]
+    try:
+        pairs = zip(relays, sfu_side, strict=True) if relay_offers else zip(sfu_side, relays, strict=True)
+        await asyncio.gather(*(connect_voice_peers(offerer, answerer) for offerer, answerer in pairs))
+        await _echo_calls(sfu_side, relays, encode(tone(100)))
+        for port in (relay_port, sfu_port):
+            stats = port.stats()
+            assert stats.flows_shared == 5 and stats.flows == 6 and stats.flow_conflicts == 0
+            assert stats.dtls_ambiguous == 0 and stats.delivery_errors == 0
+            assert stats.unclaimed <= 6  # at most each call's closing RTCP BYE, after its fast path closed
+            assert stats.routed_by_ssrc > 0 and stats.routed_by_claim >= 6
+        assert relay_port.stats().held + sfu_port.stats().held > 0  # set-ups took turns
+    finally:
+        await _close_all(*sfu_side, *relays)
+        await relay_port.close()
+        await sfu_port.close()
