@@ -17,7 +17,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from splitrelay.emulator.server import EmulatorServer
 from splitrelay.inference.echo_agent import EchoAgent, EchoConfig
 from splitrelay.inference.sdk import InferenceServer
 from splitrelay.relay.media.peer import LOOPBACK, CandidatePolicy
+from splitrelay.relay.media.shared_port import SharedUdpPort
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig
 from splitrelay.relay.server import RelayServer, RelaySettings, SfuSettings
 from splitrelay.relay.sfu_client import SfuClient
@@ -114,9 +116,29 @@ def check_own_echo(call: TaggedCall) -> None:
     assert not strangers, f"{call.call_id} (tag {call.tag}) heard calls {sorted(strangers)}: cross-talk"
 
 
-async def test_sfu_on_one_socket_to_a_relay_on_one_port_keeps_eight_calls_apart() -> None:
-    """Eight calls through an SFU on one socket to a relay on one port, media both ways, no cross-talk;
-    four more set up and two torn down while the others talk."""
+@dataclasses.dataclass
+class Rig:
+    """The emulator on one socket, an echo agent, a relay on one port, and clients of both."""
+
+    emulator: EmulatorServer
+    relay: RelayServer
+    api: SignedApi
+    sfu: SfuClient
+    port: SharedUdpPort
+    """The relay's one media port."""
+    sfu_media: SharedUdpPort
+    """The emulator's one media socket: the remote address every relay call shares."""
+
+    async def end(self, calls: list[TaggedCall]) -> None:
+        for call in calls:
+            if self.relay.manager is not None and call.call_id in self.relay.manager.calls:
+                await call.stop()
+            else:
+                await call.caller.close()
+
+
+@asynccontextmanager
+async def anycast_rig() -> AsyncIterator[Rig]:
     config = dataclasses.replace(emulator_config(), media_port=0)
     async with (
         EmulatorServer(config) as emulator,
@@ -137,43 +159,45 @@ async def test_sfu_on_one_socket_to_a_relay_on_one_port_keeps_eight_calls_apart(
             httpx.AsyncClient(base_url=relay.url, timeout=30) as http,
             SfuClient(emulator.info.base_url, APP_ID, Secret(APP_SECRET)) as sfu,
         ):
-            api = SignedApi(http)
-            port = relay._shared_port
-            assert port is not None
-            calls = [TaggedCall(sfu, api, f"shared-{i}", tag=i) for i in range(12)]
-            try:
-                first, later = calls[:8], calls[8:]
-                await asyncio.gather(*(c.start() for c in first))  # eight set-ups at once
-                talking = [asyncio.ensure_future(c.speak(turns=2)) for c in first]
-                await asyncio.gather(*(c.start() for c in later))  # four more while eight talk
-                await asyncio.gather(*talking)
-                for call in first[:2]:  # two end while the rest go on
-                    await call.stop()
-                await asyncio.gather(*(c.speak(turns=1) for c in first[2:] + later))
-                survivors = first[2:] + later
-                await _wait_for(
-                    lambda: all(len(c.echoed()) >= sum(SPEECH.speech) for c in survivors),
-                    within=15,
-                    what="every call's echo",
-                )
-                for call in calls:
-                    check_own_echo(call)
-                stats = port.stats()
-                # Every relay call met the SFU at the same one address: shared, routed by keys and turns.
-                assert stats.flows_shared >= 11 and stats.flow_conflicts == 0
-                assert stats.routed_by_claim >= 10 and stats.routed_by_ssrc > 100
-                # Set-ups waited for their turn at the SFU's address; no DTLS went astray. What no call's
-                # keys took is the SFU's reports to the two closed calls' sessions until they ended.
-                assert stats.held > 0 and stats.dtls_ambiguous == 0 and stats.delivery_errors == 0
-                assert stats.unclaimed <= 40, stats
-                sfu_side = emulator.media.stats()
-                assert sfu_side.flows_shared >= 11 and sfu_side.delivery_errors == 0
-            finally:
-                for call in calls:
-                    if relay.manager is not None and call.call_id in relay.manager.calls:
-                        await call.stop()
-                    else:
-                        await call.caller.close()
+            assert relay._shared_port is not None and relay.manager is not None
+            yield Rig(emulator, relay, SignedApi(http), sfu, relay._shared_port, emulator.media)
+
+
+async def test_sfu_on_one_socket_to_a_relay_on_one_port_keeps_eight_calls_apart() -> None:
+    """Eight calls through an SFU on one socket to a relay on one port, media both ways, no cross-talk;
+    four more set up and two torn down while the others talk."""
+    async with anycast_rig() as rig:
+        port = rig.port
+        calls = [TaggedCall(rig.sfu, rig.api, f"shared-{i}", tag=i) for i in range(12)]
+        try:
+            first, later = calls[:8], calls[8:]
+            await asyncio.gather(*(c.start() for c in first))  # eight set-ups at once
+            talking = [asyncio.ensure_future(c.speak(turns=2)) for c in first]
+            await asyncio.gather(*(c.start() for c in later))  # four more while eight talk
+            await asyncio.gather(*talking)
+            for call in first[:2]:  # two end while the rest go on
+                await call.stop()
+            await asyncio.gather(*(c.speak(turns=1) for c in first[2:] + later))
+            survivors = first[2:] + later
+            await _wait_for(
+                lambda: all(len(c.echoed()) >= sum(SPEECH.speech) for c in survivors),
+                within=15,
+                what="every call's echo",
+            )
+            for call in calls:
+                check_own_echo(call)
+            stats = port.stats()
+            # Every relay call met the SFU at the same one address: shared, routed by keys and turns.
+            assert stats.flows_shared >= 11 and stats.flow_conflicts == 0
+            assert stats.routed_by_claim >= 10 and stats.routed_by_ssrc > 100
+            # Set-ups waited for their turn at the SFU's address; no DTLS went astray. What no call's
+            # keys took is the SFU's reports to the two closed calls' sessions until they ended.
+            assert stats.held > 0 and stats.dtls_ambiguous == 0 and stats.delivery_errors == 0
+            assert stats.unclaimed <= 40, stats
+            sfu_side = rig.sfu_media.stats()
+            assert sfu_side.flows_shared >= 11 and sfu_side.delivery_errors == 0
+        finally:
+            await rig.end(calls)
 
 
 def test_a_shared_media_socket_needs_exactly_one_candidate_address() -> None:
@@ -216,82 +240,55 @@ async def test_forged_datagrams_from_the_shared_sfu_address_disturb_no_call() ->
     of a real SRTP packet, SRTP under a live call's SSRC, a forged close_notify (encrypted alert), a
     ClientHello while no set-up holds the address, a check with a wrong password. None is taken by any
     call, none closes one or counts against its keys, and every call goes on hearing only itself."""
-    config = dataclasses.replace(emulator_config(), media_port=0)
-    async with (
-        EmulatorServer(config) as emulator,
-        InferenceServer(EchoAgent(EchoConfig(silence_ms=300)), "127.0.0.1", 0) as agent,
-    ):
-        assert emulator.info is not None and agent.address is not None and emulator.media is not None
-        settings = RelaySettings(
-            signing_keys={"default": SIGNING_KEY},
-            inference=agent.address,
-            port=0,
-            candidates=LOOPBACK,
-            media_port=free_udp_port(),
-            sfu=SfuSettings(emulator.info.base_url, APP_ID, APP_SECRET),
-        )
-        async with (
-            RelayServer(settings) as relay,
-            httpx.AsyncClient(base_url=relay.url, timeout=30) as http,
-            SfuClient(emulator.info.base_url, APP_ID, Secret(APP_SECRET)) as sfu,
-        ):
-            api = SignedApi(http)
-            port = relay._shared_port
-            assert port is not None and relay.manager is not None
-            demux, sfu_addr = port.demux, emulator.media.address
-            taken: list[bytes] = []
-            offer = demux._offer
+    async with anycast_rig() as rig:
+        relay, port = rig.relay, rig.port
+        assert relay.manager is not None
+        demux, sfu_addr = port.demux, rig.sfu_media.address
+        taken: list[bytes] = []
+        offer = demux._offer
 
-            def recording(call: Any, data: bytes, addr: tuple[str, int]) -> bool:
-                ok = offer(call, data, addr)
-                if ok and len(taken) < 50:
-                    taken.append(data)
-                return ok
+        def recording(call: Any, data: bytes, addr: tuple[str, int]) -> bool:
+            ok = offer(call, data, addr)
+            if ok and len(taken) < 50:
+                taken.append(data)
+            return ok
 
-            demux._offer = recording  # type: ignore[method-assign]
-            calls = [TaggedCall(sfu, api, f"forged-{i}", tag=i) for i in range(3)]
-            try:
-                await asyncio.gather(*(c.start() for c in calls))
-                await asyncio.gather(*(c.speak(turns=1) for c in calls))
-                assert taken and demux.is_shared(sfu_addr)
-                ssrc = next(iter(demux._shared[sfu_addr].ssrcs))
-                before = demux.stats()
-                paths = [relay.manager.calls[c.call_id].fast_path for c in calls]
-                assert all(p is not None for p in paths)
-                counts = [p.stats() for p in paths if p is not None]
-                forged_srtp = b"\x80\x6f\x12\x34" + bytes(4) + ssrc.to_bytes(4, "big") + bytes(40)
-                alert = b"\x15\xfe\xfd\x00\x01" + bytes(5) + b"\x09\x00\x1a" + bytes(26)
-                hello = b"\x16\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x10\x01" + bytes(15)
-                ufrag = next(iter(demux._calls))
-                from tests.unit.test_demux import binding_request
+        demux._offer = recording  # type: ignore[method-assign]
+        calls = [TaggedCall(rig.sfu, rig.api, f"forged-{i}", tag=i) for i in range(3)]
+        try:
+            await asyncio.gather(*(c.start() for c in calls))
+            await asyncio.gather(*(c.speak(turns=1) for c in calls))
+            assert taken and demux.is_shared(sfu_addr)
+            ssrc = next(iter(demux._shared[sfu_addr].ssrcs))
+            before = demux.stats()
+            paths = [relay.manager.calls[c.call_id].fast_path for c in calls]
+            assert all(p is not None for p in paths)
+            counts = [p.stats() for p in paths if p is not None]
+            forged_srtp = b"\x80\x6f\x12\x34" + bytes(4) + ssrc.to_bytes(4, "big") + bytes(40)
+            alert = b"\x15\xfe\xfd\x00\x01" + bytes(5) + b"\x09\x00\x1a" + bytes(26)
+            hello = b"\x16\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x10\x01" + bytes(15)
+            ufrag = next(iter(demux._calls))
+            from tests.unit.test_demux import binding_request
 
-                for _ in range(20):
-                    for data in (taken[0], taken[-1], forged_srtp, alert, hello):
-                        demux.datagram_received(data, sfu_addr)
-                    demux.datagram_received(binding_request(ufrag, "not-the-password-123456"), sfu_addr)
-                after = demux.stats()
-                assert after.unclaimed - before.unclaimed >= 60  # replays and the forged SRTP
-                assert after.forged - before.forged == 20
-                assert after.dtls_ambiguous - before.dtls_ambiguous == 20  # the ClientHellos
-                assert after.routed_by_claim == before.routed_by_claim  # nothing new learned
-                await asyncio.sleep(0.3)
-                assert all(
-                    relay.manager.calls[c.call_id].peer.pc.connectionState == "connected" for c in calls
-                )
-                for path, count in zip(paths, counts, strict=True):
-                    assert path is not None and path.stats().undecryptable == count.undecryptable
-                for call in calls:
-                    call.caller.received.clear()
-                await asyncio.gather(*(c.speak(turns=1) for c in calls))
-                await _wait_for(
-                    lambda: all(len(c.echoed()) >= sum(SPEECH.speech) for c in calls), 15, "echoes"
-                )
-                for call in calls:
-                    check_own_echo(call)
-            finally:
-                demux._offer = offer  # type: ignore[method-assign]
-                for call in calls:
-                    if call.call_id in relay.manager.calls:
-                        await call.stop()
-                    else:
-                        await call.caller.close()
+            for _ in range(20):
+                for data in (taken[0], taken[-1], forged_srtp, alert, hello):
+                    demux.datagram_received(data, sfu_addr)
+                demux.datagram_received(binding_request(ufrag, "not-the-password-123456"), sfu_addr)
+            after = demux.stats()
+            assert after.unclaimed - before.unclaimed >= 60  # replays and the forged SRTP
+            assert after.forged - before.forged == 20
+            assert after.dtls_ambiguous - before.dtls_ambiguous == 20  # the ClientHellos
+            assert after.routed_by_claim == before.routed_by_claim  # nothing new learned
+            await asyncio.sleep(0.3)
+            assert all(relay.manager.calls[c.call_id].peer.pc.connectionState == "connected" for c in calls)
+            for path, count in zip(paths, counts, strict=True):
+                assert path is not None and path.stats().undecryptable == count.undecryptable
+            for call in calls:
+                call.caller.received.clear()
+            await asyncio.gather(*(c.speak(turns=1) for c in calls))
+            await _wait_for(lambda: all(len(c.echoed()) >= sum(SPEECH.speech) for c in calls), 15, "echoes")
+            for call in calls:
+                check_own_echo(call)
+        finally:
+            demux._offer = offer  # type: ignore[method-assign]
+            await rig.end(calls)
