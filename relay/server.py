@@ -271,6 +271,15 @@ class RelayServer:
             self._sfu_client = None
         await self.link.close()
         if self._shared_port is not None:  # after the calls: their peers sent through it
+            forward = self._shared_port.forwarding
+            if forward is not None:  # how much of the caller audio never reached Python
+                stats = self._shared_port.stats()
+                log.info(
+                    "native per-batch path: %d of %d datagrams finished in C (%d batches)",
+                    forward.finished,
+                    stats.datagrams_in,
+                    forward.batches,
+                )
             await self._shared_port.close()
             self._shared_port = None
 
