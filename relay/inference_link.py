@@ -191,11 +191,14 @@ class RelayLink(WireEndpoint):
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-link-liveness")
         return self.address
 
+    batch_receive = False
+    """Read the socket with ``recvmmsg`` (set before ``start``): the relay does with its shared media port."""
+
     async def _open(self, local: Peer) -> Peer:
         """The socket, read with ``recvmmsg`` (relay/media/shared_port.py ``BatchReader``: inference's
-        datagrams in batches, as the shared media port reads callers') when the native per-batch path runs;
-        else a uvloop datagram transport (the SDK's way, one ``recvmsg`` per datagram)."""
-        if not (native.available() and native_batch_enabled() and batching_enabled()):
+        datagrams in batches, as the shared media port reads callers') when ``batch_receive`` is set and
+        the native per-batch path runs; else a uvloop datagram transport (one ``recvmsg`` per datagram)."""
+        if not (self.batch_receive and native.available() and native_batch_enabled() and batching_enabled()):
             return await super()._open(local)
         if self._transport is not None:
             raise LinkError("endpoint: already open")

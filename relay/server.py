@@ -192,6 +192,8 @@ class RelayServer:
             )
             # What the calls send toward callers leaves in one sendmmsg per loop turn, as AUDIO_IN does.
             self._shared_port.batch_sends(lambda transport: SendBatch(transport, max_batch=SEND_BATCH))
+            # Inference's datagrams are read in batches too, as the shared port's (relay/inference_link.py).
+            self.link.batch_receive = self._shared_port.batched
         try:
             await self.link.start()
         except BaseException:

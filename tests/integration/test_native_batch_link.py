@@ -19,6 +19,7 @@ async def test_the_inference_socket_reads_in_batches(monkeypatch: pytest.MonkeyP
     if batched and not native.available():
         pytest.skip(f"native path not built: {native.status()}")
     monkeypatch.setenv(NATIVE_BATCH_ENV, "1" if batched else "0")
+    monkeypatch.setattr(RelayLink, "batch_receive", True)  # as the relay sets it with a shared port
     reads: list[int] = []
     close = RelayLink._close_socket
 
