@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import socket
@@ -232,6 +233,8 @@ class RelayServer:
             relay_id=s.relay_id or (s.edge.relay_id if s.edge is not None else "relay"),
         )
         manager = self.manager
+        if self._shared_port is not None:
+            manager.collector.port_stats = self._port_stats
         if s.edge is not None:
             self.edge = EdgeLink(s.edge, lambda: list(manager.calls), draining=lambda: manager.draining)
             manager.on_ended = self.edge.call_ended
@@ -284,6 +287,16 @@ class RelayServer:
                 )
             await self._shared_port.close()
             self._shared_port = None
+
+    def _port_stats(self) -> dict[str, int]:
+        """The shared port's counters for /metrics, with how many caller datagrams C finished."""
+        port = self._shared_port
+        if port is None:
+            return {}
+        stats = {k: int(v) for k, v in dataclasses.asdict(port.stats()).items()}
+        forward = port.forwarding
+        stats["native_finished"] = forward.finished if forward is not None else 0
+        return stats
 
     async def __aenter__(self) -> RelayServer:
         await self.start()

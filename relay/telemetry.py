@@ -8,7 +8,7 @@ calls pays nothing for metrics between scrapes.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -99,12 +99,23 @@ class CallSample:
     rtt_ms: float | None
 
 
+PortStats = Callable[[], Mapping[str, int]]
+"""The shared media port's tables and counters by name (relay/media/demux.py ``DemuxStats``, plus
+``native_finished``): relay/server.py hands one over, so telemetry needs no import of the media layer."""
+PORT_TABLES = frozenset({"calls", "flows", "transactions"})
+"""Of those, the ones that are sizes (gauges); every other one only grows (counters)."""
+
+
 class RelayCollector(Collector):
     """Prometheus collector over the live calls plus totals kept for calls that have ended."""
 
     def __init__(self, live_calls: Callable[[], Iterable[CallSample]], process: str = "0") -> None:
         self._live_calls = live_calls
         self._process = process
+        self.port_stats: PortStats | None = None
+        """Set when the process runs a shared media port: its demultiplexer's counters are exported as
+        ``splitrelay_media_port_<name>`` (shared addresses, turns, claims: what to watch on a staging
+        relay facing the real SFU, docs/deploy.md)."""
         self.ended_calls = 0
         self.ended_counters = CallCounters()
         self.ended_dwell_in = DwellHistogram()
@@ -188,3 +199,19 @@ class RelayCollector(Collector):
         setup = CounterMetricFamily("splitrelay_setup_seconds", "Call setup time (sum)", labels=labels)
         setup.add_metric([self._process], self.setup_ms_sum / 1000)
         yield setup
+        if self.port_stats is not None:
+            yield from self._port_families(self.port_stats(), labels)
+
+    def _port_families(
+        self, stats: Mapping[str, int], labels: list[str]
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        for name, value in stats.items():
+            metric = f"splitrelay_media_port_{name}"
+            help_text = f"Shared media port: {name.replace('_', ' ')} (relay/media/demux.py DemuxStats)"
+            family: CounterMetricFamily | GaugeMetricFamily
+            if name in PORT_TABLES:
+                family = GaugeMetricFamily(metric, help_text, labels=labels)
+            else:
+                family = CounterMetricFamily(metric, help_text, labels=labels)
+            family.add_metric([self._process], value)
+            yield family

@@ -50,7 +50,9 @@ def relay(
     ] = False,
     ab: Annotated[
         str,
-        typer.Option(help="A/B variants after the baseline: port-per-call, python, unbatched (or none)."),
+        typer.Option(
+            help="A/B variants after the baseline: port-per-call, python, unbatched, per-datagram (or none)."
+        ),
     ] = "port-per-call",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout (tables go to stderr).")

@@ -196,8 +196,24 @@ async def test_sfu_on_one_socket_to_a_relay_on_one_port_keeps_eight_calls_apart(
             assert stats.unclaimed <= 40, stats
             sfu_side = rig.sfu_media.stats()
             assert sfu_side.flows_shared >= 11 and sfu_side.delivery_errors == 0
+            # The same counters on /metrics, where an operator watches a staging relay (docs/deploy.md).
+            metrics = (await rig.api.http.get("/metrics")).text
+            exported = _metric(metrics, "splitrelay_media_port_flows_shared_total")
+            assert exported is not None and exported >= stats.flows_shared, metrics
+            assert _metric(metrics, "splitrelay_media_port_calls") is not None
+            finished = _metric(metrics, "splitrelay_media_port_native_finished_total")
+            assert finished is not None and (finished > 0 or not rig.port.native)
         finally:
             await rig.end(calls)
+
+
+def _metric(text: str, name: str) -> float | None:
+    """A metric's value for process 0 in Prometheus text, or None when it is not there."""
+    prefix = name + '{process="0"} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
 
 
 def test_a_shared_media_socket_needs_exactly_one_candidate_address() -> None:

@@ -78,3 +78,27 @@ def test_collector_exports_live_and_ended_calls() -> None:
     assert value["splitrelay_live_packets_lost"] == 2
     assert value["splitrelay_live_rtt_ms"] == 30.0
     assert value["splitrelay_dwell_in_seconds_count"] == 1
+
+
+def test_the_shared_ports_counters_are_exported_when_the_process_has_one() -> None:
+    collector = RelayCollector(lambda: [], process="1")
+
+    def exported() -> dict[str, tuple[str, float]]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        text = generate_latest(registry).decode()
+        return {
+            s.name: (f.type, s.value)
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith("splitrelay_media_port")
+        }
+
+    assert exported() == {}  # no shared port: no such families
+    collector.port_stats = lambda: {"flows": 7, "flows_shared": 3, "turns_expired": 0, "native_finished": 90}
+    assert exported() == {
+        "splitrelay_media_port_flows": ("gauge", 7),
+        "splitrelay_media_port_flows_shared_total": ("counter", 3),
+        "splitrelay_media_port_turns_expired_total": ("counter", 0),
+        "splitrelay_media_port_native_finished_total": ("counter", 90),
+    }
