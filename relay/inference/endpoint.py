@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Final, cast
 
-from splitrelay.inference import wire
+from splitrelay.inference import udp_recv, wire
 from splitrelay.inference.udp_batch import ObserveNs, SendBatch
 from splitrelay.inference.udp_batch import (
     Peer as Peer,  # numeric host and port: the demultiplexing key next to call_id
@@ -129,6 +129,11 @@ class WireEndpoint(asyncio.DatagramProtocol):
     ``key`` is the shared wire key (a ``WireKey``, or a ``WireKeyring`` during a rotation); None reads
     SPLITRELAY_WIRE_KEY from the environment and raises ``WireKeyError`` naming it when it is not set.
     There is no unauthenticated mode.
+
+    ``receive_batch`` reads the socket with ``recvmmsg`` (relay/inference/udp_recv.py: up to 32
+    datagrams per system call and loop turn) instead of a datagram transport's one ``recvmsg`` each.
+    None (the default) means on for the inference side (the SDK) unless SPLITRELAY_INFERENCE_RECV_BATCH=0,
+    and off for the relay side, whose ``RelayLink`` decides by itself (``batch_receive``).
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class WireEndpoint(asyncio.DatagramProtocol):
         role: Role,
         rto: float = DEFAULT_RTO,
         attempts: int = DEFAULT_ATTEMPTS,
+        receive_batch: bool | None = None,
     ) -> None:
         self._sealer = Sealer(resolve_keyring(key), role)
         self.reply_limiter = ReplyLimiter()
@@ -153,6 +159,11 @@ class WireEndpoint(asyncio.DatagramProtocol):
         self._pending: dict[_PendingKey, _Pending] = {}
         self._recent: OrderedDict[tuple[Peer, int], None] = OrderedDict()
         self._closed = asyncio.Event()
+        if receive_batch is None:
+            receive_batch = role == "inference" and udp_recv.enabled()
+        self.receive_batch = receive_batch
+        """Read the socket in batches (see the class docstring); set before the socket opens."""
+        self._receiver: udp_recv.RecvBatch | None = None
 
     # -- socket lifecycle ----------------------------------------------------------------------
 
@@ -161,6 +172,8 @@ class WireEndpoint(asyncio.DatagramProtocol):
         if self._transport is not None:
             raise LinkError("endpoint: already open")
         loop = asyncio.get_running_loop()
+        if self.receive_batch:
+            return self._open_batched(local, loop)
         family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=local, family=family)
         sock = transport.get_extra_info("socket")
@@ -171,6 +184,31 @@ class WireEndpoint(asyncio.DatagramProtocol):
                 pass
         bound = transport.get_extra_info("sockname")
         return (str(bound[0]), int(bound[1]))
+
+    def _open_batched(self, local: Peer, loop: asyncio.AbstractEventLoop) -> Peer:
+        """The socket owned here, read with ``recvmmsg`` (or its ``recvfrom`` reference where libc has
+        none); sends still go through ``SendBatch`` on its transport, in order."""
+        transport = udp_recv.open_socket(
+            local,
+            loop,
+            self,
+            self.datagram_received,
+            buffer_size=SOCKET_BUFFER,
+            use_recvmmsg=udp_recv.available(),
+            on_error=self._receive_error,
+        )
+        self._receiver = transport.reader
+        self.connection_made(transport)  # before the loop can run the reader: nothing is delivered yet
+        bound = transport.get_extra_info("sockname")
+        return (str(bound[0]), int(bound[1]))
+
+    def _receive_error(self, code: int) -> None:
+        self.stats.send_errors += 1  # an ICMP error for an earlier send, as error_received counts it
+
+    @property
+    def receiver(self) -> udp_recv.RecvBatch | None:
+        """The batched reader while the socket is read in batches (its counters: calls, oversize, errors)."""
+        return self._receiver
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's selector datagram transport is not a DatagramTransport subclass, so cast.
