@@ -21,7 +21,6 @@ from splitrelay.inference import wire
 from splitrelay.inference.endpoint import (
     DEFAULT_ATTEMPTS,
     DEFAULT_RTO,
-    SOCKET_BUFFER,
     CallState,
     LinkError,
     Peer,
@@ -33,8 +32,6 @@ from splitrelay.inference.wire import BargeIn, CallStart, Continuation, Message,
 from splitrelay.inference.wire_auth import WireKey, WireKeyring
 from splitrelay.relay.media import native
 from splitrelay.relay.media.shared_port import (
-    BatchReader,
-    SocketSender,
     batching_enabled,
     native_batch_enabled,
 )
@@ -168,8 +165,6 @@ class RelayLink(WireEndpoint):
         self._family = socket.AF_INET
         self._calls: dict[int, _LinkCall] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._reader: BatchReader | None = None
-        self._sock: socket.socket | None = None
         self.agents_lost = 0  # calls ended because their agent went silent
         self.keepalives_sent = 0
         self.address: Peer | None = None
@@ -195,60 +190,19 @@ class RelayLink(WireEndpoint):
     """Read the socket with ``recvmmsg`` (set before ``start``): the relay does with its shared media port."""
 
     async def _open(self, local: Peer) -> Peer:
-        """The socket, read with ``recvmmsg`` (relay/media/shared_port.py ``BatchReader``: inference's
-        datagrams in batches, as the shared media port reads callers') when ``batch_receive`` is set and
+        """Read the socket in batches (the SDK's ``recvmmsg`` reader, relay/inference/udp_recv.py:
+        inference's datagrams as the shared media port reads callers') when ``batch_receive`` is set and
         the native per-batch path runs; else a uvloop datagram transport (one ``recvmsg`` per datagram)."""
-        if not (self.batch_receive and native.available() and native_batch_enabled() and batching_enabled()):
-            return await super()._open(local)
-        if self._transport is not None:
-            raise LinkError("endpoint: already open")
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind(local)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):  # a smaller kernel limit is fine
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            reader = BatchReader(sock, self.datagram_received, native_path=True)
-            sender = SocketSender(sock, loop)
-            loop.add_reader(sock.fileno(), reader.drain)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock, self._reader = sock, reader
-        self.connection_made(sender)
-        bound = sock.getsockname()
-        return (str(bound[0]), int(bound[1]))
-
-    async def _close_socket(self) -> None:
-        sock = self._sock
-        if sock is None:
-            await super()._close_socket()
-            return
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-        transport = self._transport
-        batch = self._batch
-        if batch is not None:
-            batch.flush()
-        for pending in self._pending.values():
-            if pending.timer is not None:
-                pending.timer.cancel()
-            if not pending.future.done():
-                pending.future.set_result(False)
-        self._pending.clear()
-        if transport is not None:
-            transport.close()
-        sock.close()
-        self._sock = self._reader = None
-        self.connection_lost(None)
+        self.receive_batch = (
+            self.batch_receive and native.available() and native_batch_enabled() and batching_enabled()
+        )
+        return await super()._open(local)
 
     @property
     def receive_calls(self) -> int:
         """System calls that read the socket when it is read in batches (0 otherwise)."""
-        return 0 if self._reader is None else self._reader.calls
+        receiver = self.receiver
+        return 0 if receiver is None else receiver.calls
 
     async def close(self) -> None:
         """End every call (telling inference, without waiting long) and close the socket."""
