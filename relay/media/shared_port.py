@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import ipaddress
 import logging
 import os
@@ -32,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from splitrelay.inference.udp_recv import ICMP_ERRORS, sockaddr_address
 from splitrelay.relay.media import native
 from splitrelay.relay.media.demux import Address, Demux, DemuxLimits, DemuxStats, MediaClaim, _Call
 
@@ -55,7 +55,6 @@ SEND_BATCH = 64
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 """Bytes waiting for the socket to take them (after EAGAIN); more is dropped and counted."""
 _NAME_CACHE = 65536  # source sockaddr -> (host, port); cleared when full
-_ICMP_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 _received_ns = 0  # while a batch is delivered: when recvmmsg (or recvfrom) returned it
 
@@ -252,24 +251,6 @@ class _SharedProtocol(asyncio.DatagramProtocol):
         self._port._lost()
 
 
-def sockaddr_address(name: bytes) -> Address:
-    """A raw ``sockaddr_in``/``sockaddr_in6`` (as recvmmsg fills it) to the (host, port) a socket gives."""
-    family = int.from_bytes(name[0:2], sys.byteorder)
-    port = int.from_bytes(name[2:4], "big")
-    if family == socket.AF_INET and len(name) >= 8:
-        return socket.inet_ntop(socket.AF_INET, name[4:8]), port
-    if family == socket.AF_INET6 and len(name) >= 24:
-        host = socket.inet_ntop(socket.AF_INET6, name[8:24])
-        scope = int.from_bytes(name[24:28], sys.byteorder) if len(name) >= 28 else 0
-        if scope:  # link-local: as Python's socket module names it
-            try:
-                host = f"{host}%{socket.if_indextoname(scope)}"
-            except OSError:
-                host = f"{host}%{scope}"
-        return host, port
-    raise ValueError(f"not an IPv4 or IPv6 socket address (family {family}, {len(name)} bytes)")
-
-
 class BatchReader:
     """Drains a non-blocking UDP socket into ``deliver(data, addr)``, bounded per call (module docstring).
 
@@ -396,9 +377,9 @@ class BatchReader:
     def _error(self, code: int) -> bool:
         """Count a receive error; True when reading may go on (an ICMP error for one peer)."""
         self.errors += 1
-        if code not in _ICMP_ERRORS and self.errors == 1:
+        if code not in ICMP_ERRORS and self.errors == 1:
             logger.warning("shared port: receive failed: %s", os.strerror(code))
-        return code in _ICMP_ERRORS
+        return code in ICMP_ERRORS
 
 
 class SocketSender(asyncio.DatagramTransport):

@@ -75,8 +75,17 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         "splitrelay.relay.media",
-        "media is below the relay: the emulator shares it without the relay's control plane",
-        only=("splitrelay.relay.media", "aiortc", "aioice", "pylibsrtp", "av", "numpy"),
+        "media is below the relay: the emulator shares it without the relay's control plane (the SDK's "
+        "light UDP helpers, stdlib and cffi only, are the one thing it shares with the inference side)",
+        only=(
+            "splitrelay.relay.media",
+            "splitrelay.inference.udp_recv",
+            "aiortc",
+            "aioice",
+            "pylibsrtp",
+            "av",
+            "numpy",
+        ),
     ),
     Rule(
         "splitrelay.relay",

@@ -19,12 +19,7 @@ import pytest
 
 from splitrelay.inference.udp_batch import SendBatch
 from splitrelay.relay.media import native, shared_port
-from splitrelay.relay.media.shared_port import (
-    BatchReader,
-    SharedUdpPort,
-    SocketSender,
-    sockaddr_address,
-)
+from splitrelay.relay.media.shared_port import BatchReader, SharedUdpPort, SocketSender
 
 Address = tuple[str, int]
 Delivered = list[tuple[bytes, Address]]
@@ -149,21 +144,6 @@ def test_a_batch_shares_one_arrival_time_and_it_ends_with_the_batch(
     assert len(seen) == 5 and after > max(seen)
     if native_path:
         assert len(set(seen)) == 1  # one recvmmsg: one time for the batch
-
-
-def test_sockaddr_address_reads_both_families() -> None:
-    v4 = (2).to_bytes(2, "little") + (5004).to_bytes(2, "big") + bytes([192, 0, 2, 1]) + bytes(8)
-    assert sockaddr_address(v4) == ("192.0.2.1", 5004)
-    v6 = (
-        (10).to_bytes(2, "little")
-        + (443).to_bytes(2, "big")
-        + bytes(4)
-        + socket.inet_pton(socket.AF_INET6, "2001:db8::7")
-        + bytes(4)
-    )
-    assert sockaddr_address(v6) == ("2001:db8::7", 443)
-    with pytest.raises(ValueError, match="family 1"):
-        sockaddr_address((1).to_bytes(2, "little") + bytes(14))
 
 
 # --- sending -------------------------------------------------------------------------------------------
