@@ -154,6 +154,7 @@ class Bench:
                     mode=variant.mode,
                     run_dir=out_dir / f"{variant.label}-stack",
                     silence_ms=variant.silence_ms,
+                    shared_sfu_socket=variant.shared_sfu_socket,
                     relay_impair=(
                         config.impair_relay.describe()
                         if config.impair_relay is not None and variant.label == "a"
@@ -302,8 +303,12 @@ class Bench:
             stop = stops[label]
             stack = side.info.public() if side.info is not None else {}
             stack.pop("page", None)  # the page link carries a caller token in its fragment
+            variant = side.variant.to_json()
+            if variant["sfu_socket"] == "shared" and c.impair_relay is not None and label == "a":
+                # StackConfig: an impaired relay leg cannot tell calls sharing an address apart
+                variant["sfu_socket_effective"] = "per-session"
             configs[label] = {
-                "variant": side.variant.to_json(),
+                "variant": variant,
                 "summary": summary,
                 "cpu": {
                     "stack_ms_per_call": side.stack_cpu_s * 1000 / measured,
@@ -460,10 +465,20 @@ def _utterance(path: Path | None) -> Utterance:
 def calls_command(
     a: Annotated[
         str,
-        typer.Option("--a", help="Configuration A: sfu, direct, or KEY=VALUE[,KEY=VALUE] (mode, silence)."),
+        typer.Option(
+            "--a",
+            help="Configuration A: sfu, direct, or KEY=VALUE[,KEY=VALUE] (mode, silence, "
+            "sfu_socket=shared|per-session: the SFU emulator's sessions on one UDP socket, the default, "
+            "or a socket each).",
+        ),
     ] = "sfu",
     b: Annotated[
-        str, typer.Option("--b", help="Configuration B, same syntax (e.g. mode=sfu,silence=300).")
+        str,
+        typer.Option(
+            "--b",
+            help="Configuration B, same syntax "
+            "(e.g. mode=sfu,silence=300 or mode=sfu,sfu_socket=per-session).",
+        ),
     ] = "direct",
     calls: Annotated[int, typer.Option(help="Measured calls per configuration (1..100000).")] = 1000,
     concurrency: Annotated[int, typer.Option(help="Calls in flight at once within a block (1..64).")] = 8,

@@ -21,9 +21,15 @@ DEFAULT_MODE: Final = "sfu"
 DEFAULT_SILENCE_MS: Final = 500
 SILENCE_RANGE: Final = (20, 10_000)  # the echo agent's own bounds (scripts/devtools/stack.py StackConfig)
 MAX_SPEC_CHARS: Final = 200
+SFU_SOCKETS: Final = ("shared", "per-session")
+"""The emulator's socket shape (StackConfig.shared_sfu_socket): every session on one UDP socket, as
+Cloudflare's anycast SFU may be (the relay's demultiplexer then serializes set-ups: its turns), or a
+socket per session."""
+DEFAULT_SFU_SOCKET: Final = "shared"
 KEYS: Final = {
     "mode": f"attach mode: {' or '.join(MODES)}",
     "silence": f"the echo agent's end-of-speech silence, ms ({SILENCE_RANGE[0]}..{SILENCE_RANGE[1]})",
+    "sfu_socket": f"the SFU emulator's UDP sockets, mode=sfu only: {' or '.join(SFU_SOCKETS)}",
 }
 SHORTHANDS: Final = {mode: {"mode": mode} for mode in MODES}
 MAX_CALLS: Final = 100_000
@@ -40,14 +46,33 @@ class Variant:
     """``a`` or ``b``."""
     mode: str = DEFAULT_MODE
     silence_ms: int = DEFAULT_SILENCE_MS
+    sfu_socket: str = DEFAULT_SFU_SOCKET
+    """``shared``: the emulator serves every session on one UDP socket; ``per-session``: one each.
+    Means something in SFU mode only (direct mode has no SFU)."""
+
+    def __post_init__(self) -> None:
+        if self.sfu_socket not in SFU_SOCKETS:
+            raise ValueError(f"sfu_socket: must be one of {SFU_SOCKETS}, got {self.sfu_socket!r}")
+
+    @property
+    def shared_sfu_socket(self) -> bool:
+        """What the stack is given (StackConfig.shared_sfu_socket)."""
+        return self.sfu_socket == "shared"
 
     @property
     def spec(self) -> str:
-        """The canonical ``KEY=VALUE`` form (every key), as tables and JSON show it."""
-        return f"mode={self.mode},silence={self.silence_ms}"
+        """The canonical ``KEY=VALUE`` form (every key the mode uses), as tables and JSON show it."""
+        spec = f"mode={self.mode},silence={self.silence_ms}"
+        return spec + (f",sfu_socket={self.sfu_socket}" if self.mode == "sfu" else "")
 
-    def to_json(self) -> dict[str, str | int]:
-        return {"label": self.label, "spec": self.spec, "mode": self.mode, "silence_ms": self.silence_ms}
+    def to_json(self) -> dict[str, str | int | None]:
+        return {
+            "label": self.label,
+            "spec": self.spec,
+            "mode": self.mode,
+            "silence_ms": self.silence_ms,
+            "sfu_socket": self.sfu_socket if self.mode == "sfu" else None,
+        }
 
 
 def parse_variant(text: str, label: str) -> Variant:
@@ -97,7 +122,17 @@ def parse_variant(text: str, label: str) -> Variant:
         low, high = SILENCE_RANGE
         if not low <= silence <= high:
             raise ValueError(f"{option}: silence must be {low}..{high} ms, got {silence}")
-    return Variant(label=label, mode=mode, silence_ms=silence)
+    sfu_socket = DEFAULT_SFU_SOCKET
+    if "sfu_socket" in values:
+        sfu_socket = values["sfu_socket"].lower()
+        if sfu_socket not in SFU_SOCKETS:
+            allowed = ", ".join(SFU_SOCKETS)
+            raise ValueError(
+                f"{option}: sfu_socket must be one of {allowed}, got {values['sfu_socket'][:40]!r}"
+            )
+        if mode != "sfu":
+            raise ValueError(f"{option}: sfu_socket applies to mode=sfu only (mode={mode} has no SFU)")
+    return Variant(label=label, mode=mode, silence_ms=silence, sfu_socket=sfu_socket)
 
 
 @dataclass(frozen=True)

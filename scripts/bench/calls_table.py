@@ -49,6 +49,7 @@ def _rows() -> list[tuple[str, Cell, bool]]:
         ("voice_to_voice_ms", "voice-to-voice"),
         ("response_ms", "response"),
         ("setup_ms", "setup"),
+        ("connect_ms", "caller connect"),
     ):
         for q in QUANTILES:
             rows.append((f"{name} p{q}", _quantile(key, q), True))
@@ -80,7 +81,9 @@ def _rows() -> list[tuple[str, Cell, bool]]:
 LEGEND = (
     "times in ms. voice-to-voice: first reply packet in - last speech frame due; response: the part after "
     "the agent's endpointing wait; setup: POST /v1/calls → whole path up (caller ICE+DTLS, edge record, "
-    "relay call live); first/last turn: voice-to-voice of each call's first and last turn (calls of 2+ "
+    "relay call live); caller connect: POST /v1/calls → the caller's own ICE+DTLS connected (the relay's "
+    "own SFU leg, and its turns when the SFU shares one socket, are in setup, not in caller connect); "
+    "first/last turn: voice-to-voice of each call's first and last turn (calls of 2+ "
     "turns; n/a with --turns 1), last ÷ first the percentiles of the per-call ratio: above 1 means "
     "latency latched; "
     "relay dwell: in + out, percentiles over calls of each call's p50; CPU: the "
@@ -113,8 +116,9 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
         title_justify="left",
     )
     table.add_column("metric", no_wrap=True)
-    table.add_column(f"A: {a['variant']['spec']}", justify="right")
-    table.add_column(f"B: {b['variant']['spec']}", justify="right")
+    # fold, never ellipsize: two specs that differ only at their end (sfu_socket=...) must stay apart
+    table.add_column(f"A: {a['variant']['spec']}", justify="right", overflow="fold")
+    table.add_column(f"B: {b['variant']['spec']}", justify="right", overflow="fold")
     table.add_column("A ÷ B", justify="right")
     for label, cell, has_ratio in _rows():
         va, vb = cell(a), cell(b)

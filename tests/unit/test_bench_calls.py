@@ -47,8 +47,29 @@ A, B = Variant("a"), Variant("b", mode="direct")
 def test_a_configuration_is_keys_and_values_or_a_shorthand(text: str, mode: str, silence: int) -> None:
     variant = parse_variant(text, "b")
     assert (variant.label, variant.mode, variant.silence_ms) == ("b", mode, silence)
-    assert variant.spec == f"mode={mode},silence={silence}"
+    shape = ",sfu_socket=shared" if mode == "sfu" else ""  # the stack's default: one emulator socket
+    assert variant.spec == f"mode={mode},silence={silence}{shape}"
     assert parse_variant(variant.spec, "b") == variant  # the canonical form reads back the same
+
+
+@pytest.mark.parametrize(
+    ("text", "shape", "shared"),
+    [
+        ("sfu", "shared", True),
+        ("mode=sfu,sfu_socket=per-session", "per-session", False),
+        ("sfu_socket=Per-Session", "per-session", False),
+        ("sfu,sfu_socket=shared,silence=300", "shared", True),
+    ],
+)
+def test_the_sfu_socket_shape_is_a_key_shown_in_the_label_and_the_json(
+    text: str, shape: str, shared: bool
+) -> None:
+    variant = parse_variant(text, "b")
+    assert (variant.sfu_socket, variant.shared_sfu_socket) == (shape, shared)
+    assert variant.spec.endswith(f",sfu_socket={shape}")
+    assert variant.to_json()["sfu_socket"] == shape
+    assert parse_variant(variant.spec, "b") == variant
+    assert parse_variant("direct", "a").to_json()["sfu_socket"] is None  # direct mode has no SFU
 
 
 @pytest.mark.parametrize(
@@ -63,6 +84,10 @@ def test_a_configuration_is_keys_and_values_or_a_shorthand(text: str, mode: str,
         ("silence=abc", "--a: silence must be a whole number of ms, got 'abc'"),
         ("silence=10", "--a: silence must be 20..10000 ms, got 10"),
         ("silence=", "--a: expected KEY=VALUE"),
+        ("sfu_socket=one", "--a: sfu_socket must be one of shared, per-session, got 'one'"),
+        ("sfu_socket=", "--a: expected KEY=VALUE"),
+        ("direct,sfu_socket=per-session", "--a: sfu_socket applies to mode=sfu only"),
+        ("sfu_socket=shared,sfu_socket=shared", "--a: sfu_socket given twice"),
         ("x" * 201, "--a: at most 200 characters"),
     ],
 )
@@ -349,6 +374,7 @@ def _app() -> typer.Typer:
     [
         (["--a", "codec=opus"], "--a: unknown key 'codec'"),
         (["--b", "silence=5"], "--b: silence must be 20..10000 ms, got 5"),
+        (["--b", "sfu_socket=anycast"], "--b: sfu_socket must be one of shared, per-session, got 'anycast'"),
         (["--netem", "loss 200%"], "--netem: loss must be 0..100%, got 200%"),
         (["--concurrency", "8", "--block", "2"], "--block: must be at least the concurrency (8)"),
         (["--calls", "0"], "--calls: must be 1..100000, got 0"),
@@ -371,3 +397,20 @@ def test_an_output_directory_of_another_run_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), ["--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "already holds calls.jsonl from another run" in _plain(result.output)
+
+
+def test_each_side_s_stack_gets_the_sfu_socket_shape_it_asked_for(tmp_path: Path) -> None:
+    from rich.progress import Progress
+
+    from splitrelay.bench.calls import Bench
+    from splitrelay.devtools.utterance import DEFAULT_UTTERANCE, load_utterance
+
+    config = BenchCallsConfig(
+        a=parse_variant("mode=sfu", "a"), b=parse_variant("sfu_socket=per-session", "b"), calls=1
+    )
+    bench = Bench(config, load_utterance(DEFAULT_UTTERANCE), tmp_path, Progress(disable=True))
+    try:
+        shapes = {label: side.stack.config.shared_sfu_socket for label, side in bench.sides.items()}
+        assert shapes == {"a": True, "b": False}
+    finally:
+        bench.results_file.close()
