@@ -370,6 +370,9 @@ class CallService:
         dropped = [str(call_id) for call_id in reply.get("closed") or ()]
         if dropped:
             self._defer(self._close_dropped(relay_id, dropped))
+        orphans = [str(call_id) for call_id in reply.pop("came_back", None) or ()]
+        if orphans:  # the relay was declared lost and beats again
+            self._defer(self._release_orphans(relay_id, orphans))
         handed = [str(call_id) for call_id in reply.pop("hand_over", None) or ()]
         if handed:  # the relay just started to drain: its live calls move make-before-break
             self._defer(self._hand_over(relay_id, handed))
@@ -395,6 +398,18 @@ class CallService:
             await self._close_quietly(
                 call_id, "relay_ended: the relay no longer holds the call", relay_id, tell_relay=False
             )
+
+    async def _release_orphans(self, relay_id: str, call_ids: list[str]) -> None:
+        """Tell a relay that came back to let go of the calls closed while it was lost (a signed DELETE):
+        else each would live on there, with its SFU session, until the relay stopped."""
+        for call_id in call_ids:
+            try:
+                record = await self.get_record(call_id)
+            except EdgeError:  # deleted after its retention: the relay's DELETE is all that is left
+                continue
+            if not record.open and record.relay.get("id") == relay_id:
+                outcome = await self.relay_close(record.relay, call_id)
+                log.info("call %s: closed while %s was lost; its DELETE: %s", call_id, relay_id, outcome)
 
     async def relay_lost(self, relay_id: str, call_id: str, silent_s: float) -> None:
         """The relay's alarm found it silent: the call moves to another relay, or closes if none takes it

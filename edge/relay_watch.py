@@ -151,6 +151,9 @@ class RelayWatch:
             raise WatchError(409, "stale_heartbeat", f"seq: {beat.seq} is not after {state.seq}")
         restarted = beat.boot_id != state.boot_id
         listed = set(beat.calls)
+        # A relay declared lost that beats again (a stall, not a death): the calls it still lists may
+        # have been closed or moved meanwhile; the edge checks each and tells the relay to let go.
+        came_back = sorted(listed) if state.lost and not restarted else []
         # The relay starts to drain: its live calls move to other relays before it refuses anything.
         hand_over = sorted(listed) if beat.draining and not state.draining and not restarted else []
         # Calls the relay listed before and lists no more ended there: closed at the edge (a backstop
@@ -180,6 +183,7 @@ class RelayWatch:
             "timeout_ms": round(self.timeout_s * 1000),
             "closed": dropped,
             "hand_over": hand_over,
+            "came_back": came_back,
         }
 
     async def claim(self, relay_id: str, call_id: str) -> dict[str, Any]:

@@ -61,7 +61,13 @@ async def test_silent_relay_is_lost_after_the_timeout_with_its_calls(watch: Rela
     storage = watch.storage
     assert isinstance(storage, MemoryStorage)
     reply = await send_beat(watch, 1, ("call-a", "call-b"))
-    assert reply == {"draining_seen": False, "timeout_ms": 1000, "closed": [], "hand_over": []}
+    assert reply == {
+        "draining_seen": False,
+        "timeout_ms": 1000,
+        "closed": [],
+        "hand_over": [],
+        "came_back": [],
+    }
     assert storage.alarm_at_ms == (NOW + 1.0) * 1000
     for step in range(1, 4):  # beats every 250 ms keep it alive; the alarm re-arms from the last one
         clock.now = NOW + 0.25 * step
@@ -236,6 +242,32 @@ async def test_a_lost_relay_s_call_closes_with_relay_lost_when_no_relay_takes_it
     created = await h.create(cf=PARIS)
     await h.drain()
     assert (await h.request("GET", f"/v1/calls/{created['call_id']}")).json()["relay"]["id"] == "iad"
+    await h.watches.aclose()
+
+
+async def test_a_lost_relay_that_beats_again_is_told_to_let_go_of_the_calls_closed_meanwhile() -> None:
+    """A stall, not a death: the relay's call was closed (relay_lost) while it was silent; when it beats
+    again still listing the call, the edge sends it a signed DELETE, else the call (and its SFU session)
+    would live on there until the relay stopped."""
+    h = LiveHarness()
+    assert (await h.beat("fra", 1)).status == 200
+    call_id = await connected_call(h)
+    assert (await h.beat("fra", 2, (call_id,))).status == 200
+    refused = Inbound(503, {}, b'{"error":{"code":"draining","message":"draining"}}')
+    h.upstream.fail.update({"relay:iad": refused, "relay:sin": refused})
+    h.now += 1.0
+    assert await run_relay_alarm(h.watches.object("fra"), h.app.calls) == "lost: 1 call(s)"
+    steps_before = len(h.upstream.steps())
+    reply = await h.beat("fra", 3, (call_id,))  # the same boot: it was stalled, not restarted
+    assert reply.status == 200 and "came_back" not in reply.json()  # internal: not sent to the relay
+    await h.drain()
+    new_steps = h.upstream.steps()[steps_before:]
+    assert any(step.startswith("DELETE relay-fra.test") for step in new_steps), new_steps
+    # A beat after that (the relay still lists it until its DELETE lands) sends nothing more.
+    steps_before = len(h.upstream.steps())
+    assert (await h.beat("fra", 4, (call_id,))).status == 200
+    await h.drain()
+    assert not any(step.startswith("DELETE") for step in h.upstream.steps()[steps_before:])
     await h.watches.aclose()
 
 
