@@ -25,6 +25,8 @@ TARGETS: Final[dict[str, str]] = {
     "edge-sdp": "test_fuzz_edge_sdp.py::test_edge_sdp_offers_never_5xx",
     "relay": "test_fuzz_relay.py::test_relay_control_api_never_5xx",
     "emulator": "test_fuzz_emulator.py::test_emulator_api_never_5xx",
+    "native": "test_fuzz_native.py::test_native_parser_and_srtp_match_the_reference",
+    "native-batch": "test_fuzz_native.py::test_native_batch_path_matches_the_reference",
 }
 """Target name -> its test in tests/fuzz (the report file is named after the target)."""
 LONG_RUN_FROM: Final = 5000  # tests/fuzz/engine.py: below this, hypothesis runs (no report)
@@ -71,8 +73,9 @@ def fuzz(
     time_limit_s: float = 0.0,
 ) -> None:
     """Run the fuzz tier's long run: TARGET (one of wire, edge-token, edge-body, edge-path, edge-sdp, relay,
-    emulator; or all) with INPUTS inputs each (from SEED: input i of a run is replayed by the same seed).
-    A JSON report per target lands in REPORT_DIR; TIME_LIMIT_S > 0 stops a target early (and says so)."""
+    emulator, native, native-batch; or all) with INPUTS inputs each (from SEED: input i of a run is replayed
+    by the same seed). A JSON report per target lands in REPORT_DIR; TIME_LIMIT_S > 0 stops a target early
+    (and says so)."""
     if not (REPO / "tests" / "fuzz" / "engine.py").is_file():
         raise SystemExit(
             "splitrelay fuzz: needs a source checkout (tests/fuzz is not installed with the package)"
@@ -88,7 +91,7 @@ def fuzz(
     report_dir = report_dir if report_dir.is_absolute() else Path.cwd() / report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     reports = [run_target(name, inputs, seed, report_dir, time_limit_s or None) for name in names]
-    print(f"\n{'target':<11} {'inputs':>9} {'seconds':>8} {'inputs/s':>9}  failures  known open bugs hit")
+    print(f"\n{'target':<12} {'inputs':>9} {'seconds':>8} {'inputs/s':>9}  failures  known open bugs hit")
     failed = False
     for doc in reports:
         failures = doc.get("failures") or []
@@ -96,7 +99,7 @@ def fuzz(
         failed = failed or bool(failures) or doc["exit_code"] != 0
         rate = doc.get("inputs_per_s", "-")
         print(
-            f"{doc['target']!s:<11} {doc['inputs']!s:>9} {doc['seconds']!s:>8} {rate!s:>9}"
+            f"{doc['target']!s:<12} {doc['inputs']!s:>9} {doc['seconds']!s:>8} {rate!s:>9}"
             f"  {len(failures):>8}  {doc.get('known') or '-'}"
             + ("  (stopped by the time limit)" if doc.get("stopped_by_time") else "")
         )
