@@ -138,7 +138,8 @@ class EdgeApp:
             )
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
-        await self._limit(self.ip_limiter, "ip", request.client_ip or "unknown")
+        if match is None:  # what starts something (a token, TURN credentials, a call): see _authenticate
+            await self._limit(self.ip_limiter, "ip", request.client_ip or "unknown")
         if path == "/v1/tokens":
             return await self._issue_token(request)
         handler: Callable[[EdgeRequest, tokens.Claims], Awaitable[EdgeResponse]]
@@ -147,7 +148,12 @@ class EdgeApp:
             ice = await self.calls.ice_servers()
             # ttl_s: what the credentials have left (they may be shared: edge/ice.py), None for STUN.
             return json_response(200, {"ice_servers": ice.servers, "ttl_s": ice.ttl_s(self.clock())})
-        claims = await self._authenticate(request, tokens.SCOPE_CALLS)
+        try:
+            claims = await self._authenticate(request, tokens.SCOPE_CALLS, limited=request.method != "DELETE")
+        except EdgeError as exc:
+            if match is not None and exc.status in (401, 403):  # guessing tokens costs the IP's budget
+                await self._limit(self.ip_limiter, "ip", request.client_ip or "unknown")
+            raise
         if match is None:
             return await self._create_call(request, claims)
         try:
@@ -217,7 +223,15 @@ class EdgeApp:
                 429, "rate_limited", f"too many requests for this {kind}; retry shortly", retry_after=10
             )
 
-    async def _authenticate(self, request: EdgeRequest, scope: str) -> tokens.Claims:
+    async def _authenticate(self, request: EdgeRequest, scope: str, *, limited: bool = True) -> tokens.Claims:
+        """The request's token claims, counted against the token's rate limit when ``limited``.
+
+        What the limits are for is what costs: minting tokens, TURN credentials and calls (per IP and per
+        token). A call's own reads and its renegotiation answer count per token only: many callers share
+        one IP behind a carrier-grade NAT or an office, and the page reads its record every second. A
+        hang-up is never limited: refusing it would keep the call's SFU session, relay and agent held
+        until the call's time limit (docs/edge.md, "Rate limits").
+        """
         token = bearer_token(request)
         if token is None:
             raise EdgeError(
@@ -229,7 +243,8 @@ class EdgeApp:
             raise EdgeError(401, f"token_{exc.code}", exc.message, field="authorization") from None
         if not claims.allows(scope):
             raise EdgeError(403, "insufficient_scope", f"token scope: needs {scope!r}", field="authorization")
-        await self._limit(self.token_limiter, "token", claims.jti)
+        if limited:
+            await self._limit(self.token_limiter, "token", claims.jti)
         return claims
 
     async def _issue_token(self, request: EdgeRequest) -> EdgeResponse:
