@@ -15,6 +15,9 @@ port). Then SRTP/SRTCP goes by (address, SSRC), learned from the call whose keys
 fast path's ``MediaClaim``); DTLS goes to the one call whose turn it is at that address: a call that has
 not finished its handshake holds its STUN and DTLS toward an address while another call's ICE and DTLS
 set-up there is open, so the remote can start only one handshake from that address at a time ("turns").
+A turn ends when both Finished messages have passed, whatever the call's DTLS role. A DTLS server whose
+last flight was lost gets its remote's retransmitted final flight by that flight's content (its key
+exchange), never the next set-up: another handshake's records break one in progress.
 
 
 The socket that carries it (batched reads and sends) is relay/media/shared_port.py.
@@ -59,6 +62,9 @@ _UFRAG_ALPHABET = string.ascii_letters + string.digits
 _UFRAG_TOKEN_LEN = 16  # 16 base62 characters: 95 bits, not guessable by an off-path sender
 _MAX_LABEL = 24
 _MAX_SSRCS_PER_CALL = 16  # (address, SSRC) hints a call keeps: its remote's sources and RTCP reporters
+_MAX_FLIGHT = 16  # handshake records of its remote's flights a call remembers (a final flight has 3-6)
+_CLIENT_HELLO = 1
+_CLIENT_KEY_EXCHANGE = 16
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,12 @@ class DemuxLimits:
     turn_hold_s: float = 5.0
     """Longest one call's ICE and DTLS set-up may keep a remote address to itself before the next
     call's turn (a remote that went quiet mid-handshake)."""
-    turn_settle_s: float = 1.5
-    """A DTLS server's turn ends at the first media from the remote its keys authenticate, or this long
-    after its fast path took over (a client whose last flight we answered retransmits it after 1 s if
-    our answer was lost). A DTLS client's turn ends when its fast path takes over."""
+    turn_settle_s: float = 4.0
+    """How long after its handshake a DTLS server call still gets its remote's retransmitted final flight
+    (sent when our ChangeCipherSpec and Finished were lost: OpenSSL's client retransmits after 1 s, then
+    3 s). Its turn does not wait for this: it ends when both Finished messages have passed."""
+    max_settling: int = 64
+    """Calls per remote address kept for ``turn_settle_s`` after their handshake (the oldest goes first)."""
     max_held: int = 8
     """Datagrams a call waiting for its turn keeps; the oldest goes (``held_dropped``)."""
 
@@ -109,6 +117,7 @@ class DemuxLimits:
             ("max_ssrcs_per_remote", 1, 10_000_000),
             ("max_claim_trials", 1, 4096),
             ("max_held", 1, 256),
+            ("max_settling", 1, 4096),
         ):
             value = getattr(self, name)
             if not low <= value <= high:
@@ -171,8 +180,9 @@ class DemuxStats:
     routed_by_claim: int = 0
     """SRTP/SRTCP from a shared address with a new SSRC, taken by the call whose keys authenticated it."""
     early_media: int = 0
-    """SRTP from a shared address no fast path took, handed to the call whose turn it is and whose fast
-    path has not attached yet (aioice queues it; the fast path authenticates it when it takes over)."""
+    """SRTP from a shared address no fast path took, handed to the calls there whose handshake has just
+    ended (within ``turn_settle_s``) and to the call whose turn it is, those whose fast path has not
+    attached yet (aioice queues it; a fast path authenticates it when it takes over, drops the others)."""
     unclaimed: int = 0
     """Dropped: SRTP/SRTCP from a shared address no call's keys authenticate (forged, or stale)."""
     claims_limited: int = 0
@@ -188,6 +198,11 @@ class DemuxStats:
     """Held datagrams dropped: over ``max_held``, or the call finished or closed before its turn."""
     turns_expired: int = 0
     """Turns that ended after ``turn_hold_s`` without the holder's handshake finishing."""
+    dtls_retransmits: int = 0
+    """Handshake flights from a shared address handed to the DTLS server calls whose handshake ended within
+    ``turn_settle_s``, not to the call whose turn it is: a final flight whose key exchange one of them
+    already received (its remote retransmitted it), or one the holder cannot be waiting for (it has
+    seen no ClientHello)."""
 
 
 class _Call:
@@ -200,8 +215,11 @@ class _Call:
         "dtls_client",
         "dtls_enc",
         "enc_since",
+        "flight",
+        "flight_seq",
         "flows",
         "held",
+        "hello",
         "key",
         "protocol",
         "settled",
@@ -229,6 +247,14 @@ class _Call:
         self.dtls_enc = 0
         """Encrypted (epoch >= 1) DTLS records seen: 1 sent, 2 received (3: both Finished passed)."""
         self.enc_since: float | None = None
+        self.hello = False
+        """It sent or got a ClientHello: its handshake has begun, so the remote's other handshake records
+        from its address may be its own."""
+        self.flight: list[bytes] = []
+        """Bodies of the epoch-0 handshake records (no ClientHello) it got from its remote: as a DTLS server,
+        its client's final flight. A retransmission repeats them (with new record numbers)."""
+        self.flight_seq = -1
+        """The highest epoch-0 record sequence number among them."""
         self.turns: list[Address] = []
         """Remote addresses where it is this call's turn (its set-up holds them)."""
         self.held: list[tuple[bytes, Address]] = []
@@ -337,6 +363,47 @@ def dtls_records(data: bytes) -> tuple[bool, bool]:
     return encrypted, True
 
 
+def is_client_hello(data: bytes) -> bool:
+    """Whether a DTLS datagram opens with a ClientHello (epoch 0): the one record that begins a handshake."""
+    return len(data) > 13 and data[0] == 22 and data[3] == 0 and data[4] == 0 and data[13] == _CLIENT_HELLO
+
+
+def handshake_records(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(record sequence number, handshake type, digest of the body) of each epoch-0 handshake record.
+
+    A retransmitted flight repeats its handshake messages under new record sequence numbers (RFC 6347
+    4.1: numbers are per record sent), so equal bodies with a higher number are the same flight again.
+    The digest (BLAKE2b, 128 bits) keeps what a call remembers small and fixed.
+    """
+    found: list[tuple[int, int, bytes]] = []
+    pos, end = 0, len(data)
+    for _ in range(64):  # bounded like dtls_records
+        if pos + 13 > end:
+            break
+        length = (data[pos + 11] << 8) | data[pos + 12]
+        body = data[pos + 13 : pos + 13 + length]
+        if data[pos] == 22 and data[pos + 3] == 0 and data[pos + 4] == 0 and body:
+            seq = int.from_bytes(data[pos + 5 : pos + 11], "big")
+            found.append((seq, body[0], hashlib.blake2b(body, digest_size=16).digest()))
+        pos += 13 + length
+    return found
+
+
+def retransmitted_by(calls: list[_Call], data: bytes) -> _Call | None:
+    """The call whose remote's final flight ``data`` repeats: a handshake record whose body that call got
+    before, either its key exchange (a fresh ephemeral key: no other handshake carries the same) or any
+    record under a higher record number than it saw (a new record carrying an old message)."""
+    records = handshake_records(data)
+    for call in calls:
+        flight = call.flight
+        if not flight:
+            continue
+        for seq, kind, digest in records:
+            if digest in flight and (kind == _CLIENT_KEY_EXCHANGE or seq > call.flight_seq):
+                return call
+    return None
+
+
 def stun_integrity_ok(data: bytes, offset: int, key: bytes) -> bool:
     """RFC 8489 section 14.5: HMAC-SHA1 over the message up to MESSAGE-INTEGRITY, length adjusted."""
     length = offset - _STUN_HEADER + 4 + _INTEGRITY_LEN
@@ -378,6 +445,8 @@ class Demux:
         self._shared: dict[Address, _Shared] = {}  # addresses several calls hold
         self._shared_flows = 0  # memberships of _shared, counted against max_flows with _flows
         self._turns: dict[Address, _Turn] = {}
+        self._settling: dict[Address, deque[_Call]] = {}
+        """DTLS server calls whose handshake there ended within ``turn_settle_s``, oldest first."""
         self.on_shared: Callable[[Address], None] | None = None
         """Told each address that becomes shared: a path that routes media by address alone (a native
         per-batch one) must hand that address's datagrams back to ``datagram_received``."""
@@ -410,6 +479,7 @@ class Demux:
         self.held = 0
         self.held_dropped = 0
         self.turns_expired = 0
+        self.dtls_retransmits = 0
 
     # --- calls ---------------------------------------------------------------------------------
 
@@ -449,6 +519,7 @@ class Demux:
             self._forget(call, addr)
         call.flows.clear()
         call.settled = True
+        call.flight.clear()
         self._end_turns(call, self._clock())
         call.demux = None
 
@@ -485,12 +556,14 @@ class Demux:
             if call is None:
                 self._shared_received(data, addr, first)
                 return
+            if first < 64 and not call.settled:
+                self._note_flight(call, data)
             if call.turns:  # its set-up holds a turn: watch for its handshake's end
                 if first > 63:
                     if call._claim is not None:
                         self._media_seen(call, addr)
                 else:
-                    self._dtls_seen(call, data, 2)
+                    self._dtls_seen(call, data, 2, addr)
             self.routed_by_flow += 1
             self._deliver(call, data, addr)
         elif first < 4:
@@ -680,6 +753,14 @@ class Demux:
         """Handshake DTLS from a shared address goes to the call whose turn it is there, and only if it
         learned the address (the remote can start a handshake only on a pair whose check succeeded).
 
+        Except a flight that repeats the final flight a DTLS server call there got just before its turn
+        ended (its ChangeCipherSpec and Finished were lost, the client sent its last flight again): that
+        goes to that call, whose DTLS answers it again. And a flight that cannot begin a handshake (no
+        ClientHello) while the holder has begun none is not the holder's: it goes to the calls whose
+        handshake just ended there. A finished DTLS stack drops another handshake's records; one in
+        progress would take them and fail (tests/integration/test_dtls_misrouting.py), so none is ever
+        handed to the holder by guess.
+
         An encrypted alert or application record (a close_notify when a call ends) is handed to every
         call there whose handshake is over: DTLS silently drops a record that does not authenticate under
         its keys (RFC 6347 4.1.2.7), so only its own call acts on it; at most ``claim_trials_per_s``
@@ -689,27 +770,81 @@ class Demux:
         turn = self._turn(addr, now)
         encrypted, handshake = dtls_records(data)
         if handshake or not encrypted:
-            if turn is None or turn.holder not in shared.calls:
+            holder = turn.holder if turn is not None and turn.holder in shared.calls else None
+            if not is_client_hello(data):
+                settling = self._settling_at(addr, now, shared)
+                owner = retransmitted_by(settling, data) if settling else None
+                if owner is not None:
+                    self.dtls_retransmits += 1
+                    self._deliver(owner, data, addr)
+                    return
+                if holder is None or not holder.hello:
+                    if settling and self._spend(shared, len(settling), now):
+                        self.dtls_retransmits += 1
+                        for call in settling:
+                            self._deliver(call, data, addr)
+                    elif settling:
+                        self.claims_limited += 1
+                    else:
+                        self.dtls_ambiguous += 1
+                    return
+            if holder is None:
                 self.dtls_ambiguous += 1
                 return
             self.routed_by_flow += 1
-            self._dtls_seen(turn.holder, data, 2)
-            self._deliver(turn.holder, data, addr)
+            self._note_flight(holder, data)
+            self._dtls_seen(holder, data, 2, addr)
+            self._deliver(holder, data, addr)
             return
         targets = [c for c in shared.joined if c.settled or c.dtls_enc == 3 or c._claim is not None]
         if not targets:
             self.dtls_ambiguous += 1
             return
-        rate = self.limits.claim_trials_per_s
-        shared.tokens = min(rate, shared.tokens + (now - shared.tokens_at) * rate)
-        shared.tokens_at = now
-        if shared.tokens < len(targets):
+        if not self._spend(shared, len(targets), now):
             self.claims_limited += 1
             return
-        shared.tokens -= len(targets)
         self.dtls_to_sharers += 1
         for call in targets:
             self._deliver(call, data, addr)
+
+    def _spend(self, shared: _Shared, count: int, now: float) -> bool:
+        """Take ``count`` hand-overs from the address's budget (``claim_trials_per_s``), if it has them."""
+        rate = self.limits.claim_trials_per_s
+        shared.tokens = min(rate, shared.tokens + (now - shared.tokens_at) * rate)
+        shared.tokens_at = now
+        if shared.tokens < count:
+            return False
+        shared.tokens -= count
+        return True
+
+    def _settling_at(self, addr: Address, now: float, shared: _Shared) -> list[_Call]:
+        """The live DTLS server calls at ``addr`` whose handshake ended within ``turn_settle_s``."""
+        queue = self._settling.get(addr)
+        if queue is None:
+            return []
+        window = self.limits.turn_settle_s
+        while queue and (
+            self._calls.get(queue[0].ufrag) is not queue[0] or now - (queue[0].enc_since or 0.0) >= window
+        ):  # bounded by max_settling
+            queue.popleft()
+        if not queue:
+            del self._settling[addr]
+            return []
+        return [c for c in queue if c in shared.calls and self._calls.get(c.ufrag) is c]
+
+    def _note_flight(self, call: _Call, data: bytes) -> None:
+        """Remember what ``call``'s remote sent in its handshake: a ClientHello begins it; the bodies of
+        the other epoch-0 handshake records (as DTLS server: the client's final flight) say later whether
+        a flight from a shared address repeats it."""
+        if is_client_hello(data):
+            call.hello = True
+            return
+        if call.dtls_client or not call.hello:
+            return
+        for seq, kind, digest in handshake_records(data):
+            if kind != _CLIENT_HELLO and digest not in call.flight and len(call.flight) < _MAX_FLIGHT:
+                call.flight.append(digest)
+            call.flight_seq = max(call.flight_seq, seq)
 
     def _shared_media(self, shared: _Shared, data: bytes, addr: Address) -> None:
         """SRTP/SRTCP from a shared address: by its learned SSRC, else to the call whose keys take it."""
@@ -744,9 +879,14 @@ class Demux:
         else:
             shared.cursor = (shared.cursor + self.limits.max_claim_trials) % max(count, 1)
             turn = self._turn(addr, now)
+            targets = [c for c in self._settling_at(addr, now, shared) if c._claim is None]
             if turn is not None and turn.holder._claim is None and turn.holder in shared.calls:
-                self.early_media += 1  # its handshake just ended: aioice queues it for the fast path
-                self._deliver(turn.holder, data, addr)
+                if turn.holder not in targets:
+                    targets.append(turn.holder)
+            if targets and (len(targets) == 1 or self._spend(shared, len(targets) - 1, now)):
+                self.early_media += 1  # a handshake just ended: aioice queues it for the fast path
+                for call in targets:
+                    self._deliver(call, data, addr)
                 return
             self.unclaimed += 1
             return
@@ -796,17 +936,14 @@ class Demux:
 
     def _finished(self, call: _Call, now: float) -> bool:
         """Whether ``call``'s handshake is over (marks it settled): both Finished messages passed, or its
-        fast path took over; as the DTLS server, ``turn_settle_s`` later (or at the remote's media)."""
+        fast path took over. As DTLS server too: a retransmission of the client's final flight still
+        finds it (``_settling``)."""
         if call.settled:
             return True
-        claimed = call.claim_since if call._claim is not None else None
-        since = call.enc_since if claimed is None else min(claimed, call.enc_since or claimed)
-        if since is None:
+        if call.enc_since is None and (call._claim is None or call.claim_since is None):
             return False
-        if call.dtls_client or now - since >= self.limits.turn_settle_s:
-            call.settled = True
-            return True
-        return False
+        call.settled = True
+        return True
 
     def _media_seen(self, call: _Call, addr: Address) -> None:
         """Media from ``addr`` that ``call``'s keys took: the remote finished its handshake with it."""
@@ -814,28 +951,42 @@ class Demux:
             call.settled = True
             self._end_turns(call, self._clock())
 
-    def _dtls_seen(self, call: _Call, data: bytes, direction: int) -> None:
-        """Note an encrypted DTLS record (epoch >= 1: Finished, or later) ``call`` sent (1) or got (2)."""
+    def _dtls_seen(self, call: _Call, data: bytes, direction: int, addr: Address) -> None:
+        """Note an encrypted DTLS record (epoch >= 1: Finished, or later) ``call`` sent (1) or got (2)
+        toward or from ``addr``; both: its handshake is over and its turns pass on."""
         if call.settled or call.dtls_enc & direction or not dtls_records(data)[0]:
             return
         call.dtls_enc |= direction
         if call.dtls_enc == 3:
             now = self._clock()
             call.enc_since = now
+            if not call.dtls_client and call.flight:
+                self._settle_at(call, addr)
             if self._finished(call, now):
                 self._end_turns(call, now)
-            elif call.turns:
-                self._later(self.limits.turn_settle_s, call)
+
+    def _settle_at(self, call: _Call, addr: Address) -> None:
+        """``call`` (a DTLS server) just finished its handshake with ``addr``: for ``turn_settle_s`` a
+        retransmission of its client's final flight from there is routed to it."""
+        queue = self._settling.get(addr)
+        if queue is None:
+            if len(self._settling) >= self.limits.max_flows:
+                del self._settling[next(iter(self._settling))]
+            queue = self._settling[addr] = deque(maxlen=self.limits.max_settling)
+        if call not in queue:
+            queue.append(call)
 
     def _claim_changed(self, call: _Call) -> None:
         if call._claim is None or self._calls.get(call.ufrag) is not call:
             return
         now = self._clock()
         call.claim_since = now
+        if not call.settled and not call.dtls_client and call.flight and call.enc_since is None:
+            call.enc_since = now
+            for addr in call.turns:
+                self._settle_at(call, addr)
         if self._finished(call, now):
             self._end_turns(call, now)
-        elif call.turns:
-            self._later(self.limits.turn_settle_s, call)
 
     def _later(self, delay: float, call: _Call) -> None:
         """Look at ``call``'s turns again after ``delay`` (inside an event loop; else the next datagram)."""
@@ -908,10 +1059,10 @@ class Demux:
                 # controlled call's checks out is what keeps two demultiplexers facing each other (the
                 # emulator and the relay) from each waiting for a turn the other holds.
                 return False
-        elif first == 22 and len(data) > 13 and data[3:5] == b"\x00\x00" and data[13] == 1:
-            call.dtls_client = True  # our ClientHello
+        elif is_client_hello(data):
+            call.dtls_client = call.hello = True  # our ClientHello
         else:
-            self._dtls_seen(call, data, 1)
+            self._dtls_seen(call, data, 1, addr)
         now = self._clock()
         if self._finished(call, now):
             self._end_turns(call, now)
@@ -1000,4 +1151,5 @@ class Demux:
             held=self.held,
             held_dropped=self.held_dropped,
             turns_expired=self.turns_expired,
+            dtls_retransmits=self.dtls_retransmits,
         )

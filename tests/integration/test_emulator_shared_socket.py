@@ -60,8 +60,12 @@ async def _wait_for(predicate: Callable[[], bool], within: float, what: str) -> 
 class TaggedCall:
     """One caller through the SFU to the relay: its frames carry ``tag`` as their first byte."""
 
-    def __init__(self, sfu: SfuClient, api: SignedApi, call_id: str, tag: int) -> None:
-        self.caller = Participant(sfu, fast_path_config=FastPathConfig(rtcp_interval=0.3, bye_on_close=False))
+    def __init__(
+        self, sfu: SfuClient, api: SignedApi, call_id: str, tag: int, *, rtcp_interval: float = 0.3
+    ) -> None:
+        self.caller = Participant(
+            sfu, fast_path_config=FastPathConfig(rtcp_interval=rtcp_interval, bye_on_close=False)
+        )
         self.api = api
         self.call_id = call_id
         self.tag = tag
@@ -138,8 +142,12 @@ class Rig:
 
 
 @asynccontextmanager
-async def anycast_rig() -> AsyncIterator[Rig]:
+async def anycast_rig(*, sfu_rtcp_interval: float | None = None) -> AsyncIterator[Rig]:
+    """``sfu_rtcp_interval``: the emulator's RTCP report interval (60: a silent SFU, as toward muted
+    callers); by default the fixtures' 0.2 s."""
     config = dataclasses.replace(emulator_config(), media_port=0)
+    if sfu_rtcp_interval is not None:
+        config = dataclasses.replace(config, rtcp_interval=sfu_rtcp_interval)
     async with (
         EmulatorServer(config) as emulator,
         InferenceServer(EchoAgent(EchoConfig(silence_ms=300)), "127.0.0.1", 0) as agent,

@@ -482,10 +482,7 @@ def test_dtls_from_a_shared_address_goes_only_to_the_call_whose_turn_it_is() -> 
     demux.send_from(a, dtls(0), SFU)  # our flight, still epoch 0
     demux.send_from(a, dtls(1), SFU)  # our Finished
     assert demux.turn_holder(SFU) == u1 and not a.settled
-    demux.datagram_received(dtls(1), SFU)  # theirs: both passed; a DTLS server waits to settle
-    assert demux.turn_holder(SFU) == u1
-    a.media_claim = FakeClaim(1)
-    demux.datagram_received(srtp(0x5, tag=1), SFU)  # their media under a's keys: a's turn is over
+    demux.datagram_received(dtls(1), SFU)  # theirs: both passed; a's turn is over (DTLS server or not)
     assert a.settled and demux.turn_holder(SFU) == u2
     assert [d for d, _ in net.sent][-1] == check_b and b.held == []  # b's check went out at its turn
     demux.datagram_received(hello, SFU)
@@ -494,7 +491,9 @@ def test_dtls_from_a_shared_address_goes_only_to_the_call_whose_turn_it_is() -> 
     assert [d for d, _ in net.sent][-1] == check_a
 
 
-def test_a_dtls_client_turn_ends_with_both_finished_and_a_server_one_after_settling() -> None:
+def test_a_turn_ends_when_both_finished_passed_whatever_the_dtls_role() -> None:
+    """Client or server, a call's turn passes the moment both Finished messages have passed: a muted
+    remote (no media) holds no address for ``turn_settle_s`` any more."""
     now = [0.0]
     net = Net(DemuxLimits(turn_settle_s=1.5), clock=lambda: now[0])
     (u1, _), (u2, _), (u3, _) = shared_calls(net, 3)
@@ -508,11 +507,9 @@ def test_a_dtls_client_turn_ends_with_both_finished_and_a_server_one_after_settl
     demux.send_from(c, check_from(u3), SFU)
     demux.datagram_received(dtls(0, handshake_type=1), SFU)  # b is the server
     demux.datagram_received(dtls(1), SFU)
+    assert demux.turn_holder(SFU) == u2
     demux.send_from(b, dtls(1), SFU)
-    now[0] += 1.4
-    assert demux.turn_holder(SFU) == u2  # the client may still retransmit its last flight
-    now[0] += 0.2
-    assert demux.turn_holder(SFU) == u3 and b.settled and c.held == []
+    assert demux.turn_holder(SFU) == u3 and b.settled and c.held == []  # no settling wait
 
 
 def test_a_turn_expires_and_a_closed_holder_passes_it_on() -> None:
@@ -749,19 +746,20 @@ def test_a_coalesced_flight_ends_the_handshake_and_an_alert_reaches_the_calls_th
 
 
 def test_a_turn_passing_while_the_socket_refuses_sends_raises_nothing() -> None:
-    """Held datagrams go out on the receive path (a turn passes when media arrives): a socket that
-    refuses them (closing) is counted, never raised into the datagram being routed."""
+    """Held datagrams go out on the receive path (a turn passes when the remote's Finished arrives): a
+    socket that refuses them (closing) is counted, never raised into the datagram being routed."""
     net = Net()
     (u1, _), (u2, _), _ = shared_calls(net, 3)
     demux = net.demux
     a, b = demux._calls[u1], demux._calls[u2]
     demux.send_from(a, check_from(u1), SFU)
     demux.send_from(b, check_from(u2), SFU)
-    a.media_claim = FakeClaim(1)
+    demux.send_from(a, dtls(0, handshake_type=1), SFU)
+    demux.send_from(a, dtls(1), SFU)
 
     def refuse(data: bytes, addr: Address) -> None:
         raise OSError("socket closed")
 
     demux.send = refuse
-    demux.datagram_received(srtp(0x1, tag=1), SFU)  # a's turn ends here; b's held check cannot go out
+    demux.datagram_received(dtls(1), SFU)  # a's turn ends here; b's held check cannot go out
     assert demux.turn_holder(SFU) == u2 and demux.send_after_close == 1 and b.held == []
