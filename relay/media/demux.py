@@ -15,9 +15,10 @@ port). Then SRTP/SRTCP goes by (address, SSRC), learned from the call whose keys
 fast path's ``MediaClaim``); DTLS goes to the one call whose turn it is at that address: a call that has
 not finished its handshake holds its STUN and DTLS toward an address while another call's ICE and DTLS
 set-up there is open, so the remote can start only one handshake from that address at a time ("turns").
-A turn ends when both Finished messages have passed, whatever the call's DTLS role. A DTLS server whose
-last flight was lost gets its remote's retransmitted final flight by that flight's content (its key
-exchange), never the next set-up: another handshake's records break one in progress.
+A turn ends when both Finished messages have passed, whatever the call's DTLS role. A call whose last
+flight was lost (a DTLS 1.2 server's ChangeCipherSpec and Finished) gets its remote's retransmitted flight
+by that flight's content (its key exchange), never the next set-up: another handshake's records break
+one in progress.
 
 
 The socket that carries it (batched reads and sends) is relay/media/shared_port.py.
@@ -64,7 +65,9 @@ _MAX_LABEL = 24
 _MAX_SSRCS_PER_CALL = 16  # (address, SSRC) hints a call keeps: its remote's sources and RTCP reporters
 _MAX_FLIGHT = 16  # handshake records of its remote's flights a call remembers (a final flight has 3-6)
 _CLIENT_HELLO = 1
-_CLIENT_KEY_EXCHANGE = 16
+_FRESH = frozenset((2, 12, 15, 16))
+"""Handshake messages whose first fragment no other handshake repeats: ServerHello (its random),
+ServerKeyExchange, CertificateVerify (signatures), ClientKeyExchange (an ephemeral public key)."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,9 @@ class DemuxLimits:
     """Longest one call's ICE and DTLS set-up may keep a remote address to itself before the next
     call's turn (a remote that went quiet mid-handshake)."""
     turn_settle_s: float = 4.0
-    """How long after its handshake a DTLS server call still gets its remote's retransmitted final flight
-    (sent when our ChangeCipherSpec and Finished were lost: OpenSSL's client retransmits after 1 s, then
-    3 s). Its turn does not wait for this: it ends when both Finished messages have passed."""
+    """How long after its handshake a call still gets its remote's retransmitted last flight (as DTLS 1.2
+    server: sent when our ChangeCipherSpec and Finished were lost; OpenSSL's client retransmits after 1 s,
+    then 3 s). Its turn does not wait for this: it ends when both Finished messages have passed."""
     max_settling: int = 64
     """Calls per remote address kept for ``turn_settle_s`` after their handshake (the oldest goes first)."""
     max_held: int = 8
@@ -199,10 +202,10 @@ class DemuxStats:
     turns_expired: int = 0
     """Turns that ended after ``turn_hold_s`` without the holder's handshake finishing."""
     dtls_retransmits: int = 0
-    """Handshake flights from a shared address handed to the DTLS server calls whose handshake ended within
-    ``turn_settle_s``, not to the call whose turn it is: a final flight whose key exchange one of them
-    already received (its remote retransmitted it), or one the holder cannot be waiting for (it has
-    seen no ClientHello)."""
+    """Handshake flights from a shared address handed to the calls whose handshake ended there within
+    ``turn_settle_s``, not to the call whose turn it is: a flight whose key exchange one of them already
+    received (its remote retransmitted it), or one the holder cannot be waiting for (it has begun no
+    handshake: no ClientHello yet)."""
 
 
 class _Call:
@@ -251,8 +254,8 @@ class _Call:
         """It sent or got a ClientHello: its handshake has begun, so the remote's other handshake records
         from its address may be its own."""
         self.flight: list[bytes] = []
-        """Bodies of the epoch-0 handshake records (no ClientHello) it got from its remote: as a DTLS server,
-        its client's final flight. A retransmission repeats them (with new record numbers)."""
+        """Digests of the epoch-0 handshake records (no ClientHello) it got from its remote: as DTLS 1.2
+        server, its client's final flight. A retransmission repeats them (with new record numbers)."""
         self.flight_seq = -1
         """The highest epoch-0 record sequence number among them."""
         self.turns: list[Address] = []
@@ -369,7 +372,8 @@ def is_client_hello(data: bytes) -> bool:
 
 
 def handshake_records(data: bytes) -> list[tuple[int, int, bytes]]:
-    """(record sequence number, handshake type, digest of the body) of each epoch-0 handshake record.
+    """(record sequence number, handshake type, digest of the body) of each epoch-0 handshake record; the
+    type is -1 for a fragment that does not start its message (only a first fragment is fresh).
 
     A retransmitted flight repeats its handshake messages under new record sequence numbers (RFC 6347
     4.1: numbers are per record sent), so equal bodies with a higher number are the same flight again.
@@ -384,24 +388,30 @@ def handshake_records(data: bytes) -> list[tuple[int, int, bytes]]:
         body = data[pos + 13 : pos + 13 + length]
         if data[pos] == 22 and data[pos + 3] == 0 and data[pos + 4] == 0 and body:
             seq = int.from_bytes(data[pos + 5 : pos + 11], "big")
-            found.append((seq, body[0], hashlib.blake2b(body, digest_size=16).digest()))
+            kind = body[0] if body[6:9] == b"\x00\x00\x00" else -1
+            found.append((seq, kind, hashlib.blake2b(body, digest_size=16).digest()))
         pos += 13 + length
     return found
 
 
-def retransmitted_by(calls: list[_Call], data: bytes) -> _Call | None:
-    """The call whose remote's final flight ``data`` repeats: a handshake record whose body that call got
-    before, either its key exchange (a fresh ephemeral key: no other handshake carries the same) or any
-    record under a higher record number than it saw (a new record carrying an old message)."""
+def retransmitted_by(calls: list[_Call], data: bytes) -> list[_Call]:
+    """The calls whose remote's last flight ``data`` repeats.
+
+    A datagram with a fresh message (a key exchange, a signature, a ServerHello's random: no other
+    handshake carries the same) is the one call's that got that message. One without (a certificate alone,
+    say, which one SFU certificate makes equal across sessions) repeats a call's flight if it carries a
+    record whose body that call got, under a higher record number than it saw (a new record carrying an
+    old message): every such call gets it (each has finished, and drops what is not its own).
+    """
     records = handshake_records(data)
-    for call in calls:
-        flight = call.flight
-        if not flight:
-            continue
-        for seq, kind, digest in records:
-            if digest in flight and (kind == _CLIENT_KEY_EXCHANGE or seq > call.flight_seq):
-                return call
-    return None
+    fresh = [digest for _, kind, digest in records if kind in _FRESH]
+    if fresh:
+        return [call for call in calls if any(digest in call.flight for digest in fresh)][:1]
+    return [
+        call
+        for call in calls
+        if any(digest in call.flight and seq > call.flight_seq for seq, _, digest in records)
+    ]
 
 
 def stun_integrity_ok(data: bytes, offset: int, key: bytes) -> bool:
@@ -446,7 +456,8 @@ class Demux:
         self._shared_flows = 0  # memberships of _shared, counted against max_flows with _flows
         self._turns: dict[Address, _Turn] = {}
         self._settling: dict[Address, deque[_Call]] = {}
-        """DTLS server calls whose handshake there ended within ``turn_settle_s``, oldest first."""
+        """Calls whose handshake there ended within ``turn_settle_s`` (with a flight to recognise), oldest
+        first."""
         self.on_shared: Callable[[Address], None] | None = None
         """Told each address that becomes shared: a path that routes media by address alone (a native
         per-batch one) must hand that address's datagrams back to ``datagram_received``."""
@@ -753,8 +764,8 @@ class Demux:
         """Handshake DTLS from a shared address goes to the call whose turn it is there, and only if it
         learned the address (the remote can start a handshake only on a pair whose check succeeded).
 
-        Except a flight that repeats the final flight a DTLS server call there got just before its turn
-        ended (its ChangeCipherSpec and Finished were lost, the client sent its last flight again): that
+        Except a flight that repeats the one a call there got just before its turn ended (as DTLS 1.2
+        server: its ChangeCipherSpec and Finished were lost, the client sent its final flight again): that
         goes to that call, whose DTLS answers it again. And a flight that cannot begin a handshake (no
         ClientHello) while the holder has begun none is not the holder's: it goes to the calls whose
         handshake just ended there. A finished DTLS stack drops another handshake's records; one in
@@ -773,10 +784,11 @@ class Demux:
             holder = turn.holder if turn is not None and turn.holder in shared.calls else None
             if not is_client_hello(data):
                 settling = self._settling_at(addr, now, shared)
-                owner = retransmitted_by(settling, data) if settling else None
-                if owner is not None:
+                owners = retransmitted_by(settling, data) if settling else []
+                if owners:
                     self.dtls_retransmits += 1
-                    self._deliver(owner, data, addr)
+                    for call in owners:
+                        self._deliver(call, data, addr)
                     return
                 if holder is None or not holder.hello:
                     if settling and self._spend(shared, len(settling), now):
@@ -818,7 +830,7 @@ class Demux:
         return True
 
     def _settling_at(self, addr: Address, now: float, shared: _Shared) -> list[_Call]:
-        """The live DTLS server calls at ``addr`` whose handshake ended within ``turn_settle_s``."""
+        """The live calls at ``addr`` whose handshake ended within ``turn_settle_s``."""
         queue = self._settling.get(addr)
         if queue is None:
             return []
@@ -834,12 +846,12 @@ class Demux:
 
     def _note_flight(self, call: _Call, data: bytes) -> None:
         """Remember what ``call``'s remote sent in its handshake: a ClientHello begins it; the bodies of
-        the other epoch-0 handshake records (as DTLS server: the client's final flight) say later whether
-        a flight from a shared address repeats it."""
+        the other epoch-0 handshake records (as DTLS 1.2 server: the client's final flight) say later
+        whether a flight from a shared address repeats it."""
         if is_client_hello(data):
             call.hello = True
             return
-        if call.dtls_client or not call.hello:
+        if not call.hello:
             return
         for seq, kind, digest in handshake_records(data):
             if kind != _CLIENT_HELLO and digest not in call.flight and len(call.flight) < _MAX_FLIGHT:
@@ -937,7 +949,7 @@ class Demux:
     def _finished(self, call: _Call, now: float) -> bool:
         """Whether ``call``'s handshake is over (marks it settled): both Finished messages passed, or its
         fast path took over. As DTLS server too: a retransmission of the client's final flight still
-        finds it (``_settling``)."""
+        finds it (``_settling``), so nothing waits for the remote's media."""
         if call.settled:
             return True
         if call.enc_since is None and (call._claim is None or call.claim_since is None):
@@ -960,14 +972,14 @@ class Demux:
         if call.dtls_enc == 3:
             now = self._clock()
             call.enc_since = now
-            if not call.dtls_client and call.flight:
+            if call.flight:
                 self._settle_at(call, addr)
             if self._finished(call, now):
                 self._end_turns(call, now)
 
     def _settle_at(self, call: _Call, addr: Address) -> None:
-        """``call`` (a DTLS server) just finished its handshake with ``addr``: for ``turn_settle_s`` a
-        retransmission of its client's final flight from there is routed to it."""
+        """``call`` just finished its handshake with ``addr``: for ``turn_settle_s`` a retransmission of
+        its remote's last flight from there is routed to it."""
         queue = self._settling.get(addr)
         if queue is None:
             if len(self._settling) >= self.limits.max_flows:
@@ -981,7 +993,7 @@ class Demux:
             return
         now = self._clock()
         call.claim_since = now
-        if not call.settled and not call.dtls_client and call.flight and call.enc_since is None:
+        if not call.settled and call.flight and call.enc_since is None:
             call.enc_since = now
             for addr in call.turns:
                 self._settle_at(call, addr)

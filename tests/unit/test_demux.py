@@ -14,7 +14,7 @@ from collections.abc import Callable
 import aioice.ice
 import pytest
 from aioice import stun
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from splitrelay.relay.media.demux import (
@@ -381,6 +381,44 @@ CCS = b"\x14\xfe\xfd\x00\x00" + bytes(6) + b"\x00\x01\x01"
 ALERT = dtls(1, content=21)  # an encrypted alert (close_notify)
 
 
+def record(epoch: int, seq: int, body: bytes, content: int = 22) -> bytes:
+    """One DTLS 1.2 record with its sequence number."""
+    head = bytes([content]) + b"\xfe\xfd" + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
+    return head + len(body).to_bytes(2, "big") + body
+
+
+def message(kind: int, payload: bytes, message_seq: int) -> bytes:
+    """A handshake message as one whole fragment (offset 0)."""
+    size = len(payload).to_bytes(3, "big")
+    return bytes([kind]) + size + message_seq.to_bytes(2, "big") + b"\x00\x00\x00" + size + payload
+
+
+def final_flight(key: bytes, first_seq: int = 1, *, cert: bytes = b"one-certificate") -> bytes:
+    """A DTLS 1.2 client's final flight in one datagram: Certificate, ClientKeyExchange (``key``: its
+    ephemeral public key), CertificateVerify, ChangeCipherSpec, Finished (epoch 1). A retransmission
+    repeats the messages under new record numbers (``first_seq``)."""
+    return (
+        record(0, first_seq, message(11, cert, 1))
+        + record(0, first_seq + 1, message(16, key, 2))
+        + record(0, first_seq + 2, message(15, b"signature-over-" + key, 3))
+        + record(0, first_seq + 3, b"\x01", content=20)
+        + record(1, first_seq // 5, bytes(40))
+    )
+
+
+def finish_as_server(net: Net, call_ufrag: str, key: bytes) -> None:
+    """``call_ufrag`` holds the SFU's address and finishes its handshake there as DTLS server: the SFU's
+    ClientHello, our flight, the SFU's final flight (key exchange ``key``), our CCS+Finished."""
+    demux = net.demux
+    call = demux._calls[call_ufrag]
+    assert demux.turn_holder(SFU) == call_ufrag
+    demux.datagram_received(dtls(0, handshake_type=1), SFU)
+    demux.send_from(call, dtls(0), SFU)
+    demux.datagram_received(final_flight(key), SFU)
+    demux.send_from(call, CCS + dtls(1), SFU)
+    assert call.settled and demux.turn_holder(SFU) != call_ufrag
+
+
 class FakeClaim:
     """A call's fast path as the demultiplexer sees it: takes a datagram only under its own 'keys' (the
     tag byte), and a replay of one it took is refused; a refusal changes nothing (as SRTP's does)."""
@@ -591,6 +629,9 @@ def test_held_datagrams_are_bounded() -> None:
                     "get_hello",
                     "get_fin",
                     "get_alert",
+                    "get_flight",
+                    "get_retrans",
+                    "serve",
                     "attach",
                     "media",
                     "forged",
@@ -605,16 +646,32 @@ def test_held_datagrams_are_bounded() -> None:
         max_size=80,
     )
 )
+@example(  # CCS+Finished lost: the remote's final flight again while the next call's handshake runs
+    events=[
+        ("check", 0, b""),
+        ("check", 1, b""),
+        ("send_check", 0, b""),
+        ("send_check", 1, b""),
+        ("serve", 0, b""),
+        ("get_hello", 0, b""),
+        ("get_retrans", 0, b""),
+        ("serve", 0, b""),
+        ("get_retrans", 1, b""),
+    ]
+)
 def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]]) -> None:
     """Any interleaving of set-ups, handshakes, media, forgeries and closes of four calls behind one
-    address: media reaches only the call whose keys it carries (or, unauthenticated, the claim-less call
-    whose turn it is); DTLS only the call whose turn it is and that learned the address; counters add
-    up; tables stay bounded; nothing raises."""
+    address: media reaches only the call whose keys it carries (or, unauthenticated, a claim-less call
+    whose turn it is or whose handshake just ended); DTLS only the call whose turn it is and that
+    learned the address, or the calls whose handshake just ended; a retransmission of a call's final
+    flight within its window reaches that call only, never a handshake in progress; counters add up;
+    tables stay bounded; nothing raises."""
     now = [0.0]
     limits = DemuxLimits(max_flows=6, max_ssrcs_per_remote=3, max_held=3, turn_hold_s=2, turn_settle_s=1)
     net = Net(limits, clock=lambda: now[0])
     calls = [net.call() for _ in range(4)]
     claims = [FakeClaim(i) for i in range(4)]
+    flights: dict[int, int] = {}  # call index -> record number of the last final flight its remote sent
     for kind, index, junk in events:
         ufrag, _ = calls[index]
         call = net.demux._calls.get(ufrag)
@@ -627,6 +684,10 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
         done = {u for u, _ in calls if u in net.demux._calls and net.demux._calls[u].dtls_enc == 3}
         done |= {u for u, _ in calls if u in net.demux._calls and net.demux._calls[u].settled}
         done |= {u for u, _ in calls if u in net.demux._calls and net.demux._calls[u].media_claim is not None}
+        live = net.demux._calls
+        settling = {c.ufrag for c in net.demux._settling.get(SFU, ()) if c.ufrag in live}
+        settling &= {u for u in settling if now[0] - (live[u].enc_since or 0.0) < limits.turn_settle_s}
+        settling &= set(net.demux.flow_calls(SFU))
         if kind == "check" and call is not None:
             net.demux.datagram_received(binding_request(ufrag, PASSWORD), SFU)
         elif kind == "send_check" and call is not None:
@@ -644,9 +705,36 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
             }[kind]
             net.demux.datagram_received(data, SFU)
             got = [calls[i][0] for i, (_, r) in enumerate(calls) if len(r.got) > before[i]]
-            # Raw delivery: DTLS, or media no claim took, only to the address's one call or to the
-            # call whose turn it is there (and which learned the address).
-            assert len(got) <= 1 and set(got) <= raw_to
+            # Raw delivery: DTLS, or media no claim took, only to the address's one call, to the call
+            # whose turn it is there (and which learned the address), or to calls that just finished.
+            assert set(got) <= raw_to | settling and (len(got) <= 1 or set(got) <= settling | {holder})
+        elif kind == "serve" and holder is not None and holder in net.demux.flow_calls(SFU):
+            # The holder's whole handshake as DTLS server: ClientHello, our flight, their final flight
+            # (key: its index), our CCS+Finished (which the SFU may never get: then get_retrans).
+            owner = next(i for i, (u, _) in enumerate(calls) if u == holder)
+            server = net.demux._calls[holder]
+            net.demux.datagram_received(dtls(0, handshake_type=1), SFU)
+            net.demux.send_from(server, dtls(0), SFU)
+            flights[owner] = 1
+            net.demux.datagram_received(final_flight(bytes([owner])), SFU)
+            net.demux.send_from(server, CCS + dtls(1), SFU)
+        elif kind in ("get_flight", "get_retrans"):
+            # The remote of the call whose turn it is (and which learned the address) sends its final
+            # flight (key: that call's index); or call ``index``'s remote retransmits the one it sent.
+            sharers = net.demux.flow_calls(SFU)
+            holders = [i for i, (u, _) in enumerate(calls) if u == holder and u in sharers]
+            owner = index if kind == "get_retrans" else (holders[0] if holders else -1)
+            if owner >= 0 and (kind == "get_flight" or owner in flights):
+                seq = flights[owner] + 5 if kind == "get_retrans" else 1
+                flights[owner] = seq
+                net.demux.datagram_received(final_flight(bytes([owner]), seq), SFU)
+                reached = {calls[i][0] for i, (_, r) in enumerate(calls) if len(r.got) > before[i]}
+                sender = calls[owner][0]
+                if kind == "get_retrans" and sender in settling:
+                    assert reached == {sender}  # within its window a repeat reaches its own call only
+                if sender in sharers:  # (a remote whose call forgot the address reaches whoever has it)
+                    in_progress = {u for u in reached if u in live and live[u].hello and not live[u].settled}
+                    assert in_progress <= {sender}  # never another call's handshake in progress
         elif kind == "get_alert":
             net.demux.datagram_received(ALERT, SFU)
             alerted = {calls[i][0] for i, (_, r) in enumerate(calls) if len(r.got) > before[i]}
@@ -675,6 +763,7 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
         + stats.routed_by_claim
         + stats.early_media
         + stats.dtls_to_sharers
+        + stats.dtls_retransmits
     )
     dropped = (
         stats.unknown
@@ -763,3 +852,93 @@ def test_a_turn_passing_while_the_socket_refuses_sends_raises_nothing() -> None:
     demux.send = refuse
     demux.datagram_received(dtls(1), SFU)  # a's turn ends here; b's held check cannot go out
     assert demux.turn_holder(SFU) == u2 and demux.send_after_close == 1 and b.held == []
+
+
+def test_a_retransmitted_final_flight_reaches_the_call_that_finished_not_the_next_set_up() -> None:
+    """a (DTLS server) finished and its turn passed to b at once; a's CCS+Finished was lost, so the SFU
+    sends a's final flight again while b's handshake runs. It reaches a (by its key exchange, or by a
+    record a got under a higher record number), never b; b's own flight, even with the same certificate
+    record as a's (one SFU certificate), reaches b. Past ``turn_settle_s`` a is no longer looked for."""
+    now = [0.0]
+    net = Net(DemuxLimits(turn_settle_s=4.0), clock=lambda: now[0])
+    (u1, c1), (u2, c2), (u3, _) = shared_calls(net, 3)
+    demux = net.demux
+    a, b, c = (demux._calls[u] for u in (u1, u2, u3))
+    for call, ufrag in ((a, u1), (b, u2), (c, u3)):
+        demux.send_from(call, check_from(ufrag), SFU)
+    finish_as_server(net, u1, b"key-of-a")
+    assert demux.turn_holder(SFU) == u2 and a.flight and a.flight_seq == 3
+    demux.datagram_received(dtls(0, handshake_type=1), SFU)  # b's ClientHello: b has begun
+    assert b.hello and c2.got[-1][0][13] == 1
+    again = final_flight(b"key-of-a", first_seq=5)
+    demux.datagram_received(again, SFU)
+    assert c1.got[-1] == (again, SFU) and all(d != again for d, _ in c2.got) and demux.dtls_retransmits == 1
+    split = record(0, 9, message(11, b"one-certificate", 1))  # a's certificate alone, a newer record
+    demux.datagram_received(split, SFU)
+    assert c1.got[-1] == (split, SFU) and demux.dtls_retransmits == 2
+    own = final_flight(b"key-of-b")  # b's: the same certificate record as a's, a's record numbers
+    demux.datagram_received(own, SFU)
+    assert c2.got[-1] == (own, SFU) and all(d != own for d, _ in c1.got) and demux.dtls_retransmits == 2
+    now[0] += 4.0
+    demux.datagram_received(again, SFU)  # a's window is over: routed as any flight, to the holder
+    assert c2.got[-1] == (again, SFU) and demux.dtls_retransmits == 2 and SFU not in demux._settling
+
+
+def test_a_flight_the_holder_cannot_be_waiting_for_never_reaches_it() -> None:
+    """The holder has begun no handshake (no ClientHello sent or received): a handshake flight without a
+    ClientHello is not its own. It goes to the calls whose handshake just ended there (each DTLS stack
+    drops what is not its own), or is dropped when there is none; never to the holder."""
+    now = [0.0]
+    net = Net(DemuxLimits(turn_settle_s=4.0), clock=lambda: now[0])
+    (u1, c1), (u2, c2) = shared_calls(net, 2)
+    demux = net.demux
+    a, b = demux._calls[u1], demux._calls[u2]
+    demux.send_from(a, check_from(u1), SFU)
+    demux.send_from(b, check_from(u2), SFU)
+    finish_as_server(net, u1, b"key-of-a")
+    stray = final_flight(b"key-of-nobody")
+    demux.datagram_received(stray, SFU)
+    assert c1.got[-1] == (stray, SFU) and all(d != stray for d, _ in c2.got) and demux.dtls_retransmits == 1
+    now[0] += 4.0
+    demux.datagram_received(stray, SFU)
+    assert demux.dtls_ambiguous == 1 and all(d != stray for d, _ in c2.got)
+    demux.datagram_received(dtls(0, handshake_type=1), SFU)  # b's ClientHello: from now on, b's
+    demux.datagram_received(stray, SFU)
+    assert c2.got[-1] == (stray, SFU)
+
+
+def test_flights_to_the_finished_calls_are_bounded_per_second() -> None:
+    """Handing one flight to every call that just finished costs one DTLS read each: a spoofed flood is
+    held to ``claim_trials_per_s`` hand-overs a second per address (then ``claims_limited``)."""
+    now = [0.0]
+    net = Net(DemuxLimits(turn_settle_s=4.0, claim_trials_per_s=2), clock=lambda: now[0])
+    calls = shared_calls(net, 4)
+    demux = net.demux
+    for ufrag, _ in calls:
+        demux.send_from(demux._calls[ufrag], check_from(ufrag), SFU)
+    for index, (ufrag, _) in enumerate(calls[:3]):
+        finish_as_server(net, ufrag, b"key-%d" % index)
+    assert len(demux._settling[SFU]) == 3
+    demux.datagram_received(final_flight(b"forged"), SFU)  # 3 hand-overs > 2 a second
+    assert demux.claims_limited == 1 and demux.dtls_retransmits == 0
+
+
+def test_early_media_reaches_the_calls_whose_handshake_just_ended() -> None:
+    """A DTLS server's turn ends at once now, so the remote's first media (before the call's fast path
+    attached) comes while another call holds the address: it goes, unauthenticated, to every claim-less
+    call whose handshake just ended there (and the holder if claim-less); each fast path keeps only
+    what its keys take. Past ``turn_settle_s``, only the holder."""
+    now = [0.0]
+    net = Net(DemuxLimits(turn_settle_s=4.0), clock=lambda: now[0])
+    (u1, c1), (u2, c2), (u3, c3) = shared_calls(net, 3)
+    demux = net.demux
+    for ufrag in (u1, u2, u3):
+        demux.send_from(demux._calls[ufrag], check_from(ufrag), SFU)
+    finish_as_server(net, u1, b"key-of-a")
+    first = srtp(0x9, tag=1)
+    demux.datagram_received(first, SFU)
+    assert media(c1)[-1] == first and media(c2)[-1] == first and first not in media(c3)
+    assert demux.early_media == 1
+    now[0] += 4.0
+    demux.datagram_received(srtp(0x9, tag=1, seq=2), SFU)
+    assert media(c2)[-1] == srtp(0x9, 1, 2) and srtp(0x9, 1, 2) not in media(c1)
