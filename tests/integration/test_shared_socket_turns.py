@@ -14,7 +14,13 @@ import time
 
 import pytest
 
-from tests.integration.test_emulator_shared_socket import TaggedCall, _wait_for, anycast_rig
+from tests.integration.test_emulator_shared_socket import (
+    SPEECH,
+    TaggedCall,
+    _wait_for,
+    anycast_rig,
+    check_own_echo,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,4 +55,47 @@ async def test_muted_callers_set_up_through_one_sfu_address_without_waiting_to_s
             assert stats.turns_expired == 0
             assert rate > 2.0, f"{rate:.2f} set-ups/s through one SFU address with muted callers"
         finally:
+            await rig.end(calls)
+
+
+async def test_a_lost_relay_finished_is_recovered_while_other_calls_set_up_through_one_sfu_address() -> None:
+    """Real aiortc on both sides: the relay's first ChangeCipherSpec+Finished toward the SFU's one address
+    is lost. That call's turn has passed already (both Finished went by the relay), the next calls set up
+    behind it; the SFU session retransmits its final flight after 1 s, the relay routes it to the call it
+    belongs to (whose DTLS answers again), and every call connects and hears only itself."""
+    async with anycast_rig() as rig:
+        relay, port = rig.relay, rig.port
+        assert relay.manager is not None
+        manager = relay.manager
+        demux, sfu_addr = port.demux, rig.sfu_media.address
+        send = demux.send
+        lost: list[bytes] = []
+
+        def lossy(data: bytes, addr: tuple[str, int]) -> None:
+            if not lost and addr == sfu_addr and data[:1] == b"\x14":  # CCS first: a server's last flight
+                lost.append(data)
+                return
+            send(data, addr)
+
+        demux.send = lossy
+        calls = [TaggedCall(rig.sfu, rig.api, f"lost-{i}", tag=i) for i in range(4)]
+        try:
+            await asyncio.gather(*(c.start() for c in calls))
+            await _wait_for(
+                lambda: all(
+                    c.call_id in manager.calls and manager.calls[c.call_id].fast_path is not None
+                    for c in calls
+                ),
+                within=30,
+                what="every relay call connected",
+            )
+            assert lost and demux.dtls_retransmits >= 1
+            await asyncio.gather(*(c.speak(turns=1) for c in calls))
+            await _wait_for(lambda: all(len(c.echoed()) >= sum(SPEECH.speech) for c in calls), 15, "echoes")
+            for call in calls:
+                check_own_echo(call)
+            stats = port.stats()
+            assert stats.dtls_ambiguous == 0 and stats.delivery_errors == 0 and stats.turns_expired == 0
+        finally:
+            demux.send = send
             await rig.end(calls)
