@@ -226,6 +226,7 @@ class _Call:
         "key",
         "protocol",
         "settled",
+        "settling_at",
         "ssrcs",
         "transport",
         "turns",
@@ -258,6 +259,8 @@ class _Call:
         server, its client's final flight. A retransmission repeats them (with new record numbers)."""
         self.flight_seq = -1
         """The highest epoch-0 record sequence number among them."""
+        self.settling_at: Address | None = None
+        """Where its handshake ended, while it is in that address's ``Demux._settling``."""
         self.turns: list[Address] = []
         """Remote addresses where it is this call's turn (its set-up holds them)."""
         self.held: list[tuple[bytes, Address]] = []
@@ -531,6 +534,7 @@ class Demux:
         call.flows.clear()
         call.settled = True
         call.flight.clear()
+        self._unsettle(call)
         self._end_turns(call, self._clock())
         call.demux = None
 
@@ -838,7 +842,7 @@ class Demux:
         while queue and (
             self._calls.get(queue[0].ufrag) is not queue[0] or now - (queue[0].enc_since or 0.0) >= window
         ):  # bounded by max_settling
-            queue.popleft()
+            queue.popleft().settling_at = None
         if not queue:
             del self._settling[addr]
             return []
@@ -980,13 +984,32 @@ class Demux:
     def _settle_at(self, call: _Call, addr: Address) -> None:
         """``call`` just finished its handshake with ``addr``: for ``turn_settle_s`` a retransmission of
         its remote's last flight from there is routed to it."""
+        self._unsettle(call)
         queue = self._settling.get(addr)
         if queue is None:
             if len(self._settling) >= self.limits.max_flows:
-                del self._settling[next(iter(self._settling))]
+                for old in self._settling.pop(next(iter(self._settling))):
+                    old.settling_at = None
             queue = self._settling[addr] = deque(maxlen=self.limits.max_settling)
-        if call not in queue:
-            queue.append(call)
+        if len(queue) == queue.maxlen:
+            queue[0].settling_at = None
+        queue.append(call)
+        call.settling_at = addr
+
+    def _unsettle(self, call: _Call) -> None:
+        """Take ``call`` out of the settling calls (it closed, or finished again elsewhere): no table
+        keeps a closed call, and an address with none left is forgotten."""
+        addr = call.settling_at
+        if addr is None:
+            return
+        call.settling_at = None
+        queue = self._settling.get(addr)
+        if queue is None:
+            return
+        if call in queue:  # at most max_settling
+            queue.remove(call)
+        if not queue:
+            del self._settling[addr]
 
     def _claim_changed(self, call: _Call) -> None:
         if call._claim is None or self._calls.get(call.ufrag) is not call:

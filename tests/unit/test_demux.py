@@ -754,6 +754,9 @@ def test_shared_remote_never_crosses_calls(events: list[tuple[str, int, bytes]])
         assert stats.flows <= limits.max_flows and len(net.demux._turns) <= limits.max_flows
         assert all(len(s.ssrcs) <= limits.max_ssrcs_per_remote for s in net.demux._shared.values())
         assert all(len(c.held) <= limits.max_held for c in net.demux._calls.values())
+        settling_calls = [c for queue in net.demux._settling.values() for c in queue]
+        assert all(net.demux._calls.get(c.ufrag) is c for c in settling_calls)  # no closed call kept
+        assert len(net.demux._settling) <= limits.max_flows and all(net.demux._settling.values())
     stats = net.demux.stats()
     routed = (
         stats.routed_by_ufrag
@@ -942,3 +945,23 @@ def test_early_media_reaches_the_calls_whose_handshake_just_ended() -> None:
     now[0] += 4.0
     demux.datagram_received(srtp(0x9, tag=1, seq=2), SFU)
     assert media(c2)[-1] == srtp(0x9, 1, 2) and srtp(0x9, 1, 2) not in media(c1)
+
+
+def test_the_settling_calls_are_bounded_and_a_closed_call_leaves_them() -> None:
+    """The calls kept for ``turn_settle_s`` after their handshake are at most ``max_settling`` per address
+    (the oldest goes first), a closed call leaves at once (no table keeps its protocol alive), and an
+    address with none left is forgotten."""
+    now = [0.0]
+    net = Net(DemuxLimits(turn_settle_s=4.0, max_settling=2), clock=lambda: now[0])
+    calls = shared_calls(net, 3)
+    demux = net.demux
+    for ufrag, _ in calls:
+        demux.send_from(demux._calls[ufrag], check_from(ufrag), SFU)
+    for index, (ufrag, _) in enumerate(calls):
+        finish_as_server(net, ufrag, b"key-%d" % index)
+    first, second, third = (demux._calls[u] for u, _ in calls)
+    assert list(demux._settling[SFU]) == [second, third] and first.settling_at is None
+    demux.unregister(second)
+    assert list(demux._settling[SFU]) == [third]
+    demux.unregister(third)
+    assert SFU not in demux._settling and third.settling_at is None
