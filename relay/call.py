@@ -219,6 +219,9 @@ class Call:
         self.agent_switches = 0
         self._switch_task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
+        # With the link's outbound C path (relay/media/native NativeOutbound) the playout keeps its timeline
+        # in a C struct that path shares, so C and Python can play this call's frames in turn.
+        self._out: native.OutboundEntry | None = None
         self.playout = Playout(
             self._send_frame,
             self._mark_reached,
@@ -227,6 +230,7 @@ class Call:
             tail_ms=self.config.playout_tail_ms,
             catch_up_ms=self.config.playout_catch_up_ms,
             observe_dwell_ns=self.dwell_out.observe_ns,
+            state=native.playout_state() if getattr(link, "native_out", None) is not None else None,
         )
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -297,6 +301,7 @@ class Call:
                 self.playout.publish = slot.set_playing_until
                 slot.set_playing_until(self.playout.playing_until_ns())
                 self._publish_gate()
+                self._open_native_out(fp, slot)
                 self._sync_native()
         elif state in ("failed", "closed") and self.state is CallState.LIVE:
             self.schedule_close(f"peer connection {state}")
@@ -322,6 +327,10 @@ class Call:
         self.close_reason = reason
         self._sync_native()
         self.playout.close()
+        outbound: native.NativeOutbound | None = getattr(self.link, "native_out", None)
+        if self._out is not None and outbound is not None:
+            self._fold_out()
+            outbound.close_entry(self._out)  # before the fast path (and its slot) goes
         self._drop_candidate()
         switching = self._switch_task
         if switching is not None and not switching.done() and switching is not asyncio.current_task():
@@ -355,6 +364,7 @@ class Call:
         """Let the C path finish this call's packets exactly while the Python path would forward them
         to a live link call with nothing held back (not before the early packets are flushed, never after
         the call or its link call ended)."""
+        self._sync_native_out()
         slot = self._slot
         if slot is None:
             return
@@ -365,6 +375,66 @@ class Call:
             return
         slot.enable(wire_id, peer)
         self.link.watch_native(wire_id, slot)
+
+    def _open_native_out(self, fp: SrtpFastPath, slot: native.InboundSlot) -> None:
+        """An entry in the link's outbound C path for this call, when its playout, stream and codec can
+        share their state with C (the shared port's native paths run, and nothing impairs our sends)."""
+        outbound: native.NativeOutbound | None = getattr(self.link, "native_out", None)
+        if outbound is None or fp.impaired_out or not fp.outbound_streams:
+            return
+        codec, stream = fp.codec, fp.outbound_streams[0]
+        if not isinstance(codec, native.NativeCodec):
+            return
+        entry = outbound.open_entry()
+        if not entry.bind(
+            playout=self.playout.native_state,
+            stream=stream.native_state,
+            playing_until=slot.playing_until_pointer(),
+            tx_pointer=codec.tx_pointer,
+            payload_type=stream.payload_type,
+            ssrc=stream.ssrc,
+            max_payload=fp.max_payload,
+            extension=stream.unacked_extension(),
+            remote=fp.remote_addr,
+        ):
+            outbound.close_entry(entry)
+            return
+        entry.observe_dwell = self.dwell_out.observe_ns
+        slot.outbound = entry
+        self._out = entry
+
+    def _sync_native_out(self) -> None:
+        """Let C finish this call's AUDIO_OUT exactly while the Python path would send it straight to the
+        caller: a live link call, an open fast path whose transport is not closing, a call not closed.
+        Whether each frame passes through the playout C decides from the shared state."""
+        entry = self._out
+        if entry is None:
+            return
+        fp = self.fast_path
+        wire_id = self.wire_id
+        if (
+            wire_id is None
+            or fp is None
+            or fp.closed
+            or fp.transport_closing()
+            or self.state is CallState.CLOSED
+            or not self.link.map_native_out(wire_id, entry)
+        ):
+            entry.disable()
+            return
+        entry.enable()
+
+    def _fold_out(self) -> None:
+        """Take what the outbound C path counted into the call's counters."""
+        entry = self._out
+        if entry is None:
+            return
+        frames, packets, size = entry.take_counts()
+        if frames or packets:
+            counters = self.counters
+            counters.frames_from_inference += frames
+            counters.packets_out += packets
+            counters.bytes_out += size
 
     def _fold(self, packets: int, size: int, to_inference: int) -> None:
         counters = self.counters
@@ -630,6 +700,7 @@ class Call:
     # -- introspection ---------------------------------------------------------------------------
 
     def sample(self) -> CallSample:
+        self._fold_out()
         stats = self.fast_path.stats() if self.fast_path else None
         return CallSample(
             counters=self.counters,
@@ -642,6 +713,7 @@ class Call:
 
     def summary(self, *, with_events: bool = False) -> dict[str, Any]:
         """The call's telemetry as JSON-able data: logged at hang-up, served by the control API."""
+        self._fold_out()
         stats = self.fast_path.stats() if self.fast_path else None
         c = self.counters
         return {

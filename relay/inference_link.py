@@ -17,10 +17,11 @@ import socket
 import time
 from typing import Any, Protocol
 
-from splitrelay.inference import wire
+from splitrelay.inference import udp_recv, wire
 from splitrelay.inference.endpoint import (
     DEFAULT_ATTEMPTS,
     DEFAULT_RTO,
+    SOCKET_BUFFER,
     CallState,
     LinkError,
     Peer,
@@ -30,7 +31,7 @@ from splitrelay.inference.endpoint import (
 from splitrelay.inference.udp_batch import ObserveNs
 from splitrelay.inference.wire import BargeIn, CallStart, Continuation, Message, MsgType
 from splitrelay.inference.wire_auth import WireKey, WireKeyring
-from splitrelay.relay.media import native
+from splitrelay.relay.media import native, srtp_fastpath
 from splitrelay.relay.media.shared_port import (
     batching_enabled,
     native_batch_enabled,
@@ -76,12 +77,24 @@ class NativeSent(Protocol):
     def take_sent(self) -> bool: ...
 
 
+class MediaSink(Protocol):
+    """Where the outbound C path's protected RTP goes: the shared media port (relay/media/shared_port.py
+    ``SharedUdpPort``), which flushes what the calls queued before C sends (per call, order holds)."""
+
+    def native_media_fd(self) -> int: ...
+
+    def native_media_send(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+    def native_media_sent(self, count: int) -> None: ...
+
+
 class _LinkCall(CallState):
     __slots__ = (
         "end_reason",
         "heard",
         "heard_at",
         "native",
+        "out",
         "sent",
         "sent_at",
         "sink",
@@ -104,6 +117,14 @@ class _LinkCall(CallState):
         self.sent = False  # something went to the agent since the last sweep
         self.sent_at = 0.0
         self.native: NativeSent | None = None  # the per-batch C path's slot, which sends audio too
+        self.out: native.OutboundEntry | None = None
+        """The call's entry in the outbound C path: it holds the in-order state of AUDIO_OUT (one copy)."""
+
+    def audio_in_order(self, seq: int) -> bool:
+        out = self.out
+        if out is not None:
+            return out.audio_in_order(seq)
+        return super().audio_in_order(seq)
 
 
 async def resolve_numeric(host: str, port: int) -> tuple[Peer, socket.AddressFamily]:
@@ -116,6 +137,75 @@ async def resolve_numeric(host: str, port: int) -> tuple[Peer, socket.AddressFam
         raise LinkError(f"inference.host: cannot resolve {host!r} ({exc.strerror or exc})") from None
     family, _, _, _, sockaddr = infos[0]
     return (str(sockaddr[0]), int(sockaddr[1])), socket.AddressFamily(family)
+
+
+class _NativeLinkReader(udp_recv.RecvBatch):
+    """The inference socket read with the native extension's ``recvmmsg`` (relay/media/native ``RecvBatch``)
+    so a batch can go to the outbound C path (``RelayLink.native_out``) before Python sees what is left:
+    the SDK's reader, with the same bounds and counters, and one C call per batch in front."""
+
+    def __init__(self, sock: socket.socket, link: RelayLink, on_error: Any) -> None:
+        super().__init__(sock, link.datagram_received, use_recvmmsg=False, on_error=on_error)
+        self._recv = native.RecvBatch(sock.fileno(), self.batch)
+        self._link = link
+
+    @property
+    def native(self) -> bool:
+        return True
+
+    def drain(self) -> int:
+        if self._stopped:
+            return 0
+        delivered = self._drain_batches()
+        self.datagrams += delivered
+        if delivered > self.most_per_turn:
+            self.most_per_turn = delivered
+        return delivered
+
+    def _drain_batches(self) -> int:
+        recv, link, names, deliver = self._recv, self._link, self._names, self._deliver
+        mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
+        slot, name_slot, batch = native.RECV_SLOT, native.RECV_NAME_SLOT, self.batch
+        delivered = 0
+        for _ in range(self.calls_per_turn):
+            n = recv.receive()
+            self.calls += 1
+            if n <= 0:
+                if n < 0 and self._error(-n):
+                    continue  # an ICMP error took this call; datagrams may wait behind it
+                break
+            decisions = None
+            out = link.native_out
+            if out is not None and link.run_native_out(recv, n):
+                decisions = out.decisions
+            for i in range(n):
+                if self._stopped:
+                    return delivered
+                length = lengths[i]
+                if length < 0:
+                    self.oversize += 1
+                    continue
+                delivered += 1
+                if decisions is not None and decisions[i] == 0:
+                    continue  # finished in C
+                start = i * name_slot
+                key = names_mem[start : start + name_lengths[i]]
+                addr = names.get(key)
+                if addr is None:
+                    try:
+                        addr = udp_recv.sockaddr_address(key)
+                    except ValueError:
+                        self.errors += 1
+                        delivered -= 1
+                        continue
+                    if len(names) >= 4096:
+                        names.clear()
+                    names[key] = addr
+                start = i * slot
+                deliver(mem[start : start + length], addr)
+            if n < batch:
+                break  # the socket is empty: no need for a call that says so
+        return delivered
 
 
 def _new_call_id(taken: dict[int, Any]) -> int:
@@ -197,6 +287,91 @@ class RelayLink(WireEndpoint):
             self.batch_receive and native.available() and native_batch_enabled() and batching_enabled()
         )
         return await super()._open(local)
+
+    def _open_batched(self, local: Peer, loop: asyncio.AbstractEventLoop) -> Peer:
+        """The SDK's batched socket, read by ``_NativeLinkReader`` when the outbound C path may run."""
+        if not native.native_out_enabled() or not udp_recv.available():
+            return super()._open_batched(local, loop)
+        family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(local)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):  # a smaller kernel limit is fine
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            reader = _NativeLinkReader(sock, self, self._receive_error)
+            transport = udp_recv.SocketTransport(sock, loop, self, reader)
+            transport.start_reading()
+        except BaseException:
+            sock.close()
+            raise
+        self._receiver = reader
+        self.connection_made(transport)  # before the loop can run the reader: nothing is delivered yet
+        bound = transport.get_extra_info("sockname")
+        return (str(bound[0]), int(bound[1]))
+
+    # -- the outbound C path (relay/media/native NativeOutbound) ---------------------------------------
+
+    native_out: native.NativeOutbound | None = None
+    """Finishes inference's AUDIO_OUT toward the callers in C, when the shared media port runs it."""
+    _media: MediaSink | None = None
+    clock: Any = staticmethod(time.perf_counter_ns)
+    """The playout clock the C path uses for a batch (the calls' playouts use the same)."""
+
+    def attach_media(self, media: MediaSink) -> bool:
+        """The shared media port runs the per-batch inbound path (relay/media/shared_port.py calls this):
+        finish AUDIO_OUT in C toward it from now on, when this socket is read by ``_NativeLinkReader`` and
+        ``SPLITRELAY_NATIVE_OUT`` is not 0. Calls opened from now on may map themselves
+        (``map_native_out``)."""
+        if not isinstance(self._receiver, _NativeLinkReader) or not native.native_out_enabled():
+            return False
+        self._media = media
+        self.native_out = native.NativeOutbound(self._receiver.batch)
+        return True
+
+    def map_native_out(self, call_id: int, entry: native.OutboundEntry) -> bool:
+        """AUDIO_OUT of the live call ``call_id`` may be finished through ``entry``; the link call's in-order
+        state moves into it. False when the call is not live (or has not been acknowledged) here."""
+        out = self.native_out
+        state = self._calls.get(call_id)
+        if out is None or state is None or state.ended or state.starting:
+            return False
+        if state.out is not entry:
+            entry.adopt_audio_seq(state._last_audio_seq)
+            state.out = entry
+        return out.map(entry, call_id, state.peer)
+
+    def run_native_out(self, recv: native.RecvBatch, count: int) -> int:
+        """C over one batch read from the socket: finishes what it can, sends it toward the callers, and
+        accounts it; returns how many datagrams it finished (``native_out.decisions`` says which)."""
+        out, media = self.native_out, self._media
+        if out is None or media is None:
+            return 0
+        clock = self.clock
+        nout, sent, finished = out.run(
+            recv, count, clock(), srtp_fastpath.send_clock(), media.native_media_fd()
+        )
+        if finished:
+            datagrams_in, late = out.take_link_counts()
+            stats = self.stats
+            stats.datagrams_in += datagrams_in
+            stats.audio_late += late
+        if nout:
+            entries = out.entries
+            handles = out.out_handles
+            for k in range(sent, nout):  # C could not send these (the socket held data): in order
+                entry = entries[handles[k]]
+                if entry is not None and entry.remote is not None:
+                    media.native_media_send(out.out(k), entry.remote)
+            media.native_media_sent(nout)
+            now = clock()
+            due = out.out_due
+            for k in range(nout):
+                entry = entries[handles[k]]
+                if entry is not None and entry.observe_dwell is not None:
+                    entry.observe_dwell(now - due[k])
+        return finished
 
     @property
     def receive_calls(self) -> int:
@@ -396,6 +571,9 @@ class RelayLink(WireEndpoint):
         future = self.send_reliable(call_end_message(state, reason), state.peer) if notify else None
         state.ended = True
         state.end_reason = reason
+        out = self.native_out
+        if out is not None and state.out is not None and state.out.wire_id == state.call_id:
+            out.unmap(state.out)  # C takes nothing more of it: what comes now is not a call's
         if self._calls.get(state.call_id) is state:
             del self._calls[state.call_id]
         self.abandon_call(state.peer, state.call_id)  # also wakes a start_call that was refused
@@ -512,6 +690,8 @@ class RelayLink(WireEndpoint):
                     continue
                 if state.native is not None and state.native.take_sent():
                     state.sent = True
+                if state.out is not None and state.out.take_heard():
+                    state.heard = True
                 if state.heard:
                     state.heard = False
                     state.heard_at = now

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from splitrelay.inference.wire import u32_diff
 
@@ -68,8 +69,47 @@ class BargeInReport:
     response_seq: int
 
 
+class _State:
+    """The playout fields the outbound C path also uses, in Python (``sr_playout``'s fields, by name).
+
+    With the outbound C path on, the playout keeps them in a C ``sr_playout`` instead (relay/media/native
+    ``playout_state``): one copy, which C and this module both read and write."""
+
+    __slots__ = (
+        "catch_up_ns",
+        "clear_before",
+        "closed",
+        "frames_caught_up",
+        "frames_sent",
+        "has_clear_before",
+        "has_next_position",
+        "interrupted",
+        "lead_ns",
+        "new_spurt",
+        "next_position",
+        "paused",
+        "queued",
+        "response_frames",
+        "response_seq",
+        "t0",
+        "tail_ns",
+        "timeline_ns",
+        "timer_pending",
+        "ts0",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
 class Playout:
-    """The pacing queue and RTP timeline of one outbound stream (see the module docstring)."""
+    """The pacing queue and RTP timeline of one outbound stream (see the module docstring).
+
+    The timeline and the counters live in ``state`` (``_State``, or the C ``sr_playout`` the outbound C
+    path shares: relay/media/native ``playout_state``); the queue of waiting frames stays here, and
+    ``state.queued`` says how many items it holds.
+    """
 
     def __init__(
         self,
@@ -83,6 +123,7 @@ class Playout:
         rtp_timestamp_base: int = 0,
         clock: Callable[[], int] = time.perf_counter_ns,
         observe_dwell_ns: Callable[[int], object] = lambda _ns: None,
+        state: Any = None,
     ) -> None:
         if not 0 <= lead_ms <= 1000:
             raise ValueError(f"playout lead must be 0..1000 ms, got {lead_ms}")
@@ -93,39 +134,100 @@ class Playout:
         self._schedule = schedule
         self._clock = clock
         self._observe = observe_dwell_ns
-        self.lead_ns = lead_ms * 1_000_000
-        self.tail_ns = tail_ms * 1_000_000
-        self.catch_up_ns = catch_up_ms * 1_000_000
+        st: Any = _State() if state is None else state
+        self.state: Any = st
+        st.lead_ns = lead_ms * 1_000_000
+        st.tail_ns = tail_ms * 1_000_000
+        st.catch_up_ns = catch_up_ms * 1_000_000
         self._queue: deque[_Frame | _Mark] = deque()
         self._queued_frames = 0
-        self._t0 = clock()
-        self._ts0 = rtp_timestamp_base
-        self._timeline_ns = self._t0  # wall time at which the next frame would play
-        self._timer_pending = False
-        self._new_spurt = True
-        self._interrupted = False
-        self._next_position: int | None = None  # inference position the next frame continues from
-        self.response_frames = 0
-        self.response_seq = 0
-        self.frames_sent = 0
+        st.t0 = clock()
+        st.ts0 = rtp_timestamp_base & 0xFFFFFFFF
+        st.timeline_ns = st.t0  # wall time at which the next frame would play
+        st.timer_pending = 0
+        st.new_spurt = 1
+        st.interrupted = 0
+        st.has_next_position = 0  # next_position: the inference position the next frame continues from
+        st.next_position = 0
+        st.response_frames = 0
+        st.response_seq = 0
+        st.frames_sent = 0
+        st.frames_caught_up = 0
+        st.has_clear_before = 0
+        st.clear_before = 0
+        st.paused = 0  # a barge-in candidate holds playout until confirmed (flush) or rejected
+        st.closed = 0
+        st.queued = 0
         self.frames_dropped_full = 0
         self.frames_dropped_interrupted = 0
         self.frames_dropped_cleared = 0
-        self.frames_caught_up = 0
-        self._clear_before: int | None = None
-        self.paused = False  # a barge-in candidate holds playout until confirmed (flush) or rejected
         self.pauses = 0
-        self.closed = False
         self.publish: Callable[[int], object] | None = None
         """Told ``playing_until_ns()`` whenever it may have changed (the call's per-batch C slot)."""
 
+    @property
+    def native_state(self) -> Any:
+        """The C ``sr_playout`` holding the timeline (for the outbound C path), or None (Python's)."""
+        return None if isinstance(self.state, _State) else self.state
+
+    # The fields the outbound C path shares, as the attributes they were.
+
+    @property
+    def lead_ns(self) -> int:
+        return int(self.state.lead_ns)
+
+    @lead_ns.setter
+    def lead_ns(self, value: int) -> None:
+        self.state.lead_ns = value
+
+    @property
+    def tail_ns(self) -> int:
+        return int(self.state.tail_ns)
+
+    @tail_ns.setter
+    def tail_ns(self, value: int) -> None:
+        self.state.tail_ns = value
+
+    @property
+    def catch_up_ns(self) -> int:
+        return int(self.state.catch_up_ns)
+
+    @catch_up_ns.setter
+    def catch_up_ns(self, value: int) -> None:
+        self.state.catch_up_ns = value
+
+    @property
+    def response_frames(self) -> int:
+        return int(self.state.response_frames)
+
+    @property
+    def response_seq(self) -> int:
+        return int(self.state.response_seq)
+
+    @property
+    def frames_sent(self) -> int:
+        return int(self.state.frames_sent)
+
+    @property
+    def frames_caught_up(self) -> int:
+        return int(self.state.frames_caught_up)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.state.paused)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.state.closed)
+
     def playing_until_ns(self) -> int:
         """``playing(t)`` is True exactly for t before this (0: never; ``PLAYING_ALWAYS``: whatever t)."""
-        if self._interrupted:
+        st = self.state
+        if st.interrupted:
             return 0
-        if self._queued_frames or self.paused:
+        if self._queued_frames or st.paused:
             return PLAYING_ALWAYS
-        return self._timeline_ns + self.tail_ns
+        return int(st.timeline_ns + st.tail_ns)
 
     def _changed(self) -> None:
         publish = self.publish
@@ -141,28 +243,30 @@ class Playout:
             self._changed()
 
     def _push_frame(self, payload: bytes, seq: int, marker: bool, timestamp: int) -> None:
-        if self.closed:
+        st = self.state
+        if st.closed:
             return
-        if self._clear_before is not None:
-            if u32_diff(timestamp, self._clear_before) < 0:  # arrived late for a CLEAR: never play it
+        if st.has_clear_before:
+            if u32_diff(timestamp, st.clear_before) < 0:  # arrived late for a CLEAR: never play it
                 self.frames_dropped_cleared += 1
                 return
-            self._clear_before = None
-        if self._interrupted:
+            st.has_clear_before = 0
+        if st.interrupted:
             if not marker:  # late frames of the response the caller interrupted: never play them
                 self.frames_dropped_interrupted += 1
                 return
-            self._interrupted = False  # a new response starts
-        continues = not marker and timestamp == self._next_position
+            st.interrupted = 0  # a new response starts
+        continues = not marker and st.has_next_position and timestamp == st.next_position
         now = self._clock()
-        if not self._queue and not self._timer_pending and not self.paused:
+        if not self._queue and not st.timer_pending and not st.paused:
             # The common case, real-time audio: nothing waits, so send on arrival without queueing.
-            if self._timeline_ns < now:
+            if st.timeline_ns < now:
                 self._fell_behind(now, continues)
-            if self._timeline_ns - now <= self.lead_ns:
+            if st.timeline_ns - now <= st.lead_ns:
                 if marker:
-                    self.response_frames = 0
-                self._next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+                    st.response_frames = 0
+                st.next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+                st.has_next_position = 1
                 self._send_now(payload, seq, now)
                 return
         if self._queued_frames >= MAX_QUEUE_FRAMES:
@@ -170,72 +274,84 @@ class Playout:
             return
         if marker:
             self._queue.append(_Mark("", timestamp))  # response boundary: resets the played counter
-        self._next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
-        self._queue.append(_Frame(payload, seq, timestamp, now, continues))
+        st.next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        st.has_next_position = 1
+        self._queue.append(_Frame(payload, seq, timestamp, now, bool(continues)))
         self._queued_frames += 1
+        st.queued = len(self._queue)
         self.pump()
 
     def push_mark(self, name: str, timestamp: int = 0) -> None:
         """Queue a mark: inference is told when playout reaches this point."""
-        if self.closed:
+        st = self.state
+        if st.closed:
             return
         self._queue.append(_Mark(name, timestamp))
+        st.queued = len(self._queue)
         self.pump()
 
     # -- pacing ----------------------------------------------------------------------------------
 
     def pump(self) -> None:
         """Send every queued frame whose timeline slot is within `lead` of now; schedule the rest."""
-        if self._timer_pending or self.closed or self.paused:
+        st = self.state
+        if st.timer_pending or st.closed or st.paused:
             return
         now = self._clock()
         queue = self._queue
-        while queue:
-            item = queue[0]
-            if isinstance(item, _Mark):
+        try:
+            while queue:
+                item = queue[0]
+                if isinstance(item, _Mark):
+                    queue.popleft()
+                    if item.name:
+                        self._mark_reached(item.name, self._timestamp_at(st.timeline_ns))
+                    else:
+                        st.response_frames = 0
+                    continue
+                if st.timeline_ns < now:
+                    self._fell_behind(now, item.continues)
+                if st.timeline_ns - now > st.lead_ns:
+                    st.timer_pending = 1
+                    self._schedule((st.timeline_ns - st.lead_ns - now) / 1e9, self._on_timer)
+                    break
                 queue.popleft()
-                if item.name:
-                    self._mark_reached(item.name, self._timestamp_at(self._timeline_ns))
-                else:
-                    self.response_frames = 0
-                continue
-            if self._timeline_ns < now:
-                self._fell_behind(now, item.continues)
-            if self._timeline_ns - now > self.lead_ns:
-                self._timer_pending = True
-                self._schedule((self._timeline_ns - self.lead_ns - now) / 1e9, self._on_timer)
-                break
-            queue.popleft()
-            self._queued_frames -= 1
-            self._send_now(item.payload, item.seq, item.arrival_ns)
+                self._queued_frames -= 1
+                self._send_now(item.payload, item.seq, item.arrival_ns)
+        finally:
+            st.queued = len(queue)
         if self.publish is not None:
             self._changed()
 
     def _fell_behind(self, now: int, continues: bool) -> None:
         """The timeline is behind the wall clock: catch up (see the module docstring) or restart it."""
-        if continues and now - self._timeline_ns <= self.catch_up_ns:
-            self.frames_caught_up += 1
+        st = self.state
+        if continues and now - st.timeline_ns <= st.catch_up_ns:
+            st.frames_caught_up += 1
             return
-        self._timeline_ns = now  # the stream went idle (or stalled too long): a new talk spurt
-        self._new_spurt = True
+        st.timeline_ns = now  # the stream went idle (or stalled too long): a new talk spurt
+        st.new_spurt = 1
 
     def _send_now(self, payload: bytes, seq: int, arrival_ns: int) -> None:
         """Send the frame in the timeline's next slot and advance it; dwell counts from when it was due."""
-        due = self._timeline_ns - self.lead_ns
-        self._send(payload, self._timestamp_at(self._timeline_ns), self._new_spurt)
+        st = self.state
+        timeline = st.timeline_ns
+        due = timeline - st.lead_ns
+        self._send(payload, self._timestamp_at(timeline), bool(st.new_spurt))
         self._observe(self._clock() - max(arrival_ns, due))
-        self._new_spurt = False
-        self._timeline_ns += FRAME_NS
-        self.frames_sent += 1
-        self.response_frames += 1
-        self.response_seq = seq
+        st.new_spurt = 0
+        st.timeline_ns = timeline + FRAME_NS
+        st.frames_sent += 1
+        st.response_frames += 1
+        st.response_seq = seq
 
     def _on_timer(self) -> None:
-        self._timer_pending = False
+        self.state.timer_pending = 0
         self.pump()
 
     def _timestamp_at(self, t_ns: int) -> int:
-        return (self._ts0 + (t_ns - self._t0) * CLOCK_RATE // 1_000_000_000) & 0xFFFFFFFF
+        st = self.state
+        return int((st.ts0 + (t_ns - st.t0) * CLOCK_RATE // 1_000_000_000) & 0xFFFFFFFF)
 
     # -- state for barge-in ----------------------------------------------------------------------
 
@@ -249,18 +365,20 @@ class Playout:
         False right after a barge-in until the next response starts (a frame with the marker): one
         interruption is reported once, not again for every speech packet while the tail fades.
         """
-        if self._interrupted:
+        st = self.state
+        if st.interrupted:
             return False
-        if self._queued_frames or self.paused:
+        if self._queued_frames or st.paused:
             return True
-        return self._timeline_ns + self.tail_ns > (self._clock() if now_ns is None else now_ns)
+        return bool(st.timeline_ns + st.tail_ns > (self._clock() if now_ns is None else now_ns))
 
     def pause(self) -> None:
         """Hold every frame not yet sent (a barge-in candidate): nothing more leaves until ``resume``
         or ``barge_in``. What already left is at most `lead` ahead of the caller's ear."""
-        if self.paused or self.closed:
+        st = self.state
+        if st.paused or st.closed:
             return
-        self.paused = True
+        st.paused = 1
         self.pauses += 1
         self._changed()
 
@@ -270,13 +388,14 @@ class Playout:
         The held frames start a new talk spurt at the wall clock (RTP marker, timestamps moved on by
         the pause), so the caller's jitter buffer plays the pause as a gap, not as lateness.
         """
-        if not self.paused:
+        st = self.state
+        if not st.paused:
             return
-        self.paused = False
+        st.paused = 0
         now = self._clock()
-        if self._timeline_ns < now:
-            self._timeline_ns = now
-            self._new_spurt = True
+        if st.timeline_ns < now:
+            st.timeline_ns = now
+            st.new_spurt = 1
         for item in self._queue:  # a held frame never catches up over the pause
             if isinstance(item, _Frame):
                 item.continues = False
@@ -288,7 +407,9 @@ class Playout:
         dropped = self._queued_frames
         self._queue.clear()
         self._queued_frames = 0
-        self._next_position = None  # what follows a flush never catches up over the hole
+        st = self.state
+        st.queued = 0
+        st.has_next_position = 0  # what follows a flush never catches up over the hole
         self._changed()
         return dropped
 
@@ -297,10 +418,11 @@ class Playout:
         stream positions (a CLEAR, an interrupted response), keeping the caller's RTP timeline; the next
         frame starts a new talk spurt. Returns the frames dropped."""
         dropped = self.flush()
-        self._clear_before = None
-        self._interrupted = False
-        self.paused = False
-        self._new_spurt = True
+        st = self.state
+        st.has_clear_before = 0
+        st.interrupted = 0
+        st.paused = 0
+        st.new_spurt = 1
         self._changed()
         return dropped
 
@@ -312,8 +434,11 @@ class Playout:
         self._queue = deque(i for i in self._queue if u32_diff(i.timestamp, timestamp) >= 0)
         self._queued_frames -= dropped
         self.frames_dropped_cleared += dropped
-        self._clear_before = timestamp
-        self._next_position = None
+        st = self.state
+        st.queued = len(self._queue)
+        st.has_clear_before = 1
+        st.clear_before = timestamp & 0xFFFFFFFF
+        st.has_next_position = 0
         self._changed()
         return dropped
 
@@ -321,8 +446,9 @@ class Playout:
         """48 kHz samples of the current response the caller has heard by now: what left, less what left
         ahead of real time, less ``lag_ns`` (what was still on its way to the caller or in its jitter
         buffer when the caller started to speak: see ``CallConfig.heard_lag_ms``)."""
-        behind_ns = max(0, self._timeline_ns - self._clock()) + max(0, lag_ns)
-        return max(0, self.response_frames * SAMPLES_PER_FRAME - behind_ns * CLOCK_RATE // 1_000_000_000)
+        st = self.state
+        behind_ns = max(0, st.timeline_ns - self._clock()) + max(0, lag_ns)
+        return int(max(0, st.response_frames * SAMPLES_PER_FRAME - behind_ns * CLOCK_RATE // 1_000_000_000))
 
     def barge_in(self, lag_ns: int = 0) -> BargeInReport:
         """Flush and report how much of the current response the caller heard (``heard``).
@@ -332,15 +458,18 @@ class Playout:
         """
         played = self.heard(lag_ns)
         dropped = self.flush()
-        self._interrupted = True
-        self.paused = False
+        st = self.state
+        st.interrupted = 1
+        st.paused = 0
         self._changed()
-        return BargeInReport(played, dropped, self.response_seq)
+        return BargeInReport(played, dropped, int(st.response_seq))
 
     def close(self) -> None:
-        self.closed = True
         self._queue.clear()
         self._queued_frames = 0
+        st = self.state
+        st.closed = 1
+        st.queued = 0
         self._changed()
 
 

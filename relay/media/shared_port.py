@@ -73,6 +73,9 @@ class BatchSender(Protocol):
 
     def flush(self) -> int: ...
 
+    @property
+    def queued(self) -> int: ...
+
 
 NATIVE_BATCH_ENV = "SPLITRELAY_NATIVE_BATCH"
 """Set to 0 (or off/false/no) to keep the native per-datagram path (no per-batch C path): the A/B."""
@@ -567,7 +570,34 @@ class SharedUdpPort:
         if reader is None or reader._recv is None or self.closed or not native_batch_enabled():
             return False
         self._forward = reader.forward = NativeForward(native.NativeInbound(reader.batch), sink, self.demux)
+        attach = getattr(sink, "attach_media", None)
+        if attach is not None:  # the relay link: inference's AUDIO_OUT may be finished in C toward this port
+            attach(self)
         return True
+
+    # The outbound C path's side of this port (relay/inference_link.py): C sends protected RTP on this
+    # socket between Python's batches, so what the calls queued leaves first (per call, order holds).
+
+    def native_media_fd(self) -> int:
+        """Flush what the calls queued; the socket's fd when it holds nothing unsent, else -1."""
+        sock, sender, batch = self._sock, self._transport, self._batch
+        if sock is None or self.closed or not isinstance(sender, SocketSender) or sender.is_closing():
+            return -1
+        if batch is not None and batch.queued:
+            batch.flush()
+        if sender.get_write_buffer_size():
+            return -1
+        return sock.fileno()
+
+    def native_media_send(self, data: bytes, addr: Address) -> None:
+        """A datagram C made but could not send: through the socket's queue, after what waits there."""
+        sender = self._transport
+        if sender is not None and not self.closed:
+            sender.sendto(data, addr)
+
+    def native_media_sent(self, count: int) -> None:
+        """Account ``count`` datagrams C made toward callers, as the demultiplexer counts its sends."""
+        self.demux.sent += count
 
     @property
     def forwarding(self) -> NativeForward | None:

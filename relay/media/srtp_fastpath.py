@@ -123,6 +123,16 @@ class FastPathStats:
     callback_errors: int
 
 
+class _StreamState:
+    """An outbound stream's sequence and sender-report counts in Python (``sr_stream``'s fields, by name)."""
+
+    __slots__ = ("last_send_ns", "last_timestamp", "mid_acked", "octets", "packets", "sequence")
+
+
+send_clock: Callable[[], int] = time.perf_counter_ns
+"""When a packet left, for the sender report's RTP clock (tests set a fake one; the C path is given it)."""
+
+
 class OutboundStream:
     """One negotiated SSRC we send on: own sequence numbers, counts for the sender report."""
 
@@ -132,19 +142,14 @@ class OutboundStream:
         "audio_level_id",
         "clock_rate",
         "cname",
-        "last_send_ns",
-        "last_timestamp",
         "mid",
-        "mid_acked",
         "mid_ext_id",
-        "octets",
-        "packets",
         "payload_type",
         "remote_fraction_lost",
         "remote_jitter",
         "remote_lost",
-        "sequence",
         "ssrc",
+        "state",
     )
 
     def __init__(self, fast_path: SrtpFastPath, params: StreamParams) -> None:
@@ -157,13 +162,18 @@ class OutboundStream:
         self.audio_level_id = params.audio_level_id
         # A one-byte extension element holds at most 16 bytes; a longer MID is not sent at all.
         self.mid_ext_id = params.mid_ext_id if 0 < len(params.mid.encode()) <= 16 else None
+        # The sequence and sender-report counts: in the C ``sr_stream`` the outbound C path shares when it
+        # runs (one copy), else in a Python object with the same fields.
+        shared = getattr(fast_path, "native_slot", None) is not None  # the outbound C path may run
+        st: Any = (native.stream_state() if shared else None) or _StreamState()
+        self.state: Any = st
         # Until the peer reports on us, say which m-section we are (as browsers do); then stop.
-        self.mid_acked = self.mid_ext_id is None
-        self.sequence = random.randrange(0x8000)  # lower half: no early wrap, as aiortc and browsers do
-        self.packets = 0
-        self.octets = 0
-        self.last_timestamp = 0
-        self.last_send_ns = 0
+        st.mid_acked = self.mid_ext_id is None
+        st.sequence = random.randrange(0x8000)  # lower half: no early wrap, as aiortc and browsers do
+        st.packets = 0
+        st.octets = 0
+        st.last_timestamp = 0
+        st.last_send_ns = 0
         self.remote_lost = 0
         self.remote_fraction_lost = 0
         self.remote_jitter = 0
@@ -209,12 +219,79 @@ class OutboundStream:
             fp.send_failures += 1
             return False
         fp.transport.sendto(protected, fp.remote_addr)
-        self.sequence = (sequence + 1) & 0xFFFF
-        self.packets += 1
-        self.octets += size
-        self.last_timestamp = timestamp
-        self.last_send_ns = time.perf_counter_ns()
+        st = self.state
+        st.sequence = (sequence + 1) & 0xFFFF
+        st.packets += 1
+        st.octets += size
+        st.last_timestamp = timestamp
+        st.last_send_ns = send_clock()
         return True
+
+    @property
+    def native_state(self) -> Any:
+        """The C ``sr_stream`` holding the sequence and counts (for the outbound C path), or None."""
+        return None if isinstance(self.state, _StreamState) else self.state
+
+    # The fields the outbound C path shares, as the attributes they were.
+
+    @property
+    def sequence(self) -> int:
+        return int(self.state.sequence)
+
+    @sequence.setter
+    def sequence(self, value: int) -> None:
+        self.state.sequence = value
+
+    @property
+    def packets(self) -> int:
+        return int(self.state.packets)
+
+    @packets.setter
+    def packets(self, value: int) -> None:
+        self.state.packets = value
+
+    @property
+    def octets(self) -> int:
+        return int(self.state.octets)
+
+    @octets.setter
+    def octets(self, value: int) -> None:
+        self.state.octets = value
+
+    @property
+    def last_timestamp(self) -> int:
+        return int(self.state.last_timestamp)
+
+    @last_timestamp.setter
+    def last_timestamp(self, value: int) -> None:
+        self.state.last_timestamp = value
+
+    @property
+    def last_send_ns(self) -> int:
+        return int(self.state.last_send_ns)
+
+    @last_send_ns.setter
+    def last_send_ns(self, value: int) -> None:
+        self.state.last_send_ns = value
+
+    @property
+    def mid_acked(self) -> bool:
+        return bool(self.state.mid_acked)
+
+    @mid_acked.setter
+    def mid_acked(self, value: bool) -> None:
+        self.state.mid_acked = 1 if value else 0
+
+    def unacked_extension(self) -> bytes:
+        """The extension block a frame without a level carries while the MID is not acknowledged (what C
+        adds then; once acknowledged, nothing): ``send``'s choice, for the outbound C path."""
+        if self.mid_ext_id is None:
+            return b""
+        key = 0
+        block = self._ext_cache.get(key)
+        if block is None:
+            block = self._ext_cache[key] = one_byte_extensions([(self.mid_ext_id, self.mid.encode())])
+        return block
 
     def _extension(self, audio_level: int | None, voice: bool) -> bytes:
         """The header extension block, cached per (level, voice, mid) so a send costs a dict lookup."""
@@ -375,6 +452,11 @@ class SrtpFastPath:
 
     def transport_closing(self) -> bool:
         return self._is_closing()
+
+    @property
+    def impaired_out(self) -> bool:
+        """True when what this end sends goes through an impairment stage (not the transport directly)."""
+        return self.impair_out is not None
 
     # --- inbound -------------------------------------------------------------------------------
 

@@ -126,6 +126,87 @@ int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, con
                 size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
                 int64_t arrival_ns, unsigned char *plain, int8_t *decisions, unsigned char *out,
                 size_t out_slot, int32_t *out_lengths, int32_t *out_slots, int fd, int32_t *sent);
+typedef struct {
+    int64_t t0;
+    int64_t timeline_ns;
+    int64_t lead_ns;
+    int64_t tail_ns;
+    int64_t catch_up_ns;
+    uint32_t ts0;
+    int32_t new_spurt;
+    int32_t interrupted;
+    int32_t paused;
+    int32_t closed;
+    int32_t timer_pending;
+    int32_t queued;
+    int32_t has_clear_before;
+    uint32_t clear_before;
+    int32_t has_next_position;
+    uint32_t next_position;
+    int64_t response_frames;
+    uint32_t response_seq;
+    int64_t frames_sent;
+    int64_t frames_caught_up;
+} sr_playout;
+
+typedef struct {
+    int32_t sequence;
+    int32_t mid_acked;
+    int64_t packets;
+    int64_t octets;
+    uint32_t last_timestamp;
+    int64_t last_send_ns;
+} sr_stream;
+
+typedef struct {
+    int32_t enabled;
+    int32_t handle;
+    uint64_t wire_id;
+    uint8_t peer_key[19];
+    int32_t has_last_audio;
+    uint32_t last_audio_seq;
+    int32_t heard;
+    sr_playout *playout;
+    sr_stream *stream;
+    int64_t *playing_until;
+    uintptr_t tx;
+    int32_t payload_type;
+    uint32_t ssrc;
+    int32_t max_payload;
+    uint8_t ext[32];
+    int32_t ext_len;
+    uint8_t remote[128];
+    int32_t remote_len;
+    int64_t deferred_gen;
+    int64_t frames_in;
+    int64_t packets_out;
+    int64_t bytes_out;
+} sr_out;
+
+typedef struct {
+    uint64_t id;
+    sr_out *out;
+} sr_id;
+
+typedef struct {
+    sr_id *ids;
+    uint32_t capacity;
+    uint32_t used;
+    int64_t gen;
+    uintptr_t protect;
+    size_t reserve;
+    int64_t datagrams_in;
+    int64_t audio_late;
+} sr_out_table;
+
+int sr_out_set(sr_out_table *t, uint64_t id, sr_out *out);
+sr_out *sr_out_get(const sr_out_table *t, uint64_t id);
+int sr_out_drop(sr_out_table *t, uint64_t id);
+uint32_t sr_timestamp_at(const sr_playout *p, int64_t t_ns);
+int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
+                 size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
+                 int64_t now_ns, int64_t send_ns, int8_t *decisions, unsigned char *out, size_t out_slot,
+                 int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int fd, int32_t *sent);
 """
 
 OPTIMIZED: Final = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]

@@ -213,6 +213,11 @@ class NativeCodec:
         self._ext_keep = b""
 
     @property
+    def tx_pointer(self) -> int:
+        """The sending session's ``srtp_t`` (for the outbound C path's entry)."""
+        return int(self._tx_ptr)
+
+    @property
     def rx_pointer(self) -> int:
         """The receiving session's ``srtp_t`` (for the per-batch path's call slot)."""
         return int(self._rx_ptr)
@@ -477,7 +482,7 @@ class InboundSlot:
     Python path uses them too); counters the C path adds are taken with ``take_counts``.
     """
 
-    __slots__ = ("_hinted", "_inbound", "_lib", "c", "detached", "index", "observe_dwell", "peer")
+    __slots__ = ("_hinted", "_inbound", "_lib", "c", "detached", "index", "observe_dwell", "outbound", "peer")
 
     def __init__(self, inbound: NativeInbound, index: int) -> None:
         self._inbound = inbound
@@ -488,6 +493,9 @@ class InboundSlot:
         self.observe_dwell: Callable[[int], object] | None = None
         self._hinted: set[tuple[tuple[str, int], int]] = set()
         self.detached = False
+        self.outbound: OutboundEntry | None = None
+        """The call's entry in the outbound C path, which writes this slot's ``playing_until``: it stops
+        when the call's transport closes (``detach``) and forgets the slot when the slot goes."""
 
     # --- what the fast path (media) writes ----------------------------------------------------
 
@@ -538,6 +546,8 @@ class InboundSlot:
         """The call's transport closed (its flows left the demultiplexer): C takes nothing more of it."""
         self.detached = True
         self.c.enabled = 0
+        if self.outbound is not None:
+            self.outbound.disable()
         self._inbound.lib.sr_flow_drop_slot(self._inbound.table, self.index)
         self._hinted.clear()
 
@@ -553,6 +563,10 @@ class InboundSlot:
 
     def set_playing_until(self, until_ns: int) -> None:
         self.c.playing_until = until_ns
+
+    def playing_until_pointer(self) -> Any:
+        """Where the outbound C path writes ``playing_until`` after it sent a frame (the same field)."""
+        return self._inbound.ffi.addressof(self.c[0], "playing_until")
 
     def take_idle(self) -> bool:
         """True once after C saw a packet while nothing played (the call's playback-started flag clears)."""
@@ -669,6 +683,9 @@ class NativeInbound:
         if self.slots[slot.index] is not slot:
             return
         slot.c.enabled = 0
+        if slot.outbound is not None:
+            slot.outbound.unbind()
+            slot.outbound = None
         self.lib.sr_flow_drop_slot(self.table, slot.index)
         slot._hinted.clear()
         self.slots[slot.index] = None
@@ -712,6 +729,276 @@ class NativeInbound:
         return data
 
 
+# --- the per-batch outbound path (issue 17, step 2) ------------------------------------------------
+
+NATIVE_OUT_ENV: Final = "SPLITRELAY_NATIVE_OUT"
+"""Set to 0 (or off/false/no) to keep inference's AUDIO_OUT on the Python path (the A/B's ``python-out``)."""
+WIRE_AUDIO_OUT: Final = 4  # fastpath.c SR_WIRE_AUDIO_OUT: relay/inference/wire.py MsgType.AUDIO_OUT
+OUT_SLOT: Final = SRTP_BUFFER  # bytes per protected datagram C makes
+OUT_IDS: Final = 1 << 13  # call-id table slots (half may be used): more than CALL_CAPACITY calls
+EXT_MAX: Final = 32  # fastpath.c SR_EXT_MAX
+
+
+def native_out_enabled() -> bool:
+    """True when the extension runs and ``SPLITRELAY_NATIVE_OUT`` does not turn the outbound C path off."""
+    off = os.environ.get(NATIVE_OUT_ENV, "1").strip().lower() in ("0", "off", "false", "no")
+    return not off and available()
+
+
+def playout_state() -> Any:
+    """A zeroed ``sr_playout`` (relay/playout.py keeps its timeline there, the one copy C also uses), or
+    None when the outbound C path is off (the playout then keeps a Python object with the same fields)."""
+    return _native.ffi.new("sr_playout *") if native_out_enabled() else None
+
+
+def stream_state() -> Any:
+    """A zeroed ``sr_stream`` (an outbound stream's sequence and sender-report counts), or None as above."""
+    return _native.ffi.new("sr_stream *") if native_out_enabled() else None
+
+
+def timestamp_at(state: Any, t_ns: int) -> int:
+    """fastpath.c ``sr_timestamp_at`` on an ``sr_playout`` (tests: the same RTP clock as the playout's)."""
+    return int(_native.lib.sr_timestamp_at(state, t_ns))
+
+
+class OutboundEntry:
+    """One call's entry in the outbound C path (``sr_out``): where its AUDIO_OUT may be finished in C.
+
+    The call writes what C needs (``bind``) and turns it on and off (``enable``/``disable``); the link maps
+    its wire call id to it (``NativeOutbound.map``). The playout and stream structs it points at belong to
+    their Python objects; the entry keeps them alive while it points at them.
+    """
+
+    __slots__ = ("_keep", "_outbound", "c", "handle", "observe_dwell", "remote", "wire_id")
+
+    def __init__(self, outbound: NativeOutbound, handle: int) -> None:
+        self._outbound = outbound
+        self.handle = handle
+        self.c: Any = outbound.ffi.new("sr_out *")
+        self.c.handle = handle
+        self._keep: tuple[Any, ...] = ()
+        self.observe_dwell: Callable[[int], object] | None = None
+        self.remote: tuple[str, int] | None = None
+        self.wire_id: int | None = None
+
+    def bind(
+        self,
+        *,
+        playout: Any,
+        stream: Any,
+        playing_until: Any,
+        tx_pointer: int,
+        payload_type: int,
+        ssrc: int,
+        max_payload: int,
+        extension: bytes,
+        remote: tuple[str, int],
+    ) -> bool:
+        """Point the entry at the call's playout and stream state and its send parameters; False (and
+        disabled) when something does not fit C (the call keeps the Python path)."""
+        c = self.c
+        c.enabled = 0
+        if playout is None or stream is None or len(extension) > EXT_MAX or not 0 <= payload_type < 128:
+            return False
+        try:
+            raw = raw_sockaddr(remote)
+        except (OSError, ValueError):
+            return False
+        ffi = self._outbound.ffi
+        c.playout = playout
+        c.stream = stream
+        c.playing_until = ffi.NULL if playing_until is None else playing_until
+        c.tx = tx_pointer
+        c.payload_type = payload_type
+        c.ssrc = ssrc
+        c.max_payload = max_payload
+        ffi.memmove(c.ext, extension, len(extension))
+        c.ext_len = len(extension)
+        ffi.memmove(c.remote, raw, len(raw))
+        c.remote_len = len(raw)
+        self.remote = (remote[0], remote[1])
+        self._keep = (playout, stream, playing_until)
+        return True
+
+    def unbind(self) -> None:
+        """Forget the playout, stream and inbound slot (the call closed, or its slot went)."""
+        c = self.c
+        c.enabled = 0
+        c.playout = c.stream = c.playing_until = self._outbound.ffi.NULL
+        self._keep = ()
+
+    def enable(self) -> None:
+        c = self.c
+        c.enabled = 1 if c.playout and c.stream and self.wire_id is not None else 0
+
+    def disable(self) -> None:
+        self.c.enabled = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.c.enabled)
+
+    # --- the link's state of the call (relay/inference_link.py) -------------------------------------
+
+    def adopt_audio_seq(self, last: int | None) -> None:
+        """The link call's last in-order AUDIO_OUT seq moves here (the one copy from now on)."""
+        c = self.c
+        c.has_last_audio, c.last_audio_seq = (0, 0) if last is None else (1, last)
+
+    def audio_in_order(self, seq: int) -> bool:
+        """``CallState.audio_in_order`` on the entry's state (the Python path of a mapped call)."""
+        c = self.c
+        if c.has_last_audio and ((seq - c.last_audio_seq + 0x80000000) & 0xFFFFFFFF) - 0x80000000 <= 0:
+            return False
+        c.has_last_audio, c.last_audio_seq = 1, seq
+        return True
+
+    def take_heard(self) -> bool:
+        """True once after C took a datagram of the agent's for this call (the link's liveness sweep)."""
+        c = self.c
+        if c.heard:
+            c.heard = 0
+            return True
+        return False
+
+    def take_counts(self) -> tuple[int, int, int]:
+        """(frames from inference, packets out, payload bytes out) C counted since last asked."""
+        c = self.c
+        counts = (c.frames_in, c.packets_out, c.bytes_out)
+        c.frames_in = c.packets_out = c.bytes_out = 0
+        return counts
+
+
+class NativeOutbound:
+    """The per-batch outbound path of one relay process: the call-id table, the entries, reused buffers.
+
+    ``run`` hands fastpath.c ``sr_batch_out`` a batch read from the inference socket; ``decisions[i]`` then
+    says which datagrams C finished (0) and which Python must handle as before (1).
+    """
+
+    def __init__(self, batch: int, *, ids: int = OUT_IDS) -> None:
+        if not available():
+            raise RuntimeError(f"native fast path unavailable: {_native_reason}")
+        if ids & (ids - 1) or not 16 <= ids <= 1 << 20:
+            raise ValueError(f"ids must be a power of two 16..{1 << 20}, got {ids}")
+        if not 1 <= batch <= RECV_BATCH_MAX:
+            raise ValueError(f"batch must be 1..{RECV_BATCH_MAX}, got {batch}")
+        self.ffi = ffi = _native.ffi
+        self.lib = _native.lib
+        self._ids = ffi.new("sr_id[]", ids)
+        self.table = ffi.new("sr_out_table *")
+        self.table.ids = self._ids
+        self.table.capacity = ids
+        self.table.protect = _srtp_functions()[0]
+        self.table.reserve = pylibsrtp.SRTP_MAX_TRAILER_LEN
+        self.entries: list[OutboundEntry | None] = []
+        self._free: list[int] = []
+        self._decisions = ffi.new("int8_t[]", batch)
+        self.decisions = memoryview(ffi.buffer(self._decisions)).cast("b")
+        self._out = ffi.new("unsigned char[]", batch * OUT_SLOT)
+        self._out_mem = ffi.buffer(self._out)
+        self._out_lengths = ffi.new("int32_t[]", batch)
+        self.out_lengths = memoryview(ffi.buffer(self._out_lengths)).cast("i")
+        self._out_handles = ffi.new("int32_t[]", batch)
+        self.out_handles = memoryview(ffi.buffer(self._out_handles)).cast("i")
+        self._out_due = ffi.new("int64_t[]", batch)
+        self.out_due = memoryview(ffi.buffer(self._out_due)).cast("q")
+        self._sent = ffi.new("int32_t[2]")
+        self.batch = batch
+        self.batches = 0
+        self.finished = 0
+        """Datagrams from inference C finished (never seen by Python)."""
+
+    def open_entry(self) -> OutboundEntry:
+        handle = self._free.pop() if self._free else len(self.entries)
+        entry = OutboundEntry(self, handle)
+        if handle == len(self.entries):
+            self.entries.append(entry)
+        else:
+            self.entries[handle] = entry
+        return entry
+
+    def close_entry(self, entry: OutboundEntry) -> None:
+        """The call is done with C: unmap it, unbind it, give its handle back."""
+        self.unmap(entry)
+        entry.unbind()
+        if entry.handle < len(self.entries) and self.entries[entry.handle] is entry:
+            self.entries[entry.handle] = None
+            self._free.append(entry.handle)
+
+    def map(self, entry: OutboundEntry, wire_id: int, peer: tuple[str, int]) -> bool:
+        """AUDIO_OUT for ``wire_id`` from ``peer`` is ``entry``'s (the link's call): False when the table is
+        full or the address is not numeric (the call keeps the Python path)."""
+        if entry.wire_id is not None and entry.wire_id != wire_id:
+            self.unmap(entry)
+        try:
+            key = flow_key(peer)
+        except (OSError, ValueError):
+            return False
+        c = entry.c
+        self.ffi.memmove(c.peer_key, key, len(key))
+        c.wire_id = wire_id
+        if self.lib.sr_out_set(self.table, wire_id, c) != 0:
+            return False
+        entry.wire_id = wire_id
+        return True
+
+    def unmap(self, entry: OutboundEntry) -> None:
+        entry.c.enabled = 0
+        if entry.wire_id is not None:
+            if self.lib.sr_out_get(self.table, entry.wire_id) == entry.c:
+                self.lib.sr_out_drop(self.table, entry.wire_id)
+            entry.wire_id = None
+
+    @property
+    def mapped(self) -> int:
+        return int(self.table.used)
+
+    def run(self, recv: RecvBatch, count: int, now_ns: int, send_ns: int, fd: int) -> tuple[int, int, int]:
+        """C over the first ``count`` datagrams of ``recv``: (datagrams made, sent by C, finished)."""
+        if count > self.batch:
+            raise ValueError(f"batch of {count} > {self.batch}")
+        nout = self.lib.sr_batch_out(
+            self.table,
+            recv._buffers,
+            RECV_SLOT,
+            recv._names,
+            RECV_NAME_SLOT,
+            recv._lengths,
+            recv._name_lengths,
+            count,
+            now_ns,
+            send_ns,
+            self._decisions,
+            self._out,
+            OUT_SLOT,
+            self._out_lengths,
+            self._out_handles,
+            self._out_due,
+            fd,
+            self._sent,
+        )
+        if nout < 0:
+            raise ValueError("sr_batch_out refused its arguments")
+        finished = int(self._sent[1])
+        self.batches += 1
+        self.finished += finished
+        return nout, int(self._sent[0]), finished
+
+    def take_link_counts(self) -> tuple[int, int]:
+        """(datagrams in, late audio) C counted for the link since last asked."""
+        t = self.table
+        counts = (int(t.datagrams_in), int(t.audio_late))
+        t.datagrams_in = t.audio_late = 0
+        return counts
+
+    def out(self, k: int) -> bytes:
+        """Protected datagram ``k`` of the last ``run``."""
+        start = k * OUT_SLOT
+        data: bytes = self._out_mem[start : start + self.out_lengths[k]]
+        return data
+
+
 def classify(data: bytes) -> int:
     """RFC 7983 demultiplexing: KIND_SRTP, KIND_SRTCP, or KIND_OTHER (STUN, DTLS: aioice's)."""
     if available():
@@ -735,6 +1022,8 @@ __all__ = [
     "InboundSlot",
     "NativeCodec",
     "NativeInbound",
+    "NativeOutbound",
+    "OutboundEntry",
     "PythonCodec",
     "RecvBatch",
     "available",

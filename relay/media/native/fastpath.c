@@ -722,3 +722,331 @@ int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, con
 #endif
     return nout;
 }
+
+/* ---- The per-batch outbound path (issue 17, step 2): AUDIO_OUT -> caller SRTP without Python -----------
+ *
+ * A batch read from the inference socket goes through sr_batch_out. An AUDIO_OUT whose call has an entry
+ * (sr_out, found by the wire call id) and whose playout passes the frame straight through (nothing queued,
+ * no timer, not paused, not interrupted, no CLEAR pending, not closed, the timeline within `lead` of now)
+ * is finished here: the link's header and order checks (relay/inference_link.py RelayLink.datagram_received),
+ * the playout timeline (relay/playout.py Playout._push_frame's pass-through branch, _fell_behind, _send_now,
+ * _timestamp_at), our RTP header with the stream's extension block, SRTP protect, every counter, and one
+ * sendmmsg toward the callers. Everything else is left for Python in order (decisions[i] = SR_TO_PYTHON):
+ * once a datagram naming a call goes to Python, every later one naming it in the batch goes too. The
+ * playout and stream state C touches (sr_playout, sr_stream) is the one copy: Python reads and writes
+ * the same structs, so both paths can alternate frame by frame. Nothing is allocated here.
+ */
+
+#define SR_WIRE_AUDIO_OUT 4 /* relay/inference/wire.py MsgType.AUDIO_OUT (tests check) */
+#define SR_WIRE_MAX_DATAGRAM 1400
+#define SR_FLAG_MARKER 0x0001
+#define SR_FRAME_NS 20000000LL
+#define SR_SAMPLES_PER_FRAME 960
+#define SR_CLOCK_RATE 48000
+#define SR_EXT_MAX 32
+#define SR_ID_PROBE_MAX 4096
+
+typedef struct {
+    int64_t t0;
+    int64_t timeline_ns;
+    int64_t lead_ns;
+    int64_t tail_ns;
+    int64_t catch_up_ns;
+    uint32_t ts0;
+    int32_t new_spurt;
+    int32_t interrupted;
+    int32_t paused;
+    int32_t closed;
+    int32_t timer_pending;
+    int32_t queued; /* items (frames and marks) in Python's queue */
+    int32_t has_clear_before;
+    uint32_t clear_before;
+    int32_t has_next_position;
+    uint32_t next_position;
+    int64_t response_frames;
+    uint32_t response_seq;
+    int64_t frames_sent;
+    int64_t frames_caught_up;
+} sr_playout;
+
+typedef struct {
+    int32_t sequence;
+    int32_t mid_acked;
+    int64_t packets;
+    int64_t octets;
+    uint32_t last_timestamp;
+    int64_t last_send_ns;
+} sr_stream;
+
+typedef struct {
+    int32_t enabled;        /* Python: C may finish this call's AUDIO_OUT */
+    int32_t handle;         /* Python's index of this entry */
+    uint64_t wire_id;
+    uint8_t peer_key[SR_KEY_LEN]; /* inference's address (sr_flow_key): AUDIO_OUT must come from it */
+    int32_t has_last_audio; /* the link's in-order check (CallState.audio_in_order) */
+    uint32_t last_audio_seq;
+    int32_t heard;          /* something came from the agent (the link's liveness sweep reads and clears it) */
+    sr_playout *playout;
+    sr_stream *stream;
+    int64_t *playing_until; /* the inbound slot's (barge-in), or NULL */
+    uintptr_t tx;           /* the tx srtp_t */
+    int32_t payload_type;
+    uint32_t ssrc;
+    int32_t max_payload;
+    uint8_t ext[SR_EXT_MAX]; /* the extension block while the MID is not acknowledged */
+    int32_t ext_len;
+    uint8_t remote[SR_RECV_NAME_MAX]; /* the caller's sockaddr */
+    int32_t remote_len;
+    int64_t deferred_gen;
+    int64_t frames_in;      /* counters not yet folded into the call's */
+    int64_t packets_out;
+    int64_t bytes_out;
+} sr_out;
+
+typedef struct {
+    uint64_t id; /* 0: empty (wire call ids are never 0) */
+    sr_out *out;
+} sr_id;
+
+typedef struct {
+    sr_id *ids;
+    uint32_t capacity; /* a power of two */
+    uint32_t used;
+    int64_t gen;
+    uintptr_t protect;  /* libsrtp's srtp_protect (pylibsrtp's copy) */
+    size_t reserve;     /* trailer room protect needs (SRTP_MAX_TRAILER_LEN) */
+    int64_t datagrams_in; /* link counters not yet folded into its WireStats */
+    int64_t audio_late;
+} sr_out_table;
+
+static uint32_t id_hash(uint64_t id) {
+    id ^= id >> 33;
+    id *= 0xff51afd7ed558ccdULL;
+    id ^= id >> 33;
+    return (uint32_t)id;
+}
+
+static int32_t id_find(const sr_out_table *t, uint64_t id) {
+    if (id == 0) return -1;
+    uint32_t mask = t->capacity - 1;
+    uint32_t i = id_hash(id) & mask;
+    uint32_t limit = t->capacity < SR_ID_PROBE_MAX ? t->capacity : SR_ID_PROBE_MAX;
+    for (uint32_t n = 0; n < limit; n++, i = (i + 1) & mask) {
+        if (t->ids[i].id == 0) return -1;
+        if (t->ids[i].id == id) return (int32_t)i;
+    }
+    return -1;
+}
+
+/* Enter or update the call `id`: 0, or -1 (a bad table, id 0, or too full: the call stays in Python). */
+int sr_out_set(sr_out_table *t, uint64_t id, sr_out *out) {
+    if (t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0 || id == 0 || out == NULL) return -1;
+    int32_t at = id_find(t, id);
+    if (at >= 0) {
+        t->ids[at].out = out;
+        return 0;
+    }
+    if (t->used >= t->capacity / 2) return -1;
+    uint32_t mask = t->capacity - 1;
+    uint32_t i = id_hash(id) & mask;
+    uint32_t limit = t->capacity < SR_ID_PROBE_MAX ? t->capacity : SR_ID_PROBE_MAX;
+    for (uint32_t n = 0; n < limit; n++, i = (i + 1) & mask) {
+        if (t->ids[i].id == 0) {
+            t->ids[i].id = id;
+            t->ids[i].out = out;
+            t->used++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The entry of `id`, or NULL (tests). */
+sr_out *sr_out_get(const sr_out_table *t, uint64_t id) {
+    if (t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0) return NULL;
+    int32_t at = id_find(t, id);
+    return at < 0 ? NULL : t->ids[at].out;
+}
+
+/* Remove `id` (its call ended or left C), keeping linear probing's chains whole: 1, or 0 if absent. */
+int sr_out_drop(sr_out_table *t, uint64_t id) {
+    if (t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0) return 0;
+    int32_t at = id_find(t, id);
+    if (at < 0) return 0;
+    uint32_t mask = t->capacity - 1;
+    uint32_t hole = (uint32_t)at;
+    t->ids[hole].id = 0;
+    t->ids[hole].out = NULL;
+    t->used--;
+    uint32_t j = hole;
+    for (uint32_t n = 0; n < t->capacity; n++) {
+        j = (j + 1) & mask;
+        sr_id *e = &t->ids[j];
+        if (e->id == 0) break;
+        uint32_t home = id_hash(e->id) & mask;
+        int between = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!between) {
+            t->ids[hole] = *e;
+            e->id = 0;
+            e->out = NULL;
+            hole = j;
+        }
+    }
+    return 1;
+}
+
+static uint64_t be64(const unsigned char *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
+
+/* relay/playout.py Playout._timestamp_at: (ts0 + floor((t - t0) * 48000 / 1e9)) mod 2^32. */
+uint32_t sr_timestamp_at(const sr_playout *p, int64_t t_ns) {
+    int64_t samples = floor_div((__int128)(t_ns - p->t0) * SR_CLOCK_RATE, 1000000000);
+    return (uint32_t)((uint64_t)p->ts0 + (uint64_t)samples);
+}
+
+/* The batch the inference socket's recvmmsg left in (buffers, lengths, names): see the section comment.
+ * `now_ns` is the playout clock for the whole batch and `send_ns` the stream's send time. Protected
+ * datagrams go to out + k * out_slot (out_lengths[k]; out_handles[k] the entry's handle; out_due[k] the
+ * time its dwell counts from), k < the return value; when fd >= 0 they leave in one sendmmsg from here and
+ * sent[0] says how many the kernel took (Python sends the rest in order); sent[1] is how many datagrams C
+ * finished. -1: bad arguments. */
+int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
+                 size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
+                 int64_t now_ns, int64_t send_ns, int8_t *decisions, unsigned char *out, size_t out_slot,
+                 int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int fd, int32_t *sent) {
+    sent[0] = sent[1] = 0;
+    if (count < 0 || count > SR_BATCH_MAX || out_slot < SR_SRTP_BUFFER || slot_size > SR_RECV_SLOT_MAX
+        || name_slot > SR_RECV_NAME_MAX || t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0
+        || t->protect == 0 || t->reserve > 256)
+        return -1;
+    int64_t gen = ++t->gen;
+    sr_out *outs[SR_BATCH_MAX];
+    int nout = 0;
+    for (int i = 0; i < count; i++) {
+        decisions[i] = SR_TO_PYTHON;
+        int32_t length = lengths[i];
+        if (length < SR_WIRE_HEADER || length > (int32_t)slot_size) continue; /* cut, or no call id: Python */
+        const unsigned char *d = buffers + (size_t)i * slot_size;
+        int32_t at = id_find(t, be64(d + 4));
+        if (at < 0) continue; /* no entry: nothing of that call can be overtaken */
+        sr_out *o = t->ids[at].out;
+        if (o == NULL || o->deferred_gen == gen) continue;
+        int to_python = 1;
+        do {
+            sr_playout *p = o->playout;
+            sr_stream *s = o->stream;
+            if (!o->enabled || p == NULL || s == NULL || o->tx == 0 || o->remote_len <= 0
+                || o->remote_len > SR_RECV_NAME_MAX || o->ext_len < 0 || o->ext_len > SR_EXT_MAX)
+                break;
+            if (length <= SR_WIRE_HEADER || length > SR_WIRE_MAX_DATAGRAM || d[0] != SR_WIRE_VERSION
+                || d[1] != SR_WIRE_AUDIO_OUT)
+                break;
+            int flags = be16(d + 2);
+            if (flags & ~SR_FLAG_MARKER) break;
+            unsigned char key[SR_KEY_LEN];
+            int32_t name_length = name_lengths[i];
+            if (name_length < 0 || (size_t)name_length > name_slot
+                || sr_flow_key(names + (size_t)i * name_slot, (size_t)name_length, key) < 0
+                || memcmp(key, o->peer_key, SR_KEY_LEN) != 0)
+                break;
+            uint32_t seq = be32(d + 12), ts = be32(d + 16);
+            int marker = flags & SR_FLAG_MARKER;
+            if (o->has_last_audio && (int32_t)(seq - o->last_audio_seq) <= 0) {
+                t->datagrams_in++; /* late or repeated: dropped, as the link drops it */
+                t->audio_late++;
+                o->heard = 1;
+                to_python = 0;
+                break;
+            }
+            if (p->closed || p->has_clear_before || p->interrupted || p->queued || p->timer_pending
+                || p->paused)
+                break;
+            int32_t payload_length = length - SR_WIRE_HEADER;
+            if (payload_length > o->max_payload) break; /* Python raises and counts it */
+            int continues = !marker && p->has_next_position && ts == p->next_position;
+            int64_t timeline = p->timeline_ns;
+            int spurt = p->new_spurt, caught = 0;
+            if (timeline < now_ns) {
+                if (continues && now_ns - timeline <= p->catch_up_ns)
+                    caught = 1;
+                else {
+                    timeline = now_ns;
+                    spurt = 1;
+                }
+            }
+            if (timeline - now_ns > p->lead_ns) break; /* it must wait: Python queues it and sets a timer */
+            uint32_t rtp_ts = sr_timestamp_at(p, timeline);
+            int n = sr_protect_rtp(t->protect, o->tx, out + (size_t)nout * out_slot, out_slot, t->reserve,
+                                   o->payload_type, s->sequence, rtp_ts, o->ssrc, spurt, o->ext,
+                                   s->mid_acked ? 0 : (size_t)o->ext_len, d + SR_WIRE_HEADER,
+                                   (size_t)payload_length);
+            if (n < 0) break; /* refused: Python tries again and counts the failure */
+            /* sent: commit, in the order the Python path changes the same fields */
+            t->datagrams_in++;
+            o->heard = 1;
+            o->has_last_audio = 1;
+            o->last_audio_seq = seq;
+            o->frames_in++;
+            if (caught) p->frames_caught_up++;
+            p->timeline_ns = timeline;
+            if (marker) p->response_frames = 0;
+            p->next_position = ts + SR_SAMPLES_PER_FRAME;
+            p->has_next_position = 1;
+            int64_t due = timeline - p->lead_ns;
+            p->new_spurt = 0;
+            p->timeline_ns = timeline + SR_FRAME_NS;
+            p->frames_sent++;
+            p->response_frames++;
+            p->response_seq = seq;
+            s->sequence = (s->sequence + 1) & 0xFFFF;
+            s->packets++;
+            s->octets += payload_length;
+            s->last_timestamp = rtp_ts;
+            s->last_send_ns = send_ns;
+            o->packets_out++;
+            o->bytes_out += payload_length;
+            if (o->playing_until != NULL) *o->playing_until = p->timeline_ns + p->tail_ns;
+            out_lengths[nout] = n;
+            out_handles[nout] = o->handle;
+            out_due[nout] = due > now_ns ? due : now_ns;
+            outs[nout] = o;
+            nout++;
+            to_python = 0;
+        } while (0);
+        if (to_python)
+            o->deferred_gen = gen;
+        else {
+            decisions[i] = SR_TO_C;
+            sent[1]++;
+        }
+    }
+#ifdef __linux__
+    if (fd >= 0 && nout > 0) {
+        struct mmsghdr msgs[SR_BATCH_MAX];
+        struct iovec iov[SR_BATCH_MAX];
+        for (int k = 0; k < nout; k++) {
+            iov[k].iov_base = out + (size_t)k * out_slot;
+            iov[k].iov_len = (size_t)out_lengths[k];
+            memset(&msgs[k], 0, sizeof msgs[k]);
+            msgs[k].msg_hdr.msg_iov = &iov[k];
+            msgs[k].msg_hdr.msg_iovlen = 1;
+            msgs[k].msg_hdr.msg_name = outs[k]->remote;
+            msgs[k].msg_hdr.msg_namelen = (socklen_t)outs[k]->remote_len;
+        }
+        int start = 0;
+        for (int round = 0; round < nout && start < nout; round++) {
+            int m = sendmmsg(fd, msgs + start, (unsigned int)(nout - start), MSG_DONTWAIT);
+            if (m > 0) {
+                start += m;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
+            start += 1; /* refused (EMSGSIZE, an ICMP error): skip it, send the others */
+        }
+        sent[0] = start;
+    }
+#else
+    (void)fd;
+    (void)outs;
+#endif
+    return nout;
+}
