@@ -14,7 +14,9 @@ For each N the benchmark runs two phases back to back on the same cores:
    call, the path before issue 17's shared port), ``python`` (``SPLITRELAY_NATIVE=0``: the pure-Python
    per-datagram path, relay/media/native), ``unbatched`` (the shared port without batched receive and
    send), ``per-datagram`` (``SPLITRELAY_NATIVE_BATCH=0``: the native per-datagram path, before the
-   per-batch C path of relay/media/native ``NativeInbound``). Phase 1 runs the relay as it is deployed:
+   per-batch C path of relay/media/native ``NativeInbound``), ``python-out`` (``SPLITRELAY_NATIVE_OUT=0``:
+   the per-batch inbound path, but inference's AUDIO_OUT through Python per frame, before the outbound
+   C path of relay/media/native ``NativeOutbound``). Phase 1 runs the relay as it is deployed:
    every call on one UDP port (``relay serve --media-port``), the native per-batch path when it is built
    (``--port-per-call`` runs one port per call instead). Every relay phase is reported against the same
    baseline, so the CPU multiples compare directly.
@@ -83,7 +85,7 @@ NOISE_LIMIT = 10.0  # % of the subject's core used by anything but the subject a
 DATAGRAMS_PER_FRAME = 4
 START_DELAY_S = 1.0
 MAX_CALLS = 5000
-AB_CHOICES = ("port-per-call", "python", "unbatched", "per-datagram")
+AB_CHOICES = ("port-per-call", "python", "unbatched", "per-datagram", "python-out")
 """A/B variants: see the module docstring and ``VARIANTS``."""
 DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
 SYSCALLS = {
@@ -125,6 +127,12 @@ def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
             True,
             ((NATIVE_BATCH_ENV, "0"),),
         ),
+        "python-out": Variant(
+            "python-out",
+            f"shared port, native per batch in, python out ({native.NATIVE_OUT_ENV}=0)",
+            True,
+            ((native.NATIVE_OUT_ENV, "0"),),
+        ),
     }
     return main, [table[name] for name in config.ab]
 
@@ -159,6 +167,8 @@ class RelayBenchConfig:
             raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
         if self.port_per_call and "per-datagram" in self.ab:
             raise ValueError("ab: per-datagram compares against the batched shared port, not --port-per-call")
+        if self.port_per_call and "python-out" in self.ab:
+            raise ValueError("ab: python-out compares against the batched shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:
             raise ValueError(f"calls: give 1..10 values, got {len(self.calls)}")
         for n in self.calls:

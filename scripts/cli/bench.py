@@ -51,7 +51,8 @@ def relay(
     ab: Annotated[
         str,
         typer.Option(
-            help="A/B variants after the baseline: port-per-call, python, unbatched, per-datagram (or none)."
+            help="A/B variants after the baseline: port-per-call, python, unbatched, per-datagram, "
+            "python-out (or none)."
         ),
     ] = "port-per-call",
     json_output: Annotated[
