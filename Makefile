@@ -46,15 +46,27 @@ run: $(STAMP) $(NATIVE_SO)
 cost: setup
 	$(VENV)/bin/splitrelay cost
 
-## All tiers: unit, real-WebRTC integration on loopback, end to end.
+## All tiers: unit, real-WebRTC integration on loopback, end to end, deploy. On PYTEST_WORKERS processes
+## (pytest-xdist; a whole module per worker, so a module's fixtures start once), in two passes: the tiers
+## that use the CPU first, then the real-time ones (markers integration and e2e, set by folder in
+## tests/conftest.py), which so share the machine only with each other. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist loadscope
+REALTIME := integration or e2e
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@rc=0; ran=0; \
+	for tier in 'not ($(REALTIME))' '$(REALTIME)'; do \
+	  echo "$(PY) -m pytest -q $(XDIST) -m '$$tier' $(PYTEST_ARGS)"; \
+	  $(PY) -m pytest -q $(XDIST) -m "$$tier" $(PYTEST_ARGS); code=$$?; \
+	  if [ $$code -ne 5 ]; then ran=1; if [ $$code -ne 0 ]; then rc=$$code; fi; fi; \
+	done; \
+	if [ $$ran = 0 ]; then exit 5; fi; exit $$rc
 
 test-unit: setup
-	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) tests/unit $(PYTEST_ARGS)
 
 test-integration: setup
-	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) tests/integration $(PYTEST_ARGS)
 
 ## ruff, the import rules between layers, and mypy strict over the namespace (scripts/devtools/layout.py).
 lint: setup
