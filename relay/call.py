@@ -289,22 +289,26 @@ class Call:
             fp = self.fast_path = SrtpFastPath.attach(
                 self.peer.pc, self._on_rtp, self.config.fast_path, on_bye=self._on_bye
             )
-            slot = fp.native_slot
-            if slot is not None:
-                # Media aioice queued during the DTLS hand-shake went through _on_rtp inside attach:
-                # the slot takes over the state it left.
-                if isinstance(self._seq, SequenceUnwrapper):
-                    slot.adopt(self._seq.state(), self._ts0_py)
-                self._slot = self._seq = slot
-                slot.observe_dwell = self.dwell_in.observe_ns
-                fp.on_fold = self._fold
-                self.playout.publish = slot.set_playing_until
-                slot.set_playing_until(self.playout.playing_until_ns())
-                self._publish_gate()
-                self._open_native_out(fp, slot)
-                self._sync_native()
+            self._take_fast_path(fp)
         elif state in ("failed", "closed") and self.state is CallState.LIVE:
             self.schedule_close(f"peer connection {state}")
+
+    def _take_fast_path(self, fp: SrtpFastPath) -> None:
+        """Wire the call to its fast path's per-batch C slots (tests call it with a fast path of theirs)."""
+        slot = fp.native_slot
+        if slot is not None:
+            # Media aioice queued during the DTLS hand-shake went through _on_rtp inside attach:
+            # the slot takes over the state it left.
+            if isinstance(self._seq, SequenceUnwrapper):
+                slot.adopt(self._seq.state(), self._ts0_py)
+            self._slot = self._seq = slot
+            slot.observe_dwell = self.dwell_in.observe_ns
+            fp.on_fold = self._fold
+            self.playout.publish = slot.set_playing_until
+            slot.set_playing_until(self.playout.playing_until_ns())
+            self._publish_gate()
+            self._open_native_out(fp, slot)
+            self._sync_native()
 
     def _on_bye(self, _ssrc: int) -> None:
         self.schedule_close("caller sent RTCP BYE")

@@ -114,6 +114,36 @@ BATCH = LOAD + textwrap.dedent(
     """
 )
 
+OUTBOUND = LOAD + textwrap.dedent(
+    """
+    import socket
+    from tests.unit.test_native_out import OutBench, out_round
+    rng = random.Random(4)
+    bench = OutBench()
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind(("127.0.0.1", 0))
+    media.setblocking(False)
+    made = 0
+    for step in range(int(sys.argv[2])):
+        fd = media.fileno() if step % 2 else -1
+        made += out_round(rng, bench, 10**12 + step * rng.choice((0, 20_000_000, 300_000_000)), fd)
+        if step % 300 == 0:
+            churn = native.NativeOutbound(1, ids=16)
+            entries = [churn.open_entry() for _ in range(10)]
+            for _ in range(200):
+                entry = rng.choice(entries)
+                if rng.random() < 0.5:
+                    churn.map(entry, rng.randrange(1, 50), ("127.0.0.1", 1))
+                else:
+                    churn.close_entry(entry)
+                    entries.remove(entry)
+                    entries.append(churn.open_entry())
+    bench.close()
+    media.close()
+    print("protected", made)
+    """
+)
+
 OVERREAD = LOAD + textwrap.dedent(
     """
     ffi, lib = module.ffi, module.lib
@@ -180,6 +210,17 @@ def test_the_per_batch_path_runs_clean_under_asan_and_ubsan(sanitized: tuple[Pat
     assert result.returncode == 0, result.stderr[-4000:]
     assert "runtime error" not in result.stderr
     assert int(result.stdout.split()[-1]) > 1000
+
+
+def test_the_outbound_path_runs_clean_under_asan_and_ubsan(
+    sanitized: tuple[Path, dict[str, str]],
+) -> None:
+    """fastpath.c ``sr_batch_out``, SRTP protect and sendmmsg, and the call-id table over well-formed, odd
+    and random datagrams from inference in every playout state (test_native_out.py ``OutBench``)."""
+    result = run_sanitized(sanitized, OUTBOUND, "3000", timeout=110)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "runtime error" not in result.stderr
+    assert int(result.stdout.split()[-1]) > 500
 
 
 def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]]) -> None:
