@@ -586,3 +586,14 @@ def test_hand_filled_batches_make_datagrams_and_defer_the_rest() -> None:
     finally:
         bench.close()
     assert made > 100
+
+
+def test_bench_relay_ab_runs_the_python_outbound_path_as_python_out() -> None:
+    """``splitrelay bench relay --ab python-out``: the shared port with the outbound C path off."""
+    from splitrelay.bench.relay import RelayBenchConfig, parse_ab, variants
+
+    assert parse_ab("python-out,per-datagram") == ("python-out", "per-datagram")
+    (variant,) = variants(RelayBenchConfig(ab=("python-out",)))[1]
+    assert variant.shared_port and dict(variant.env) == {native.NATIVE_OUT_ENV: "0"}
+    with pytest.raises(ValueError, match="python-out compares against"):
+        RelayBenchConfig(port_per_call=True, ab=("python-out",))
