@@ -13,11 +13,13 @@ why in EXPECTED_DIFFERENCES.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +48,19 @@ EXPECTED_DIFFERENCES = {
 
 
 COMPARED = {"main_module", "compatibility_date", "compatibility_flags", "migrations", "assets", "bindings"}
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi() -> Iterator[None]:
+    """Pulumi's mocks run on `asyncio.get_event_loop()`: a loop of this test's own (as in
+    test_provider_args.py), not whatever the test before it on this process left set, or none."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @pytest.fixture
