@@ -176,8 +176,15 @@ class _NativeLinkReader(udp_recv.RecvBatch):
                 break
             decisions = None
             out = link.native_out
-            if out is not None and link.run_native_out(recv, n):
-                decisions = out.decisions
+            if out is not None:
+                finished = link.run_native_out(recv, n)
+                if finished == n:  # all of it finished in C (never a cut datagram): nothing for Python
+                    delivered += n
+                    if n < batch:
+                        break
+                    continue
+                if finished:
+                    decisions = out.decisions
             for i in range(n):
                 if self._stopped:
                     return delivered

@@ -321,8 +321,15 @@ class BatchReader:
             _received_ns = time.perf_counter_ns()
             forward = self.forward
             decisions = None
-            if forward is not None and forward.run(recv, n, _received_ns):
-                decisions = forward.inbound.decisions
+            if forward is not None:
+                finished = forward.run(recv, n, _received_ns)
+                if finished == n:  # all of it finished in C (never a cut datagram): nothing for Python
+                    delivered += n
+                    if n < batch:
+                        break
+                    continue
+                if finished:
+                    decisions = forward.inbound.decisions
             for i in range(n):
                 length = lengths[i]
                 if length < 0:
