@@ -285,6 +285,13 @@ class RelayServer:
                     stats.datagrams_in,
                     forward.batches,
                 )
+            out = self.link.native_out
+            if out is not None:  # how much of inference's audio never reached Python
+                log.info(
+                    "native outbound path: %d AUDIO_OUT datagrams finished in C (%d batches)",
+                    out.finished,
+                    out.batches,
+                )
             await self._shared_port.close()
             self._shared_port = None
 
@@ -296,6 +303,8 @@ class RelayServer:
         stats = {k: int(v) for k, v in dataclasses.asdict(port.stats()).items()}
         forward = port.forwarding
         stats["native_finished"] = forward.finished if forward is not None else 0
+        out = self.link.native_out
+        stats["native_out_finished"] = out.finished if out is not None else 0
         return stats
 
     async def __aenter__(self) -> RelayServer:

@@ -101,7 +101,8 @@ class CallSample:
 
 PortStats = Callable[[], Mapping[str, int]]
 """The shared media port's tables and counters by name (relay/media/demux.py ``DemuxStats``, plus
-``native_finished``): relay/server.py hands one over, so telemetry needs no import of the media layer."""
+``native_finished`` and ``native_out_finished``: caller and inference datagrams the C paths finished):
+relay/server.py hands one over, so telemetry needs no import of the media layer."""
 PORT_TABLES = frozenset({"calls", "flows", "transactions"})
 """Of those, the ones that are sizes (gauges); every other one only grows (counters)."""
 

@@ -211,6 +211,9 @@ async def test_sfu_on_one_socket_to_a_relay_on_one_port_keeps_eight_calls_apart(
             assert _metric(metrics, "splitrelay_media_port_calls") is not None
             finished = _metric(metrics, "splitrelay_media_port_native_finished_total")
             assert finished is not None and (finished > 0 or not rig.port.native)
+            out_finished = _metric(metrics, "splitrelay_media_port_native_out_finished_total")
+            assert out_finished is not None
+            assert out_finished > 0 or rig.relay.link.native_out is None, "the echo answers in real time"
         finally:
             await rig.end(calls)
 
