@@ -101,7 +101,10 @@ class RawEchoServer(InferenceServer):
             peer: Peer = (addr[0], addr[1])
             if (peer, _CALL_ID.unpack_from(data, 4)[0]) in self._live:
                 self.stats.datagrams_in += 1
-                self.send_raw(audio_out_from_audio_in(data), peer)
+                # One sendmmsg per loop turn for every echo of the batch the SDK just read, as a real
+                # agent's audio leaves through the SDK: the load core's headroom is what lets the bench
+                # offer more calls to the relay.
+                self.send_batched(audio_out_from_audio_in(data), peer)
                 self.echoed += 1
                 return
         super().datagram_received(data, addr)  # control messages, and anything odd, take the SDK's path

@@ -601,6 +601,42 @@ static int key_deferred(const unsigned char (*keys)[SR_KEY_LEN], int nkeys, cons
     return 0;
 }
 
+/* The protected datagrams out + k * out_slot (out_lengths[k] bytes) to peers[k] (peer_lengths[k] bytes of
+ * sockaddr), k < n, in as few sendmmsg calls as the kernel allows: how many it took. A datagram the kernel
+ * refuses (EMSGSIZE, an ICMP error) is skipped and counted as taken, as SendBatch does; EAGAIN or ENOBUFS
+ * stops (the caller sends the rest in order). Both per-batch paths send through it. */
+static int send_batch(int fd, unsigned char *out, size_t out_slot, const int32_t *out_lengths,
+                      void *const *peers, const int32_t *peer_lengths, int n) {
+#ifdef __linux__
+    struct mmsghdr msgs[SR_BATCH_MAX];
+    struct iovec iov[SR_BATCH_MAX];
+    if (n > SR_BATCH_MAX) n = SR_BATCH_MAX;
+    for (int k = 0; k < n; k++) {
+        iov[k].iov_base = out + (size_t)k * out_slot;
+        iov[k].iov_len = (size_t)out_lengths[k];
+        memset(&msgs[k], 0, sizeof msgs[k]);
+        msgs[k].msg_hdr.msg_iov = &iov[k];
+        msgs[k].msg_hdr.msg_iovlen = 1;
+        msgs[k].msg_hdr.msg_name = peers[k];
+        msgs[k].msg_hdr.msg_namelen = (socklen_t)peer_lengths[k];
+    }
+    int start = 0;
+    for (int round = 0; round < n && start < n; round++) {
+        int m = sendmmsg(fd, msgs + start, (unsigned int)(n - start), MSG_DONTWAIT);
+        if (m > 0) {
+            start += m;
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
+        start += 1;
+    }
+    return start;
+#else
+    (void)fd, (void)out, (void)out_slot, (void)out_lengths, (void)peers, (void)peer_lengths, (void)n;
+    return 0;
+#endif
+}
+
 /* The batch recvmmsg left in (buffers, lengths, names): see the section comment. Wire datagrams for
  * inference go to out + k * out_slot (out_lengths[k], out_slots[k] the call slot, out_index[k] the
  * datagram), k < the return value; when fd >= 0 they leave in one sendmmsg from here and sent[0] says how
@@ -691,35 +727,16 @@ int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, con
             sent[1]++;
         }
     }
-#ifdef __linux__
     if (fd >= 0 && nout > 0) {
-        struct mmsghdr msgs[SR_BATCH_MAX];
-        struct iovec iov[SR_BATCH_MAX];
+        void *peers[SR_BATCH_MAX];
+        int32_t peer_lengths[SR_BATCH_MAX];
         for (int k = 0; k < nout; k++) {
             sr_call *c = &t->calls[out_slots[k]];
-            iov[k].iov_base = out + (size_t)k * out_slot;
-            iov[k].iov_len = (size_t)out_lengths[k];
-            memset(&msgs[k], 0, sizeof msgs[k]);
-            msgs[k].msg_hdr.msg_iov = &iov[k];
-            msgs[k].msg_hdr.msg_iovlen = 1;
-            msgs[k].msg_hdr.msg_name = c->peer;
-            msgs[k].msg_hdr.msg_namelen = (socklen_t)c->peer_len;
+            peers[k] = c->peer;
+            peer_lengths[k] = c->peer_len;
         }
-        int start = 0;
-        for (int round = 0; round < nout && start < nout; round++) {
-            int m = sendmmsg(fd, msgs + start, (unsigned int)(nout - start), MSG_DONTWAIT);
-            if (m > 0) {
-                start += m;
-                continue;
-            }
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
-            start += 1; /* refused (EMSGSIZE, say): skip it, send the others, as SendBatch does */
-        }
-        sent[0] = start;
+        sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
     }
-#else
-    (void)fd;
-#endif
     return nout;
 }
 
@@ -1019,34 +1036,14 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
             sent[1]++;
         }
     }
-#ifdef __linux__
     if (fd >= 0 && nout > 0) {
-        struct mmsghdr msgs[SR_BATCH_MAX];
-        struct iovec iov[SR_BATCH_MAX];
+        void *peers[SR_BATCH_MAX];
+        int32_t peer_lengths[SR_BATCH_MAX];
         for (int k = 0; k < nout; k++) {
-            iov[k].iov_base = out + (size_t)k * out_slot;
-            iov[k].iov_len = (size_t)out_lengths[k];
-            memset(&msgs[k], 0, sizeof msgs[k]);
-            msgs[k].msg_hdr.msg_iov = &iov[k];
-            msgs[k].msg_hdr.msg_iovlen = 1;
-            msgs[k].msg_hdr.msg_name = outs[k]->remote;
-            msgs[k].msg_hdr.msg_namelen = (socklen_t)outs[k]->remote_len;
+            peers[k] = outs[k]->remote;
+            peer_lengths[k] = outs[k]->remote_len;
         }
-        int start = 0;
-        for (int round = 0; round < nout && start < nout; round++) {
-            int m = sendmmsg(fd, msgs + start, (unsigned int)(nout - start), MSG_DONTWAIT);
-            if (m > 0) {
-                start += m;
-                continue;
-            }
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) break;
-            start += 1; /* refused (EMSGSIZE, an ICMP error): skip it, send the others */
-        }
-        sent[0] = start;
+        sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
     }
-#else
-    (void)fd;
-    (void)outs;
-#endif
     return nout;
 }
