@@ -9,7 +9,6 @@ docstrings list enum values as ``Available values: "a", "b".`` and pulumi-aws's 
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import re
@@ -25,6 +24,7 @@ from tests.infra.harness import make_settings, make_spec, region, run_stack, unw
 # isort: on
 from splitrelay.infra.program import WRANGLER_TOML
 from splitrelay.infra.wrangler import load_worker_spec
+from tests.infra.pulumi_loop import event_loop_for_pulumi  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.deploy
 
@@ -134,17 +134,6 @@ REGIONS = [
     ),
     region("eu-central-1", "euc1"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> Iterator[None]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 @pytest.mark.parametrize("options", STACKS, ids=lambda o: "-".join(o.values()))

@@ -13,13 +13,11 @@ why in EXPECTED_DIFFERENCES.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,6 +27,7 @@ from tests.infra.harness import make_settings, region, run_stack, unwrap  # isor
 from splitrelay.infra.edge import PLAIN_ENV, SECRET_ENV
 from splitrelay.infra.wrangler import load_worker_spec
 from tests.deploy.cloudflare_standin import CloudflareStandIn, Upload
+from tests.infra.pulumi_loop import event_loop_for_pulumi  # noqa: F401 (autouse)
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(300)]
 
@@ -48,19 +47,6 @@ EXPECTED_DIFFERENCES = {
 
 
 COMPARED = {"main_module", "compatibility_date", "compatibility_flags", "migrations", "assets", "bindings"}
-
-
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> Iterator[None]:
-    """Pulumi's mocks run on `asyncio.get_event_loop()`: a loop of this test's own (as in
-    test_provider_args.py), not whatever the test before it on this process left set, or none."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 @pytest.fixture

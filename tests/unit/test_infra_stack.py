@@ -4,10 +4,8 @@ plus the checks mocks cannot make (binding types, flags, port ranges, secret mar
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +54,7 @@ from splitrelay.relay.aws_bootstrap import (
     TAG_SLOT,
     TAG_STACK,
 )
+from tests.infra.pulumi_loop import event_loop_for_pulumi  # noqa: F401 (autouse)
 
 T_SCRIPT = "cloudflare:index/workersScript:WorkersScript"
 T_KV = "cloudflare:index/workersKv:WorkersKv"
@@ -86,19 +85,6 @@ THREE_REGIONS = [
 T_AOP_CERT = (
     "cloudflare:index/authenticatedOriginPullsHostnameCertificate:AuthenticatedOriginPullsHostnameCertificate"
 )
-
-
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> Iterator[None]:
-    """Pulumi's mocks run on `asyncio.get_event_loop()`: give each test its own loop, because an
-    earlier async test in the same session (pytest-asyncio) leaves none current."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 @pytest.fixture
