@@ -240,7 +240,11 @@ class SessionPeer:
         on_attached: Callable[[SrtpFastPath | None], None],
         on_state: Callable[[str], None],
     ) -> None:
-        self.pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        # No ICE servers: without the list aiortc falls back to stun.l.google.com, so every session looked
+        # the name up (in the loop's 6-thread pool) while gathering; a resolver that drops a few of a
+        # burst's queries held every later answer 5 s (glibc's retry). An SFU gathers no server-reflexive
+        # candidates anyway: its addresses are its own.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.fast_path: SrtpFastPath | None = None
         self.connected = asyncio.Event()
         self._candidates = candidates

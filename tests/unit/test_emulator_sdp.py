@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -408,3 +409,21 @@ async def test_an_offer_that_drops_a_live_m_section_is_still_refused(api: Api) -
     replaced = await api.push(session_id, chromium_offer(["2", "1"], version=3), {"2": "three"})
     assert replaced.status_code == 400, replaced.text
     assert "lacks the negotiated audio m-section mid '0'" in replaced.json()["errorDescription"]
+
+
+async def test_answering_an_offer_looks_up_no_stun_server(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An emulated session gathers from its own addresses: no name lookup (aiortc's default STUN server,
+    stun.l.google.com, once cost 5 s per answer under a burst when the resolver dropped a query)."""
+    looked_up: list[str] = []
+    real = socket.gethostbyname
+
+    def recording(name: str) -> str:
+        looked_up.append(name)
+        return real(name)
+
+    monkeypatch.setattr(socket, "gethostbyname", recording)
+    session_id = await api.session()
+    pushed = await api.push(session_id, chromium_offer(["0"]), {"0": "one"})
+    assert pushed.status_code == 200, pushed.text
+    assert "a=candidate" in pushed.json()["sessionDescription"]["sdp"]
+    assert looked_up == []
