@@ -200,7 +200,10 @@ def serve(
     ] = None,
     stun: Annotated[
         list[str] | None,
-        typer.Option(help="STUN URL for a public (server-reflexive) candidate behind NAT; repeatable."),
+        typer.Option(
+            help="STUN URL for a public (server-reflexive) candidate behind NAT; repeatable. Prefer an IP "
+            "address: a name is looked up at every call's set-up (a resolver that drops a query costs 5 s)."
+        ),
     ] = None,
     sfu_url: Annotated[
         str | None, typer.Option(help="Realtime SFU API base, e.g. https://rtc.live.cloudflare.com/v1.")
