@@ -158,9 +158,20 @@ def split_setups(plain: dict[str, Any], metered: dict[str, Any]) -> dict[str, li
     }
 
 
+def _source_checkout() -> None:
+    """The bench drives the Pyodide host of tests/pyodide: put this checkout's root on the import path
+    (it is not installed with the package), or stop with a clear message outside a checkout."""
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "tests" / "pyodide" / "host.py").is_file():
+        raise SystemExit("splitrelay bench edge: needs a source checkout (tests/pyodide is not installed)")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+
+
 def run(iterations: int, warmup: int, imports: int, profile: bool = False) -> dict[str, Any]:
     import pytest
 
+    _source_checkout()
     from splitrelay.edge import tokens
     from tests.edge_support import TOKEN_KEY
     from tests.pyodide import host
