@@ -80,7 +80,7 @@ lock:
 	rm -rf build/lockenv && python3 -m venv build/lockenv
 	build/lockenv/bin/pip install -q --upgrade pip
 	build/lockenv/bin/pip install -q '.[dev]'
-	{ head -2 requirements.lock; build/lockenv/bin/pip freeze --exclude-editable | grep -vi '^splitrelay\|^pip==\|^setuptools=='; } > requirements.lock.new
+	{ head -2 requirements.lock; build/lockenv/bin/pip freeze --all --exclude-editable | grep -vi '^splitrelay\|^pip==\|^wheel=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 fmt: setup

@@ -59,7 +59,11 @@ def test_installs_the_hash_checked_bundle_offline_and_nginx() -> None:
     assert f"echo '{BOOT.bundle_sha256}  '\"$BUNDLE\" | sha256sum --check --strict -" in script
     assert "--aws-sigv4 'aws:amz:us-east-1:s3'" in script and f"'{BOOT.bundle_url}'" in script
     assert "pip install --upgrade" not in script  # nothing from a public index
-    assert "$APT install -y -q python3-venv nginx curl" in script
+    assert "$APT install -y -q python3-venv python3-dev gcc nginx curl" in script
+    # The native fast path is compiled once the bundle is installed, and a failed compile is not fatal.
+    install = script.index("/opt/splitrelay/bin/pip install --no-index")
+    native = script.index("/opt/splitrelay/bin/python -m splitrelay.relay.native.build ||\n")
+    assert install < native < script.index("useradd")
     assert 'APT="apt-get -o DPkg::Lock::Timeout=600"' in script  # waits for unattended-upgrades
 
 
