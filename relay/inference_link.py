@@ -372,12 +372,6 @@ class RelayLink(WireEndpoint):
                 if entry is not None and entry.remote is not None:
                     media.native_media_send(out.out(k), entry.remote)
             media.native_media_sent(nout)
-            now = clock()
-            due = out.out_due
-            for k in range(nout):
-                entry = entries[handles[k]]
-                if entry is not None and entry.observe_dwell is not None:
-                    entry.observe_dwell(now - due[k])
         return finished
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -20,52 +21,106 @@ DWELL_BUCKETS_US: tuple[int, ...] = (
 )  # fmt: skip
 
 
-class DwellHistogram:
-    """Fixed-bucket histogram of in-relay dwell times, with percentile estimates by interpolation."""
+class DwellState(Protocol):
+    """Where a histogram's figures live: ``_PythonDwell``, or a C ``sr_dwell`` the relay's native paths
+    update per packet themselves (relay/media/native ``dwell_state``); the same fields either way."""
 
-    __slots__ = ("_counts", "count", "max_ns", "sum_ns")
+    counts: Any
+    """One count per bucket of ``DWELL_BUCKETS_US``, then one for everything above the last bound."""
+    count: int
+    sum_ns: int
+    max_ns: int
+
+
+class _PythonDwell:
+    """The histogram's figures in Python (every histogram starts here)."""
+
+    __slots__ = ("count", "counts", "max_ns", "sum_ns")
 
     def __init__(self) -> None:
-        self._counts = [0] * (len(DWELL_BUCKETS_US) + 1)
+        self.counts: list[int] = [0] * (len(DWELL_BUCKETS_US) + 1)
         self.count = 0
         self.sum_ns = 0
         self.max_ns = 0
 
+
+class DwellHistogram:
+    """Fixed-bucket histogram of in-relay dwell times, with percentile estimates by interpolation.
+
+    The figures live in ``state``: in Python, or (``adopt_state``) in a C struct the native paths observe
+    into per packet, so C and Python packets of one call land in one histogram, with no copy to fold.
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state: DwellState = _PythonDwell()
+
+    def adopt_state(self, state: DwellState) -> None:
+        """Keep the figures in ``state`` from now on (what was observed so far moves there)."""
+        old = self.state
+        if state is old:
+            return
+        for i in range(len(DWELL_BUCKETS_US) + 1):
+            state.counts[i] = old.counts[i]
+        state.count, state.sum_ns, state.max_ns = old.count, old.sum_ns, old.max_ns
+        self.state = state
+
+    @property
+    def count(self) -> int:
+        return int(self.state.count)
+
+    @property
+    def sum_ns(self) -> int:
+        return int(self.state.sum_ns)
+
+    @property
+    def max_ns(self) -> int:
+        return int(self.state.max_ns)
+
+    def counts(self) -> list[int]:
+        """The per-bucket counts (not cumulative), the last one above the last bound."""
+        return [int(c) for c in self.state.counts]
+
     def observe_ns(self, ns: int) -> None:
-        self._counts[bisect.bisect_left(DWELL_BUCKETS_US, ns // 1000)] += 1
-        self.count += 1
-        self.sum_ns += ns
-        if ns > self.max_ns:
-            self.max_ns = ns
+        """One packet's dwell (the reference of fastpath.c ``sr_dwell_observe``)."""
+        s = self.state
+        s.counts[bisect.bisect_left(DWELL_BUCKETS_US, ns // 1000)] += 1
+        s.count += 1
+        s.sum_ns += ns
+        if ns > s.max_ns:
+            s.max_ns = ns
 
     def merge(self, other: DwellHistogram) -> None:
-        for i, c in enumerate(other._counts):
-            self._counts[i] += c
-        self.count += other.count
-        self.sum_ns += other.sum_ns
-        self.max_ns = max(self.max_ns, other.max_ns)
+        s, o = self.state, other.state
+        for i, c in enumerate(o.counts):
+            s.counts[i] += c
+        s.count += o.count
+        s.sum_ns += o.sum_ns
+        s.max_ns = max(s.max_ns, o.max_ns)
 
     def quantile_ms(self, q: float) -> float | None:
         """Estimate the q-quantile (0..1) in milliseconds; None when nothing was observed."""
-        if self.count == 0:
+        count, max_ns = self.count, self.max_ns
+        if count == 0:
             return None
-        rank = q * self.count
+        rank = q * count
         seen = 0
         lower = 0.0
-        for i, c in enumerate(self._counts):
-            upper = DWELL_BUCKETS_US[i] if i < len(DWELL_BUCKETS_US) else self.max_ns / 1000
+        for i, c in enumerate(self.counts()):
+            upper = DWELL_BUCKETS_US[i] if i < len(DWELL_BUCKETS_US) else max_ns / 1000
             if c and seen + c >= rank:
                 frac = (rank - seen) / c
-                return (lower + (min(upper, self.max_ns / 1000) - lower) * frac) / 1000
+                return (lower + (min(upper, max_ns / 1000) - lower) * frac) / 1000
             seen += c
             lower = float(upper)
-        return self.max_ns / 1e6
+        return max_ns / 1e6
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative (le, count) pairs in seconds, as Prometheus histograms want them."""
         out: list[tuple[str, float]] = []
         total = 0
-        for bound, c in zip(DWELL_BUCKETS_US, self._counts, strict=False):
+        for bound, c in zip(DWELL_BUCKETS_US, self.counts(), strict=False):
             total += c
             out.append((repr(bound / 1e6), float(total)))
         out.append(("+Inf", float(self.count)))

@@ -202,8 +202,8 @@ class InferenceSink(Protocol):
 
 
 class NativeForward:
-    """The per-batch C path on a batched native port: runs ``NativeInbound`` over each batch read, sends
-    its AUDIO_IN, observes its dwell, and counts what it routed as the demultiplexer would have."""
+    """The per-batch C path on a batched native port: runs ``NativeInbound`` over each batch read (C sends
+    its AUDIO_IN and observes its dwell) and counts what it routed as the demultiplexer would have."""
 
     __slots__ = ("_demux", "_sink", "batches", "finished", "inbound")
 
@@ -232,11 +232,6 @@ class NativeForward:
                 if slot is not None and slot.peer is not None:
                     sink.native_send(inbound.out(k), slot.peer)
             sink.native_sent(nout)
-            dwell = time.perf_counter_ns() - arrival_ns
-            for k in range(nout):
-                slot = slots[out_slots[k]]
-                if slot is not None and slot.observe_dwell is not None:
-                    slot.observe_dwell(dwell)
         return finished
 
 

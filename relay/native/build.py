@@ -58,6 +58,17 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
                   int32_t *lengths, int32_t *name_lengths, int count);
 
 typedef struct {
+    int64_t counts[19];
+    int64_t count;
+    int64_t sum_ns;
+    int64_t max_ns;
+} sr_dwell;
+typedef int64_t (*sr_clock_fn)(int32_t event);
+int sr_dwell_bucket(int64_t ns);
+void sr_dwell_observe(sr_dwell *d, int64_t ns);
+int64_t sr_clock_now(sr_clock_fn fn, int32_t event);
+
+typedef struct {
     int64_t base_seq;
     int64_t max_seq;
     int64_t bad_seq;
@@ -96,6 +107,7 @@ typedef struct {
     int64_t to_inference;
     int64_t malformed;
     int64_t callback_errors;
+    sr_dwell *dwell;
 } sr_call;
 
 typedef struct {
@@ -113,6 +125,7 @@ typedef struct {
     int32_t ncalls;
     int64_t gen;
     uintptr_t unprotect;
+    sr_clock_fn clock;
 } sr_table;
 
 void sr_rx_init(sr_rx_stats *s, int64_t clock_rate, int seq);
@@ -181,6 +194,7 @@ typedef struct {
     int64_t frames_in;
     int64_t packets_out;
     int64_t bytes_out;
+    sr_dwell *dwell;
 } sr_out;
 
 typedef struct {
@@ -197,6 +211,7 @@ typedef struct {
     size_t reserve;
     int64_t datagrams_in;
     int64_t audio_late;
+    sr_clock_fn clock;
 } sr_out_table;
 
 int sr_out_set(sr_out_table *t, uint64_t id, sr_out *out);

@@ -1,7 +1,8 @@
 """The per-batch C path (relay/media/native ``NativeInbound``, fastpath.c ``sr_batch_in``) against the
 per-datagram path it short-cuts: the same datagrams through a real batched shared port, once with C and
 once without, must give the same AUDIO_IN bytes per call in the same order, the same fast-path counters,
-RTCP reception reports, call counters and demultiplexer counts.
+RTCP reception reports, call counters and demultiplexer counts, and the same dwell histograms (C observes
+into the call's own: on the fake clock each batch's dwell sits either side of a bucket bound).
 
 Traffic: several calls on their own remote addresses (two calls from one address, told apart by SSRC, at
 the ``NativeInbound`` level below), valid packets with RFC 6464 levels, then forged, replayed, truncated,
@@ -14,6 +15,7 @@ modes decide which packets C may finish during playback.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +34,7 @@ from splitrelay.relay.media.rtp import RtpPacket, audio_level_element, build_rtp
 from splitrelay.relay.media.sdp import StreamParams
 from splitrelay.relay.media.shared_port import SharedUdpPort
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.telemetry import DWELL_BUCKETS_US, DwellHistogram
 from tests.native_traffic import sessions
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native path not built")
@@ -42,14 +45,26 @@ INFERENCE = ("127.0.0.1", 9)  # never sent to: the sink records
 BATCH_NS = 20_000_000
 
 
+DWELL_STEPS = (
+    0, 4_999, 5_000, 5_999, 6_000, 10_999, 11_000, 74_999, 99_999, 300_999, 301_000, 2_500_000, 150_000_000,
+)  # fmt: skip
+"""Dwell a batch's packets are given (ns): either side of bucket bounds (floor to microseconds, then the
+first bound at or above), so a C bucket off by one from DwellHistogram's fails the comparison."""
+
+
 class Clock:
-    """``time`` for shared_port: perf_counter_ns is the current batch's arrival time."""
+    """``time`` for shared_port: perf_counter_ns is the current batch's arrival time; ``done`` is when its
+    AUDIO_IN leaves (the end of its dwell), which C reads through its clock (``C_CLOCK``)."""
 
     def __init__(self) -> None:
         self.now = 1_000_000_000_000
+        self.done = self.now
 
     def perf_counter_ns(self) -> int:
         return self.now
+
+    def c_clock(self, event: int) -> int:
+        return self.done if event == native.CLOCK_DONE else self.now
 
 
 @dataclass
@@ -97,9 +112,11 @@ class MiniCall:
     """relay/call.py ``Call._on_rtp``'s inbound half (counters, timestamp base, unwrapping, flags, framing),
     with the same use of the C slot; the link records instead of sending."""
 
-    def __init__(self, wire_id: int, log: Log) -> None:
+    def __init__(self, wire_id: int, log: Log, clock: Clock) -> None:
         self.wire_id = wire_id
         self.log = log
+        self.clock = clock
+        self.dwell = DwellHistogram()
         self.packets_in = self.bytes_in = self.to_inference = 0
         self.seq: SequenceUnwrapper | native.InboundSlot = SequenceUnwrapper()
         self.ts0: int | None = None
@@ -111,6 +128,7 @@ class MiniCall:
         if slot is None:
             return
         self.slot = self.seq = slot
+        slot.set_dwell(self.dwell)
         fp.on_fold = self.fold
         slot.set_playing_until(0)
         slot.set_gate(native.GATE_PYTHON, 40, False)
@@ -139,6 +157,8 @@ class MiniCall:
         )
         self.log.wire.append(data)
         self.to_inference += 1
+        if pkt.arrival_ns:  # as Call: the dwell ends when the batch leaves for inference
+            self.dwell.observe_ns(self.clock.done - pkt.arrival_ns)
 
 
 @dataclass
@@ -239,13 +259,15 @@ async def relay_side(
     loop.remove_reader(port._sock.fileno())  # read by hand, one batch at a time
     if batch:
         assert port.forward_inbound(Sink(log))
+        assert port.forwarding is not None
+        port.forwarding.inbound.set_clock(clock.c_clock)
     fps, minis, protocols = [], [], []
     for index in range(calls):
         protocol = IceProtocol(f"call{index}", log)
         ufrag = port.mint_ufrag(f"c{index}")
         transport = port.attach(ufrag, "pw" * 12, protocol, "127.0.0.1")
         rx, tx = sessions(KEYS[index])
-        mini = MiniCall(0x1000 + index, log)
+        mini = MiniCall(0x1000 + index, log, clock)
         stream = StreamParams("0", PT, 48000, 1, 0x5000 + index, "relay", (), LEVEL_ID, None, True, True)
         link = SrtpLink(protocol, transport, ("127.0.0.1", 1), rx, tx, None)
         fp = SrtpFastPath(link, [stream], mini.on_rtp, FastPathConfig(bye_on_close=False, rtcp_interval=60))
@@ -273,8 +295,10 @@ async def run(batch: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict[s
                 port.demux._learn(call, sock.getsockname())  # as an authenticated STUN check would
             flows = [Flow(i, 0x100 + i, sockets[i], sessions(KEYS[i])[1], 1000 * i, 7 * i) for i in range(4)]
             assert port._reader is not None
+            dwell = random.Random(seed)
             for chunk in traffic(seed, flows, sockets[4]):
                 clock.now += BATCH_NS
+                clock.done = clock.now + dwell.choice(DWELL_STEPS)
                 for sock, data in chunk:
                     sock.sendto(data, port.address)
                 port._reader.drain()
@@ -284,6 +308,7 @@ async def run(batch: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict[s
                 "other": log.other,
                 "fast_paths": [fp.stats() for fp in fps],
                 "calls": [(m.packets_in, m.bytes_in, m.to_inference) for m in minis],
+                "dwell": [(m.dwell.counts(), m.dwell.count, m.dwell.sum_ns, m.dwell.max_ns) for m in minis],
                 "reports": [
                     sorted(s.report_block(ssrc, clock.now) for ssrc, s in fp._inbound.items()) for fp in fps
                 ],
@@ -304,7 +329,9 @@ async def test_the_batch_path_gives_what_the_per_datagram_path_gives(
     batched = await run(True, seed, monkeypatch)
     assert batched["finished"] > 100, "C finished too few datagrams to compare anything"
     assert reference["finished"] == 0
-    for key in ("wire", "other", "fast_paths", "calls", "reports", "demux"):
+    past_first = sum(count for m in batched["dwell"] for count in m[0][1:])
+    assert past_first > 100, "too few dwells past the first bucket to compare"
+    for key in ("wire", "other", "fast_paths", "calls", "reports", "demux", "dwell"):
         assert batched[key] == reference[key], key
 
 
@@ -509,3 +536,75 @@ def test_the_flow_table_keeps_every_flow_when_a_call_leaves() -> None:
     rng = random.Random(9)
     inbound = native.NativeInbound(1, calls=5, flows=64)
     assert sum(flow_table_round(rng, inbound, 5) for _ in range(300)) > 3000
+
+
+# --- the dwell histograms C observes into (relay/telemetry.py DwellHistogram's state) ----------------
+
+
+def dwell_values(seed: int) -> list[int]:
+    """Dwells either side of every bucket bound (floor to microseconds), and random ones, some negative."""
+    rng = random.Random(seed)
+    steps = (-1001, -1000, -1, 0, 1, 999, 1000, 1001)
+    edges = [bound * 1000 + d for bound in DWELL_BUCKETS_US for d in steps]
+    return edges + [rng.randrange(-2_000_000, 300_000_000) for _ in range(3000)] + [0, -1, 1 << 40]
+
+
+def figures(h: DwellHistogram) -> tuple[list[int], int, int, int, float | None, float | None]:
+    return h.counts(), h.count, h.sum_ns, h.max_ns, h.quantile_ms(0.5), h.quantile_ms(0.99)
+
+
+def test_c_observes_dwell_into_the_buckets_dwell_histogram_does() -> None:
+    reference, in_c = DwellHistogram(), DwellHistogram()
+    state = native.dwell_state(in_c)
+    lib = native._native.lib
+    for ns in dwell_values(7):
+        reference.observe_ns(ns)
+        lib.sr_dwell_observe(state, ns)
+        assert lib.sr_dwell_bucket(ns) == bisect.bisect_left(DWELL_BUCKETS_US, ns // 1000), ns
+    assert len(state.counts) == len(DWELL_BUCKETS_US) + 1
+    assert figures(in_c) == figures(reference)
+    assert in_c.buckets() == reference.buckets()
+
+
+def test_a_histogram_keeps_one_copy_when_c_takes_it_over() -> None:
+    """What was observed before moves into the C state; Python and C then observe into the same figures,
+    and the histogram merges and reads as before."""
+    values = dwell_values(8)
+    reference, shared = DwellHistogram(), DwellHistogram()
+    for ns in values[:100]:
+        reference.observe_ns(ns)
+        shared.observe_ns(ns)
+    state = native.dwell_state(shared)
+    assert native.dwell_state(shared) is state  # adopted once
+    lib = native._native.lib
+    for k, ns in enumerate(values[100:]):
+        reference.observe_ns(ns)
+        if k % 2:
+            shared.observe_ns(ns)  # the Python path of a call C also serves
+        else:
+            lib.sr_dwell_observe(state, ns)
+    assert figures(shared) == figures(reference)
+    total, expected = DwellHistogram(), DwellHistogram()
+    total.merge(shared)
+    expected.merge(reference)
+    assert figures(total) == figures(expected)
+
+
+def test_the_slot_and_the_entry_point_c_at_the_call_histogram_until_they_go() -> None:
+    inbound = native.NativeInbound(4, calls=2, flows=16)
+    slot = inbound.open_slot()
+    assert slot is not None
+    histogram = DwellHistogram()
+    slot.observe_dwell = histogram.observe_ns  # what relay/call.py hands over
+    assert slot.c.dwell == native.dwell_state(histogram)
+    assert slot.observe_dwell == histogram.observe_ns
+    with pytest.raises(TypeError):
+        slot.observe_dwell = lambda _ns: None  # C cannot observe into a plain callable
+    inbound.release(slot)
+    assert slot.c.dwell == native._native.ffi.NULL
+    outbound = native.NativeOutbound(4)
+    entry = outbound.open_entry()
+    entry.observe_dwell = histogram.observe_ns
+    assert entry.c.dwell == native.dwell_state(histogram)
+    outbound.close_entry(entry)
+    assert entry.c.dwell == native._native.ffi.NULL and entry.observe_dwell is None

@@ -129,6 +129,8 @@ async def relay(
     port.batch_sends(lambda transport: SendBatch(transport, max_batch=64))
     assert port.forward_inbound(link)
     assert (link.native_out is not None) == native_out
+    if link.native_out is not None:  # C reads the same fake clock (the dwell it observes ends on it)
+        link.native_out.set_clock(lambda _event: clock.read())
     receiver = link.receiver
     assert receiver is not None
     loop.remove_reader(link._transport.get_extra_info("socket").fileno())  # type: ignore[union-attr]
@@ -375,7 +377,12 @@ def snapshot(world: World) -> dict[str, Any]:
                 stream.mid_acked,
             ),
             "sender_report": (stream.packets, stream.octets, stream.rtp_timestamp_at(world.timers.clock.now)),
-            "dwell_out": list(call.dwell_out._counts),
+            "dwell_out": (
+                call.dwell_out.counts(),
+                call.dwell_out.count,
+                call.dwell_out.sum_ns,
+                call.dwell_out.max_ns,
+            ),
             "send_failures": fp.send_failures,
         }
     return out

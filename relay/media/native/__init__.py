@@ -26,7 +26,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import pylibsrtp
 
@@ -447,6 +447,9 @@ GATE_SILENT: Final = 1
 """During playback a silent packet changes nothing: C may finish silent packets."""
 GATE_TALKING: Final = 2
 """During playback a speech packet changes nothing: C may finish speech packets."""
+CLOCK_ARRIVAL: Final = 0  # fastpath.c SR_CLOCK_*: which reading a per-batch path's clock is asked for
+CLOCK_SEND: Final = 1
+CLOCK_DONE: Final = 2
 PLAYING_ALWAYS: Final = 1 << 62
 """``playing_until`` while frames are queued or playout is paused: playing whatever the arrival time."""
 FLOW_CAPACITY: Final = 1 << 15  # flow table slots (half may be used): 16384 (address, SSRC) flows
@@ -475,6 +478,35 @@ def raw_sockaddr(addr: tuple[str, int]) -> bytes:
     return family + struct.pack("!H4s8x", port, socket.inet_pton(socket.AF_INET, host))
 
 
+class DwellHistogramLike(Protocol):
+    """relay/telemetry.py ``DwellHistogram`` as this module sees it (media may not import the relay)."""
+
+    state: Any
+
+    def adopt_state(self, state: Any) -> None: ...
+
+
+def dwell_state(histogram: DwellHistogramLike) -> Any:
+    """The histogram's figures as a C ``sr_dwell`` the per-batch paths observe into: its own if it has one,
+    else a new one it adopts (what it held moves there). Owned by the histogram: whoever points C at it
+    keeps the histogram alive while it does."""
+    if not available():
+        raise RuntimeError(f"native fast path unavailable: {_native_reason}")
+    ffi = _native.ffi
+    state = histogram.state
+    if isinstance(state, ffi.CData) and ffi.typeof(state) is ffi.typeof("sr_dwell *"):
+        return state
+    state = ffi.new("sr_dwell *")
+    histogram.adopt_state(state)
+    return state
+
+
+def _histogram_of(observe: Callable[[int], object] | None) -> DwellHistogramLike | None:
+    """The histogram whose bound ``observe_ns`` this is (the call hands the slots that), else None."""
+    histogram = getattr(observe, "__self__", None)
+    return histogram if histogram is not None and hasattr(histogram, "adopt_state") else None
+
+
 class InboundSlot:
     """One call's place in the per-batch inbound path: the C slot (``sr_call``) and its Python handles.
 
@@ -482,7 +514,7 @@ class InboundSlot:
     Python path uses them too); counters the C path adds are taken with ``take_counts``.
     """
 
-    __slots__ = ("_hinted", "_inbound", "_lib", "c", "detached", "index", "observe_dwell", "outbound", "peer")
+    __slots__ = ("_dwell", "_hinted", "_inbound", "_lib", "c", "detached", "index", "outbound", "peer")
 
     def __init__(self, inbound: NativeInbound, index: int) -> None:
         self._inbound = inbound
@@ -490,7 +522,7 @@ class InboundSlot:
         self.index = index
         self.c: Any = inbound.calls + index
         self.peer: tuple[str, int] | None = None
-        self.observe_dwell: Callable[[int], object] | None = None
+        self._dwell: DwellHistogramLike | None = None
         self._hinted: set[tuple[tuple[str, int], int]] = set()
         self.detached = False
         self.outbound: OutboundEntry | None = None
@@ -528,6 +560,25 @@ class InboundSlot:
             self._hinted.add(key)
 
     # --- what the call (relay/call.py) writes -------------------------------------------------
+
+    def set_dwell(self, histogram: DwellHistogramLike | None) -> None:
+        """C observes the inbound dwell of this call's packets into ``histogram`` (its figures move into a
+        C ``sr_dwell``, the one copy the Python path observes into too); None: C observes nothing."""
+        self._dwell = histogram
+        self.c.dwell = self._inbound.ffi.NULL if histogram is None else dwell_state(histogram)
+
+    @property
+    def observe_dwell(self) -> Callable[[int], object] | None:
+        """The histogram's ``observe_ns`` (what relay/call.py hands over: ``set_dwell`` of its histogram)."""
+        observe: Callable[[int], object] | None = getattr(self._dwell, "observe_ns", None)
+        return observe
+
+    @observe_dwell.setter
+    def observe_dwell(self, observe: Callable[[int], object] | None) -> None:
+        histogram = _histogram_of(observe)
+        if observe is not None and histogram is None:
+            raise TypeError("observe_dwell takes a DwellHistogram's observe_ns (C observes into its state)")
+        self.set_dwell(histogram)
 
     def enable(self, wire_id: int, peer: tuple[str, int]) -> None:
         """Let C finish this call's packets, sending AUDIO_IN for ``wire_id`` to ``peer``."""
@@ -669,6 +720,13 @@ class NativeInbound:
         self.out_slots = memoryview(ffi.buffer(self._out_slots)).cast("i")
         self._sent = ffi.new("int32_t[2]")
         self.batch = batch
+        self._clock: Any = None
+
+    def set_clock(self, clock: Callable[[int], int] | None) -> None:
+        """The clock C reads (None: CLOCK_MONOTONIC, Python's ``perf_counter_ns``); tests give a fake one,
+        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``)."""
+        self._clock = None if clock is None else self.ffi.callback("int64_t(int32_t)", clock)
+        self.table.clock = self.ffi.NULL if self._clock is None else self._clock
 
     def open_slot(self) -> InboundSlot | None:
         """A fresh slot for a call, or None when all are taken (the call stays on the Python path)."""
@@ -683,6 +741,8 @@ class NativeInbound:
         if self.slots[slot.index] is not slot:
             return
         slot.c.enabled = 0
+        slot.c.dwell = self.ffi.NULL
+        slot._dwell = None
         if slot.outbound is not None:
             slot.outbound.unbind()
             slot.outbound = None
@@ -769,7 +829,7 @@ class OutboundEntry:
     their Python objects; the entry keeps them alive while it points at them.
     """
 
-    __slots__ = ("_keep", "_outbound", "c", "handle", "observe_dwell", "remote", "wire_id")
+    __slots__ = ("_dwell", "_keep", "_outbound", "c", "handle", "remote", "wire_id")
 
     def __init__(self, outbound: NativeOutbound, handle: int) -> None:
         self._outbound = outbound
@@ -777,7 +837,7 @@ class OutboundEntry:
         self.c: Any = outbound.ffi.new("sr_out *")
         self.c.handle = handle
         self._keep: tuple[Any, ...] = ()
-        self.observe_dwell: Callable[[int], object] | None = None
+        self._dwell: DwellHistogramLike | None = None
         self.remote: tuple[str, int] | None = None
         self.wire_id: int | None = None
 
@@ -821,11 +881,30 @@ class OutboundEntry:
         return True
 
     def unbind(self) -> None:
-        """Forget the playout, stream and inbound slot (the call closed, or its slot went)."""
+        """Forget the playout, stream, dwell histogram and inbound slot (the call closed, its slot went)."""
         c = self.c
         c.enabled = 0
-        c.playout = c.stream = c.playing_until = self._outbound.ffi.NULL
+        c.playout = c.stream = c.playing_until = c.dwell = self._outbound.ffi.NULL
         self._keep = ()
+        self._dwell = None
+
+    def set_dwell(self, histogram: DwellHistogramLike | None) -> None:
+        """C observes the outbound dwell of this call's frames into ``histogram`` (as ``InboundSlot``)."""
+        self._dwell = histogram
+        self.c.dwell = self._outbound.ffi.NULL if histogram is None else dwell_state(histogram)
+
+    @property
+    def observe_dwell(self) -> Callable[[int], object] | None:
+        """The histogram's ``observe_ns`` (what relay/call.py hands over: ``set_dwell`` of its histogram)."""
+        observe: Callable[[int], object] | None = getattr(self._dwell, "observe_ns", None)
+        return observe
+
+    @observe_dwell.setter
+    def observe_dwell(self, observe: Callable[[int], object] | None) -> None:
+        histogram = _histogram_of(observe)
+        if observe is not None and histogram is None:
+            raise TypeError("observe_dwell takes a DwellHistogram's observe_ns (C observes into its state)")
+        self.set_dwell(histogram)
 
     def enable(self) -> None:
         c = self.c
@@ -908,6 +987,13 @@ class NativeOutbound:
         self.batches = 0
         self.finished = 0
         """Datagrams from inference C finished (never seen by Python)."""
+        self._clock: Any = None
+
+    def set_clock(self, clock: Callable[[int], int] | None) -> None:
+        """The clock C reads (None: CLOCK_MONOTONIC, Python's ``perf_counter_ns``); tests give a fake one,
+        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``)."""
+        self._clock = None if clock is None else self.ffi.callback("int64_t(int32_t)", clock)
+        self.table.clock = self.ffi.NULL if self._clock is None else self._clock
 
     def open_entry(self) -> OutboundEntry:
         handle = self._free.pop() if self._free else len(self.entries)

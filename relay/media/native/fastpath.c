@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define SR_RTP_HEADER 12
 #define SR_SRTP_BUFFER 1500 /* pylibsrtp's per-session buffer: the same limit on both paths */
@@ -312,6 +313,26 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
 #define SR_GATE_TALKING 2     /* during playback speech changes nothing: C may finish speech packets */
 #define SR_KEY_LEN 19         /* family (1), port (2), address (16) */
 
+/* A dwell histogram (relay/telemetry.py DwellHistogram, whose figures live here when a native path runs:
+ * the one copy, read by /metrics and the hang-up summary, written by C and by the Python path alike).
+ * Buckets by the microseconds floor(ns / 1000): counts[i] for the first bound >= it, the last for above
+ * them all (bisect_left over DWELL_BUCKETS_US; tests check the bounds and the bucketing). */
+#define SR_DWELL_BOUNDS 18
+typedef struct {
+    int64_t counts[SR_DWELL_BOUNDS + 1];
+    int64_t count;
+    int64_t sum_ns;
+    int64_t max_ns;
+} sr_dwell;
+
+/* The clock the per-batch paths read (NULL: CLOCK_MONOTONIC, which is Python's perf_counter_ns on Linux);
+ * tests install a fake one. `event` says which reading: a batch's arrival, the playout clock of an
+ * outbound batch, the stream's send time, or when the batch's datagrams have left (dwell ends). */
+typedef int64_t (*sr_clock_fn)(int32_t event);
+#define SR_CLOCK_ARRIVAL 0
+#define SR_CLOCK_SEND 1
+#define SR_CLOCK_DONE 2
+
 typedef struct {
     int64_t base_seq;
     int64_t max_seq;
@@ -351,6 +372,7 @@ typedef struct {
     int64_t to_inference;
     int64_t malformed;
     int64_t callback_errors;
+    sr_dwell *dwell;        /* the call's inbound dwell histogram (NULL: none observed here) */
 } sr_call;
 
 typedef struct {
@@ -368,12 +390,41 @@ typedef struct {
     int32_t ncalls;
     int64_t gen;
     uintptr_t unprotect; /* libsrtp's srtp_unprotect (pylibsrtp's copy) */
+    sr_clock_fn clock;   /* NULL: CLOCK_MONOTONIC */
 } sr_table;
 
 static int64_t floor_div(__int128 n, int64_t d) {
     __int128 q = n / d;
     if ((n % d) != 0 && (n < 0)) q -= 1;
     return (int64_t)q;
+}
+
+static const int64_t sr_dwell_bounds_us[SR_DWELL_BOUNDS] = {
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000, 20000, 100000,
+};
+
+/* The bucket of a dwell of `ns` nanoseconds (DwellHistogram.observe_ns's bisect). */
+int sr_dwell_bucket(int64_t ns) {
+    int64_t us = floor_div(ns, 1000);
+    int i = 0;
+    while (i < SR_DWELL_BOUNDS && sr_dwell_bounds_us[i] < us) i++;
+    return i;
+}
+
+/* DwellHistogram.observe_ns in C. */
+void sr_dwell_observe(sr_dwell *d, int64_t ns) {
+    d->counts[sr_dwell_bucket(ns)]++;
+    d->count++;
+    d->sum_ns += ns;
+    if (ns > d->max_ns) d->max_ns = ns;
+}
+
+/* A reading of `fn` (NULL: CLOCK_MONOTONIC, as time.perf_counter_ns). */
+int64_t sr_clock_now(sr_clock_fn fn, int32_t event) {
+    if (fn != NULL) return fn(event);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 void sr_rx_init(sr_rx_stats *s, int64_t clock_rate, int seq) {
@@ -737,6 +788,13 @@ int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, con
         }
         sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
     }
+    if (nout > 0) { /* dwell: the batch's receive until its datagrams left (or were handed back) */
+        int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
+        for (int k = 0; k < nout; k++) {
+            sr_dwell *dw = t->calls[out_slots[k]].dwell;
+            if (dw != NULL) sr_dwell_observe(dw, done - arrival_ns);
+        }
+    }
     return nout;
 }
 
@@ -818,6 +876,7 @@ typedef struct {
     int64_t frames_in;      /* counters not yet folded into the call's */
     int64_t packets_out;
     int64_t bytes_out;
+    sr_dwell *dwell;        /* the call's outbound dwell histogram (NULL: none observed here) */
 } sr_out;
 
 typedef struct {
@@ -834,6 +893,7 @@ typedef struct {
     size_t reserve;     /* trailer room protect needs (SRTP_MAX_TRAILER_LEN) */
     int64_t datagrams_in; /* link counters not yet folded into its WireStats */
     int64_t audio_late;
+    sr_clock_fn clock;    /* NULL: CLOCK_MONOTONIC */
 } sr_out_table;
 
 static uint32_t id_hash(uint64_t id) {
@@ -1044,6 +1104,11 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
             peer_lengths[k] = outs[k]->remote_len;
         }
         sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
+    }
+    if (nout > 0) { /* dwell: from the frame's due time until its datagram left (or was handed back) */
+        int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
+        for (int k = 0; k < nout; k++)
+            if (outs[k]->dwell != NULL) sr_dwell_observe(outs[k]->dwell, done - out_due[k]);
     }
     return nout;
 }
