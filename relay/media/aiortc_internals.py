@@ -20,11 +20,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import aioice.candidate
 import aioice.ice
+import aioice.stun
 import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcicetransport import RTCIceGatherer
 
+from splitrelay.relay.media.consent import ConsentCredentials
 from splitrelay.relay.media.shared_port import SharedUdpPort
 
 PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0"}
@@ -326,6 +329,54 @@ def unhook_datagrams(protocol: asyncio.DatagramProtocol, handler: DatagramHandle
         del protocol.datagram_received
 
 
+# --- consent freshness (RFC 7675) ----------------------------------------------------------------
+
+
+def take_consent(connection: aioice.ice.Connection) -> ConsentCredentials | None:
+    """Stop aioice's consent task on a connected ICE connection and return what relay/media/consent.py
+    needs to run consent in its place; None (aioice keeps it) when the connection is not in that state.
+
+    aioice's interval and failure count are read here, so whoever sets ``aioice.ice.CONSENT_INTERVAL``
+    (tests speed it up) sets ours too.
+    """
+    task = getattr(connection, "_query_consent_task", "missing")
+    tie_breaker = getattr(connection, "_tie_breaker", None)
+    if task == "missing" or not isinstance(tie_breaker, int):
+        raise _changed("aioice Connection._query_consent_task/_tie_breaker are missing")
+    if not isinstance(task, asyncio.Task) or task.done() or getattr(connection, "_closing", True):
+        return None
+    remote_ufrag, remote_password = connection.remote_username, connection.remote_password
+    if remote_ufrag is None or remote_password is None:
+        return None
+    task.cancel()
+    setattr(connection, "_query_consent_task", None)  # noqa: B010 (close() then has nothing to stop)
+    return ConsentCredentials(
+        local_ufrag=connection.local_username,
+        local_password=connection.local_password,
+        remote_ufrag=remote_ufrag,
+        remote_password=remote_password,
+        controlling=bool(connection.ice_controlling),
+        tie_breaker=tie_breaker,
+        priority=aioice.candidate.candidate_priority(1, "prflx"),
+        interval_s=float(aioice.ice.CONSENT_INTERVAL),
+        max_failures=int(aioice.ice.CONSENT_FAILURES),
+    )
+
+
+def give_back_consent(connection: aioice.ice.Connection) -> None:
+    """Restart aioice's consent task after ``take_consent`` (the fast path closed, the call goes on)."""
+    if getattr(connection, "_closing", True) or getattr(connection, "_query_consent_task", None) is not None:
+        return
+    task = asyncio.get_running_loop().create_task(connection.query_consent())
+    setattr(connection, "_query_consent_task", task)  # noqa: B010 (as connect() sets it)
+
+
+def expire_consent(connection: aioice.ice.Connection) -> asyncio.Task[None]:
+    """Consent expired: close the connection as aioice's ``query_consent`` does (the ICE transport then
+    reports 'failed' and the call ends)."""
+    return asyncio.get_running_loop().create_task(connection.close())
+
+
 # --- upgrade checks ------------------------------------------------------------------------------
 
 
@@ -398,6 +449,42 @@ def check_static() -> list[str]:
         aioice.ice.Connection, "data_received", "self._queue.put_nowait((data, component))"
     )
     problems += _source_has(aioice.ice.CandidatePair, "__init__", "self.protocol = protocol")
+    # Consent freshness (relay/media/consent.py takes it over from a connected connection): aioice's task,
+    # what its checks carry, how it answers a check and when it gives up.
+    problems += _source_has(
+        aioice.ice.Connection,
+        "connect",
+        "self._query_consent_task = asyncio.create_task(self.query_consent())",
+    )
+    problems += _source_has(aioice.ice.Connection, "__init__", "self._tie_breaker = ", "self._closing")
+    problems += _source_has(
+        aioice.ice.Connection,
+        "query_consent",
+        "CONSENT_INTERVAL * (0.8 + 0.4 * random.random())",
+        "self.build_request(pair, nominate=False)",
+        "integrity_key=self.remote_password.encode(",
+        "retransmissions=0",
+        "if failures >= CONSENT_FAILURES:",
+        "return await self.close()",
+    )
+    problems += _source_has(
+        aioice.ice.Connection,
+        "build_request",
+        'f"{self.remote_username}:{self.local_username}"',
+        'candidate_priority(pair.component, "prflx")',
+        '"ICE-CONTROLLING"] = self._tie_breaker',
+        '"ICE-CONTROLLED"] = self._tie_breaker',
+    )
+    problems += _source_has(
+        aioice.ice.Connection,
+        "request_received",
+        'response.attributes["XOR-MAPPED-ADDRESS"] = addr',
+        "response.add_message_integrity(self.local_password.encode(",
+        '"ICE-CONTROLLING" in message.attributes',
+        '"ICE-CONTROLLED" in message.attributes',
+    )
+    problems += _source_has(aioice.ice.Connection, "check_incoming", '"USE-CANDIDATE" in message.attributes')
+    problems += _source_has(aioice.stun.Message, "add_message_integrity", "self.add_fingerprint()")
     if not isinstance(inspect.getattr_static(aioice.ice.CandidatePair, "remote_addr"), property):
         problems.append("aioice CandidatePair.remote_addr is no longer a property")
     problems += _source_has(aioice.ice.StunProtocol, "datagram_received", "self.receiver.data_received(")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pylibsrtp
@@ -23,6 +24,7 @@ from aiortc import RTCPeerConnection
 
 from splitrelay.relay.media import aiortc_internals, native
 from splitrelay.relay.media.aiortc_internals import Address, SrtpLink
+from splitrelay.relay.media.consent import ConsentFreshness
 from splitrelay.relay.media.impair import Impairment, ImpairStage
 from splitrelay.relay.media.peer import negotiated_streams
 from splitrelay.relay.media.rtcp import (
@@ -50,6 +52,13 @@ OnBye = Callable[[int], object]
 
 _SR_MEMORY = 16  # SRs remembered for RTT (LSR -> send time); reports echo one of the last few
 
+OWN_CONSENT_ENV = "SPLITRELAY_OWN_CONSENT"
+"""``0``: leave consent freshness to aioice (the A/B of relay/media/consent.py)."""
+
+
+def _own_consent_default() -> bool:
+    return os.environ.get(OWN_CONSENT_ENV, "1") != "0"
+
 
 class _ImpairedTransport:
     """What the fast path sends through when its outbound leg is impaired (sendto only)."""
@@ -76,6 +85,8 @@ class FastPathConfig:
     """Impair what this end sends (SRTP and SRTCP; ICE and DTLS untouched): relay/media/impair.py."""
     impair_in: Impairment | None = None
     """Impair what this end receives, before decryption."""
+    own_consent: bool = field(default_factory=_own_consent_default)
+    """Answer and send RFC 7675 consent checks here (relay/media/consent.py) instead of in aioice."""
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.rtcp_interval <= 60:
@@ -378,6 +389,19 @@ class SrtpFastPath:
         self._set_media_claim: Callable[[Any], None] | None = getattr(link.transport, "set_media_claim", None)
         if self._set_media_claim is not None:  # a call on the shared port (relay/media/shared_port.py)
             self._set_media_claim(self._claim)
+        self._connection = link.connection
+        self.consent: ConsentFreshness | None = None
+        """Consent freshness once taken from aioice (None: aioice runs it)."""
+        self._consent_closing: asyncio.Task[None] | None = None
+        credentials = (
+            aiortc_internals.take_consent(link.connection)
+            if self.config.own_consent and link.connection is not None
+            else None
+        )
+        if credentials is not None:
+            self.consent = ConsentFreshness(
+                credentials, link.remote_addr, self._link_transport.sendto, self._consent_expired
+            )
         for data in aiortc_internals.take_queued_media(link):
             self._datagram_received(data, self.remote_addr)
         self._rtcp_task = asyncio.get_running_loop().create_task(self._rtcp_loop())
@@ -461,9 +485,12 @@ class SrtpFastPath:
     # --- inbound -------------------------------------------------------------------------------
 
     def _datagram_received(self, data: bytes, addr: Address) -> None:
-        """Take SRTP and SRTCP (RFC 7983: first byte 128-191); STUN and DTLS go on to aioice/aiortc."""
+        """Take SRTP and SRTCP (RFC 7983: first byte 128-191) and our consent checks; the rest of STUN and
+        DTLS goes on to aioice/aiortc."""
         if not data or not 127 < data[0] < 192:
-            self._original(data, addr)
+            consent = self.consent
+            if consent is None or data[:1] not in (b"\x00", b"\x01") or not consent.handle(data, addr):
+                self._original(data, addr)
             return
         if self.impair_in is not None:
             self.impair_in(data, addr)
@@ -477,6 +504,12 @@ class SrtpFastPath:
             self.impair_in(data, addr)
             return True
         return self._media_received(data, addr, trial=True)
+
+    def _consent_expired(self) -> None:
+        """No answer to our consent checks for as long as aioice allows: close the connection as it would."""
+        logger.info("consent to send to %s:%d expired: closing the ICE connection", *self.remote_addr[:2])
+        if self._connection is not None:
+            self._consent_closing = aiortc_internals.expire_consent(self._connection)
 
     def _send_impaired(self, data: bytes, addr: Address) -> None:
         if not self.closed:
@@ -680,6 +713,11 @@ class SrtpFastPath:
             self.fold()
             self.native_slot.close()
         aiortc_internals.unhook_datagrams(self._protocol, self._handler)
+        if self.consent is not None:
+            expired = self.consent.expired
+            self.consent.close()
+            if not expired and self._connection is not None:  # the call may go on without us
+                aiortc_internals.give_back_consent(self._connection)
         if self._set_media_claim is not None:
             self._set_media_claim(None)
         self._rtcp_task.cancel()

@@ -198,3 +198,47 @@ async def test_a_connected_peer_drops_another_connections_close_notify() -> None
         for peer in (*clients, *relays):
             await peer.close()
         await port.close()
+
+
+def test_the_check_detects_a_changed_consent_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """relay/media/consent.py stands in for aioice's consent task: a change there must fire the tripwire."""
+    import aioice.ice
+
+    async def query_consent_elsewhere(self: aioice.ice.Connection) -> None:
+        """Stands in for an upgraded aioice whose consent checks changed."""
+
+    monkeypatch.setattr(aioice.ice.Connection, "query_consent", query_consent_elsewhere)
+    assert any("Connection.query_consent no longer contains" in p for p in check_static())
+
+
+async def test_consent_is_taken_from_a_connected_connection_and_given_back(voice_pair: VoicePair) -> None:
+    """take_consent stops aioice's task and reads the credentials aioice's checks use; give_back_consent
+    restarts the task; a closed connection's consent is not taken."""
+    import aioice.ice
+
+    link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(voice_pair.relay.pc))
+    connection = link.connection
+    assert isinstance(connection, aioice.ice.Connection)
+    task = connection._query_consent_task
+    assert task is not None and not task.done()
+    credentials = aiortc_internals.take_consent(connection)
+    assert credentials is not None
+    await asyncio.sleep(0)
+    assert task.cancelled() and connection._query_consent_task is None
+    request = connection.build_request(connection._nominated[1], nominate=False)
+    assert request.attributes["USERNAME"] == f"{credentials.remote_ufrag}:{credentials.local_ufrag}"
+    assert request.attributes["PRIORITY"] == credentials.priority
+    role = "ICE-CONTROLLING" if credentials.controlling else "ICE-CONTROLLED"
+    assert request.attributes[role] == credentials.tie_breaker
+    assert credentials.local_password == connection.local_password
+    assert credentials.remote_password == connection.remote_password
+    assert (credentials.interval_s, credentials.max_failures) == (
+        aioice.ice.CONSENT_INTERVAL,
+        aioice.ice.CONSENT_FAILURES,
+    )
+    assert aiortc_internals.take_consent(connection) is None  # already taken
+    aiortc_internals.give_back_consent(connection)
+    restarted = connection._query_consent_task
+    assert restarted is not None and not restarted.done()
+    await connection.close()
+    assert aiortc_internals.take_consent(connection) is None
