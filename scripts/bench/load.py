@@ -66,6 +66,15 @@ DRAIN_S = 2.0  # after the last send, echoes still count for this long
 SETUP_TIMEOUT_S = 30.0
 CLOSE_CONCURRENCY = 50
 RTP_HEADER = 12
+PACKET_STRIDE = 160  # bytes per prepared packet in the shared load's store (they are at most ~140)
+RECV_SIZE_LIMIT = 4096  # relay/media/native RECV_SLOT: the longest datagram the shared port delivers
+CLOSED_CHECK_EVERY = 50  # ticks (1 s) between checks for callers whose transport closed (shared load)
+ANNOUNCE_AFTER_S = 0.25  # after a shared-socket caller connects, before its first report
+SHARED_SEND_BATCH = 256  # datagrams per sendmmsg on the shared socket (a slot holds calls / 20)
+SHARED_RECV_BATCH = 64  # datagrams per recvmmsg on the shared socket
+SHARED_RECV_CALLS_PER_TURN = 8  # recvmmsg calls per loop turn on the shared socket
+LoadSocket = Literal["per-call", "shared"]
+LOAD_SOCKETS: tuple[LoadSocket, ...] = ("shared", "per-call")
 _FLOW_HEADER = struct.Struct("!BI")  # baseline datagram: leg (1 = caller-sized, 2 = wire-sized), seq
 
 
@@ -244,11 +253,18 @@ Lateness = list[tuple[int, float]]
 """(slot index since t0, seconds late) of every slot that sent."""
 
 
-async def drive(flows: Sequence[Flow], schedule: Schedule, t0: float) -> tuple[int, Lateness]:
+SlotSender = Callable[[int, int, bool], object]
+"""``send_slot(slot, k, in_window)``: send frame k of every flow of a slot at once (``SharedLoad``)."""
+
+
+async def drive(
+    flows: Sequence[Flow], schedule: Schedule, t0: float, send_slot: SlotSender | None = None
+) -> tuple[int, Lateness]:
     """Send every flow's frames on ``schedule`` from ``t0``.
 
     Absolute schedule: a late slot sends at once (a catch-up burst) rather than skipping, so the count
-    sent is exact and lateness is measured. Returns (frames expected, lateness of each slot).
+    sent is exact and lateness is measured. ``send_slot`` sends a slot's frames in one go instead of
+    one ``Flow.send`` each. Returns (frames expected, lateness of each slot).
     """
     groups: list[list[Flow]] = [[] for _ in range(SLOTS)]
     for i, flow in enumerate(flows):
@@ -270,8 +286,11 @@ async def drive(flows: Sequence[Flow], schedule: Schedule, t0: float) -> tuple[i
                 await asyncio.sleep(delay)
             lateness.append((index, max(0.0, time.monotonic() - due)))
             in_window = index >= window_slot
-            for flow in group:
-                flow.send(k, in_window)
+            if send_slot is not None:
+                send_slot(slot, k, in_window)
+            else:
+                for flow in group:
+                    flow.send(k, in_window)
             expected += len(group)
     return expected, lateness
 
@@ -369,9 +388,14 @@ class EchoCounter:
         self.matcher.echo(index, arrival_ns)
         self.echoes += 1
         if self.echoes % SAMPLE_EVERY == 0:
-            self._authenticate(data, index)
+            self.sample(data, index)
 
-    def _authenticate(self, data: bytes, index: int | None) -> None:
+    @property
+    def index_by_size(self) -> dict[int, int]:
+        """Frame index by payload + tag length (what an echo's length names)."""
+        return self._index_by_size
+
+    def sample(self, data: bytes, index: int | None) -> None:
         """Unprotect with the call's SRTP session (authentication, replay check): genuine, and the frame
         its length named?"""
         import pylibsrtp
@@ -390,13 +414,19 @@ class EchoCounter:
 
 
 class Caller(Flow):
-    """A caller's peer, its ready-made SRTP packets and what it counts of the echoes."""
+    """A caller's peer, its ready-made SRTP packets and what it counts of the echoes.
 
-    def __init__(self, frames: list[tuple[bytes, int]], rtts: array.array[int]) -> None:
+    ``candidates`` None: the caller's ICE gathers its own loopback socket (``--load-socket per-call``);
+    a shared-port policy puts it on the worker's one socket (``SharedLoad``).
+    """
+
+    def __init__(
+        self, frames: list[tuple[bytes, int]], rtts: array.array[int], candidates: Any = None
+    ) -> None:
         from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
         from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
 
-        self.peer = VoicePeer(VoicePeerConfig(candidates=LOOPBACK))
+        self.peer = VoicePeer(VoicePeerConfig(candidates=candidates or LOOPBACK))
         self.fast_path: SrtpFastPath | None = None
         self.matcher = EchoMatcher(rtts)
         self._frames = frames
@@ -411,6 +441,10 @@ class Caller(Flow):
         self.srtp_overhead = 0
         # RTP that reached the fast path's own handler, or came before prepare(): none expected.
         self.stray = 0
+        self.prepared = 0
+        """Packets built by prepare()."""
+        self.remote_ssrcs: tuple[int, ...] = ()
+        """The relay's SSRCs toward this caller (its answer's a=ssrc): how the shared socket routes echoes."""
 
     async def attach(self, http: Any, key: bytes, call_id: str, within: float) -> None:
         from splitrelay.contract.signing import sign_headers
@@ -424,6 +458,7 @@ class Caller(Flow):
         if response.status_code != 201:
             raise RuntimeError(f"attach {call_id}: HTTP {response.status_code}: {response.text[:300]}")
         await self.peer.accept_answer(response.json()["answer"]["sdp"])
+        self.remote_ssrcs = self.peer.stream_params().remote_ssrcs
         await self.peer.wait_connected(within=within)
         # The fast path's own report timer is slowed to its maximum: send() paces the reports instead,
         # with the counts of what was really sent.
@@ -487,6 +522,7 @@ class Caller(Flow):
             packets.append(protect(header + extensions[index] + self._frames[index][0]))
         stream.sequence = (seq0 + count) & 0xFFFF
         self._packets = packets
+        self.prepared = count
         self._rtcp_phase = rtcp_phase % RTCP_EVERY
         payload0 = self._frames[0][0]
         tag = len(packets[0]) - (RTP_HEADER + len(extensions[0]) + len(payload0))
@@ -525,15 +561,43 @@ class Caller(Flow):
     def _datagram(self, data: bytes, addr: Any) -> None:
         """Every datagram of the ICE socket: RTP echoes are counted here, the rest passes on."""
         if len(data) > RTP_HEADER and 127 < data[0] < 192 and not 191 < data[1] < 224:
-            arrival = time.perf_counter_ns()
-            echoes = self.echoes
-            if echoes is None:  # an echo before prepare(): nothing was sent, so nothing can match
-                self.stray += 1
-                return
-            echoes.echo(data, arrival)
+            self.echo(data, time.perf_counter_ns())
             return
         assert self._hooked is not None
         self._hooked[1](data, addr)
+
+    def echo(self, data: bytes, arrival_ns: int) -> None:
+        """One SRTP echo from the relay (from the ICE socket, or from the shared socket's tap)."""
+        echoes = self.echoes
+        if echoes is None:  # an echo before prepare(): nothing was sent, so nothing can match
+            self.stray += 1
+            return
+        echoes.echo(data, arrival_ns)
+
+    @property
+    def remote_addr(self) -> Any:
+        """The relay's address for this call (after prepare())."""
+        return self._remote
+
+    def rtcp(self, data: bytes) -> None:
+        """One SRTCP datagram from the relay, routed by the shared socket's tap: to the fast path."""
+        if self._hooked is None:
+            self.stray += 1
+            return
+        self._hooked[1](data, self._remote)
+
+    def announce(self) -> None:
+        """One receiver report now, from the SSRC the caller's audio will carry.
+
+        On the shared socket every caller reaches the relay from one address, and the relay learns which
+        call an SSRC belongs to from the first datagram its keys authenticate, trying its calls newest
+        first: a report at set-up, when this call is the newest, costs one trial instead of a search
+        over every call once a thousand callers start at the same moment.
+        """
+        fp = self.fast_path
+        if fp is None:
+            raise RuntimeError("caller: attach() before announce()")
+        fp.send_rtcp()
 
     def received(self) -> tuple[int, int]:
         return self.matcher.received_window, self.matcher.unmatched
@@ -548,6 +612,435 @@ class Caller(Flow):
         await self.peer.close()
 
 
+class EchoTap:
+    """The shared socket's reader: ``recvmmsg`` batches (relay/media/native ``RecvBatch``) in which the
+    relay's SRTP echoes are logged straight from the buffer with a few numpy operations per batch
+    (caller by SSRC, frame by length, the batch's arrival time), SRTCP goes to its caller's fast path,
+    and everything else (STUN, DTLS, an SSRC no caller knows) to the port's demultiplexer, in order.
+
+    By SSRC rather than by address: a relay on one port reaches every caller from one address. The log
+    is matched against the sends after the run (``SharedLoad.settle``) by the same ``EchoMatcher`` and
+    ``EchoCounter`` as a caller on its own socket uses live: one in SAMPLE_EVERY logged echoes is kept
+    whole and unprotected then, in each call's arrival order (so SRTP's replay check holds).
+    """
+
+    def __init__(self, fd: int, deliver: Callable[[bytes, Any], object], capacity: int) -> None:
+        from splitrelay.relay.media import native
+
+        self._recv = native.RecvBatch(fd, SHARED_RECV_BATCH)
+        self._deliver = deliver
+        self._names: dict[bytes, Any] = {}
+        self.decisions = bytearray(SHARED_RECV_BATCH)
+        """Per datagram of the last batch: 0 handled here, 1 for the demultiplexer."""
+        self._decisions = np.frombuffer(self.decisions, dtype=np.uint8)
+        self.receive_calls = 0
+        self.errors = 0
+        self.clock: Callable[[], int] = time.perf_counter_ns
+        """A batch's arrival time (when ``recvmmsg`` returned)."""
+        self._callers: dict[int, Caller] = {}
+        self._ssrcs = np.zeros(0, dtype=np.uint32)  # sorted
+        self._owners = np.zeros(0, dtype=np.int32)  # caller index of each sorted SSRC
+        self._by_ssrc: dict[int, int] = {}
+        self._frame_by_size = np.full(RECV_SIZE_LIMIT + 1, -1, dtype=np.int16)
+        self._mem: np.ndarray[Any, Any] | None = None
+        self._lengths: np.ndarray[Any, Any] | None = None
+        self.log_caller = np.zeros(capacity, dtype=np.int32)
+        self.log_frame = np.zeros(capacity, dtype=np.int16)
+        self.log_arrival = np.zeros(capacity, dtype=np.int64)
+        self.logged = 0
+        self.overflow = 0
+        """Echoes past the log's capacity: counted, not matched (none expected: it holds every send)."""
+        self.samples: list[tuple[int, int, bytes]] = []
+        """(log position, caller index, datagram) of every SAMPLE_EVERY-th logged echo."""
+        self.counting = True
+        self.rtcp = 0
+
+    def add(self, index: int, caller: Caller) -> None:
+        """Route the relay's SSRCs toward caller ``index`` to it (before it sends, so before any echo):
+        the log names it by ``index``."""
+        if not caller.remote_ssrcs:
+            raise RuntimeError("caller: the relay's answer announced no SSRC, so echoes cannot be routed")
+        if caller.echoes is None:
+            raise RuntimeError("caller: prepare() before the tap can name its frames")
+        self._callers[index] = caller
+        for ssrc in caller.remote_ssrcs:
+            self._by_ssrc[ssrc] = index
+        keys = sorted(self._by_ssrc)
+        self._ssrcs = np.array(keys, dtype=np.uint32)
+        self._owners = np.array([self._by_ssrc[k] for k in keys], dtype=np.int32)
+        for size, frame in caller.echoes.index_by_size.items():
+            known = int(self._frame_by_size[size])
+            if known not in (-1, frame):  # every caller negotiated the same profile: one table
+                raise RuntimeError(f"callers disagree on the frame of a {size}-byte payload + tag")
+            self._frame_by_size[size] = frame
+
+    def drain(self) -> None:
+        """What the socket holds, within this turn's bound (the loop's reader on the port's fd)."""
+        from splitrelay.inference.udp_recv import ICMP_ERRORS, sockaddr_address
+        from splitrelay.relay.media.native import RECV_NAME_SLOT, RECV_SLOT
+
+        recv, decisions, names, deliver = self._recv, self.decisions, self._names, self._deliver
+        for _ in range(SHARED_RECV_CALLS_PER_TURN):
+            n = recv.receive()
+            self.receive_calls += 1
+            if n <= 0:
+                if n < 0:
+                    self.errors += 1
+                    if -n in ICMP_ERRORS:
+                        continue  # an ICMP error took this call; datagrams may wait behind it
+                break
+            if self.run(recv, n, self.clock()) < n:
+                lengths, name_lengths, mem, names_mem = (
+                    recv.lengths,
+                    recv.name_lengths,
+                    recv.mem,
+                    recv.names_mem,
+                )
+                for i in range(n):  # the rest, in arrival order
+                    length = lengths[i]
+                    if not decisions[i] or length < 0:
+                        continue
+                    at = i * RECV_NAME_SLOT
+                    key = names_mem[at : at + name_lengths[i]]
+                    addr = names.get(key)
+                    if addr is None:
+                        try:
+                            addr = names[key] = sockaddr_address(key)
+                        except ValueError:
+                            self.errors += 1
+                            continue
+                    at = i * RECV_SLOT
+                    deliver(mem[at : at + length], addr)
+            if n < SHARED_RECV_BATCH:
+                break
+
+    def run(self, recv: Any, count: int, arrival_ns: int) -> int:
+        """One batch ``recv`` (relay/media/native ``RecvBatch``) just read: how many were handled here."""
+        mem, lengths = self._mem, self._lengths
+        if mem is None or lengths is None:  # the reader's buffers live as long as the port
+            from splitrelay.relay.media.native import RECV_SLOT
+
+            batch = SHARED_RECV_BATCH
+            mem = self._mem = np.frombuffer(recv.mem, dtype=np.uint8).reshape(batch, RECV_SLOT)
+            lengths = self._lengths = np.frombuffer(recv.lengths, dtype=np.int32)
+        rows = mem[:count]
+        size = lengths[:count]
+        b0 = rows[:, 0]
+        media = (size > RTP_HEADER) & (b0 >= 128) & (b0 < 192)  # SRTP or SRTCP (RFC 7983), not cut
+        b1 = rows[:, 1]
+        rtcp = media & (b1 >= 192) & (b1 < 224)
+        rtp = media & ~rtcp
+        handled = 0
+        decisions = self._decisions
+        decisions[:count] = 1
+        if rtp.any():
+            at = np.flatnonzero(rtp)
+            r = rows[at]
+            ssrc = (
+                (r[:, 8].astype(np.uint32) << 24)
+                | (r[:, 9].astype(np.uint32) << 16)
+                | (r[:, 10].astype(np.uint32) << 8)
+                | r[:, 11]
+            )
+            known = self._ssrcs
+            position = np.minimum(np.searchsorted(known, ssrc), max(len(known) - 1, 0))
+            ours = known[position] == ssrc if len(known) else np.zeros(len(at), dtype=bool)
+            at, r, position = at[ours], r[ours], position[ours]
+            if len(at):
+                first = r[:, 0].astype(np.int64)
+                header = RTP_HEADER + 4 * (first & 0x0F)  # CSRCs, then the extension if X is set
+                ext = (first & 0x10) != 0
+                row = np.arange(len(at))
+                word = np.minimum(header + 2, RECV_SIZE_LIMIT - 2)
+                ext_bytes = 4 + 4 * ((r[row, word].astype(np.int64) << 8) | r[row, word + 1])
+                header = header + np.where(ext, ext_bytes, 0)
+                body = size[at].astype(np.int64) - header
+                frame = np.where(
+                    (body > 0) & (body <= RECV_SIZE_LIMIT),
+                    self._frame_by_size[np.clip(body, 0, RECV_SIZE_LIMIT)],
+                    -1,
+                )
+                decisions[at] = 0
+                handled += len(at)
+                if self.counting:
+                    self._log(self._owners[position], frame, arrival_ns, at, size)
+        if rtcp.any():
+            for i in np.flatnonzero(rtcp).tolist():
+                data = bytes(rows[i, : size[i]])
+                owner = self._by_ssrc.get(int.from_bytes(data[4:8], "big"))
+                if owner is not None:
+                    self.rtcp += 1
+                    self._callers[owner].rtcp(data)
+                    decisions[i] = 0
+                    handled += 1
+        return handled
+
+    def _log(
+        self,
+        owners: np.ndarray[Any, Any],
+        frames: np.ndarray[Any, Any],
+        arrival_ns: int,
+        at: np.ndarray[Any, Any],
+        size: np.ndarray[Any, Any],
+    ) -> None:
+        n = len(owners)
+        start = self.logged
+        room = len(self.log_caller) - start
+        if n > room:
+            self.overflow += n - room
+            n = room
+        end = start + n
+        self.log_caller[start:end] = owners[:n]
+        self.log_frame[start:end] = frames[:n]
+        self.log_arrival[start:end] = arrival_ns
+        self.logged = end
+        first = -(-start // SAMPLE_EVERY) * SAMPLE_EVERY  # the first log position due a sample
+        mem = self._mem
+        assert mem is not None
+        for position in range(first, end, SAMPLE_EVERY):  # bounded: one per SAMPLE_EVERY echoes
+            i = int(at[position - start])
+            self.samples.append((position, int(owners[position - start]), bytes(mem[i, : size[i]])))
+
+
+class _SlotSend:
+    """One slot's callers as one ``sendmmsg``: the message vector is built once; each tick writes the
+    tick's packet addresses and lengths into its iovecs with two numpy operations."""
+
+    def __init__(self, ffi: Any, members: list[int], names: list[Any], store: PacketStore) -> None:
+        n = len(members)
+        self.members = members
+        self.vec = ffi.new("struct mmsghdr[]", n)
+        self.iov = ffi.new("struct iovec[]", n)
+        for j, i in enumerate(members):
+            hdr = self.vec[j].msg_hdr
+            hdr.msg_iov = ffi.addressof(self.iov, j)
+            hdr.msg_iovlen = 1
+            hdr.msg_name = names[i]
+            hdr.msg_namelen = len(names[i])
+        self.iov_words = np.frombuffer(ffi.buffer(self.iov), dtype=np.uint64).reshape(n, 2)
+        rows = np.array(members, dtype=np.uint64)
+        self.base = np.uint64(store.address) + rows * np.uint64(store.row_bytes)
+        self.lengths = store.lengths[members]
+        self.stride = np.uint64(store.stride)
+
+    def point(self, k: int) -> None:
+        """Aim every iovec at its caller's packet k."""
+        words = self.iov_words
+        words[:, 0] = self.base + np.uint64(k) * self.stride
+        words[:, 1] = self.lengths[:, k]
+
+
+class PacketStore:
+    """Every caller's prepared SRTP packets in one array (caller, frame, byte), so a slot's iovecs are
+    a base address plus a stride; ``lengths[caller, frame]``."""
+
+    def __init__(self, calls: int, frames: int) -> None:
+        self.stride = PACKET_STRIDE
+        self.packets = np.zeros((calls, frames, PACKET_STRIDE), dtype=np.uint8)
+        self.lengths = np.zeros((calls, frames), dtype=np.uint64)
+        self.address = int(self.packets.ctypes.data)
+        self.row_bytes = frames * PACKET_STRIDE
+
+    def put(self, row: int, packets: Sequence[bytes]) -> None:
+        for k, packet in enumerate(packets):
+            if len(packet) > self.stride:
+                raise ValueError(f"a {len(packet)}-byte packet does not fit the {self.stride}-byte stride")
+            self.packets[row, k, : len(packet)] = np.frombuffer(packet, dtype=np.uint8)
+            self.lengths[row, k] = len(packet)
+
+
+class SharedLoad:
+    """Every caller of a worker on ONE UDP socket, as a Cloudflare POP's sessions reach a relay from one
+    SFU address (SFU mode, the deploy default): the relay's own shared port and demultiplexer
+    (relay/media/shared_port.py) do the callers' ICE and DTLS; a slot's packets leave in one
+    ``sendmmsg`` straight from ``PacketStore``, and echoes arrive in ``recvmmsg`` batches that
+    ``EchoTap`` logs. Loss and round trips are settled after the run from the two logs.
+    """
+
+    def __init__(self, port: Any, batch: Any, tap: EchoTap, schedule: Schedule) -> None:
+        from splitrelay.bench.mmsg import load_sendmmsg
+        from splitrelay.relay.media.peer import CandidatePolicy
+
+        self.port = port
+        self.batch = batch
+        """The port's ``SendBatch``: the callers' control traffic (STUN, DTLS, SRTCP)."""
+        self.tap = tap
+        self.schedule = schedule
+        self.policy = CandidatePolicy(addresses=(port.host,), shared_port=port)
+        self.store = PacketStore(schedule.flows, schedule.frames_of(0))
+        self.callers: list[Caller | None] = [None] * schedule.flows
+        self.slot_ns = np.zeros((max(1, -(-schedule.end_slot // SLOTS)), SLOTS), dtype=np.int64)
+        """When each (tick, slot)'s ``sendmmsg`` was made: every packet of it left at that time."""
+        self.stopped: dict[int, int] = {}
+        """Caller index -> the first frame not sent (its transport closed)."""
+        self.queued = 0
+        """Packets the socket could not take at once, sent in order through the port's queue."""
+        self._ffi, self._libc = load_sendmmsg()
+        self._slots: list[_SlotSend | None] = [None] * SLOTS
+        self._reports: list[list[list[int]]] = []
+        self._remotes: list[Any] = []
+        self._names: list[Any] = []
+
+    @classmethod
+    async def open(cls, schedule: Schedule, host: str = "127.0.0.1") -> SharedLoad:
+        from splitrelay.inference.udp_batch import SendBatch
+        from splitrelay.relay.media.shared_port import SharedUdpPort
+
+        port = await SharedUdpPort.open(host, 0, batched=True)
+        if not port.native or not sys.platform.startswith("linux") or port.native_media_fd() < 0:
+            await port.close()
+            raise RuntimeError(
+                "--load-socket shared: needs the native extension's recvmmsg "
+                "(python -m splitrelay.relay.native.build), or use --load-socket per-call"
+            )
+        batches: list[Any] = []
+
+        def batch(transport: asyncio.DatagramTransport) -> Any:
+            batches.append(SendBatch(transport, max_batch=SHARED_SEND_BATCH))
+            return batches[0]
+
+        port.batch_sends(batch)
+        fd = port.native_media_fd()  # nothing is queued yet: the socket's fd
+        capacity = sum(schedule.frames_of(i) for i in range(schedule.flows)) + 1024
+        tap = EchoTap(fd, port.demux.datagram_received, capacity)
+        asyncio.get_running_loop().add_reader(fd, tap.drain)  # in place of the port's own reader
+        return cls(port, batches[0], tap, schedule)
+
+    def add(self, i: int, caller: Caller) -> None:
+        """Caller ``i`` is attached and prepared: its packets move into the store, its echoes to the tap."""
+        self.store.put(i, caller._packets)
+        caller._packets = []
+        self.callers[i] = caller
+        self.tap.add(i, caller)
+
+    def ready(self) -> None:
+        """Every caller is in: build each slot's message vector and its report schedule."""
+        from splitrelay.inference.udp_batch import sockaddr
+
+        callers = [c for c in self.callers if c is not None]
+        if len(callers) != len(self.callers):
+            raise RuntimeError("shared load: not every caller was added")
+        self._remotes = [c.remote_addr for c in callers]
+        self._names = [self._ffi.new("char[]", sockaddr(remote)) for remote in self._remotes]
+        groups: list[list[int]] = [[] for _ in range(SLOTS)]
+        for i in range(len(callers)):
+            groups[self.schedule.slot_of(i)].append(i)
+        self._slots = [_SlotSend(self._ffi, g, self._names, self.store) if g else None for g in groups]
+        self._reports = [
+            [[i for i in g if callers[i]._rtcp_phase == phase] for phase in range(RTCP_EVERY)] for g in groups
+        ]
+
+    def send_slot(self, slot: int, k: int, in_window: bool) -> None:
+        """Send frame ``k`` of every caller of ``slot`` in one ``sendmmsg`` (``drive``'s sender)."""
+        if k % CLOSED_CHECK_EVERY == 0:
+            self._drop_closed(slot, k)
+        sending = self._slots[slot]
+        if sending is None:
+            return
+        sending.point(k)
+        port = self.port
+        fd = port.native_media_fd()  # flushes the control traffic queued before: it goes first
+        now = time.perf_counter_ns()
+        self.slot_ns[k, slot] = now
+        total = len(sending.members)
+        done = 0
+        if fd >= 0:  # else the socket holds unsent data: everything goes behind it, in order
+            for _ in range(total):  # each round sends at least one datagram, or gives up
+                n = self._libc.sendmmsg(fd, sending.vec + done, total - done, 0)
+                if n <= 0:
+                    break
+                done += n
+                if done >= total:
+                    break
+        if done < total:  # the socket is full: the rest waits in the port's queue, in order
+            store = self.store
+            for j in range(done, total):  # bounded by the slot's callers
+                i = sending.members[j]
+                length = int(store.lengths[i, k])
+                port.native_media_send(store.packets[i, k, :length].tobytes(), self._remotes[i])
+            self.queued += total - done
+        callers = self.callers
+        for i in self._reports[slot][k % RTCP_EVERY]:
+            caller = callers[i]
+            if caller is not None and i not in self.stopped:
+                caller._report(k, now)
+
+    def _drop_closed(self, slot: int, k: int) -> None:
+        """Callers whose transport closed stop here: their later frames count as send failures."""
+        sending = self._slots[slot]
+        if sending is None:
+            return
+        callers = self.callers
+        closed = [i for i in sending.members if callers[i] is None or callers[i]._closing()]  # type: ignore[union-attr]
+        if not closed:
+            return
+        for i in closed:
+            self.stopped[i] = k
+        members = [i for i in sending.members if i not in self.stopped]
+        self._slots[slot] = _SlotSend(self._ffi, members, self._names, self.store) if members else None
+
+    def settle(self) -> None:
+        """After the drain: loss, round trips and the SRTP proof from the two logs (``settle_shared``)."""
+        settle_shared(self.callers, self.tap, self.schedule, self.slot_ns, self.stopped)
+
+    def report(self) -> dict[str, int]:
+        stats = self.port.stats()
+        return {
+            "load_port_echoes_logged": self.tap.logged,
+            "load_port_log_overflow": self.tap.overflow,
+            "load_port_rtcp_routed": self.tap.rtcp,
+            "load_port_to_demux": int(stats.datagrams_in),
+            "load_port_receive_calls": self.tap.receive_calls,
+            "load_port_send_queued": self.queued,
+            "load_port_send_drops": int(stats.send_queue_drops),
+        }
+
+    async def close(self) -> None:
+        await self.port.close()
+
+
+def settle_shared(
+    callers: Sequence[Any],
+    tap: EchoTap,
+    schedule: Schedule,
+    slot_ns: np.ndarray[Any, Any],
+    stopped: dict[int, int],
+) -> None:
+    """Each caller's sends (frame k of caller i left at ``slot_ns[k, slot of i]``, until ``stopped[i]``)
+    and its logged echoes, merged in time order, through its ``EchoMatcher``, as they would have reached
+    it live; the sampled echoes through its ``EchoCounter``, in arrival order. Sets each caller's sent,
+    sent-in-window and send-failure counts."""
+    tap.counting = False
+    n = tap.logged
+    owners = tap.log_caller[:n]
+    order = np.argsort(owners, kind="stable")
+    bounds = np.searchsorted(owners[order], np.arange(len(callers) + 1))
+    frames = tap.log_frame[:n]
+    arrivals = tap.log_arrival[:n]
+    window_slot = schedule.window_slot
+    for i, caller in enumerate(callers):
+        slot = schedule.slot_of(i)
+        sent = stopped.get(i, schedule.frames_of(i))
+        times = slot_ns[:sent, slot].tolist()
+        caller.sent = sent
+        caller.sent_window = sum(1 for k in range(sent) if k * SLOTS + slot >= window_slot)
+        caller.send_failures = schedule.frames_of(i) - sent
+        rows = order[bounds[i] : bounds[i + 1]]
+        matcher = caller.matcher
+        k = 0
+        for frame, arrival in zip(frames[rows].tolist(), arrivals[rows].tolist(), strict=True):
+            while k < sent and times[k] <= arrival:  # bounded by the sends
+                matcher.sent(k % FRAMES, times[k], k * SLOTS + slot >= window_slot)
+                k += 1
+            matcher.echo(frame if frame >= 0 else None, arrival)
+        for rest in range(k, sent):  # never came back (or after the drain)
+            matcher.sent(rest % FRAMES, times[rest], rest * SLOTS + slot >= window_slot)
+        caller.echoes.echoes = len(rows)
+    for position, owner, data in tap.samples:  # in arrival order, so per call in SRTP order
+        frame = int(tap.log_frame[position])
+        callers[owner].echoes.sample(data, frame if frame >= 0 else None)
+
+
 async def setup_callers(
     relay_url: str,
     key: bytes,
@@ -555,15 +1048,17 @@ async def setup_callers(
     prefix: str,
     concurrency: int,
     setup_timeout: float,
+    shared: SharedLoad | None = None,
 ) -> tuple[list[Caller], list[tuple[bytes, int]], array.array[int]]:
     """Attach ``schedule.flows`` callers with at most ``concurrency`` set-ups in flight, each with its
-    packets built; all or nothing."""
+    packets built; all or nothing. ``shared``: on that one socket, else each on its own."""
     import httpx
 
     calls = schedule.flows
     frames = noise_frames()
     rtts: array.array[int] = array.array("q")
-    callers = [Caller(frames, rtts) for _ in range(calls)]
+    policy = shared.policy if shared is not None else None
+    callers = [Caller(frames, rtts, policy) for _ in range(calls)]
     gate = asyncio.Semaphore(concurrency)
     attached = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -580,7 +1075,15 @@ async def setup_callers(
                     raise RuntimeError(
                         f"call {prefix}-{i}: not connected within {setup_timeout:g} s"
                     ) from None
-            callers[i].prepare(schedule.frames_of(i), rtcp_phase=i * RTCP_EVERY // calls)
+            caller = callers[i]
+            caller.prepare(schedule.frames_of(i), rtcp_phase=i * RTCP_EVERY // calls)
+            if shared is not None:
+                shared.add(i, caller)
+                # Outside the gate, once the relay's side of the call surely has its fast path (it may
+                # attach it a moment after this side connects): the relay then learns our SSRC while
+                # this call is among the newest at our address (``Caller.announce``).
+                await asyncio.sleep(ANNOUNCE_AFTER_S)
+                caller.announce()
             attached += 1
             emit({"event": "progress", "attached": attached})
 
@@ -755,6 +1258,8 @@ async def worker(args: WorkerOptions) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     callers: list[Caller] = []
     transports: list[asyncio.DatagramTransport] = []
+    shared: SharedLoad | None = None
+    send_slot: SlotSender | None = None
     schedule = Schedule(args.count, args.warmup, args.duration)
     try:
         flows: Sequence[Flow]
@@ -770,13 +1275,19 @@ async def worker(args: WorkerOptions) -> int:
             if not key:
                 raise ValueError(f"${SIGNING_KEY_ENV} is not set: the worker signs its attach requests")
             assert args.relay_url is not None  # WorkerOptions requires it in relay mode
+            if args.load_socket == "shared":
+                shared = await SharedLoad.open(schedule)
             callers, frames, rtts = await setup_callers(
-                args.relay_url, key, schedule, args.prefix, args.concurrency, args.setup_timeout
+                args.relay_url, key, schedule, args.prefix, args.concurrency, args.setup_timeout, shared
             )
             flows = callers
+            if shared is not None:
+                shared.ready()
+                send_slot = shared.send_slot
+            extra["load_socket"] = args.load_socket
             extra["srtp_overhead"] = callers[0].srtp_overhead
             extra["payload_bytes_mean"] = round(sum(len(p) for p, _ in frames) / len(frames), 1)
-            extra["packets_prepared"] = sum(len(c._packets) for c in callers)
+            extra["packets_prepared"] = sum(c.prepared for c in callers)
         else:
             assert args.target is not None  # WorkerOptions requires it in udp mode
             host, _, port = args.target.rpartition(":")
@@ -792,13 +1303,17 @@ async def worker(args: WorkerOptions) -> int:
         command = await read_command(reader, within=3600)
         if command.get("cmd") != "run":
             return 0
-        expected, lateness = await drive(flows, schedule, float(command["t0"]))
+        expected, lateness = await drive(flows, schedule, float(command["t0"]), send_slot)
         await asyncio.sleep(DRAIN_S)
+        if shared is not None:
+            shared.settle()  # before the matchers stop counting: they match the logged echoes now
         for flow in flows:
             flow.stop_counting()
         extra.update(gc_clock.report())
         if callers:
             extra.update(caller_report(callers))
+        if shared is not None:
+            extra.update(shared.report())
         samples = np.frombuffer(rtts, dtype=np.int64).astype(np.float64) / 1000.0  # µs
         np.save(command["rtt_path"], samples.astype(np.float32))
         emit(summarize(flows, expected, lateness, extra, schedule).event())
@@ -809,6 +1324,8 @@ async def worker(args: WorkerOptions) -> int:
         return 1
     finally:
         await close_all(callers)
+        if shared is not None:
+            await shared.close()
         for transport in transports:
             transport.close()
 
@@ -829,8 +1346,13 @@ class WorkerOptions:
     setup_timeout: float = SETUP_TIMEOUT_S
     target: str | None = None
     srtp_bytes: int = 0
+    load_socket: LoadSocket = "shared"
+    """Relay mode: every caller on one UDP socket (as an SFU's sessions arrive), or one socket each."""
 
     def __post_init__(self) -> None:
+        if self.load_socket not in LOAD_SOCKETS:
+            choices = ", ".join(LOAD_SOCKETS)
+            raise ValueError(f"--load-socket: must be one of {choices}, got {self.load_socket!r}")
         if not 1 <= self.count <= 10_000:
             raise ValueError(f"--count: must be 1..10000, got {self.count}")
         if not 0 <= self.warmup <= 120:

@@ -56,7 +56,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from splitrelay.bench.load import DRAIN_S, MAX_PREPARED
+from splitrelay.bench.load import DRAIN_S, LOAD_SOCKETS, MAX_PREPARED, LoadSocket
 from splitrelay.bench.stats import percentile_ms, ratio
 from splitrelay.bench.support import (
     BenchError,
@@ -154,8 +154,13 @@ class RelayBenchConfig:
     """Phase 1's relay takes one UDP port per call instead of one for all (``relay serve --media-port``)."""
     ab: tuple[str, ...] = DEFAULT_AB
     """A/B variants run after the baseline at each N (``AB_CHOICES``); empty: none."""
+    load_socket: LoadSocket = "shared"
+    """The callers on one UDP socket, as an SFU's sessions reach the relay, or one socket each."""
 
     def __post_init__(self) -> None:
+        if self.load_socket not in LOAD_SOCKETS:
+            choices = ", ".join(LOAD_SOCKETS)
+            raise ValueError(f"load_socket: must be one of {choices}, got {self.load_socket!r}")
         for name in self.ab:
             if name not in AB_CHOICES:
                 raise ValueError(f"ab: {name!r} is not one of {', '.join(AB_CHOICES)} (or none)")
@@ -203,6 +208,8 @@ class RelayBenchConfig:
             args.append("--port-per-call")
         if self.ab != default.ab:
             args += ["--ab", ",".join(self.ab) or "none"]
+        if self.load_socket != default.load_socket:
+            args += ["--load-socket", self.load_socket]
         return shlex.join(args)
 
 
@@ -545,7 +552,7 @@ async def _spawn_workers(ctx: Context, mode: str, n: int, extra: Sequence[str], 
         args = cli_command("bench", "load-worker", "--mode", mode, "--count", str(count), *extra)
         args += ["--warmup", f"{ctx.config.warmup!r}", "--duration", f"{ctx.config.duration!r}"]
         if mode == "relay":
-            args += ["--prefix", f"{tag}-w{i}"]
+            args += ["--prefix", f"{tag}-w{i}", "--load-socket", ctx.config.load_socket]
         workers.append(
             await Child.spawn(
                 f"load-{mode}-{n}-{i}",
@@ -916,6 +923,8 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
                 "127.0.0.1:0",
                 "--max-calls",
                 str(n + 16),
+                # --load-socket per-call is the load side as it was: its echo answers per datagram too.
+                "--batch" if cfg.load_socket == "shared" else "--no-batch",
             ),
             cores=ctx.load_cores,
             workdir=ctx.workdir,

@@ -59,6 +59,9 @@ async def _until_stopped() -> None:
 
 _AUDIO_IN = int(wire.MsgType.AUDIO_IN)
 _AUDIO_OUT = int(wire.MsgType.AUDIO_OUT)
+_VERSION = wire.VERSION
+_HEADER_SIZE = wire.HEADER_SIZE
+_MARKER = wire.FLAG_MARKER
 _CALL_ID = struct.Struct("!Q")
 
 
@@ -73,6 +76,153 @@ def audio_out_from_audio_in(data: bytes) -> bytes:
     out[2] = 0  # flags, high byte: the RFC 6464 level bits
     out[3] &= wire.FLAG_MARKER  # flags, low byte: MARKER stays, LEVEL_PRESENT and VOICE go
     return bytes(out)
+
+
+ECHO_BATCH = 64  # datagrams per recvmmsg
+ECHO_CALLS_PER_TURN = 4  # recvmmsg calls per loop turn: this socket is the process's only work
+
+
+class BatchEcho:
+    """The echo inference's audio path per ``recvmmsg`` batch, in place: each AUDIO_IN of a live call is
+    rewritten to its AUDIO_OUT in the receive buffer and leaves from there, the batch's echoes in one
+    ``sendmmsg`` to the addresses they came from; everything else goes to the SDK, in order.
+
+    The same bytes as ``audio_out_from_audio_in`` (the reference: tests/unit/test_bench_load_echo.py),
+    without a bytes object, a call frame or a queue per datagram, so the load core's headroom goes to
+    the calls the bench offers. Receives with the relay's native ``recvmmsg`` (relay/media/native
+    ``RecvBatch``, read only), sends through cffi's ABI mode as relay/inference/udp_batch.py does.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        live: set[tuple[Peer, int]],
+        deliver: Any,
+        before_send: Any,
+        *,
+        batch: int = ECHO_BATCH,
+        calls_per_turn: int = ECHO_CALLS_PER_TURN,
+    ) -> None:
+        """``deliver(data, peer)`` takes what is not echoed here; ``before_send()`` returns False while
+        the socket holds unsent data (the echoes then go through ``fallback``, behind it)."""
+        from splitrelay.bench.mmsg import load_sendmmsg
+        from splitrelay.relay.media import native
+
+        self._recv = native.RecvBatch(sock.fileno(), batch)
+        self._fd = sock.fileno()
+        self._live = live
+        self._deliver = deliver
+        self._before_send = before_send
+        self.fallback: Any = None
+        """``sendto(data, peer)`` for echoes while the socket holds unsent data."""
+        self.batch = batch
+        self.calls_per_turn = calls_per_turn
+        ffi, self._libc = load_sendmmsg()
+        recv = self._recv
+        base = ffi.from_buffer(recv.mem)
+        names = ffi.from_buffer(recv.names_mem)
+        self._vec = ffi.new("struct mmsghdr[]", batch)
+        self._iov = ffi.new("struct iovec[]", batch)
+        for i in range(batch):  # echo i leaves from receive slot i, to the address slot i came from
+            self._iov[i].iov_base = base + i * native.RECV_SLOT
+            hdr = self._vec[i].msg_hdr
+            hdr.msg_iov = ffi.addressof(self._iov, i)
+            hdr.msg_iovlen = 1
+            hdr.msg_name = names + i * native.RECV_NAME_SLOT
+        self._keep = (base, names)
+        self._view = memoryview(recv.mem)
+        self._slot = native.RECV_SLOT
+        self._name_slot = native.RECV_NAME_SLOT
+        self._names: dict[bytes, Peer] = {}
+        self.echoed = 0
+        self.calls = 0
+        self.send_errors = 0
+
+    def drain(self) -> int:
+        """Read and answer what is there, within this turn's bound; returns the datagrams read."""
+        from splitrelay.inference.udp_recv import sockaddr_address
+
+        recv, view, live, names = self._recv, self._view, self._live, self._names
+        lengths, name_lengths, names_mem = recv.lengths, recv.name_lengths, recv.names_mem
+        iov, vec = self._iov, self._vec
+        slot, name_slot = self._slot, self._name_slot
+        total = 0
+        for _ in range(self.calls_per_turn):
+            n = recv.receive()
+            self.calls += 1
+            if n <= 0:
+                break
+            total += n
+            echo = [False] * n
+            peers: list[Peer | None] = [None] * n
+            for i in range(n):
+                length = lengths[i]
+                if length < 0:
+                    continue  # longer than a slot: cut by the kernel, not a wire datagram
+                start = i * slot
+                at = i * name_slot
+                key = names_mem[at : at + name_lengths[i]]
+                peer = names.get(key)
+                if peer is None:
+                    try:
+                        peer = sockaddr_address(key)
+                    except ValueError:
+                        continue
+                    if len(names) >= 4096:
+                        names.clear()
+                    names[key] = peer
+                peers[i] = peer
+                if (
+                    length > _HEADER_SIZE
+                    and view[start + 1] == _AUDIO_IN
+                    and view[start] == _VERSION
+                    and (peer, int.from_bytes(view[start + 4 : start + 12], "big")) in live
+                ):
+                    view[start + 1] = _AUDIO_OUT  # as audio_out_from_audio_in, in place
+                    view[start + 2] = 0
+                    view[start + 3] &= _MARKER
+                    iov[i].iov_len = length
+                    vec[i].msg_hdr.msg_namelen = name_lengths[i]
+                    echo[i] = True
+            self._send(echo, peers)
+            deliver = self._deliver
+            for i in range(n):
+                peer = peers[i]
+                if not echo[i] and peer is not None:
+                    start = i * slot
+                    deliver(bytes(view[start : start + lengths[i]]), peer)
+            if n < self.batch:
+                break
+        return total
+
+    def _send(self, echo: list[bool], peers: list[Peer | None]) -> None:
+        """Every run of consecutive echoes in one ``sendmmsg``, in order."""
+        n = len(echo)
+        count = sum(echo)
+        if not count:
+            return
+        self.echoed += count
+        if not self._before_send():
+            view, slot = self._view, self._slot
+            for i in range(n):
+                if echo[i]:
+                    start = i * slot
+                    self.fallback(bytes(view[start : start + self._recv.lengths[i]]), peers[i])
+            return
+        i = 0
+        for _ in range(n):  # each round sends a run (or skips one datagram the kernel refused)
+            while i < n and not echo[i]:
+                i += 1
+            if i >= n:
+                break
+            end = i
+            while end < n and echo[end]:
+                end += 1
+            sent = self._libc.sendmmsg(self._fd, self._vec + i, end - i, 0)
+            if sent <= 0:
+                self.send_errors += 1  # refused (or the socket is full): skip it, as SendBatch does
+                sent = 1
+            i += sent
 
 
 class RawEchoServer(InferenceServer):
@@ -109,15 +259,53 @@ class RawEchoServer(InferenceServer):
                 return
         super().datagram_received(data, addr)  # control messages, and anything odd, take the SDK's path
 
+    def read_in_batches(self) -> BatchEcho | None:
+        """Answer audio per ``recvmmsg`` batch (``BatchEcho``) from now on; None where it cannot (no
+        native extension, or the SDK does not own its socket): the per-datagram path above stays."""
+        from splitrelay.relay.media import native
 
-async def echo_inference(listen: tuple[str, int], max_calls: int) -> None:
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if (
+            sock is None
+            or self.receiver is None
+            or not native.available()
+            or not sys.platform.startswith("linux")
+        ):
+            return None
+
+        def before_send() -> bool:
+            batch = self.batch
+            if batch is not None and batch.queued:
+                batch.flush()  # what the SDK queued leaves first
+            buffered = getattr(transport, "get_write_buffer_size", lambda: 0)
+            return transport is not None and not buffered()
+
+        echo = BatchEcho(sock, self._live, self.datagram_received, before_send)
+        echo.fallback = transport.sendto  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.add_reader(sock.fileno(), echo.drain)
+        return echo
+
+
+async def echo_inference(listen: tuple[str, int], max_calls: int, batched: bool = True) -> None:
     server = RawEchoServer(listen[0], listen[1], max_calls=max_calls)
     address = await server.start()
+    echo = server.read_in_batches() if batched else None
     try:
-        _emit({"event": "ready", "port": address[1], "pid": os.getpid()})
+        _emit({"event": "ready", "port": address[1], "pid": os.getpid(), "batched": echo is not None})
         await _until_stopped()
     finally:
-        stats = {**server.stats.as_dict(), "echoed": server.echoed}
+        stats: dict[str, Any] = {
+            **server.stats.as_dict(),
+            "echoed": server.echoed,
+            "batched": echo is not None,
+        }
+        if echo is not None:  # the SDK counted only what it saw
+            for name in ("datagrams_in", "datagrams_out", "echoed"):
+                stats[name] += echo.echoed
+            stats["send_errors"] += echo.send_errors
         await server.close(grace=0.5)
         _emit({"event": "stats", **stats})
 

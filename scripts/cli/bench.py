@@ -55,6 +55,13 @@ def relay(
             "python-out (or none)."
         ),
     ] = "port-per-call",
+    load_socket: Annotated[
+        str,
+        typer.Option(
+            help="Callers on one UDP socket, as an SFU's sessions reach the relay (shared), or one "
+            "socket per caller (per-call, the load before issue 17's load work)."
+        ),
+    ] = "shared",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout (tables go to stderr).")
     ] = False,
@@ -73,6 +80,7 @@ def relay(
             setup_timeout=setup_timeout,
             port_per_call=port_per_call,
             ab=parse_ab(ab),
+            load_socket=load_socket,  # type: ignore[arg-type]  # checked by RelayBenchConfig
         )
         from splitrelay.bench.support import split_cores
 
@@ -121,6 +129,9 @@ def load_worker(
     setup_timeout: Annotated[float, typer.Option(help="Seconds one call may take to connect.")] = 30.0,
     target: Annotated[str | None, typer.Option(help="HOST:PORT of the UDP echo (udp mode).")] = None,
     srtp_bytes: Annotated[int, typer.Option(help="SRTP overhead to mimic (udp mode).")] = 0,
+    load_socket: Annotated[
+        str, typer.Option(help="Relay mode: shared (every caller on one UDP socket) or per-call.")
+    ] = "shared",
 ) -> None:
     """One load-generator process of `bench relay`: JSON lines on stdout and stdin (scripts/bench/load.py)."""
     from splitrelay.bench.load import WorkerOptions, run_worker
@@ -137,6 +148,7 @@ def load_worker(
             setup_timeout,
             target,
             srtp_bytes,
+            load_socket,  # type: ignore[arg-type]  # checked by WorkerOptions
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -155,6 +167,9 @@ def serve_echo(
         str, typer.Option(help="UDP HOST:PORT to listen on (port 0 picks one).")
     ] = "127.0.0.1:0",
     max_calls: Annotated[int, typer.Option(help="Calls the echo inference takes (1..100000).")] = 1000,
+    batch: Annotated[
+        bool, typer.Option(help="Echo inference: answer audio per recvmmsg batch (else per datagram).")
+    ] = True,
 ) -> None:
     """An echo server of `bench relay` on uvloop: a JSON ready line, stats on exit (bench/servers.py)."""
     import uvloop
@@ -165,7 +180,7 @@ def serve_echo(
     if server is EchoServer.echo_inference:
         if not 1 <= max_calls <= 100_000:
             raise typer.BadParameter(f"--max-calls: must be 1..100000, got {max_calls}")
-        uvloop.run(echo_inference(address, max_calls))
+        uvloop.run(echo_inference(address, max_calls, batch))
     else:
         uvloop.run(udp_echo(address))
 

@@ -117,6 +117,13 @@ async def test_small_run_report_is_consistent() -> None:
     assert workers["srtp_samples"] >= 3  # one in 47 echoes; each call echoes 150 frames
     assert workers["srtp_samples_authentic"] == workers["srtp_samples_matched"] == workers["srtp_samples"]
     assert workers["rtcp_sent"] > 0 and workers["rtcp_received"] > 0
+    # The callers shared one socket (the default): every echo was logged from its recvmmsg batches and
+    # matched after the run; the relay's reports reached each caller's fast path by SSRC.
+    assert workers["load_socket"] == "shared"
+    assert workers["load_port_echoes_logged"] == workers["echoes"] and workers["load_port_log_overflow"] == 0
+    assert workers["load_port_rtcp_routed"] == workers["rtcp_received"]
+    assert workers["load_port_send_drops"] == 0
+    assert echo["batched"] is True
 
     ratios = row["ratios"]
     assert ratios["cpu"] == pytest.approx(relay["subject_cpu"] / baseline["subject_cpu"])
@@ -147,6 +154,35 @@ async def test_small_run_report_is_consistent() -> None:
     # Every process the benchmark started is gone.
     pids = [*relay["pids"].values(), *baseline["pids"].values(), *per_call["pids"].values()]
     assert pids and not [pid for pid in pids if pid != os.getpid() and _alive(pid)]
+
+
+async def test_the_load_as_before_still_runs() -> None:
+    """``--load-socket per-call``: a socket per caller, one sendto per packet, echoes matched as they come,
+    and the echo inference answering per datagram: the load side before the shared socket."""
+    code, report, stderr = await _run_bench(
+        "--calls",
+        "3",
+        "--duration",
+        "2",
+        "--warmup",
+        "1",
+        "--ab",
+        "none",
+        "--load-socket",
+        "per-call",
+        "--json",
+    )
+    assert code == 0, stderr[-3000:]
+    assert report["command"].endswith("--ab none --load-socket per-call")
+    (row,) = report["results"]
+    assert row["error"] is None
+    relay = row["relay"]
+    _check_phase(relay, 3)
+    workers = relay["workers"]
+    assert workers["load_socket"] == "per-call" and "load_port_echoes_logged" not in workers
+    assert relay["relay"]["echo_inference"]["batched"] is False
+    assert 0 < workers["echoes"] and workers["srtp_samples"] >= 3
+    assert workers["srtp_samples_authentic"] == workers["srtp_samples_matched"] == workers["srtp_samples"]
 
 
 async def test_bad_arguments_start_nothing() -> None:

@@ -77,6 +77,7 @@ def test_parse_calls_errors_name_the_field(text: str, needle: str) -> None:
         ({"load_procs": 17}, "load_procs: must be 0..16"),
         ({"setup_concurrency": 0}, "setup_concurrency: must be 1..64, got 0"),
         ({"setup_timeout": 500}, "setup_timeout: must be 1..120 seconds, got 500"),
+        ({"load_socket": "sfu"}, "load_socket: must be one of shared, per-call, got 'sfu'"),
     ],
 )
 def test_config_errors_name_the_field(kwargs: dict[str, float], needle: str) -> None:
@@ -89,6 +90,21 @@ def test_command_reproduces_the_run() -> None:
     assert config.command() == (
         "splitrelay bench relay --calls 100,250 --duration 15 --warmup 5 --setup-concurrency 8"
     )
+
+
+def test_command_names_the_load_socket_when_it_is_not_the_default() -> None:
+    assert RelayBenchConfig(calls=(10,), duration=2, warmup=1).load_socket == "shared"
+    config = RelayBenchConfig(calls=(10,), duration=2, warmup=1, load_socket="per-call")
+    assert (
+        config.command() == "splitrelay bench relay --calls 10 --duration 2 --warmup 1 --load-socket per-call"
+    )
+
+
+def test_worker_options_check_the_load_socket() -> None:
+    with pytest.raises(
+        ValueError, match=re.escape("--load-socket: must be one of shared, per-call, got 'x'")
+    ):
+        bench_load.WorkerOptions("relay", 1, 0, 1, relay_url="http://127.0.0.1:1", load_socket="x")  # type: ignore[arg-type]
 
 
 def test_cli_rejects_bad_calls_before_starting_anything() -> None:
