@@ -32,6 +32,7 @@ from splitrelay.inference.udp_batch import ObserveNs
 from splitrelay.inference.wire import BargeIn, CallStart, Continuation, Message, MsgType
 from splitrelay.inference.wire_auth import WireKey, WireKeyring
 from splitrelay.relay.media import native, srtp_fastpath
+from splitrelay.relay.media.native import Drain
 from splitrelay.relay.media.shared_port import (
     batching_enabled,
     native_batch_enabled,
@@ -156,16 +157,16 @@ class _NativeLinkReader(udp_recv.RecvBatch):
     def drain(self) -> int:
         if self._stopped:
             return 0
-        delivered = self._drain_batches()
+        out = self._link.native_out
+        drain = None if out is None else self._link.native_drain
+        delivered = self._drain_fused(drain) if drain is not None else self._drain_batches()
         self.datagrams += delivered
         if delivered > self.most_per_turn:
             self.most_per_turn = delivered
         return delivered
 
     def _drain_batches(self) -> int:
-        recv, link, names, deliver = self._recv, self._link, self._names, self._deliver
-        mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
-        slot, name_slot, batch = native.RECV_SLOT, native.RECV_NAME_SLOT, self.batch
+        recv, link, batch = self._recv, self._link, self.batch
         delivered = 0
         for _ in range(self.calls_per_turn):
             n = recv.receive()
@@ -185,33 +186,71 @@ class _NativeLinkReader(udp_recv.RecvBatch):
                     continue
                 if finished:
                     decisions = out.decisions
-            for i in range(n):
-                if self._stopped:
-                    return delivered
-                length = lengths[i]
-                if length < 0:
-                    self.oversize += 1
-                    continue
-                delivered += 1
-                if decisions is not None and decisions[i] == 0:
-                    continue  # finished in C
-                start = i * name_slot
-                key = names_mem[start : start + name_lengths[i]]
-                addr = names.get(key)
-                if addr is None:
-                    try:
-                        addr = udp_recv.sockaddr_address(key)
-                    except ValueError:
-                        self.errors += 1
-                        delivered -= 1
-                        continue
-                    if len(names) >= 4096:
-                        names.clear()
-                    names[key] = addr
-                start = i * slot
-                deliver(mem[start : start + length], addr)
+            delivered += self._deliver_batch(n, decisions)
+            if self._stopped:
+                break
             if n < batch:
                 break  # the socket is empty: no need for a call that says so
+        return delivered
+
+    def _drain_fused(self, drain: Drain) -> int:
+        """``_drain_batches`` with the batch loop in C (``RelayLink.drain_native_out``): Python runs once per
+        wake-up, and again only for a batch that has datagrams for it (then as ``_drain_batches`` does)."""
+        link, d = self._link, drain.state
+        turns = self.calls_per_turn
+        delivered = 0
+        for _ in range(turns):  # bounded: each C call makes at least one receive call
+            status = link.drain_native_out(drain, turns)
+            self.calls += d.calls
+            turns -= d.calls
+            delivered += d.delivered
+            if status != native.DRAIN_PYTHON:
+                if status < 0 and self._error(-status) and turns > 0:
+                    continue  # an ICMP error took this call; datagrams may wait behind it
+                break
+            n = d.n
+            if d.sent[1] < n:  # else only datagrams C made went back (the socket held data)
+                out = link.native_out
+                decisions = out.decisions if out is not None and d.sent[1] else None
+                delivered += self._deliver_batch(n, decisions)
+            else:
+                delivered += n
+            if self._stopped or n < self.batch or turns <= 0:
+                break
+        return delivered
+
+    def _deliver_batch(self, n: int, decisions: memoryview | None) -> int:
+        """Python's part of a batch of ``n``: every datagram C did not finish (``decisions[i]`` 0: finished;
+        None: it finished none), in order, until the reader stops. Returns the datagrams counted."""
+        recv, names, deliver = self._recv, self._names, self._deliver
+        mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
+        slot, name_slot = native.RECV_SLOT, native.RECV_NAME_SLOT
+        delivered = 0
+        for i in range(n):
+            if self._stopped:
+                return delivered
+            length = lengths[i]
+            if length < 0:
+                self.oversize += 1
+                continue
+            delivered += 1
+            if decisions is not None and decisions[i] == 0:
+                continue  # finished in C
+            start = i * name_slot
+            key = names_mem[start : start + name_lengths[i]]
+            addr = names.get(key)
+            if addr is None:
+                try:
+                    addr = udp_recv.sockaddr_address(key)
+                except ValueError:
+                    self.errors += 1
+                    delivered -= 1
+                    continue
+                if len(names) >= 4096:
+                    names.clear()
+                names[key] = addr
+            start = i * slot
+            deliver(mem[start : start + length], addr)
         return delivered
 
 
@@ -334,8 +373,16 @@ class RelayLink(WireEndpoint):
         if not isinstance(self._receiver, _NativeLinkReader) or not native.native_out_enabled():
             return False
         self._media = media
-        self.native_out = native.NativeOutbound(self._receiver.batch)
+        out = self.native_out = native.NativeOutbound(self._receiver.batch)
+        if self.clock is not time.perf_counter_ns or srtp_fastpath.send_clock is not time.perf_counter_ns:
+            clock, send_clock = self.clock, srtp_fastpath.send_clock  # C reads them (tests: fake ones)
+            out.set_clock(lambda event: int(send_clock() if event == native.CLOCK_SEND else clock()))
+        self.native_drain = out.drain_for(self._receiver._recv) if native.native_drain_enabled() else None
         return True
+
+    native_drain: native.Drain | None = None
+    """The inference socket drained batch after batch in one C call per wake-up (``drain_native_out``);
+    None: one C call per batch (``run_native_out``, ``SPLITRELAY_NATIVE_DRAIN=0``)."""
 
     def map_native_out(self, call_id: int, entry: native.OutboundEntry) -> bool:
         """AUDIO_OUT of the live call ``call_id`` may be finished through ``entry``; the link call's in-order
@@ -373,6 +420,34 @@ class RelayLink(WireEndpoint):
                     media.native_media_send(out.out(k), entry.remote)
             media.native_media_sent(nout)
         return finished
+
+    def drain_native_out(self, drain: native.Drain, turns: int) -> int:
+        """Up to ``turns`` batches read, finished and sent in C (``native.Drain``), then accounted as
+        ``run_native_out`` accounts one: the ``Drain`` status (``DRAIN_PYTHON``: the last batch has
+        datagrams for Python)."""
+        out, media = self.native_out, self._media
+        if out is None or media is None:
+            raise RuntimeError("relay link: the outbound C path does not run")
+        status = drain.run(turns, media.native_media_fd())
+        d = drain.state
+        out.batches += d.batches
+        finished = d.finished
+        if finished:
+            out.finished += finished
+            datagrams_in, late = out.take_link_counts()
+            stats = self.stats
+            stats.datagrams_in += datagrams_in
+            stats.audio_late += late
+        made = d.made
+        if made:
+            if status == native.DRAIN_PYTHON:
+                entries, handles = out.entries, out.out_handles
+                for k in range(d.sent[0], d.nout):  # of the last batch: the socket held data, in order
+                    entry = entries[handles[k]]
+                    if entry is not None and entry.remote is not None:
+                        media.native_media_send(out.out(k), entry.remote)
+            media.native_media_sent(made)
+        return status
 
     @property
     def receive_calls(self) -> int:

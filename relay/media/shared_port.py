@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from splitrelay.inference.udp_recv import ICMP_ERRORS, sockaddr_address
 from splitrelay.relay.media import native
 from splitrelay.relay.media.demux import Address, Demux, DemuxLimits, DemuxStats, MediaClaim, _Call
+from splitrelay.relay.media.native import Drain, RecvBatch
 
 logger = logging.getLogger(__name__)
 
@@ -205,15 +206,24 @@ class NativeForward:
     """The per-batch C path on a batched native port: runs ``NativeInbound`` over each batch read (C sends
     its AUDIO_IN and observes its dwell) and counts what it routed as the demultiplexer would have."""
 
-    __slots__ = ("_demux", "_sink", "batches", "finished", "inbound")
+    __slots__ = ("_demux", "_sink", "batches", "drain", "finished", "inbound")
 
-    def __init__(self, inbound: native.NativeInbound, sink: InferenceSink, demux: Demux) -> None:
+    def __init__(
+        self,
+        inbound: native.NativeInbound,
+        sink: InferenceSink,
+        demux: Demux,
+        recv: native.RecvBatch | None = None,
+    ) -> None:
         self.inbound = inbound
         self._sink = sink
         self._demux = demux
         self.batches = 0
         self.finished = 0
         """Datagrams C finished (never seen by Python)."""
+        self.drain = inbound.drain_for(recv) if recv is not None and native.native_drain_enabled() else None
+        """``recv``'s socket drained batch after batch in one C call per wake-up (``run_drain``); None: one
+        C call per batch (``run``, ``SPLITRELAY_NATIVE_DRAIN=0``)."""
 
     def run(self, recv: native.RecvBatch, count: int, arrival_ns: int) -> int:
         """C over the batch; returns how many datagrams it finished (``inbound.decisions`` says which)."""
@@ -233,6 +243,31 @@ class NativeForward:
                     sink.native_send(inbound.out(k), slot.peer)
             sink.native_sent(nout)
         return finished
+
+    def run_drain(self, drain: native.Drain, turns: int) -> int:
+        """Up to ``turns`` batches read, run and sent in C (``native.Drain``), then accounted as ``run``
+        accounts one: the ``Drain`` status (``DRAIN_PYTHON``: the last batch has datagrams for Python)."""
+        sink = self._sink
+        status = drain.run(turns, sink.native_fd())
+        d = drain.state
+        self.batches += d.batches
+        finished = d.finished
+        if finished:
+            self.finished += finished
+            demux = self._demux
+            demux.datagrams_in += finished
+            demux.routed_by_flow += finished
+        made = d.made
+        if made:
+            if status == native.DRAIN_PYTHON:
+                inbound = self.inbound
+                slots, out_slots = inbound.slots, inbound.out_slots
+                for k in range(d.sent[0], d.nout):  # of the last batch: the socket held data, in order
+                    slot = slots[out_slots[k]]
+                    if slot is not None and slot.peer is not None:
+                        sink.native_send(inbound.out(k), slot.peer)
+            sink.native_sent(made)
+        return status
 
 
 class _SharedProtocol(asyncio.DatagramProtocol):
@@ -302,9 +337,10 @@ class BatchReader:
         global _received_ns
         recv = self._recv
         assert recv is not None
-        deliver, names, batch = self._deliver, self._names, self.batch
-        mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
-        slot, name_slot = native.RECV_SLOT, native.RECV_NAME_SLOT
+        forward = self.forward
+        if forward is not None and forward.drain is not None:
+            return self._drain_fused(forward, forward.drain)
+        batch = self.batch
         delivered = 0
         for _ in range(self.calls_per_turn):
             n = recv.receive()
@@ -325,32 +361,71 @@ class BatchReader:
                     continue
                 if finished:
                     decisions = forward.inbound.decisions
-            for i in range(n):
-                length = lengths[i]
-                if length < 0:
-                    self.oversize += 1
-                    continue
-                delivered += 1
-                if decisions is not None and decisions[i] == 0:
-                    continue  # finished in C
-                start = i * slot
-                data = mem[start : start + length]
-                start = i * name_slot
-                key = names_mem[start : start + name_lengths[i]]
-                addr = names.get(key)
-                if addr is None:
-                    try:
-                        addr = sockaddr_address(key)
-                    except ValueError:
-                        self.errors += 1
-                        continue
-                    if len(names) >= _NAME_CACHE:
-                        names.clear()
-                    names[key] = addr
-                deliver(data, addr)
+            delivered += self._deliver_batch(recv, n, decisions)
             if n < batch:
                 break  # the socket is empty: no need for a call that says so
         self.datagrams += delivered
+        return delivered
+
+    def _drain_fused(self, forward: NativeForward, drain: Drain) -> int:
+        """``_drain_native`` with the batch loop in C (``NativeForward.run_drain``): Python runs once per
+        wake-up, and again only for a batch that has datagrams for it (then as ``_drain_native`` does)."""
+        global _received_ns
+        d = drain.state
+        turns = self.calls_per_turn
+        delivered = 0
+        for _ in range(turns):  # bounded: each C call makes at least one receive call
+            status = forward.run_drain(drain, turns)
+            self.calls += d.calls
+            turns -= d.calls
+            delivered += d.delivered
+            if status != native.DRAIN_PYTHON:
+                if status < 0 and self._error(-status) and turns > 0:
+                    continue  # an ICMP error took this call; datagrams may wait behind it
+                break
+            n = d.n
+            if d.sent[1] < n:  # else only datagrams C made went back (the socket held data)
+                _received_ns = d.arrival_ns
+                decisions = forward.inbound.decisions if d.sent[1] else None
+                delivered += self._deliver_batch(self._recv, n, decisions)
+            else:
+                delivered += n
+            if n < self.batch or turns <= 0:
+                break  # the socket is empty, or this turn's calls are used
+        self.datagrams += delivered
+        return delivered
+
+    def _deliver_batch(self, recv: RecvBatch | None, n: int, decisions: memoryview | None) -> int:
+        """Python's part of a batch of ``n`` in ``recv``: every datagram C did not finish (``decisions[i]``
+        0: finished; None: it finished none), in order. Returns the batch's datagrams, cut ones left out."""
+        assert recv is not None
+        deliver, names = self._deliver, self._names
+        mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
+        slot, name_slot = native.RECV_SLOT, native.RECV_NAME_SLOT
+        delivered = 0
+        for i in range(n):
+            length = lengths[i]
+            if length < 0:
+                self.oversize += 1
+                continue
+            delivered += 1
+            if decisions is not None and decisions[i] == 0:
+                continue  # finished in C
+            start = i * slot
+            data = mem[start : start + length]
+            start = i * name_slot
+            key = names_mem[start : start + name_lengths[i]]
+            addr = names.get(key)
+            if addr is None:
+                try:
+                    addr = sockaddr_address(key)
+                except ValueError:
+                    self.errors += 1
+                    continue
+                if len(names) >= _NAME_CACHE:
+                    names.clear()
+                names[key] = addr
+            deliver(data, addr)
         return delivered
 
     def _drain_python(self) -> int:
@@ -571,7 +646,8 @@ class SharedUdpPort:
         reader = self._reader
         if reader is None or reader._recv is None or self.closed or not native_batch_enabled():
             return False
-        self._forward = reader.forward = NativeForward(native.NativeInbound(reader.batch), sink, self.demux)
+        inbound = native.NativeInbound(reader.batch)
+        self._forward = reader.forward = NativeForward(inbound, sink, self.demux, reader._recv)
         attach = getattr(sink, "attach_media", None)
         if attach is not None:  # the relay link: inference's AUDIO_OUT may be finished in C toward this port
             attach(self)

@@ -222,6 +222,35 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
                  size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
                  int64_t now_ns, int64_t send_ns, int8_t *decisions, unsigned char *out, size_t out_slot,
                  int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int fd, int32_t *sent);
+typedef struct {
+    int32_t recv_fd;
+    int32_t batch;
+    unsigned char *buffers;
+    size_t slot;
+    unsigned char *names;
+    size_t name_slot;
+    int32_t *lengths;
+    int32_t *name_lengths;
+    unsigned char *plain;
+    int8_t *decisions;
+    unsigned char *out;
+    size_t out_slot;
+    int32_t *out_lengths;
+    int32_t *out_index;
+    int64_t *out_due;
+    int32_t send_fd;
+    int32_t sent[2];
+    int32_t n;
+    int32_t nout;
+    int64_t arrival_ns;
+    int32_t calls;
+    int32_t batches;
+    int64_t finished;
+    int64_t delivered;
+    int64_t made;
+} sr_drain;
+int sr_drain_in(sr_table *t, sr_drain *d, int turns);
+int sr_drain_out(sr_out_table *t, sr_drain *d, int turns);
 """
 
 OPTIMIZED: Final = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]

@@ -71,7 +71,7 @@ def batch_path(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) 
     monkeypatch.setattr(
         relay_harness, "RelaySettings", functools.partial(RelaySettings, media_port=free_port())
     )
-    original = NativeForward.run
+    original, drain = NativeForward.run, NativeForward.run_drain
     FINISHED.clear()
 
     def counting(self: NativeForward, *args: object) -> int:
@@ -79,7 +79,13 @@ def batch_path(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) 
         FINISHED.append(finished)
         return finished
 
-    monkeypatch.setattr(NativeForward, "run", counting)
+    def counting_drains(self: NativeForward, state: native.Drain, turns: int) -> int:
+        status = drain(self, state, turns)
+        FINISHED.append(int(state.state.finished))
+        return status
+
+    monkeypatch.setattr(NativeForward, "run", counting)  # one C call per batch
+    monkeypatch.setattr(NativeForward, "run_drain", counting_drains)  # one per wake-up (the default)
     yield
     if "opus-decode" not in request.node.name and "marks" not in request.node.name:
         assert sum(FINISHED) > 0, "the per-batch C path finished no packet"

@@ -81,7 +81,7 @@ def out_path(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) ->
     monkeypatch.setattr(
         relay_harness, "RelaySettings", functools.partial(RelaySettings, media_port=free_port())
     )
-    original = RelayLink.run_native_out
+    original, drain = RelayLink.run_native_out, RelayLink.drain_native_out
     FINISHED.clear()
 
     def counting(self: RelayLink, *args: object) -> int:
@@ -89,7 +89,13 @@ def out_path(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) ->
         FINISHED.append(finished)
         return finished
 
-    monkeypatch.setattr(RelayLink, "run_native_out", counting)
+    def counting_drains(self: RelayLink, state: native.Drain, turns: int) -> int:
+        status = drain(self, state, turns)
+        FINISHED.append(int(state.state.finished))
+        return status
+
+    monkeypatch.setattr(RelayLink, "run_native_out", counting)  # one C call per batch
+    monkeypatch.setattr(RelayLink, "drain_native_out", counting_drains)  # one per wake-up (the default)
     yield
     if not any(name in request.node.name for name in BURSTY):
         assert sum(FINISHED) > 0, "the outbound C path finished no AUDIO_OUT"

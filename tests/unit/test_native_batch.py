@@ -73,6 +73,23 @@ class Log:
 
     wire: list[bytes] = field(default_factory=list)
     other: list[tuple[str, bytes]] = field(default_factory=list)
+    inference: socket.socket | None = None
+    """Where C sends AUDIO_IN itself (the "send" runs): read into ``wire`` before anything else is logged,
+    so the log keeps the order in which datagrams left (loopback delivers at once)."""
+
+    def add(self, data: bytes) -> None:
+        self.pull()
+        self.wire.append(data)
+
+    def pull(self) -> None:
+        sock = self.inference
+        for _ in range(100_000):
+            if sock is None:
+                return
+            try:
+                self.wire.append(sock.recv(4096))
+            except BlockingIOError:
+                return
 
     def per_call(self) -> dict[int, list[bytes]]:
         out: dict[int, list[bytes]] = {}
@@ -89,11 +106,12 @@ class Sink:
         self.sent = 0
 
     def native_fd(self) -> int:
-        return -1
+        inference = self.log.inference
+        return -1 if inference is None else inference.fileno()
 
     def native_send(self, data: bytes, peer: tuple[str, int]) -> None:
-        assert peer == INFERENCE
-        self.log.wire.append(data)
+        assert peer == inference_address(self.log)
+        self.log.add(data)
 
     def native_sent(self, count: int) -> None:
         self.sent += count
@@ -132,7 +150,7 @@ class MiniCall:
         fp.on_fold = self.fold
         slot.set_playing_until(0)
         slot.set_gate(native.GATE_PYTHON, 40, False)
-        slot.enable(self.wire_id, INFERENCE)
+        slot.enable(self.wire_id, inference_address(self.log))
 
     def fold(self, packets: int, size: int, to_inference: int) -> None:
         self.packets_in += packets
@@ -155,10 +173,17 @@ class MiniCall:
         data = wire.encode_audio(
             wire.MsgType.AUDIO_IN, self.wire_id, seq, (pkt.timestamp - ts0) & wire.U32, pkt.payload, flags
         )
-        self.log.wire.append(data)
+        self.log.add(data)
         self.to_inference += 1
         if pkt.arrival_ns:  # as Call: the dwell ends when the batch leaves for inference
             self.dwell.observe_ns(self.clock.done - pkt.arrival_ns)
+
+
+def inference_address(log: Log) -> tuple[str, int]:
+    if log.inference is None:
+        return INFERENCE
+    host, port = log.inference.getsockname()
+    return host, port
 
 
 @dataclass
@@ -251,12 +276,15 @@ def traffic(
 
 @asynccontextmanager
 async def relay_side(
-    batch: bool, log: Log, clock: Clock, calls: int
+    batch: bool, log: Log, clock: Clock, calls: int, recv_batch: int = shared_port_module.RECV_BATCH
 ) -> AsyncIterator[tuple[SharedUdpPort, list[SrtpFastPath], list[MiniCall], list[Any]]]:
     port = await SharedUdpPort.open("127.0.0.1", 0, batched=True)
     loop = asyncio.get_running_loop()
-    assert port._sock is not None
+    assert port._sock is not None and port._reader is not None
     loop.remove_reader(port._sock.fileno())  # read by hand, one batch at a time
+    if recv_batch != port._reader.batch:  # smaller batches: several per wake-up
+        port._reader.batch = recv_batch
+        port._reader._recv = native.RecvBatch(port._sock.fileno(), recv_batch)
     if batch:
         assert port.forward_inbound(Sink(log))
         assert port.forwarding is not None
@@ -283,25 +311,47 @@ async def relay_side(
         await port.close()
 
 
-async def run(batch: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+PATHS = ("python", "per-batch", "drain", "drain-send")
+"""How the port is read: the Python path (the reference); one C call per batch
+(``SPLITRELAY_NATIVE_DRAIN=0``); one per wake-up (``Drain``) with every AUDIO_IN handed back to Python (the
+socket "held data"); and one per wake-up with C sending AUDIO_IN itself, so C reads, runs and sends batch
+after batch."""
+
+
+async def run(path: str, seed: int, group: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The seeded traffic through a port read by ``path``, ``group`` chunks per wake-up (then in batches
+    of 4, up to 16 per wake-up: C drains several batches in one call where nothing stops it)."""
     log, clock = Log(), Clock()
     monkeypatch.setattr(shared_port_module, "time", clock)
+    monkeypatch.setenv(native.NATIVE_DRAIN_ENV, "0" if path == "per-batch" else "1")
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
     for sock in sockets:
         sock.bind(("127.0.0.1", 0))
+    if path == "drain-send":
+        log.inference = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        log.inference.bind(("127.0.0.1", 0))
+        log.inference.setblocking(False)
     try:
-        async with relay_side(batch, log, clock, 4) as (port, fps, minis, demux_calls):
+        recv_batch = 4 if group > 1 else shared_port_module.RECV_BATCH
+        async with relay_side(path != "python", log, clock, 4, recv_batch) as (port, fps, minis, demux_calls):
             for call, sock in zip(demux_calls, sockets, strict=False):
                 port.demux._learn(call, sock.getsockname())  # as an authenticated STUN check would
             flows = [Flow(i, 0x100 + i, sockets[i], sessions(KEYS[i])[1], 1000 * i, 7 * i) for i in range(4)]
-            assert port._reader is not None
+            reader = port._reader
+            assert reader is not None
+            reader.calls_per_turn = 16 if group > 1 else 1
+            forwarding = port.forwarding
+            assert (forwarding is not None and forwarding.drain is not None) == path.startswith("drain")
             dwell = random.Random(seed)
-            for chunk in traffic(seed, flows, sockets[4]):
+            chunks = list(traffic(seed, flows, sockets[4]))
+            for start in range(0, len(chunks), group):
                 clock.now += BATCH_NS
                 clock.done = clock.now + dwell.choice(DWELL_STEPS)
-                for sock, data in chunk:
-                    sock.sendto(data, port.address)
-                port._reader.drain()
+                for chunk in chunks[start : start + group]:
+                    for sock, data in chunk:
+                        sock.sendto(data, port.address)
+                reader.drain()
+                log.pull()
             stats = port.demux.stats()
             out = {
                 "wire": log.per_call(),
@@ -313,26 +363,40 @@ async def run(batch: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict[s
                     sorted(s.report_block(ssrc, clock.now) for ssrc, s in fp._inbound.items()) for fp in fps
                 ],
                 "demux": (stats.datagrams_in, stats.routed_by_flow, stats.unknown, stats.malformed),
+                "reader": (reader.datagrams, reader.oversize, reader.errors),
                 "finished": port.forwarding.finished if port.forwarding else 0,
+                "batches": port.forwarding.batches if port.forwarding else 0,
+                "receive_calls": reader.calls,
             }
     finally:
         for sock in sockets:
             sock.close()
+        if log.inference is not None:
+            log.inference.close()
     return out
 
 
+@pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 async def test_the_batch_path_gives_what_the_per_datagram_path_gives(
-    seed: int, monkeypatch: pytest.MonkeyPatch
+    seed: int, group: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reference = await run(False, seed, monkeypatch)
-    batched = await run(True, seed, monkeypatch)
-    assert batched["finished"] > 100, "C finished too few datagrams to compare anything"
+    """Per batch, per wake-up, and per wake-up sending itself, C gives what the Python path gives."""
+    reference = await run("python", seed, group, monkeypatch)
     assert reference["finished"] == 0
-    past_first = sum(count for m in batched["dwell"] for count in m[0][1:])
-    assert past_first > 100, "too few dwells past the first bucket to compare"
-    for key in ("wire", "other", "fast_paths", "calls", "reports", "demux", "dwell"):
-        assert batched[key] == reference[key], key
+    per_batch = None
+    for path in PATHS[1:]:
+        batched = await run(path, seed, group, monkeypatch)
+        assert batched["finished"] > 100, "C finished too few datagrams to compare anything"
+        past_first = sum(count for m in batched["dwell"] for count in m[0][1:])
+        assert past_first > 100, "too few dwells past the first bucket to compare"
+        for key in ("wire", "other", "fast_paths", "calls", "reports", "demux", "dwell", "reader"):
+            assert batched[key] == reference[key], (path, key)
+        if per_batch is None:
+            per_batch = batched
+        else:  # the same batches, and no more receive calls than Python made per batch
+            assert (batched["finished"], batched["batches"]) == (per_batch["finished"], per_batch["batches"])
+            assert batched["receive_calls"] == per_batch["receive_calls"], path
 
 
 # --- NativeInbound alone: two calls behind one address, the barge-in gate, order ------------------------

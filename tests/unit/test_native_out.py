@@ -31,7 +31,7 @@ from splitrelay.inference.udp_batch import SendBatch
 from splitrelay.inference.wire import Message, MsgType
 from splitrelay.inference.wire_auth import Sealer, WireKey, resolve_keyring
 from splitrelay.relay.call import Call, CallConfig, CallState
-from splitrelay.relay.inference_link import RelayLink, _LinkCall
+from splitrelay.relay.inference_link import RelayLink, _LinkCall, _NativeLinkReader
 from splitrelay.relay.media import native, srtp_fastpath
 from splitrelay.relay.media.aiortc_internals import SrtpLink
 from splitrelay.relay.media.sdp import StreamParams
@@ -113,11 +113,22 @@ class World:
         return got
 
 
+DRAINS = ("per-batch", "drain", "drain-small", "drain-back")
+"""How the C world reads inference's socket: one C call per batch (``SPLITRELAY_NATIVE_DRAIN=0``); one per
+wake-up (``Drain``); the same in batches of 4, up to 16 per wake-up (C runs several batches in one call);
+and one per wake-up with every datagram C made handed back (as when the media socket holds data)."""
+
+
 @asynccontextmanager
 async def relay(
-    native_out: bool, clock: Clock, inference: socket.socket, monkeypatch: pytest.MonkeyPatch
+    native_out: bool,
+    clock: Clock,
+    inference: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+    drain: str = "drain",
 ) -> AsyncIterator[World]:
     monkeypatch.setenv(native.NATIVE_OUT_ENV, "1" if native_out else "0")
+    monkeypatch.setenv(native.NATIVE_DRAIN_ENV, "0" if drain == "per-batch" else "1")
     loop = asyncio.get_running_loop()
     link = RelayLink(inference.getsockname(), key=WIRE_KEY, agent_timeout_s=0)
     link.batch_receive = True
@@ -127,10 +138,17 @@ async def relay(
     assert port._sock is not None
     loop.remove_reader(port._sock.fileno())
     port.batch_sends(lambda transport: SendBatch(transport, max_batch=64))
+    if native_out and drain == "drain-small":
+        reader = link.receiver
+        assert isinstance(reader, _NativeLinkReader)
+        reader.batch, reader.calls_per_turn = 4, 16
+        reader._recv = native.RecvBatch(reader._sock.fileno(), 4)
+    if native_out and drain == "drain-back":
+        media_fd = port.native_media_fd
+        monkeypatch.setattr(port, "native_media_fd", lambda: min(media_fd(), -1))
     assert port.forward_inbound(link)
     assert (link.native_out is not None) == native_out
-    if link.native_out is not None:  # C reads the same fake clock (the dwell it observes ends on it)
-        link.native_out.set_clock(lambda _event: clock.read())
+    assert (link.native_drain is not None) == (native_out and drain != "per-batch")
     receiver = link.receiver
     assert receiver is not None
     loop.remove_reader(link._transport.get_extra_info("socket").fileno())  # type: ignore[union-attr]
@@ -388,9 +406,13 @@ def snapshot(world: World) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("seed", "drain"),
+    [(1, "drain"), (2, "drain"), (3, "drain"), (1, "per-batch"), (2, "drain-small"), (3, "drain-small"),
+     (1, "drain-back")],
+)  # fmt: skip
 async def test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_same(
-    seed: int, monkeypatch: pytest.MonkeyPatch
+    seed: int, drain: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     monkeypatch.setattr(srtp_fastpath, "send_clock", clock.read)
@@ -404,7 +426,7 @@ async def test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_
     close_at = {80: 1, 170: 2}  # step -> call closed before it
     try:
         async with (
-            relay(True, clock, inference, monkeypatch) as c_world,
+            relay(True, clock, inference, monkeypatch, drain) as c_world,
             relay(False, clock, inference, monkeypatch) as py_world,
         ):
             worlds = (c_world, py_world)

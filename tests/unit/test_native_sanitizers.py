@@ -144,6 +144,30 @@ OUTBOUND = LOAD + textwrap.dedent(
     """
 )
 
+DRAIN = LOAD + textwrap.dedent(
+    """
+    import asyncio, pytest
+    from tests.unit import test_native_batch as inbound, test_native_out as outbound
+    finished = 0
+    for seed in (1, 2):
+        for group in (1, 2):
+            mp = pytest.MonkeyPatch()
+            reference = asyncio.run(inbound.run("python", seed, group, mp))
+            for path in inbound.PATHS[1:]:
+                got = asyncio.run(inbound.run(path, seed, group, mp))
+                assert (got["wire"], got["dwell"]) == (reference["wire"], reference["dwell"]), path
+                finished += got["finished"]
+            mp.undo()
+    for seed, drain in ((2, "drain-small"), (1, "drain-back")):
+        mp = pytest.MonkeyPatch()
+        asyncio.run(outbound.test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_same(
+            seed, drain, mp
+        ))
+        mp.undo()
+    print("drained", finished)
+    """
+)
+
 OVERREAD = LOAD + textwrap.dedent(
     """
     ffi, lib = module.ffi, module.lib
@@ -221,6 +245,17 @@ def test_the_outbound_path_runs_clean_under_asan_and_ubsan(
     assert result.returncode == 0, result.stderr[-4000:]
     assert "runtime error" not in result.stderr
     assert int(result.stdout.split()[-1]) > 500
+
+
+def test_draining_batch_after_batch_runs_clean_under_asan_and_ubsan(
+    sanitized: tuple[Path, dict[str, str]],
+) -> None:
+    """fastpath.c ``sr_drain_in``/``sr_drain_out`` (recvmmsg, the per-batch paths, sendmmsg, batch after
+    batch) on the differential runs of test_native_batch.py and test_native_out.py."""
+    result = run_sanitized(sanitized, DRAIN, timeout=110)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "runtime error" not in result.stderr
+    assert int(result.stdout.split()[-1]) > 1000
 
 
 def test_the_sanitizer_catches_an_overread(sanitized: tuple[Path, dict[str, str]]) -> None:

@@ -439,6 +439,67 @@ class RecvBatch:
         return n
 
 
+NATIVE_DRAIN_ENV: Final = "SPLITRELAY_NATIVE_DRAIN"
+"""Set to 0 (or off/false/no) for one C call per batch (Python loops over the batches of a wake-up: the
+per-batch path as it was) instead of one per wake-up (``Drain``)."""
+DRAIN_DONE: Final = 0  # fastpath.c SR_DRAIN_*
+DRAIN_PYTHON: Final = 1
+DRAIN_BAD: Final = 2
+
+
+def native_drain_enabled() -> bool:
+    """True unless ``SPLITRELAY_NATIVE_DRAIN`` turns the per-wake-up drain off."""
+    return os.environ.get(NATIVE_DRAIN_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+class Drain:
+    """One socket drained batch after batch in one C call (fastpath.c ``sr_drain_in``/``sr_drain_out``):
+    ``recvmmsg``, the per-batch path, its ``sendmmsg``, the next batch, until the socket is empty, the turns
+    are used, or a batch has something for Python (``DRAIN_PYTHON``: ``state.n`` datagrams in ``recv``,
+    ``decisions`` and ``state.sent`` say what). ``state`` holds the figures of the last call."""
+
+    __slots__ = ("_call", "_table", "state")
+
+    def __init__(self, call: Any, table: Any, state: Any) -> None:
+        self._call = call
+        self._table = table
+        self.state = state
+
+    def run(self, turns: int, send_fd: int) -> int:
+        """Up to ``turns`` batches, C sending on ``send_fd`` (-1: nothing, the datagrams go back to Python):
+        ``DRAIN_DONE``, ``DRAIN_PYTHON``, or -errno when ``recvmmsg`` failed."""
+        state = self.state
+        state.send_fd = send_fd
+        status: int = self._call(self._table, state, turns)
+        if status == DRAIN_BAD:
+            raise ValueError("sr_drain refused its arguments")
+        return status
+
+
+def _drain_state(
+    ffi: Any, recv: RecvBatch, decisions: Any, out: Any, out_slot: int, out_lengths: Any, out_index: Any
+) -> Any:
+    """An ``sr_drain`` over ``recv``'s buffers and a per-batch path's outputs (kept alive by their owners)."""
+    if not 1 <= recv._count <= RECV_BATCH_MAX:
+        raise ValueError(f"batch of {recv._count}")
+    d = ffi.new("sr_drain *")
+    d.recv_fd = recv._fd
+    d.batch = recv._count
+    d.buffers = recv._buffers
+    d.slot = RECV_SLOT
+    d.names = recv._names
+    d.name_slot = RECV_NAME_SLOT
+    d.lengths = recv._lengths
+    d.name_lengths = recv._name_lengths
+    d.decisions = decisions
+    d.out = out
+    d.out_slot = out_slot
+    d.out_lengths = out_lengths
+    d.out_index = out_index
+    d.send_fd = -1
+    return d
+
+
 # --- the per-batch inbound path -------------------------------------------------------------------
 
 GATE_PYTHON: Final = 0
@@ -782,6 +843,17 @@ class NativeInbound:
             raise ValueError("sr_batch_in refused its arguments")
         return nout, int(self._sent[0]), int(self._sent[1])
 
+    def drain_for(self, recv: RecvBatch) -> Drain:
+        """``recv``'s socket drained batch after batch through this path (``Drain``); ``recv`` must read at
+        most ``batch`` datagrams at a time (the outputs are sized for that)."""
+        if recv._count > self.batch:
+            raise ValueError(f"batch of {recv._count} > {self.batch}")
+        d = _drain_state(
+            self.ffi, recv, self._decisions, self._out, WIRE_OUT_SLOT, self._out_lengths, self._out_slots
+        )
+        d.plain = self._plain
+        return Drain(self.lib.sr_drain_in, self.table, d)
+
     def out(self, k: int) -> bytes:
         """Wire datagram ``k`` of the last ``run``."""
         start = k * WIRE_OUT_SLOT
@@ -1078,6 +1150,16 @@ class NativeOutbound:
         t.datagrams_in = t.audio_late = 0
         return counts
 
+    def drain_for(self, recv: RecvBatch) -> Drain:
+        """``recv``'s socket (inference's) drained batch after batch through this path (``Drain``)."""
+        if recv._count > self.batch:
+            raise ValueError(f"batch of {recv._count} > {self.batch}")
+        d = _drain_state(
+            self.ffi, recv, self._decisions, self._out, OUT_SLOT, self._out_lengths, self._out_handles
+        )
+        d.out_due = self._out_due
+        return Drain(self.lib.sr_drain_out, self.table, d)
+
     def out(self, k: int) -> bytes:
         """Protected datagram ``k`` of the last ``run``."""
         start = k * OUT_SLOT
@@ -1105,6 +1187,7 @@ __all__ = [
     "NATIVE_ENV",
     "UNDECRYPTABLE",
     "Codec",
+    "Drain",
     "InboundSlot",
     "NativeCodec",
     "NativeInbound",

@@ -1112,3 +1112,109 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
     }
     return nout;
 }
+
+/* ---- Draining a socket batch after batch (issue 17, step 3): Python once per wake-up --------------------
+ *
+ * sr_drain_in and sr_drain_out do what the shared port's and the inference socket's readers did per batch
+ * in Python (relay/media/shared_port.py BatchReader, relay/inference_link.py _NativeLinkReader): recvmmsg,
+ * then sr_batch_in / sr_batch_out over the batch (which send and observe dwell), then the next batch, up
+ * to `turns` recvmmsg calls. They stop early, as the readers do, when a batch is short (the socket is
+ * empty) and hand the batch back when anything in it is Python's: a datagram C did not finish, or a
+ * datagram C made that the socket did not take. Earlier batches of the same call were finished and sent
+ * whole, so nothing Python holds is overtaken (per call, and control behind audio, as per batch). */
+
+#define SR_DRAIN_DONE 0   /* the socket is empty (or the turns are used) and everything was finished here */
+#define SR_DRAIN_PYTHON 1 /* the last batch (d->n datagrams) has something for Python: see decisions, sent */
+#define SR_DRAIN_BAD 2    /* bad arguments */
+
+typedef struct {
+    int32_t recv_fd;   /* the socket read */
+    int32_t batch;     /* datagrams per recvmmsg */
+    unsigned char *buffers; /* RecvBatch's buffers */
+    size_t slot;
+    unsigned char *names;
+    size_t name_slot;
+    int32_t *lengths;
+    int32_t *name_lengths;
+    unsigned char *plain; /* inbound: the unprotect scratch */
+    int8_t *decisions;
+    unsigned char *out;
+    size_t out_slot;
+    int32_t *out_lengths;
+    int32_t *out_index;   /* inbound: the call slot; outbound: the entry's handle */
+    int64_t *out_due;     /* outbound: when each datagram was due */
+    int32_t send_fd;      /* set by Python per call: where C sends (-1: the datagrams go back to Python) */
+    int32_t sent[2];      /* of the last batch: datagrams the kernel took, datagrams C finished */
+    int32_t n;            /* datagrams in the last batch (0: empty, negative: -errno of recvmmsg) */
+    int32_t nout;         /* datagrams C made of the last batch */
+    int64_t arrival_ns;   /* when the last batch was read (inbound) / the playout clock for it (outbound) */
+    int32_t calls;        /* recvmmsg calls made, this call */
+    int32_t batches;      /* batches run, this call */
+    int64_t finished;     /* datagrams C finished, this call */
+    int64_t delivered;    /* datagrams of batches C finished whole, this call (the readers' count) */
+    int64_t made;         /* datagrams C made, this call */
+} sr_drain;
+
+static int drain_start(sr_drain *d, int turns) {
+    d->calls = d->batches = 0;
+    d->finished = d->delivered = d->made = 0;
+    d->n = d->nout = 0;
+    d->sent[0] = d->sent[1] = 0;
+    return turns < 1 || turns > 64 || d->batch < 1 || d->batch > SR_BATCH_MAX;
+}
+
+/* After a batch: SR_DRAIN_PYTHON when something of it is Python's, -1 to go on, else SR_DRAIN_DONE. */
+static int drain_step(sr_drain *d, int n, int nout) {
+    d->batches++;
+    d->nout = nout;
+    d->made += nout;
+    d->finished += d->sent[1];
+    if (d->sent[1] != n || d->sent[0] != nout) return SR_DRAIN_PYTHON;
+    d->delivered += n;
+    return n < d->batch ? SR_DRAIN_DONE : -1;
+}
+
+/* The shared media port: up to `turns` batches through sr_batch_in. SR_DRAIN_DONE, SR_DRAIN_PYTHON, or
+ * -errno when recvmmsg failed (d->n too: an ICMP error, say; the reader decides whether to go on). */
+int sr_drain_in(sr_table *t, sr_drain *d, int turns) {
+    if (drain_start(d, turns) || d->plain == NULL) return SR_DRAIN_BAD;
+    for (int turn = 0; turn < turns; turn++) {
+        int n = sr_recv_batch(d->recv_fd, d->buffers, d->slot, d->names, d->name_slot, d->lengths,
+                              d->name_lengths, d->batch);
+        d->calls++;
+        d->n = n;
+        if (n <= 0) return n;
+        int64_t arrival = sr_clock_now(t->clock, SR_CLOCK_ARRIVAL);
+        d->arrival_ns = arrival;
+        int nout = sr_batch_in(t, d->buffers, d->slot, d->names, d->name_slot, d->lengths, d->name_lengths, n,
+                               arrival, d->plain, d->decisions, d->out, d->out_slot, d->out_lengths,
+                               d->out_index, d->send_fd, d->sent);
+        if (nout < 0) return SR_DRAIN_BAD;
+        int status = drain_step(d, n, nout);
+        if (status >= 0) return status;
+    }
+    return SR_DRAIN_DONE;
+}
+
+/* The inference socket: up to `turns` batches through sr_batch_out, as sr_drain_in. The playout clock and
+ * the send time are read per batch (one reading for both on CLOCK_MONOTONIC). */
+int sr_drain_out(sr_out_table *t, sr_drain *d, int turns) {
+    if (drain_start(d, turns) || d->out_due == NULL) return SR_DRAIN_BAD;
+    for (int turn = 0; turn < turns; turn++) {
+        int n = sr_recv_batch(d->recv_fd, d->buffers, d->slot, d->names, d->name_slot, d->lengths,
+                              d->name_lengths, d->batch);
+        d->calls++;
+        d->n = n;
+        if (n <= 0) return n;
+        int64_t now = sr_clock_now(t->clock, SR_CLOCK_ARRIVAL);
+        int64_t send = t->clock != NULL ? t->clock(SR_CLOCK_SEND) : now;
+        d->arrival_ns = now;
+        int nout = sr_batch_out(t, d->buffers, d->slot, d->names, d->name_slot, d->lengths, d->name_lengths,
+                                n, now, send, d->decisions, d->out, d->out_slot, d->out_lengths, d->out_index,
+                                d->out_due, d->send_fd, d->sent);
+        if (nout < 0) return SR_DRAIN_BAD;
+        int status = drain_step(d, n, nout);
+        if (status >= 0) return status;
+    }
+    return SR_DRAIN_DONE;
+}
