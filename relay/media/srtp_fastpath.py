@@ -10,7 +10,6 @@ jitter and round-trip time. The relay and the SFU emulator share it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -404,7 +403,10 @@ class SrtpFastPath:
             )
         for data in aiortc_internals.take_queued_media(link):
             self._datagram_received(data, self.remote_addr)
-        self._rtcp_task = asyncio.get_running_loop().create_task(self._rtcp_loop())
+        self._rtcp_reports_left = self.config.max_rtcp_reports
+        self._rtcp_timer: asyncio.TimerHandle | None = None
+        """Our next report (a loop timer, not a task: nothing per call wakes but the report itself)."""
+        self._schedule_rtcp()
 
     @classmethod
     def attach(
@@ -623,13 +625,21 @@ class SrtpFastPath:
 
     # --- RTCP out ------------------------------------------------------------------------------
 
-    async def _rtcp_loop(self) -> None:
-        interval = self.config.rtcp_interval
-        for _ in range(self.config.max_rtcp_reports):
-            await asyncio.sleep(interval * (0.5 + random.random()))
-            if self.closed or self.transport_closing():
-                return
-            self.send_rtcp()
+    def _schedule_rtcp(self) -> None:
+        """Arm the next report, 0.5-1.5 times the interval from now (RFC 3550 6.2), while any are left."""
+        if self._rtcp_reports_left <= 0:
+            self._rtcp_timer = None
+            return
+        self._rtcp_reports_left -= 1
+        delay = self.config.rtcp_interval * (0.5 + random.random())
+        self._rtcp_timer = asyncio.get_running_loop().call_later(delay, self._rtcp_due)
+
+    def _rtcp_due(self) -> None:
+        self._rtcp_timer = None
+        if self.closed or self.transport_closing():
+            return
+        self.send_rtcp()
+        self._schedule_rtcp()
 
     def send_rtcp(self, *, bye: bool = False) -> bool:
         """Send one compound report now: an SR per stream we sent on (else an RR), SDES, optional BYE."""
@@ -720,6 +730,6 @@ class SrtpFastPath:
                 aiortc_internals.give_back_consent(self._connection)
         if self._set_media_claim is not None:
             self._set_media_claim(None)
-        self._rtcp_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._rtcp_task
+        if self._rtcp_timer is not None:
+            self._rtcp_timer.cancel()
+            self._rtcp_timer = None

@@ -290,7 +290,7 @@ async def test_send_rejects_bad_input_naming_the_field(voice_pair: VoicePair) ->
             FastPathConfig(**bad)
 
 
-async def test_close_says_bye_restores_aioice_and_ends_its_task(voice_pair: VoicePair) -> None:
+async def test_close_says_bye_restores_aioice_and_ends_its_timer(voice_pair: VoicePair) -> None:
     byes: list[int] = []
     relay = SrtpFastPath.attach(voice_pair.relay.pc, lambda pkt: None)
     client = SrtpFastPath.attach(voice_pair.client.pc, lambda pkt: None, on_bye=byes.append)
@@ -301,7 +301,7 @@ async def test_close_says_bye_restores_aioice_and_ends_its_task(voice_pair: Voic
     await relay.close()
     await relay.close()  # idempotent
     assert "datagram_received" not in vars(protocol)
-    assert relay._rtcp_task.done()
+    assert relay._rtcp_timer is None
     assert relay.send(b"opus", 960) is False and relay.stats().send_failures == 1
     await eventually(lambda: byes == [voice_pair.relay.stream_params().ssrc], "BYE reached the client")
     await client.close()
@@ -358,3 +358,23 @@ async def test_update_streams_keeps_unchanged_streams_and_their_numbering(voice_
             relay.update_streams([])
     finally:
         await relay.close()
+
+
+async def test_reports_go_out_at_the_interval_and_no_task_waits_per_call(voice_pair: VoicePair) -> None:
+    """The report timer is a loop timer, not a task: attaching fast paths adds no task (with hundreds of
+    calls, a task per call woke only to sleep again), and reports still go out at 0.5-1.5 x the interval,
+    up to ``max_rtcp_reports``."""
+    before = len(asyncio.all_tasks())
+    relay = SrtpFastPath.attach(voice_pair.relay.pc, lambda pkt: None, FastPathConfig(rtcp_interval=0.1))
+    client = SrtpFastPath.attach(
+        voice_pair.client.pc, lambda pkt: None, FastPathConfig(rtcp_interval=0.1, max_rtcp_reports=3)
+    )
+    try:
+        assert len(asyncio.all_tasks()) == before
+        await asyncio.sleep(1.2)  # 8-24 reports due at 0.05-0.15 s each
+        assert 7 <= relay.stats().rtcp_out <= 25, relay.stats().rtcp_out
+        assert relay.stats().rtcp_in == 3 and client.stats().rtcp_out == 3  # the bound
+        assert client.stats().rtcp_in >= relay.stats().rtcp_out - 1  # one may be on its way
+    finally:
+        await relay.close()
+        await client.close()
