@@ -82,21 +82,38 @@ ECHO_BATCH = 64  # datagrams per recvmmsg
 ECHO_CALLS_PER_TURN = 4  # recvmmsg calls per loop turn: this socket is the process's only work
 
 
+class LiveCalls(set[tuple[Peer, int]]):
+    """The (relay, call id) pairs the echo answers, with a version that moves on every change (so
+    ``BatchEcho`` rebuilds its array of live ids only when a call starts or ends)."""
+
+    version = 0
+
+    def add(self, key: tuple[Peer, int]) -> None:
+        super().add(key)
+        self.version += 1
+
+    def discard(self, key: object) -> None:
+        super().discard(key)
+        self.version += 1
+
+
 class BatchEcho:
     """The echo inference's audio path per ``recvmmsg`` batch, in place: each AUDIO_IN of a live call is
     rewritten to its AUDIO_OUT in the receive buffer and leaves from there, the batch's echoes in one
-    ``sendmmsg`` to the addresses they came from; everything else goes to the SDK, in order.
+    ``sendmmsg`` to the address they came from; everything else goes to the SDK, in order.
 
-    The same bytes as ``audio_out_from_audio_in`` (the reference: tests/unit/test_bench_load_echo.py),
-    without a bytes object, a call frame or a queue per datagram, so the load core's headroom goes to
-    the calls the bench offers. Receives with the relay's native ``recvmmsg`` (relay/media/native
-    ``RecvBatch``, read only), sends through cffi's ABI mode as relay/inference/udp_batch.py does.
+    The same bytes as ``audio_out_from_audio_in`` (the reference: tests/unit/test_bench_load_shared.py),
+    decided and rewritten with a few numpy operations per batch instead of Python per datagram, so the
+    load core's headroom goes to the calls the bench offers. Receives with the relay's native
+    ``recvmmsg`` (relay/media/native ``RecvBatch``, read only); sends with scripts/bench/mmsg.py.
+    The batch's first audio datagram names the relay whose datagrams are answered here; another
+    relay's (none in the bench) take the SDK's path, which echoes them too.
     """
 
     def __init__(
         self,
         sock: socket.socket,
-        live: set[tuple[Peer, int]],
+        live: LiveCalls,
         deliver: Any,
         before_send: Any,
         *,
@@ -105,12 +122,16 @@ class BatchEcho:
     ) -> None:
         """``deliver(data, peer)`` takes what is not echoed here; ``before_send()`` returns False while
         the socket holds unsent data (the echoes then go through ``fallback``, behind it)."""
+        import numpy as np
+
         from splitrelay.bench.mmsg import load_sendmmsg
         from splitrelay.relay.media import native
 
         self._recv = native.RecvBatch(sock.fileno(), batch)
         self._fd = sock.fileno()
         self._live = live
+        self._live_version = -1
+        self._live_ids: dict[Peer, Any] = {}
         self._deliver = deliver
         self._before_send = before_send
         self.fallback: Any = None
@@ -129,8 +150,13 @@ class BatchEcho:
             hdr.msg_iov = ffi.addressof(self._iov, i)
             hdr.msg_iovlen = 1
             hdr.msg_name = names + i * native.RECV_NAME_SLOT
+            hdr.msg_namelen = native.RECV_NAME_SLOT  # the kernel reads the family's own length of it
         self._keep = (base, names)
-        self._view = memoryview(recv.mem)
+        self._mem = np.frombuffer(recv.mem, dtype=np.uint8).reshape(batch, native.RECV_SLOT)
+        self._name_mem = np.frombuffer(recv.names_mem, dtype=np.uint8).reshape(batch, native.RECV_NAME_SLOT)
+        self._lengths = np.frombuffer(recv.lengths, dtype=np.int32)
+        self._name_lengths = np.frombuffer(recv.name_lengths, dtype=np.int32)
+        self._iov_len = np.frombuffer(ffi.buffer(self._iov), dtype=np.uint64).reshape(batch, 2)[:, 1]
         self._slot = native.RECV_SLOT
         self._name_slot = native.RECV_NAME_SLOT
         self._names: dict[bytes, Peer] = {}
@@ -140,12 +166,9 @@ class BatchEcho:
 
     def drain(self) -> int:
         """Read and answer what is there, within this turn's bound; returns the datagrams read."""
-        from splitrelay.inference.udp_recv import sockaddr_address
+        import numpy as np
 
-        recv, view, live, names = self._recv, self._view, self._live, self._names
-        lengths, name_lengths, names_mem = recv.lengths, recv.name_lengths, recv.names_mem
-        iov, vec = self._iov, self._vec
-        slot, name_slot = self._slot, self._name_slot
+        recv, mem = self._recv, self._mem
         total = 0
         for _ in range(self.calls_per_turn):
             n = recv.receive()
@@ -153,61 +176,94 @@ class BatchEcho:
             if n <= 0:
                 break
             total += n
-            echo = [False] * n
-            peers: list[Peer | None] = [None] * n
-            for i in range(n):
-                length = lengths[i]
-                if length < 0:
-                    continue  # longer than a slot: cut by the kernel, not a wire datagram
-                start = i * slot
-                at = i * name_slot
-                key = names_mem[at : at + name_lengths[i]]
-                peer = names.get(key)
-                if peer is None:
-                    try:
-                        peer = sockaddr_address(key)
-                    except ValueError:
-                        continue
-                    if len(names) >= 4096:
-                        names.clear()
-                    names[key] = peer
-                peers[i] = peer
-                if (
-                    length > _HEADER_SIZE
-                    and view[start + 1] == _AUDIO_IN
-                    and view[start] == _VERSION
-                    and (peer, int.from_bytes(view[start + 4 : start + 12], "big")) in live
-                ):
-                    view[start + 1] = _AUDIO_OUT  # as audio_out_from_audio_in, in place
-                    view[start + 2] = 0
-                    view[start + 3] &= _MARKER
-                    iov[i].iov_len = length
-                    vec[i].msg_hdr.msg_namelen = name_lengths[i]
-                    echo[i] = True
-            self._send(echo, peers)
-            deliver = self._deliver
-            for i in range(n):
-                peer = peers[i]
-                if not echo[i] and peer is not None:
-                    start = i * slot
-                    deliver(bytes(view[start : start + lengths[i]]), peer)
+            echo = self._echoes(n)
+            at = np.flatnonzero(echo)
+            if len(at):
+                mem[at, 1] = _AUDIO_OUT  # as audio_out_from_audio_in: the type, and only MARKER of the flags
+                mem[at, 2] = 0
+                mem[at, 3] &= _MARKER
+                self._iov_len[at] = self._lengths[at]
+                self._send(echo.tolist(), len(at), n)
+            if len(at) < n:
+                self._deliver_rest(echo.tolist(), n)
             if n < self.batch:
                 break
         return total
 
-    def _send(self, echo: list[bool], peers: list[Peer | None]) -> None:
+    def _echoes(self, n: int) -> Any:
+        """Which of the batch's ``n`` datagrams to answer here: AUDIO_IN of a live call of its relay."""
+        import numpy as np
+
+        rows = self._mem[:n]
+        lengths = self._lengths[:n]
+        echo = (lengths > _HEADER_SIZE) & (rows[:, 1] == _AUDIO_IN) & (rows[:, 0] == _VERSION)
+        if not echo.any():
+            return echo
+        first = int(np.argmax(echo))
+        peer = self._peer(first)
+        ids = self._live_ids_of(peer) if peer is not None else None
+        if ids is None or not len(ids):
+            echo[:] = False
+            return echo
+        name_lengths = self._name_lengths[:n]
+        names = self._name_mem[:n]
+        echo &= (name_lengths == name_lengths[first]) & (names == names[first]).all(axis=1)
+        call_ids = np.ascontiguousarray(rows[:, 4:12]).view(">u8").ravel().astype(np.uint64)
+        position = np.minimum(np.searchsorted(ids, call_ids), len(ids) - 1)
+        echo &= ids[position] == call_ids
+        return echo
+
+    def _peer(self, i: int) -> Peer | None:
+        from splitrelay.inference.udp_recv import sockaddr_address
+
+        recv, names = self._recv, self._names
+        at = i * self._name_slot
+        key = recv.names_mem[at : at + recv.name_lengths[i]]
+        peer = names.get(key)
+        if peer is None:
+            try:
+                peer = sockaddr_address(key)
+            except ValueError:
+                return None
+            if len(names) >= 4096:
+                names.clear()
+            names[key] = peer
+        return peer
+
+    def _live_ids_of(self, peer: Peer) -> Any:
+        import numpy as np
+
+        live = self._live
+        if self._live_version != live.version:
+            by_peer: dict[Peer, list[int]] = {}
+            for relay, call_id in list(live):
+                by_peer.setdefault(relay, []).append(call_id)
+            self._live_ids = {k: np.array(sorted(v), dtype=np.uint64) for k, v in by_peer.items()}
+            self._live_version = live.version
+        return self._live_ids.get(peer)
+
+    def _deliver_rest(self, echo: list[bool], n: int) -> None:
+        """What is not answered here goes to the SDK, in arrival order (cut datagrams are dropped)."""
+        recv, deliver, slot = self._recv, self._deliver, self._slot
+        lengths = recv.lengths
+        for i in range(n):
+            length = lengths[i]
+            if echo[i] or length < 0:
+                continue
+            peer = self._peer(i)
+            if peer is not None:
+                start = i * slot
+                deliver(recv.mem[start : start + length], peer)
+
+    def _send(self, echo: list[bool], count: int, n: int) -> None:
         """Every run of consecutive echoes in one ``sendmmsg``, in order."""
-        n = len(echo)
-        count = sum(echo)
-        if not count:
-            return
         self.echoed += count
         if not self._before_send():
-            view, slot = self._view, self._slot
+            recv, slot = self._recv, self._slot
             for i in range(n):
                 if echo[i]:
                     start = i * slot
-                    self.fallback(bytes(view[start : start + self._recv.lengths[i]]), peers[i])
+                    self.fallback(recv.mem[start : start + recv.lengths[i]], self._peer(i))
             return
         i = 0
         for _ in range(n):  # each round sends a run (or skips one datagram the kernel refused)
@@ -233,7 +289,7 @@ class RawEchoServer(InferenceServer):
         # The audio echoed raw below never reaches the SDK's per-call receive count, so a relay that once
         # sent a KEEPALIVE would look silent and be dropped as relay_lost after 3 s: that watch is off.
         super().__init__(self._hold, host, port, max_calls=max_calls, idle_timeout=3600, relay_timeout=0)
-        self._live: set[tuple[Peer, int]] = set()
+        self._live = LiveCalls()
         self.echoed = 0
 
     async def _hold(self, call: InferenceCall) -> None:
@@ -306,6 +362,7 @@ async def echo_inference(listen: tuple[str, int], max_calls: int, batched: bool 
             for name in ("datagrams_in", "datagrams_out", "echoed"):
                 stats[name] += echo.echoed
             stats["send_errors"] += echo.send_errors
+            stats["receive_calls"] = echo.calls
         await server.close(grace=0.5)
         _emit({"event": "stats", **stats})
 

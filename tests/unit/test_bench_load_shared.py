@@ -13,7 +13,7 @@ import pytest
 
 from splitrelay.bench import load as bench_load
 from splitrelay.bench.load import EchoCounter, EchoMatcher, EchoTap, Schedule, settle_shared
-from splitrelay.bench.servers import BatchEcho, audio_out_from_audio_in
+from splitrelay.bench.servers import BatchEcho, LiveCalls, audio_out_from_audio_in
 from splitrelay.inference import wire
 from splitrelay.relay.media import native
 from splitrelay.relay.media.rtp import build_rtp, one_byte_extensions
@@ -156,7 +156,9 @@ def test_batch_echo_answers_as_the_per_datagram_reference(sockets: Any) -> None:
     relay.settimeout(2)
     peer = relay.getsockname()
     delivered: list[tuple[bytes, Any]] = []
-    echo = BatchEcho(echo_sock, {(peer, 7)}, lambda d, a: delivered.append((d, a)), lambda: True, batch=8)
+    echo = BatchEcho(
+        echo_sock, LiveCalls({(peer, 7)}), lambda d, a: delivered.append((d, a)), lambda: True, batch=8
+    )
     sent: list[bytes] = []
     others: list[bytes] = []
     for seq in range(20):
@@ -190,7 +192,7 @@ def test_batch_echo_falls_back_behind_unsent_data(sockets: Any) -> None:
     relay, echo_sock = sockets
     relay.settimeout(2)
     queued: list[tuple[bytes, Any]] = []
-    echo = BatchEcho(echo_sock, {(relay.getsockname(), 3)}, lambda d, a: None, lambda: False)
+    echo = BatchEcho(echo_sock, LiveCalls({(relay.getsockname(), 3)}), lambda d, a: None, lambda: False)
     echo.fallback = lambda data, peer: queued.append((data, peer))
     audio = wire.encode_audio(wire.MsgType.AUDIO_IN, 3, 1, 960, b"abc", wire.audio_in_flags(level=20))
     relay.sendto(audio, echo_sock.getsockname())
