@@ -34,6 +34,7 @@ from splitrelay.relay.media.rtp import RtpPacket, audio_level_element, build_rtp
 from splitrelay.relay.media.sdp import StreamParams
 from splitrelay.relay.media.shared_port import SharedUdpPort
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.native.micro import measure_wakeups
 from splitrelay.relay.telemetry import DWELL_BUCKETS_US, DwellHistogram
 from tests.native_traffic import sessions
 
@@ -672,3 +673,9 @@ def test_the_slot_and_the_entry_point_c_at_the_call_histogram_until_they_go() ->
     assert entry.c.dwell == native.dwell_state(histogram)
     outbound.close_entry(entry)
     assert entry.c.dwell == native._native.ffi.NULL and entry.observe_dwell is None
+
+
+def test_the_wakeup_micro_benchmark_runs_both_ways() -> None:
+    """``python -m splitrelay.relay.native.micro --wakeups`` (it checks C finished every packet itself)."""
+    assert measure_wakeups(True, 20) > 0
+    assert measure_wakeups(False, 20) > 0
