@@ -16,6 +16,12 @@ Its media is made cheap to send and to check, so one core can drive more calls t
   with the true counts, staggered over the callers); its reports carry no reception blocks, since
   the echoes are not fed to its receive statistics.
 
+Shared socket (``--load-socket shared``, the default): every caller of the worker on ONE UDP socket, as
+a Cloudflare POP's sessions reach the relay from one SFU address; their ICE and DTLS run through the
+relay's own shared port and demultiplexer. Each 1 ms slot's packets leave in one ``sendmmsg`` from a
+packet store; echoes are logged per ``recvmmsg`` batch by SSRC and length (``EchoTap``) and matched after
+the run by the same matcher and counter (``settle_shared``). ``per-call``: a socket per caller, as above.
+
 Baseline mode: each flow sends a datagram the size of the callers' SRTP packet to a bare UDP echo and,
 when it comes back, one the size of the wire protocol's AUDIO_OUT: the echo then moves as many
 datagrams of the same sizes as the relay does, and the round trip crosses it twice, as it crosses the

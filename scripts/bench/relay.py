@@ -7,7 +7,10 @@ For each N the benchmark runs two phases back to back on the same cores:
    commands, whose real WebRTC callers attach through the signed control API and send real Opus at
    50 packets/s each way over SRTP. The load side is built to cost a fraction of the relay's work per
    packet (packets protected before the window, echoes matched by their clear header and length, one in
-   47 authenticated; a raw echo inference);
+   47 authenticated; a raw echo inference). ``--load-socket shared`` (the default) puts a worker's
+   callers on one UDP socket, as a Cloudflare POP's sessions reach the relay from one SFU address, and
+   moves their media in ``sendmmsg``/``recvmmsg`` batches (the echo inference too); ``per-call`` is the
+   load as it was before (a socket per caller, a datagram per system call);
 2. baseline: a bare uvloop UDP echo pinned to the same core, fed the same number of datagrams per second
    of the same sizes by the same workers;
 3. A/B: the relay again, the same load, once per ``--ab`` variant: ``port-per-call`` (one UDP socket per
