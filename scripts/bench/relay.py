@@ -19,7 +19,9 @@ For each N the benchmark runs two phases back to back on the same cores:
    send), ``per-datagram`` (``SPLITRELAY_NATIVE_BATCH=0``: the native per-datagram path, before the
    per-batch C path of relay/media/native ``NativeInbound``), ``python-out`` (``SPLITRELAY_NATIVE_OUT=0``:
    the per-batch inbound path, but inference's AUDIO_OUT through Python per frame, before the outbound
-   C path of relay/media/native ``NativeOutbound``). Phase 1 runs the relay as it is deployed:
+   C path of relay/media/native ``NativeOutbound``), ``per-batch-drain`` (``SPLITRELAY_NATIVE_DRAIN=0``: one
+   C call per batch, Python looping over a wake-up's batches, before relay/media/native ``Drain``).
+   Phase 1 runs the relay as it is deployed:
    every call on one UDP port (``relay serve --media-port``), the native per-batch path when it is built
    (``--port-per-call`` runs one port per call instead). Every relay phase is reported against the same
    baseline, so the CPU multiples compare directly.
@@ -28,6 +30,10 @@ It reports, over a steady-state window after a warm-up: the subject's CPU (from 
 trip seen by the load generator, the relay's in-relay dwell (from its /metrics histograms), the
 load generator's own CPU (also per frame), and ratios against the baseline. When the load generator is
 the bottleneck the run says so, and the floor is reported as not tested rather than passed or failed.
+
+``--profile`` also samples the relay with ``perf record`` over phase 1's window at each N and prints where
+its CPU went, by shared object (kernel, interpreter, libsrtp, our C, ...; scripts/bench/perf_profile.py):
+the profile of what is left, from the same command.
 
 Datagrams per system call: ``perf stat`` counts the subject's receive (recvfrom, recvmsg, recvmmsg) and send
 (sendto, sendmsg, sendmmsg) system calls over the window through the kernel's syscall tracepoints, and the
@@ -60,6 +66,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from splitrelay.bench.load import DRAIN_S, LOAD_SOCKETS, MAX_PREPARED, LoadSocket
+from splitrelay.bench.perf_profile import CpuProfiler, Profile, category
 from splitrelay.bench.stats import percentile_ms, ratio
 from splitrelay.bench.support import (
     BenchError,
@@ -88,7 +95,7 @@ NOISE_LIMIT = 10.0  # % of the subject's core used by anything but the subject a
 DATAGRAMS_PER_FRAME = 4
 START_DELAY_S = 1.0
 MAX_CALLS = 5000
-AB_CHOICES = ("port-per-call", "python", "unbatched", "per-datagram", "python-out")
+AB_CHOICES = ("port-per-call", "python", "unbatched", "per-datagram", "python-out", "per-batch-drain")
 """A/B variants: see the module docstring and ``VARIANTS``."""
 DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
 SYSCALLS = {
@@ -136,6 +143,12 @@ def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
             True,
             ((native.NATIVE_OUT_ENV, "0"),),
         ),
+        "per-batch-drain": Variant(
+            "per-batch-drain",
+            f"shared port, native, one C call per batch ({native.NATIVE_DRAIN_ENV}=0)",
+            True,
+            ((native.NATIVE_DRAIN_ENV, "0"),),
+        ),
     }
     return main, [table[name] for name in config.ab]
 
@@ -159,6 +172,8 @@ class RelayBenchConfig:
     """A/B variants run after the baseline at each N (``AB_CHOICES``); empty: none."""
     load_socket: LoadSocket = "shared"
     """The callers on one UDP socket, as an SFU's sessions reach the relay, or one socket each."""
+    profile: bool = False
+    """``perf record`` the relay over phase 1's window at each N (scripts/bench/perf_profile.py)."""
 
     def __post_init__(self) -> None:
         if self.load_socket not in LOAD_SOCKETS:
@@ -175,8 +190,9 @@ class RelayBenchConfig:
             raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
         if self.port_per_call and "per-datagram" in self.ab:
             raise ValueError("ab: per-datagram compares against the batched shared port, not --port-per-call")
-        if self.port_per_call and "python-out" in self.ab:
-            raise ValueError("ab: python-out compares against the batched shared port, not --port-per-call")
+        for name in ("python-out", "per-batch-drain"):
+            if self.port_per_call and name in self.ab:
+                raise ValueError(f"ab: {name} compares against the batched shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:
             raise ValueError(f"calls: give 1..10 values, got {len(self.calls)}")
         for n in self.calls:
@@ -213,6 +229,8 @@ class RelayBenchConfig:
             args += ["--ab", ",".join(self.ab) or "none"]
         if self.load_socket != default.load_socket:
             args += ["--load-socket", self.load_socket]
+        if self.profile:
+            args.append("--profile")
         return shlex.join(args)
 
 
@@ -396,6 +414,8 @@ class PhaseResult:
     workers: dict[str, Any] = field(default_factory=dict)
     syscalls: dict[str, Any] = field(default_factory=dict)
     """The subject's system calls in the window (``SyscallCounter``) and datagrams per call, or ``error``."""
+    profile: dict[str, Any] = field(default_factory=dict)
+    """With ``--profile``, phase 1's relay CPU by shared object (``Profile.as_json``), or ``error``."""
     label: str = ""
     """What ran: the variant's label for a relay phase."""
 
@@ -726,6 +746,7 @@ class Window:
     rtt_us: np.ndarray[Any, Any]
     metrics: tuple[RelayMetrics, RelayMetrics] | None
     syscalls: dict[str, Any]
+    profile: Profile | str | None = None
 
 
 async def _measure(
@@ -735,9 +756,10 @@ async def _measure(
     scrape: Callable[[], Any] | None,
     tag: str,
     subject_pid: int,
+    profile: bool = False,
 ) -> Window:
     """Start every worker on one schedule, snapshot CPU (and /metrics) around the steady-state window;
-    the subject's system calls are counted over it."""
+    the subject's system calls are counted over it (and with ``profile`` its CPU sampled by perf)."""
     cfg = ctx.config
     t0 = time.monotonic() + START_DELAY_S
     paths = [ctx.workdir / f"rtt-{tag}-{i}.npy" for i in range(len(workers))]
@@ -746,15 +768,18 @@ async def _measure(
     await asyncio.sleep(max(0.0, t0 + cfg.warmup - time.monotonic()))
     m0 = await scrape() if scrape else None
     counter = await SyscallCounter.start(subject_pid)
+    profiler = await CpuProfiler.start(subject_pid) if profile else None
     s0 = CpuSnapshot.take(pids)
     await asyncio.sleep(max(0.0, t0 + cfg.warmup + cfg.duration - time.monotonic()))
     s1 = CpuSnapshot.take(pids)
     syscalls = await counter.stop()
+    sampled = await profiler.stop() if profiler is not None else None
     m1 = await scrape() if scrape else None
     results = await asyncio.gather(*(w.wait_for("result", DRAIN_S + 60) for w in workers))
     rtt = np.concatenate([np.load(p) for p in paths]) if paths else np.zeros(0, dtype=np.float32)
     metrics = (m0, m1) if m0 is not None and m1 is not None else None
-    return Window(CpuWindow.between(s0, s1, pids.values()), list(results), rtt, metrics, syscalls)
+    cpu = CpuWindow.between(s0, s1, pids.values())
+    return Window(cpu, list(results), rtt, metrics, syscalls, sampled)
 
 
 def _phase_result(
@@ -990,7 +1015,9 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
             async def scrape() -> RelayMetrics:
                 return await _scrape(http)
 
-            window = await _measure(ctx, workers, pids, scrape, f"relay-{n}-{variant.name}", relay.pid)
+            profile = cfg.profile and variant.name == "default"
+            tag = f"relay-{n}-{variant.name}"
+            window = await _measure(ctx, workers, pids, scrape, tag, relay.pid, profile=profile)
             live_after = await _live_calls(http, ctx.key)
     finally:
         await _retire(workers)
@@ -1000,6 +1027,10 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
     phase = _phase_result(ctx, "relay", n, window, "relay", pids)
     phase.setup_s = round(setup_s, 2)
     phase.label = variant.label
+    if isinstance(window.profile, Profile):
+        phase.profile = window.profile.as_json()
+    elif window.profile is not None:
+        phase.profile = {"error": window.profile}
     moved = {k: int(m1.counters[k] - m0.counters[k]) for k in COUNTERS}
     phase.syscalls = with_datagrams(
         window.syscalls,
@@ -1309,6 +1340,29 @@ NOTES = (
 )
 
 
+def profile_table(calls: int, phase: PhaseResult) -> Table | str:
+    """Where phase 1's relay CPU went (``--profile``): each category's share of the samples and of a core,
+    with its busiest symbols; or why there is no profile."""
+    profile = phase.profile
+    if "error" in profile:
+        return f"[yellow]profile at {calls} calls: none ({profile['error']})[/]"
+    table = Table(
+        title=f"Where the relay's CPU went at {calls} calls (perf record over the window, "
+        f"{profile['samples']:,} samples; the relay CPU above includes perf's own sampling)",
+        title_justify="left",
+    )
+    for column, justify in (("where", "left"), ("share", "right"), ("% of a core", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("busiest symbols in it (share of all samples)")
+    tops: dict[str, list[str]] = {}
+    for entry in profile["top"]:
+        tops.setdefault(category(entry["dso"]), []).append(f"{entry['symbol']} {entry['percent']:.1f}%")
+    for name, share in profile["shares"].items():
+        core = phase.subject_cpu * share / 100
+        table.add_row(name, f"{share:.1f}%", f"{core:.1f}%", ", ".join(tops.get(name, [])[:3]))
+    return table
+
+
 def report(
     rows: Sequence[Row], config: RelayBenchConfig, info: dict[str, Any], cores: dict[str, Any]
 ) -> dict[str, Any]:
@@ -1360,6 +1414,8 @@ async def run_async(config: RelayBenchConfig, console: Console) -> dict[str, Any
                 row = await bench_one(ctx, n)
                 rows.append(row)
                 console.print(row_table(row, config))
+                if row.relay is not None and row.relay.profile:
+                    console.print(profile_table(row.calls, row.relay))
     finally:
         os.sched_setaffinity(0, original)
     cores = {

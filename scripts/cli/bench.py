@@ -52,7 +52,7 @@ def relay(
         str,
         typer.Option(
             help="A/B variants after the baseline: port-per-call, python, unbatched, per-datagram, "
-            "python-out (or none)."
+            "python-out, per-batch-drain (or none)."
         ),
     ] = "port-per-call",
     load_socket: Annotated[
@@ -62,6 +62,14 @@ def relay(
             "socket per caller (per-call, the load before issue 17's load work)."
         ),
     ] = "shared",
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="perf record the relay over the window at each N and print where its CPU went "
+            "(kernel, interpreter, libsrtp, our C...). Needs perf.",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout (tables go to stderr).")
     ] = False,
@@ -81,6 +89,7 @@ def relay(
             port_per_call=port_per_call,
             ab=parse_ab(ab),
             load_socket=load_socket,  # type: ignore[arg-type]  # checked by RelayBenchConfig
+            profile=profile,
         )
         from splitrelay.bench.support import split_cores
 

@@ -103,6 +103,7 @@ def test_parse_ab() -> None:
         ({"ab": ("fast",)}, "ab: 'fast' is not one of"),
         ({"port_per_call": True}, "ab: port-per-call is already phase 1"),
         ({"port_per_call": True, "ab": ("unbatched",)}, "ab: unbatched compares against"),
+        ({"port_per_call": True, "ab": ("per-batch-drain",)}, "ab: per-batch-drain compares against"),
     ],
 )
 def test_config_refuses_ab_that_compares_nothing(kwargs: dict[str, object], needle: str) -> None:
@@ -122,6 +123,32 @@ def test_the_shared_port_is_the_default_and_the_command_says_otherwise() -> None
     assert RelayBenchConfig(ab=()).command().endswith("--ab none")
     unbatched = variants(RelayBenchConfig(ab=("unbatched",)))[1][0]
     assert unbatched.shared_port and dict(unbatched.env) == {"SPLITRELAY_MEDIA_BATCH": "0"}
+    drain = variants(RelayBenchConfig(ab=("per-batch-drain",)))[1][0]
+    assert drain.shared_port and dict(drain.env) == {"SPLITRELAY_NATIVE_DRAIN": "0"}
+
+
+def test_profile_is_in_the_command_and_its_table_shows_each_category_as_a_share_of_a_core() -> None:
+    assert RelayBenchConfig(calls=(10,), profile=True).command().endswith(" --profile")
+    assert "--profile" not in RelayBenchConfig(calls=(10,)).command()
+    phase = _relay(40.0)
+    phase.profile = {
+        "samples": 4990,
+        "shares": {"kernel": 45.0, "python interpreter": 20.0, "libsrtp (pylibsrtp)": 25.0},
+        "top": [
+            {"percent": 9.5, "dso": "_binding.abi3.so", "symbol": "srtp_aes_gcm_openssl_encrypt"},
+            {"percent": 3.0, "dso": "libpython3.11.so.1.0", "symbol": "_PyEval_EvalFrameDefault"},
+        ],
+    }
+    console = Console(width=260, record=True, file=open("/dev/null", "w"))
+    console.print(bench_relay.profile_table(1000, phase))
+    text = console.export_text()
+    assert "1000 calls" in text and "4,990 samples" in text
+    kernel = next(line for line in text.splitlines() if "kernel" in line and "%" in line)
+    assert "45.0%" in kernel and "18.0%" in kernel  # 45% of the samples of a relay at 40% of a core
+    srtp = next(line for line in text.splitlines() if "libsrtp" in line)
+    assert "10.0%" in srtp and "srtp_aes_gcm_openssl_encrypt 9.5%" in srtp
+    phase.profile = {"error": "perf is not installed (Debian: linux-perf)"}
+    assert "perf is not installed" in str(bench_relay.profile_table(1000, phase))
 
 
 def test_cli_rejects_a_bad_ab_before_starting_anything() -> None:
