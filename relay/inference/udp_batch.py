@@ -62,6 +62,15 @@ def _load_sendmmsg() -> tuple[Any, Any] | None:
 _SENDMMSG = _load_sendmmsg()
 
 
+def sendmmsg_binding() -> tuple[Any, Any]:
+    """cffi's FFI (with ``struct mmsghdr`` and ``struct iovec``) and libc, for callers that build their own
+    message vectors from buffers they hold (the relay benchmark's load side); RuntimeError where libc has
+    no ``sendmmsg``."""
+    if _SENDMMSG is None:
+        raise RuntimeError("sendmmsg: this libc has none (Linux only)")
+    return _SENDMMSG
+
+
 def sockaddr(peer: Peer) -> bytes:
     """The raw ``sockaddr_in``/``sockaddr_in6`` for a numeric (host, port), as the kernel reads it."""
     host, port = peer

@@ -864,7 +864,7 @@ class SharedLoad:
     """
 
     def __init__(self, port: Any, batch: Any, tap: EchoTap, schedule: Schedule) -> None:
-        from splitrelay.bench.mmsg import load_sendmmsg
+        from splitrelay.inference.udp_batch import sendmmsg_binding
         from splitrelay.relay.media.peer import CandidatePolicy
 
         self.port = port
@@ -881,7 +881,7 @@ class SharedLoad:
         """Caller index -> the first frame not sent (its transport closed)."""
         self.queued = 0
         """Packets the socket could not take at once, sent in order through the port's queue."""
-        self._ffi, self._libc = load_sendmmsg()
+        self._ffi, self._libc = sendmmsg_binding()
         self._slots: list[_SlotSend | None] = [None] * SLOTS
         self._reports: list[list[list[int]]] = []
         self._remotes: list[Any] = []

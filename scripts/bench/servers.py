@@ -105,7 +105,8 @@ class BatchEcho:
     The same bytes as ``audio_out_from_audio_in`` (the reference: tests/unit/test_bench_load_shared.py),
     decided and rewritten with a few numpy operations per batch instead of Python per datagram, so the
     load core's headroom goes to the calls the bench offers. Receives with the relay's native
-    ``recvmmsg`` (relay/media/native ``RecvBatch``, read only); sends with scripts/bench/mmsg.py.
+    ``recvmmsg`` (relay/media/native ``RecvBatch``, read only); sends with libc's ``sendmmsg`` as
+    relay/inference/udp_batch.py binds it (``sendmmsg_binding``).
     The batch's first audio datagram names the relay whose datagrams are answered here; another
     relay's (none in the bench) take the SDK's path, which echoes them too.
     """
@@ -124,7 +125,7 @@ class BatchEcho:
         the socket holds unsent data (the echoes then go through ``fallback``, behind it)."""
         import numpy as np
 
-        from splitrelay.bench.mmsg import load_sendmmsg
+        from splitrelay.inference.udp_batch import sendmmsg_binding
         from splitrelay.relay.media import native
 
         self._recv = native.RecvBatch(sock.fileno(), batch)
@@ -138,7 +139,7 @@ class BatchEcho:
         """``sendto(data, peer)`` for echoes while the socket holds unsent data."""
         self.batch = batch
         self.calls_per_turn = calls_per_turn
-        ffi, self._libc = load_sendmmsg()
+        ffi, self._libc = sendmmsg_binding()
         recv = self._recv
         base = ffi.from_buffer(recv.mem)
         names = ffi.from_buffer(recv.names_mem)
