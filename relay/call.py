@@ -302,7 +302,7 @@ class Call:
             if isinstance(self._seq, SequenceUnwrapper):
                 slot.adopt(self._seq.state(), self._ts0_py)
             self._slot = self._seq = slot
-            slot.observe_dwell = self.dwell_in.observe_ns
+            slot.set_dwell(self.dwell_in)
             fp.on_fold = self._fold
             self.playout.publish = slot.set_playing_until
             slot.set_playing_until(self.playout.playing_until_ns())
@@ -403,7 +403,7 @@ class Call:
         ):
             outbound.close_entry(entry)
             return
-        entry.observe_dwell = self.dwell_out.observe_ns
+        entry.set_dwell(self.dwell_out)
         slot.outbound = entry
         self._out = entry
 

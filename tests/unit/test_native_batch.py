@@ -660,19 +660,16 @@ def test_the_slot_and_the_entry_point_c_at_the_call_histogram_until_they_go() ->
     slot = inbound.open_slot()
     assert slot is not None
     histogram = DwellHistogram()
-    slot.observe_dwell = histogram.observe_ns  # what relay/call.py hands over
+    slot.set_dwell(histogram)  # what relay/call.py hands over
     assert slot.c.dwell == native.dwell_state(histogram)
-    assert slot.observe_dwell == histogram.observe_ns
-    with pytest.raises(TypeError):
-        slot.observe_dwell = lambda _ns: None  # C cannot observe into a plain callable
     inbound.release(slot)
     assert slot.c.dwell == native._native.ffi.NULL
     outbound = native.NativeOutbound(4)
     entry = outbound.open_entry()
-    entry.observe_dwell = histogram.observe_ns
+    entry.set_dwell(histogram)
     assert entry.c.dwell == native.dwell_state(histogram)
     outbound.close_entry(entry)
-    assert entry.c.dwell == native._native.ffi.NULL and entry.observe_dwell is None
+    assert entry.c.dwell == native._native.ffi.NULL and entry._dwell is None
 
 
 def test_the_wakeup_micro_benchmark_runs_both_ways() -> None:

@@ -562,12 +562,6 @@ def dwell_state(histogram: DwellHistogramLike) -> Any:
     return state
 
 
-def _histogram_of(observe: Callable[[int], object] | None) -> DwellHistogramLike | None:
-    """The histogram whose bound ``observe_ns`` this is (the call hands the slots that), else None."""
-    histogram = getattr(observe, "__self__", None)
-    return histogram if histogram is not None and hasattr(histogram, "adopt_state") else None
-
-
 class InboundSlot:
     """One call's place in the per-batch inbound path: the C slot (``sr_call``) and its Python handles.
 
@@ -627,19 +621,6 @@ class InboundSlot:
         C ``sr_dwell``, the one copy the Python path observes into too); None: C observes nothing."""
         self._dwell = histogram
         self.c.dwell = self._inbound.ffi.NULL if histogram is None else dwell_state(histogram)
-
-    @property
-    def observe_dwell(self) -> Callable[[int], object] | None:
-        """The histogram's ``observe_ns`` (what relay/call.py hands over: ``set_dwell`` of its histogram)."""
-        observe: Callable[[int], object] | None = getattr(self._dwell, "observe_ns", None)
-        return observe
-
-    @observe_dwell.setter
-    def observe_dwell(self, observe: Callable[[int], object] | None) -> None:
-        histogram = _histogram_of(observe)
-        if observe is not None and histogram is None:
-            raise TypeError("observe_dwell takes a DwellHistogram's observe_ns (C observes into its state)")
-        self.set_dwell(histogram)
 
     def enable(self, wire_id: int, peer: tuple[str, int]) -> None:
         """Let C finish this call's packets, sending AUDIO_IN for ``wire_id`` to ``peer``."""
@@ -964,19 +945,6 @@ class OutboundEntry:
         """C observes the outbound dwell of this call's frames into ``histogram`` (as ``InboundSlot``)."""
         self._dwell = histogram
         self.c.dwell = self._outbound.ffi.NULL if histogram is None else dwell_state(histogram)
-
-    @property
-    def observe_dwell(self) -> Callable[[int], object] | None:
-        """The histogram's ``observe_ns`` (what relay/call.py hands over: ``set_dwell`` of its histogram)."""
-        observe: Callable[[int], object] | None = getattr(self._dwell, "observe_ns", None)
-        return observe
-
-    @observe_dwell.setter
-    def observe_dwell(self, observe: Callable[[int], object] | None) -> None:
-        histogram = _histogram_of(observe)
-        if observe is not None and histogram is None:
-            raise TypeError("observe_dwell takes a DwellHistogram's observe_ns (C observes into its state)")
-        self.set_dwell(histogram)
 
     def enable(self) -> None:
         c = self.c
