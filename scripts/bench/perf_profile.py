@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -69,17 +70,19 @@ class Profile:
         }
 
 
+def _rows(text: str) -> Iterator[tuple[float, int, str]]:
+    """(percent, samples, the rest of the line) of each row of ``perf report -n --stdio``'s table."""
+    for line in text.splitlines():
+        row = None if line.startswith("#") else _ROW.match(line)
+        if row is not None:
+            yield float(row[1]), int(row[2]), row[3]
+
+
 def parse_dso_report(text: str) -> tuple[int, list[tuple[str, float]]]:
     """``perf report --sort dso -n --stdio`` to (samples, [(category, percent)]), largest first."""
     samples = 0
     shares: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        row = _ROW.match(line)
-        if row is None:
-            continue
-        percent, count, dso = float(row[1]), int(row[2]), row[3]
+    for percent, count, dso in _rows(text):
         samples += count
         name = category(dso)
         shares[name] = shares.get(name, 0.0) + percent
@@ -90,14 +93,9 @@ def parse_dso_report(text: str) -> tuple[int, list[tuple[str, float]]]:
 def parse_symbol_report(text: str, limit: int = TOP_SYMBOLS) -> list[tuple[float, str, str]]:
     """``perf report --sort dso,sym -n --stdio`` to the ``limit`` busiest (percent, dso, symbol)."""
     out: list[tuple[float, str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        row = _ROW.match(line)
-        if row is None:
-            continue
-        dso, _, symbol = row[3].partition(" ")
-        out.append((float(row[1]), dso, symbol.strip().removeprefix("[.]").removeprefix("[k]").strip()))
+    for percent, _, rest in _rows(text):
+        dso, _, symbol = rest.partition(" ")
+        out.append((percent, dso, symbol.strip().removeprefix("[.]").removeprefix("[k]").strip()))
     out.sort(key=lambda item: -item[0])
     return out[:limit]
 
