@@ -196,28 +196,22 @@ class _NativeLinkReader(udp_recv.RecvBatch):
     def _drain_fused(self, drain: Drain) -> int:
         """``_drain_batches`` with the batch loop in C (``RelayLink.drain_native_out``): Python runs once per
         wake-up, and again only for a batch that has datagrams for it (then as ``_drain_batches`` does)."""
-        link, d = self._link, drain.state
-        turns = self.calls_per_turn
-        delivered = 0
-        for _ in range(turns):  # bounded: each C call makes at least one receive call
-            status = link.drain_native_out(drain, turns)
-            self.calls += d.calls
-            turns -= d.calls
-            delivered += d.delivered
-            if status != native.DRAIN_PYTHON:
-                if status < 0 and self._error(-status) and turns > 0:
-                    continue  # an ICMP error took this call; datagrams may wait behind it
-                break
-            n = d.n
-            if d.sent[1] < n:  # else only datagrams C made went back (the socket held data)
-                out = link.native_out
-                decisions = out.decisions if out is not None and d.sent[1] else None
-                delivered += self._deliver_batch(n, decisions)
-            else:
-                delivered += n
-            if self._stopped or n < self.batch or turns <= 0:
-                break
+        delivered, calls = native.drain_wakeup(
+            drain,
+            self._link.drain_native_out,
+            self.calls_per_turn,
+            self.batch,
+            self._error,
+            self._python_batch,
+            lambda: self._stopped,
+        )
+        self.calls += calls
         return delivered
+
+    def _python_batch(self, n: int, c_sent: bool) -> int:
+        """The last drained batch has datagrams for Python: deliver them as ``_drain_batches`` does."""
+        out = self._link.native_out
+        return self._deliver_batch(n, out.decisions if out is not None and c_sent else None)
 
     def _deliver_batch(self, n: int, decisions: memoryview | None) -> int:
         """Python's part of a batch of ``n``: every datagram C did not finish (``decisions[i]`` 0: finished;

@@ -370,30 +370,21 @@ class BatchReader:
     def _drain_fused(self, forward: NativeForward, drain: Drain) -> int:
         """``_drain_native`` with the batch loop in C (``NativeForward.run_drain``): Python runs once per
         wake-up, and again only for a batch that has datagrams for it (then as ``_drain_native`` does)."""
-        global _received_ns
-        d = drain.state
-        turns = self.calls_per_turn
-        delivered = 0
-        for _ in range(turns):  # bounded: each C call makes at least one receive call
-            status = forward.run_drain(drain, turns)
-            self.calls += d.calls
-            turns -= d.calls
-            delivered += d.delivered
-            if status != native.DRAIN_PYTHON:
-                if status < 0 and self._error(-status) and turns > 0:
-                    continue  # an ICMP error took this call; datagrams may wait behind it
-                break
-            n = d.n
-            if d.sent[1] < n:  # else only datagrams C made went back (the socket held data)
-                _received_ns = d.arrival_ns
-                decisions = forward.inbound.decisions if d.sent[1] else None
-                delivered += self._deliver_batch(self._recv, n, decisions)
-            else:
-                delivered += n
-            if n < self.batch or turns <= 0:
-                break  # the socket is empty, or this turn's calls are used
+        delivered, calls = native.drain_wakeup(
+            drain, forward.run_drain, self.calls_per_turn, self.batch, self._error, self._python_batch
+        )
+        self.calls += calls
         self.datagrams += delivered
         return delivered
+
+    def _python_batch(self, n: int, c_sent: bool) -> int:
+        """The last drained batch has datagrams for Python: deliver them as ``_drain_native`` does."""
+        global _received_ns
+        forward = self.forward
+        assert forward is not None and forward.drain is not None
+        _received_ns = forward.drain.state.arrival_ns
+        decisions = forward.inbound.decisions if c_sent else None
+        return self._deliver_batch(self._recv, n, decisions)
 
     def _deliver_batch(self, recv: RecvBatch | None, n: int, decisions: memoryview | None) -> int:
         """Python's part of a batch of ``n`` in ``recv``: every datagram C did not finish (``decisions[i]``

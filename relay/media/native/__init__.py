@@ -476,6 +476,42 @@ class Drain:
         return status
 
 
+def drain_wakeup(
+    drain: Drain,
+    run: Callable[[Drain, int], int],
+    turns: int,
+    batch: int,
+    on_error: Callable[[int], bool],
+    python_batch: Callable[[int, bool], int],
+    stopped: Callable[[], bool] | None = None,
+) -> tuple[int, int]:
+    """One wake-up of a socket drained in C, as both readers run it (the shared port's and the inference
+    socket's): ``run(drain, turns left)`` reads, finishes and sends batch after batch; a batch with datagrams
+    for Python goes to ``python_batch(n, c_sent_some)``, which returns the datagrams it counted, and the
+    wake-up goes on while the batch was full, turns remain and the reader has not ``stopped``.
+    ``on_error(errno)`` says whether a receive error (an ICMP one) may be read past. Returns (datagrams
+    delivered, receive calls made)."""
+    d = drain.state
+    delivered = calls = 0
+    for _ in range(turns):  # bounded: each C call makes at least one receive call
+        status = run(drain, turns)
+        calls += d.calls
+        turns -= d.calls
+        delivered += d.delivered
+        if status != DRAIN_PYTHON:
+            if status < 0 and on_error(-status) and turns > 0:
+                continue  # an ICMP error took this call; datagrams may wait behind it
+            break
+        n = d.n
+        if d.sent[1] < n:  # else only datagrams C made went back (the socket held data)
+            delivered += python_batch(n, bool(d.sent[1]))
+        else:
+            delivered += n
+        if (stopped is not None and stopped()) or n < batch or turns <= 0:
+            break  # stopped, the socket is empty, or this wake-up's calls are used
+    return delivered, calls
+
+
 def _drain_state(
     ffi: Any, recv: RecvBatch, decisions: Any, out: Any, out_slot: int, out_lengths: Any, out_index: Any
 ) -> Any:
