@@ -757,7 +757,50 @@ def rx_update() -> Callable[[Any, int, int, int], int]:
     return update
 
 
-class NativeInbound:
+class _BatchPath:
+    """What both per-batch C paths keep for C to fill: a decision per datagram, the datagrams C made (one
+    ``out_slot``-byte slot each, with their lengths and the call each is for, ``_out_index``), the sent
+    counts, and the clock C reads."""
+
+    def __init__(self, batch: int, out_slot: int) -> None:
+        self.ffi = ffi = _native.ffi
+        self.lib = _native.lib
+        self.batch = batch
+        self._out_slot = out_slot
+        self._decisions = ffi.new("int8_t[]", batch)
+        self.decisions = memoryview(ffi.buffer(self._decisions)).cast("b")
+        self._out = ffi.new("unsigned char[]", batch * out_slot)
+        self._out_mem = ffi.buffer(self._out)
+        self._out_lengths = ffi.new("int32_t[]", batch)
+        self.out_lengths = memoryview(ffi.buffer(self._out_lengths)).cast("i")
+        self._out_index = ffi.new("int32_t[]", batch)
+        self._sent = ffi.new("int32_t[2]")
+        self._clock: Any = None
+        self.table: Any = None
+
+    def set_clock(self, clock: Callable[[int], int] | None) -> None:
+        """The clock C reads (None: CLOCK_MONOTONIC, Python's ``perf_counter_ns``); tests give a fake one,
+        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``)."""
+        self._clock = None if clock is None else self.ffi.callback("int64_t(int32_t)", clock)
+        self.table.clock = self.ffi.NULL if self._clock is None else self._clock
+
+    def out(self, k: int) -> bytes:
+        """Datagram ``k`` C made in the last ``run``."""
+        start = k * self._out_slot
+        data: bytes = self._out_mem[start : start + self.out_lengths[k]]
+        return data
+
+    def _drain_state(self, recv: RecvBatch) -> Any:
+        """An ``sr_drain`` over ``recv``'s buffers and these outputs; ``recv`` must read at most ``batch``
+        datagrams at a time (the outputs are sized for that)."""
+        if recv._count > self.batch:
+            raise ValueError(f"batch of {recv._count} > {self.batch}")
+        return _drain_state(
+            self.ffi, recv, self._decisions, self._out, self._out_slot, self._out_lengths, self._out_index
+        )
+
+
+class NativeInbound(_BatchPath):
     """The per-batch inbound path of one shared port: the flow table, the call slots, reused buffers.
 
     ``run`` hands fastpath.c ``sr_batch_in`` the batch ``RecvBatch`` just read; ``decisions[i]`` then says
@@ -773,8 +816,8 @@ class NativeInbound:
             raise ValueError(f"calls must be 1..{1 << 20}, got {calls}")
         if not 1 <= batch <= RECV_BATCH_MAX:
             raise ValueError(f"batch must be 1..{RECV_BATCH_MAX}, got {batch}")
-        self.ffi = ffi = _native.ffi
-        self.lib = _native.lib
+        super().__init__(batch, WIRE_OUT_SLOT)
+        ffi = self.ffi
         self.calls = ffi.new("sr_call[]", calls)
         self._flows = ffi.new("sr_flow[]", flows)
         for i in range(flows):
@@ -788,23 +831,8 @@ class NativeInbound:
         self._free = list(range(calls - 1, -1, -1))
         self.slots: list[InboundSlot | None] = [None] * calls
         self._plain = ffi.new("unsigned char[]", SRTP_BUFFER)
-        self._decisions = ffi.new("int8_t[]", batch)
-        self.decisions = memoryview(ffi.buffer(self._decisions)).cast("b")
-        self._out = ffi.new("unsigned char[]", batch * WIRE_OUT_SLOT)
-        self._out_mem = ffi.buffer(self._out)
-        self._out_lengths = ffi.new("int32_t[]", batch)
-        self.out_lengths = memoryview(ffi.buffer(self._out_lengths)).cast("i")
-        self._out_slots = ffi.new("int32_t[]", batch)
-        self.out_slots = memoryview(ffi.buffer(self._out_slots)).cast("i")
-        self._sent = ffi.new("int32_t[2]")
-        self.batch = batch
-        self._clock: Any = None
-
-    def set_clock(self, clock: Callable[[int], int] | None) -> None:
-        """The clock C reads (None: CLOCK_MONOTONIC, Python's ``perf_counter_ns``); tests give a fake one,
-        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``)."""
-        self._clock = None if clock is None else self.ffi.callback("int64_t(int32_t)", clock)
-        self.table.clock = self.ffi.NULL if self._clock is None else self._clock
+        self.out_slots = memoryview(ffi.buffer(self._out_index)).cast("i")
+        """The call slot of each datagram C made."""
 
     def open_slot(self) -> InboundSlot | None:
         """A fresh slot for a call, or None when all are taken (the call stays on the Python path)."""
@@ -852,7 +880,7 @@ class NativeInbound:
             self._out,
             WIRE_OUT_SLOT,
             self._out_lengths,
-            self._out_slots,
+            self._out_index,
             fd,
             self._sent,
         )
@@ -861,21 +889,10 @@ class NativeInbound:
         return nout, int(self._sent[0]), int(self._sent[1])
 
     def drain_for(self, recv: RecvBatch) -> Drain:
-        """``recv``'s socket drained batch after batch through this path (``Drain``); ``recv`` must read at
-        most ``batch`` datagrams at a time (the outputs are sized for that)."""
-        if recv._count > self.batch:
-            raise ValueError(f"batch of {recv._count} > {self.batch}")
-        d = _drain_state(
-            self.ffi, recv, self._decisions, self._out, WIRE_OUT_SLOT, self._out_lengths, self._out_slots
-        )
+        """``recv``'s socket drained batch after batch through this path (``Drain``)."""
+        d = self._drain_state(recv)
         d.plain = self._plain
         return Drain(self.lib.sr_drain_in, self.table, d)
-
-    def out(self, k: int) -> bytes:
-        """Wire datagram ``k`` of the last ``run``."""
-        start = k * WIRE_OUT_SLOT
-        data: bytes = self._out_mem[start : start + self.out_lengths[k]]
-        return data
 
 
 # --- the per-batch outbound path (issue 17, step 2) ------------------------------------------------
@@ -1024,7 +1041,7 @@ class OutboundEntry:
         return counts
 
 
-class NativeOutbound:
+class NativeOutbound(_BatchPath):
     """The per-batch outbound path of one relay process: the call-id table, the entries, reused buffers.
 
     ``run`` hands fastpath.c ``sr_batch_out`` a batch read from the inference socket; ``decisions[i]`` then
@@ -1038,8 +1055,8 @@ class NativeOutbound:
             raise ValueError(f"ids must be a power of two 16..{1 << 20}, got {ids}")
         if not 1 <= batch <= RECV_BATCH_MAX:
             raise ValueError(f"batch must be 1..{RECV_BATCH_MAX}, got {batch}")
-        self.ffi = ffi = _native.ffi
-        self.lib = _native.lib
+        super().__init__(batch, OUT_SLOT)
+        ffi = self.ffi
         self._ids = ffi.new("sr_id[]", ids)
         self.table = ffi.new("sr_out_table *")
         self.table.ids = self._ids
@@ -1048,28 +1065,13 @@ class NativeOutbound:
         self.table.reserve = pylibsrtp.SRTP_MAX_TRAILER_LEN
         self.entries: list[OutboundEntry | None] = []
         self._free: list[int] = []
-        self._decisions = ffi.new("int8_t[]", batch)
-        self.decisions = memoryview(ffi.buffer(self._decisions)).cast("b")
-        self._out = ffi.new("unsigned char[]", batch * OUT_SLOT)
-        self._out_mem = ffi.buffer(self._out)
-        self._out_lengths = ffi.new("int32_t[]", batch)
-        self.out_lengths = memoryview(ffi.buffer(self._out_lengths)).cast("i")
-        self._out_handles = ffi.new("int32_t[]", batch)
-        self.out_handles = memoryview(ffi.buffer(self._out_handles)).cast("i")
+        self.out_handles = memoryview(ffi.buffer(self._out_index)).cast("i")
+        """The entry handle of each datagram C made."""
         self._out_due = ffi.new("int64_t[]", batch)
         self.out_due = memoryview(ffi.buffer(self._out_due)).cast("q")
-        self._sent = ffi.new("int32_t[2]")
-        self.batch = batch
         self.batches = 0
         self.finished = 0
         """Datagrams from inference C finished (never seen by Python)."""
-        self._clock: Any = None
-
-    def set_clock(self, clock: Callable[[int], int] | None) -> None:
-        """The clock C reads (None: CLOCK_MONOTONIC, Python's ``perf_counter_ns``); tests give a fake one,
-        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``)."""
-        self._clock = None if clock is None else self.ffi.callback("int64_t(int32_t)", clock)
-        self.table.clock = self.ffi.NULL if self._clock is None else self._clock
 
     def open_entry(self) -> OutboundEntry:
         handle = self._free.pop() if self._free else len(self.entries)
@@ -1135,7 +1137,7 @@ class NativeOutbound:
             self._out,
             OUT_SLOT,
             self._out_lengths,
-            self._out_handles,
+            self._out_index,
             self._out_due,
             fd,
             self._sent,
@@ -1156,19 +1158,9 @@ class NativeOutbound:
 
     def drain_for(self, recv: RecvBatch) -> Drain:
         """``recv``'s socket (inference's) drained batch after batch through this path (``Drain``)."""
-        if recv._count > self.batch:
-            raise ValueError(f"batch of {recv._count} > {self.batch}")
-        d = _drain_state(
-            self.ffi, recv, self._decisions, self._out, OUT_SLOT, self._out_lengths, self._out_handles
-        )
+        d = self._drain_state(recv)
         d.out_due = self._out_due
         return Drain(self.lib.sr_drain_out, self.table, d)
-
-    def out(self, k: int) -> bytes:
-        """Protected datagram ``k`` of the last ``run``."""
-        start = k * OUT_SLOT
-        data: bytes = self._out_mem[start : start + self.out_lengths[k]]
-        return data
 
 
 def classify(data: bytes) -> int:
