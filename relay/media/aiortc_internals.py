@@ -23,6 +23,7 @@ from typing import Any
 import aioice.candidate
 import aioice.ice
 import aioice.stun
+import aiortc.rtcdtlstransport
 import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcicetransport import RTCIceGatherer
@@ -285,6 +286,38 @@ def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
     return dtls
 
 
+SRTP_PROFILE_NAMES = ("SRTP_AEAD_AES_256_GCM", "SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80")
+"""The DTLS-SRTP profiles aiortc can negotiate, in its order of preference (RFC 5764, RFC 7714 names)."""
+
+
+def restrict_srtp_profiles(pc: RTCPeerConnection, names: tuple[str, ...]) -> None:
+    """Offer and accept only ``names`` in ``pc``'s DTLS handshake (its transceivers must exist).
+
+    aiortc negotiates AES-GCM first and has no public option; a peer restricted to
+    SRTP_AES128_CM_SHA1_80 makes both ends use it, so the relay's cost can be measured under the profile
+    an SFU may pick. Must run before DTLS starts (before the remote description is applied).
+    """
+    unknown = [name for name in names if name not in SRTP_PROFILE_NAMES]
+    if unknown or not names:
+        raise ValueError(f"SRTP profiles must be some of {', '.join(SRTP_PROFILE_NAMES)}; got {list(names)}")
+    available = list(getattr(aiortc.rtcdtlstransport, "SRTP_PROFILES", []))
+    chosen = [p for p in available if p.openssl_profile.decode() in names]
+    if not chosen:
+        raise ValueError(f"this libsrtp offers none of {list(names)}")
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        raise ValueError("restrict_srtp_profiles: add the transceivers first")
+    for transceiver in transceivers:
+        dtls = transceiver.receiver.transport
+        if not isinstance(getattr(dtls, "_srtp_profiles", None), list):
+            raise _changed("RTCDtlsTransport._srtp_profiles is not a list")
+        if dtls.state != "new":
+            raise RuntimeError(
+                f"DTLS transport is {dtls.state!r}: restrict its SRTP profiles before it starts"
+            )
+        dtls._srtp_profiles = chosen
+
+
 def srtp_link(dtls: RTCDtlsTransport) -> SrtpLink:
     if dtls.state != "connected":
         raise RuntimeError(f"DTLS transport is {dtls.state!r}: the fast path attaches once it is 'connected'")
@@ -493,6 +526,10 @@ def check_static() -> list[str]:
         RTCDtlsTransport, "_recv_next", "self._rx_srtp.unprotect", "self.transport._recv()"
     )
     problems += _source_has(RTCDtlsTransport, "_send_rtp", "self._tx_srtp.protect")
+    # restrict_srtp_profiles: each transport's own list, what start() hands the SSL context and the keys
+    problems += _source_has(RTCDtlsTransport, "__init__", "self._srtp_profiles = SRTP_PROFILES")
+    problems += _source_has(RTCDtlsTransport, "start", "srtp_profiles=self._srtp_profiles")
+    problems += _source_has(RTCDtlsTransport, "_setup_srtp", "for srtp_profile in self._srtp_profiles:")
     # A remote address several calls share (demux.py): an encrypted DTLS record (a close_notify) goes to
     # every call there whose handshake is over; each must drop, not fail on, a record that is not its own.
     problems += _source_has(

@@ -14,7 +14,8 @@ from aiortc import RTCPeerConnection
 
 from splitrelay.relay.media import aiortc_internals
 from splitrelay.relay.media.aiortc_internals import UPGRADE_MESSAGE, check_peer, check_static
-from tests.integration.conftest import VoicePair
+from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
+from tests.integration.conftest import VoicePair, connect_stock_client
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +243,48 @@ async def test_consent_is_taken_from_a_connected_connection_and_given_back(voice
     assert restarted is not None and not restarted.done()
     await connection.close()
     assert aiortc_internals.take_consent(connection) is None
+
+
+def _selected_srtp_profile(peer: VoicePeer) -> bytes:
+    ssl = getattr(aiortc_internals.dtls_transport(peer.pc), "_ssl")  # noqa: B009 (test-only look)
+    return bytes(ssl.get_selected_srtp_profile())
+
+
+@pytest.mark.parametrize(
+    ("restricted", "expected"),
+    [
+        ((), b"SRTP_AEAD_AES_256_GCM"),  # aiortc's own preference: what an unrestricted pair picks
+        (("SRTP_AES128_CM_SHA1_80",), b"SRTP_AES128_CM_SHA1_80"),
+        (("SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"), b"SRTP_AEAD_AES_128_GCM"),
+    ],
+)
+async def test_a_restricted_peer_makes_both_ends_use_its_srtp_profile(
+    restricted: tuple[str, ...], expected: bytes
+) -> None:
+    client = RTCPeerConnection()
+    relay = VoicePeer(VoicePeerConfig(candidates=LOOPBACK))
+    try:
+        client.addTransceiver("audio")
+        if restricted:
+            aiortc_internals.restrict_srtp_profiles(client, restricted)
+        await connect_stock_client(client, relay)
+        assert _selected_srtp_profile(relay) == expected
+        link = aiortc_internals.srtp_link(aiortc_internals.dtls_transport(relay.pc))
+        assert isinstance(link.rx, pylibsrtp.Session)
+    finally:
+        await client.close()
+        await relay.close()
+
+
+async def test_restricting_srtp_profiles_refuses_what_it_cannot_do() -> None:
+    pc = RTCPeerConnection()
+    try:
+        with pytest.raises(ValueError, match="add the transceivers first"):
+            aiortc_internals.restrict_srtp_profiles(pc, ("SRTP_AES128_CM_SHA1_80",))
+        pc.addTransceiver("audio")
+        with pytest.raises(ValueError, match="SRTP profiles must be some of"):
+            aiortc_internals.restrict_srtp_profiles(pc, ("SRTP_NULL",))
+        with pytest.raises(ValueError, match="SRTP profiles must be some of"):
+            aiortc_internals.restrict_srtp_profiles(pc, ())
+    finally:
+        await pc.close()
