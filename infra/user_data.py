@@ -11,6 +11,8 @@ What it sets up, in boot order:
 - `splitrelay-prepare.service` (oneshot, root): claims the region's free Elastic IP slot, joins the
   slot's Global Accelerator endpoint groups when the stack uses them, writes the Origin CA TLS files
   (relay/aws_bootstrap.py `prepare`); on stop it gives the slot back (`release`);
+- the kernel's per-socket UDP buffer caps raised (/etc/sysctl.d/60-splitrelay-udp.conf), so the relay's
+  media and inference sockets get the buffers they ask for instead of Ubuntu's 208 KiB;
 - nginx: TLS on 443 (the only control port the security group opens) in front of the relay's
   plain-HTTP control API on 127.0.0.1:8700;
 - `splitrelay-relay.service` (user `splitrelay`): `splitrelay relay serve --workers <cores>` wrapped by
@@ -33,6 +35,10 @@ VENV = "/opt/splitrelay"
 TLS_DIR = "/etc/splitrelay/tls"
 MAX_USER_DATA_BYTES = 16 * 1024  # EC2's limit, before base64
 DRAIN_GRACE_S = 30
+UDP_BUFFER_MAX_BYTES = 16 * 1024 * 1024
+"""net.core.rmem_max/wmem_max on the instance. The relay asks for 4 MiB per media socket and 2 MiB per
+inference socket; Ubuntu caps every socket at 208 KiB unless these are raised, and the kernel silently
+gives the cap: about 4 ms of datagrams at 1,000 calls, so any longer pause of the relay drops packets."""
 """`relay serve`'s default --drain-grace: what SIGTERM gives live calls before it closes them."""
 
 
@@ -209,6 +215,11 @@ export DEBIAN_FRONTEND=noninteractive
 APT="apt-get -o DPkg::Lock::Timeout=600"
 $APT update -q
 $APT install -y -q python3-venv python3-dev gcc nginx curl
+# UDP socket buffers: let the relay's sockets have what they ask for (Ubuntu caps them at 208 KiB).
+install -d /etc/sysctl.d
+printf 'net.core.rmem_max = %s\\nnet.core.wmem_max = %s\\n' {UDP_BUFFER_MAX_BYTES} {UDP_BUFFER_MAX_BYTES} \\
+  > /etc/sysctl.d/60-splitrelay-udp.conf
+sysctl -q -p /etc/sysctl.d/60-splitrelay-udp.conf
 
 # The instance metadata service (AWS_EC2_METADATA_SERVICE_ENDPOINT is botocore's own override of it).
 IMDS=${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-{IMDS_URL}}}

@@ -30,7 +30,7 @@ ACCESS_KEY, SECRET_KEY, SESSION_TOKEN = (
 )
 ROLE = "splitrelay-relay-role"
 BUCKET, STACK, REGION = "splitrelay-use1-rehearsal", "rehearsal", "us-east-1"
-STUBBED = "apt-get id useradd systemctl shutdown poweroff"
+STUBBED = "apt-get id useradd systemctl shutdown poweroff sysctl"
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ import pytest
 
 from splitrelay.infra.bundle import RelayBundle, build_bundle
 from splitrelay.infra.settings import CONTROL_PORT
+from splitrelay.infra.user_data import UDP_BUFFER_MAX_BYTES
 from tests.deploy.boot_support import (
     ACCESS_KEY,
     BUCKET,
@@ -89,6 +90,15 @@ def test_the_user_data_installs_the_checked_bundle_and_the_unit_starts_a_healthy
         [venv / "bin" / "python", "-c", probe], capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "native", loaded.stdout + loaded.stderr
+    # The kernel lets the relay's sockets have the buffers they ask for, before the relay starts.
+    sysctl_conf = tmp_path / "etc" / "sysctl.d" / "60-splitrelay-udp.conf"
+    limits = dict(line.split(" = ") for line in sysctl_conf.read_text().splitlines())
+    assert limits == {
+        "net.core.rmem_max": str(UDP_BUFFER_MAX_BYTES),
+        "net.core.wmem_max": str(UDP_BUFFER_MAX_BYTES),
+    }
+    applied = stubbed.index(f"sysctl -q -p {sysctl_conf}")
+    assert applied < stubbed.index("systemctl enable --now splitrelay-relay.service")
     assert "systemctl enable --now splitrelay-relay.service" in stubbed
     assert stubbed[-1] == "systemctl enable --now splitrelay-health.timer"
     unit = (tmp_path / "etc" / "systemd" / "system" / "splitrelay-relay.service").read_text()

@@ -20,6 +20,7 @@ from splitrelay.infra.settings import CONTROL_PORT, METRICS_PORT
 from splitrelay.infra.user_data import (
     DRAIN_GRACE_S,
     MAX_USER_DATA_BYTES,
+    UDP_BUFFER_MAX_BYTES,
     RelayBoot,
     relay_command,
     render_user_data,
@@ -65,6 +66,25 @@ def test_installs_the_hash_checked_bundle_offline_and_nginx() -> None:
     native = script.index("/opt/splitrelay/bin/python -m splitrelay.relay.native.build ||\n")
     assert install < native < script.index("useradd")
     assert 'APT="apt-get -o DPkg::Lock::Timeout=600"' in script  # waits for unattended-upgrades
+
+
+def test_the_kernel_lets_the_relays_sockets_have_the_buffers_they_ask_for() -> None:
+    """Ubuntu caps a socket's buffer at net.core.rmem_max (208 KiB) and gives the cap without an error."""
+    from splitrelay.relay.inference.endpoint import SOCKET_BUFFER as INFERENCE_SOCKET_BUFFER
+    from splitrelay.relay.media import shared_port
+
+    media_socket_buffer = getattr(shared_port, "_SOCKET_BUFFER")  # noqa: B009 (the relay's own request)
+    assert UDP_BUFFER_MAX_BYTES >= max(media_socket_buffer, INFERENCE_SOCKET_BUFFER)
+    script = render_user_data(BOOT)
+    conf = "/etc/sysctl.d/60-splitrelay-udp.conf"
+    assert (
+        f"net.core.rmem_max = %s\\nnet.core.wmem_max = %s\\n' {UDP_BUFFER_MAX_BYTES} {UDP_BUFFER_MAX_BYTES}"
+        in script
+    )
+    applied = script.index(f"sysctl -q -p {conf}")
+    assert (
+        script.index(f"> {conf}") < applied < script.index("systemctl enable --now splitrelay-relay.service")
+    )
 
 
 def test_relay_runs_with_one_worker_per_core_on_the_private_address() -> None:
