@@ -25,6 +25,7 @@ from splitrelay.relay.backend import CallBackend
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
 from splitrelay.relay.edge_link import EdgeLink, EdgeLinkSettings
+from splitrelay.relay.gc_pauses import GcPauseCollector, GcPauses
 from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
 from splitrelay.relay.inference_link import (
     DEFAULT_AGENT_TIMEOUT_S,
@@ -174,6 +175,8 @@ class RelayServer:
         self.edge: EdgeLink | None = None
         self._control: ControlServer | None = None
         self._shared_port: SharedUdpPort | None = None
+        self.gc_pauses = GcPauses()
+        """The collector's pauses of this process, served on /metrics (relay/gc_pauses.py)."""
         self.port = 0
 
     @property
@@ -235,6 +238,8 @@ class RelayServer:
         manager = self.manager
         if self._shared_port is not None:
             manager.collector.port_stats = self._port_stats
+        self.gc_pauses.install()
+        manager.registry.register(GcPauseCollector(self.gc_pauses, s.process))
         if s.edge is not None:
             self.edge = EdgeLink(s.edge, lambda: list(manager.calls), draining=lambda: manager.draining)
             manager.on_ended = self.edge.call_ended
@@ -265,6 +270,7 @@ class RelayServer:
         """Close every call (the edge is told), stop serving, release the sockets. Idempotent."""
         if self.manager is not None:
             await self.manager.shutdown()
+        self.gc_pauses.uninstall()
         if self.edge is not None:
             await self.edge.aclose()
             self.edge = None
