@@ -81,6 +81,52 @@ SHARED_RECV_BATCH = 64  # datagrams per recvmmsg on the shared socket
 SHARED_RECV_CALLS_PER_TURN = 8  # recvmmsg calls per loop turn on the shared socket
 LoadSocket = Literal["per-call", "shared"]
 LOAD_SOCKETS: tuple[LoadSocket, ...] = ("shared", "per-call")
+
+
+@dataclass(frozen=True)
+class SrtpProfile:
+    """One DTLS-SRTP profile the callers offer alone (``--srtp-profile``), so the relay must use it."""
+
+    name: str
+    """The bench's name for it (``--srtp-profile``)."""
+    openssl: str
+    """OpenSSL's name, what ``aiortc_internals.restrict_srtp_profiles`` takes."""
+    tag_bytes: int
+    """Its SRTP authentication tag: the bytes a packet grows by, and how a call proves which it uses."""
+
+
+SRTP_PROFILES: dict[str, SrtpProfile] = {
+    # aiortc's own first choice, what every run before ``--srtp-profile`` negotiated
+    "gcm": SrtpProfile("gcm", "SRTP_AEAD_AES_256_GCM", 16),
+    # what an SFU may pick instead: about twice libsrtp's instructions per packet (docs/benchmarks.md)
+    "cm80": SrtpProfile("cm80", "SRTP_AES128_CM_SHA1_80", 10),
+}
+DEFAULT_SRTP_PROFILE = "gcm"
+
+
+def srtp_profile(name: str) -> SrtpProfile:
+    """The profile called ``name``; the error lists the choices."""
+    profile = SRTP_PROFILES.get(name)
+    if profile is None:
+        raise ValueError(f"--srtp-profile: must be one of {', '.join(SRTP_PROFILES)}, got {name!r}")
+    return profile
+
+
+def srtp_tag_bytes(packet_bytes: int, header_bytes: int, payload_bytes: int) -> int:
+    """The SRTP tag of a protected packet: what protect added to header + payload."""
+    return packet_bytes - header_bytes - payload_bytes
+
+
+def check_srtp_profile(profile: SrtpProfile, tag_bytes: int) -> None:
+    """A call protects with the profile asked for, or the run stops here: each profile has its own tag
+    length (the two GCM key sizes share one, and the callers offer exactly one profile)."""
+    if tag_bytes != profile.tag_bytes:
+        raise RuntimeError(
+            f"SRTP profile: asked for {profile.openssl} ({profile.tag_bytes}-byte tag), but the call "
+            f"protects with a {tag_bytes}-byte tag: the relay negotiated another profile"
+        )
+
+
 _FLOW_HEADER = struct.Struct("!BI")  # baseline datagram: leg (1 = caller-sized, 2 = wire-sized), seq
 
 
@@ -427,12 +473,21 @@ class Caller(Flow):
     """
 
     def __init__(
-        self, frames: list[tuple[bytes, int]], rtts: array.array[int], candidates: Any = None
+        self,
+        frames: list[tuple[bytes, int]],
+        rtts: array.array[int],
+        candidates: Any = None,
+        profile: SrtpProfile | None = None,
     ) -> None:
+        """``profile``: the one DTLS-SRTP profile this caller offers (None: aiortc's whole list)."""
+        from splitrelay.relay.media import aiortc_internals
         from splitrelay.relay.media.peer import LOOPBACK, VoicePeer, VoicePeerConfig
         from splitrelay.relay.media.srtp_fastpath import SrtpFastPath
 
         self.peer = VoicePeer(VoicePeerConfig(candidates=candidates or LOOPBACK))
+        self.srtp_profile = profile
+        if profile is not None:  # the transceiver exists; DTLS has not started
+            aiortc_internals.restrict_srtp_profiles(self.peer.pc, (profile.openssl,))
         self.fast_path: SrtpFastPath | None = None
         self.matcher = EchoMatcher(rtts)
         self._frames = frames
@@ -445,6 +500,8 @@ class Caller(Flow):
         self._remote: Any = None
         self._hooked: tuple[Any, Callable[[bytes, Any], None]] | None = None  # (ICE protocol, its handler)
         self.srtp_overhead = 0
+        self.srtp_tag_bytes = 0
+        """The tag its SRTP session adds (after prepare()): 16 for AES-GCM, 10 for AES-CM + HMAC-SHA1-80."""
         # RTP that reached the fast path's own handler, or came before prepare(): none expected.
         self.stray = 0
         self.prepared = 0
@@ -531,7 +588,10 @@ class Caller(Flow):
         self.prepared = count
         self._rtcp_phase = rtcp_phase % RTCP_EVERY
         payload0 = self._frames[0][0]
-        tag = len(packets[0]) - (RTP_HEADER + len(extensions[0]) + len(payload0))
+        tag = srtp_tag_bytes(len(packets[0]), RTP_HEADER + len(extensions[0]), len(payload0))
+        if self.srtp_profile is not None:
+            check_srtp_profile(self.srtp_profile, tag)
+        self.srtp_tag_bytes = tag
         self.srtp_overhead = len(packets[0]) - len(payload0)
         self.echoes = EchoCounter(self._frames, tag, self.matcher, fp.rx.unprotect)
         transport = fp.transport
@@ -653,6 +713,10 @@ class EchoTap:
         self.log_caller = np.zeros(capacity, dtype=np.int32)
         self.log_frame = np.zeros(capacity, dtype=np.int16)
         self.log_arrival = np.zeros(capacity, dtype=np.int64)
+        self.log_timestamp = np.zeros(capacity, dtype=np.uint32)
+        """The echo's RTP timestamp: the relay's playout timeline (``pacing_lateness``)."""
+        self.log_marker = np.zeros(capacity, dtype=np.bool_)
+        """The echo's RTP marker: the relay started a new talk spurt (its timeline restarted) there."""
         self.logged = 0
         self.overflow = 0
         """Echoes past the log's capacity: counted, not matched (none expected: it holds every send)."""
@@ -769,7 +833,14 @@ class EchoTap:
                 decisions[at] = 0
                 handled += len(at)
                 if self.counting:
-                    self._log(self._owners[position], frame, arrival_ns, at, size)
+                    timestamp = (
+                        (r[:, 4].astype(np.uint32) << 24)
+                        | (r[:, 5].astype(np.uint32) << 16)
+                        | (r[:, 6].astype(np.uint32) << 8)
+                        | r[:, 7]
+                    )
+                    marker = r[:, 1] >= 128
+                    self._log(self._owners[position], frame, arrival_ns, at, size, timestamp, marker)
         if rtcp.any():
             for i in np.flatnonzero(rtcp).tolist():
                 data = bytes(rows[i, : size[i]])
@@ -788,6 +859,8 @@ class EchoTap:
         arrival_ns: int,
         at: np.ndarray[Any, Any],
         size: np.ndarray[Any, Any],
+        timestamps: np.ndarray[Any, Any],
+        markers: np.ndarray[Any, Any],
     ) -> None:
         n = len(owners)
         start = self.logged
@@ -799,6 +872,8 @@ class EchoTap:
         self.log_caller[start:end] = owners[:n]
         self.log_frame[start:end] = frames[:n]
         self.log_arrival[start:end] = arrival_ns
+        self.log_timestamp[start:end] = timestamps[:n]
+        self.log_marker[start:end] = markers[:n]
         self.logged = end
         first = -(-start // SAMPLE_EVERY) * SAMPLE_EVERY  # the first log position due a sample
         mem = self._mem
@@ -886,6 +961,8 @@ class SharedLoad:
         self._reports: list[list[list[int]]] = []
         self._remotes: list[Any] = []
         self._names: list[Any] = []
+        self.lateness_ms = np.zeros(0, dtype=np.float64)
+        """Pacing lateness of the window's echoes (``settle``; ``pacing_lateness``)."""
 
     @classmethod
     async def open(cls, schedule: Schedule, host: str = "127.0.0.1") -> SharedLoad:
@@ -987,11 +1064,12 @@ class SharedLoad:
 
     def settle(self) -> None:
         """After the drain: loss, round trips and the SRTP proof from the two logs (``settle_shared``)."""
-        settle_shared(self.callers, self.tap, self.schedule, self.slot_ns, self.stopped)
+        self.lateness_ms = settle_shared(self.callers, self.tap, self.schedule, self.slot_ns, self.stopped)
 
-    def report(self) -> dict[str, int]:
+    def report(self) -> dict[str, Any]:
         stats = self.port.stats()
         return {
+            **pacing_report(self.lateness_ms),
             "load_port_echoes_logged": self.tap.logged,
             "load_port_log_overflow": self.tap.overflow,
             "load_port_rtcp_routed": self.tap.rtcp,
@@ -1005,17 +1083,60 @@ class SharedLoad:
         await self.port.close()
 
 
+RTP_CLOCK_HZ = 48_000
+PACING_LATE_MS = 20.0
+"""A frame later than this past its slot on the relay's timeline is a frame late (``pacing_report``)."""
+
+
+def pacing_lateness(
+    arrival_ns: np.ndarray[Any, Any], timestamps: np.ndarray[Any, Any], markers: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """How late (ms) each of one call's echoes reached the caller past its slot on the relay's playout
+    timeline, in arrival order; negative: ahead of it.
+
+    The relay stamps each frame with its timeline's RTP timestamp (relay/playout.py: 20 ms a frame, a
+    paced frame leaves up to `lead` before its slot) and sets the marker where a talk spurt restarts
+    the timeline at the wall clock, so that frame left at its slot. Against the spurt's first frame, as a
+    caller's jitter buffer anchors a talk spurt: arrival minus RTP time, minus the anchor's. What the
+    caller sees, whether the relay paced the frame or passed it through, and without its clock.
+    """
+    n = len(arrival_ns)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    ts = timestamps.astype(np.int64)
+    since_first = (ts - ts[0] + (1 << 31)) % (1 << 32) - (1 << 31)  # 32-bit wrap, from the first echo
+    transit = arrival_ns.astype(np.float64) - since_first * (1e9 / RTP_CLOCK_HZ)
+    index = np.arange(n)
+    anchor = np.maximum.accumulate(np.where(markers, index, 0))  # the first echo anchors too
+    late: np.ndarray[Any, Any] = (transit - transit[anchor]) / 1e6
+    return late
+
+
+def pacing_report(late_ms: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """p50 / p99 / max lateness past the slot, and how many frames were later than PACING_LATE_MS."""
+    if not len(late_ms):
+        return {"pacing_frames": 0}
+    return {
+        "pacing_frames": len(late_ms),
+        "pacing_late_p50_ms": round(float(np.percentile(late_ms, 50)), 3),
+        "pacing_late_p99_ms": round(float(np.percentile(late_ms, 99)), 3),
+        "pacing_late_max_ms": round(float(late_ms.max()), 3),
+        "pacing_late_frames": int((late_ms > PACING_LATE_MS).sum()),
+    }
+
+
 def settle_shared(
     callers: Sequence[Any],
     tap: EchoTap,
     schedule: Schedule,
     slot_ns: np.ndarray[Any, Any],
     stopped: dict[int, int],
-) -> None:
+) -> np.ndarray[Any, Any]:
     """Each caller's sends (frame k of caller i left at ``slot_ns[k, slot of i]``, until ``stopped[i]``)
     and its logged echoes, merged in time order, through its ``EchoMatcher``, as they would have reached
     it live; the sampled echoes through its ``EchoCounter``, in arrival order. Sets each caller's sent,
-    sent-in-window and send-failure counts."""
+    sent-in-window and send-failure counts. Returns the pacing lateness (``pacing_lateness``, ms) of
+    the echoes that arrived from the window's first send on."""
     tap.counting = False
     n = tap.logged
     owners = tap.log_caller[:n]
@@ -1024,6 +1145,9 @@ def settle_shared(
     frames = tap.log_frame[:n]
     arrivals = tap.log_arrival[:n]
     window_slot = schedule.window_slot
+    window_tick = slot_ns[min(window_slot // SLOTS, len(slot_ns) - 1)]
+    window_ns = int(window_tick[window_tick > 0].min()) if (window_tick > 0).any() else 0
+    lateness: list[np.ndarray[Any, Any]] = []
     for i, caller in enumerate(callers):
         slot = schedule.slot_of(i)
         sent = stopped.get(i, schedule.frames_of(i))
@@ -1032,6 +1156,8 @@ def settle_shared(
         caller.sent_window = sum(1 for k in range(sent) if k * SLOTS + slot >= window_slot)
         caller.send_failures = schedule.frames_of(i) - sent
         rows = order[bounds[i] : bounds[i + 1]]
+        late = pacing_lateness(arrivals[rows], tap.log_timestamp[rows], tap.log_marker[rows])
+        lateness.append(late[arrivals[rows] >= window_ns])
         matcher = caller.matcher
         k = 0
         for frame, arrival in zip(frames[rows].tolist(), arrivals[rows].tolist(), strict=True):
@@ -1045,6 +1171,7 @@ def settle_shared(
     for position, owner, data in tap.samples:  # in arrival order, so per call in SRTP order
         frame = int(tap.log_frame[position])
         callers[owner].echoes.sample(data, frame if frame >= 0 else None)
+    return np.concatenate(lateness) if lateness else np.zeros(0, dtype=np.float64)
 
 
 async def setup_callers(
@@ -1055,16 +1182,18 @@ async def setup_callers(
     concurrency: int,
     setup_timeout: float,
     shared: SharedLoad | None = None,
+    profile: SrtpProfile | None = None,
 ) -> tuple[list[Caller], list[tuple[bytes, int]], array.array[int]]:
     """Attach ``schedule.flows`` callers with at most ``concurrency`` set-ups in flight, each with its
-    packets built; all or nothing. ``shared``: on that one socket, else each on its own."""
+    packets built; all or nothing. ``shared``: on that one socket, else each on its own. ``profile``:
+    the one SRTP profile every caller offers, checked on each call's first packet (``prepare``)."""
     import httpx
 
     calls = schedule.flows
     frames = noise_frames()
     rtts: array.array[int] = array.array("q")
     policy = shared.policy if shared is not None else None
-    callers = [Caller(frames, rtts, policy) for _ in range(calls)]
+    callers = [Caller(frames, rtts, policy, profile) for _ in range(calls)]
     gate = asyncio.Semaphore(concurrency)
     attached = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -1283,8 +1412,16 @@ async def worker(args: WorkerOptions) -> int:
             assert args.relay_url is not None  # WorkerOptions requires it in relay mode
             if args.load_socket == "shared":
                 shared = await SharedLoad.open(schedule)
+            profile = srtp_profile(args.srtp_profile)
             callers, frames, rtts = await setup_callers(
-                args.relay_url, key, schedule, args.prefix, args.concurrency, args.setup_timeout, shared
+                args.relay_url,
+                key,
+                schedule,
+                args.prefix,
+                args.concurrency,
+                args.setup_timeout,
+                shared,
+                profile,
             )
             flows = callers
             if shared is not None:
@@ -1292,6 +1429,9 @@ async def worker(args: WorkerOptions) -> int:
                 send_slot = shared.send_slot
             extra["load_socket"] = args.load_socket
             extra["srtp_overhead"] = callers[0].srtp_overhead
+            extra["srtp_profile"] = profile.openssl
+            extra["srtp_tag_bytes"] = callers[0].srtp_tag_bytes
+            extra["srtp_profile_calls"] = sum(c.srtp_tag_bytes == profile.tag_bytes for c in callers)
             extra["payload_bytes_mean"] = round(sum(len(p) for p, _ in frames) / len(frames), 1)
             extra["packets_prepared"] = sum(c.prepared for c in callers)
         else:
@@ -1354,8 +1494,11 @@ class WorkerOptions:
     srtp_bytes: int = 0
     load_socket: LoadSocket = "shared"
     """Relay mode: every caller on one UDP socket (as an SFU's sessions arrive), or one socket each."""
+    srtp_profile: str = DEFAULT_SRTP_PROFILE
+    """Relay mode: the one DTLS-SRTP profile the callers offer (``SRTP_PROFILES``)."""
 
     def __post_init__(self) -> None:
+        srtp_profile(self.srtp_profile)
         if self.load_socket not in LOAD_SOCKETS:
             choices = ", ".join(LOAD_SOCKETS)
             raise ValueError(f"--load-socket: must be one of {choices}, got {self.load_socket!r}")

@@ -65,8 +65,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from splitrelay.bench.load import DRAIN_S, LOAD_SOCKETS, MAX_PREPARED, LoadSocket
+from splitrelay.bench.load import (
+    DEFAULT_SRTP_PROFILE,
+    DRAIN_S,
+    LOAD_SOCKETS,
+    MAX_PREPARED,
+    PACING_LATE_MS,
+    SRTP_PROFILES,
+    LoadSocket,
+    srtp_profile,
+)
 from splitrelay.bench.perf_profile import CpuProfiler, Profile, category
+from splitrelay.bench.servers import AGENTS, BURST_FRAMES
 from splitrelay.bench.stats import percentile_ms, ratio
 from splitrelay.bench.support import (
     BenchError,
@@ -174,8 +184,17 @@ class RelayBenchConfig:
     """The callers on one UDP socket, as an SFU's sessions reach the relay, or one socket each."""
     profile: bool = False
     """``perf record`` the relay over phase 1's window at each N (scripts/bench/perf_profile.py)."""
+    srtp_profile: str = DEFAULT_SRTP_PROFILE
+    """The one DTLS-SRTP profile the callers offer (``load.SRTP_PROFILES``); each call is checked."""
+    agent: str = "realtime"
+    """How the echo inference answers: each frame at once, or one-second bursts the relay paces."""
 
     def __post_init__(self) -> None:
+        srtp_profile(self.srtp_profile)
+        if self.agent not in AGENTS:
+            raise ValueError(f"agent: must be one of {', '.join(AGENTS)}, got {self.agent!r}")
+        if self.agent == "burst" and self.load_socket != "shared":
+            raise ValueError("agent: burst needs --load-socket shared (its batched echo holds the bursts)")
         if self.load_socket not in LOAD_SOCKETS:
             choices = ", ".join(LOAD_SOCKETS)
             raise ValueError(f"load_socket: must be one of {choices}, got {self.load_socket!r}")
@@ -229,6 +248,10 @@ class RelayBenchConfig:
             args += ["--ab", ",".join(self.ab) or "none"]
         if self.load_socket != default.load_socket:
             args += ["--load-socket", self.load_socket]
+        if self.srtp_profile != default.srtp_profile:
+            args += ["--srtp-profile", self.srtp_profile]
+        if self.agent != default.agent:
+            args += ["--agent", self.agent]
         if self.profile:
             args.append("--profile")
         return shlex.join(args)
@@ -290,7 +313,12 @@ COUNTERS = (
     "packets_out",
     "barge_ins",
     "frames_dropped_barge_in",
+    "media_port_native_out_finished",
 )
+"""The relay's counters the bench reads (``splitrelay_<name>_total``); the last is inference's AUDIO_OUT the
+outbound C path finished (passed through at once), so the rest of ``frames_from_inference`` went through
+Python's playout (relay/playout.py: paced, when they came ahead of real time). Absent (0) without a
+shared port."""
 
 
 def parse_metrics(text: str) -> RelayMetrics:
@@ -576,6 +604,7 @@ async def _spawn_workers(ctx: Context, mode: str, n: int, extra: Sequence[str], 
         args += ["--warmup", f"{ctx.config.warmup!r}", "--duration", f"{ctx.config.duration!r}"]
         if mode == "relay":
             args += ["--prefix", f"{tag}-w{i}", "--load-socket", ctx.config.load_socket]
+            args += ["--srtp-profile", ctx.config.srtp_profile]
         workers.append(
             await Child.spawn(
                 f"load-{mode}-{n}-{i}",
@@ -857,11 +886,17 @@ SUMMED_EXTRAS = frozenset(
         "stray",
         "rtcp_sent",
         "rtcp_received",
+        "srtp_profile_calls",
+        "pacing_frames",
+        "pacing_late_frames",
     }
 )
 
 
-WORST_EXTRAS = frozenset({"lateness_warmup_p99_ms"})
+WORST_EXTRAS = frozenset(
+    {"lateness_warmup_p99_ms", "pacing_late_p50_ms", "pacing_late_p99_ms", "pacing_late_max_ms"}
+)
+"""Per-worker figures that cannot be merged: the worst worker's (one worker on a 2-core machine)."""
 
 
 def merge_worker_extras(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -953,6 +988,8 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
                 str(n + 16),
                 # --load-socket per-call is the load side as it was: its echo answers per datagram too.
                 "--batch" if cfg.load_socket == "shared" else "--no-batch",
+                "--agent",
+                cfg.agent,
             ),
             cores=ctx.load_cores,
             workdir=ctx.workdir,
@@ -1047,9 +1084,39 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
         "calls_live_after": live_after,
         "echo_inference": {k: v for k, v in (stats[0] if stats else {}).items() if k != "event"},
     }
+    phase.relay["outbound"] = outbound_paths(phase.relay["counters"])
     if live_after < n:
         phase.relay["note"] = f"{n - live_after} calls ended during the run"
     return phase
+
+
+def outbound_paths(counters: dict[str, int]) -> dict[str, Any]:
+    """Inference's AUDIO_OUT in the window by path: finished in C (passed through as it came) or handed
+    to Python (relay/playout.py: queued and paced when it came ahead of real time, as a burst does)."""
+    frames = counters["frames_from_inference"]
+    in_c = min(counters["media_port_native_out_finished"], frames)
+    return {
+        "frames": frames,
+        "finished_in_c": in_c,
+        "through_python": frames - in_c,
+        "share_through_python": round((frames - in_c) / frames, 4) if frames else None,
+    }
+
+
+def check_srtp_profile_used(config: RelayBenchConfig, n: int, workers: dict[str, Any]) -> None:
+    """Every call used the profile asked for (the callers offer only it, and each checked the tag its
+    SRTP session adds), or the run fails loudly instead of measuring another profile."""
+    profile = SRTP_PROFILES[config.srtp_profile]
+    used, tag, calls = (
+        workers.get("srtp_profile"),
+        workers.get("srtp_tag_bytes"),
+        workers.get("srtp_profile_calls"),
+    )
+    if used != profile.openssl or tag != profile.tag_bytes or calls != n:
+        raise BenchError(
+            f"SRTP profile: asked for {profile.openssl} ({profile.tag_bytes}-byte tag) on {n} calls, "
+            f"the load reports {used} ({tag}-byte tag) on {calls}"
+        )
 
 
 async def baseline_phase(ctx: Context, n: int, srtp_overhead: int) -> PhaseResult:
@@ -1093,9 +1160,13 @@ async def bench_one(ctx: Context, n: int) -> Row:
     row = Row(calls=n, path=path)
     try:
         row.relay = await relay_phase(ctx, n, main)
+        check_srtp_profile_used(ctx.config, n, row.relay.workers)
+        # The baseline's datagrams carry the callers' SRTP overhead as measured on their packets (header,
+        # extension and the profile's tag), so the echo moves the same bytes under either profile.
         row.baseline = await baseline_phase(ctx, n, int(row.relay.workers.get("srtp_overhead", 0)))
         for variant in others:
             row.ab[variant.name] = await relay_phase(ctx, n, variant)
+            check_srtp_profile_used(ctx.config, n, row.ab[variant.name].workers)  # type: ignore[union-attr]
     except (BenchError, OSError, RuntimeError, ValueError, KeyError) as exc:
         row.error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # an httpx error, a JSON shape surprise: still one row, not a crash
@@ -1153,10 +1224,41 @@ def _dwell(p: PhaseResult, direction: str) -> str:
     return f"{_ms(d['p50_ms'])} / {_ms(d['p99_ms'])}{above}"
 
 
+def run_conditions(config: RelayBenchConfig) -> str:
+    """The worst-case knobs of a run, for titles: the SRTP profile and the agent."""
+    profile = SRTP_PROFILES[config.srtp_profile]
+    agent = f"burst agent ({BURST_FRAMES} frames at once)" if config.agent == "burst" else "real-time agent"
+    return f"SRTP {profile.openssl}, {agent}"
+
+
+def _srtp(p: PhaseResult) -> str:
+    w = p.workers
+    calls = f"{w.get('srtp_profile_calls', 0):,} of {p.flows:,}"
+    return f"{w.get('srtp_profile', '?')}, {calls} ({w.get('srtp_tag_bytes', '?')} B tag)"
+
+
+def _outbound(p: PhaseResult) -> str:
+    out = p.relay.get("outbound", {})
+    share = out.get("share_through_python")
+    if share is None:
+        return "-"
+    return f"{out['through_python']:,} / {out['finished_in_c']:,} ({share:.1%} through Python)"
+
+
+def _pacing(p: PhaseResult) -> str:
+    w = p.workers
+    if not w.get("pacing_frames"):
+        return "-"
+    return (
+        f"{w['pacing_late_p50_ms']:.1f} / {w['pacing_late_p99_ms']:.1f} / {w['pacing_late_max_ms']:.1f} "
+        f"({w['pacing_late_frames']:,} of {w['pacing_frames']:,})"
+    )
+
+
 def row_table(row: Row, config: RelayBenchConfig) -> Table:
     title = (
         f"{row.calls} calls x 50 packets/s each way; "
-        f"{config.duration:g} s window after {config.warmup:g} s warm-up"
+        f"{config.duration:g} s window after {config.warmup:g} s warm-up; {run_conditions(config)}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("")
@@ -1183,6 +1285,9 @@ def row_table(row: Row, config: RelayBenchConfig) -> Table:
     table.add_row("packets lost / sent in the window", _loss(r), _loss(b), "")
     table.add_row("round trip p50 (ms)", _ms(r.rtt_ms["p50"]), _ms(b.rtt_ms["p50"]), _x(ratios["rtt_p50"]))
     table.add_row("round trip p99 (ms)", _ms(r.rtt_ms["p99"]), _ms(b.rtt_ms["p99"]), _x(ratios["rtt_p99"]))
+    table.add_row("SRTP profile, calls that used it (by its tag)", _srtp(r), "-", "")
+    table.add_row("inference AUDIO_OUT: through Python playout / finished in C", _outbound(r), "-", "")
+    table.add_row(f"pacing: late past slot p50 / p99 / max ms (> {PACING_LATE_MS:g} ms)", _pacing(r), "-", "")
     table.add_row("in-relay dwell inbound p50 / p99 (ms)", _dwell(r, "in"), "-", "")
     table.add_row("in-relay dwell outbound p50 / p99 (ms)", _dwell(r, "out"), "-", "")
     shares = [r.relay[f"dwell_{d}"]["share_within_1ms"] for d in ("in", "out")]
@@ -1231,8 +1336,11 @@ def row_table(row: Row, config: RelayBenchConfig) -> Table:
     return table
 
 
-def summary_table(rows: Sequence[Row]) -> Table:
-    table = Table(title="Summary: relay vs bare uvloop UDP echo (same run, same core)", title_justify="left")
+def summary_table(rows: Sequence[Row], config: RelayBenchConfig) -> Table:
+    table = Table(
+        title=f"Summary: relay vs bare uvloop UDP echo (same run, same core); {run_conditions(config)}",
+        title_justify="left",
+    )
     for name in (
         "calls", "CPU relay / echo (x)", "relay core busy", "lost relay / echo",
         "RTT p50 ms relay / echo (x)", "RTT p99 ms relay / echo (x)", "dwell p99 ms in / out",
@@ -1321,6 +1429,10 @@ def ab_table(rows: Sequence[Row]) -> Table:
 
 
 NOTES = (
+    "With --agent burst the round trip includes the agent's hold (up to a second) and the relay's pacing: "
+    "read loss, 'through Python playout' (the relay paced them) and 'pacing' instead. Pacing: each echo's "
+    "arrival against its slot on the relay's playout timeline (its RTP timestamp), relative to the talk "
+    "spurt's first frame, as a caller's jitter buffer anchors it; negative = ahead of the slot.",
     "Round trip: caller send -> relay -> echo inference -> relay -> caller receive, timed by the load "
     "generator (so it includes any scheduling delay on the load core). Echoes are matched to their frame "
     "by length (each of the 50 frames has its own) without decrypting; one in 47 is unprotected with the "
@@ -1424,7 +1536,7 @@ async def run_async(config: RelayBenchConfig, console: Console) -> dict[str, Any
         "load_procs_used": load_procs,
     }
     result = report(rows, config, info, cores)
-    console.print(summary_table(rows))
+    console.print(summary_table(rows, config))
     console.print(ab_table(rows))
     for note in NOTES:
         console.print(f"[dim]{note}[/]")

@@ -62,6 +62,20 @@ def relay(
             "socket per caller (per-call, the load before issue 17's load work)."
         ),
     ] = "shared",
+    srtp_profile: Annotated[
+        str,
+        typer.Option(
+            help="The one DTLS-SRTP profile the callers offer, so the relay uses it: gcm "
+            "(AEAD_AES_256_GCM, aiortc's choice) or cm80 (AES_CM_128_HMAC_SHA1_80, as an SFU may pick).",
+        ),
+    ] = "gcm",
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="How the echo inference answers: realtime (each frame as it comes) or burst (a TTS "
+            "agent: one-second responses sent at once, which the relay paces).",
+        ),
+    ] = "realtime",
     profile: Annotated[
         bool,
         typer.Option(
@@ -90,6 +104,8 @@ def relay(
             ab=parse_ab(ab),
             load_socket=load_socket,  # type: ignore[arg-type]  # checked by RelayBenchConfig
             profile=profile,
+            srtp_profile=srtp_profile,
+            agent=agent,
         )
         from splitrelay.bench.support import split_cores
 
@@ -141,6 +157,9 @@ def load_worker(
     load_socket: Annotated[
         str, typer.Option(help="Relay mode: shared (every caller on one UDP socket) or per-call.")
     ] = "shared",
+    srtp_profile: Annotated[
+        str, typer.Option(help="Relay mode: the one DTLS-SRTP profile the callers offer (gcm, cm80).")
+    ] = "gcm",
 ) -> None:
     """One load-generator process of `bench relay`: JSON lines on stdout and stdin (scripts/bench/load.py)."""
     from splitrelay.bench.load import WorkerOptions, run_worker
@@ -158,6 +177,7 @@ def load_worker(
             target,
             srtp_bytes,
             load_socket,  # type: ignore[arg-type]  # checked by WorkerOptions
+            srtp_profile,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -179,17 +199,24 @@ def serve_echo(
     batch: Annotated[
         bool, typer.Option(help="Echo inference: answer audio per recvmmsg batch (else per datagram).")
     ] = True,
+    agent: Annotated[
+        str, typer.Option(help="Echo inference: realtime, or burst (one-second responses at once; --batch).")
+    ] = "realtime",
 ) -> None:
     """An echo server of `bench relay` on uvloop: a JSON ready line, stats on exit (bench/servers.py)."""
     import uvloop
 
-    from splitrelay.bench.servers import echo_inference, udp_echo
+    from splitrelay.bench.servers import AGENTS, echo_inference, udp_echo
 
     address = parse_listen(listen)
     if server is EchoServer.echo_inference:
         if not 1 <= max_calls <= 100_000:
             raise typer.BadParameter(f"--max-calls: must be 1..100000, got {max_calls}")
-        uvloop.run(echo_inference(address, max_calls, batch))
+        if agent not in AGENTS or (agent == "burst" and not batch):
+            raise typer.BadParameter(
+                f"--agent: one of {', '.join(AGENTS)} (burst with --batch), got {agent!r}"
+            )
+        uvloop.run(echo_inference(address, max_calls, batch, agent))
     else:
         uvloop.run(udp_echo(address))
 
