@@ -548,3 +548,133 @@ def test_raw_echo_is_a_valid_audio_out(marker: bool, level: int | None, voice: b
     assert out.type is wire.MsgType.AUDIO_OUT
     assert (out.call_id, out.seq, out.timestamp, out.payload) == (0x1122334455667788, 4242, 96_000, b"opus")
     assert out.flags == (wire.FLAG_MARKER if marker else 0)
+
+
+# --- the worst case: SRTP profile and burst agent ------------------------------------------------------
+
+
+def test_command_names_the_srtp_profile_and_the_agent_when_not_the_defaults() -> None:
+    default = RelayBenchConfig(calls=(10,), duration=2, warmup=1)
+    assert (default.srtp_profile, default.agent) == ("gcm", "realtime")
+    assert "--srtp-profile" not in default.command() and "--agent" not in default.command()
+    config = RelayBenchConfig(calls=(10,), duration=2, warmup=1, srtp_profile="cm80", agent="burst")
+    assert config.command() == (
+        "splitrelay bench relay --calls 10 --duration 2 --warmup 1 --srtp-profile cm80 --agent burst"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"srtp_profile": "cm32"}, "--srtp-profile: must be one of gcm, cm80, got 'cm32'"),
+        ({"agent": "slow"}, "agent: must be one of realtime, burst, got 'slow'"),
+        ({"agent": "burst", "load_socket": "per-call"}, "agent: burst needs --load-socket shared"),
+    ],
+)
+def test_worst_case_options_are_checked(kwargs: dict[str, str], needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        RelayBenchConfig(calls=(10,), **kwargs)  # type: ignore[arg-type]
+    if "srtp_profile" in kwargs:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            bench_load.WorkerOptions(
+                "relay", 1, 0, 1, relay_url="http://x:1", srtp_profile=kwargs["srtp_profile"]
+            )
+
+
+@pytest.mark.parametrize(
+    ("name", "policy_profile", "key_bytes"),
+    [
+        ("gcm", pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44),
+        ("cm80", pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
+    ],
+)
+def test_each_profile_is_told_by_the_tag_its_session_adds(
+    name: str, policy_profile: int, key_bytes: int
+) -> None:
+    """The check a caller makes on its first packet: a real libsrtp session of each profile adds that
+    profile's tag; a session of the other profile fails the check loudly, naming both."""
+    header = bytes([0x80, 111, 0, 1]) + bytes(8)
+    payload = bytes(80)
+    outbound = pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+    policy = pylibsrtp.Policy(bytes(range(key_bytes)), outbound, srtp_profile=policy_profile)
+    packet = pylibsrtp.Session(policy).protect(header + payload)
+    tag = bench_load.srtp_tag_bytes(len(packet), len(header), len(payload))
+    profile = bench_load.srtp_profile(name)
+    assert tag == profile.tag_bytes
+    bench_load.check_srtp_profile(profile, tag)
+    other = bench_load.srtp_profile("cm80" if name == "gcm" else "gcm")
+    with pytest.raises(RuntimeError, match=f"asked for {other.openssl} .*{tag}-byte tag"):
+        bench_load.check_srtp_profile(other, tag)
+
+
+def test_a_run_on_another_srtp_profile_fails_loudly() -> None:
+    from splitrelay.bench.relay import check_srtp_profile_used
+    from splitrelay.bench.support import BenchError
+
+    config = RelayBenchConfig(calls=(3,), srtp_profile="cm80")
+    ok = {"srtp_profile": "SRTP_AES128_CM_SHA1_80", "srtp_tag_bytes": 10, "srtp_profile_calls": 3}
+    check_srtp_profile_used(config, 3, ok)
+    for wrong in (
+        {**ok, "srtp_profile": "SRTP_AEAD_AES_256_GCM", "srtp_tag_bytes": 16},
+        {**ok, "srtp_profile_calls": 2},  # one call did not check
+        {},  # a load that never said
+    ):
+        with pytest.raises(BenchError, match="SRTP profile: asked for SRTP_AES128_CM_SHA1_80"):
+            check_srtp_profile_used(config, 3, wrong)
+
+
+def test_outbound_paths_split_inference_audio_into_c_and_python() -> None:
+    from splitrelay.bench.relay import COUNTERS, outbound_paths
+
+    assert "media_port_native_out_finished" in COUNTERS
+    counters = {"frames_from_inference": 1000, "media_port_native_out_finished": 80}
+    assert outbound_paths(counters) == {
+        "frames": 1000,
+        "finished_in_c": 80,
+        "through_python": 920,
+        "share_through_python": 0.92,
+    }
+    assert (
+        outbound_paths({"frames_from_inference": 0, "media_port_native_out_finished": 0})[
+            "share_through_python"
+        ]
+        is None
+    )
+
+
+def test_parse_metrics_reads_the_outbound_c_paths_counter() -> None:
+    """From the relay's own collector with a shared port's counters, so a renamed metric breaks this."""
+    sample = CallSample(
+        CallCounters(), DwellHistogram(), DwellHistogram(), lost=0, jitter_ms=None, rtt_ms=None
+    )
+    collector = RelayCollector(lambda: [sample])
+    collector.port_stats = lambda: {"native_finished": 7, "native_out_finished": 123}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    counters = parse_metrics(generate_latest(registry).decode()).counters
+    assert counters["media_port_native_out_finished"] == 123
+
+
+def test_worker_extras_merge_the_worst_case_figures() -> None:
+    merged = merge_worker_extras(
+        [
+            {
+                "srtp_profile_calls": 500,
+                "pacing_frames": 10,
+                "pacing_late_frames": 1,
+                "pacing_late_p99_ms": -2.0,
+            },
+            {
+                "srtp_profile_calls": 500,
+                "pacing_frames": 20,
+                "pacing_late_frames": 0,
+                "pacing_late_p99_ms": 4.0,
+            },
+        ]
+    )
+    assert merged == {
+        "srtp_profile_calls": 1000,
+        "pacing_frames": 30,
+        "pacing_late_frames": 1,
+        "pacing_late_p99_ms": 4.0,  # percentiles do not merge: the worst worker's
+    }
