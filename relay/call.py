@@ -234,6 +234,8 @@ class Call:
         )
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
+        self._final: dict[str, Any] | None = None
+        """The summary at close, what ``summary()`` returns once the call was released."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -326,7 +328,7 @@ class Call:
         `reason` is for people (logs, the summary); `wire_reason` is the CALL_END reason inference gets.
         """
         if self.state is CallState.CLOSED:
-            return self.summary()
+            return self._final if self._final is not None else self.summary()
         self.state = CallState.CLOSED
         self.close_reason = reason
         self._sync_native()
@@ -348,11 +350,37 @@ class Call:
         if self.fast_path is not None:
             await self.fast_path.close()
         await self.peer.close()
-        summary = self.summary()
+        summary = self._final = self.summary()
         log.info("call ended %s", _json(summary))
         self._closed.set()
         self._on_closed(self)
         return summary
+
+    def release(self) -> int:
+        """After close: break the reference cycles the call's objects form, so reference counting frees
+        them; → how many objects were cleared. Only ``state``, ``close_reason``, ``summary()`` and
+        ``wait_closed()`` work afterwards.
+
+        An ended call's few hundred objects (its aiortc peer, fast path, playout) point at each other;
+        without this they wait for a full collection, and if they were frozen (relay/gc_freeze.py) they
+        would never be freed. Call it once nothing of the call runs any more (the manager waits a moment
+        after the close).
+        """
+        if self.state is not CallState.CLOSED or self._final is None:
+            raise RuntimeError("release() a call after close()")
+        cleared = 0
+        peer = vars(self).get("peer")
+        if isinstance(peer, VoicePeer):
+            cleared += peer.release()
+        for part in (vars(self).get("fast_path"), vars(self).get("playout")):
+            state = getattr(part, "__dict__", None)  # the fast path: its streams, consent, codec point back
+            if isinstance(state, dict):
+                state.clear()
+                cleared += 1
+        kept = {name: vars(self)[name] for name in _KEPT_AFTER_RELEASE if name in vars(self)}
+        vars(self).clear()
+        vars(self).update(kept)
+        return cleared + 1
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -717,6 +745,8 @@ class Call:
 
     def summary(self, *, with_events: bool = False) -> dict[str, Any]:
         """The call's telemetry as JSON-able data: logged at hang-up, served by the control API."""
+        if "peer" not in vars(self) and self._final is not None:  # released: what it was at close
+            return self._final
         self._fold_out()
         stats = self.fast_path.stats() if self.fast_path else None
         c = self.counters
@@ -759,6 +789,21 @@ class Call:
             "agent_switches": self.agent_switches,
             "inference": "{}:{}".format(*self.endpoints[self._endpoint]) if self.endpoints else None,
         } | ({"events": list(self.events)} if with_events else {})
+
+
+_KEPT_AFTER_RELEASE = (
+    "call_id",
+    "mode",
+    "state",
+    "close_reason",
+    "created_at",
+    "counters",
+    "metadata",
+    "_closed",
+    "_close_task",
+    "_final",
+)
+"""What a released call keeps (``Call.release``): its identity, how it ended, its final summary."""
 
 
 def _round(v: float | None) -> float | None:

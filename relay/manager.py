@@ -21,7 +21,8 @@ from splitrelay.contract.sfu import SessionDescription
 from splitrelay.inference import wire
 from splitrelay.inference.endpoint import Peer
 from splitrelay.relay.backend import AttachRefused
-from splitrelay.relay.call import Call, CallConfig
+from splitrelay.relay.call import Call, CallConfig, CallState
+from splitrelay.relay.gc_freeze import CallFreezer
 from splitrelay.relay.inference_link import RelayLink
 from splitrelay.relay.media.peer import VoicePeer, VoicePeerConfig
 from splitrelay.relay.playout import SharedPacer
@@ -75,6 +76,8 @@ class CallManager:
         """Told (call id, event) of each agent stage mark of any call (relay/edge_link.py)."""
         self.on_ended: Callable[[str, str], object] | None = None
         """Told (call id, close reason) when a call ends, whoever ended it (relay/edge_link.py)."""
+        self.freezer = CallFreezer(self._settled, lambda: len(self.calls))
+        """Releases ended calls and freezes live ones (relay/gc_freeze.py; SPLITRELAY_FREEZE_CALLS=0: off)."""
         self.collector = RelayCollector(lambda: [c.sample() for c in self.calls.values()], process)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
@@ -176,6 +179,11 @@ class CallManager:
             log.info("call %s did not start: %s", call.call_id, exc)
             return
         self.collector.record_setup(call.counters.setup_ms)
+        self.freezer.call_live()
+
+    def _settled(self) -> bool:
+        """No call is being set up or torn down: what is alive now stays alive until a call ends."""
+        return not self._attaching and all(c.state is CallState.LIVE for c in self.calls.values())
 
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.call_id) is call:
@@ -183,6 +191,7 @@ class CallManager:
             self.collector.record_ended(call.sample())
             if self.on_ended is not None:
                 self.on_ended(call.call_id, call.close_reason or "ended")
+            self.freezer.call_ended(call.release)
         if self.sfu is not None:
             task = asyncio.get_running_loop().create_task(self.sfu.detach(call.call_id))
             self._tasks.add(task)
@@ -223,4 +232,5 @@ class CallManager:
         await asyncio.gather(*(c.close("relay shutting down") for c in list(self.calls.values())))
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
+        self.freezer.close()
         self.pacer.close()

@@ -25,6 +25,7 @@ from splitrelay.relay.backend import CallBackend
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
 from splitrelay.relay.edge_link import EdgeLink, EdgeLinkSettings
+from splitrelay.relay.gc_freeze import mark_relay_process
 from splitrelay.relay.gc_pauses import GcPauseCollector, GcPauses
 from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
 from splitrelay.relay.inference_link import (
@@ -53,6 +54,7 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    mark_relay_process()  # its calls are frozen too from now on (relay/gc_freeze.py)
 
 
 @dataclass(frozen=True)

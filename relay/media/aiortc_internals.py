@@ -9,12 +9,14 @@ matches, and tests/integration/test_aiortc_internals.py fails loudly on an upgra
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import importlib.metadata
 import inspect
 import ipaddress
 import random
+import types
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -24,14 +26,26 @@ import aioice.candidate
 import aioice.ice
 import aioice.stun
 import aiortc.rtcdtlstransport
+import aiortc.rtcrtpreceiver
 import pylibsrtp
-from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import (
+    RTCCertificate,
+    RTCDtlsTransport,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.rtcicetransport import RTCIceGatherer
 
 from splitrelay.relay.media.consent import ConsentCredentials
-from splitrelay.relay.media.shared_port import SharedUdpPort
+from splitrelay.relay.media.shared_port import SharedUdpPort, VirtualTransport
 
 PINNED_VERSIONS = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+RECEIVE_SOURCE_LINES = 22
+"""Non-blank, non-comment lines of aiortc 1.16.0's RTCRtpReceiver.receive (docstring lines excluded):
+skip_decoder copies what it does, so any change to it must be looked at."""
 UPGRADE_MESSAGE = (
     "aiortc upgraded: re-verify relay/media against the new aiortc/aioice source "
     "(relay/media/aiortc_internals.py lists every private contact), then update PINNED_VERSIONS"
@@ -238,6 +252,48 @@ def rtcp_silenced(transceiver: RTCRtpTransceiver) -> bool:
     )
 
 
+def skip_decoder(receiver: RTCRtpReceiver) -> None:
+    """Let ``receiver`` start without aiortc's decoder thread (before the connection starts it).
+
+    aiortc starts one OS thread per receiver to decode media into its track; the fast path takes every
+    RTP packet before aiortc sees it, so the thread only idled: one thread, its lock, queue and
+    condition per call, and a blocking ``join`` on the event loop when the call closes. The replacement
+    ``receive`` does what aiortc's does (codecs, RTX map, registration with the DTLS transport, the RTCP
+    task) without the thread; aiortc then feeds no decoder (``_handle_rtp_packet`` checks for one) and
+    its stop has none to join. The receiver's track never yields a frame (none is read).
+    """
+    prefix = "_RTCRtpReceiver__"
+    needed = ("started", "codecs", "rtx_ssrc", "transport", "rtcp_task", "decoder_thread")
+    missing = [name for name in needed if not hasattr(receiver, prefix + name)]
+    if missing:
+        raise _changed(f"RTCRtpReceiver no longer has {', '.join(missing)}")
+    if getattr(receiver, prefix + "started"):
+        raise RuntimeError("RTCRtpReceiver already started: skip its decoder before connecting")
+    setattr(receiver, "receive", _receive_without_decoder(receiver))  # noqa: B010 (shadows the method)
+
+
+def _receive_without_decoder(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
+    async def receive(parameters: Any) -> None:
+        state = vars(receiver)
+        if state["_RTCRtpReceiver__started"]:
+            return
+        for codec in parameters.codecs:
+            state["_RTCRtpReceiver__codecs"][codec.payloadType] = codec
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                state["_RTCRtpReceiver__rtx_ssrc"][encoding.rtx.ssrc] = encoding.ssrc
+        state["_RTCRtpReceiver__transport"]._register_rtp_receiver(receiver, parameters)
+        state["_RTCRtpReceiver__rtcp_task"] = asyncio.ensure_future(receiver._run_rtcp())
+        state["_RTCRtpReceiver__started"] = True
+
+    receive.splitrelay_no_decoder = True  # type: ignore[attr-defined]
+    return receive
+
+
+def decoder_skipped(receiver: RTCRtpReceiver) -> bool:
+    return bool(getattr(getattr(receiver, "receive", None), "splitrelay_no_decoder", False))
+
+
 # --- SRTP sessions and the ICE socket ------------------------------------------------------------
 
 
@@ -410,6 +466,94 @@ def expire_consent(connection: aioice.ice.Connection) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(connection.close())
 
 
+# --- releasing a closed peer: no cycles left for the collector -----------------------------------
+
+_SSL: Any = getattr(aiortc.rtcdtlstransport, "SSL", None)  # pyOpenSSL's, as aiortc's DTLS uses it
+_SSL_CLASSES: tuple[type, ...] = tuple(
+    cls
+    for cls in (
+        getattr(_SSL, "Connection", None),
+        getattr(_SSL, "Context", None),  # one per DTLS transport (RTCCertificate._create_ssl_context)
+        getattr(_SSL, "_VerifyHelper", None),  # its verify callback's closure points back at it
+    )
+    if isinstance(cls, type)
+)
+PEER_CLASSES: tuple[type, ...] = (
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCRtpSender,
+    RTCRtpReceiver,
+    aiortc.rtcrtpreceiver.RemoteStreamTrack,
+    RTCDtlsTransport,
+    aiortc.rtcdtlstransport.RtpRouter,
+    RTCCertificate,
+    *_SSL_CLASSES,
+    RTCIceTransport,
+    RTCIceGatherer,
+    aioice.ice.Connection,
+    aioice.ice.StunProtocol,
+    aioice.ice.CandidatePair,
+    aioice.stun.Transaction,
+    VirtualTransport,
+)
+"""The classes of which a peer connection owns its own instances (one or a few per call, never shared
+with another peer): ``release_peer`` clears them, and only them."""
+_CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
+RELEASE_LIMIT = 20_000
+"""The most objects one release visits (a peer holds a few hundred)."""
+
+
+def dismantle(roots: list[object], owned: tuple[type, ...], limit: int = RELEASE_LIMIT) -> int:
+    """Clear the attributes of every instance of ``owned`` reachable from ``roots``; → how many.
+
+    The walk goes from an owned instance through its attributes, and through plain containers (lists,
+    dicts, tuples, sets, deques) and bound methods directly below them, to further owned instances; it
+    never enters any other object, so nothing outside the peer (a shared codec list, the shared port,
+    the event loop) is touched. Clearing breaks every reference cycle through those instances, so
+    reference counting frees the peer's objects as soon as the last outside reference goes.
+    """
+    keep: list[object] = []  # alive until the end, so ids stay unique
+    seen: set[int] = set()
+    stack: list[tuple[object, int]] = [(root, 0) for root in roots]
+    cleared = 0
+    while stack and len(keep) < limit:  # bounded: each object once, at most ``limit``
+        obj, depth = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        keep.append(obj)
+        if isinstance(obj, _CONTAINERS):
+            if depth < 3:  # containers of containers of an owned object's attribute, no further
+                items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else list(obj)
+                stack.extend((item, depth + 1) for item in items)
+            continue
+        if isinstance(obj, types.MethodType):
+            stack.append((obj.__self__, depth + 1))
+            continue
+        if not isinstance(obj, owned):
+            continue
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            stack.extend((value, 0) for value in state.values())
+            state.clear()
+            cleared += 1
+    return cleared
+
+
+def release_peer(pc: RTCPeerConnection) -> int:
+    """After ``await pc.close()``: clear what a closed peer's objects hold; → how many were cleared.
+
+    aiortc and aioice tie each peer into reference cycles (the connection and its transceivers, the
+    transports and their routers, the ICE connection and its protocols, event listeners as bound
+    methods), so an ended call's few hundred objects wait for the cyclic collector. After this they are
+    freed by reference counting, which is what lets the relay freeze its live calls (relay/gc_freeze.py)
+    without leaking the ones that end. Any use of the peer afterwards fails (AttributeError).
+    """
+    if pc.connectionState != "closed":
+        raise RuntimeError(f"peer connection is {pc.connectionState!r}: close it before releasing it")
+    return dismantle([pc], PEER_CLASSES)
+
+
 # --- upgrade checks ------------------------------------------------------------------------------
 
 
@@ -539,6 +683,47 @@ def check_static() -> list[str]:
     # so the relay is the DTLS server and the demultiplexer's turns cover a remote that starts the handshake.
     problems += _source_has(
         RTCPeerConnection, "createAnswer", 'if dtlsTransport._role == "auto":', 'media.dtls.role = "client"'
+    )
+    # skip_decoder: aiortc's receive() is replaced by one that does all it does but start the thread;
+    # what it does must still be exactly that, and the decoder must stay optional where it is used.
+    problems += _source_has(
+        RTCRtpReceiver,
+        "receive",
+        "if not self.__started:",
+        "self.__codecs[codec.payloadType] = codec",
+        "self.__rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc",
+        "self.__decoder_thread = threading.Thread(",
+        "self.__transport._register_rtp_receiver(self, parameters)",
+        "self.__rtcp_task = asyncio.ensure_future(self._run_rtcp())",
+        "self.__started = True",
+    )
+    receive_lines = [
+        line.strip()
+        for line in inspect.getsource(RTCRtpReceiver.receive).splitlines()
+        if line.strip() and not line.strip().startswith(("#", '"', ":"))
+    ]
+    if len(receive_lines) != RECEIVE_SOURCE_LINES:
+        problems.append(
+            f"RTCRtpReceiver.receive has {len(receive_lines)} lines, not {RECEIVE_SOURCE_LINES}: re-check "
+            "skip_decoder's copy of it"
+        )
+    problems += _source_has(
+        RTCRtpReceiver, "_handle_rtp_packet", "if encoded_frame is not None and self.__decoder_thread:"
+    )
+    problems += _source_has(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", "if self.__decoder_thread:")
+    # release_peer: the classes it clears are each one peer's own (a certificate and SSL context per peer
+    # and DTLS transport), and a closed connection has removed its listeners and stopped its transports.
+    problems += _source_has(
+        RTCPeerConnection, "__init__", "self.__certificates = [RTCCertificate.generateCertificate()]"
+    )
+    problems += _source_has(RTCDtlsTransport, "start", "self._ssl = SSL.Connection(", "._create_ssl_context(")
+    problems += _source_has(RTCCertificate, "_create_ssl_context", "ctx = SSL.Context(")
+    if getattr(_SSL, "__name__", None) != "OpenSSL.SSL" or not isinstance(
+        getattr(_SSL, "_VerifyHelper", None), type
+    ):
+        problems.append("aiortc.rtcdtlstransport.SSL is no longer pyOpenSSL's SSL module with _VerifyHelper")
+    problems += _source_has(
+        RTCPeerConnection, "close", "await transceiver.stop()", "self.remove_all_listeners()"
     )
     for cls, entry in ((RTCRtpSender, "send"), (RTCRtpReceiver, "receive")):
         problems += _source_has(

@@ -129,6 +129,9 @@ class VoicePeerConfig:
     """Silence aiortc's RTCP so the fast path's reports are the only ones on our SSRC."""
     public_address: str | None = None
     """Public IPv4 that maps 1:1 onto this host (an Elastic IP): advertised as a srflx candidate."""
+    decoder_thread: bool = False
+    """Start aiortc's per-receiver decoder thread. Off: the fast path takes every packet, so the thread
+    would only idle (one OS thread per call, joined on the event loop at close)."""
 
     def __post_init__(self) -> None:
         if self.public_address is not None:
@@ -166,6 +169,8 @@ class VoicePeer:
         self.transceiver.setCodecPreferences([OPUS])
         if self.config.own_rtcp:
             aiortc_internals.silence_rtcp(self.transceiver)
+        if not self.config.decoder_thread:
+            aiortc_internals.skip_decoder(self.transceiver.receiver)
         self.ufrag: str | None = None
         """Our ICE ufrag when minted by a shared port (the demultiplexer's key for this call)."""
         port = self.config.candidates.shared_port
@@ -230,7 +235,19 @@ class VoicePeer:
         return params
 
     async def close(self) -> None:
-        await self.pc.close()
+        if "pc" in vars(self):  # a released peer is closed already
+            await self.pc.close()
+
+    def release(self) -> int:
+        """After ``close()``: break the cycles aiortc ties a closed peer into, so reference counting frees
+        it (``aiortc_internals.release_peer``); → how many objects were cleared. Only ``close()`` (which
+        does nothing) works afterwards."""
+        cleared = aiortc_internals.release_peer(self.pc)
+        vars(self.track).clear()  # our placeholder track: an event emitter with its listeners
+        config = self.config
+        vars(self).clear()
+        self.config = config
+        return cleared + 1
 
 
 async def wait_connected(pc: RTCPeerConnection, *, within: float = 10.0) -> None:

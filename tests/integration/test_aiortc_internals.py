@@ -288,3 +288,100 @@ async def test_restricting_srtp_profiles_refuses_what_it_cannot_do() -> None:
             aiortc_internals.restrict_srtp_profiles(pc, ())
     finally:
         await pc.close()
+
+
+# --- no decoder thread, and a closed peer released (relay/gc_freeze.py relies on both) ------------
+
+
+def test_the_check_detects_a_changed_receive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """skip_decoder copies aiortc's receive() minus the thread: any change to it must fire the tripwire."""
+    from aiortc import RTCRtpReceiver
+
+    original = RTCRtpReceiver.receive
+
+    async def receive_that_also_does_more(self: RTCRtpReceiver, parameters: object) -> None:
+        """Stands in for an upgraded aiortc whose receive() changed."""
+        await original(self, parameters)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RTCRtpReceiver, "receive", receive_that_also_does_more)
+    problems = check_static()
+    assert any("RTCRtpReceiver.receive no longer contains" in p for p in problems)
+    assert any("RTCRtpReceiver.receive has " in p for p in problems)
+
+
+def test_the_check_detects_a_shared_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """release_peer clears each peer's certificate: only right while every peer makes its own."""
+
+    def init_with_shared_certificates(self: RTCPeerConnection, configuration: object = None) -> None:
+        """Stands in for an aiortc that shares one certificate between peers."""
+
+    monkeypatch.setattr(RTCPeerConnection, "__init__", init_with_shared_certificates)
+    assert any("generateCertificate" in p for p in check_static())
+
+
+async def test_a_voice_peer_runs_without_decoder_threads_and_stops_cleanly(voice_pair: VoicePair) -> None:
+    import threading
+
+    for peer in (voice_pair.client, voice_pair.relay):
+        receiver = peer.transceiver.receiver
+        assert aiortc_internals.decoder_skipped(receiver)
+        assert getattr(receiver, "_RTCRtpReceiver__started") is True  # noqa: B009 (the private contact)
+        assert getattr(receiver, "_RTCRtpReceiver__decoder_thread") is None  # noqa: B009
+        task = getattr(receiver, "_RTCRtpReceiver__rtcp_task")  # noqa: B009
+        assert isinstance(task, asyncio.Future) and not task.done()  # the RTCP task did start
+        assert getattr(receiver, "_RTCRtpReceiver__codecs")  # noqa: B009 (the codecs were taken)
+    assert not [t for t in threading.enumerate() if t.name.endswith("-decoder")]
+    async with asyncio.timeout(5):
+        await voice_pair.relay.close()  # nothing to join
+
+
+async def test_skip_decoder_refuses_a_started_receiver(voice_pair: VoicePair) -> None:
+    with pytest.raises(RuntimeError, match="already started"):
+        aiortc_internals.skip_decoder(voice_pair.relay.transceiver.receiver)
+
+
+async def test_a_closed_released_peer_is_freed_by_reference_counting(voice_pair: VoicePair) -> None:
+    import gc
+    import weakref
+
+    with pytest.raises(RuntimeError, match="close it before releasing"):
+        aiortc_internals.release_peer(voice_pair.relay.pc)
+    pc = voice_pair.relay.pc
+    dtls = aiortc_internals.dtls_transport(pc)
+    refs = [weakref.ref(o) for o in (pc, dtls, dtls.transport, voice_pair.relay.transceiver)]
+    del pc, dtls
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        await voice_pair.relay.close()
+        assert voice_pair.relay.release() > 10  # the peer lets go of its connection too
+        for _ in range(50):  # bounded: 1 s for the close's last callbacks
+            if all(r() is None for r in refs):
+                break
+            await asyncio.sleep(0.02)
+        assert [type(r()).__name__ for r in refs if r() is not None] == []
+        await voice_pair.relay.close()  # a released peer is closed: nothing to do
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_release_touches_only_owned_instances() -> None:
+    """The walk clears instances of the owned classes it reaches through containers, and nothing else."""
+
+    class Owned:
+        pass
+
+    class Shared:
+        pass
+
+    shared = Shared()
+    shared.peers = ["other call's state"]  # type: ignore[attr-defined]
+    root, child = Owned(), Owned()
+    root.child = child  # type: ignore[attr-defined]
+    root.items = [{"k": child}, (shared,)]  # type: ignore[attr-defined]
+    child.back = root  # type: ignore[attr-defined]
+    child.shared = shared  # type: ignore[attr-defined]
+    assert aiortc_internals.dismantle([root], (Owned,)) == 2
+    assert vars(root) == {} and vars(child) == {}
+    assert shared.peers == ["other call's state"]  # type: ignore[attr-defined]
