@@ -143,11 +143,14 @@ async def resolve_numeric(host: str, port: int) -> tuple[Peer, socket.AddressFam
 class _NativeLinkReader(udp_recv.RecvBatch):
     """The inference socket read with the native extension's ``recvmmsg`` (relay/media/native ``RecvBatch``)
     so a batch can go to the outbound C path (``RelayLink.native_out``) before Python sees what is left:
-    the SDK's reader, with the same bounds and counters, and one C call per batch in front."""
+    the SDK's reader, with the same bounds and counters, and one C call per batch in front. The socket has
+    kernel receive timestamps on (``native.rx_timestamps``) unless ``SPLITRELAY_RX_TIMESTAMPS=0``: the
+    outbound dwell of what C finishes counts from each datagram's arrival in the host."""
 
     def __init__(self, sock: socket.socket, link: RelayLink, on_error: Any) -> None:
         super().__init__(sock, link.datagram_received, use_recvmmsg=False, on_error=on_error)
-        self._recv = native.RecvBatch(sock.fileno(), self.batch)
+        stamps = native.rx_timestamps(sock.fileno())
+        self._recv = native.RecvBatch(sock.fileno(), self.batch, timed=True, stamps=stamps)
         self._link = link
 
     @property
@@ -370,7 +373,9 @@ class RelayLink(WireEndpoint):
         out = self.native_out = native.NativeOutbound(self._receiver.batch)
         if self.clock is not time.perf_counter_ns or srtp_fastpath.send_clock is not time.perf_counter_ns:
             clock, send_clock = self.clock, srtp_fastpath.send_clock  # C reads them (tests: fake ones)
-            out.set_clock(lambda event: int(send_clock() if event == native.CLOCK_SEND else clock()))
+            fake = lambda event: int(send_clock() if event == native.CLOCK_SEND else clock())  # noqa: E731
+            out.set_clock(fake)  # a datagram's arrival (CLOCK_RECEIVED) is then the batch's time
+            self._receiver._recv.set_clock(fake)
         self.native_drain = out.drain_for(self._receiver._recv) if native.native_drain_enabled() else None
         return True
 

@@ -15,9 +15,12 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-# Dwell buckets in microseconds: 5 µs .. 100 ms, roughly logarithmic.
+# Dwell buckets in microseconds: 5 µs .. 100 ms, roughly logarithmic, and finer between 200 µs and 2 ms,
+# where the p99 of a loaded relay sits (issue 17's bar is 0.5 ms): an interpolated quantile is only as good
+# as the bucket around it. fastpath.c sr_dwell_bounds_us is the same table (tests compare them).
 DWELL_BUCKETS_US: tuple[int, ...] = (
-    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 100_000,
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 750, 1_000, 1_500, 2_000, 5_000, 10_000,
+    20_000, 100_000,
 )  # fmt: skip
 
 

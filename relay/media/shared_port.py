@@ -57,13 +57,16 @@ MAX_QUEUED_BYTES = 4 * 1024 * 1024
 """Bytes waiting for the socket to take them (after EAGAIN); more is dropped and counted."""
 _NAME_CACHE = 65536  # source sockaddr -> (host, port); cleared when full
 
-_received_ns = 0  # while a batch is delivered: when recvmmsg (or recvfrom) returned it
+_received_ns = 0  # while a datagram is delivered: when it arrived (see arrival_ns)
 
 
 def arrival_ns() -> int:
-    """When the datagram being delivered left the socket: its batch's time on the batched shared port,
-    else now. The fast path stamps arrivals with it, so dwell covers the wait behind earlier datagrams
-    of the same batch."""
+    """When the datagram being delivered arrived: on the batched native port, the kernel's receive stamp of
+    that datagram (``native.rx_timestamps``, in ``time.perf_counter_ns``'s clock), or its batch's time when
+    it has none (``SPLITRELAY_RX_TIMESTAMPS=0``); on the ``recvfrom`` port, when ``recvfrom`` returned it;
+    unbatched, now. The fast path stamps arrivals with it (dwell, RTCP jitter, barge-in), so dwell covers
+    the wait in the socket's queue and behind earlier datagrams of the same batch: the C paths use the same
+    per-datagram arrival."""
     return _received_ns or time.perf_counter_ns()
 
 
@@ -225,10 +228,11 @@ class NativeForward:
         """``recv``'s socket drained batch after batch in one C call per wake-up (``run_drain``); None: one
         C call per batch (``run``, ``SPLITRELAY_NATIVE_DRAIN=0``)."""
 
-    def run(self, recv: native.RecvBatch, count: int, arrival_ns: int) -> int:
-        """C over the batch; returns how many datagrams it finished (``inbound.decisions`` says which)."""
+    def run(self, recv: native.RecvBatch, count: int) -> int:
+        """C over the batch (each datagram's arrival in ``recv.arrivals``); returns how many datagrams it
+        finished (``inbound.decisions`` says which)."""
         sink, inbound = self._sink, self.inbound
-        nout, sent, finished = inbound.run(recv, count, arrival_ns, sink.native_fd())
+        nout, sent, finished = inbound.run(recv, count, sink.native_fd())
         self.batches += 1
         if finished:
             self.finished += finished
@@ -288,7 +292,8 @@ class BatchReader:
     """Drains a non-blocking UDP socket into ``deliver(data, addr)``, bounded per call (module docstring).
 
     ``native=True`` reads with ``recvmmsg`` (relay/media/native ``RecvBatch``); else with ``recvfrom``,
-    one datagram per call: the reference, which delivers the same datagrams in the same order.
+    one datagram per call: the reference, which delivers the same datagrams in the same order. ``stamps``:
+    the socket has kernel receive timestamps on (``native.rx_timestamps``), read with each batch.
     """
 
     def __init__(
@@ -299,6 +304,7 @@ class BatchReader:
         native_path: bool,
         batch: int = RECV_BATCH,
         calls_per_turn: int = RECV_CALLS_PER_TURN,
+        stamps: bool = False,
     ) -> None:
         if not 1 <= batch <= native.RECV_BATCH_MAX:
             raise ValueError(f"batch must be 1..{native.RECV_BATCH_MAX}, got {batch}")
@@ -310,7 +316,9 @@ class BatchReader:
         self.calls_per_turn = calls_per_turn
         # recvmmsg is Linux's (fastpath.c returns ENOSYS elsewhere): other systems read with recvfrom.
         native_path = native_path and sys.platform.startswith("linux")
-        self._recv = native.RecvBatch(sock.fileno(), batch) if native_path else None
+        self._recv = (
+            native.RecvBatch(sock.fileno(), batch, timed=True, stamps=stamps) if native_path else None
+        )
         self.forward: NativeForward | None = None
         """The per-batch C path (``SharedUdpPort.forward_inbound``); None: Python routes every datagram."""
         self._names: dict[bytes, Address] = {}
@@ -334,7 +342,6 @@ class BatchReader:
             _received_ns = 0
 
     def _drain_native(self) -> int:
-        global _received_ns
         recv = self._recv
         assert recv is not None
         forward = self.forward
@@ -349,11 +356,10 @@ class BatchReader:
                 if n < 0 and self._error(-n):
                     continue  # an ICMP error took this call; datagrams may wait behind it
                 break
-            _received_ns = time.perf_counter_ns()
             forward = self.forward
             decisions = None
             if forward is not None:
-                finished = forward.run(recv, n, _received_ns)
+                finished = forward.run(recv, n)
                 if finished == n:  # all of it finished in C (never a cut datagram): nothing for Python
                     delivered += n
                     if n < batch:
@@ -378,19 +384,20 @@ class BatchReader:
         return delivered
 
     def _python_batch(self, n: int, c_sent: bool) -> int:
-        """The last drained batch has datagrams for Python: deliver them as ``_drain_native`` does."""
-        global _received_ns
+        """The last drained batch has datagrams for Python: deliver them as ``_drain_native`` does (C wrote
+        each one's arrival into the batch's ``arrivals``)."""
         forward = self.forward
         assert forward is not None and forward.drain is not None
-        _received_ns = forward.drain.state.arrival_ns
         decisions = forward.inbound.decisions if c_sent else None
         return self._deliver_batch(self._recv, n, decisions)
 
     def _deliver_batch(self, recv: RecvBatch | None, n: int, decisions: memoryview | None) -> int:
         """Python's part of a batch of ``n`` in ``recv``: every datagram C did not finish (``decisions[i]``
-        0: finished; None: it finished none), in order. Returns the batch's datagrams, cut ones left out."""
+        0: finished; None: it finished none), in order, each with its own arrival (``arrival_ns``). Returns
+        the batch's datagrams, cut ones left out."""
+        global _received_ns
         assert recv is not None
-        deliver, names = self._deliver, self._names
+        deliver, names, arrivals = self._deliver, self._names, recv.arrivals
         mem, names_mem, lengths, name_lengths = recv.mem, recv.names_mem, recv.lengths, recv.name_lengths
         slot, name_slot = native.RECV_SLOT, native.RECV_NAME_SLOT
         delivered = 0
@@ -416,6 +423,7 @@ class BatchReader:
                 if len(names) >= _NAME_CACHE:
                     names.clear()
                 names[key] = addr
+            _received_ns = arrivals[i]
             deliver(data, addr)
         return delivered
 
@@ -596,7 +604,10 @@ class SharedUdpPort:
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):  # the kernel caps it at rmem_max/wmem_max
                     sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-            self._reader = BatchReader(sock, self.demux.datagram_received, native_path=native.available())
+            stamps = native.rx_timestamps(sock.fileno())  # False: off, or not Linux
+            self._reader = BatchReader(
+                sock, self.demux.datagram_received, native_path=native.available(), stamps=stamps
+            )
             sender = SocketSender(sock, loop)
             loop.add_reader(sock.fileno(), self._reader.drain)
         except BaseException:

@@ -55,10 +55,11 @@ int sr_wire_audio(unsigned char *out, size_t capacity, int type, int flags, uint
                   uint32_t timestamp, const unsigned char *payload, size_t payload_length);
 int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_level, size_t payload_length);
 int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *names, size_t name_slot,
-                  int32_t *lengths, int32_t *name_lengths, int count);
+                  int32_t *lengths, int32_t *name_lengths, int count, int64_t *stamps);
+int sr_rx_timestamps(int fd, int on);
 
 typedef struct {
-    int64_t counts[19];
+    int64_t counts[23];
     int64_t count;
     int64_t sum_ns;
     int64_t max_ns;
@@ -67,6 +68,7 @@ typedef int64_t (*sr_clock_fn)(int32_t event);
 int sr_dwell_bucket(int64_t ns);
 void sr_dwell_observe(sr_dwell *d, int64_t ns);
 int64_t sr_clock_now(sr_clock_fn fn, int32_t event);
+int64_t sr_arrivals(sr_clock_fn clock, const int64_t *stamps, int n, int64_t *arrivals);
 
 typedef struct {
     int64_t base_seq;
@@ -137,7 +139,7 @@ int sr_flow_drop_slot(sr_table *t, int32_t slot);
 int32_t sr_flow_slot(const sr_table *t, const unsigned char *key, uint32_t ssrc);
 int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
                 size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
-                int64_t arrival_ns, unsigned char *plain, int8_t *decisions, unsigned char *out,
+                const int64_t *arrivals, unsigned char *plain, int8_t *decisions, unsigned char *out,
                 size_t out_slot, int32_t *out_lengths, int32_t *out_slots, int fd, int32_t *sent);
 typedef struct {
     int64_t t0;
@@ -220,8 +222,9 @@ int sr_out_drop(sr_out_table *t, uint64_t id);
 uint32_t sr_timestamp_at(const sr_playout *p, int64_t t_ns);
 int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
                  size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
-                 int64_t now_ns, int64_t send_ns, int8_t *decisions, unsigned char *out, size_t out_slot,
-                 int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int fd, int32_t *sent);
+                 int64_t now_ns, int64_t send_ns, const int64_t *arrivals, int8_t *decisions,
+                 unsigned char *out, size_t out_slot, int32_t *out_lengths, int32_t *out_handles,
+                 int64_t *out_due, int fd, int32_t *sent);
 typedef struct {
     int32_t recv_fd;
     int32_t batch;
@@ -238,6 +241,8 @@ typedef struct {
     int32_t *out_lengths;
     int32_t *out_index;
     int64_t *out_due;
+    int64_t *stamps;
+    int64_t *arrivals;
     int32_t send_fd;
     int32_t sent[2];
     int32_t n;

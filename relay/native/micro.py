@@ -4,8 +4,9 @@
 unprotect + RTP parse of a caller packet; RTP header + SRTP protect of ours) on real pylibsrtp sessions,
 best of a few rounds. ``--wakeups N`` times instead the shared port's reader per wake-up (4 SRTP packets
 of 2 calls read, finished in C and sent to a local socket) with one C call per batch and with one per
-wake-up (``Drain``); under ``valgrind --tool=callgrind`` it gives instruction counts. A micro-benchmark:
-the relay-level A/B is ``splitrelay bench relay``.
+wake-up (``Drain``), and with ``--stamps`` per wake-up without and with kernel receive timestamps (what
+reading each datagram's stamp costs); under ``valgrind --tool=callgrind`` it gives instruction counts. A
+micro-benchmark: the relay-level A/B is ``splitrelay bench relay``.
 """
 
 from __future__ import annotations
@@ -82,15 +83,17 @@ class _Sink:
         pass
 
 
-def measure_wakeups(drain: bool, wakeups: int) -> float:
-    """Microseconds per ``BatchReader.drain`` of a wake-up of 4 packets (2 calls), C finishing all of them."""
+def measure_wakeups(drain: bool, wakeups: int, *, stamps: bool = False) -> float:
+    """Microseconds per ``BatchReader.drain`` of a wake-up of 4 packets (2 calls), C finishing all of them;
+    ``stamps``: the socket gives kernel receive timestamps and the reader reads them."""
     rx, tx, sink = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
     try:
         for sock in (rx, tx, sink):
             sock.bind(("127.0.0.1", 0))
         rx.setblocking(False)
         sink.setblocking(False)
-        reader = BatchReader(rx, lambda _data, _addr: None, native_path=True)
+        stamped = stamps and native.rx_timestamps(rx.fileno())
+        reader = BatchReader(rx, lambda _data, _addr: None, native_path=True, stamps=stamped)
         inbound = native.NativeInbound(reader.batch, calls=4, flows=64)
         recv = reader._recv if drain else None
         forward = reader.forward = NativeForward(inbound, _Sink(sink.fileno()), _Demux(), recv)  # type: ignore[arg-type]
@@ -141,12 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wakeups", type=int, default=0, help="time the port reader per wake-up instead (1..1,000,000)"
     )
+    parser.add_argument(
+        "--stamps", action="store_true", help="with --wakeups: per wake-up without and with kernel timestamps"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.packets <= 1_000_000 or not 1 <= args.rounds <= 50 or not 0 <= args.wakeups <= 1_000_000:
         parser.error("--packets must be 1..1000000, --rounds 1..50 and --wakeups 0..1000000")
     if not native.available():
         print(f"native path unavailable: {native.status()}")
         return 1
+    if args.wakeups and args.stamps:
+        plain = min(measure_wakeups(True, args.wakeups) for _ in range(args.rounds))
+        stamped = min(measure_wakeups(True, args.wakeups, stamps=True) for _ in range(args.rounds))
+        print(f"{'reader, 4 packets a wake-up':<34}{'no stamp':>10}{'stamped':>10}{'cost':>8}")
+        print(f"{'us per wake-up':<34}{plain:>10.2f}{stamped:>10.2f}{stamped - plain:>8.2f}")
+        return 0
     if args.wakeups:
         per_batch = min(measure_wakeups(False, args.wakeups) for _ in range(args.rounds))
         per_wakeup = min(measure_wakeups(True, args.wakeups) for _ in range(args.rounds))

@@ -8,10 +8,11 @@ replayed datagrams (tests/native_traffic.py). The oracle: the same packet or the
 and no other exception. Each input is self-contained (its own sessions), so an index replays exactly.
 
 A second target drives the per-batch C path (fastpath.c ``sr_batch_in``: two calls behind one address, a
-batch of valid, padded, truncated, mutated and raw datagrams, a drawn barge-in gate and playback state)
-against the reference: every datagram C finished must unprotect, parse and frame to the same AUDIO_IN
-bytes through the Python codec on a twin session of the same key, with the call's unwrapping and
-timestamp base, in the same order, and the same reception statistics at the end.
+batch of valid, padded, truncated, mutated and raw datagrams, each with its own drawn arrival, a drawn
+barge-in gate and playback state) against the reference: every datagram C finished must unprotect, parse
+and frame to the same AUDIO_IN bytes through the Python codec on a twin session of the same key, with the
+call's unwrapping and timestamp base, in the same order, and the same reception statistics (taking each
+datagram's own arrival) at the end.
 
 Long run: ``SPLITRELAY_FUZZ_EXAMPLES=1000000 pytest tests/fuzz/test_fuzz_native.py`` (docs/benchmarks.md,
 "Fuzz tier"); its C side under the sanitizers is tests/unit/test_native_sanitizers.py.
@@ -122,10 +123,10 @@ def batch_input(source: Source) -> None:
             if chance(source, 4):
                 data = mutate(source, data)
             datagrams.append(data)
-        arrival = choice(source, (10**12 - 1, 10**12, 10**12 + 1))
-        decisions, out = bench.run(datagrams, arrival)
+        arrivals = [choice(source, (10**12 - 1, 10**12, 10**12 + 1, 10**12 - 400_000)) for _ in datagrams]
+        decisions, out = bench.run(datagrams, arrivals)  # each datagram's own arrival (its kernel stamp)
         expected: list[bytes] = []
-        for data, decision in zip(datagrams, decisions, strict=True):
+        for data, decision, arrival in zip(datagrams, decisions, arrivals, strict=True):
             if decision:
                 continue
             index = int.from_bytes(data[8:12], "big") - 0x700

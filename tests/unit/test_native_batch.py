@@ -2,7 +2,9 @@
 per-datagram path it short-cuts: the same datagrams through a real batched shared port, once with C and
 once without, must give the same AUDIO_IN bytes per call in the same order, the same fast-path counters,
 RTCP reception reports, call counters and demultiplexer counts, and the same dwell histograms (C observes
-into the call's own: on the fake clock each batch's dwell sits either side of a bucket bound).
+into the call's own: on the fake clock each batch's dwell sits either side of a bucket bound). Each datagram
+has its own arrival (as a kernel receive stamp gives it), the same in both runs: dwell, RTCP jitter and
+barge-in use it on both paths.
 
 Traffic: several calls on their own remote addresses (two calls from one address, told apart by SSRC, at
 the ``NativeInbound`` level below), valid packets with RFC 6464 levels, then forged, replayed, truncated,
@@ -18,6 +20,7 @@ import asyncio
 import bisect
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,19 +56,36 @@ DWELL_STEPS = (
 first bound at or above), so a C bucket off by one from DwellHistogram's fails the comparison."""
 
 
+ARRIVAL_STEPS = (0, 0, 1, 999, 1_000, 60_000, 249_999, 250_000, 700_000, 3_000_000, -5, 11_000_000_000)
+"""How long before its batch was read a datagram arrived (ns): the kernel stamp a fake clock gives it. A
+negative one (after the read) and one older than fastpath.c's SR_STAMP_MAX_AGE_NS fall back to the
+batch's time."""
+
+
 class Clock:
-    """``time`` for shared_port: perf_counter_ns is the current batch's arrival time; ``done`` is when its
-    AUDIO_IN leaves (the end of its dwell), which C reads through its clock (``C_CLOCK``)."""
+    """``time`` for shared_port and the clock C and the port's ``RecvBatch`` read (``c_clock``): ``now`` is
+    when the current batch was read; ``ages`` how long before it each of its datagrams arrived (as their
+    kernel stamps say: ``CLOCK_RECEIVED``, asked in datagram order after the batch's ``CLOCK_ARRIVAL``);
+    ``done`` is when its AUDIO_IN leaves (the end of its dwell)."""
 
     def __init__(self) -> None:
         self.now = 1_000_000_000_000
         self.done = self.now
+        self.ages: list[int] = [0]
+        self._next = 0
 
     def perf_counter_ns(self) -> int:
         return self.now
 
     def c_clock(self, event: int) -> int:
-        return self.done if event == native.CLOCK_DONE else self.now
+        if event == native.CLOCK_DONE:
+            return self.done
+        if event == native.CLOCK_RECEIVED:
+            age = self.ages[self._next % len(self.ages)]
+            self._next += 1
+            return self.now - age
+        self._next = 0  # CLOCK_ARRIVAL: a batch was read
+        return self.now
 
 
 @dataclass
@@ -283,9 +303,11 @@ async def relay_side(
     loop = asyncio.get_running_loop()
     assert port._sock is not None and port._reader is not None
     loop.remove_reader(port._sock.fileno())  # read by hand, one batch at a time
+    assert port._reader._recv is not None and port._reader._recv.stamps  # kernel stamps on by default
     if recv_batch != port._reader.batch:  # smaller batches: several per wake-up
         port._reader.batch = recv_batch
-        port._reader._recv = native.RecvBatch(port._sock.fileno(), recv_batch)
+        port._reader._recv = native.RecvBatch(port._sock.fileno(), recv_batch, timed=True, stamps=True)
+    port._reader._recv.set_clock(clock.c_clock)  # both runs: the same arrival per datagram
     if batch:
         assert port.forward_inbound(Sink(log))
         assert port.forwarding is not None
@@ -348,6 +370,7 @@ async def run(path: str, seed: int, group: int, monkeypatch: pytest.MonkeyPatch)
             for start in range(0, len(chunks), group):
                 clock.now += BATCH_NS
                 clock.done = clock.now + dwell.choice(DWELL_STEPS)
+                clock.ages = [dwell.choice(ARRIVAL_STEPS) for _ in range(7)]
                 for chunk in chunks[start : start + group]:
                     for sock, data in chunk:
                         sock.sendto(data, port.address)
@@ -412,7 +435,7 @@ class Bench:
         self.rx.setblocking(False)
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.tx.bind(("127.0.0.1", 0))
-        self.recv = native.RecvBatch(self.rx.fileno(), 32)
+        self.recv = native.RecvBatch(self.rx.fileno(), 32, timed=True)
         self.inbound = native.NativeInbound(32, calls=4, flows=64)
         self.keep: list[Any] = []
         self.slots = []
@@ -432,12 +455,16 @@ class Bench:
             self.slots.append(slot)
             self.senders.append(Flow(index, 0x700 + index, self.tx, tx, 0, 0))
 
-    def run(self, datagrams: list[bytes], arrival: int = 10**12) -> tuple[list[int], list[bytes]]:
+    def run(self, datagrams: list[bytes], arrival: int | list[int] = 10**12) -> tuple[list[int], list[bytes]]:
+        """The datagrams as one batch, arriving at ``arrival`` (one time, or one per datagram)."""
         for data in datagrams:
             self.tx.sendto(data, self.rx.getsockname())
         n = self.recv.receive()
         assert n == len(datagrams)
-        nout, sent, finished = self.inbound.run(self.recv, n, arrival, -1)
+        arrivals = [arrival] * n if isinstance(arrival, int) else arrival
+        for i, at in enumerate(arrivals):
+            self.recv.arrivals[i] = at
+        nout, sent, finished = self.inbound.run(self.recv, n, -1)
         assert sent == 0 and finished == sum(1 for d in self.inbound.decisions[:n] if d == 0)
         return list(self.inbound.decisions[:n]), [self.inbound.out(k) for k in range(nout)]
 
@@ -516,6 +543,150 @@ def test_during_playback_only_packets_that_leave_the_gate_as_it_is_stay_in_c(
     decisions, _ = bench.run([a.packet(b"y", level)], arrival=10**12)
     assert decisions == [0]
     assert slot.take_idle() and bench.slots[0].c.gate_mode == native.GATE_PYTHON
+
+
+def test_each_datagram_s_own_arrival_decides_whether_playback_was_on(bench: Bench) -> None:
+    """Barge-in asks whether playback was on when the packet arrived: per datagram, not per batch (a packet
+    that waited in the socket while the reply started still arrived before it)."""
+    a, _ = bench.senders
+    slot = bench.slots[0]
+    slot.set_gate(native.GATE_PYTHON, native.threshold_level(-40.0), False)
+    slot.set_playing_until(10**12)
+    decisions, out = bench.run([a.packet(b"1"), a.packet(b"2")], arrival=[10**12, 10**12 - 1])
+    assert decisions == [0, 1]  # the first arrived after playback: C; the second during it: Python decides
+    assert [d[20:] for d in out] == [b"1"]
+
+
+def test_c_observes_each_datagram_s_dwell_from_its_own_arrival(bench: Bench) -> None:
+    """Dwell runs from each datagram's arrival (its kernel stamp) until the batch left, and the RFC 3550
+    jitter takes the same arrival: the batch's time for all of them would hide the wait in the socket."""
+    from splitrelay.relay.media.rtcp import NativeReceptionStats, ReceptionStats
+
+    a, _ = bench.senders
+    histogram = DwellHistogram()
+    bench.slots[0].set_dwell(histogram)
+    done = 10**12 + 1_000_000
+    bench.inbound.set_clock(lambda event: done if event == native.CLOCK_DONE else 10**12)
+    arrivals = [10**12 - 400_000, 10**12 - 20_000, 10**12]
+    first_seq = a.seq
+    packets = [a.packet(b"x"), a.packet(b"y"), a.packet(b"z")]
+    decisions, _ = bench.run(packets, arrival=arrivals)
+    assert decisions == [0, 0, 0]
+    reference = DwellHistogram()
+    for at in arrivals:
+        reference.observe_ns(done - at)
+    assert (histogram.counts(), histogram.sum_ns, histogram.max_ns) == (
+        reference.counts(),
+        reference.sum_ns,
+        reference.max_ns,
+    )
+    stats = ReceptionStats(48000, first_seq)
+    for k, at in enumerate(arrivals):
+        stats.update((first_seq + k) & 0xFFFF, 960 * k, at)
+    flow = bench.inbound.lib.sr_flow_slot  # the call's stats: the struct the slot's flow points at
+    assert flow(bench.inbound.table, native.flow_key(bench.tx.getsockname()), a.ssrc) == 0
+    ours = NativeReceptionStats(bench.keep[3], native.rx_update())
+    assert (ours.jitter, ours.last_transit) == (stats.jitter, stats.last_transit)
+
+
+def test_the_kernel_stamp_is_each_datagram_s_arrival() -> None:
+    """With ``rx_timestamps`` on a socket, ``RecvBatch`` gives each datagram the time it entered the host,
+    on ``perf_counter_ns``'s clock: a datagram that waited in the socket shows its wait. Off, every
+    datagram gets the batch's time."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        plain = native.RecvBatch(rx.fileno(), 8, timed=True)
+        tx.sendto(b"unstamped", rx.getsockname())
+        time.sleep(0.01)
+        assert plain.receive() == 1 and plain.arrivals[0] == plain.batch_ns
+        assert native.rx_timestamps(rx.fileno())
+        stamped = native.RecvBatch(rx.fileno(), 8, timed=True, stamps=True)
+        time.sleep(0.05)  # the kernel turns its receive timestamps on in the background
+        sent = time.perf_counter_ns()
+        tx.sendto(b"first", rx.getsockname())
+        time.sleep(0.03)
+        tx.sendto(b"second", rx.getsockname())
+        time.sleep(0.001)
+        assert stamped.receive() == 2
+        read = time.perf_counter_ns()
+        first, second, batch = stamped.arrivals[0], stamped.arrivals[1], stamped.batch_ns
+        assert sent - 1_000_000 <= first <= sent + 5_000_000  # when it was sent, not when it was read
+        assert first + 25_000_000 <= second <= batch <= read
+        assert batch - first >= 30_000_000
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_stamps_become_arrivals_on_the_dwell_clock_within_bounds() -> None:
+    """fastpath.c ``sr_arrivals``: a CLOCK_REALTIME stamp moves to CLOCK_MONOTONIC by one offset per batch;
+    no stamp, a stamp after the batch was read, or one more than 10 s old (a clock step) give the batch's
+    time; a fake clock answers ``CLOCK_RECEIVED`` per stamped datagram instead, under the same bounds."""
+    assert native.available()
+    ffi, lib = native._native.ffi, native._native.lib
+    real = time.time_ns()
+    stamps = ffi.new(
+        "int64_t[]", [real - 5_000_000, 0, real + 1_000_000_000, real - 20_000_000_000, real - 1]
+    )
+    arrivals = ffi.new("int64_t[]", 5)
+    before = time.perf_counter_ns()
+    batch = lib.sr_arrivals(ffi.NULL, stamps, 5, arrivals)
+    assert before <= batch <= time.perf_counter_ns()
+    assert 5_000_000 <= batch - arrivals[0] <= 5_000_000 + (batch - before) + 1_000_000
+    assert list(arrivals)[1:4] == [batch, batch, batch]
+    assert 0 <= batch - arrivals[4] <= 1_000_000 + (batch - before)
+    answers = iter([999, 1_001, 500, 1_000, 1])
+    fake = ffi.callback(
+        "int64_t(int32_t)", lambda event: 1_000 if event == native.CLOCK_ARRIVAL else next(answers)
+    )
+    assert lib.sr_arrivals(fake, stamps, 5, arrivals) == 1_000
+    # stamped: 0 (999), 2 (1_001: after the batch), 3 (500), 4 (1_000); 1 has no stamp
+    assert list(arrivals) == [999, 1_000, 1_000, 500, 1_000]
+    lib.sr_arrivals(fake, ffi.NULL, 5, arrivals)
+    assert list(arrivals) == [1_000] * 5
+
+
+def test_a_drained_batch_counts_the_wait_in_the_socket() -> None:
+    """The drain (one C call per wake-up) with kernel stamps: a packet that waited 30 ms in the socket has a
+    dwell of at least 30 ms; the batch's time would say microseconds."""
+    rx, tx, sink = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    keep: list[Any] = []
+    try:
+        for sock in (rx, tx, sink):
+            sock.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        sink.setblocking(False)
+        assert native.rx_timestamps(rx.fileno())
+        recv = native.RecvBatch(rx.fileno(), 8, timed=True, stamps=True)
+        inbound = native.NativeInbound(8, calls=2, flows=16)
+        rx_session, tx_session = sessions(KEYS[0])
+        codec = native.codec(rx_session, tx_session)
+        assert isinstance(codec, native.NativeCodec)
+        slot = inbound.open_slot()
+        assert slot is not None
+        slot.configure(codec.rx_pointer, [PT], LEVEL_ID)
+        stats = slot.reception_stats(48000, 0)
+        slot.hint(tx.getsockname(), 0x700, stats)
+        slot.enable(0xA0, sink.getsockname())
+        slot.set_playing_until(0)
+        histogram = DwellHistogram()
+        slot.set_dwell(histogram)
+        keep += [rx_session, tx_session, codec, stats]
+        drain = inbound.drain_for(recv)
+        flow = Flow(0, 0x700, tx, sessions(KEYS[0])[1], 0, 0)
+        time.sleep(0.05)  # the kernel turns its receive timestamps on in the background
+        tx.sendto(flow.packet(b"waited"), rx.getsockname())
+        time.sleep(0.03)
+        assert drain.run(1, sink.fileno()) == native.DRAIN_DONE
+        assert drain.state.finished == 1 and sink.recv(4096)[20:] == b"waited"
+        assert histogram.count == 1 and histogram.max_ns >= 30_000_000
+        assert drain.state.arrival_ns - recv.arrivals[0] >= 30_000_000
+    finally:
+        for sock in (rx, tx, sink):
+            sock.close()
 
 
 def test_the_wire_type_is_audio_in() -> None:
@@ -618,6 +789,17 @@ def figures(h: DwellHistogram) -> tuple[list[int], int, int, int, float | None, 
     return h.counts(), h.count, h.sum_ns, h.max_ns, h.quantile_ms(0.5), h.quantile_ms(0.99)
 
 
+def test_c_buckets_dwell_by_the_same_bounds_as_dwell_histogram() -> None:
+    """fastpath.c ``sr_dwell_bounds_us`` is ``DWELL_BUCKETS_US``: the bounds C's bucketing implies, read
+    microsecond by microsecond, are the Python table's (finer between 200 us and 2 ms, where p99 sits)."""
+    assert native.available()
+    bucket = native._native.lib.sr_dwell_bucket
+    implied = [us for us in range(DWELL_BUCKETS_US[-1] + 1) if bucket((us + 1) * 1000) > bucket(us * 1000)]
+    assert tuple(implied) == DWELL_BUCKETS_US
+    assert bucket(10**15) == len(DWELL_BUCKETS_US)
+    assert {250, 400, 600, 1_500} <= set(DWELL_BUCKETS_US)
+
+
 def test_c_observes_dwell_into_the_buckets_dwell_histogram_does() -> None:
     reference, in_c = DwellHistogram(), DwellHistogram()
     state = native.dwell_state(in_c)
@@ -676,3 +858,4 @@ def test_the_wakeup_micro_benchmark_runs_both_ways() -> None:
     """``python -m splitrelay.relay.native.micro --wakeups`` (it checks C finished every packet itself)."""
     assert measure_wakeups(True, 20) > 0
     assert measure_wakeups(False, 20) > 0
+    assert measure_wakeups(True, 20, stamps=True) > 0

@@ -37,6 +37,7 @@ from splitrelay.relay.media.aiortc_internals import SrtpLink
 from splitrelay.relay.media.sdp import StreamParams
 from splitrelay.relay.media.shared_port import SharedUdpPort
 from splitrelay.relay.media.srtp_fastpath import FastPathConfig, SrtpFastPath
+from splitrelay.relay.telemetry import DwellHistogram
 from tests.native_traffic import sessions
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native path not built")
@@ -142,7 +143,7 @@ async def relay(
         reader = link.receiver
         assert isinstance(reader, _NativeLinkReader)
         reader.batch, reader.calls_per_turn = 4, 16
-        reader._recv = native.RecvBatch(reader._sock.fileno(), 4)
+        reader._recv = native.RecvBatch(reader._sock.fileno(), 4, timed=True, stamps=reader._recv.stamps)
     if native_out and drain == "drain-back":
         media_fd = port.native_media_fd
         monkeypatch.setattr(port, "native_media_fd", lambda: min(media_fd(), -1))
@@ -487,7 +488,7 @@ class OutBench:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
         self.out = native.NativeOutbound(32, ids=ids)
-        self.recv = native.RecvBatch(self.sock.fileno(), 32)
+        self.recv = native.RecvBatch(self.sock.fileno(), 32, timed=True)
         ffi = self.out.ffi
         _protect, _unprotect, srtp_ffi = native._srtp_functions()
         self.sessions = [sessions(KEYS[i % len(KEYS)])[1] for i in range(calls)]
@@ -518,10 +519,14 @@ class OutBench:
             "v6": native.raw_sockaddr(("::1", 40_000)),
         }
 
-    def run(self, datagrams: list[tuple[bytes, bytes, int]], now: int, fd: int = -1) -> tuple[int, int, int]:
-        """(data, source sockaddr, its length field) per datagram; a negative length is a cut datagram."""
+    def run(
+        self, datagrams: list[tuple[bytes, bytes, int]], now: int, fd: int = -1, ages: list[int] | None = None
+    ) -> tuple[int, int, int]:
+        """(data, source sockaddr, its length field) per datagram; a negative length is a cut datagram.
+        Datagram i arrived ``ages[i]`` ns before ``now`` (None: all at ``now``)."""
         recv = self.recv
         for i, (data, name, name_length) in enumerate(datagrams):
+            recv.arrivals[i] = now - (ages[i] if ages is not None else 0)
             start = i * native.RECV_SLOT
             recv.mem[start : start + len(data)] = data
             recv.lengths[i] = len(data) if name_length >= 0 else -1
@@ -565,7 +570,41 @@ def out_round(rng: random.Random, bench: OutBench, now: int, fd: int) -> int:
         source = bench.names["peer" if rng.random() < 0.85 else rng.choice(("other", "v6"))]
         name_length = len(source) if rng.random() < 0.9 else rng.choice((0, 1, 7, -len(source)))
         datagrams.append((data, source, name_length))
-    return bench.run(datagrams, now, fd)[0]
+    ages = [rng.choice((0, 0, 1, 70_000_000, 400_000_000)) for _ in datagrams]
+    return bench.run(datagrams, now, fd, ages)[0]
+
+
+def test_each_frame_s_dwell_counts_from_its_own_arrival_or_its_slot() -> None:
+    """``sr_batch_out``: a frame's dwell runs from when it arrived in the host (its kernel stamp), or from
+    its slot on the timeline when that is later (a frame that came early waits for it); the batch's time
+    for all would hide the wait in the socket."""
+    bench = OutBench(calls=2)
+    try:
+        now = 10**12
+        for entry in bench.entries:
+            entry.c.playout.timeline_ns = now  # real time: due = now - lead, long before any arrival
+        agent = Agent()
+        rng = random.Random(3)
+        frames = [agent.frame(rng, 0), agent.frame(rng, 1), agent.frame(rng, 0)]
+        ages = [3_000_000, 40_000, 0]
+        peer = bench.names["peer"]
+        done = now + 500_000
+        bench.out.set_clock(lambda event: done if event == native.CLOCK_DONE else now)
+        histograms = [DwellHistogram(), DwellHistogram()]
+        for entry, histogram in zip(bench.entries, histograms, strict=True):
+            entry.set_dwell(histogram)
+        made, _, finished = bench.run([(f, peer, len(peer)) for f in frames], now, ages=ages)
+        assert made == finished == 3
+        assert list(bench.out.out_due[:3]) == [now - age for age in ages]
+        assert histograms[0].sum_ns == (done - (now - ages[0])) + (done - now)
+        assert histograms[1].max_ns == done - (now - ages[1])
+        # a frame that arrived before its slot: its dwell starts at the slot (as the Python playout's)
+        lead = bench.entries[0].c.playout.lead_ns
+        bench.entries[0].c.playout.timeline_ns = now + lead - 1_000
+        made, _, _ = bench.run([(agent.frame(rng, 0), peer, len(peer))], now, ages=[2_000_000])
+        assert made == 1 and bench.out.out_due[0] == now - 1_000
+    finally:
+        bench.close()
 
 
 def test_the_call_id_table_finds_what_was_entered_through_churn() -> None:

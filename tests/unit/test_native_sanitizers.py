@@ -64,7 +64,8 @@ RECEIVE = LOAD + textwrap.dedent(
         rx.setblocking(False)
         got = []
         deliver = lambda d, a: got.append((d, a))
-        reader = BatchReader(rx, deliver, native_path=native_path, batch=int(sys.argv[2]))
+        stamps = native_path and native.rx_timestamps(rx.fileno())  # recvmmsg with control messages
+        reader = BatchReader(rx, deliver, native_path=native_path, batch=int(sys.argv[2]), stamps=stamps)
         chunk = random.Random(7)
         sizes = (0, 1, 12, 172, 1200, native.RECV_SLOT, native.RECV_SLOT + 9)
         for _ in range(40):  # in chunks the socket buffer holds
@@ -105,7 +106,8 @@ BATCH = LOAD + textwrap.dedent(
         for slot in bench.slots:
             slot.set_gate(rng.randrange(3), rng.randrange(128), rng.random() < 0.5)
             slot.set_playing_until(rng.choice((0, 1 << 62, 10**12)))
-        decisions, out = bench.run(datagrams, arrival=rng.choice((10**12 - 1, 10**12, 10**12 + 1)))
+        arrivals = [rng.choice((10**12 - 1, 10**12, 10**12 + 1)) for _ in datagrams]
+        decisions, out = bench.run(datagrams, arrival=arrivals)
         made += len(out)
         if step % 200 == 0:
             flow_table_round(rng, native.NativeInbound(1, calls=5, flows=64), 5)

@@ -378,6 +378,24 @@ def speech_hint(
     )
 
 
+RX_TIMESTAMPS_ENV: Final = "SPLITRELAY_RX_TIMESTAMPS"
+"""Set to 0 (or off/false/no) to read the relay's batched sockets without kernel receive timestamps: each
+datagram's dwell (and RTCP arrival, and barge-in time) then starts when its batch was read, as before."""
+
+
+def rx_timestamps_enabled() -> bool:
+    """True unless ``SPLITRELAY_RX_TIMESTAMPS`` turns kernel receive timestamps off."""
+    return os.environ.get(RX_TIMESTAMPS_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def rx_timestamps(fd: int) -> bool:
+    """Ask the kernel to stamp every datagram ``fd`` receives (fastpath.c ``sr_rx_timestamps``:
+    SO_TIMESTAMPNS) when the extension runs and ``SPLITRELAY_RX_TIMESTAMPS`` allows; True when it will."""
+    if not available() or not rx_timestamps_enabled():
+        return False
+    return int(_native.lib.sr_rx_timestamps(fd, 1)) == 0
+
+
 RECV_SLOT: Final = 4096
 """Bytes per datagram in a batched receive: longer ones are cut by the kernel, dropped and counted (on the
 Python path too). Media is at most 1500 bytes (``SRTP_BUFFER``); STUN and DTLS flights stay under the MTU."""
@@ -391,23 +409,34 @@ class RecvBatch:
     ``receive()`` returns how many arrived (0: the socket is empty; negative: -errno). Datagram i is then
     ``payload(i)`` (bytes) from ``lengths[i]`` (-1: longer than ``RECV_SLOT``, cut) and its source is the
     raw ``sockaddr`` ``name(i)``; the shared port (relay/media/shared_port.py) reads them in its own loop.
+
+    ``timed=True`` (the relay's readers): ``receive()`` also fills ``arrivals[i]``, when datagram i entered
+    the host in the dwell's clock (``CLOCK_MONOTONIC``, ``time.perf_counter_ns``; fastpath.c
+    ``sr_arrivals``), and ``batch_ns``, when the batch was read. With ``stamps=True`` (the socket has
+    ``rx_timestamps`` on) the arrival is the kernel's receive stamp; without one it is ``batch_ns``. Neither:
+    nothing is timed, whoever reads the batch takes its own time (the bench's load side does).
     """
 
     __slots__ = (
+        "_arrivals",
         "_buffers",
+        "_clock",
         "_count",
         "_fd",
         "_lengths",
         "_lib",
         "_name_lengths",
         "_names",
+        "_stamps",
+        "arrivals",
+        "batch_ns",
         "lengths",
         "mem",
         "name_lengths",
         "names_mem",
     )
 
-    def __init__(self, fd: int, count: int = 64) -> None:
+    def __init__(self, fd: int, count: int = 64, *, timed: bool = False, stamps: bool = False) -> None:
         if not available():
             raise RuntimeError(f"native fast path unavailable: {_native_reason}")
         if not 1 <= count <= RECV_BATCH_MAX:
@@ -420,10 +449,29 @@ class RecvBatch:
         self._names = ffi.new("unsigned char[]", count * RECV_NAME_SLOT)
         self._lengths = ffi.new("int32_t[]", count)
         self._name_lengths = ffi.new("int32_t[]", count)
+        self._stamps: Any = ffi.new("int64_t[]", count) if stamps else ffi.NULL
+        self._arrivals: Any = ffi.new("int64_t[]", count) if timed or stamps else ffi.NULL
+        self._clock: Any = ffi.NULL
         self.mem = ffi.buffer(self._buffers)
         self.names_mem = ffi.buffer(self._names)
         self.lengths = memoryview(ffi.buffer(self._lengths)).cast("i")
         self.name_lengths = memoryview(ffi.buffer(self._name_lengths)).cast("i")
+        self.arrivals = memoryview(ffi.buffer(self._arrivals) if self._arrivals else b"").cast("q")
+        """Each datagram's arrival (``timed``: by ``receive()``, or by a drain over this batch)."""
+        self.batch_ns = 0
+        """When ``receive()`` returned its last batch (``timed``), in the same clock."""
+
+    @property
+    def stamps(self) -> bool:
+        """True when kernel receive stamps are read with each batch."""
+        return bool(self._stamps)
+
+    def set_clock(self, clock: Callable[[int], int] | None) -> None:
+        """The clock ``arrivals`` are in (None: ``CLOCK_MONOTONIC``); tests give a fake one, asked as the
+        per-batch paths ask theirs (``CLOCK_ARRIVAL`` for the batch, ``CLOCK_RECEIVED`` per stamped
+        datagram)."""
+        ffi = _native.ffi
+        self._clock = ffi.NULL if clock is None else ffi.callback("int64_t(int32_t)", clock)
 
     def receive(self) -> int:
         n: int = self._lib.sr_recv_batch(
@@ -435,8 +483,16 @@ class RecvBatch:
             self._lengths,
             self._name_lengths,
             self._count,
+            self._stamps,
         )
+        if n > 0 and self._arrivals:
+            self.batch_ns = self._lib.sr_arrivals(self._clock, self._stamps, n, self._arrivals)
         return n
+
+    @property
+    def timed(self) -> bool:
+        """True when ``receive()`` fills ``arrivals`` and ``batch_ns``."""
+        return bool(self._arrivals)
 
 
 NATIVE_DRAIN_ENV: Final = "SPLITRELAY_NATIVE_DRAIN"
@@ -515,9 +571,12 @@ def drain_wakeup(
 def _drain_state(
     ffi: Any, recv: RecvBatch, decisions: Any, out: Any, out_slot: int, out_lengths: Any, out_index: Any
 ) -> Any:
-    """An ``sr_drain`` over ``recv``'s buffers and a per-batch path's outputs (kept alive by their owners)."""
+    """An ``sr_drain`` over ``recv``'s buffers and a per-batch path's outputs (kept alive by their owners);
+    ``recv`` must be ``timed`` (C writes each datagram's arrival into its ``arrivals``)."""
     if not 1 <= recv._count <= RECV_BATCH_MAX:
         raise ValueError(f"batch of {recv._count}")
+    if not recv.timed:
+        raise ValueError("a drained RecvBatch must be timed")
     d = ffi.new("sr_drain *")
     d.recv_fd = recv._fd
     d.batch = recv._count
@@ -527,6 +586,8 @@ def _drain_state(
     d.name_slot = RECV_NAME_SLOT
     d.lengths = recv._lengths
     d.name_lengths = recv._name_lengths
+    d.stamps = recv._stamps
+    d.arrivals = recv._arrivals
     d.decisions = decisions
     d.out = out
     d.out_slot = out_slot
@@ -547,6 +608,9 @@ GATE_TALKING: Final = 2
 CLOCK_ARRIVAL: Final = 0  # fastpath.c SR_CLOCK_*: which reading a per-batch path's clock is asked for
 CLOCK_SEND: Final = 1
 CLOCK_DONE: Final = 2
+CLOCK_RECEIVED: Final = 3
+"""A fake clock's arrival of the next datagram that came with a kernel stamp (tests: fastpath.c
+``sr_arrivals``); the real clock converts the stamp itself."""
 PLAYING_ALWAYS: Final = 1 << 62
 """``playing_until`` while frames are queued or playout is paused: playing whatever the arrival time."""
 FLOW_CAPACITY: Final = 1 << 15  # flow table slots (half may be used): 16384 (address, SSRC) flows
@@ -780,7 +844,8 @@ class _BatchPath:
 
     def set_clock(self, clock: Callable[[int], int] | None) -> None:
         """The clock C reads (None: CLOCK_MONOTONIC, Python's ``perf_counter_ns``); tests give a fake one,
-        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``)."""
+        called with fastpath.c's event (``CLOCK_ARRIVAL``, ``CLOCK_SEND``, ``CLOCK_DONE``, and in a drain
+        ``CLOCK_RECEIVED`` per datagram with a kernel stamp: its arrival)."""
         self._clock = None if clock is None else self.ffi.callback("int64_t(int32_t)", clock)
         self.table.clock = self.ffi.NULL if self._clock is None else self._clock
 
@@ -861,10 +926,13 @@ class NativeInbound(_BatchPath):
     def flows(self) -> int:
         return int(self.table.used)
 
-    def run(self, recv: RecvBatch, count: int, arrival_ns: int, fd: int) -> tuple[int, int, int]:
-        """C over the first ``count`` datagrams of ``recv``: (wire datagrams made, sent by C, finished)."""
+    def run(self, recv: RecvBatch, count: int, fd: int) -> tuple[int, int, int]:
+        """C over the first ``count`` datagrams of ``recv`` (a ``timed`` one: each datagram's arrival is in
+        its ``arrivals``): (wire datagrams made, sent by C, finished)."""
         if count > self.batch:
             raise ValueError(f"batch of {count} > {self.batch}")
+        if not recv.timed:
+            raise ValueError("the per-batch inbound path needs a timed RecvBatch")
         nout = self.lib.sr_batch_in(
             self.table,
             recv._buffers,
@@ -874,7 +942,7 @@ class NativeInbound(_BatchPath):
             recv._lengths,
             recv._name_lengths,
             count,
-            arrival_ns,
+            recv._arrivals,
             self._plain,
             self._decisions,
             self._out,
@@ -1119,7 +1187,8 @@ class NativeOutbound(_BatchPath):
         return int(self.table.used)
 
     def run(self, recv: RecvBatch, count: int, now_ns: int, send_ns: int, fd: int) -> tuple[int, int, int]:
-        """C over the first ``count`` datagrams of ``recv``: (datagrams made, sent by C, finished)."""
+        """C over the first ``count`` datagrams of ``recv``: (datagrams made, sent by C, finished). A frame's
+        dwell counts from its arrival in ``recv.arrivals`` when ``recv`` is timed, else from ``now_ns``."""
         if count > self.batch:
             raise ValueError(f"batch of {count} > {self.batch}")
         nout = self.lib.sr_batch_out(
@@ -1133,6 +1202,7 @@ class NativeOutbound(_BatchPath):
             count,
             now_ns,
             send_ns,
+            recv._arrivals,
             self._decisions,
             self._out,
             OUT_SLOT,

@@ -254,20 +254,70 @@ int sr_speech_hint(int audio_level, int voice, int use_voice_bit, int threshold_
     return payload_length <= SR_DTX_MAX_BYTES ? SR_HINT_SILENCE : SR_HINT_DECODE;
 }
 
+/* The clock the per-batch paths read (NULL: CLOCK_MONOTONIC, which is Python's perf_counter_ns on Linux);
+ * tests install a fake one. `event` says which reading: a batch's arrival, the playout clock of an
+ * outbound batch, the stream's send time, or when the batch's datagrams have left (dwell ends). */
+typedef int64_t (*sr_clock_fn)(int32_t event);
+#define SR_CLOCK_ARRIVAL 0
+#define SR_CLOCK_SEND 1
+#define SR_CLOCK_DONE 2
+#define SR_CLOCK_RECEIVED 3 /* a fake clock's arrival of the next stamped datagram (sr_arrivals) */
+
+/* A reading of `fn` (NULL: CLOCK_MONOTONIC, as time.perf_counter_ns). */
+int64_t sr_clock_now(sr_clock_fn fn, int32_t event) {
+    if (fn != NULL) return fn(event);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+#define SR_STAMP_MAX_AGE_NS 10000000000LL /* a kernel stamp older than this is a clock step, not a wait */
+#define SR_CONTROL 64 /* control bytes per datagram: one SCM_TIMESTAMPNS (32) with room to spare */
+
+static int64_t realtime_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+#ifdef __linux__
+/* The SCM_TIMESTAMPNS a received message carries, in ns, or 0 (none, or cut off). */
+static int64_t control_stamp(struct msghdr *m) {
+    if (m->msg_controllen == 0) return 0;
+    int seen = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c != NULL && seen < 8; c = CMSG_NXTHDR(m, c), seen++) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS
+            && c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof ts);
+            int64_t ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            return ns > 0 ? ns : 0;
+        }
+    }
+    return 0;
+}
+#endif
+
 /* Up to `count` datagrams from the non-blocking UDP socket `fd` in one recvmmsg(2) (the shared media
  * port: issue 17). Datagram i lands at buffers + i * slot with its length in lengths[i] (-1 when it was
  * longer than `slot` and cut: the caller drops it), its source address at names + i * name_slot with
- * its length in name_lengths[i]. Returns how many arrived, 0 when the socket is empty, or -errno (an
- * ICMP error queued on the socket, say: the next call goes on with the datagrams behind it). */
+ * its length in name_lengths[i]. With `stamps` (NULL: no control messages asked for), stamps[i] is the
+ * kernel's receive time of datagram i (SO_TIMESTAMPNS, CLOCK_REALTIME ns: see sr_rx_timestamps), 0 when
+ * none came with it. Returns how many arrived, 0 when the socket is empty, or -errno (an ICMP error
+ * queued on the socket, say: the next call goes on with the datagrams behind it). */
 int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *names, size_t name_slot,
-                  int32_t *lengths, int32_t *name_lengths, int count) {
+                  int32_t *lengths, int32_t *name_lengths, int count, int64_t *stamps) {
 #ifndef __linux__
     (void)fd, (void)buffers, (void)slot, (void)names, (void)name_slot, (void)lengths, (void)name_lengths;
-    (void)count;
+    (void)count, (void)stamps;
     return -ENOSYS; /* no recvmmsg: the shared port reads with recvfrom (relay/media/shared_port.py) */
 #else
     struct mmsghdr msgs[SR_RECV_MAX];
     struct iovec iov[SR_RECV_MAX];
+    union {
+        unsigned char buf[SR_CONTROL];
+        struct cmsghdr align;
+    } control[SR_RECV_MAX];
     if (fd < 0 || count <= 0 || count > SR_RECV_MAX || slot == 0 || slot > SR_RECV_SLOT_MAX
         || name_slot == 0 || name_slot > SR_RECV_NAME_MAX)
         return -EINVAL;
@@ -279,6 +329,10 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_name = names + (size_t)i * name_slot;
         msgs[i].msg_hdr.msg_namelen = (socklen_t)name_slot;
+        if (stamps != NULL) {
+            msgs[i].msg_hdr.msg_control = control[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof control[i].buf;
+        }
     }
     int n = recvmmsg(fd, msgs, (unsigned int)count, MSG_DONTWAIT, NULL);
     if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
@@ -287,9 +341,53 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
         lengths[i] = cut ? -1 : (int32_t)msgs[i].msg_len;
         socklen_t name_length = msgs[i].msg_hdr.msg_namelen;
         name_lengths[i] = (int32_t)(name_length > name_slot ? name_slot : name_length);
+        if (stamps != NULL) stamps[i] = control_stamp(&msgs[i].msg_hdr);
     }
     return n;
 #endif
+}
+
+/* Ask the kernel for a receive timestamp on every datagram of `fd` (SO_TIMESTAMPNS: software, taken when
+ * the datagram entered the host's receive path; CLOCK_REALTIME): 0, or -errno (-ENOSYS off Linux). */
+int sr_rx_timestamps(int fd, int on) {
+#if defined(__linux__) && defined(SO_TIMESTAMPNS)
+    int value = on ? 1 : 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &value, sizeof value) != 0) return -errno;
+    return 0;
+#else
+    (void)fd, (void)on;
+    return -ENOSYS;
+#endif
+}
+
+/* The arrival of each datagram of a batch in the dwell's clock: arrivals[i] from its kernel stamp
+ * (stamps[i], CLOCK_REALTIME) moved to CLOCK_MONOTONIC by an offset read once per batch (the two clocks
+ * read back to back), or the batch's own reading (when recvmmsg returned) where it has no stamp (0, or
+ * stamps NULL) or the stamp does not fall in (batch - SR_STAMP_MAX_AGE_NS, batch]: the realtime clock
+ * was stepped, not a wait. With a fake clock (tests) the batch reading is clock(SR_CLOCK_ARRIVAL) and a
+ * stamped datagram's arrival clock(SR_CLOCK_RECEIVED), in datagram order, under the same bounds. Returns
+ * the batch's reading. */
+int64_t sr_arrivals(sr_clock_fn clock, const int64_t *stamps, int n, int64_t *arrivals) {
+    int64_t batch = sr_clock_now(clock, SR_CLOCK_ARRIVAL);
+    int64_t offset = 0;
+    int have_offset = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t at = batch;
+        if (stamps != NULL && stamps[i] > 0) {
+            if (clock != NULL)
+                at = clock(SR_CLOCK_RECEIVED);
+            else {
+                if (!have_offset) {
+                    offset = batch - realtime_now();
+                    have_offset = 1;
+                }
+                at = stamps[i] + offset;
+            }
+            if (at > batch || at <= batch - SR_STAMP_MAX_AGE_NS) at = batch;
+        }
+        arrivals[i] = at;
+    }
+    return batch;
 }
 
 /* ---- The per-batch inbound path (issue 17): caller SRTP -> AUDIO_IN without Python ------------------
@@ -317,7 +415,7 @@ int sr_recv_batch(int fd, unsigned char *buffers, size_t slot, unsigned char *na
  * the one copy, read by /metrics and the hang-up summary, written by C and by the Python path alike).
  * Buckets by the microseconds floor(ns / 1000): counts[i] for the first bound >= it, the last for above
  * them all (bisect_left over DWELL_BUCKETS_US; tests check the bounds and the bucketing). */
-#define SR_DWELL_BOUNDS 18
+#define SR_DWELL_BOUNDS 22
 typedef struct {
     int64_t counts[SR_DWELL_BOUNDS + 1];
     int64_t count;
@@ -325,13 +423,6 @@ typedef struct {
     int64_t max_ns;
 } sr_dwell;
 
-/* The clock the per-batch paths read (NULL: CLOCK_MONOTONIC, which is Python's perf_counter_ns on Linux);
- * tests install a fake one. `event` says which reading: a batch's arrival, the playout clock of an
- * outbound batch, the stream's send time, or when the batch's datagrams have left (dwell ends). */
-typedef int64_t (*sr_clock_fn)(int32_t event);
-#define SR_CLOCK_ARRIVAL 0
-#define SR_CLOCK_SEND 1
-#define SR_CLOCK_DONE 2
 
 typedef struct {
     int64_t base_seq;
@@ -400,7 +491,8 @@ static int64_t floor_div(__int128 n, int64_t d) {
 }
 
 static const int64_t sr_dwell_bounds_us[SR_DWELL_BOUNDS] = {
-    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000, 20000, 100000,
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 750, 1000, 1500, 2000, 5000, 10000, 20000,
+    100000,
 };
 
 /* The bucket of a dwell of `ns` nanoseconds (DwellHistogram.observe_ns's bisect). */
@@ -417,14 +509,6 @@ void sr_dwell_observe(sr_dwell *d, int64_t ns) {
     d->count++;
     d->sum_ns += ns;
     if (ns > d->max_ns) d->max_ns = ns;
-}
-
-/* A reading of `fn` (NULL: CLOCK_MONOTONIC, as time.perf_counter_ns). */
-int64_t sr_clock_now(sr_clock_fn fn, int32_t event) {
-    if (fn != NULL) return fn(event);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 void sr_rx_init(sr_rx_stats *s, int64_t clock_rate, int seq) {
@@ -688,26 +772,29 @@ static int send_batch(int fd, unsigned char *out, size_t out_slot, const int32_t
 #endif
 }
 
-/* The batch recvmmsg left in (buffers, lengths, names): see the section comment. Wire datagrams for
- * inference go to out + k * out_slot (out_lengths[k], out_slots[k] the call slot, out_index[k] the
- * datagram), k < the return value; when fd >= 0 they leave in one sendmmsg from here and sent[0] says how
- * many the kernel took (the rest, from sent[0] on, Python sends in order); sent[1] is how many datagrams
- * C finished (decisions[i] == SR_TO_C). -1: bad arguments. */
+/* The batch recvmmsg left in (buffers, lengths, names), datagram i having arrived at arrivals[i] (in the
+ * dwell's clock: sr_arrivals): see the section comment. Wire datagrams for inference go to
+ * out + k * out_slot (out_lengths[k], out_slots[k] the call slot), k < the return value; when fd >= 0 they
+ * leave in one sendmmsg from here and sent[0] says how many the kernel took (the rest, from sent[0] on,
+ * Python sends in order); sent[1] is how many datagrams C finished (decisions[i] == SR_TO_C). Each one's
+ * dwell runs from its own arrival until the sendmmsg returned. -1: bad arguments. */
 int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
                 size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
-                int64_t arrival_ns, unsigned char *plain, int8_t *decisions, unsigned char *out,
+                const int64_t *arrivals, unsigned char *plain, int8_t *decisions, unsigned char *out,
                 size_t out_slot, int32_t *out_lengths, int32_t *out_slots, int fd, int32_t *sent) {
     sent[0] = sent[1] = 0;
     if (count < 0 || count > SR_BATCH_MAX || out_slot < SR_WIRE_HEADER + SR_WIRE_MAX_PAYLOAD
         || slot_size > SR_RECV_SLOT_MAX || name_slot > SR_RECV_NAME_MAX || t->capacity == 0
-        || t->unprotect == 0)
+        || t->unprotect == 0 || arrivals == NULL)
         return -1;
     int64_t gen = ++t->gen;
     unsigned char deferred[SR_BATCH_MAX][SR_KEY_LEN];
+    int64_t out_arrival[SR_BATCH_MAX];
     int ndeferred = 0;
     int nout = 0;
     for (int i = 0; i < count; i++) {
         decisions[i] = SR_TO_PYTHON;
+        int64_t arrival_ns = arrivals[i];
         int32_t length = lengths[i];
         if (length < 0) continue; /* cut by the kernel: the reader counts it */
         const unsigned char *d = buffers + (size_t)i * slot_size;
@@ -766,6 +853,7 @@ int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, con
             }
             out_lengths[nout] = w;
             out_slots[nout] = f->slot;
+            out_arrival[nout] = arrival_ns;
             nout++;
             c->to_inference++;
             c->batch_count++;
@@ -788,11 +876,11 @@ int sr_batch_in(sr_table *t, const unsigned char *buffers, size_t slot_size, con
         }
         sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
     }
-    if (nout > 0) { /* dwell: the batch's receive until its datagrams left (or were handed back) */
+    if (nout > 0) { /* dwell: each datagram's arrival until the batch left (or was handed back) */
         int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
         for (int k = 0; k < nout; k++) {
             sr_dwell *dw = t->calls[out_slots[k]].dwell;
-            if (dw != NULL) sr_dwell_observe(dw, done - arrival_ns);
+            if (dw != NULL) sr_dwell_observe(dw, done - out_arrival[k]);
         }
     }
     return nout;
@@ -981,15 +1069,17 @@ uint32_t sr_timestamp_at(const sr_playout *p, int64_t t_ns) {
 }
 
 /* The batch the inference socket's recvmmsg left in (buffers, lengths, names): see the section comment.
- * `now_ns` is the playout clock for the whole batch and `send_ns` the stream's send time. Protected
- * datagrams go to out + k * out_slot (out_lengths[k]; out_handles[k] the entry's handle; out_due[k] the
- * time its dwell counts from), k < the return value; when fd >= 0 they leave in one sendmmsg from here and
- * sent[0] says how many the kernel took (Python sends the rest in order); sent[1] is how many datagrams C
- * finished. -1: bad arguments. */
+ * `now_ns` is the playout clock for the whole batch and `send_ns` the stream's send time; arrivals[i]
+ * (NULL: now_ns for all) when datagram i arrived, in the same clock (sr_arrivals). Protected datagrams go
+ * to out + k * out_slot (out_lengths[k]; out_handles[k] the entry's handle; out_due[k] the time its dwell
+ * counts from: its arrival, or its slot on the timeline if later), k < the return value; when fd >= 0
+ * they leave in one sendmmsg from here and sent[0] says how many the kernel took (Python sends the rest in
+ * order); sent[1] is how many datagrams C finished. -1: bad arguments. */
 int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
                  size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
-                 int64_t now_ns, int64_t send_ns, int8_t *decisions, unsigned char *out, size_t out_slot,
-                 int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int fd, int32_t *sent) {
+                 int64_t now_ns, int64_t send_ns, const int64_t *arrivals, int8_t *decisions,
+                 unsigned char *out, size_t out_slot, int32_t *out_lengths, int32_t *out_handles,
+                 int64_t *out_due, int fd, int32_t *sent) {
     sent[0] = sent[1] = 0;
     if (count < 0 || count > SR_BATCH_MAX || out_slot < SR_SRTP_BUFFER || slot_size > SR_RECV_SLOT_MAX
         || name_slot > SR_RECV_NAME_MAX || t->capacity == 0 || (t->capacity & (t->capacity - 1)) != 0
@@ -1084,7 +1174,8 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
             if (o->playing_until != NULL) *o->playing_until = p->timeline_ns + p->tail_ns;
             out_lengths[nout] = n;
             out_handles[nout] = o->handle;
-            out_due[nout] = due > now_ns ? due : now_ns;
+            int64_t arrival = arrivals != NULL ? arrivals[i] : now_ns;
+            out_due[nout] = due > arrival ? due : arrival;
             outs[nout] = o;
             nout++;
             to_python = 0;
@@ -1143,11 +1234,14 @@ typedef struct {
     int32_t *out_lengths;
     int32_t *out_index;   /* inbound: the call slot; outbound: the entry's handle */
     int64_t *out_due;     /* outbound: when each datagram was due */
+    int64_t *stamps;      /* RecvBatch's kernel receive stamps (NULL: none asked for, the batch's time) */
+    int64_t *arrivals;    /* RecvBatch's arrival of each datagram of the last batch (sr_arrivals) */
     int32_t send_fd;      /* set by Python per call: where C sends (-1: the datagrams go back to Python) */
     int32_t sent[2];      /* of the last batch: datagrams the kernel took, datagrams C finished */
     int32_t n;            /* datagrams in the last batch (0: empty, negative: -errno of recvmmsg) */
     int32_t nout;         /* datagrams C made of the last batch */
-    int64_t arrival_ns;   /* when the last batch was read (inbound) / the playout clock for it (outbound) */
+    int64_t arrival_ns;   /* when the last batch was read (inbound) / the playout clock for it (outbound);
+                           * each datagram's own arrival is in arrivals */
     int32_t calls;        /* recvmmsg calls made, this call */
     int32_t batches;      /* batches run, this call */
     int64_t finished;     /* datagrams C finished, this call */
@@ -1160,7 +1254,7 @@ static int drain_start(sr_drain *d, int turns) {
     d->finished = d->delivered = d->made = 0;
     d->n = d->nout = 0;
     d->sent[0] = d->sent[1] = 0;
-    return turns < 1 || turns > 64 || d->batch < 1 || d->batch > SR_BATCH_MAX;
+    return turns < 1 || turns > 64 || d->batch < 1 || d->batch > SR_BATCH_MAX || d->arrivals == NULL;
 }
 
 /* After a batch: SR_DRAIN_PYTHON when something of it is Python's, -1 to go on, else SR_DRAIN_DONE. */
@@ -1180,14 +1274,13 @@ int sr_drain_in(sr_table *t, sr_drain *d, int turns) {
     if (drain_start(d, turns) || d->plain == NULL) return SR_DRAIN_BAD;
     for (int turn = 0; turn < turns; turn++) {
         int n = sr_recv_batch(d->recv_fd, d->buffers, d->slot, d->names, d->name_slot, d->lengths,
-                              d->name_lengths, d->batch);
+                              d->name_lengths, d->batch, d->stamps);
         d->calls++;
         d->n = n;
         if (n <= 0) return n;
-        int64_t arrival = sr_clock_now(t->clock, SR_CLOCK_ARRIVAL);
-        d->arrival_ns = arrival;
+        d->arrival_ns = sr_arrivals(t->clock, d->stamps, n, d->arrivals);
         int nout = sr_batch_in(t, d->buffers, d->slot, d->names, d->name_slot, d->lengths, d->name_lengths, n,
-                               arrival, d->plain, d->decisions, d->out, d->out_slot, d->out_lengths,
+                               d->arrivals, d->plain, d->decisions, d->out, d->out_slot, d->out_lengths,
                                d->out_index, d->send_fd, d->sent);
         if (nout < 0) return SR_DRAIN_BAD;
         int status = drain_step(d, n, nout);
@@ -1197,20 +1290,21 @@ int sr_drain_in(sr_table *t, sr_drain *d, int turns) {
 }
 
 /* The inference socket: up to `turns` batches through sr_batch_out, as sr_drain_in. The playout clock and
- * the send time are read per batch (one reading for both on CLOCK_MONOTONIC). */
+ * the send time are read per batch (one reading for both on CLOCK_MONOTONIC); each datagram's dwell counts
+ * from its own arrival (sr_arrivals). */
 int sr_drain_out(sr_out_table *t, sr_drain *d, int turns) {
     if (drain_start(d, turns) || d->out_due == NULL) return SR_DRAIN_BAD;
     for (int turn = 0; turn < turns; turn++) {
         int n = sr_recv_batch(d->recv_fd, d->buffers, d->slot, d->names, d->name_slot, d->lengths,
-                              d->name_lengths, d->batch);
+                              d->name_lengths, d->batch, d->stamps);
         d->calls++;
         d->n = n;
         if (n <= 0) return n;
-        int64_t now = sr_clock_now(t->clock, SR_CLOCK_ARRIVAL);
+        int64_t now = sr_arrivals(t->clock, d->stamps, n, d->arrivals);
         int64_t send = t->clock != NULL ? t->clock(SR_CLOCK_SEND) : now;
         d->arrival_ns = now;
         int nout = sr_batch_out(t, d->buffers, d->slot, d->names, d->name_slot, d->lengths, d->name_lengths,
-                                n, now, send, d->decisions, d->out, d->out_slot, d->out_lengths, d->out_index,
+                                n, now, send, d->arrivals, d->decisions, d->out, d->out_slot, d->out_lengths, d->out_index,
                                 d->out_due, d->send_fd, d->sent);
         if (nout < 0) return SR_DRAIN_BAD;
         int status = drain_step(d, n, nout);
