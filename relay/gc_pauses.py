@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +35,9 @@ PAUSE_BUCKETS_S: tuple[float, ...] = (
     1.0,
 )
 """Upper bounds of the pause histogram (seconds): 20 ms, one audio frame, is the line that matters."""
+COUNT_OBJECTS_ENV = "SPLITRELAY_GC_COUNT_OBJECTS"
+"""``1``: /metrics also counts the tracked objects a full collection would scan (``gc.get_objects()``:
+a walk of the whole heap, milliseconds at a thousand calls, so only for benchmarks: bench churn sets it)."""
 
 
 class GcPauses:
@@ -94,10 +98,21 @@ class GcPauses:
 class GcPauseCollector(Collector):
     """Prometheus families over a ``GcPauses`` (and the frozen heap's size), labelled by process."""
 
-    def __init__(self, pauses: GcPauses, process: str = "0", frozen: Callable[[], int] = gc.get_freeze_count):
+    def __init__(
+        self,
+        pauses: GcPauses,
+        process: str = "0",
+        frozen: Callable[[], int] = gc.get_freeze_count,
+        tracked: Callable[[], int] | None = None,
+    ) -> None:
+        """``tracked``: how many objects a full collection scans, exported when given (default: when
+        ``SPLITRELAY_GC_COUNT_OBJECTS=1``, by ``gc.get_objects()``)."""
         self.pauses = pauses
         self._process = process
         self._frozen = frozen
+        if tracked is None and os.environ.get(COUNT_OBJECTS_ENV) == "1":
+            tracked = _tracked_objects
+        self._tracked = tracked
 
     def collect(self) -> Iterator[Any]:
         labels = ["process", "generation"]
@@ -133,3 +148,15 @@ class GcPauseCollector(Collector):
         )
         frozen.add_metric([self._process], float(self._frozen()))
         yield frozen
+        if self._tracked is not None:
+            tracked = GaugeMetricFamily(
+                "splitrelay_gc_tracked_objects",
+                "Objects a full collection scans now (not frozen); counted on request only",
+                labels=["process"],
+            )
+            tracked.add_metric([self._process], float(self._tracked()))
+            yield tracked
+
+
+def _tracked_objects() -> int:
+    return len(gc.get_objects())

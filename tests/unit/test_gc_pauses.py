@@ -79,3 +79,13 @@ def test_metrics_families_by_generation_and_the_frozen_heap() -> None:
     assert longest["2"] == pytest.approx(0.15)
     (frozen,) = families["splitrelay_gc_frozen_objects"].samples
     assert frozen.value == 1234
+    assert "splitrelay_gc_tracked_objects" not in families  # a heap walk: only when asked for
+
+
+def test_the_tracked_object_count_is_exported_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITRELAY_GC_COUNT_OBJECTS", "1")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GcPauseCollector(GcPauses(), "0"))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    (tracked,) = families["splitrelay_gc_tracked_objects"].samples
+    assert tracked.value > 100  # this test process's heap
