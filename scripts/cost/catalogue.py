@@ -27,6 +27,9 @@ INSTANCE_PREFIX = "aws.ec2.instance_hour."
 INSTANCE_UNIT = "USD/hour"
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
 _LEAF_FIELDS = frozenset({"value", "unit", "source", "as_of", "assumption", "unverified", "note", "max"})
+MEASURED_PREFIX = "measured: "
+"""The source of a figure this kit measured itself: the prefix, then the command that measured it (and
+its commit, date and conditions), so anyone can rerun it. Neither a published price nor an assumption."""
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -49,6 +52,11 @@ class Price:
     @property
     def key(self) -> str:
         return ".".join(self.path)
+
+    @property
+    def measured(self) -> bool:
+        """Measured by this kit (``MEASURED_PREFIX``), not read at a published source."""
+        return self.source.startswith(MEASURED_PREFIX)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -155,7 +163,7 @@ def load_price_file(path: Path) -> list[Price]:
 
 def parse_prices(text: str, label: str, strict: bool) -> list[Price]:
     """Parse a price file. `strict` (the catalogue) also requires source and as_of everywhere,
-    and a URL as the source of anything not marked as an assumption."""
+    and a URL (or ``MEASURED_PREFIX`` and the command) as the source of anything not an assumption."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -264,8 +272,14 @@ def _leaf(path: tuple[str, ...], table: dict[str, Any], label: str, strict: bool
     unverified = table.get("unverified", False)
     if not isinstance(unverified, bool):
         raise CostInputError(f"{label}: {key}.unverified", "must be true or false")
-    if strict and not assumption and not source.startswith("https://"):
-        raise CostInputError(f"{label}: {key}.source", "must be an https:// URL unless assumption = true")
+    if strict and not assumption and not source.startswith(("https://", MEASURED_PREFIX)):
+        raise CostInputError(
+            f"{label}: {key}.source",
+            f"must be an https:// URL, or {MEASURED_PREFIX!r} and the command that measured it, "
+            "unless assumption = true",
+        )
+    if assumption and source.startswith(MEASURED_PREFIX):
+        raise CostInputError(f"{label}: {key}.assumption", "a measured figure is not an assumption")
     if unverified and "as_of" in table:
         raise CostInputError(f"{label}: {key}.as_of", "an unverified figure has no check date; drop as_of")
     as_of = _as_of(table.get("as_of"), f"{label}: {key}.as_of", required=strict and not unverified)

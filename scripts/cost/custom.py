@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from splitrelay.cost.breakdown import Component, ComponentModel, Fixed, Kind, Metered, Stepped, Tier, flat
-from splitrelay.cost.catalogue import PriceBook, check_instance_type
+from splitrelay.cost.catalogue import PriceBook, check_instance_type, load_catalogue
 from splitrelay.cost.errors import CostInputError, check_range
 from splitrelay.cost.traffic import DAYS_PER_MONTH, GB, HOURS_PER_MONTH, Traffic
 from splitrelay.edge.call_record import CLOSED_RETENTION_S
 
-MEASURED_CALLS_PER_CORE = 400.0
-CALLS_PER_CORE_SOURCE = (
-    "measured SRTP fast path: 400 sessions/core at 72% CPU, 0 loss; shared/design/findings.md"
-)
+MEASURED_CALLS_PER_CORE_KEY = "relay.calls_per_core.x86"
+"""The relay's measured capacity: one place, the catalogue (prices.toml), which names the command."""
+_MEASURED = load_catalogue()[MEASURED_CALLS_PER_CORE_KEY]
+MEASURED_CALLS_PER_CORE = _MEASURED.value
+CALLS_PER_CORE_SOURCE = _MEASURED.source
 PLACEMENTS = ("same-az", "cross-az", "cross-region")
 """Where the GPUs sit relative to the relays: the relay<->GPU audio crosses nothing, an AZ or a region."""
 _FAMILY = re.compile(r"[a-z]+[0-9]+([a-z-]*)")

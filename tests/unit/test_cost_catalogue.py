@@ -9,6 +9,8 @@ import pytest
 
 from splitrelay.cost.catalogue import (
     INSTANCE_PREFIX,
+    MEASURED_PREFIX,
+    Price,
     PriceBook,
     dump_prices,
     instance_price_flag,
@@ -35,7 +37,7 @@ def test_every_catalogue_entry_has_unit_source_and_date(book: PriceBook) -> None
         if price.assumption:
             assert price.source.startswith("assumption"), key
         else:
-            assert price.source.startswith("https://"), key
+            assert price.source.startswith("https://") or price.measured, key
 
 
 def test_catalogue_marks_unsourced_figures_as_assumptions(book: PriceBook) -> None:
@@ -201,3 +203,21 @@ def test_dumped_prices_read_back_unchanged(book: PriceBook) -> None:
     assert [(p.path, p.value, p.unit, p.source, p.as_of, p.note) for p in back] == [
         (p.path, p.value, p.unit, p.source, p.as_of, p.note) for p in sorted(chosen, key=lambda p: p.path)
     ]
+
+
+def _strict(source: str, assumption: bool = False) -> list[Price]:
+    flag = "\nassumption = true" if assumption else ""
+    text = f'[relay.x]\nvalue = 1\nunit = "calls/core"\nsource = "{source}"\nas_of = 2026-12-06{flag}\n'
+    return parse_prices(text, label="prices.toml", strict=True)
+
+
+def test_a_measured_figure_names_its_command_and_is_no_assumption() -> None:
+    """The catalogue takes three kinds of source: a URL, an assumption, or ``measured: <command>`` (a
+    figure this kit measured itself); a measured figure marked as an assumption is refused."""
+    (price,) = _strict(MEASURED_PREFIX + "splitrelay bench relay --calls 300")
+    assert price.measured and not price.assumption
+    assert not _strict("https://example.com/prices")[0].measured
+    with pytest.raises(CostInputError, match="must be an https:// URL, or 'measured: ' and the command"):
+        _strict("my own notes")
+    with pytest.raises(CostInputError, match="a measured figure is not an assumption"):
+        _strict(MEASURED_PREFIX + "splitrelay bench relay", assumption=True)

@@ -1,9 +1,11 @@
 """Every option's monthly cost, hand-computed from the catalogue at a few volumes.
 
 Defaults: 3-minute calls, busy hour 10%, Opus 32 kbps + 50 B x 50 packets/s = 390,000 B = 0.00039 GB
-per minute each way; relay m7g.large $0.0816/h, 400 calls/core x 2 cores, headroom 1.5, >= 2 per
-region x 2 regions; 730 h a month. If a catalogue price changes, these expectations must be redone
-by hand: that is the point of them.
+per minute each way; relay m7g.large $0.0816/h, the catalogue's calls per core (relay.calls_per_core.arm:
+the x86 measurement reused) x 2 cores, headroom 1.5, >= 2 per region x 2 regions; 730 h a month. If a
+catalogue price changes, these expectations must be redone by hand: that is the point of them. The
+relay's calls per core is a measurement that moves with the relay: it is read from the catalogue, once,
+and the relay counts below follow it through ``relay_instances``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ import math
 import pytest
 
 from splitrelay.cost.breakdown import CostModel, Metered, Stepped, Tier
-from splitrelay.cost.catalogue import PriceBook, load_catalogue
-from splitrelay.cost.custom import MEASURED_CALLS_PER_CORE, Fleet, SplitEdge
+from splitrelay.cost.catalogue import MEASURED_PREFIX, PriceBook, load_catalogue
+from splitrelay.cost.custom import (
+    CALLS_PER_CORE_SOURCE,
+    MEASURED_CALLS_PER_CORE,
+    MEASURED_CALLS_PER_CORE_KEY,
+    Fleet,
+    SplitEdge,
+)
 from splitrelay.cost.errors import CostInputError
 from splitrelay.cost.hosted import (
     CloudflareRealtimeKit,
@@ -25,6 +33,16 @@ from splitrelay.cost.hosted import (
 from splitrelay.cost.traffic import Traffic
 
 CENT = 0.005
+PER_CORE = load_catalogue().value("relay.calls_per_core.arm")
+"""The default m7g.large's calls per core (the x86 measurement reused): the one figure these take as given."""
+PEAK_PER_REGION_1E8 = 5_479.45 / 2  # 1e8 minutes / (730 / 24) days x 10% busy hour / 60, two regions
+RELAY_HOUR = 0.0816 + 0.005  # an m7g.large and its public IPv4, per hour (heartbeats on top)
+
+
+def relay_instances(peak_per_region: float, per_core: float = PER_CORE, regions: int = 2) -> int:
+    """Relay instances for a peak: per region ceil(peak x 1.5 headroom / (calls per core x 2 cores)),
+    at least 2, times the regions."""
+    return regions * max(2, math.ceil(peak_per_region * 1.5 / (per_core * 2)))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +126,8 @@ def test_custom_edge_at_one_million_by_hand(book: PriceBook) -> None:
     assert lines["Durable Objects storage"] == 0  # deleted 30 s after each call: 0.0004 GB-month
     assert lines["Realtime SFU + TURN egress"] == 0
     assert lines["Workers Paid plan"] == 5
-    # Peak 54.8 calls, 27.4 per region x 1.5 / 800 -> 1, but at least 2 per region: 4 x 730 h.
+    # Peak 54.8 calls, 27.4 per region x 1.5 / (2 cores x calls per core) -> 1, but at least 2 per region.
+    assert relay_instances(27.4) == 4
     assert lines["Relay fleet"] == pytest.approx(4 * 730 * 0.0816)
     assert lines["Public IPv4"] == pytest.approx(4 * 730 * 0.005)
     assert lines["Relay liveness (heartbeats)"] == pytest.approx(4 * 730 * HEARTBEAT_PER_INSTANCE_HOUR)
@@ -134,15 +153,22 @@ def test_custom_edge_at_one_hundred_million_by_hand(book: PriceBook) -> None:
     # 16 KB per call for 3.5 minutes of a 43,800-minute month: 0.043 GB-month, under 5 included.
     assert lines["Durable Objects storage"] == 0
     assert lines["Realtime SFU + TURN egress"] == pytest.approx(77_000 * 0.05)
-    # Peak 5,479 calls; per region 2,740 x 1.5 / 800 = 5.14 -> 6; 12 instances x 730 h.
-    assert lines["Relay fleet"] == pytest.approx(12 * 730 * 0.0816)
-    assert lines["Public IPv4"] == pytest.approx(12 * 730 * 0.005)
-    assert lines["Relay liveness (heartbeats)"] == pytest.approx(12 * 730 * HEARTBEAT_PER_INSTANCE_HOUR)
+    # Peak 5,479 calls; per region 2,740 x 1.5 / (2 x calls per core), rounded up, x 2 regions x 730 h
+    # (at 400 calls per core: 5.14 -> 6, 12 instances).
+    instances = relay_instances(PEAK_PER_REGION_1E8)
+    assert relay_instances(PEAK_PER_REGION_1E8, per_core=400) == 12
+    assert lines["Relay fleet"] == pytest.approx(instances * 730 * 0.0816)
+    assert lines["Public IPv4"] == pytest.approx(instances * 730 * 0.005)
+    assert lines["Relay liveness (heartbeats)"] == pytest.approx(
+        instances * 730 * HEARTBEAT_PER_INSTANCE_HOUR
+    )
     # 39,000 GB out, 100 free: 10,240 GB x $0.09 + 28,660 GB x $0.085.
     assert lines["AWS data transfer out"] == pytest.approx(10_240 * 0.09 + 28_660 * 0.085)
     assert lines["Global Accelerator DT-Premium"] == pytest.approx(39_000 * 0.015)
     assert total(SplitEdge(), 1e8, book) == pytest.approx(sum(lines.values()))
-    assert total(SplitEdge(), 1e8, book) == pytest.approx(12_542.59, abs=CENT)
+    # $12,542.59 with 12 relay instances; each one more adds its hours, IPv4 and heartbeats.
+    extra = (instances - 12) * 730 * (RELAY_HOUR + HEARTBEAT_PER_INSTANCE_HOUR)
+    assert total(SplitEdge(), 1e8, book) == pytest.approx(12_542.59 + extra, abs=CENT)
 
 
 def test_custom_edge_options_by_hand(book: PriceBook) -> None:
@@ -152,7 +178,19 @@ def test_custom_edge_options_by_hand(book: PriceBook) -> None:
     assert "Global Accelerator" not in no_ga and "Global Accelerator DT-Premium" not in no_ga
     # Three regions at the redundancy floor: 6 instances.
     assert items(SplitEdge(Fleet(regions=3)), 1e6, book)["Relay fleet"] == pytest.approx(6 * 730 * 0.0816)
-    assert MEASURED_CALLS_PER_CORE == 400
+
+
+def test_the_relays_calls_per_core_is_the_worst_case_measurement(book: PriceBook) -> None:
+    """One place: the catalogue's x86 figure, measured (not an assumption) by the command its source
+    names, under the worst case measured (AES-CM + HMAC-SHA1-80, a bursty agent); Graviton reuses it,
+    as an assumption."""
+    x86 = book[MEASURED_CALLS_PER_CORE_KEY]
+    assert (MEASURED_CALLS_PER_CORE, CALLS_PER_CORE_SOURCE) == (x86.value, x86.source)
+    assert x86.measured and not x86.assumption and x86.source.startswith(MEASURED_PREFIX)
+    for needle in ("splitrelay bench relay", "--srtp-profile cm80", "--agent burst", " at "):
+        assert needle in x86.source
+    arm = book["relay.calls_per_core.arm"]
+    assert arm.assumption and arm.value == x86.value and "NOT measured on Graviton" in arm.source
 
 
 def test_relay_step_lands_exactly_on_capacity() -> None:
@@ -188,7 +226,9 @@ def test_custom_breakpoints_include_free_tiers_and_relay_steps(book: PriceBook) 
     assert points.complete
     assert any(p == pytest.approx(1000 / 0.00078) for p in points.points)  # SFU's 1,000 GB
     assert any(p == pytest.approx(100 / 0.00039) for p in points.points)  # AWS's 100 GB
-    step = 2 * 800 / 1.5 / (0.1 / (730 / 24 * 60))  # per-region capacity x regions / peak per minute
+    step = (
+        2 * (2 * PER_CORE) / 1.5 / (0.1 / (730 / 24 * 60))
+    )  # per-region capacity x regions / peak per minute
     assert any(p == pytest.approx(2 * step) for p in points.points)
 
 

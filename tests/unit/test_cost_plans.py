@@ -25,6 +25,7 @@ from splitrelay.cost.hosted import CloudflareRealtimeKit, LiveKitCloud
 from splitrelay.cost.options import choose_options
 from splitrelay.cost.solve import break_even
 from splitrelay.cost.traffic import Traffic
+from tests.unit.test_cost_models import PEAK_PER_REGION_1E8, relay_instances
 
 BOOK = load_catalogue()
 CENT = 0.005
@@ -152,7 +153,7 @@ def test_optional_network_lines_by_hand(minutes: float) -> None:
     assert nat["NAT gateway"] == pytest.approx(2 * 730 * 0.045)
     assert nat["NAT gateway data processed"] == pytest.approx(2 * gb * 0.045)
     assert "Public IPv4" not in items(SplitEdge(Fleet(public_ipv4=False)), minutes)
-    instances = 4 if minutes == 1e6 else 12
+    instances = 4 if minutes == 1e6 else relay_instances(PEAK_PER_REGION_1E8)
     assert items(SplitEdge(), minutes)["Public IPv4"] == pytest.approx(instances * 730 * 0.005)
     saved = items(SplitEdge(Fleet(savings_plan=0.3)), minutes)
     assert saved["Relay fleet"] == pytest.approx(instances * 730 * 0.0816 * 0.7)
@@ -166,12 +167,13 @@ def test_architecture_picks_calls_per_core() -> None:
         "x86",
         "x86",
     ]
-    # Halve the (assumed) Graviton figure: at 100M, per region 2,740 x 1.5 / 400 = 10.3 -> 11 instances.
+    # Another (assumed) Graviton figure: at 100M, per region 2,740 x 1.5 / 400 = 10.3 -> 11 instances.
     book = override(BOOK, relay__calls_per_core__arm=200)
     assert items(SplitEdge(), 1e8, book)["Relay fleet"] == pytest.approx(22 * 730 * 0.0816)
-    # x86 keeps its measured 400: 12 c6i.large.
+    # x86 keeps its measured figure.
+    x86 = relay_instances(PEAK_PER_REGION_1E8, per_core=BOOK.value("relay.calls_per_core.x86"))
     assert items(SplitEdge(Fleet(instance_type="c6i.large")), 1e8, book)["Relay fleet"] == pytest.approx(
-        12 * 730 * 0.085
+        x86 * 730 * 0.085
     )
     assert items(SplitEdge(Fleet(calls_per_core=200)), 1e8)["Relay fleet"] == pytest.approx(22 * 730 * 0.0816)
 
