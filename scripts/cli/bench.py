@@ -13,6 +13,7 @@ import typer
 
 from splitrelay.bench.bargein import command as bargein_command
 from splitrelay.bench.calls import calls_command
+from splitrelay.bench.churn import churn_command
 from splitrelay.bench.edge import edge_command
 from splitrelay.bench.failover import command as failover_command
 from splitrelay.bench.track_switch import command as track_switch_command
@@ -117,6 +118,7 @@ def relay(
 
 app.command("bargein")(bargein_command)
 app.command("calls")(calls_command)
+app.command("churn")(churn_command)
 app.command("edge")(edge_command)
 app.command("emulator")(emulator_command)
 app.command("track-switch")(track_switch_command)
