@@ -25,7 +25,7 @@ from splitrelay.relay.backend import CallBackend
 from splitrelay.relay.call import CallConfig
 from splitrelay.relay.control import create_app
 from splitrelay.relay.edge_link import EdgeLink, EdgeLinkSettings
-from splitrelay.relay.gc_freeze import mark_relay_process
+from splitrelay.relay.gc_freeze import FreezerCollector, mark_relay_process
 from splitrelay.relay.gc_pauses import GcPauseCollector, GcPauses
 from splitrelay.relay.http_guard import REQUEST_READ_TIMEOUT_S, guarded_config_kwargs
 from splitrelay.relay.inference_link import (
@@ -242,6 +242,7 @@ class RelayServer:
             manager.collector.port_stats = self._port_stats
         self.gc_pauses.install()
         manager.registry.register(GcPauseCollector(self.gc_pauses, s.process))
+        manager.registry.register(FreezerCollector(manager.freezer, s.process))
         if s.edge is not None:
             self.edge = EdgeLink(s.edge, lambda: list(manager.calls), draining=lambda: manager.draining)
             manager.on_ended = self.edge.call_ended

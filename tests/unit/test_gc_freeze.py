@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from splitrelay.relay.gc_freeze import CallFreezer, GcOps, freezing_enabled
+from splitrelay.relay import gc_freeze
+from splitrelay.relay.gc_freeze import CallFreezer, FreezerCollector, GcOps, freezing_enabled
 
 
 def recorder(into: list[int]) -> Callable[[], int]:
@@ -120,7 +123,8 @@ async def test_a_failing_release_is_counted_and_the_policy_goes_on() -> None:
     assert f.release_failures == 1 and f.released == 0
 
 
-async def test_over_budget_it_unfreezes_and_collects_everything_once() -> None:
+async def test_over_budget_it_unfreezes_and_collects_everything_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc_freeze, "BUDGET_CHECK_S", 0.0)  # check at every freeze here
     fake = FakeGc(frozen=1000)  # what the first freeze left frozen: the base, at no live call
     live = [0]
     f = freezer(fake, [True], live, budget_per_call=100, budget_slack=50)
@@ -155,3 +159,35 @@ async def test_close_cancels_pending_releases_and_freezes() -> None:
     f.close()
     await asyncio.sleep(0.4)
     assert fake.calls == [] and released == []
+
+
+async def test_the_frozen_heap_is_counted_at_most_every_budget_interval() -> None:
+    """Counting it walks the whole frozen heap: not at every freeze."""
+    counted: list[int] = []
+
+    def count_frozen() -> int:
+        counted.append(1)
+        return 1000
+
+    fake = FakeGc()
+    ops = GcOps(collect=fake.collect, freeze=fake.freeze, unfreeze=fake.unfreeze, frozen=count_frozen)
+    f = CallFreezer(lambda: True, lambda: 0, enabled=True, ops=ops)
+    for _ in range(5):
+        f.freeze_now()
+    assert f.freezes == 5
+    assert len(counted) == 1  # the base, after the first freeze; the next check is BUDGET_CHECK_S later
+
+
+def test_the_policy_on_metrics() -> None:
+    f = CallFreezer(lambda: True, lambda: 0, enabled=True, ops=FakeGc().ops())
+    f.freeze_now()
+    f.released, f.release_failures = 3, 1
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FreezerCollector(f, "2"))
+    families = {x.name: x for x in text_string_to_metric_families(generate_latest(registry).decode())}
+    value = {name: families[name].samples[0].value for name in families}
+    assert value["splitrelay_gc_freezes"] == 1 and value["splitrelay_gc_calls_released"] == 3
+    assert value["splitrelay_gc_release_failures"] == 1 and value["splitrelay_gc_unfreezes"] == 0
+    assert value["splitrelay_gc_freezing"] == 1
+    assert value["splitrelay_gc_freeze_max_seconds"] >= 0
+    assert families["splitrelay_gc_freezes"].samples[0].labels == {"process": "2"}
