@@ -254,6 +254,7 @@ class Run:
     failed_hangups: int = 0
     late: int = 0
     ended: int = 0
+    first_error: str | None = None
 
     async def attach(self, http: Any, frames: list[tuple[bytes, int]], rtts: array.array[int]) -> None:
         call_id = f"churn-{self.made}"
@@ -262,23 +263,30 @@ class Run:
         try:
             async with asyncio.timeout(self.setup_timeout):
                 await caller.attach(http, self.key.encode(), call_id, self.setup_timeout)
-        except (RuntimeError, TimeoutError, ConnectionError, ValueError, OSError):
+        except Exception as exc:  # counted, the first one kept: a bench reports failures, it does not stop
             self.failed_setups += 1
+            self.first_error = self.first_error or f"set-up {call_id}: {type(exc).__name__}: {exc}"
             await caller.close()
             return
         self.callers[call_id] = caller
 
-    async def hang_up(self, http: Any, call_id: str) -> None:
+    def oldest(self) -> tuple[str, Caller]:
+        """Take the oldest live call out of the live set (its hang-up follows)."""
+        call_id = next(iter(self.callers))
+        return call_id, self.callers.pop(call_id)
+
+    async def hang_up(self, http: Any, call_id: str, caller: Caller) -> None:
         from splitrelay.contract.signing import sign_headers
 
-        caller = self.callers.pop(call_id)
         path = f"/v1/calls/{call_id}"
         try:
             response = await http.delete(path, headers=sign_headers(self.key.encode(), "DELETE", path, b""))
             if response.status_code != 200:
                 self.failed_hangups += 1
-        except OSError:
+                self.first_error = self.first_error or f"hang-up {call_id}: HTTP {response.status_code}"
+        except Exception as exc:  # counted, as a set-up's
             self.failed_hangups += 1
+            self.first_error = self.first_error or f"hang-up {call_id}: {type(exc).__name__}: {exc}"
         finally:
             await caller.close()
         self.ended += 1
@@ -323,8 +331,8 @@ async def _churn(run: Run, http: Any, rate: float, duration: float) -> float:
         return time.monotonic() - started
     ticks = int(duration * rate)
 
-    async def turn(call_id: str) -> None:
-        await run.hang_up(http, call_id)
+    async def turn(call_id: str, caller: Caller) -> None:
+        await run.hang_up(http, call_id, caller)
         await run.attach(http, frames, rtts)
 
     for k in range(ticks):  # bounded: duration x rate turns
@@ -334,8 +342,7 @@ async def _churn(run: Run, http: Any, rate: float, duration: float) -> float:
         if len(tasks) >= CHURN_IN_FLIGHT or not run.callers:
             run.late += 1
             continue
-        call_id = next(iter(run.callers))
-        task = asyncio.get_running_loop().create_task(turn(call_id))
+        task = asyncio.get_running_loop().create_task(turn(*run.oldest()))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     rest = started + duration - time.monotonic()
@@ -435,6 +442,7 @@ def _variant_result(
             "late_turns": run.late,
             "failed_set_ups": run.failed_setups,
             "failed_hang_ups": run.failed_hangups,
+            "first_error": run.first_error,
             "live_calls_after": g3.live_calls,
         }
         | phase(g2, g3),

@@ -140,3 +140,33 @@ def test_the_tables_render_a_result() -> None:
     assert "churn (5 ended, 5 set up)" in text and "1: 15.00 / 19.90 / 20.0" in text
     assert "400.0" in text and "-" in text
     assert ChurnConfig(calls=5, ab=True).command().endswith("--ab")
+
+
+async def test_each_churn_turn_hangs_up_a_different_call_oldest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Turns overlap (a hang-up takes longer than a tick): none may pick a call another turn took."""
+    import asyncio
+
+    from splitrelay.bench import churn
+
+    run = churn.Run("http://relay", "key", 1, setup_timeout=5.0)
+    for i in range(40):
+        run.callers[f"c{i}"] = object()  # type: ignore[assignment]
+    hung: list[str] = []
+
+    async def hang_up(http: object, call_id: str, caller: object) -> None:
+        await asyncio.sleep(0.05)
+        hung.append(call_id)
+        run.ended += 1
+
+    async def attach(http: object, frames: object, rtts: object) -> None:
+        run.callers[f"new{run.made}"] = object()  # type: ignore[assignment]
+        run.made += 1
+
+    monkeypatch.setattr(run, "hang_up", hang_up)
+    monkeypatch.setattr(run, "attach", attach)
+    await churn._churn(run, None, rate=200.0, duration=0.1)
+    assert len(hung) == len(set(hung)) == 20 - run.late
+    assert hung == sorted(hung, key=lambda c: int(c[1:]))[: len(hung)] and hung[0] == "c0"
+    assert len(run.callers) == 40  # every hang-up was followed by a set-up
