@@ -11,7 +11,8 @@ The policy here (``SPLITRELAY_FREEZE_CALLS``, on unless ``0``):
   aiortc and the call form are cleared, so reference counting frees an ended call at once instead of
   leaving it to the collector.
 - **Live calls are frozen**: once no call is being set up or torn down (so no half-built or
-  half-dismantled call is caught in the act), a full collection of what is not frozen yet (only what
+  half-dismantled call is caught in the act; at most ``MAX_WAIT_S`` after it was asked for), a full
+  collection of what is not frozen yet (only what
   changed since the last freeze: a few milliseconds) and ``gc.freeze()`` move every live object into the
   permanent generation, which no collection scans. At most one freeze per ``interval_s``.
 - **A bound on what freezing could leak**: anything frozen that later becomes cyclic garbage stays until
@@ -44,6 +45,11 @@ RELEASE_DELAY_S = 1.0
 tasks, aioice's protocol close) have run by then."""
 FREEZE_INTERVAL_S = 1.0
 QUIET_RETRY_S = 0.25
+MAX_WAIT_S = 0.5
+"""The longest a freeze waits for a quiet moment: a ramp of back-to-back set-ups is never quiet, and
+without a freeze its full collections walk every call (150-225 ms each at 1,000 calls). What an
+in-flight set-up or close has alive then and leaves as cyclic garbage later stays frozen (bounded by
+the budget below)."""
 BUDGET_PER_CALL = 2_000
 """Frozen objects per live call above which the relay assumes a leak and collects everything once
 (a live call holds ~400)."""
@@ -97,6 +103,7 @@ class CallFreezer:
         release_delay_s: float = RELEASE_DELAY_S,
         budget_per_call: int = BUDGET_PER_CALL,
         budget_slack: int = BUDGET_SLACK,
+        max_wait_s: float = MAX_WAIT_S,
         ops: GcOps | None = None,
     ) -> None:
         self._gc = ops or GcOps()
@@ -108,6 +115,10 @@ class CallFreezer:
         self.release_delay_s = release_delay_s
         self.budget_per_call = budget_per_call
         self.budget_slack = budget_slack
+        self.max_wait_s = max_wait_s
+        self._waiting_since: float | None = None
+        self.forced_freezes = 0
+        """Freezes that waited ``max_wait_s`` without a quiet moment."""
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._base: tuple[int, int] | None = None
@@ -162,9 +173,15 @@ class CallFreezer:
 
     def _freeze_when_quiet(self) -> None:
         self._timer = None
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
         if not self._quiet():
-            self._timer = asyncio.get_running_loop().call_later(QUIET_RETRY_S, self._freeze_when_quiet)
-            return
+            if now - self._waiting_since < self.max_wait_s:
+                self._timer = asyncio.get_running_loop().call_later(QUIET_RETRY_S, self._freeze_when_quiet)
+                return
+            self.forced_freezes += 1
+        self._waiting_since = None
         self.freeze_now()
 
     def freeze_now(self) -> None:
@@ -226,6 +243,7 @@ class FreezerCollector(Collector):
              f.release_failures),
             ("gc_unfreezes", "Times the frozen heap outgrew its budget and everything was collected once",
              f.unfreezes),
+            ("gc_forced_freezes", "Freezes that found no quiet moment within their wait", f.forced_freezes),
         ):  # fmt: skip
             family = CounterMetricFamily(f"splitrelay_{name}", help_text, labels=["process"])
             family.add_metric(key, float(value))

@@ -56,6 +56,7 @@ def freezer(fake: FakeGc, quiet: list[bool], live: list[int], **kw: float) -> Ca
         release_delay_s=kw.get("release_delay_s", 0.01),
         budget_per_call=int(kw.get("budget_per_call", 100)),
         budget_slack=int(kw.get("budget_slack", 50)),
+        max_wait_s=kw.get("max_wait_s", 30.0),
     )
 
 
@@ -95,7 +96,23 @@ async def test_no_freeze_while_a_call_is_being_set_up_or_torn_down() -> None:
     assert fake.calls == []
     quiet[0] = True
     await until(lambda: f.freezes == 1)
-    assert fake.calls == ["collect", "freeze"]
+    assert fake.calls == ["collect", "freeze"] and f.forced_freezes == 0
+    f.close()
+
+
+async def test_a_freeze_that_never_finds_a_quiet_moment_happens_after_its_longest_wait() -> None:
+    fake = FakeGc()
+    f = freezer(fake, [False], [1])
+    f.max_wait_s = 0.4
+    f.call_live()
+    await asyncio.sleep(0.2)
+    assert f.freezes == 0
+    await until(lambda: f.freezes == 1)
+    assert f.forced_freezes == 1 and fake.calls == ["collect", "freeze"]
+    f.call_live()  # the next one waits its own full wait again
+    await asyncio.sleep(0.2)
+    assert f.freezes == 1
+    await until(lambda: f.freezes == 2)
     f.close()
 
 
