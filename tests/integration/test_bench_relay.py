@@ -185,6 +185,69 @@ async def test_the_load_as_before_still_runs() -> None:
     assert workers["srtp_samples_authentic"] == workers["srtp_samples_matched"] == workers["srtp_samples"]
 
 
+async def test_the_worst_case_runs_on_cm80_with_a_burst_agent() -> None:
+    """``--srtp-profile cm80 --agent burst``: every call negotiated AES-CM + HMAC-SHA1-80 (each caller's
+    packets carry its 10-byte tag, and its echoes matched by that length), the baseline moved datagrams
+    six bytes shorter than under GCM, and the burst agent's responses went through the relay's playout
+    (Python, paced) rather than the outbound C path, reaching the callers no later than their slots."""
+    code, report, stderr = await _run_bench(
+        "--calls",
+        "3",
+        "--duration",
+        "3",
+        "--warmup",
+        "1",
+        "--ab",
+        "none",
+        "--srtp-profile",
+        "cm80",
+        "--agent",
+        "burst",
+        "--json",
+    )
+    assert code == 0, stderr[-3000:]
+    assert report["command"].endswith("--ab none --srtp-profile cm80 --agent burst")
+    (row,) = report["results"]
+    assert row["error"] is None
+    relay = row["relay"]
+    workers = relay["workers"]
+    assert workers["srtp_profile"] == "SRTP_AES128_CM_SHA1_80" and workers["srtp_tag_bytes"] == 10
+    assert workers["srtp_profile_calls"] == 3
+    assert workers["srtp_samples"] > 0
+    assert workers["srtp_samples_authentic"] == workers["srtp_samples_matched"] == workers["srtp_samples"]
+    assert "SRTP_AES128_CM_SHA1_80, 3 of 3 (10 B tag)" in stderr
+    # The burst agent held each call's audio into responses and sent every frame it took.
+    echo = relay["relay"]["echo_inference"]
+    assert echo["agent"] == "burst" and echo["burst_responses"] >= 3 and echo["burst_held_at_stop"] == 0
+    # The relay paced them: most of inference's audio went through Python's playout, not C's pass-through.
+    outbound = relay["relay"]["outbound"]
+    assert outbound["frames"] > 0 and outbound["share_through_python"] > 0.5
+    # Every window frame came back (the drain covers a response's hold and pacing), on the relay's
+    # timeline: paced frames ahead of their slots, none later than a frame past it.
+    assert relay["loss"] == 0 and relay["send_failures"] == 0
+    assert workers["pacing_frames"] > 0 and workers["pacing_late_p50_ms"] < 0
+    assert workers["pacing_late_frames"] == 0
+    # The baseline mimicked the callers' packets: header + extension + the 10-byte tag.
+    assert workers["srtp_overhead"] == 10 + 12 + 8  # RTP header, a one-byte extension block of 8
+
+
+async def test_a_real_time_agent_passes_through_c() -> None:
+    """The default agent answers in real time: the relay passes its audio through the outbound C path
+    (what a burst agent's share is compared with), under the default GCM profile."""
+    code, report, stderr = await _run_bench(
+        "--calls", "2", "--duration", "2", "--warmup", "1", "--ab", "none", "--json"
+    )
+    assert code == 0, stderr[-3000:]
+    (row,) = report["results"]
+    relay = row["relay"]
+    assert (
+        relay["workers"]["srtp_profile"] == "SRTP_AEAD_AES_256_GCM"
+        and relay["workers"]["srtp_tag_bytes"] == 16
+    )
+    assert relay["relay"]["outbound"]["share_through_python"] < 0.2
+    assert relay["relay"]["echo_inference"]["agent"] == "realtime"
+
+
 async def test_bad_arguments_start_nothing() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
