@@ -31,6 +31,16 @@ trip seen by the load generator, the relay's in-relay dwell (from its /metrics h
 load generator's own CPU (also per frame), and ratios against the baseline. When the load generator is
 the bottleneck the run says so, and the floor is reported as not tested rather than passed or failed.
 
+The worst case a deployment brings (``--srtp-profile``, ``--agent``): the callers offer one DTLS-SRTP
+profile, ``gcm`` (AEAD_AES_256_GCM, aiortc's choice, the default) or ``cm80`` (AES_CM_128_HMAC_SHA1_80, as
+an SFU may pick: about twice libsrtp's work per packet), and each checks it by the tag its session adds
+(``check_srtp_profile_used``: a run on another profile fails); the echo inference answers in real time
+(the default) or, with ``burst``, like a TTS agent: one-second responses sent at once, which the relay
+must pace (scripts/bench/servers.py ``BurstHold``). Each relay phase reports how much of inference's audio
+went through Python's playout rather than the outbound C path (``outbound_paths``, from the relay's
+``native_out_finished`` counter) and how late the callers got each frame against the relay's playout
+timeline (load.py ``pacing_lateness``). With ``burst`` the round trip includes the agent's hold.
+
 ``--profile`` also samples the relay with ``perf record`` over phase 1's window at each N and prints where
 its CPU went, by shared object (kernel, interpreter, libsrtp, our C, ...; scripts/bench/perf_profile.py):
 the profile of what is left, from the same command.
