@@ -134,6 +134,8 @@ class CallFreezer:
         self.freeze_s_total = 0.0
         self.freeze_s_max = 0.0
         self._checked = -BUDGET_CHECK_S
+        self.frozen_objects = 0
+        """The permanent generation's size when last counted (after the first freeze, at budget checks)."""
 
     @property
     def enabled(self) -> bool:
@@ -191,7 +193,7 @@ class CallFreezer:
         live = self._live_calls()
         if self._base is not None and self._last - self._checked >= BUDGET_CHECK_S:
             self._checked = self._last
-            frozen = self._gc.frozen()
+            frozen = self.frozen_objects = self._gc.frozen()
             base, base_live = self._base
             budget = base + self.budget_slack + self.budget_per_call * max(0, live - base_live)
             if frozen > budget:
@@ -206,7 +208,8 @@ class CallFreezer:
         self._gc.collect()
         self._gc.freeze()
         if self._base is None:
-            self._base = (self._gc.frozen(), live)
+            self.frozen_objects = self._gc.frozen()
+            self._base = (self.frozen_objects, live)
             self._checked = self._last
         self.freezes += 1
         took = time.perf_counter() - started

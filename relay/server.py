@@ -241,7 +241,10 @@ class RelayServer:
         if self._shared_port is not None:
             manager.collector.port_stats = self._port_stats
         self.gc_pauses.install()
-        manager.registry.register(GcPauseCollector(self.gc_pauses, s.process))
+        freezer = manager.freezer
+        manager.registry.register(
+            GcPauseCollector(self.gc_pauses, s.process, frozen=lambda: freezer.frozen_objects)
+        )
         manager.registry.register(FreezerCollector(manager.freezer, s.process))
         if s.edge is not None:
             self.edge = EdgeLink(s.edge, lambda: list(manager.calls), draining=lambda: manager.draining)

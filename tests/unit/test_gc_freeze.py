@@ -147,6 +147,7 @@ async def test_over_budget_it_unfreezes_and_collects_everything_once(monkeypatch
     f = freezer(fake, [True], live, budget_per_call=100, budget_slack=50)
     f.freeze_now()
     assert fake.calls == ["collect", "freeze"] and f.unfreezes == 0
+    assert f.frozen_objects == 1000  # counted once after the first freeze, for /metrics
     live[0] = 2
     fake.frozen = 1000 + 50 + 2 * 100  # exactly at the budget: no unfreeze
     f.freeze_now()

@@ -89,3 +89,11 @@ def test_the_tracked_object_count_is_exported_only_when_asked(monkeypatch: pytes
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     (tracked,) = families["splitrelay_gc_tracked_objects"].samples
     assert tracked.value > 100  # this test process's heap
+    assert "splitrelay_gc_frozen_objects" in families  # counted exactly, whatever was passed
+
+
+def test_without_a_count_the_frozen_heap_is_not_walked_at_each_scrape() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GcPauseCollector(GcPauses(), "0"))
+    families = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert "splitrelay_gc_frozen_objects" not in families and "splitrelay_gc_tracked_objects" not in families
