@@ -112,6 +112,7 @@ async def test_ended_frozen_calls_are_freed_without_the_collector(shared_port: b
             refs = watch_all(ending)  # no Call left in this frame's locals
             del ending
             await until(lambda: manager.freezer.freezes >= 1, "a freeze after the set-ups")
+            manager.freezer.freeze_now()  # everything live now frozen (the automatic one may have come early)
             frozen_live = gc.get_freeze_count()
             gc.disable()  # from here on only reference counting frees anything
             freezes = manager.freezer.freezes
