@@ -52,11 +52,14 @@ class _Frame:
     timestamp: int  # inference's AUDIO_OUT timestamp (48 kHz), for CLEAR
     arrival_ns: int
     continues: bool  # the next position after the frame before it, and no MARKER: may catch up
+    starts_response: bool = False
+    """The frame had the MARKER: reaching the head of the queue resets the played counter (a response
+    boundary is a flag on its first frame, not a queue item, so a queue of frames is only frames)."""
 
 
 @dataclass(slots=True)
 class _Mark:
-    name: str  # "" marks a response boundary (from an AUDIO_OUT marker)
+    name: str  # "" (an unnamed MARK): a response boundary, as a frame's ``starts_response``
     timestamp: int  # position in inference's outbound stream
 
 
@@ -272,11 +275,9 @@ class Playout:
         if self._queued_frames >= MAX_QUEUE_FRAMES:
             self.frames_dropped_full += 1
             return
-        if marker:
-            self._queue.append(_Mark("", timestamp))  # response boundary: resets the played counter
         st.next_position = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
         st.has_next_position = 1
-        self._queue.append(_Frame(payload, seq, timestamp, now, bool(continues)))
+        self._queue.append(_Frame(payload, seq, timestamp, now, bool(continues), marker))
         self._queued_frames += 1
         st.queued = len(self._queue)
         self.pump()
@@ -309,6 +310,8 @@ class Playout:
                     else:
                         st.response_frames = 0
                     continue
+                if item.starts_response:  # at the head, as a boundary item was (idempotent while it waits)
+                    st.response_frames = 0
                 if st.timeline_ns < now:
                     self._fell_behind(now, item.continues)
                 if st.timeline_ns - now > st.lead_ns:
