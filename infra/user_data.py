@@ -214,7 +214,7 @@ export DEBIAN_FRONTEND=noninteractive
 # unattended-upgrades may hold the dpkg lock at first boot: wait for it instead of failing.
 APT="apt-get -o DPkg::Lock::Timeout=600"
 $APT update -q
-$APT install -y -q python3-venv python3-dev gcc nginx curl
+$APT install -y -q python3-venv python3-dev gcc nginx curl procps
 # UDP socket buffers: let the relay's sockets have what they ask for (Ubuntu caps them at 208 KiB).
 install -d /etc/sysctl.d
 printf 'net.core.rmem_max = %s\\nnet.core.wmem_max = %s\\n' {UDP_BUFFER_MAX_BYTES} {UDP_BUFFER_MAX_BYTES} \\

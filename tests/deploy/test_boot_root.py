@@ -76,7 +76,9 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")  # packages start no service
     (root / "usr/sbin/policy-rc.d").chmod(0o755)
-    for name in ("systemctl", "shutdown", "poweroff"):  # no init in a chroot
+    # No init in a chroot; and sysctl would set the host's own kernel limits (the network namespace is the
+    # host's), so it only logs here: the file it would apply is checked instead.
+    for name in ("systemctl", "shutdown", "poweroff", "sysctl"):
         stub = root / "usr/local/sbin" / name
         stub.write_text(f'#!/bin/sh\necho "{name} $*" >> /var/log/stubbed.log\n')
         stub.chmod(0o755)
@@ -99,6 +101,12 @@ def test_the_user_data_boots_a_relay_in_a_real_debian_root(
     assert "bundle.tar.gz: OK" in output  # sha256sum's verdict
     stubbed = (root / "var/log/stubbed.log").read_text().splitlines()
     assert "systemctl enable --now splitrelay-relay.service" in stubbed
+    sysctl_conf = "/etc/sysctl.d/60-splitrelay-udp.conf"
+    assert stubbed.index(f"sysctl -q -p {sysctl_conf}") < stubbed.index(
+        "systemctl enable --now splitrelay-relay.service"
+    )
+    assert "net.core.rmem_max = " in (root / sysctl_conf.lstrip("/")).read_text()
+    assert (root / "usr/sbin/sysctl").exists()  # apt really installed procps (the stub shadows it)
     assert (root / "usr/sbin/nginx").exists()  # apt really installed it
     assert "splitrelay:" in (root / "etc/passwd").read_text()  # useradd really ran
     assert (root / "etc/nginx/sites-enabled/splitrelay.conf").exists()

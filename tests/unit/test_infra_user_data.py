@@ -60,7 +60,7 @@ def test_installs_the_hash_checked_bundle_offline_and_nginx() -> None:
     assert f"echo '{BOOT.bundle_sha256}  '\"$BUNDLE\" | sha256sum --check --strict -" in script
     assert "--aws-sigv4 'aws:amz:us-east-1:s3'" in script and f"'{BOOT.bundle_url}'" in script
     assert "pip install --upgrade" not in script  # nothing from a public index
-    assert "$APT install -y -q python3-venv python3-dev gcc nginx curl" in script
+    assert "$APT install -y -q python3-venv python3-dev gcc nginx curl procps" in script
     # The native fast path is compiled once the bundle is installed, and a failed compile is not fatal.
     install = script.index("/opt/splitrelay/bin/pip install --no-index")
     native = script.index("/opt/splitrelay/bin/python -m splitrelay.relay.native.build ||\n")
@@ -70,7 +70,7 @@ def test_installs_the_hash_checked_bundle_offline_and_nginx() -> None:
 
 def test_the_kernel_lets_the_relays_sockets_have_the_buffers_they_ask_for() -> None:
     """Ubuntu caps a socket's buffer at net.core.rmem_max (208 KiB) and gives the cap without an error."""
-    from splitrelay.relay.inference.endpoint import SOCKET_BUFFER as INFERENCE_SOCKET_BUFFER
+    from splitrelay.inference.endpoint import SOCKET_BUFFER as INFERENCE_SOCKET_BUFFER
     from splitrelay.relay.media import shared_port
 
     media_socket_buffer = getattr(shared_port, "_SOCKET_BUFFER")  # noqa: B009 (the relay's own request)
