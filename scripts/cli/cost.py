@@ -72,8 +72,8 @@ def cost(
         float | None,
         typer.Option(
             help="Relay calls per core; default: the catalogue's figure for the instance's architecture "
-            f"(x86: the measured SRTP fast path, {MEASURED_CALLS_PER_CORE:g} at 72% CPU; arm: the same "
-            "figure, an assumption)."
+            f"(x86: {MEASURED_CALLS_PER_CORE:g}, the worst case measured: AES-CM-80 SRTP and a bursty agent, "
+            "the relay at <= 75% of its core; arm: the same figure, an assumption)."
         ),
     ] = None,
     cores_per_instance: Annotated[
