@@ -100,6 +100,7 @@ from splitrelay.bench.support import (
 )
 from splitrelay.inference.wire_auth import WIRE_KEY_ENV, generate_text
 from splitrelay.relay.child import cli_command
+from splitrelay.relay.gc_freeze import FREEZE_ENV
 from splitrelay.relay.media import native
 from splitrelay.relay.media.shared_port import BATCH_ENV, NATIVE_BATCH_ENV
 
@@ -115,7 +116,16 @@ NOISE_LIMIT = 10.0  # % of the subject's core used by anything but the subject a
 DATAGRAMS_PER_FRAME = 4
 START_DELAY_S = 1.0
 MAX_CALLS = 5000
-AB_CHOICES = ("port-per-call", "python", "unbatched", "per-datagram", "python-out", "per-batch-drain")
+AB_CHOICES = (
+    "port-per-call",
+    "python",
+    "unbatched",
+    "per-datagram",
+    "python-out",
+    "per-batch-drain",
+    "no-rx-stamps",
+    "no-freeze",
+)
 """A/B variants: see the module docstring and ``VARIANTS``."""
 DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
 SYSCALLS = {
@@ -169,6 +179,18 @@ def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
             True,
             ((native.NATIVE_DRAIN_ENV, "0"),),
         ),
+        "no-rx-stamps": Variant(
+            "no-rx-stamps",
+            f"shared port, native, dwell from the read, not the kernel stamp ({native.RX_TIMESTAMPS_ENV}=0)",
+            True,
+            ((native.RX_TIMESTAMPS_ENV, "0"),),
+        ),
+        "no-freeze": Variant(
+            "no-freeze",
+            f"{ports}, {path}, calls neither released nor frozen ({FREEZE_ENV}=0)",
+            shared,
+            ((FREEZE_ENV, "0"),),
+        ),
     }
     return main, [table[name] for name in config.ab]
 
@@ -219,7 +241,7 @@ class RelayBenchConfig:
             raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
         if self.port_per_call and "per-datagram" in self.ab:
             raise ValueError("ab: per-datagram compares against the batched shared port, not --port-per-call")
-        for name in ("python-out", "per-batch-drain"):
+        for name in ("python-out", "per-batch-drain", "no-rx-stamps"):
             if self.port_per_call and name in self.ab:
                 raise ValueError(f"ab: {name} compares against the batched shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:
@@ -1451,10 +1473,10 @@ NOTES = (
     "Baseline round trip: a caller-sized datagram through the echo, then a wire-sized one through it "
     "again: the same two crossings of the subject.",
     "Dwell: from the relay's splitrelay_dwell_in/out_seconds histograms, the difference between scrapes "
-    "at the start and end of the window. Bucket bounds near the limit are 500, 750, 1000 and 2000 us, so "
-    "p50/p99 are interpolated within a bucket; the 1 ms check uses the 1000 us bound exactly. Dwell starts "
-    "when the relay's callback sees a datagram: time queued in the socket before that shows only in the "
-    "round trip.",
+    "at the start and end of the window. Bucket bounds near the limit are 500, 600, 750, 1000, 1500 and "
+    "2000 us, so p50/p99 are interpolated within a bucket; the 1 ms check uses the 1000 us bound exactly. "
+    "Dwell starts at each datagram's kernel receive stamp (SO_TIMESTAMPNS), so time queued in the socket "
+    "counts; --ab no-rx-stamps measures it from the read instead (the figure before 8b156ae).",
     "CPU: utime + stime from /proc/<pid>/stat over the window, in % of one core. Core busy comes from "
     "/proc/stat, sampled at the timer tick, which under-counts a mostly idle core (tickless idle): trust "
     "it near saturation, where it matters. 'Other work' is core busy minus our pinned processes and "

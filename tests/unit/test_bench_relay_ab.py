@@ -104,6 +104,7 @@ def test_parse_ab() -> None:
         ({"port_per_call": True}, "ab: port-per-call is already phase 1"),
         ({"port_per_call": True, "ab": ("unbatched",)}, "ab: unbatched compares against"),
         ({"port_per_call": True, "ab": ("per-batch-drain",)}, "ab: per-batch-drain compares against"),
+        ({"port_per_call": True, "ab": ("no-rx-stamps",)}, "ab: no-rx-stamps compares against"),
     ],
 )
 def test_config_refuses_ab_that_compares_nothing(kwargs: dict[str, object], needle: str) -> None:
@@ -125,6 +126,10 @@ def test_the_shared_port_is_the_default_and_the_command_says_otherwise() -> None
     assert unbatched.shared_port and dict(unbatched.env) == {"SPLITRELAY_MEDIA_BATCH": "0"}
     drain = variants(RelayBenchConfig(ab=("per-batch-drain",)))[1][0]
     assert drain.shared_port and dict(drain.env) == {"SPLITRELAY_NATIVE_DRAIN": "0"}
+    stamps = variants(RelayBenchConfig(ab=("no-rx-stamps",)))[1][0]
+    assert stamps.shared_port and dict(stamps.env) == {"SPLITRELAY_RX_TIMESTAMPS": "0"}
+    (freeze,) = variants(RelayBenchConfig(calls=(10,), port_per_call=True, ab=("no-freeze",)))[1]
+    assert not freeze.shared_port and dict(freeze.env) == {"SPLITRELAY_FREEZE_CALLS": "0"}
 
 
 def test_profile_is_in_the_command_and_its_table_shows_each_category_as_a_share_of_a_core() -> None:
