@@ -432,6 +432,8 @@ class Call:
             outbound.close_entry(entry)
             return
         entry.set_dwell(self.dwell_out)
+        if getattr(self.link, "pace_schedule", None) is not None and entry.pace_in_c():
+            self.playout.held = entry  # frames that wait for their slot wait in C (sr_pace)
         slot.outbound = entry
         self._out = entry
 
@@ -452,6 +454,7 @@ class Call:
             or self.state is CallState.CLOSED
             or not self.link.map_native_out(wire_id, entry)
         ):
+            self.playout.take_back()  # C paces only an enabled entry's frames
             entry.disable()
             return
         entry.enable()

@@ -70,6 +70,7 @@ class CallManager:
         """Calls whose attach is in flight (not in ``calls`` yet) → the reason of a close that came
         meanwhile: the attach then undoes itself instead of leaving a call nobody will close."""
         self.pacer = SharedPacer()  # one playout timer for every call of this process
+        link.pace_schedule = self.pacer.schedule  # and for the frames the outbound C path paces
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self.on_stage: Callable[[str, dict[str, Any]], object] | None = None

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from splitrelay.inference.wire import u32_diff
 
@@ -43,6 +43,15 @@ SendFrame = Callable[[bytes, int, bool], object]
 """(payload, rtp_timestamp, marker) -> sent on the fast path."""
 MarkReached = Callable[[str, int], object]
 """(mark name, rtp timestamp) -> inference is told playout reached the mark."""
+
+
+class HeldFrames(Protocol):
+    """Frames the outbound C path holds for this playout and paces itself (relay/media/native
+    ``OutboundEntry``): the front of the queue while it holds frames only, taken back before Python queues."""
+
+    def held(self) -> int: ...
+
+    def take_held(self) -> list[tuple[bytes, int, int, int, bool, bool]]: ...
 
 
 @dataclass(slots=True)
@@ -167,6 +176,28 @@ class Playout:
         self.pauses = 0
         self.publish: Callable[[int], object] | None = None
         """Told ``playing_until_ns()`` whenever it may have changed (the call's per-batch C slot)."""
+        self.held: HeldFrames | None = None
+        """Where C holds (and paces) frames of this playout that wait for their slot, or None."""
+
+    def take_back(self) -> None:
+        """C's held frames join the queue, in order, as if Python had queued them (their wake-up set),
+        before anything else reads or changes the queue. C holds frames only while Python holds nothing."""
+        held = self.held
+        if held is None or not held.held():
+            return
+        queue = self._queue
+        for payload, seq, timestamp, arrival, continues, starts in held.take_held():
+            queue.append(_Frame(payload, seq, timestamp, arrival, continues, starts))
+            self._queued_frames += 1
+        st = self.state
+        st.queued = len(queue)
+        if queue and not st.timer_pending and not st.paused and not st.closed:
+            st.timer_pending = 1
+            self._schedule(max(0, st.timeline_ns - st.lead_ns - self._clock()) / 1e9, self._on_timer)
+
+    def _held(self) -> int:
+        held = self.held
+        return 0 if held is None else held.held()
 
     @property
     def native_state(self) -> Any:
@@ -228,7 +259,7 @@ class Playout:
         st = self.state
         if st.interrupted:
             return 0
-        if self._queued_frames or st.paused:
+        if self._queued_frames or st.paused or self._held():
             return PLAYING_ALWAYS
         return int(st.timeline_ns + st.tail_ns)
 
@@ -249,6 +280,7 @@ class Playout:
         st = self.state
         if st.closed:
             return
+        self.take_back()
         if st.has_clear_before:
             if u32_diff(timestamp, st.clear_before) < 0:  # arrived late for a CLEAR: never play it
                 self.frames_dropped_cleared += 1
@@ -287,6 +319,7 @@ class Playout:
         st = self.state
         if st.closed:
             return
+        self.take_back()
         self._queue.append(_Mark(name, timestamp))
         st.queued = len(self._queue)
         self.pump()
@@ -360,7 +393,7 @@ class Playout:
 
     @property
     def queued_frames(self) -> int:
-        return self._queued_frames
+        return self._queued_frames + self._held()
 
     def playing(self, now_ns: int | None = None) -> bool:
         """True while the caller may still be hearing assistant audio (queued, or sent and not yet played).
@@ -371,7 +404,7 @@ class Playout:
         st = self.state
         if st.interrupted:
             return False
-        if self._queued_frames or st.paused:
+        if self._queued_frames or st.paused or self._held():
             return True
         return bool(st.timeline_ns + st.tail_ns > (self._clock() if now_ns is None else now_ns))
 
@@ -394,6 +427,7 @@ class Playout:
         st = self.state
         if not st.paused:
             return
+        self.take_back()
         st.paused = 0
         now = self._clock()
         if st.timeline_ns < now:
@@ -407,6 +441,7 @@ class Playout:
 
     def flush(self) -> int:
         """Drop everything queued (marks in it are never echoed); return the frames dropped."""
+        self.take_back()
         dropped = self._queued_frames
         self._queue.clear()
         self._queued_frames = 0
@@ -432,6 +467,7 @@ class Playout:
     def clear_before(self, timestamp: int) -> int:
         """CLEAR: drop queued frames (and marks among them) before `timestamp`, and such frames that
         arrive later; frames from `timestamp` on stay. Returns the frames dropped now."""
+        self.take_back()
         before = [i for i in self._queue if u32_diff(i.timestamp, timestamp) < 0]
         dropped = sum(1 for i in before if isinstance(i, _Frame))
         self._queue = deque(i for i in self._queue if u32_diff(i.timestamp, timestamp) >= 0)
@@ -468,6 +504,7 @@ class Playout:
         return BargeInReport(played, dropped, int(st.response_seq))
 
     def close(self) -> None:
+        self.take_back()
         self._queue.clear()
         self._queued_frames = 0
         st = self.state

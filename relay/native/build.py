@@ -174,6 +174,23 @@ typedef struct {
 } sr_stream;
 
 typedef struct {
+    int64_t arrival_ns;
+    uint32_t seq;
+    uint32_t timestamp;
+    int32_t length;
+    int32_t continues;
+    int32_t starts_response;
+    uint8_t payload[320];
+} sr_frame;
+
+typedef struct {
+    int32_t head;
+    int32_t count;
+    int32_t listed;
+    sr_frame frames[64];
+} sr_ring;
+
+typedef struct {
     int32_t enabled;
     int32_t handle;
     uint64_t wire_id;
@@ -197,6 +214,7 @@ typedef struct {
     int64_t packets_out;
     int64_t bytes_out;
     sr_dwell *dwell;
+    sr_ring *ring;
 } sr_out;
 
 typedef struct {
@@ -214,12 +232,19 @@ typedef struct {
     int64_t datagrams_in;
     int64_t audio_late;
     sr_clock_fn clock;
+    sr_out **paced;
+    int32_t npaced;
+    int32_t paced_capacity;
+    int64_t pace_due;
 } sr_out_table;
 
 int sr_out_set(sr_out_table *t, uint64_t id, sr_out *out);
 sr_out *sr_out_get(const sr_out_table *t, uint64_t id);
 int sr_out_drop(sr_out_table *t, uint64_t id);
 uint32_t sr_timestamp_at(const sr_playout *p, int64_t t_ns);
+int sr_pace(sr_out_table *t, int64_t now_ns, int64_t send_ns, unsigned char *out, size_t out_slot,
+            int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int max_out, int fd, int32_t *sent);
+void sr_pace_forget(sr_out_table *t, sr_out *o);
 int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size, const unsigned char *names,
                  size_t name_slot, const int32_t *lengths, const int32_t *name_lengths, int count,
                  int64_t now_ns, int64_t send_ns, const int64_t *arrivals, int8_t *decisions,

@@ -127,8 +127,10 @@ async def relay(
     inference: socket.socket,
     monkeypatch: pytest.MonkeyPatch,
     drain: str = "drain",
+    pace: bool = False,
 ) -> AsyncIterator[World]:
     monkeypatch.setenv(native.NATIVE_OUT_ENV, "1" if native_out else "0")
+    monkeypatch.setenv(native.NATIVE_PACE_ENV, "1" if pace else "0")
     monkeypatch.setenv(native.NATIVE_DRAIN_ENV, "0" if drain == "per-batch" else "1")
     loop = asyncio.get_running_loop()
     link = RelayLink(inference.getsockname(), key=WIRE_KEY, agent_timeout_s=0)
@@ -154,6 +156,8 @@ async def relay(
     assert receiver is not None
     loop.remove_reader(link._transport.get_extra_info("socket").fileno())  # type: ignore[union-attr]
     timers = Timers(clock)
+    if pace:
+        link.pace_schedule = timers.schedule  # frames that wait for their slot wait in C (sr_pace)
     calls: list[Call] = []
     callers: list[socket.socket] = []
     for index in range(CALLS):
@@ -190,6 +194,7 @@ async def relay(
         call._sync_native()
         if native_out:
             assert call._out is not None and call._out.enabled
+        assert (playout.held is not None) == pace
         calls.append(call)
     try:
         yield World(link, port, calls, callers, timers)
@@ -326,10 +331,17 @@ def apply(world: World, op: str, index: int, timestamp: int) -> None:
         world.timers.fire()
 
 
-def snapshot(world: World) -> dict[str, Any]:
-    """Everything both paths must agree on (and the link's "heard" flags, taken as its sweep takes them)."""
+PACED_APART = ("timer_pending", "queued")
+"""What differs while C holds a call's waiting frames: Python's queue and wake-up are then C's ring and the
+link's one wake-up (``queued_frames``, which counts both, is compared)."""
+
+
+def snapshot(world: World, *, paced: bool = False) -> dict[str, Any]:
+    """Everything both paths must agree on (and the link's "heard" flags, taken as its sweep takes them).
+    ``paced``: the world's C holds waiting frames, so its wake-ups and Python queue differ
+    (``PACED_APART``)."""
     out: dict[str, Any] = {
-        "timers": (len(world.timers.heap), world.timers.failed),
+        "timers": (None if paced else len(world.timers.heap), world.timers.failed),
         "link": (
             world.link.stats.datagrams_in,
             world.link.stats.audio_late,
@@ -377,6 +389,7 @@ def snapshot(world: World) -> dict[str, Any]:
                     "frames_sent",
                     "frames_caught_up",
                 )
+                if not (paced and name in PACED_APART)
             }
             | {
                 "queued_frames": playout.queued_frames,
@@ -407,13 +420,24 @@ def snapshot(world: World) -> dict[str, Any]:
     return out
 
 
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two snapshots differ (the leaves), for the failure message."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d for key in a.keys() | b.keys() for d in differences(a.get(key), b.get(key), f"{path}.{key}")
+        ]
+    return [] if a == b else [f"{path}: C {a!r} != Python {b!r}"]
+
+
 @pytest.mark.parametrize(
-    ("seed", "drain"),
-    [(1, "drain"), (2, "drain"), (3, "drain"), (1, "per-batch"), (2, "drain-small"), (3, "drain-small"),
-     (1, "drain-back")],
+    ("seed", "drain", "pace"),
+    [(1, "drain", False), (2, "drain", False), (3, "drain", False), (1, "per-batch", False),
+     (2, "drain-small", False), (3, "drain-small", False), (1, "drain-back", False),
+     (1, "drain", True), (2, "drain", True), (3, "per-batch", True), (4, "drain-small", True),
+     (5, "drain-back", True)],
 )  # fmt: skip
 async def test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_same(
-    seed: int, drain: str, monkeypatch: pytest.MonkeyPatch
+    seed: int, drain: str, pace: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     monkeypatch.setattr(srtp_fastpath, "send_clock", clock.read)
@@ -427,7 +451,7 @@ async def test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_
     close_at = {80: 1, 170: 2}  # step -> call closed before it
     try:
         async with (
-            relay(True, clock, inference, monkeypatch, drain) as c_world,
+            relay(True, clock, inference, monkeypatch, drain, pace) as c_world,
             relay(False, clock, inference, monkeypatch) as py_world,
         ):
             worlds = (c_world, py_world)
@@ -456,17 +480,20 @@ async def test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_
                 await asyncio.sleep(0.002)
                 got = [world.drain_callers() for world in worlds]
                 assert got[0] == got[1], f"step {number}: the callers heard different datagrams"
-                assert snapshot(c_world) == snapshot(py_world), f"step {number}: the states differ"
+                c_state, py_state = snapshot(c_world, paced=pace), snapshot(py_world, paced=pace)
+                assert c_state == py_state, f"step {number}: {differences(c_state, py_state)}"
                 c_world.heard.extend(got[0])
                 for _ in range(10_000):  # what the links sent inference (events, barge-ins): not compared
                     try:
                         inference.recv(4096)
                     except BlockingIOError:
                         break
-            assert snapshot(c_world) == snapshot(py_world)
+            assert snapshot(c_world, paced=pace) == snapshot(py_world, paced=pace)
             out = c_world.link.native_out
             assert out is not None
             assert out.finished > 100, f"C finished only {out.finished} datagrams"
+            if pace:
+                assert out.paced > 50, f"C paced only {out.paced} frames"
             assert py_world.link.native_out is None
             assert sum(len(h) for h in c_world.heard) > out.finished  # C's and Python's packets both
     finally:
@@ -483,7 +510,7 @@ class OutBench:
 
     PEER = ("127.0.0.1", 40_000)
 
-    def __init__(self, calls: int = CALLS, ids: int = 64) -> None:
+    def __init__(self, calls: int = CALLS, ids: int = 64, *, pace: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
@@ -512,6 +539,8 @@ class OutBench:
             )
             assert self.out.map(entry, 0x100 + i, self.PEER)
             entry.enable()
+            if pace:
+                assert entry.pace_in_c()  # frames that must wait are held and paced in C (sr_pace)
             self.entries.append(entry)
         self.names = {
             "peer": native.raw_sockaddr(self.PEER),
@@ -571,7 +600,14 @@ def out_round(rng: random.Random, bench: OutBench, now: int, fd: int) -> int:
         name_length = len(source) if rng.random() < 0.9 else rng.choice((0, 1, 7, -len(source)))
         datagrams.append((data, source, name_length))
     ages = [rng.choice((0, 0, 1, 70_000_000, 400_000_000)) for _ in datagrams]
-    return bench.run(datagrams, now, fd, ages)[0]
+    made = bench.run(datagrams, now, fd, ages)[0]
+    for entry in bench.entries:
+        if entry.held() and rng.random() < 0.05:
+            entry.take_held()  # Python took the frames back
+    if rng.random() < 0.5:  # the paced frames' wake-up, on time, late or early
+        later = now + rng.choice((0, 1, 20_000_000, 60_000_000, 1_000_000_000, -5_000_000))
+        made += bench.out.pace(later, later, fd)[0]
+    return made
 
 
 def test_each_frame_s_dwell_counts_from_its_own_arrival_or_its_slot() -> None:

@@ -121,7 +121,7 @@ OUTBOUND = LOAD + textwrap.dedent(
     import socket
     from tests.unit.test_native_out import OutBench, out_round
     rng = random.Random(4)
-    bench = OutBench()
+    bench = OutBench(pace=True)  # waiting frames held in C rings and paced (sr_pace) too
     media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     media.bind(("127.0.0.1", 0))
     media.setblocking(False)
@@ -160,10 +160,10 @@ DRAIN = LOAD + textwrap.dedent(
                 assert (got["wire"], got["dwell"]) == (reference["wire"], reference["dwell"]), path
                 finished += got["finished"]
             mp.undo()
-    for seed, drain in ((2, "drain-small"), (1, "drain-back")):
+    for seed, drain, pace in ((2, "drain-small", False), (1, "drain-back", False), (4, "drain-small", True)):
         mp = pytest.MonkeyPatch()
         asyncio.run(outbound.test_the_c_path_and_the_python_path_send_the_same_bytes_and_count_the_same(
-            seed, drain, mp
+            seed, drain, pace, mp
         ))
         mp.undo()
     print("drained", finished)
@@ -241,8 +241,9 @@ def test_the_per_batch_path_runs_clean_under_asan_and_ubsan(sanitized: tuple[Pat
 def test_the_outbound_path_runs_clean_under_asan_and_ubsan(
     sanitized: tuple[Path, dict[str, str]],
 ) -> None:
-    """fastpath.c ``sr_batch_out``, SRTP protect and sendmmsg, and the call-id table over well-formed, odd
-    and random datagrams from inference in every playout state (test_native_out.py ``OutBench``)."""
+    """fastpath.c ``sr_batch_out``, ``sr_pace`` (frames held in rings), SRTP protect and sendmmsg, and the
+    call-id table over well-formed, odd and random datagrams from inference in every playout state
+    (test_native_out.py ``OutBench``)."""
     result = run_sanitized(sanitized, OUTBOUND, "3000", timeout=110)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "runtime error" not in result.stderr

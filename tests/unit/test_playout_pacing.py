@@ -134,3 +134,52 @@ def test_a_frame_one_nanosecond_beyond_lead_waits_for_its_wake_up() -> None:
     assert len(paced.sent) == 4
     paced.advance(1)
     assert paced.sent[-1][:2] == (5, paced.now)
+
+
+class FakeHeld:
+    """Frames "C" holds for the playout (relay/media/native OutboundEntry's role), as plain tuples."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[bytes, int, int, int, bool, bool]] = []
+
+    def held(self) -> int:
+        return len(self.frames)
+
+    def take_held(self) -> list[tuple[bytes, int, int, int, bool, bool]]:
+        taken, self.frames = self.frames, []
+        return taken
+
+
+def test_frames_held_elsewhere_count_as_queued_and_come_back_in_order_on_their_slots() -> None:
+    paced = Paced()
+    for _ in range(4):
+        paced.push(marker=False)  # four left within lead: the timeline is 80 ms on
+    held = FakeHeld()
+    paced.p.held = held
+    for seq in range(5, 11):  # as C would hold them: waiting for their slots, in order
+        paced.seq = seq
+        paced.arrival[seq] = paced.now
+        held.frames.append((seq.to_bytes(4, "big"), seq, seq * SAMPLES_PER_FRAME, paced.now, True, False))
+    assert paced.p.queued_frames == 6 and paced.p.playing(paced.now + 10**12)
+    assert paced.p.state.queued == 0
+    paced.p.push_mark("after", 0)  # Python needs the queue: the held frames come back first
+    assert held.held() == 0 and paced.p.queued_frames == 6
+    assert paced.p.state.queued == 7 and paced.p.state.timer_pending
+    paced.advance(10**9)
+    assert [s[0] for s in paced.sent] == list(range(1, 11))
+    lead = LEAD_MS * 1_000_000
+    assert all(at == max(paced.arrival[seq], slot - lead) for seq, at, slot, _ in paced.sent)
+
+
+def test_a_pause_keeps_held_frames_until_resume_and_a_flush_drops_them() -> None:
+    paced = Paced()
+    paced.push(marker=True)
+    held = FakeHeld()
+    paced.p.held = held
+    held.frames.append((b"\x00\x00\x00\x02", 2, 960, paced.now, True, False))
+    paced.p.pause()
+    assert held.held() == 1  # a pause is a flag the holder reads: the frames may stay there
+    paced.p.resume()
+    assert held.held() == 0 and [s[0] for s in paced.sent] == [1, 2]
+    held.frames.append((b"\x00\x00\x00\x03", 3, 1920, paced.now, True, False))
+    assert paced.p.flush() == 1 and held.held() == 0 and paced.p.queued_frames == 0

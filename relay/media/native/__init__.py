@@ -979,6 +979,23 @@ def native_out_enabled() -> bool:
     return not off and available()
 
 
+NATIVE_PACE_ENV: Final = "SPLITRELAY_NATIVE_PACE"
+RING_FRAMES: Final = 64  # fastpath.c SR_RING_FRAMES
+RING_SLOT: Final = 320  # fastpath.c SR_RING_SLOT
+NO_PACE_DUE: Final = (1 << 63) - 1  # sr_out_table.pace_due when C holds no frame
+
+
+def native_pace_enabled() -> bool:
+    """True when the outbound C path runs and ``SPLITRELAY_NATIVE_PACE`` does not turn C pacing off (frames
+    that wait for their slot then wait in C: ``sr_pace``)."""
+    off = os.environ.get(NATIVE_PACE_ENV, "1").strip().lower() in ("0", "off", "false", "no")
+    return not off and native_out_enabled()
+
+
+HeldFrame = tuple[bytes, int, int, int, bool, bool]
+"""(payload, seq, timestamp, arrival_ns, continues, starts_response): relay/playout.py ``_Frame``'s fields."""
+
+
 def playout_state() -> Any:
     """A zeroed ``sr_playout`` (relay/playout.py keeps its timeline there, the one copy C also uses), or
     None when the outbound C path is off (the playout then keeps a Python object with the same fields)."""
@@ -1003,7 +1020,7 @@ class OutboundEntry:
     their Python objects; the entry keeps them alive while it points at them.
     """
 
-    __slots__ = ("_dwell", "_keep", "_outbound", "c", "handle", "remote", "wire_id")
+    __slots__ = ("_dwell", "_keep", "_outbound", "_ring", "c", "handle", "remote", "wire_id")
 
     def __init__(self, outbound: NativeOutbound, handle: int) -> None:
         self._outbound = outbound
@@ -1014,6 +1031,40 @@ class OutboundEntry:
         self._dwell: DwellHistogramLike | None = None
         self.remote: tuple[str, int] | None = None
         self.wire_id: int | None = None
+        self._ring: Any = None
+
+    def pace_in_c(self) -> bool:
+        """Let C hold and pace this call's waiting frames (a ring of ``RING_FRAMES``); False when
+        ``SPLITRELAY_NATIVE_PACE`` is 0. The playout takes them back (``take_held``) before it queues."""
+        if not native_pace_enabled():
+            return False
+        if self._ring is None:
+            self._ring = self._outbound.ffi.new("sr_ring *")
+        self.c.ring = self._ring
+        return True
+
+    def held(self) -> int:
+        """Frames C holds for this call (relay/playout.py ``HeldFrames``)."""
+        ring = self._ring
+        return 0 if ring is None else int(ring.count)
+
+    def take_held(self) -> list[HeldFrame]:
+        """C's held frames, in order, handed to the playout's queue (C holds none after this)."""
+        ring = self._ring
+        if ring is None or ring.count <= 0:
+            return []
+        ffi = self._outbound.ffi
+        taken: list[HeldFrame] = []
+        head, count = int(ring.head), int(ring.count)
+        for k in range(count):
+            f = ring.frames[(head + k) % RING_FRAMES]
+            payload = bytes(ffi.buffer(f.payload, f.length))
+            taken.append(
+                (payload, f.seq, f.timestamp, f.arrival_ns, bool(f.continues), bool(f.starts_response))
+            )
+        ring.count = 0
+        ring.head = 0
+        return taken
 
     def bind(
         self,
@@ -1058,7 +1109,7 @@ class OutboundEntry:
         """Forget the playout, stream, dwell histogram and inbound slot (the call closed, its slot went)."""
         c = self.c
         c.enabled = 0
-        c.playout = c.stream = c.playing_until = c.dwell = self._outbound.ffi.NULL
+        c.playout = c.stream = c.playing_until = c.dwell = c.ring = self._outbound.ffi.NULL
         self._keep = ()
         self._dwell = None
 
@@ -1140,6 +1191,12 @@ class NativeOutbound(_BatchPath):
         self.batches = 0
         self.finished = 0
         """Datagrams from inference C finished (never seen by Python)."""
+        self._paced = ffi.new("sr_out *[]", ids // 2)
+        self.table.paced = self._paced
+        self.table.paced_capacity = ids // 2
+        self.table.pace_due = NO_PACE_DUE
+        self.paced = 0
+        """Frames C held and sent on their slot (``pace``)."""
 
     def open_entry(self) -> OutboundEntry:
         handle = self._free.pop() if self._free else len(self.entries)
@@ -1151,8 +1208,9 @@ class NativeOutbound(_BatchPath):
         return entry
 
     def close_entry(self, entry: OutboundEntry) -> None:
-        """The call is done with C: unmap it, unbind it, give its handle back."""
+        """The call is done with C: unmap it, forget its held frames, unbind it, give its handle back."""
         self.unmap(entry)
+        self.lib.sr_pace_forget(self.table, entry.c)
         entry.unbind()
         if entry.handle < len(self.entries) and self.entries[entry.handle] is entry:
             self.entries[entry.handle] = None
@@ -1218,6 +1276,33 @@ class NativeOutbound(_BatchPath):
         self.batches += 1
         self.finished += finished
         return nout, int(self._sent[0]), finished
+
+    @property
+    def pace_due(self) -> int | None:
+        """When ``pace`` next has a held frame to send (the playout clock), or None."""
+        due = int(self.table.pace_due)
+        return None if due == NO_PACE_DUE else due
+
+    def pace(self, now_ns: int, send_ns: int, fd: int) -> tuple[int, int]:
+        """fastpath.c ``sr_pace``: every held frame whose slot is within `lead` of ``now_ns`` leaves (made
+        into ``out(k)`` with ``out_handles[k]``, k < made; ``fd`` >= 0: sent from C). (made, sent by C)."""
+        nout = self.lib.sr_pace(
+            self.table,
+            now_ns,
+            send_ns,
+            self._out,
+            OUT_SLOT,
+            self._out_lengths,
+            self._out_index,
+            self._out_due,
+            self.batch,
+            fd,
+            self._sent,
+        )
+        if nout < 0:
+            raise ValueError("sr_pace refused its arguments")
+        self.paced += nout
+        return nout, int(self._sent[0])
 
     def take_link_counts(self) -> tuple[int, int]:
         """(datagrams in, late audio) C counted for the link since last asked."""

@@ -941,6 +941,29 @@ typedef struct {
     int64_t last_send_ns;
 } sr_stream;
 
+/* A call's frames waiting for their timeline slot, held in C (relay/playout.py Playout's queue while it
+ * holds frames only: Python takes them back, in order, before anything else touches the queue). */
+#define SR_RING_FRAMES 64 /* 1.28 s of audio: a longer burst's tail goes to Python's queue */
+#define SR_RING_SLOT 320  /* payload bytes per held frame (Opus at up to 128 kbit/s): longer ones, Python */
+#define SR_PLAYING_ALWAYS (1LL << 62) /* relay/playout.py PLAYING_ALWAYS */
+
+typedef struct {
+    int64_t arrival_ns;
+    uint32_t seq;
+    uint32_t timestamp;
+    int32_t length;
+    int32_t continues;       /* _Frame.continues */
+    int32_t starts_response; /* _Frame.starts_response */
+    uint8_t payload[SR_RING_SLOT];
+} sr_frame;
+
+typedef struct {
+    int32_t head;
+    int32_t count;
+    int32_t listed; /* in the table's paced list */
+    sr_frame frames[SR_RING_FRAMES];
+} sr_ring;
+
 typedef struct {
     int32_t enabled;        /* Python: C may finish this call's AUDIO_OUT */
     int32_t handle;         /* Python's index of this entry */
@@ -965,6 +988,7 @@ typedef struct {
     int64_t packets_out;
     int64_t bytes_out;
     sr_dwell *dwell;        /* the call's outbound dwell histogram (NULL: none observed here) */
+    sr_ring *ring;          /* frames C paces for this call (NULL: C passes frames through only) */
 } sr_out;
 
 typedef struct {
@@ -982,6 +1006,10 @@ typedef struct {
     int64_t datagrams_in; /* link counters not yet folded into its WireStats */
     int64_t audio_late;
     sr_clock_fn clock;    /* NULL: CLOCK_MONOTONIC */
+    sr_out **paced;       /* entries whose ring may hold frames (sr_pace visits them) */
+    int32_t npaced;
+    int32_t paced_capacity;
+    int64_t pace_due;     /* when sr_pace next has a frame to send (INT64_MAX: none held) */
 } sr_out_table;
 
 static uint32_t id_hash(uint64_t id) {
@@ -1068,6 +1096,52 @@ uint32_t sr_timestamp_at(const sr_playout *p, int64_t t_ns) {
     return (uint32_t)((uint64_t)p->ts0 + (uint64_t)samples);
 }
 
+/* The link's part of taking an AUDIO_OUT (RelayLink.datagram_received, CallState.audio_in_order). */
+static void link_commit(sr_out_table *t, sr_out *o, uint32_t seq) {
+    t->datagrams_in++;
+    o->heard = 1;
+    o->has_last_audio = 1;
+    o->last_audio_seq = seq;
+    o->frames_in++;
+}
+
+/* Our RTP header (the stream's next sequence, the RTP timestamp of the slot `timeline`, the marker on a
+ * new talk spurt, the extension block while the MID is not acknowledged) and SRTP protect of `payload`
+ * into `buffer`: the datagram's length, or < 0 when protect refused it (nothing changed). */
+static int play_frame(const sr_out_table *t, sr_out *o, int64_t timeline, int spurt, const unsigned char *payload,
+                      int32_t payload_length, unsigned char *buffer, size_t out_slot) {
+    sr_stream *s = o->stream;
+    int n = sr_protect_rtp(t->protect, o->tx, buffer, out_slot, t->reserve, o->payload_type, s->sequence,
+                           sr_timestamp_at(o->playout, timeline), o->ssrc, spurt, o->ext,
+                           s->mid_acked ? 0 : (size_t)o->ext_len, payload, (size_t)payload_length);
+    return n;
+}
+
+/* A frame left in the slot `timeline` (Playout._send_now, the call's _send_frame, the stream's counters):
+ * when its dwell counts from (the slot less `lead`). `sent` 0: protect refused it, the timeline moves on. */
+static int64_t play_commit(sr_out *o, int64_t timeline, uint32_t seq, int32_t payload_length, int64_t send_ns,
+                           int sent) {
+    sr_playout *p = o->playout;
+    sr_stream *s = o->stream;
+    int64_t due = timeline - p->lead_ns;
+    p->new_spurt = 0;
+    p->timeline_ns = timeline + SR_FRAME_NS;
+    p->frames_sent++;
+    p->response_frames++;
+    p->response_seq = seq;
+    if (sent) {
+        s->last_timestamp = sr_timestamp_at(p, timeline);
+        s->sequence = (s->sequence + 1) & 0xFFFF;
+        s->packets++;
+        s->octets += payload_length;
+        s->last_send_ns = send_ns;
+        o->packets_out++;
+        o->bytes_out += payload_length;
+    }
+    if (o->playing_until != NULL) *o->playing_until = p->timeline_ns + p->tail_ns;
+    return due;
+}
+
 /* The batch the inference socket's recvmmsg left in (buffers, lengths, names): see the section comment.
  * `now_ns` is the playout clock for the whole batch and `send_ns` the stream's send time; arrivals[i]
  * (NULL: now_ns for all) when datagram i arrived, in the same clock (sr_arrivals). Protected datagrams go
@@ -1130,9 +1204,11 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
             int32_t payload_length = length - SR_WIRE_HEADER;
             if (payload_length > o->max_payload) break; /* Python raises and counts it */
             int continues = !marker && p->has_next_position && ts == p->next_position;
+            sr_ring *r = o->ring;
             int64_t timeline = p->timeline_ns;
             int spurt = p->new_spurt, caught = 0;
-            if (timeline < now_ns) {
+            int hold = r != NULL && r->count > 0; /* frames wait: this one waits behind them */
+            if (!hold && timeline < now_ns) {
                 if (continues && now_ns - timeline <= p->catch_up_ns)
                     caught = 1;
                 else {
@@ -1140,38 +1216,49 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
                     spurt = 1;
                 }
             }
-            if (timeline - now_ns > p->lead_ns) break; /* it must wait: Python queues it and sets a timer */
-            uint32_t rtp_ts = sr_timestamp_at(p, timeline);
-            int n = sr_protect_rtp(t->protect, o->tx, out + (size_t)nout * out_slot, out_slot, t->reserve,
-                                   o->payload_type, s->sequence, rtp_ts, o->ssrc, spurt, o->ext,
-                                   s->mid_acked ? 0 : (size_t)o->ext_len, d + SR_WIRE_HEADER,
-                                   (size_t)payload_length);
+            if (!hold && timeline - now_ns > p->lead_ns) {
+                if (r == NULL) break; /* it must wait: Python queues it and sets a timer */
+                hold = 1;
+            }
+            if (hold) { /* Playout._push_frame's queueing branch, into the call's ring */
+                if (r->count >= SR_RING_FRAMES || payload_length > SR_RING_SLOT
+                    || (!r->listed && t->npaced >= t->paced_capacity))
+                    break; /* Python takes the ring back and queues it there */
+                link_commit(t, o, seq);
+                if (r->count == 0) { /* pump runs over the new head at once */
+                    if (marker) p->response_frames = 0;
+                    int64_t due = p->timeline_ns - p->lead_ns;
+                    if (due < t->pace_due) t->pace_due = due;
+                }
+                p->next_position = ts + SR_SAMPLES_PER_FRAME;
+                p->has_next_position = 1;
+                sr_frame *f = &r->frames[(r->head + r->count) % SR_RING_FRAMES];
+                f->arrival_ns = now_ns; /* the Python path's clock at the push */
+                f->seq = seq;
+                f->timestamp = ts;
+                f->length = payload_length;
+                f->continues = continues;
+                f->starts_response = marker;
+                memcpy(f->payload, d + SR_WIRE_HEADER, (size_t)payload_length);
+                r->count++;
+                if (!r->listed) {
+                    t->paced[t->npaced++] = o;
+                    r->listed = 1;
+                }
+                if (o->playing_until != NULL) *o->playing_until = SR_PLAYING_ALWAYS;
+                to_python = 0;
+                break;
+            }
+            int n = play_frame(t, o, timeline, spurt, d + SR_WIRE_HEADER, payload_length,
+                               out + (size_t)nout * out_slot, out_slot);
             if (n < 0) break; /* refused: Python tries again and counts the failure */
             /* sent: commit, in the order the Python path changes the same fields */
-            t->datagrams_in++;
-            o->heard = 1;
-            o->has_last_audio = 1;
-            o->last_audio_seq = seq;
-            o->frames_in++;
+            link_commit(t, o, seq);
             if (caught) p->frames_caught_up++;
-            p->timeline_ns = timeline;
             if (marker) p->response_frames = 0;
             p->next_position = ts + SR_SAMPLES_PER_FRAME;
             p->has_next_position = 1;
-            int64_t due = timeline - p->lead_ns;
-            p->new_spurt = 0;
-            p->timeline_ns = timeline + SR_FRAME_NS;
-            p->frames_sent++;
-            p->response_frames++;
-            p->response_seq = seq;
-            s->sequence = (s->sequence + 1) & 0xFFFF;
-            s->packets++;
-            s->octets += payload_length;
-            s->last_timestamp = rtp_ts;
-            s->last_send_ns = send_ns;
-            o->packets_out++;
-            o->bytes_out += payload_length;
-            if (o->playing_until != NULL) *o->playing_until = p->timeline_ns + p->tail_ns;
+            int64_t due = play_commit(o, timeline, seq, payload_length, send_ns, 1);
             out_lengths[nout] = n;
             out_handles[nout] = o->handle;
             int64_t arrival = arrivals != NULL ? arrivals[i] : now_ns;
@@ -1202,6 +1289,107 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
             if (outs[k]->dwell != NULL) sr_dwell_observe(outs[k]->dwell, done - out_due[k]);
     }
     return nout;
+}
+
+/* ---- Pacing in C (issue 17): the frames of a TTS burst leave on their timeline slots without Python ------
+ *
+ * sr_batch_out holds a frame that must wait for its slot in the call's ring (sr_ring) instead of leaving it
+ * to Python, when Python holds nothing for the call. sr_pace, run from one shared wake-up at t->pace_due,
+ * sends every held frame whose slot is within `lead` of now exactly as relay/playout.py Playout.pump,
+ * _fell_behind and _send_now do (a new response's counter, catch-up or a new talk spurt, the RTP
+ * timestamp, dwell from max(arrival, slot - lead), the counters, playing_until), all in one sendmmsg, and
+ * sets t->pace_due to the next slot. A paused call's frames stay (barge-in: nothing leaves until Python
+ * resumes or flushes, which first takes the ring back in order). */
+
+/* Up to `max_out` datagrams (<= SR_BATCH_MAX) made as sr_batch_out makes them (out, out_lengths,
+ * out_handles, out_due); sent[0] how many the kernel took when fd >= 0. -1: bad arguments. */
+int sr_pace(sr_out_table *t, int64_t now_ns, int64_t send_ns, unsigned char *out, size_t out_slot,
+            int32_t *out_lengths, int32_t *out_handles, int64_t *out_due, int max_out, int fd, int32_t *sent) {
+    sent[0] = sent[1] = 0;
+    if (max_out < 1 || max_out > SR_BATCH_MAX || out_slot < SR_SRTP_BUFFER || t->protect == 0
+        || t->reserve > 256 || t->npaced < 0 || t->npaced > t->paced_capacity)
+        return -1;
+    sr_out *outs[SR_BATCH_MAX];
+    int nout = 0;
+    int64_t next = INT64_MAX;
+    int32_t keep = 0;
+    for (int32_t i = 0; i < t->npaced; i++) {
+        sr_out *o = t->paced[i];
+        sr_ring *r = o->ring;
+        sr_playout *p = o->playout;
+        if (r == NULL || r->count <= 0 || p == NULL || o->stream == NULL) {
+            if (r != NULL) r->listed = 0;
+            continue; /* taken back or gone: off the list */
+        }
+        t->paced[keep++] = o;
+        if (p->paused || p->closed || !o->enabled) continue; /* held until Python takes the ring back */
+        for (int k = 0; k < SR_RING_FRAMES && r->count > 0; k++) {
+            if (nout >= max_out) { /* the rest next round, at once */
+                next = now_ns;
+                break;
+            }
+            sr_frame *f = &r->frames[r->head];
+            if (f->starts_response) p->response_frames = 0;
+            int spurt = p->new_spurt;
+            if (p->timeline_ns < now_ns) { /* _fell_behind */
+                if (f->continues && now_ns - p->timeline_ns <= p->catch_up_ns)
+                    p->frames_caught_up++;
+                else {
+                    p->timeline_ns = now_ns;
+                    p->new_spurt = spurt = 1;
+                }
+            }
+            int64_t timeline = p->timeline_ns;
+            if (timeline - now_ns > p->lead_ns) {
+                if (timeline - p->lead_ns < next) next = timeline - p->lead_ns;
+                break;
+            }
+            int n = play_frame(t, o, timeline, spurt, f->payload, f->length, out + (size_t)nout * out_slot,
+                               out_slot);
+            int64_t due = play_commit(o, timeline, f->seq, f->length, send_ns, n >= 0);
+            if (n >= 0) {
+                out_lengths[nout] = n;
+                out_handles[nout] = o->handle;
+                out_due[nout] = due > f->arrival_ns ? due : f->arrival_ns;
+                outs[nout] = o;
+                nout++;
+            }
+            r->head = (r->head + 1) % SR_RING_FRAMES;
+            r->count--;
+        }
+        if (r->count > 0 && o->playing_until != NULL) *o->playing_until = SR_PLAYING_ALWAYS;
+    }
+    t->npaced = keep;
+    t->pace_due = next;
+    if (fd >= 0 && nout > 0) {
+        void *peers[SR_BATCH_MAX];
+        int32_t peer_lengths[SR_BATCH_MAX];
+        for (int k = 0; k < nout; k++) {
+            peers[k] = outs[k]->remote;
+            peer_lengths[k] = outs[k]->remote_len;
+        }
+        sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
+    }
+    sent[1] = nout;
+    if (nout > 0) {
+        int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
+        for (int k = 0; k < nout; k++)
+            if (outs[k]->dwell != NULL) sr_dwell_observe(outs[k]->dwell, done - out_due[k]);
+    }
+    return nout;
+}
+
+/* Forget `o` (its call closes or leaves C): off the paced list, its ring emptied. */
+void sr_pace_forget(sr_out_table *t, sr_out *o) {
+    int32_t keep = 0;
+    for (int32_t i = 0; i < t->npaced && i < t->paced_capacity; i++)
+        if (t->paced[i] != o) t->paced[keep++] = t->paced[i];
+    t->npaced = keep;
+    if (o->ring != NULL) {
+        o->ring->count = 0;
+        o->ring->head = 0;
+        o->ring->listed = 0;
+    }
 }
 
 /* ---- Draining a socket batch after batch (issue 17, step 3): Python once per wake-up --------------------
