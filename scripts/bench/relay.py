@@ -125,6 +125,7 @@ AB_CHOICES = (
     "per-batch-drain",
     "no-rx-stamps",
     "no-freeze",
+    "python-pace",
 )
 """A/B variants: see the module docstring and ``VARIANTS``."""
 DEFAULT_AB: tuple[str, ...] = ("port-per-call",)
@@ -185,6 +186,12 @@ def variants(config: RelayBenchConfig) -> tuple[Variant, list[Variant]]:
             True,
             ((native.RX_TIMESTAMPS_ENV, "0"),),
         ),
+        "python-pace": Variant(
+            "python-pace",
+            f"shared port, native, bursts paced in Python ({native.NATIVE_PACE_ENV}=0)",
+            True,
+            ((native.NATIVE_PACE_ENV, "0"),),
+        ),
         "no-freeze": Variant(
             "no-freeze",
             f"{ports}, {path}, calls neither released nor frozen ({FREEZE_ENV}=0)",
@@ -241,7 +248,7 @@ class RelayBenchConfig:
             raise ValueError("ab: unbatched compares against the batched shared port, not --port-per-call")
         if self.port_per_call and "per-datagram" in self.ab:
             raise ValueError("ab: per-datagram compares against the batched shared port, not --port-per-call")
-        for name in ("python-out", "per-batch-drain", "no-rx-stamps"):
+        for name in ("python-out", "per-batch-drain", "no-rx-stamps", "python-pace"):
             if self.port_per_call and name in self.ab:
                 raise ValueError(f"ab: {name} compares against the batched shared port, not --port-per-call")
         if not 1 <= len(self.calls) <= 10:

@@ -53,7 +53,7 @@ def relay(
         str,
         typer.Option(
             help="A/B variants after the baseline: port-per-call, python, unbatched, per-datagram, "
-            "python-out, per-batch-drain, no-rx-stamps, no-freeze (or none)."
+            "python-out, per-batch-drain, no-rx-stamps, no-freeze, python-pace (or none)."
         ),
     ] = "port-per-call",
     load_socket: Annotated[

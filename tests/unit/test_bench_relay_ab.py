@@ -105,6 +105,7 @@ def test_parse_ab() -> None:
         ({"port_per_call": True, "ab": ("unbatched",)}, "ab: unbatched compares against"),
         ({"port_per_call": True, "ab": ("per-batch-drain",)}, "ab: per-batch-drain compares against"),
         ({"port_per_call": True, "ab": ("no-rx-stamps",)}, "ab: no-rx-stamps compares against"),
+        ({"port_per_call": True, "ab": ("python-pace",)}, "ab: python-pace compares against"),
     ],
 )
 def test_config_refuses_ab_that_compares_nothing(kwargs: dict[str, object], needle: str) -> None:
@@ -126,6 +127,8 @@ def test_the_shared_port_is_the_default_and_the_command_says_otherwise() -> None
     assert unbatched.shared_port and dict(unbatched.env) == {"SPLITRELAY_MEDIA_BATCH": "0"}
     drain = variants(RelayBenchConfig(ab=("per-batch-drain",)))[1][0]
     assert drain.shared_port and dict(drain.env) == {"SPLITRELAY_NATIVE_DRAIN": "0"}
+    paced = variants(RelayBenchConfig(ab=("python-pace",)))[1][0]
+    assert paced.shared_port and dict(paced.env) == {"SPLITRELAY_NATIVE_PACE": "0"}
     stamps = variants(RelayBenchConfig(ab=("no-rx-stamps",)))[1][0]
     assert stamps.shared_port and dict(stamps.env) == {"SPLITRELAY_RX_TIMESTAMPS": "0"}
     (freeze,) = variants(RelayBenchConfig(calls=(10,), port_per_call=True, ab=("no-freeze",)))[1]
