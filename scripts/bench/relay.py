@@ -355,9 +355,9 @@ COUNTERS = (
     "media_port_native_out_finished",
 )
 """The relay's counters the bench reads (``splitrelay_<name>_total``); the last is inference's AUDIO_OUT the
-outbound C path finished (passed through at once), so the rest of ``frames_from_inference`` went through
-Python's playout (relay/playout.py: paced, when they came ahead of real time). Absent (0) without a
-shared port."""
+outbound C path finished (passed through at once, or held and paced in C: 9adb842), so the rest of
+``frames_from_inference`` went through Python's playout (relay/playout.py: named marks, pauses, CLEAR, or
+every burst with SPLITRELAY_NATIVE_PACE=0, ``--ab python-pace``). Absent (0) without a shared port."""
 
 
 def parse_metrics(text: str) -> RelayMetrics:
@@ -1130,8 +1130,8 @@ async def relay_phase(ctx: Context, n: int, variant: Variant) -> PhaseResult:
 
 
 def outbound_paths(counters: dict[str, int]) -> dict[str, Any]:
-    """Inference's AUDIO_OUT in the window by path: finished in C (passed through as it came) or handed
-    to Python (relay/playout.py: queued and paced when it came ahead of real time, as a burst does)."""
+    """Inference's AUDIO_OUT in the window by path: finished in C (passed through as it came, or held and
+    paced in C) or handed to Python (relay/playout.py: queued and paced there when C does not pace)."""
     frames = counters["frames_from_inference"]
     in_c = min(counters["media_port_native_out_finished"], frames)
     return {
@@ -1469,7 +1469,8 @@ def ab_table(rows: Sequence[Row]) -> Table:
 
 NOTES = (
     "With --agent burst the round trip includes the agent's hold (up to a second) and the relay's pacing: "
-    "read loss, 'through Python playout' (the relay paced them) and 'pacing' instead. Pacing: each echo's "
+    "read loss, 'through Python playout' (frames C did not finish: bursts are paced in C unless --ab "
+    "python-pace) and 'pacing' instead. Pacing: each echo's "
     "arrival against its slot on the relay's playout timeline (its RTP timestamp), relative to the talk "
     "spurt's first frame, as a caller's jitter buffer anchors it; negative = ahead of the slot.",
     "Round trip: caller send -> relay -> echo inference -> relay -> caller receive, timed by the load "

@@ -219,9 +219,10 @@ async def test_the_worst_case_runs_on_cm80_with_a_burst_agent() -> None:
     # The burst agent held each call's audio into responses and sent every frame it took.
     echo = relay["relay"]["echo_inference"]
     assert echo["agent"] == "burst" and echo["burst_responses"] >= 3 and echo["burst_held_at_stop"] == 0
-    # The relay paced them: most of inference's audio went through Python's playout, not C's pass-through.
+    # The relay paced them, in C (9adb842): almost none of inference's audio needed Python's playout; that
+    # they were paced at all, the callers' timeline says below (frames ahead of their slots).
     outbound = relay["relay"]["outbound"]
-    assert outbound["frames"] > 0 and outbound["share_through_python"] > 0.5
+    assert outbound["frames"] > 0 and outbound["share_through_python"] < 0.2
     # Every window frame came back (the drain covers a response's hold and pacing), on the relay's
     # timeline: paced frames ahead of their slots, none later than a frame past it.
     assert relay["loss"] == 0 and relay["send_failures"] == 0
