@@ -1142,6 +1142,28 @@ static int64_t play_commit(sr_out *o, int64_t timeline, uint32_t seq, int32_t pa
     return due;
 }
 
+/* Send the frames sr_batch_out or sr_pace made toward their callers (one sendmmsg when fd >= 0; sent[0]
+ * how many the kernel took), then observe each one's dwell: from its due time until its datagram left (or
+ * was handed back to Python to send). */
+static void send_outs(const sr_out_table *t, int fd, unsigned char *out, size_t out_slot,
+                      const int32_t *out_lengths, sr_out *const *outs, const int64_t *out_due, int nout,
+                      int32_t *sent) {
+    if (fd >= 0 && nout > 0) {
+        void *peers[SR_BATCH_MAX];
+        int32_t peer_lengths[SR_BATCH_MAX];
+        for (int k = 0; k < nout; k++) {
+            peers[k] = outs[k]->remote;
+            peer_lengths[k] = outs[k]->remote_len;
+        }
+        sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
+    }
+    if (nout > 0) {
+        int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
+        for (int k = 0; k < nout; k++)
+            if (outs[k]->dwell != NULL) sr_dwell_observe(outs[k]->dwell, done - out_due[k]);
+    }
+}
+
 /* The batch the inference socket's recvmmsg left in (buffers, lengths, names): see the section comment.
  * `now_ns` is the playout clock for the whole batch and `send_ns` the stream's send time; arrivals[i]
  * (NULL: now_ns for all) when datagram i arrived, in the same clock (sr_arrivals). Protected datagrams go
@@ -1274,20 +1296,7 @@ int sr_batch_out(sr_out_table *t, const unsigned char *buffers, size_t slot_size
             sent[1]++;
         }
     }
-    if (fd >= 0 && nout > 0) {
-        void *peers[SR_BATCH_MAX];
-        int32_t peer_lengths[SR_BATCH_MAX];
-        for (int k = 0; k < nout; k++) {
-            peers[k] = outs[k]->remote;
-            peer_lengths[k] = outs[k]->remote_len;
-        }
-        sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
-    }
-    if (nout > 0) { /* dwell: from the frame's due time until its datagram left (or was handed back) */
-        int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
-        for (int k = 0; k < nout; k++)
-            if (outs[k]->dwell != NULL) sr_dwell_observe(outs[k]->dwell, done - out_due[k]);
-    }
+    send_outs(t, fd, out, out_slot, out_lengths, outs, out_due, nout, sent);
     return nout;
 }
 
@@ -1361,21 +1370,8 @@ int sr_pace(sr_out_table *t, int64_t now_ns, int64_t send_ns, unsigned char *out
     }
     t->npaced = keep;
     t->pace_due = next;
-    if (fd >= 0 && nout > 0) {
-        void *peers[SR_BATCH_MAX];
-        int32_t peer_lengths[SR_BATCH_MAX];
-        for (int k = 0; k < nout; k++) {
-            peers[k] = outs[k]->remote;
-            peer_lengths[k] = outs[k]->remote_len;
-        }
-        sent[0] = send_batch(fd, out, out_slot, out_lengths, peers, peer_lengths, nout);
-    }
+    send_outs(t, fd, out, out_slot, out_lengths, outs, out_due, nout, sent);
     sent[1] = nout;
-    if (nout > 0) {
-        int64_t done = sr_clock_now(t->clock, SR_CLOCK_DONE);
-        for (int k = 0; k < nout; k++)
-            if (outs[k]->dwell != NULL) sr_dwell_observe(outs[k]->dwell, done - out_due[k]);
-    }
     return nout;
 }
 
